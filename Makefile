@@ -1,0 +1,43 @@
+# mevwatch — `make run` and `make test` are the two commands (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest deps bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## run: the daemon on the embedded default config, serving http://127.0.0.1:9717/metrics
+run: $(STAMP)
+	$(VENV)/bin/mevwatch run
+
+## deps: every peer the tests talk to (Debian packages when root, anvil via npm); idempotent
+deps: $(STAMP)
+	./.ci/install-deps
+
+## test: install what the tests need, then ruff, mypy and pytest (what CI runs)
+test: deps lint typecheck pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check daemon collectors alerts tests bench || true
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	PATH="$(CURDIR)/.tools/node/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: $(STAMP) deps
+	$(PY) -m mevwatch.daemon.demo
+
+clean:
+	rm -rf $(VENV) .tools .mevwatch .mypy_cache .ruff_cache .pytest_cache

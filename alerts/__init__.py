@@ -1,0 +1,1 @@
+"""Alerting: rules, engine, router, durable outbox and sinks."""

@@ -1,0 +1,1 @@
+"""Notification sinks: log, webhook, mail, alertmanager."""

@@ -1,0 +1,209 @@
+"""The collector API: poll and stream collectors, their options, and the registry by kind.
+
+A collector never touches a Prometheus registry, never sleeps between runs, never retries
+and never logs its own failure streak: the supervisor does all of that. A collector returns
+metric families (prometheus_client's ``*MetricFamily`` objects, built fresh each run) or
+raises :class:`CollectorError` for an expected failure.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import pkgutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import structlog
+from prometheus_client.metrics_core import Metric
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mevwatch.daemon.fields import Duration
+
+if TYPE_CHECKING:
+    from mevwatch.daemon.blocking import BlockingPool
+    from mevwatch.daemon.state import StateDB
+
+__all__ = [
+    "Collector",
+    "CollectorContext",
+    "CollectorError",
+    "CollectorOptions",
+    "Emit",
+    "Families",
+    "NoData",
+    "Paths",
+    "PollCollector",
+    "StreamCollector",
+    "all_kinds",
+    "get_kind",
+    "register",
+]
+
+Families = Sequence[Metric]
+Emit = Callable[[Families], None]
+T = TypeVar("T")
+
+
+class CollectorError(Exception):
+    """An expected failure (node down, file missing): success 0, counted by ``reason``."""
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+        self.message = message or reason
+
+
+class NoData(Exception):
+    """Nothing to report on this host (e.g. no cpufreq on a VM). Not a failure."""
+
+
+class CollectorOptions(BaseModel):
+    """Fields every collector entry has; each collector's ``Options`` subclasses this."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance: str = Field(default="default", description="name of this instance of the collector kind")
+    enabled: bool = Field(default=True, description="set false to keep the entry but not run it")
+    interval: Duration | None = Field(default=None, description="time between runs (default per kind)")
+    timeout: Duration | None = Field(default=None, description="a run longer than this fails (default per kind)")
+    jitter: Duration = Field(default=0.0, description="random delay added to the first run to spread load")
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_name(cls, v: str) -> str:
+        if not v or len(v) > 64 or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError("instance must be 1-64 characters of letters, digits, '-', '_' or '.'")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Roots of the host filesystems, so tests can point collectors at fixture trees."""
+
+    procfs: Path = Path("/proc")
+    sysfs: Path = Path("/sys")
+    rootfs: Path = Path("/")
+    devfs: Path = Path("/dev")
+
+    def proc(self, *parts: str) -> Path:
+        return self.procfs.joinpath(*parts)
+
+    def sys(self, *parts: str) -> Path:
+        return self.sysfs.joinpath(*parts)
+
+
+@dataclass(slots=True)
+class CollectorContext:
+    """What the daemon gives a collector: its identity, host paths, state DB and thread pool."""
+
+    kind: str
+    instance: str
+    interval: float
+    timeout: float
+    paths: Paths = field(default_factory=Paths)
+    state: StateDB | None = None
+    pool: BlockingPool | None = None
+    log: Any = None
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = structlog.get_logger("mevwatch.collector").bind(
+                collector=self.kind, instance=self.instance
+            )
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run a blocking call in the bounded thread pool; a call that hangs is abandoned, not awaited.
+
+        Raises CollectorError("timeout") when it does not return within ``timeout``
+        (default: the collector's timeout).
+        """
+        if self.pool is None:
+            from mevwatch.daemon.blocking import BlockingPool
+
+            self.pool = BlockingPool(max_workers=4)
+        return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+
+
+OptionsT = TypeVar("OptionsT", bound=CollectorOptions)
+
+
+class Collector(abc.ABC, Generic[OptionsT]):
+    """Common part of poll and stream collectors."""
+
+    kind: ClassVar[str]
+    Options: ClassVar[type[CollectorOptions]] = CollectorOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    #: part of the embedded default config (``make run`` with no --config)
+    default_enabled: ClassVar[bool] = True
+    #: runbook section (anchor in docs/runbooks.md) this collector serves, for diagnose and docs
+    runbook_section: ClassVar[str] = ""
+
+    def __init__(self, ctx: CollectorContext, options: OptionsT) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    async def close(self) -> None:
+        """Release connections and files; called on stop and on reload."""
+
+
+class PollCollector(Collector[OptionsT]):
+    """Runs every ``interval``; each run returns the full set of families it owns."""
+
+    @abc.abstractmethod
+    async def collect(self) -> Families: ...
+
+
+class StreamCollector(Collector[OptionsT]):
+    """Runs forever (kmsg, inotify, websocket); calls ``emit`` with its full current families.
+
+    The supervisor restarts ``run`` with capped exponential backoff when it raises or returns.
+    Samples stay current while ``run`` is alive and vanish 2x interval after it died.
+    """
+
+    @abc.abstractmethod
+    async def run(self, emit: Emit) -> None: ...
+
+
+_REGISTRY: dict[str, type[Collector[Any]]] = {}
+_DISCOVERED = False
+
+C = TypeVar("C", bound=type[Collector[Any]])
+
+
+def register(cls: C) -> C:
+    """Class decorator: make a collector available under its ``kind``."""
+    kind = cls.kind
+    existing = _REGISTRY.get(kind)
+    if existing is not None and existing is not cls:
+        raise RuntimeError(f"collector kind {kind!r} registered twice: {existing!r} and {cls!r}")
+    _REGISTRY[kind] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import mevwatch.collectors as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("_") or mod.name == "base":
+            continue
+        importlib.import_module(f"mevwatch.collectors.{mod.name}")
+
+
+def all_kinds() -> dict[str, type[Collector[Any]]]:
+    """Every registered collector class by kind (imports each collector module once)."""
+    _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_kind(kind: str) -> type[Collector[Any]] | None:
+    _discover()
+    return _REGISTRY.get(kind)
+

@@ -1,0 +1,95 @@
+"""mevwatch's own health: RSS, CPU seconds, open fds, threads, event-loop lag and GC."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+import time
+from typing import ClassVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mevwatch.collectors.base import CollectorOptions, Families, PollCollector, register
+
+__all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]
+
+
+class ProcessOptions(CollectorOptions):
+    pass
+
+
+def parse_statm_rss_pages(text: str) -> int:
+    """Resident pages, the second field of /proc/<pid>/statm."""
+    return int(text.split()[1])
+
+
+@register
+class ProcessCollector(PollCollector[ProcessOptions]):
+    kind: ClassVar[str] = "process"
+    Options = ProcessOptions
+    default_interval: ClassVar[float] = 5.0
+    default_timeout: ClassVar[float] = 2.0
+    runbook_section = "mevwatch-itself"
+
+    async def collect(self) -> Families:
+        loop = asyncio.get_running_loop()
+        # Event-loop lag: how late a zero-delay callback runs behind its schedule.
+        t0 = loop.time()
+        await asyncio.sleep(0)
+        lag = loop.time() - t0
+        procfs = self.ctx.paths.procfs
+        pid = os.getpid()
+        page = os.sysconf("SC_PAGE_SIZE")
+        try:
+            rss = parse_statm_rss_pages((procfs / str(pid) / "statm").read_text(encoding="ascii")) * page
+        except OSError:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        try:
+            fds = len(os.listdir(procfs / str(pid) / "fd"))
+        except OSError:
+            fds = -1
+        times = os.times()
+        families: list[Metric] = [
+            GaugeMetricFamily("mevwatch_process_resident_memory_bytes", "Resident memory of mevwatch", value=rss),
+            CounterMetricFamily(
+                "mevwatch_process_cpu_seconds", "User and system CPU time of mevwatch", value=times.user + times.system
+            ),
+            GaugeMetricFamily(
+                "mevwatch_process_threads", "Threads of the mevwatch process", value=_thread_count(procfs, pid)
+            ),
+            GaugeMetricFamily(
+                "mevwatch_event_loop_lag_seconds", "Delay of a zero-delay callback on the event loop", value=lag
+            ),
+            GaugeMetricFamily(
+                "mevwatch_process_start_time_seconds", "Unix time mevwatch started", value=_START_WALL
+            ),
+        ]
+        if fds >= 0:
+            families.append(
+                GaugeMetricFamily("mevwatch_process_open_fds", "Open file descriptors of mevwatch", value=fds)
+            )
+        gen = CounterMetricFamily(
+            "mevwatch_python_gc_collections", "Garbage collections by generation", labels=["generation"]
+        )
+        for i, stat in enumerate(gc.get_stats()):
+            gen.add_metric([str(i)], float(stat["collections"]))
+        families.append(gen)
+        return families
+
+
+def _thread_count(procfs: os.PathLike[str], pid: int) -> float:
+    try:
+        with open(os.path.join(procfs, str(pid), "status"), encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    import threading
+
+    return float(threading.active_count())
+
+
+_START_WALL = time.time()

@@ -1,0 +1,1 @@
+"""The mevwatch daemon: CLI, config, supervisor, store, HTTP, systemd, state, logging."""

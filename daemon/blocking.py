@@ -1,0 +1,82 @@
+"""A bounded thread pool for blocking OS calls (statvfs, hashing, psutil scans).
+
+A call that never returns (a hung NFS statvfs, a stuck D-Bus) is abandoned after its timeout:
+the awaiting coroutine gets CollectorError("timeout") at once, the thread is counted as
+abandoned until it returns, and neither the event loop nor another collector waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["BlockingPool"]
+
+T = TypeVar("T")
+
+
+class BlockingPool:
+    def __init__(self, max_workers: int = 8) -> None:
+        self.max_workers = max_workers
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="mevwatch-blocking"
+        )
+        self._lock = threading.Lock()
+        self._busy = 0
+        self.abandoned = 0  # calls that timed out and whose thread has not returned yet
+        self.abandoned_total = 0
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
+        from mevwatch.collectors.base import CollectorError
+
+        with self._lock:
+            if self._busy >= self.max_workers and self.abandoned >= self.max_workers:
+                raise CollectorError("pool_exhausted", "every worker thread is stuck in a hung call")
+            self._busy += 1
+        state = {"abandoned": False}
+
+        def call() -> T:
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    if state["abandoned"]:
+                        self.abandoned -= 1
+
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            with self._lock:
+                if not fut.done():
+                    state["abandoned"] = True
+                    self.abandoned += 1
+                    self.abandoned_total += 1
+            fut.add_done_callback(_consume)
+            raise CollectorError(
+                "timeout", f"blocking call {getattr(fn, '__name__', fn)!s} hung > {timeout:g}s"
+            ) from None
+        except asyncio.CancelledError:
+            with self._lock:
+                if not fut.done():
+                    state["abandoned"] = True
+                    self.abandoned += 1
+                    self.abandoned_total += 1
+            fut.add_done_callback(_consume)
+            raise
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

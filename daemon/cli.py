@@ -1,0 +1,144 @@
+"""The ``mevwatch`` command: run, check-config, and the subcommands other packages add.
+
+Exit codes: 0 ok, 1 a check found a problem (verify, diagnose), 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from mevwatch import __version__
+from mevwatch.daemon.config import Config, ConfigError, default_config_text, load_config, load_config_text
+from mevwatch.daemon.logging import configure_logging
+
+__all__ = ["add_config_argument", "load_or_default", "main"]
+
+log = structlog.get_logger("mevwatch")
+
+# Modules that add subcommands: each has ``register(subparsers)``; a module not present yet is skipped.
+COMMAND_MODULES = (
+    "mevwatch.daemon.diagnose",
+    "mevwatch.daemon.integrity_cli",
+    "mevwatch.alerts.cli",
+)
+
+STOP_TIMEOUT_S = 5.0
+
+
+def add_config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="config file (default: the embedded default config)")
+
+
+def load_or_default(path: str | None) -> Config:
+    if path:
+        return load_config(path)
+    return load_config_text(default_config_text(), "<embedded default>")
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for issue in exc.issues:
+        print(f"error: {issue}", file=sys.stderr)
+    print(f"{len(exc.issues)} error(s) in the configuration", file=sys.stderr)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    print(f"{args.file}: OK ({len(cfg.collectors)} collector(s))")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_or_default(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 2
+    configure_logging(cfg.daemon.log.level, cfg.daemon.log.format)
+    from mevwatch.daemon.runtime import Daemon, StartupError
+
+    daemon = Daemon(
+        cfg,
+        config_path=args.config,
+        listen=args.listen_address,
+        web_config_file=args.web_config_file,
+        enable_lifecycle=args.enable_lifecycle,
+    )
+    try:
+        code = asyncio.run(daemon.main())
+    except StartupError as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    if daemon.pool_has_hung_threads():
+        # A thread stuck in a hung syscall (dead NFS) would block interpreter exit forever.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mevwatch", description="Monitoring daemon for Ethereum MEV hosts (metrics and alerts)."
+    )
+    parser.add_argument("--version", action="version", version=f"mevwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+    add_config_argument(run)
+    run.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                     help="address of /metrics (default from config, 127.0.0.1:9717)")
+    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="exporter-toolkit web config (TLS, basic auth)")
+    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                     help="allow POST /-/reload")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        register: Callable[[Any], None] = mod.register
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result: int = args.func(args)
+    return result
+
+
+def install_signal_handlers(
+    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], on_reload: Callable[[], None]
+) -> None:
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+

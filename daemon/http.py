@@ -1,0 +1,272 @@
+"""HTTP server: /metrics from cached snapshots, landing page, health, readiness, reload.
+
+A scrape never waits on a collector: the exposition is rendered once per store change (per
+format) and served from cache, the gzipped copy cached too, so many concurrent scrapers
+cost almost nothing. Optional TLS and bcrypt basic auth from an exporter-toolkit web-config.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import json
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import generate_latest as generate_text
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mevwatch.daemon.store import SampleStore
+
+__all__ = ["HttpServer", "MetricsCache", "WebConfigFile", "load_web_config"]
+
+log = structlog.get_logger("mevwatch.http")
+
+
+class _FamiliesView:
+    """The registry-shaped object prometheus_client's renderers expect."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+class MetricsCache:
+    def __init__(self, store: SampleStore) -> None:
+        self.store = store
+        self._key: Any = None
+        self._cache: dict[tuple[bool, bool], bytes] = {}
+
+    def get(self, openmetrics: bool, gzipped: bool) -> bytes:
+        key = self.store.cache_key()
+        if key != self._key:
+            self._key = key
+            self._cache = {}
+        fmt = (openmetrics, gzipped)
+        body = self._cache.get(fmt)
+        if body is None:
+            plain = self._cache.get((openmetrics, False))
+            if plain is None:
+                view = _FamiliesView(self.store.families())
+                plain = generate_openmetrics(view) if openmetrics else generate_text(view)  # type: ignore[no-untyped-call]
+                self._cache[(openmetrics, False)] = plain
+            body = gzip.compress(plain, compresslevel=5) if gzipped else plain
+            self._cache[fmt] = body
+        return body
+
+
+# --- exporter-toolkit web-config -------------------------------------------------------------
+
+
+class _TLSServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+
+
+class WebConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tls_server_config: _TLSServerConfig | None = None
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    http_server_config: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_web_config(path: Path) -> WebConfigFile:
+    """Parse a web-config file; ValueError with the file and field on any problem."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        cfg = WebConfigFile.model_validate(data)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read web config: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: YAML syntax error: {exc}") from None
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {msgs}") from None
+    for user, h in cfg.basic_auth_users.items():
+        if not h.startswith(("$2a$", "$2b$", "$2y$")):
+            raise ValueError(f"{path}: basic_auth_users.{user}: not a bcrypt hash")
+    return cfg
+
+
+def ssl_context(cfg: WebConfigFile) -> ssl.SSLContext | None:
+    tls = cfg.tls_server_config
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                           "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}.get(
+        tls.min_version, ssl.TLSVersion.TLSv1_2)
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(str(tls.client_ca_file))
+        if tls.client_auth_type == "RequireAndVerifyClientCert":
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        elif tls.client_auth_type in ("VerifyClientCertIfGiven", "RequestClientCert"):
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+@dataclass
+class _BasicAuth:
+    users: dict[str, str]
+    _ok: set[str] = field(default_factory=set)  # sha256 of "user:password" that verified
+
+    def check(self, header: str | None) -> bool:
+        import base64
+
+        import bcrypt
+
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        digest = hashlib.sha256(f"{user}:{password}".encode()).hexdigest()
+        if digest in self._ok:
+            return True
+        hashed = self.users.get(user)
+        # verify against a fixed hash for unknown users too, so timing does not reveal names
+        ok = bcrypt.checkpw(password.encode(), (hashed or _DUMMY_HASH).encode()) and hashed is not None
+        if ok:
+            self._ok.add(digest)
+        return ok
+
+
+_DUMMY_HASH = "$2b$10$7a3Ymo0pCW0R5iZy3t2f6OAvlIF1gk.jMFL1BjkHy0LO0bAp1lVXa"
+
+
+# --- server ------------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpHooks:
+    """What the server asks the daemon: status for the landing page and health, and reload."""
+
+    status: Callable[[], list[dict[str, Any]]]
+    ready: Callable[[], bool]
+    reload: Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class HttpServer:
+    def __init__(
+        self,
+        store: SampleStore,
+        hooks: HttpHooks,
+        listen: str,
+        enable_lifecycle: bool = False,
+        web_config: WebConfigFile | None = None,
+    ) -> None:
+        self.cache = MetricsCache(store)
+        self.hooks = hooks
+        self.listen = listen
+        self.enable_lifecycle = enable_lifecycle
+        self.web_config = web_config or WebConfigFile()
+        self._auth = _BasicAuth(dict(self.web_config.basic_auth_users)) if self.web_config.basic_auth_users else None
+        self._runner: web.AppRunner | None = None
+        self.scrapes_total = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth_middleware])
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/", self.landing)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/-/healthy", self.healthy)
+        app.router.add_get("/-/ready", self.ready)
+        app.router.add_post("/-/reload", self.reload)
+        app.router.add_put("/-/reload", self.reload)
+        return app
+
+    @web.middleware
+    async def _auth_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._auth is not None and not self._auth.check(request.headers.get("Authorization")):
+            return web.Response(
+                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="mevwatch"'}
+            )
+        return await handler(request)
+
+    async def start(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, int(port), ssl_context=ssl_context(self.web_config),
+                           reuse_address=True)
+        await site.start()
+        log.info("http_listening", address=self.listen, tls=self.web_config.tls_server_config is not None,
+                 basic_auth=self._auth is not None)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.scrapes_total += 1
+        accept = request.headers.get("Accept", "")
+        openmetrics = "application/openmetrics-text" in accept
+        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        body = self.cache.get(openmetrics, gzipped)
+        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_LATEST}
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def landing(self, _: web.Request) -> web.Response:
+        rows = "".join(
+            f"<tr><td>{html.escape(s['collector'])}</td><td>{html.escape(s['instance'])}</td>"
+            f"<td>{'ok' if s['success'] else ('pending' if s['success'] is None else 'FAILING')}</td>"
+            f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
+            for s in self.hooks.status()
+        )
+        page = (
+            "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
+            '<p><a href="/metrics">Metrics</a> · <a href="/health">Health</a></p>'
+            "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
+            f"<th>last error</th></tr>{rows}</table></body></html>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def health(self, _: web.Request) -> web.Response:
+        collectors = self.hooks.status()
+        body = {
+            "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
+            "ready": self.hooks.ready(),
+            "time": time.time(),
+            "collectors": collectors,
+        }
+        return web.Response(text=json.dumps(body, indent=1), content_type="application/json")
+
+    async def healthy(self, _: web.Request) -> web.Response:
+        return web.Response(text="mevwatch is Healthy.\n")
+
+    async def ready(self, _: web.Request) -> web.Response:
+        if self.hooks.ready():
+            return web.Response(text="mevwatch is Ready.\n")
+        return web.Response(status=503, text="mevwatch is not ready: first collection round not done.\n")
+
+    async def reload(self, _: web.Request) -> web.Response:
+        if not self.enable_lifecycle:
+            return web.Response(status=403, text="Lifecycle API is not enabled (--web.enable-lifecycle).\n")
+        ok, message = await self.hooks.reload()
+        return web.Response(status=200 if ok else 500, text=message + "\n")

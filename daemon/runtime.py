@@ -1,0 +1,188 @@
+"""The running daemon: state DB, supervisor, HTTP server, systemd notifications, reload, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.daemon.config import Config, ConfigError, load_config
+from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore
+from mevwatch.daemon.supervisor import Supervisor
+from mevwatch.daemon.systemd import Notifier
+
+__all__ = ["Daemon", "StartupError"]
+
+log = structlog.get_logger("mevwatch.daemon")
+
+
+class StartupError(Exception):
+    """The daemon cannot start: unwritable state dir, bad web config, port in use."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None = None,
+        listen: str | None = None,
+        web_config_file: str | None = None,
+        enable_lifecycle: bool = False,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.listen = listen or config.daemon.web.listen_address
+        self.web_config_file = web_config_file or (
+            str(config.daemon.web.config_file) if config.daemon.web.config_file else None
+        )
+        self.enable_lifecycle = enable_lifecycle or config.daemon.web.enable_lifecycle
+        self.store = SampleStore()
+        self.pool = BlockingPool(config.daemon.blocking_threads)
+        self.notifier = Notifier()
+        self.state: StateDB | None = None
+        self.supervisor: Supervisor | None = None
+        self.http: HttpServer | None = None
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._bg: set[asyncio.Future[Any]] = set()
+        self.components: list[Any] = []  # e.g. the alert engine; started after the supervisor
+
+    def pool_has_hung_threads(self) -> bool:
+        return self.pool.abandoned > 0
+
+    def _open_state(self) -> StateDB:
+        try:
+            return StateDB.open_dir(self.config.state_dir)
+        except StateError as exc:
+            raise StartupError(f"{exc} (state_dir {self.config.state_dir}; set state_dir or STATE_DIRECTORY)") from None
+
+    def _web_config(self) -> WebConfigFile | None:
+        if not self.web_config_file:
+            return None
+        try:
+            from pathlib import Path
+
+            return load_web_config(Path(self.web_config_file))
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def main(self) -> int:
+        self.state = self._open_state()
+        web_config = self._web_config()
+        self.supervisor = Supervisor(self.config, self.store, self.state, self.pool)
+        hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
+                          reload=self.reload)
+        self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
+        try:
+            await self.http.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+        loop = asyncio.get_running_loop()
+        from mevwatch.daemon.cli import install_signal_handlers
+
+        install_signal_handlers(loop, self._stop.set, self._reload_in_background)
+        await self.supervisor.start()
+        await self._start_components()
+        self.notifier.start_watchdog(lambda: self.supervisor.heartbeat if self.supervisor else 0.0)
+        ready_task = asyncio.create_task(self._announce_ready())
+        log.info("started", collectors=len(self.supervisor.collectors), listen=self.listen,
+                 state_dir=str(self.config.state_dir), config=self.config.source)
+        await self._stop.wait()
+        ready_task.cancel()
+        log.info("stopping")
+        self.notifier.stopping()
+        self.notifier.stop_watchdog()
+        try:
+            await asyncio.wait_for(self._shutdown(), timeout=4.0)
+        except TimeoutError:
+            log.warning("shutdown_slow", after_s=4.0)
+        return 0
+
+    def _reload_in_background(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _shutdown(self) -> None:
+        for comp in reversed(self.components):
+            with contextlib.suppress(Exception):
+                await comp.stop()
+        if self.http is not None:
+            await self.http.stop()
+        if self.supervisor is not None:
+            await self.supervisor.shutdown()
+        if self.state is not None:
+            self.state.close()
+
+    async def _start_components(self) -> None:
+        """Hook for components that plug into the store (alerts); none by default."""
+
+    async def _announce_ready(self) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.wait_first_round()
+        self.notifier.ready(self.summary())
+        log.info("ready", summary=self.summary())
+        while True:
+            await asyncio.sleep(10)
+            self.notifier.status(self.summary())
+
+    def summary(self) -> str:
+        rows = self.status_rows()
+        failing = [f"{r['collector']}/{r['instance']}" for r in rows if r["success"] is False]
+        text = f"{len(rows) - len(failing)}/{len(rows)} collectors ok"
+        if failing:
+            text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
+        return text
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        if self.supervisor is None:
+            return []
+        return [
+            {
+                "collector": st.kind,
+                "instance": st.instance,
+                "success": st.success,
+                "stream": st.stream,
+                "interval_seconds": st.interval,
+                "last_success": st.last_success_wall or None,
+                "last_error": st.last_error or None,
+                "last_error_time": st.last_error_wall or None,
+                "next_run": st.next_run_wall or None,
+                "runs": st.runs,
+            }
+            for st in self.supervisor.status.values()
+        ]
+
+    async def reload(self) -> tuple[bool, str]:
+        """Load the config file again; a bad file is rejected and the running config stays."""
+        async with self._reload_lock:
+            assert self.supervisor is not None
+            self.notifier.reloading()
+            try:
+                if self.config_path is None:
+                    log.info("reload_skipped", reason="running on the embedded default config")
+                    return True, "no config file: embedded default stays"
+                try:
+                    new = load_config(self.config_path)
+                except ConfigError as exc:
+                    for issue in exc.issues:
+                        log.error("config_reload_rejected", error=str(issue))
+                    self.supervisor.reload_ok = False
+                    self.supervisor._publish_meta()
+                    return False, "config rejected, running config kept:\n" + str(exc)
+                self.config = new
+                await self.supervisor.swap(new)
+                self.supervisor.reload_ok = True
+                import time
+
+                self.supervisor.reload_wall = time.time()
+                self.supervisor._publish_meta()
+                log.info("config_reloaded", collectors=len(self.supervisor.collectors))
+                return True, "config reloaded"
+            finally:
+                self.notifier.ready(self.summary())

@@ -1,0 +1,95 @@
+"""The sample store: the latest snapshot of every collector instance, and nothing stale.
+
+/metrics and the alert engine both read from here; there is no second copy of any value.
+A snapshot older than 2x its collector's interval is dropped from every reader's view.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric
+
+__all__ = ["STALE_FACTOR", "SampleStore", "Snapshot", "SnapshotKey"]
+
+SnapshotKey = tuple[str, str]  # (kind, instance)
+STALE_FACTOR = 2.0
+Listener = Callable[[SnapshotKey, "Snapshot"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    families: tuple[Metric, ...]
+    collected_at: float  # time.monotonic()
+    wall_time: float  # time.time()
+    max_age: float  # seconds after which the snapshot is stale (2x interval)
+
+    def fresh(self, now: float) -> bool:
+        return now - self.collected_at <= self.max_age
+
+
+class SampleStore:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._snapshots: dict[SnapshotKey, Snapshot] = {}
+        self._listeners: list[Listener] = []
+        self.version = 0  # bumped on every change; renderers cache on (version, fresh keys)
+
+    def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float) -> Snapshot:
+        now = self._clock()
+        snap = Snapshot(tuple(families), now, time.time(), STALE_FACTOR * interval)
+        self._snapshots[key] = snap
+        self.version += 1
+        for listener in list(self._listeners):
+            listener(key, snap)
+        return snap
+
+    def touch(self, key: SnapshotKey) -> None:
+        """Keep a live stream collector's last snapshot current without new data."""
+        snap = self._snapshots.get(key)
+        if snap is not None:
+            self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age)
+
+    def drop(self, key: SnapshotKey) -> None:
+        if self._snapshots.pop(key, None) is not None:
+            self.version += 1
+
+    def retain(self, keys: Iterable[SnapshotKey]) -> None:
+        """Forget every snapshot whose collector no longer exists (after a reload)."""
+        keep = set(keys)
+        for key in [k for k in self._snapshots if k not in keep]:
+            self.drop(key)
+
+    def get(self, key: SnapshotKey) -> Snapshot | None:
+        snap = self._snapshots.get(key)
+        if snap is None or not snap.fresh(self._clock()):
+            return None
+        return snap
+
+    def fresh_items(self) -> list[tuple[SnapshotKey, Snapshot]]:
+        now = self._clock()
+        return [(k, s) for k, s in self._snapshots.items() if s.fresh(now)]
+
+    def cache_key(self) -> tuple[int, frozenset[SnapshotKey]]:
+        return self.version, frozenset(k for k, _ in self.fresh_items())
+
+    def families(self) -> Iterator[Metric]:
+        """Every family of every fresh snapshot, families of the same name merged."""
+        merged: dict[str, Metric] = {}
+        for _, snap in sorted(self.fresh_items(), key=lambda item: item[0]):
+            for fam in snap.families:
+                have = merged.get(fam.name)
+                if have is None:
+                    copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                    copy.samples = list(fam.samples)
+                    merged[fam.name] = copy
+                else:
+                    have.samples.extend(fam.samples)
+        return iter(merged.values())
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(key, snapshot)`` on every new snapshot; returns an unsubscribe function."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)

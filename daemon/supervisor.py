@@ -1,0 +1,376 @@
+"""The supervisor: runs every collector instance on its own schedule and reports on each.
+
+Poll collectors run every interval (first run after a random jitter), never overlapping
+their previous run; a run longer than the timeout is cancelled and counts as failed.
+Stream collectors run forever and are restarted with capped exponential backoff and jitter.
+For every instance the supervisor exports success, duration, last success time and errors by
+reason; collectors report nothing about their own health. Failure streaks are logged once
+when they start and once when they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from mevwatch import __version__
+from mevwatch.collectors.base import (
+    Collector,
+    CollectorContext,
+    CollectorError,
+    Families,
+    NoData,
+    Paths,
+    PollCollector,
+    StreamCollector,
+    get_kind,
+)
+from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.daemon.config import CollectorSpec, Config
+from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore, SnapshotKey
+
+__all__ = ["META_KEY", "InstanceStatus", "Supervisor"]
+
+log = structlog.get_logger("mevwatch.supervisor")
+META_KEY: SnapshotKey = ("mevwatch", "self")
+STREAM_BACKOFF_MIN = 1.0
+STREAM_BACKOFF_MAX = 60.0
+
+
+@dataclass(slots=True)
+class InstanceStatus:
+    kind: str
+    instance: str
+    interval: float
+    timeout: float
+    stream: bool
+    success: bool | None = None  # None until the first run ends
+    duration: float = 0.0
+    last_success_wall: float = 0.0
+    last_error: str = ""
+    last_error_wall: float = 0.0
+    next_run_wall: float = 0.0
+    runs: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    alive: bool = False  # stream collectors: run() is executing
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        store: SampleStore,
+        state: StateDB | None = None,
+        pool: BlockingPool | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.state = state
+        self.pool = pool or BlockingPool(config.daemon.blocking_threads)
+        self.collectors: dict[SnapshotKey, Collector[Any]] = {}
+        self.status: dict[SnapshotKey, InstanceStatus] = {}
+        self._tasks: dict[SnapshotKey, asyncio.Task[None]] = {}
+        self._first_round = asyncio.Event()
+        self.heartbeat = time.monotonic()  # advanced by the scheduler loop; read by the watchdog
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.reload_ok = True
+        self.reload_wall = time.time()
+        self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
+        self._meta_dirty_scheduled = False
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    @property
+    def paths(self) -> Paths:
+        p = self.config.daemon.paths
+        return Paths(procfs=p.procfs, sysfs=p.sysfs, rootfs=p.rootfs, devfs=p.devfs)
+
+    def _build(self, spec: CollectorSpec) -> tuple[Collector[Any], InstanceStatus]:
+        cls = get_kind(spec.kind)
+        if cls is None:  # validated by config; only a broken install gets here
+            raise RuntimeError(f"collector kind {spec.kind!r} vanished")
+        interval = spec.options.interval or cls.default_interval
+        timeout = spec.options.timeout or min(cls.default_timeout, interval)
+        ctx = CollectorContext(
+            kind=spec.kind,
+            instance=spec.options.instance,
+            interval=interval,
+            timeout=timeout,
+            paths=self.paths,
+            state=self.state,
+            pool=self.pool,
+        )
+        collector = cls(ctx, spec.options)
+        status = InstanceStatus(
+            spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector)
+        )
+        return collector, status
+
+    async def start(self) -> None:
+        for spec in self.config.collectors:
+            if not spec.options.enabled:
+                continue
+            collector, status = self._build(spec)
+            self.collectors[spec.key] = collector
+            self.status[spec.key] = status
+        for key, collector in self.collectors.items():
+            self._tasks[key] = asyncio.create_task(self._run(key, collector), name=f"collector:{key[0]}/{key[1]}")
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self._beat(), name="supervisor:heartbeat")
+        self._publish_meta()
+        if not self.collectors:
+            self._first_round.set()
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=3.0)
+        for collector in self.collectors.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(collector.close(), 1.0)
+        self._tasks.clear()
+        self.collectors.clear()
+        self.status.clear()
+
+    async def shutdown(self) -> None:
+        await self.stop()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+            self._heartbeat_task = None
+        self.pool.shutdown()
+
+    async def swap(self, config: Config) -> None:
+        """Replace the running collector set by the one of ``config`` (after it validated)."""
+        await self.stop()
+        self.config = config
+        self._first_round = asyncio.Event()
+        self.store.retain([META_KEY, *(s.key for s in config.collectors if s.options.enabled)])
+        await self.start()
+
+    async def wait_first_round(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._first_round.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self._first_round.is_set()
+
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            self._check_first_round()
+            await asyncio.sleep(0.5)
+
+    def _check_first_round(self) -> None:
+        if not self._first_round.is_set() and all(s.success is not None or s.alive for s in self.status.values()):
+            self._first_round.set()
+
+    # --- running ----------------------------------------------------------------------
+
+    async def _run(self, key: SnapshotKey, collector: Collector[Any]) -> None:
+        status = self.status[key]
+        if isinstance(collector, StreamCollector):
+            await self._run_stream(key, collector, status)
+        elif isinstance(collector, PollCollector):
+            await self._run_poll(key, collector, status)
+
+    async def _run_poll(self, key: SnapshotKey, collector: PollCollector[Any], status: InstanceStatus) -> None:
+        loop = asyncio.get_running_loop()
+        jitter = collector.options.jitter
+        next_at = loop.time() + (random.uniform(0, jitter) if jitter else 0.0)
+        while True:
+            delay = next_at - loop.time()
+            status.next_run_wall = time.time() + max(delay, 0.0)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            started = loop.time()
+            try:
+                families = await asyncio.wait_for(collector.collect(), status.timeout)
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                self._failed(key, status, "timeout", f"run exceeded the {status.timeout:g}s timeout", started)
+            except CollectorError as exc:
+                self._failed(key, status, exc.reason, exc.message, started)
+            except NoData:
+                self._succeeded(key, status, (), started)
+            except Exception as exc:  # a bug in a collector: reported, never fatal
+                log.exception("collector_bug", collector=key[0], instance=key[1])
+                self._failed(key, status, "exception", f"{type(exc).__name__}: {exc}", started)
+            else:
+                self._succeeded(key, status, families, started)
+            # Fixed-rate schedule; after an overrun, skip the missed slots instead of bursting.
+            next_at += status.interval
+            now = loop.time()
+            if next_at < now:
+                next_at = now + status.interval - ((now - next_at) % status.interval)
+
+    async def _run_stream(self, key: SnapshotKey, collector: StreamCollector[Any], status: InstanceStatus) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = STREAM_BACKOFF_MIN
+
+        def emit(families: Families) -> None:
+            status.alive = True
+            self._succeeded(key, status, families, None)
+
+        keeper = asyncio.create_task(self._keep_stream_fresh(key, status))
+        try:
+            while True:
+                started = loop.time()
+                status.alive = True
+                self._check_first_round()
+                try:
+                    await collector.run(emit)
+                    reason, message = "exited", "stream ended"
+                except asyncio.CancelledError:
+                    raise
+                except CollectorError as exc:
+                    reason, message = exc.reason, exc.message
+                except Exception as exc:
+                    log.exception("collector_bug", collector=key[0], instance=key[1])
+                    reason, message = "exception", f"{type(exc).__name__}: {exc}"
+                status.alive = False
+                self._failed(key, status, reason, message, None)
+                if loop.time() - started > STREAM_BACKOFF_MAX:
+                    backoff = STREAM_BACKOFF_MIN
+                wait = random.uniform(backoff / 2, backoff)
+                status.next_run_wall = time.time() + wait
+                await asyncio.sleep(wait)
+                backoff = min(backoff * 2, STREAM_BACKOFF_MAX)
+        finally:
+            keeper.cancel()
+
+    async def _keep_stream_fresh(self, key: SnapshotKey, status: InstanceStatus) -> None:
+        while True:
+            await asyncio.sleep(max(status.interval / 2, 0.05))
+            if status.alive:
+                self.store.touch(key)
+
+    def _succeeded(
+        self, key: SnapshotKey, status: InstanceStatus, families: Families, started: float | None
+    ) -> None:
+        if started is not None:
+            status.duration = asyncio.get_running_loop().time() - started
+            status.runs += 1
+        if status.success is False:
+            log.info("collector_recovered", collector=key[0], instance=key[1])
+        status.success = True
+        status.last_success_wall = time.time()
+        self.store.put(key, families, status.interval)
+        self._check_first_round()
+        self._publish_meta()
+
+    def _failed(
+        self, key: SnapshotKey, status: InstanceStatus, reason: str, message: str, started: float | None
+    ) -> None:
+        if started is not None:
+            status.duration = asyncio.get_running_loop().time() - started
+            status.runs += 1
+        if status.success is not False:
+            log.warning("collector_failed", collector=key[0], instance=key[1], reason=reason, error=message)
+        status.success = False
+        status.errors[reason] += 1
+        status.last_error = f"{reason}: {message}"
+        status.last_error_wall = time.time()
+        self._check_first_round()
+        self._publish_meta()
+
+    # --- self metrics -----------------------------------------------------------------
+
+    def _publish_meta(self) -> None:
+        self.store.put(META_KEY, self.meta_families(), interval=3600.0)
+
+    def meta_families(self) -> list[Metric]:
+        labels = ["collector", "instance"]
+        success = GaugeMetricFamily(
+            "mevwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed", labels=labels
+        )
+        duration = GaugeMetricFamily(
+            "mevwatch_collector_duration_seconds", "Wall time of the collector's last run", labels=labels
+        )
+        last_ok = GaugeMetricFamily(
+            "mevwatch_collector_last_success_timestamp_seconds",
+            "Unix time of the collector's last successful run",
+            labels=labels,
+        )
+        errors = CounterMetricFamily(
+            "mevwatch_collector_errors",
+            "Failed collector runs by reason",
+            labels=[*labels, "reason"],
+        )
+        interval = GaugeMetricFamily(
+            "mevwatch_collector_interval_seconds", "Configured interval of the collector", labels=labels
+        )
+        for (kind, inst), st in sorted(self.status.items()):
+            lv = [kind, inst]
+            if st.success is not None:
+                success.add_metric(lv, 1.0 if st.success else 0.0)
+                duration.add_metric(lv, st.duration)
+            if st.last_success_wall:
+                last_ok.add_metric(lv, st.last_success_wall)
+            interval.add_metric(lv, st.interval)
+            for reason, n in sorted(st.errors.items()):
+                errors.add_metric([*lv, reason], float(n))
+        build = InfoMetricFamily(
+            "mevwatch_build", "mevwatch version and Python runtime", value={
+                "version": __version__,
+                "python": ".".join(map(str, sys.version_info[:3])),
+            }
+        )
+        abandoned = GaugeMetricFamily(
+            "mevwatch_blocking_threads_abandoned",
+            "Blocking calls that timed out and whose thread has not returned (hung I/O)",
+            value=float(self.pool.abandoned),
+        )
+        abandoned_total = CounterMetricFamily(
+            "mevwatch_blocking_calls_abandoned",
+            "Blocking calls abandoned after their timeout since start",
+            value=float(self.pool.abandoned_total),
+        )
+        reload_ok = GaugeMetricFamily(
+            "mevwatch_config_last_reload_successful",
+            "1 if the last config (re)load succeeded, 0 if the running config is older than the file",
+            value=1.0 if self.reload_ok else 0.0,
+        )
+        reload_ts = GaugeMetricFamily(
+            "mevwatch_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load",
+            value=self.reload_wall,
+        )
+        families: list[Metric] = [
+            success, duration, last_ok, errors, interval, build, abandoned, abandoned_total, reload_ok, reload_ts,
+        ]
+        if self.state is not None:
+            families.append(
+                CounterMetricFamily(
+                    "mevwatch_state_write_errors",
+                    "Failed writes to the state DB (full or unwritable disk)",
+                    value=float(self.state.write_errors_total),
+                )
+            )
+        for extra in self.extra_meta:
+            families.extend(extra())
+        return families

@@ -1,0 +1,7 @@
+"""``python -m mevwatch``."""
+
+import sys
+
+from mevwatch.daemon.cli import main
+
+sys.exit(main())
