@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from mevwatch.daemon.state import StateDB
 
 __all__ = [
+    "IMPORT_ERRORS",
     "Collector",
     "CollectorContext",
     "CollectorError",
@@ -169,6 +170,8 @@ class StreamCollector(Collector[OptionsT]):
 
 
 _REGISTRY: dict[str, type[Collector[Any]]] = {}
+#: collector modules that failed to import, by module name (== kind), with the error
+IMPORT_ERRORS: dict[str, str] = {}
 _DISCOVERED = False
 
 C = TypeVar("C", bound=type[Collector[Any]])
@@ -194,7 +197,13 @@ def _discover() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name.startswith("_") or mod.name == "base":
             continue
-        importlib.import_module(f"mevwatch.collectors.{mod.name}")
+        try:
+            importlib.import_module(f"mevwatch.collectors.{mod.name}")
+        except Exception as exc:  # one broken collector module must not take the others down
+            IMPORT_ERRORS[mod.name] = f"{type(exc).__name__}: {exc}"
+            structlog.get_logger("mevwatch.collectors").error(
+                "collector_import_failed", module=mod.name, error=IMPORT_ERRORS[mod.name]
+            )
 
 
 def all_kinds() -> dict[str, type[Collector[Any]]]:

@@ -24,7 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mevwatch.collectors.base import CollectorOptions, all_kinds, get_kind
+from mevwatch.alerts.config import AlertsConfig, resolve_rules
+from mevwatch.collectors.base import IMPORT_ERRORS, CollectorOptions, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 
 __all__ = [
@@ -106,7 +107,7 @@ class DaemonConfig(_Strict):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
-    alerts: dict[str, Any] = Field(default_factory=dict, description="alert rules, routes and receivers")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,8 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
         daemon = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, (), file, lines))
+    if daemon is not None and daemon.alerts.enabled:
+        issues.extend(resolve_rules(daemon.alerts, file))
 
     specs: list[CollectorSpec] = []
     raw_collectors = data.get("collectors", [])
@@ -278,6 +281,16 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
                 continue
             kind, body = next(iter(entry.items()))
             cls = get_kind(kind)
+            if cls is None and kind in IMPORT_ERRORS:
+                issues.append(
+                    ConfigIssue(
+                        file,
+                        _line_for(lines, (*loc, kind)),
+                        _fmt((*loc, kind)),
+                        f"collector {kind!r} cannot be loaded: {IMPORT_ERRORS[kind]}",
+                    )
+                )
+                continue
             if cls is None:
                 issues.append(
                     ConfigIssue(
@@ -328,5 +341,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 def default_config_text() -> str:
     """The embedded default: every collector kind that is on by default, with default options."""
-    kinds = [k for k, cls in all_kinds().items() if getattr(cls, "default_enabled", True)]
+    kinds = [
+        k
+        for k, cls in all_kinds().items()
+        if cls.default_enabled and cls.__module__.startswith("mevwatch.collectors.")
+    ]
     return "collectors:\n" + "".join(f"  - {k}: {{}}\n" for k in kinds)

@@ -179,9 +179,13 @@ class Supervisor:
         return self._first_round.is_set()
 
     async def _beat(self) -> None:
+        n = 0
         while True:
             self.heartbeat = time.monotonic()
             self._check_first_round()
+            n += 1
+            if n % 10 == 0:  # abandoned-thread and state gauges change without collector runs
+                self._publish_meta()
             await asyncio.sleep(0.5)
 
     def _check_first_round(self) -> None:

@@ -1,0 +1,194 @@
+"""The supervisor keeps every collector on schedule when one hangs, raises or blocks a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import ClassVar
+
+import pytest
+from prometheus_client.metrics_core import GaugeMetricFamily
+
+from mevwatch.collectors.base import (
+    CollectorError,
+    CollectorOptions,
+    Emit,
+    Families,
+    PollCollector,
+    StreamCollector,
+    register,
+)
+from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.daemon.config import load_config_text
+from mevwatch.daemon.store import SampleStore
+from mevwatch.daemon.supervisor import META_KEY, Supervisor
+
+RUNS: dict[str, list[float]] = {}
+RELEASE = threading.Event()
+
+
+def _family(name: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, f"test value of {name}", value=value)
+
+
+@register
+class TickCollector(PollCollector[CollectorOptions]):
+    kind: ClassVar[str] = "t_tick"
+    default_interval = 0.1
+    default_timeout = 0.05
+
+    async def collect(self) -> Families:
+        RUNS.setdefault(self.ctx.instance, []).append(time.monotonic())
+        return [_family("t_tick_value", 1.0)]
+
+
+@register
+class HangCollector(PollCollector[CollectorOptions]):
+    kind: ClassVar[str] = "t_hang"
+    default_interval = 0.1
+    default_timeout = 0.2
+
+    async def collect(self) -> Families:
+        RUNS.setdefault("hang", []).append(time.monotonic())
+        await asyncio.Event().wait()  # forever
+        return []
+
+
+@register
+class FlakyCollector(PollCollector[CollectorOptions]):
+    """Succeeds on the first run, then raises: its old samples must vanish after 2x interval."""
+
+    kind: ClassVar[str] = "t_flaky"
+    default_interval = 0.1
+    default_timeout = 0.1
+    calls = 0
+
+    async def collect(self) -> Families:
+        FlakyCollector.calls += 1
+        if FlakyCollector.calls == 1:
+            return [_family("t_flaky_value", 7.0)]
+        if FlakyCollector.calls % 2:
+            raise CollectorError("refused", "node refused the connection")
+        raise RuntimeError("a bug")
+
+
+@register
+class BlockThreadCollector(PollCollector[CollectorOptions]):
+    kind: ClassVar[str] = "t_block"
+    default_interval = 0.1
+    default_timeout = 0.15
+
+    async def collect(self) -> Families:
+        await self.ctx.run_blocking(RELEASE.wait, 30.0, timeout=0.1)  # a hung statvfs
+        return [_family("t_block_value", 1.0)]
+
+
+@register
+class DyingStream(StreamCollector[CollectorOptions]):
+    kind: ClassVar[str] = "t_stream"
+    default_interval = 0.1
+    starts = 0
+
+    async def run(self, emit: Emit) -> None:
+        DyingStream.starts += 1
+        emit([_family("t_stream_value", float(DyingStream.starts))])
+        await asyncio.sleep(0.05)
+        raise CollectorError("reset", "connection reset")
+
+
+CONFIG = """\
+collectors:
+  - t_tick: {instance: a}
+  - t_tick: {instance: b, interval: 0.05}
+  - t_hang: {}
+  - t_flaky: {}
+  - t_block: {}
+"""
+
+
+def value(store: SampleStore, name: str, **labels: str) -> float | None:
+    for fam in store.families():
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+async def test_failing_collectors_do_not_disturb_the_others() -> None:
+    RUNS.clear()
+    RELEASE.clear()
+    store = SampleStore()
+    pool = BlockingPool(max_workers=4)
+    sup = Supervisor(load_config_text(CONFIG, "t", {}), store, pool=pool)
+    await sup.start()
+    try:
+        await asyncio.sleep(1.0)
+        # The healthy collectors kept their schedule (measured): ~10 and ~20 runs in 1 s.
+        for inst, interval in (("a", 0.1), ("b", 0.05)):
+            gaps = [b - a for a, b in zip(RUNS[inst], RUNS[inst][1:], strict=False)]
+            assert len(RUNS[inst]) >= 0.8 / interval, (inst, len(RUNS[inst]))
+            assert max(gaps) < interval + 0.08, (inst, max(gaps))
+        # The hung collector is cancelled at its timeout, and retried: never overlapping.
+        assert 3 <= len(RUNS["hang"]) <= 6
+        assert value(store, "mevwatch_collector_success", collector="t_hang") == 0.0
+        assert value(store, "mevwatch_collector_errors_total", collector="t_hang", reason="timeout")
+        # Raising collectors: expected errors by reason, bugs as "exception"; samples gone after 2x interval.
+        assert value(store, "mevwatch_collector_success", collector="t_flaky") == 0.0
+        assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused")
+        assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="exception")
+        assert value(store, "t_flaky_value") is None
+        # The thread-blocking collector: timeouts, abandoned threads counted, loop never blocked.
+        assert value(store, "mevwatch_collector_success", collector="t_block") == 0.0
+        assert pool.abandoned >= 1
+        assert value(store, "mevwatch_blocking_threads_abandoned") is not None
+        assert value(store, "t_tick_value") == 1.0
+    finally:
+        RELEASE.set()
+        await sup.shutdown()
+
+
+async def test_stale_samples_vanish_after_twice_the_interval() -> None:
+    FlakyCollector.calls = 0
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_flaky: {interval: 0.2}\n", "t", {}), store)
+    await sup.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert value(store, "t_flaky_value") == 7.0
+        await asyncio.sleep(0.3)  # 0.35 s < 2x0.2: still served
+        assert value(store, "t_flaky_value") == 7.0
+        await asyncio.sleep(0.15)  # 0.5 s > 0.4 s
+        assert value(store, "t_flaky_value") is None
+    finally:
+        await sup.shutdown()
+
+
+async def test_stream_collector_restarts_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mevwatch.daemon.supervisor as supmod
+
+    monkeypatch.setattr(supmod, "STREAM_BACKOFF_MIN", 0.1)
+    monkeypatch.setattr(supmod, "STREAM_BACKOFF_MAX", 0.4)
+    DyingStream.starts = 0
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_stream: {}\n", "t", {}), store)
+    await sup.start()
+    try:
+        await asyncio.sleep(1.5)
+        # backoff 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.2-0.4...: between 4 and 8 starts in 1.5 s, not hundreds
+        assert 4 <= DyingStream.starts <= 9, DyingStream.starts
+        assert value(store, "mevwatch_collector_errors_total", collector="t_stream", reason="reset")
+    finally:
+        await sup.shutdown()
+
+
+async def test_ready_after_first_round_and_meta_always_present() -> None:
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 5}\n", "t", {}), store)
+    await sup.start()
+    try:
+        assert await sup.wait_first_round(2.0)
+        assert store.get(META_KEY) is not None
+        assert value(store, "mevwatch_build_info") == 1.0
+    finally:
+        await sup.shutdown()
