@@ -1,0 +1,458 @@
+"""Host memory: meminfo, swap, PSI, kernel OOM kills, watched cgroups and the largest processes.
+
+Serves the runbook's "High Memory Usage Leading to OOM Kills" (``free``, ``ps aux --sort=-%mem``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import Field, field_validator
+
+from mevwatch.collectors._host import (
+    enum_family,
+    parse_pressure,
+    parse_proc_cgroup,
+    pressure_families,
+    read_text_status,
+    unit_from_cgroup_path,
+)
+from mevwatch.collectors.base import (
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+
+__all__ = [
+    "CgroupLayout",
+    "CgroupMemory",
+    "MemoryCollector",
+    "MemoryOptions",
+    "ProcessGroup",
+    "detect_memory_cgroup",
+    "parse_keyed_counts",
+    "parse_meminfo",
+    "parse_proc_stat_rss",
+    "parse_vmstat",
+    "read_cgroup_memory",
+    "resolve_unit_cgroup",
+    "top_processes",
+]
+
+#: v1 reports "no limit" as PAGE_COUNTER_MAX pages; anything this large is unlimited
+_V1_UNLIMITED = 1 << 62
+_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap", ".slice")
+
+
+class MemoryOptions(CollectorOptions):
+    units: list[str] = Field(
+        default_factory=lambda: ["ethereum-erigon", "mev-detection", "mev-execution", "mev-analytics"],
+        validate_default=True,
+        description="systemd units whose cgroup memory and OOM kills are watched ('.service' implied)",
+    )
+    cgroups: list[str] = Field(
+        default_factory=list,
+        description="cgroup paths (relative to the memory hierarchy root) watched like units",
+    )
+    top_processes: int = Field(
+        10, ge=0, le=100, description="the N largest processes by RSS, labelled comm and unit (0: off)"
+    )
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, v: list[str]) -> list[str]:
+        out = []
+        for name in v:
+            name = name.strip()
+            if not name or "/" in name:
+                raise ValueError(f"unit name must be a systemd unit like 'mev-detection.service', got {name!r}")
+            out.append(name if name.endswith(_UNIT_SUFFIXES) else name + ".service")
+        return out
+
+    @field_validator("cgroups")
+    @classmethod
+    def _cgroups(cls, v: list[str]) -> list[str]:
+        out = []
+        for path in v:
+            parts = [p for p in path.strip().split("/") if p]
+            if not parts or any(p in (".", "..") for p in parts):
+                raise ValueError(f"cgroup path must name a cgroup below the hierarchy root, got {path!r}")
+            out.append("/" + "/".join(parts))
+        return out
+
+
+# --- pure parsers ---------------------------------------------------------------------------
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` -> bytes by field (``kB`` values scaled; HugePages_* counts kept)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or not fields or len(fields) > 2:
+            raise ValueError(f"malformed meminfo line: {line!r}")
+        try:
+            value = int(fields[0])
+        except ValueError:
+            raise ValueError(f"malformed meminfo value: {line!r}") from None
+        if len(fields) == 2:
+            if fields[1] != "kB":
+                raise ValueError(f"unknown meminfo unit {fields[1]!r} in {line!r}")
+            value *= 1024
+        out[key.strip()] = value
+    if "MemTotal" not in out:
+        raise ValueError("meminfo has no MemTotal")
+    return out
+
+
+def parse_keyed_counts(text: str) -> dict[str, int]:
+    """``key value`` lines (``/proc/vmstat``, ``memory.events``, ``memory.oom_control``) -> ints."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"expected 'key value', got {line!r}")
+        try:
+            out[fields[0]] = int(fields[1])
+        except ValueError:
+            raise ValueError(f"value of {fields[0]!r} is not an integer: {fields[1]!r}") from None
+    return out
+
+
+parse_vmstat = parse_keyed_counts
+
+
+def parse_proc_stat_rss(text: str) -> tuple[str, int]:
+    """``/proc/<pid>/stat`` -> (comm, resident pages). The comm may hold spaces and parentheses."""
+    lpar, rpar = text.find("("), text.rfind(")")
+    if lpar < 0 or rpar < lpar:
+        raise ValueError(f"malformed stat line: {text[:80]!r}")
+    rest = text[rpar + 2 :].split()
+    if len(rest) < 22:
+        raise ValueError(f"stat line has {len(rest) + 2} fields, expected >= 24")
+    # rest[0] is field 3 (state); rss is field 24
+    return text[lpar + 1 : rpar], int(rest[21])
+
+
+# --- cgroups --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLayout:
+    version: int  # 1 or 2
+    root: Path  # root of the memory hierarchy
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupMemory:
+    usage_bytes: int
+    limit_bytes: int | None  # None: unlimited
+    oom_kills: int | None  # None: kernel too old to count them
+
+
+def detect_memory_cgroup(sysfs: Path) -> CgroupLayout | None:
+    """Where the memory controller is mounted: v1 ``memory/`` (also on hybrid hosts), else v2."""
+    base = sysfs / "fs" / "cgroup"
+    if (base / "memory" / "memory.usage_in_bytes").is_file():
+        return CgroupLayout(1, base / "memory")
+    try:
+        controllers = (base / "cgroup.controllers").read_text(encoding="ascii").split()
+    except OSError:
+        return None
+    return CgroupLayout(2, base) if "memory" in controllers else None
+
+
+def resolve_unit_cgroup(layout: CgroupLayout, unit: str) -> Path | None:
+    """The cgroup of a systemd unit: ``system.slice/<unit>`` or under any (nested) slice."""
+    direct = layout.root / "system.slice" / unit
+    if direct.is_dir():
+        return direct
+    for pattern in (f"*.slice/{unit}", f"*.slice/*.slice/{unit}", unit):
+        for cand in sorted(layout.root.glob(pattern)):
+            if cand.is_dir():
+                return cand
+    return None
+
+
+def read_cgroup_memory(layout: CgroupLayout, cgroup: Path) -> CgroupMemory:
+    """Usage, limit and OOM kills of one cgroup; OSError/ValueError when its files are bad."""
+    if layout.version == 2:
+        usage = int((cgroup / "memory.current").read_text(encoding="ascii"))
+        raw_max = (cgroup / "memory.max").read_text(encoding="ascii").strip()
+        limit = None if raw_max == "max" else int(raw_max)
+        events = parse_keyed_counts((cgroup / "memory.events").read_text(encoding="ascii"))
+        return CgroupMemory(usage, limit, events.get("oom_kill"))
+    usage = int((cgroup / "memory.usage_in_bytes").read_text(encoding="ascii"))
+    raw_limit = int((cgroup / "memory.limit_in_bytes").read_text(encoding="ascii"))
+    control = parse_keyed_counts((cgroup / "memory.oom_control").read_text(encoding="ascii"))
+    return CgroupMemory(usage, None if raw_limit >= _V1_UNLIMITED else raw_limit, control.get("oom_kill"))
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessGroup:
+    comm: str
+    unit: str
+    resident_bytes: int
+    processes: int
+
+
+def top_processes(procfs: Path, n: int, page_size: int) -> list[ProcessGroup]:
+    """The ``n`` largest processes by RSS, those sharing comm and unit summed into one group.
+
+    One ``stat`` read per process; the cgroup is read only for the ``n`` winners. Processes
+    that exit during the scan are skipped. OSError when ``procfs`` itself cannot be listed.
+    """
+    ranked: list[tuple[int, int, str]] = []
+    with os.scandir(procfs) as it:
+        for entry in it:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(os.path.join(entry.path, "stat"), "rb") as f:
+                    comm, pages = parse_proc_stat_rss(f.read().decode("utf-8", "replace"))
+            except (OSError, ValueError):
+                continue
+            if pages > 0:  # kernel threads have no RSS
+                ranked.append((pages, int(entry.name), comm))
+    ranked.sort(reverse=True)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for pages, pid, comm in ranked[:n]:
+        try:
+            unit = unit_from_cgroup_path(parse_proc_cgroup((procfs / str(pid) / "cgroup").read_text("utf-8")))
+        except OSError:
+            unit = ""
+        acc = groups.setdefault((comm, unit), [0, 0])
+        acc[0] += pages * page_size
+        acc[1] += 1
+    return [ProcessGroup(c, u, b, k) for (c, u), (b, k) in groups.items()]
+
+
+# --- the collector --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    unit: str
+    cgroup: str  # configured cgroup path, "" for a unit
+
+
+@register
+class MemoryCollector(PollCollector[MemoryOptions]):
+    kind: ClassVar[str] = "memory"
+    Options = MemoryOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    runbook_section = "high-memory-usage-leading-to-oom-kills"
+
+    async def collect(self) -> Families:
+        paths = self.ctx.paths
+        meminfo_path = paths.proc("meminfo")
+        text, status, detail = read_text_status(meminfo_path)
+        if text is None:
+            raise CollectorError(f"meminfo_{status}", detail)
+        try:
+            mem = parse_meminfo(text)
+        except ValueError as exc:
+            raise CollectorError("meminfo_invalid", f"{meminfo_path}: {exc}") from None
+        families: list[Metric] = _meminfo_families(mem)
+        sources: list[tuple[Sequence[str], str]] = []
+
+        pressure_status = self._pressure(families)
+        sources.append((["pressure"], pressure_status))
+        sources.append((["vmstat"], self._vmstat(families)))
+        targets = [_Target(u, "") for u in self.options.units] + [
+            _Target(_unit_of(c), c) for c in self.options.cgroups
+        ]
+        layout = detect_memory_cgroup(paths.sysfs)
+        if targets:
+            sources.append((["cgroup"], "ok" if layout is not None else "missing"))
+            families.extend(_cgroup_families(layout, targets))
+        if self.options.top_processes > 0:
+            try:
+                groups = await self.ctx.run_blocking(
+                    top_processes, paths.procfs, self.options.top_processes, os.sysconf("SC_PAGE_SIZE")
+                )
+                sources.append((["processes"], "ok"))
+                families.extend(_process_families(groups))
+            except OSError as exc:
+                self.ctx.log.debug("processes_unreadable", error=str(exc))
+                sources.append((["processes"], "unreadable"))
+        families.append(
+            enum_family(
+                "mevwatch_memory_source_status",
+                "State of each optional memory source (1 for the current state): ok, missing, disabled, "
+                "unreadable, invalid",
+                ["source"],
+                sources,
+            )
+        )
+        return families
+
+    def _pressure(self, families: list[Metric]) -> str:
+        path = self.ctx.paths.proc("pressure", "memory")
+        text, status, detail = read_text_status(path)
+        if text is None:
+            self.ctx.log.debug("pressure_unavailable", status=status, detail=detail)
+            return status
+        try:
+            psi = parse_pressure(text)
+        except ValueError as exc:
+            self.ctx.log.debug("pressure_invalid", error=str(exc))
+            return "invalid"
+        families.extend(pressure_families("mevwatch_memory", "memory", psi))
+        return "ok"
+
+    def _vmstat(self, families: list[Metric]) -> str:
+        text, status, _ = read_text_status(self.ctx.paths.proc("vmstat"))
+        if text is None:
+            return status
+        try:
+            vm = parse_vmstat(text)
+        except ValueError:
+            return "invalid"
+        if "oom_kill" not in vm:  # before Linux 4.13
+            return "missing"
+        families.append(
+            CounterMetricFamily(
+                "mevwatch_memory_oom_kills",
+                "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)",
+                value=float(vm["oom_kill"]),
+            )
+        )
+        return "ok"
+
+
+def _unit_of(cgroup: str) -> str:
+    unit = unit_from_cgroup_path(cgroup)
+    return "" if unit.startswith("/") else unit
+
+
+def _meminfo_families(mem: dict[str, int]) -> list[Metric]:
+    total = mem["MemTotal"]
+    # Kernels before 3.14 lack MemAvailable; free + page cache is the estimate `free` used then.
+    available = mem.get("MemAvailable", mem.get("MemFree", 0) + mem.get("Buffers", 0) + mem.get("Cached", 0))
+    out: list[Metric] = [
+        GaugeMetricFamily("mevwatch_memory_total_bytes", "Usable RAM (MemTotal)", value=total),
+        GaugeMetricFamily(
+            "mevwatch_memory_available_bytes",
+            "Memory available to new work without swapping (MemAvailable)",
+            value=available,
+        ),
+        GaugeMetricFamily("mevwatch_memory_free_bytes", "Unused RAM (MemFree)", value=mem.get("MemFree", 0)),
+        GaugeMetricFamily(
+            "mevwatch_memory_buffers_bytes", "Block device buffers (Buffers)", value=mem.get("Buffers", 0)
+        ),
+        GaugeMetricFamily(
+            "mevwatch_memory_cached_bytes",
+            "Page cache and reclaimable slab (Cached + SReclaimable), what `free` shows as cache",
+            value=mem.get("Cached", 0) + mem.get("SReclaimable", 0),
+        ),
+        GaugeMetricFamily(
+            "mevwatch_memory_used_ratio",
+            "Share of RAM not available (1 - MemAvailable / MemTotal), 0..1",
+            value=(1.0 - available / total) if total > 0 else 0.0,
+        ),
+        GaugeMetricFamily("mevwatch_memory_swap_total_bytes", "Swap space (SwapTotal)", value=mem.get("SwapTotal", 0)),
+        GaugeMetricFamily("mevwatch_memory_swap_free_bytes", "Unused swap (SwapFree)", value=mem.get("SwapFree", 0)),
+    ]
+    swap_total = mem.get("SwapTotal", 0)
+    if swap_total > 0:
+        out.append(
+            GaugeMetricFamily(
+                "mevwatch_memory_swap_used_ratio",
+                "Share of swap in use, 0..1 (absent without swap)",
+                value=1.0 - mem.get("SwapFree", 0) / swap_total,
+            )
+        )
+    return out
+
+
+def _cgroup_families(layout: CgroupLayout | None, targets: Sequence[_Target]) -> list[Metric]:
+    labels = ["unit", "cgroup"]
+    usage = GaugeMetricFamily(
+        "mevwatch_memory_cgroup_usage_bytes", "Memory charged to the watched cgroup", labels=labels
+    )
+    limit = GaugeMetricFamily(
+        "mevwatch_memory_cgroup_limit_bytes", "Memory limit of the watched cgroup (absent when unlimited)",
+        labels=labels,
+    )
+    ratio = GaugeMetricFamily(
+        "mevwatch_memory_cgroup_used_ratio",
+        "Usage of the watched cgroup over its limit, 0..1 (absent when unlimited)",
+        labels=labels,
+    )
+    kills = CounterMetricFamily(
+        "mevwatch_memory_cgroup_oom_kills",
+        "Processes of the watched cgroup killed by the OOM killer (memory.events / memory.oom_control)",
+        labels=labels,
+    )
+    rows: list[tuple[Sequence[str], str]] = []
+    for t in targets:
+        lv = [t.unit, t.cgroup]
+        if layout is None:
+            rows.append((lv, "missing"))
+            continue
+        path = resolve_unit_cgroup(layout, t.unit) if not t.cgroup else layout.root / t.cgroup.lstrip("/")
+        if path is None or not path.is_dir():
+            rows.append((lv, "missing"))
+            continue
+        try:
+            m = read_cgroup_memory(layout, path)
+        except FileNotFoundError:
+            rows.append((lv, "missing"))
+            continue
+        except OSError:
+            rows.append((lv, "unreadable"))
+            continue
+        except ValueError:
+            rows.append((lv, "invalid"))
+            continue
+        rows.append((lv, "ok"))
+        usage.add_metric(lv, float(m.usage_bytes))
+        if m.limit_bytes is not None:
+            limit.add_metric(lv, float(m.limit_bytes))
+            if m.limit_bytes > 0:
+                ratio.add_metric(lv, m.usage_bytes / m.limit_bytes)
+        if m.oom_kills is not None:
+            kills.add_metric(lv, float(m.oom_kills))
+    status = enum_family(
+        "mevwatch_memory_cgroup_status",
+        "State of the watched cgroup (1 for the current state): ok, missing, unreadable, invalid",
+        labels,
+        rows,
+        states=("ok", "missing", "unreadable", "invalid"),
+    )
+    return [usage, limit, ratio, kills, status]
+
+
+def _process_families(groups: Sequence[ProcessGroup]) -> list[Metric]:
+    labels = ["comm", "unit"]
+    rss = GaugeMetricFamily(
+        "mevwatch_memory_top_process_resident_bytes",
+        "Resident memory of the largest processes, summed over those sharing comm and unit",
+        labels=labels,
+    )
+    count = GaugeMetricFamily(
+        "mevwatch_memory_top_processes",
+        "How many of the largest processes share this comm and unit",
+        labels=labels,
+    )
+    for g in sorted(groups, key=lambda g: -g.resident_bytes):
+        rss.add_metric([g.comm, g.unit], float(g.resident_bytes))
+        count.add_metric([g.comm, g.unit], float(g.processes))
+    return [rss, count]
