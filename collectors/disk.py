@@ -1,0 +1,741 @@
+"""Disk space: per-mount bytes, inodes and time-to-full, watched directory sizes, backup freshness.
+
+Every filesystem call runs in the blocking pool with its own timeout: a dead NFS mount is
+reported as ``stalled`` and not called again until its hung call has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import heapq
+import os
+import re
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from pydantic import Field, field_validator
+
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+from mevwatch.daemon.fields import Duration
+
+__all__ = [
+    "DEFAULT_FS_TYPES_EXCLUDE",
+    "DEFAULT_MOUNT_POINTS_EXCLUDE",
+    "BackupInfo",
+    "DirScan",
+    "DiskCollector",
+    "DiskOptions",
+    "FillTrend",
+    "FsStats",
+    "Mount",
+    "find_newest_backup",
+    "fs_stats",
+    "linear_slope",
+    "parse_mountinfo",
+    "scan_tree",
+    "select_mounts",
+]
+
+# node_exporter's filesystem collector defaults (collector/filesystem_linux.go): pseudo and
+# container-internal filesystems say nothing about the space services can run out of.
+DEFAULT_MOUNT_POINTS_EXCLUDE = (
+    r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+)
+DEFAULT_FS_TYPES_EXCLUDE = (
+    r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue"
+    r"|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$"
+)
+
+MOUNT_STATUSES = ("ok", "stalled", "error")
+DIR_STATUSES = ("ok", "truncated", "partial", "missing", "permission_denied", "stalled", "error")
+BACKUP_STATUSES = ("ok", "missing", "permission_denied", "stalled", "error")
+MIN_FIT_POINTS = 3
+FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
+MAX_FILE_LABEL = 256
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+# Indirection so a test can make one mount's statvfs hang, as a dead NFS server does.
+_statvfs: Callable[[str], os.statvfs_result] = os.statvfs
+
+
+# --- mounts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    device: str
+    mountpoint: str  # as seen inside the configured rootfs (the label)
+    fstype: str
+    readonly: bool
+    path: str = ""  # where to statvfs it from this process; mountpoint when empty
+
+    @property
+    def stat_path(self) -> str:
+        return self.path or self.mountpoint
+
+
+def _unescape(text: str) -> str:
+    # The kernel escapes space, tab, newline and backslash in mountinfo as \ooo.
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """Mounts of /proc/<pid>/mountinfo, in order; a later mount on the same point hides the earlier."""
+    by_point: dict[str, Mount] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+        except ValueError:
+            raise ValueError(f"mountinfo line {n}: no ' - ' separator in {line[:200]!r}") from None
+        if len(fields) < sep + 3:
+            raise ValueError(f"mountinfo line {n}: missing filesystem type or source in {line[:200]!r}")
+        mountpoint = _unescape(fields[4])
+        options = fields[5].split(",")
+        by_point.pop(mountpoint, None)
+        by_point[mountpoint] = Mount(
+            device=_unescape(fields[sep + 2]),
+            mountpoint=mountpoint,
+            fstype=fields[sep + 1],
+            readonly="ro" in options,
+        )
+    return list(by_point.values())
+
+
+def select_mounts(
+    mounts: Iterable[Mount], mount_points_exclude: re.Pattern[str], fs_types_exclude: re.Pattern[str], rootfs: str = "/"
+) -> list[Mount]:
+    """Mounts to report: under ``rootfs`` (labelled relative to it), minus the excluded ones."""
+    root = rootfs.rstrip("/")
+    out = []
+    for m in mounts:
+        if root:
+            if m.mountpoint != root and not m.mountpoint.startswith(root + "/"):
+                continue
+            label = m.mountpoint[len(root):] or "/"
+            m = Mount(m.device, label, m.fstype, m.readonly, path=m.mountpoint)
+        if mount_points_exclude.search(m.mountpoint) or fs_types_exclude.search(m.fstype):
+            continue
+        out.append(m)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    size: int
+    free: int
+    avail: int
+    files: int
+    files_free: int
+    files_avail: int
+    readonly: bool
+
+    @property
+    def used_ratio(self) -> float:
+        # df's Use%: space used over the space usable by unprivileged users.
+        used = self.size - self.free
+        denom = used + self.avail
+        return used / denom if denom > 0 else 0.0
+
+    @property
+    def inodes_used_ratio(self) -> float:
+        used = self.files - self.files_free
+        denom = used + self.files_avail
+        return used / denom if denom > 0 else 0.0
+
+
+def fs_stats(st: os.statvfs_result) -> FsStats:
+    frsize = st.f_frsize or st.f_bsize
+    return FsStats(
+        size=st.f_blocks * frsize,
+        free=st.f_bfree * frsize,
+        avail=st.f_bavail * frsize,
+        files=st.f_files,
+        files_free=st.f_ffree,
+        files_avail=st.f_favail,
+        readonly=bool(st.f_flag & os.ST_RDONLY),
+    )
+
+
+def linear_slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (t, y) points; None with fewer than two distinct times."""
+    n = len(points)
+    if n < 2:
+        return None
+    t0 = points[0][0]
+    mean_t = sum(p[0] - t0 for p in points) / n
+    mean_y = sum(p[1] for p in points) / n
+    sxx = sxy = 0.0
+    for t, y in points:
+        dt = t - t0 - mean_t
+        sxx += dt * dt
+        sxy += dt * (y - mean_y)
+    if sxx <= 0.0:
+        return None
+    return sxy / sxx
+
+
+class FillTrend:
+    """Available bytes of one filesystem over a sliding window, and the time until they reach zero."""
+
+    def __init__(self, window: float, max_points: int = FIT_MAX_POINTS) -> None:
+        self.window = window
+        self.min_step = window / max_points
+        self.points: deque[tuple[float, float]] = deque()
+
+    def add(self, t: float, avail: float) -> None:
+        while self.points and self.points[0][0] < t - self.window:
+            self.points.popleft()
+        if not self.points or t - self.points[-1][0] >= self.min_step:
+            self.points.append((t, avail))
+
+    def time_to_full(self, avail_now: float) -> float | None:
+        """Seconds until no space is left at the fitted rate; None when the filesystem is not filling."""
+        if len(self.points) < MIN_FIT_POINTS:
+            return None
+        slope = linear_slope(self.points)
+        if slope is None or slope >= 0.0:
+            return None
+        return max(avail_now, 0.0) / -slope
+
+
+# --- watched directories -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DirScan:
+    status: str
+    disk_usage: int = 0  # allocated bytes of regular files, like du
+    files: int = 0
+    dirs: int = 0
+    unreadable: int = 0
+    matched: int = 0  # paths the watched entry (or its glob) resolved to
+    largest: list[tuple[int, str]] = field(default_factory=list)  # (apparent size, path), largest first
+    duration: float = 0.0
+    finished_wall: float = 0.0
+    message: str = ""
+
+
+def _has_glob(path: str) -> bool:
+    return _GLOB_CHARS.search(path) is not None
+
+
+def _literal_parent(pattern: str) -> str:
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if _has_glob(part):
+            return "/".join(parts[:i]) or "/"
+    return pattern
+
+
+def _probe_missing(path: str) -> tuple[str, str]:
+    """Why a path (or a glob's literal parent) yields nothing: missing or permission_denied."""
+    try:
+        with os.scandir(path):
+            pass
+    except FileNotFoundError:
+        return "missing", f"{path} does not exist"
+    except NotADirectoryError:
+        return "ok", ""
+    except PermissionError:
+        return "permission_denied", f"permission denied reading {path}"
+    except OSError as exc:
+        return "error", f"{path}: {exc.strerror or exc}"
+    return "ok", ""
+
+
+def scan_tree(
+    pattern: str,
+    top_n: int = 5,
+    max_files: int = 1_000_000,
+    time_budget: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> DirScan:
+    """Walk a directory (or every match of a glob) without following links, within a file and time budget.
+
+    Hard-linked files count once. ``status`` is ``truncated`` when a budget ran out (the figures
+    are then lower bounds) and ``partial`` when some subdirectories could not be read.
+    """
+    started = clock()
+    deadline = started + time_budget
+    if _has_glob(pattern):
+        roots = sorted(glob.glob(pattern))
+        if not roots:
+            status, message = _probe_missing(_literal_parent(pattern))
+            # An empty glob (no /tmp/mev_* right now) is normal; only an unreadable parent is news.
+            if status == "missing":
+                status, message = "ok", ""
+            return DirScan(status, message=message, duration=clock() - started, finished_wall=time.time())
+    else:
+        roots = [pattern]
+    result = DirScan("ok", matched=0)
+    heap: list[tuple[int, str]] = []
+    seen_inodes: set[tuple[int, int]] = set()
+    stack: list[str] = []
+    truncated = False
+
+    def add_file(path: str, st: os.stat_result) -> None:
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen_inodes:
+                return
+            seen_inodes.add(key)
+        result.files += 1
+        result.disk_usage += st.st_blocks * 512
+        if top_n:
+            if len(heap) < top_n:
+                heapq.heappush(heap, (st.st_size, path))
+            elif st.st_size > heap[0][0]:
+                heapq.heapreplace(heap, (st.st_size, path))
+
+    for root in roots:
+        try:
+            st = os.lstat(root)
+        except FileNotFoundError:
+            if len(roots) == 1:
+                return DirScan(
+                    "missing", message=f"{root} does not exist", duration=clock() - started, finished_wall=time.time()
+                )
+            continue  # a glob match that vanished meanwhile
+        except PermissionError:
+            if len(roots) == 1:
+                return DirScan(
+                    "permission_denied", message=f"permission denied on {root}", duration=clock() - started,
+                    finished_wall=time.time(),
+                )
+            result.unreadable += 1
+            continue
+        result.matched += 1
+        if stat.S_ISDIR(st.st_mode):
+            stack.append(root)
+        elif stat.S_ISREG(st.st_mode):
+            add_file(root, st)
+    if len(roots) == 1 and stack:
+        # The root itself must be listable; anything below it that is not only makes the figures partial.
+        status, message = _probe_missing(roots[0])
+        if status != "ok":
+            return DirScan(status, message=message, duration=clock() - started, finished_wall=time.time())
+
+    visited = 0
+    while stack and not truncated:
+        top = stack.pop()
+        try:
+            it = os.scandir(top)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            result.unreadable += 1
+            continue
+        result.dirs += 1
+        with it:
+            for entry in it:
+                visited += 1
+                if visited & 255 == 0 and clock() > deadline:
+                    truncated = True
+                    break
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        add_file(entry.path, entry.stat(follow_symlinks=False))
+                        if result.files >= max_files:
+                            truncated = True
+                            break
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    result.unreadable += 1
+    if truncated:
+        result.status = "truncated"
+        result.message = f"stopped after {result.files} files / {clock() - started:.2f}s (budget reached)"
+    elif result.unreadable:
+        result.status = "partial"
+        result.message = f"{result.unreadable} entries could not be read"
+    result.largest = sorted(heap, reverse=True)
+    result.duration = clock() - started
+    result.finished_wall = time.time()
+    return result
+
+
+# --- backups -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    status: str
+    files: int = 0
+    newest_path: str = ""
+    newest_mtime: float = 0.0
+    newest_size: int = 0
+    message: str = ""
+
+
+def find_newest_backup(pattern: str) -> BackupInfo:
+    """The most recently modified regular file matching ``pattern`` (links followed, like ``ls -t``)."""
+    newest: tuple[float, int, str] | None = None
+    files = 0
+    for path in glob.glob(pattern):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        files += 1
+        if newest is None or st.st_mtime > newest[0]:
+            newest = (st.st_mtime, st.st_size, path)
+    if newest is None:
+        status, message = _probe_missing(_literal_parent(pattern) if _has_glob(pattern) else pattern)
+        if status == "ok":
+            status, message = "missing", f"no file matches {pattern}"
+        return BackupInfo(status, message=message)
+    return BackupInfo("ok", files=files, newest_path=newest[2], newest_mtime=newest[0], newest_size=newest[1])
+
+
+# --- the collector -----------------------------------------------------------------------
+
+
+def _compile(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+class DiskOptions(CollectorOptions):
+    mount_points_exclude: str = Field(
+        DEFAULT_MOUNT_POINTS_EXCLUDE, description="regex of mount points not reported (node_exporter's default)"
+    )
+    fs_types_exclude: str = Field(
+        DEFAULT_FS_TYPES_EXCLUDE, description="regex of filesystem types not reported (node_exporter's default)"
+    )
+    statvfs_timeout: Duration = Field(
+        2.0, gt=0, description="a mount whose statvfs takes longer is reported stalled"
+    )
+    fill_window: Duration = Field(
+        3600.0, gt=0, description="window of the linear fit of available bytes behind time-to-full"
+    )
+    watch_dirs: list[str] = Field(
+        default_factory=lambda: ["/var/log/mev", "/data/blockchain", "/tmp/mev_*"],
+        description="directories (or globs) whose total size and largest files are reported",
+    )
+    top_files: int = Field(5, ge=0, le=50, description="largest files reported per watched directory")
+    scan_interval: Duration = Field(
+        300.0, ge=0, description="minimum time between two walks of a watched directory"
+    )
+    scan_max_files: int = Field(1_000_000, ge=1, description="a walk stops after this many files (truncated)")
+    scan_time_budget: Duration = Field(5.0, gt=0, description="a walk stops after this long (truncated)")
+    backups: list[str] = Field(
+        default_factory=lambda: ["/backup/mev-full-*"],
+        description="globs of backup files; the newest match's age and size are reported",
+    )
+
+    @field_validator("mount_points_exclude", "fs_types_exclude")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _compile(v)
+
+    @field_validator("watch_dirs", "backups")
+    @classmethod
+    def _absolute(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/"):
+                raise ValueError(f"{p!r} is not an absolute path")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate path")
+        return v
+
+
+@dataclass(slots=True)
+class _Inflight:
+    """Keys whose blocking call has not returned yet (possibly long after its timeout)."""
+
+    keys: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __contains__(self, key: str) -> bool:
+        with self.lock:
+            return key in self.keys
+
+    def claim(self, key: str) -> bool:
+        with self.lock:
+            if key in self.keys:
+                return False
+            self.keys.add(key)
+            return True
+
+    def release(self, key: str) -> None:
+        with self.lock:
+            self.keys.discard(key)
+
+
+@register
+class DiskCollector(PollCollector[DiskOptions]):
+    kind: ClassVar[str] = "disk"
+    Options = DiskOptions
+    default_interval: ClassVar[float] = 30.0
+    default_timeout: ClassVar[float] = 10.0
+    runbook_section = "disk-space-exhaustion"
+
+    def __init__(self, ctx: CollectorContext, options: DiskOptions) -> None:
+        super().__init__(ctx, options)
+        self._mp_exclude = re.compile(options.mount_points_exclude)
+        self._fs_exclude = re.compile(options.fs_types_exclude)
+        self._inflight = _Inflight()
+        self._trends: dict[tuple[str, str], FillTrend] = {}
+        self._scans: dict[str, DirScan] = {}
+        self._scan_due: dict[str, float] = {}
+        root = str(ctx.paths.rootfs).rstrip("/")
+        self._root = root
+
+    def _host(self, path: str) -> str:
+        return self._root + path if self._root else path
+
+    def _label(self, path: str) -> str:
+        return path[len(self._root):] or "/" if self._root and path.startswith(self._root) else path
+
+    def _call_timeout(self, wanted: float) -> float:
+        # A blocking call must give up before the supervisor cancels the whole run.
+        return max(min(wanted, self.ctx.timeout * 0.8), 0.01)
+
+    async def _guarded(self, key: str, fn: Callable[..., object], *args: object, timeout: float) -> object:
+        """Run ``fn`` unless its previous call under ``key`` still hangs; None-marker ``_STALLED`` then."""
+        if not self._inflight.claim(key):
+            return _STALLED
+        inflight = self._inflight
+
+        def call() -> object:
+            try:
+                return fn(*args)
+            finally:
+                inflight.release(key)
+
+        try:
+            return await self.ctx.run_blocking(call, timeout=timeout)
+        except CollectorError as exc:
+            if exc.reason == "timeout":
+                return _STALLED
+            inflight.release(key)  # never started (pool exhausted)
+            return _STALLED
+
+    async def collect(self) -> Families:
+        try:
+            text = await self.ctx.run_blocking(
+                _read_text, str(self.ctx.paths.proc("self", "mountinfo")), timeout=self._call_timeout(2.0)
+            )
+        except OSError as exc:
+            raise CollectorError("mountinfo_unreadable", f"cannot read mountinfo: {exc.strerror or exc}") from None
+        try:
+            mounts = select_mounts(parse_mountinfo(text), self._mp_exclude, self._fs_exclude, self._root or "/")
+        except ValueError as exc:
+            raise CollectorError("parse_error", str(exc)) from None
+
+        now = time.monotonic()
+        statvfs_timeout = self._call_timeout(self.options.statvfs_timeout)
+        scan_timeout = self._call_timeout(self.options.scan_time_budget + 1.0)
+        due = [p for p in self.options.watch_dirs if self._scan_due.get(p, 0.0) <= now]
+        results = await asyncio.gather(
+            *(self._guarded("mount:" + m.stat_path, _stat_mount, m.stat_path, timeout=statvfs_timeout) for m in mounts),
+            *(
+                self._guarded(
+                    "dir:" + p, scan_tree, self._host(p), self.options.top_files, self.options.scan_max_files,
+                    self.options.scan_time_budget, timeout=scan_timeout,
+                )
+                for p in due
+            ),
+            self._guarded("backups", self._backups, timeout=statvfs_timeout)
+            if self.options.backups else _none(),
+        )
+        stats = results[: len(mounts)]
+        scans = results[len(mounts): len(mounts) + len(due)]
+        backups = results[-1]
+        for p, scan in zip(due, scans, strict=True):
+            if isinstance(scan, DirScan):
+                self._scans[p] = scan
+                self._scan_due[p] = now + self.options.scan_interval
+            else:
+                old = self._scans.get(p)
+                self._scans[p] = DirScan(
+                    "stalled", message="the previous walk has not returned",
+                    finished_wall=old.finished_wall if old else 0.0,
+                )
+        families: list[Metric] = []
+        families.extend(self._mount_families(mounts, stats, now))
+        families.extend(self._dir_families())
+        if isinstance(backups, list):
+            families.extend(_backup_families(self.options.backups, backups, time.time()))
+        elif self.options.backups:
+            families.extend(
+                _backup_families(self.options.backups, [BackupInfo("stalled")] * len(self.options.backups), 0.0)
+            )
+        return families
+
+    def _backups(self) -> list[BackupInfo]:
+        return [find_newest_backup(self._host(p)) for p in self.options.backups]
+
+    def _mount_families(self, mounts: list[Mount], stats: Sequence[object], now: float) -> list[Metric]:
+        labels = ["device", "fstype", "mountpoint"]
+
+        def fam(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        size = fam("mevwatch_filesystem_size_bytes", "Filesystem size")
+        free = fam("mevwatch_filesystem_free_bytes", "Free space, including blocks reserved for root")
+        avail = fam("mevwatch_filesystem_avail_bytes", "Space available to unprivileged users")
+        files = fam("mevwatch_filesystem_inodes", "Inodes in total")
+        files_free = fam("mevwatch_filesystem_inodes_free", "Free inodes, including those reserved for root")
+        files_avail = fam("mevwatch_filesystem_inodes_avail", "Inodes available to unprivileged users")
+        used = fam("mevwatch_filesystem_used_ratio", "Used space over space usable by unprivileged users (df Use%)")
+        iused = fam("mevwatch_filesystem_inodes_used_ratio", "Used inodes over inodes usable by unprivileged users")
+        ro = fam("mevwatch_filesystem_readonly", "1 if the filesystem is mounted read-only")
+        ttf = fam(
+            "mevwatch_filesystem_time_to_full_seconds",
+            "Time until no space is available at the rate fitted over the fill window; absent when not filling",
+        )
+        status = GaugeMetricFamily(
+            "mevwatch_filesystem_status",
+            "1 for the filesystem's state: ok, stalled (statvfs hung; not retried until it returns) or error",
+            labels=[*labels, "status"],
+        )
+        seen: set[tuple[str, str]] = set()
+        for m, st in zip(mounts, stats, strict=True):
+            lv = [m.device, m.fstype, m.mountpoint]
+            if isinstance(st, FsStats):
+                state = "ok"
+                size.add_metric(lv, float(st.size))
+                free.add_metric(lv, float(st.free))
+                avail.add_metric(lv, float(st.avail))
+                files.add_metric(lv, float(st.files))
+                files_free.add_metric(lv, float(st.files_free))
+                files_avail.add_metric(lv, float(st.files_avail))
+                used.add_metric(lv, st.used_ratio)
+                iused.add_metric(lv, st.inodes_used_ratio)
+                ro.add_metric(lv, 1.0 if (st.readonly or m.readonly) else 0.0)
+                key = (m.mountpoint, m.device)
+                seen.add(key)
+                trend = self._trends.get(key)
+                if trend is None:
+                    trend = self._trends[key] = FillTrend(self.options.fill_window)
+                trend.add(now, float(st.avail))
+                t = trend.time_to_full(float(st.avail))
+                if t is not None:
+                    ttf.add_metric(lv, t)
+            else:
+                state = "stalled" if st is _STALLED else "error"
+                if (m.mountpoint, m.device) in self._trends:
+                    seen.add((m.mountpoint, m.device))
+            for s in MOUNT_STATUSES:
+                status.add_metric([*lv, s], 1.0 if s == state else 0.0)
+        for key in list(self._trends):
+            if key not in seen:
+                del self._trends[key]
+        return [size, free, avail, files, files_free, files_avail, used, iused, ro, ttf, status]
+
+    def _dir_families(self) -> list[Metric]:
+        usage = GaugeMetricFamily(
+            "mevwatch_dir_disk_usage_bytes", "Allocated bytes of the regular files under a watched directory (du)",
+            labels=["path"],
+        )
+        nfiles = GaugeMetricFamily("mevwatch_dir_files", "Regular files under a watched directory", labels=["path"])
+        matched = GaugeMetricFamily(
+            "mevwatch_dir_matched_paths", "Paths a watched directory or glob resolved to", labels=["path"]
+        )
+        unreadable = GaugeMetricFamily(
+            "mevwatch_dir_unreadable_entries", "Entries under a watched directory that could not be read",
+            labels=["path"],
+        )
+        largest = GaugeMetricFamily(
+            "mevwatch_dir_largest_file_bytes", "Size of the N largest files under a watched directory (ls -S)",
+            labels=["path", "rank", "file"],
+        )
+        duration = GaugeMetricFamily(
+            "mevwatch_dir_scan_duration_seconds", "Wall time of the last walk of a watched directory", labels=["path"]
+        )
+        when = GaugeMetricFamily(
+            "mevwatch_dir_scan_timestamp_seconds", "Unix time the figures of a watched directory were taken",
+            labels=["path"],
+        )
+        status = GaugeMetricFamily(
+            "mevwatch_dir_status",
+            "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable entries), "
+            "missing, permission_denied, stalled (walk hung) or error",
+            labels=["path", "status"],
+        )
+        for p in self.options.watch_dirs:
+            scan = self._scans.get(p)
+            if scan is None:
+                continue
+            for s in DIR_STATUSES:
+                status.add_metric([p, s], 1.0 if s == scan.status else 0.0)
+            if scan.status in ("ok", "truncated", "partial"):
+                usage.add_metric([p], float(scan.disk_usage))
+                nfiles.add_metric([p], float(scan.files))
+                matched.add_metric([p], float(scan.matched))
+                unreadable.add_metric([p], float(scan.unreadable))
+                duration.add_metric([p], scan.duration)
+                when.add_metric([p], scan.finished_wall)
+                for rank, (nbytes, path) in enumerate(scan.largest, 1):
+                    largest.add_metric([p, str(rank), self._label(path)[:MAX_FILE_LABEL]], float(nbytes))
+        return [usage, nfiles, matched, unreadable, largest, duration, when, status]
+
+
+def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: float) -> list[Metric]:
+    labels = ["pattern"]
+    mtime = GaugeMetricFamily(
+        "mevwatch_backup_last_modified_timestamp_seconds", "Modification time of the newest backup file",
+        labels=labels,
+    )
+    age = GaugeMetricFamily("mevwatch_backup_age_seconds", "Age of the newest backup file", labels=labels)
+    size = GaugeMetricFamily("mevwatch_backup_size_bytes", "Size of the newest backup file", labels=labels)
+    files = GaugeMetricFamily("mevwatch_backup_files", "Backup files matching the pattern", labels=labels)
+    status = GaugeMetricFamily(
+        "mevwatch_backup_status",
+        "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
+        labels=[*labels, "status"],
+    )
+    for p, info in zip(patterns, infos, strict=True):
+        for s in BACKUP_STATUSES:
+            status.add_metric([p, s], 1.0 if s == info.status else 0.0)
+        if info.status == "ok":
+            mtime.add_metric([p], info.newest_mtime)
+            age.add_metric([p], max(now_wall - info.newest_mtime, 0.0))
+            size.add_metric([p], float(info.newest_size))
+            files.add_metric([p], float(info.files))
+    return [mtime, age, size, files, status]
+
+
+_STALLED = object()
+
+
+def _stat_mount(path: str) -> FsStats | OSError:
+    try:
+        return fs_stats(_statvfs(path))
+    except OSError as exc:
+        return exc
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+async def _none() -> None:
+    return None
