@@ -1,0 +1,219 @@
+"""The runbook's mempool checks: the pending-transaction filter works and returns hashes; txpool_status.
+
+A method the node does not support is reported as ``mevwatch_mempool_method_supported 0`` and then
+only re-probed every ``unsupported_retry``, so an unsupported method never becomes an error storm.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import Field, field_validator
+
+from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, parse_quantity
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+from mevwatch.daemon.fields import Duration
+
+__all__ = ["MempoolCollector", "MempoolOptions", "parse_filter_changes", "parse_txpool_status"]
+
+FILTER_METHODS = ("eth_newPendingTransactionFilter", "eth_getFilterChanges")
+TXPOOL_METHOD = "txpool_status"
+# Answers that mean "the node forgot the filter" (expired after ~5 min unpolled, or the node restarted).
+_FILTER_GONE = ("filter not found", "filter does not exist", "unknown filter", "filter id not found")
+# Transport failures: the node did not answer at all, so no mempool metric of this run means anything.
+_TRANSPORT = {ErrorClass.TIMEOUT, ErrorClass.REFUSED, ErrorClass.RESET, ErrorClass.UNREACHABLE, ErrorClass.HTTP_STATUS}
+
+
+def parse_filter_changes(result: Any) -> int:
+    """Number of transaction hashes in an ``eth_getFilterChanges`` answer of a pending filter."""
+    if not isinstance(result, list):
+        raise ValueError(f"eth_getFilterChanges: expected a list of hashes, got {type(result).__name__}")
+    for item in result:
+        if not (isinstance(item, str) and item.startswith("0x")) and not isinstance(item, dict):
+            raise ValueError(f"eth_getFilterChanges: expected transaction hashes, got {str(item)[:40]!r}")
+    return len(result)
+
+
+def parse_txpool_status(result: Any) -> tuple[int, int]:
+    """(pending, queued) of a ``txpool_status`` answer (hex quantities, or plain numbers on some clients)."""
+    if not isinstance(result, dict):
+        raise ValueError(f"txpool_status: expected an object, got {type(result).__name__}")
+    out: list[int] = []
+    for key in ("pending", "queued"):
+        value = result.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out.append(value)
+        else:
+            out.append(parse_quantity(value, f"txpool_status.{key}"))
+    return out[0], out[1]
+
+
+def _is_filter_gone(exc: RpcError) -> bool:
+    return exc.error_class == ErrorClass.RPC_ERROR and any(s in exc.message.lower() for s in _FILTER_GONE)
+
+
+class MempoolOptions(CollectorOptions):
+    endpoint: Endpoint = Field(
+        default_factory=lambda: Endpoint(name="local", url="http://127.0.0.1:8545"),
+        description="JSON-RPC endpoint of the execution node (http or ws)",
+    )
+    filter: bool = Field(True, description="check eth_newPendingTransactionFilter + eth_getFilterChanges")
+    txpool: bool = Field(True, description="read txpool_status pending/queued")
+    unsupported_retry: Duration = Field(600.0, description="how often a method the node lacks is asked again")
+
+    @field_validator("unsupported_retry")
+    @classmethod
+    def _retry(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("unsupported_retry must be greater than 0")
+        return v
+
+
+@register
+class MempoolCollector(PollCollector[MempoolOptions]):
+    kind: ClassVar[str] = "mempool"
+    Options = MempoolOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    default_enabled: ClassVar[bool] = False
+    runbook_section = "mev-opportunities-not-being-detected"
+
+    def __init__(self, ctx: CollectorContext, options: MempoolOptions) -> None:
+        super().__init__(ctx, options)
+        self.client = JsonRpcClient(options.endpoint)
+        self._filter_id: str | None = None
+        self._hashes_total = 0
+        self._recreated = 0
+        self._errors: dict[tuple[str, str], int] = {}
+        self._unsupported_until: dict[str, float] = {}
+        self._supported: dict[str, bool] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _skip(self, method: str) -> bool:
+        return time.monotonic() < self._unsupported_until.get(method, 0.0)
+
+    def _note_error(self, method: str, exc: RpcError) -> None:
+        key = (method, exc.error_class.value)
+        self._errors[key] = self._errors.get(key, 0) + 1
+        if exc.error_class == ErrorClass.METHOD_NOT_SUPPORTED:
+            if self._supported.get(method, True):
+                self.ctx.log.info("rpc_method_not_supported", method=method, endpoint=self.options.endpoint.name)
+            self._supported[method] = False
+            self._unsupported_until[method] = time.monotonic() + self.options.unsupported_retry
+
+    async def _call(self, method: str, params: list[Any] | None = None) -> Any:
+        try:
+            result = await self.client.call(method, params or [])
+        except RpcError as exc:
+            self._note_error(method, exc)
+            raise
+        self._supported[method] = True
+        return result
+
+    async def _check_filter(self) -> int:
+        """Hashes returned by one getFilterChanges poll; re-creates a filter the node forgot, once."""
+        for attempt in (1, 2):
+            if self._filter_id is None:
+                fid = await self._call(FILTER_METHODS[0])
+                if not isinstance(fid, str) or not fid.startswith("0x"):
+                    raise RpcError(ErrorClass.INVALID_RESPONSE, f"{FILTER_METHODS[0]} returned {str(fid)[:40]!r}")
+                self._filter_id = fid
+            try:
+                result = await self.client.call(FILTER_METHODS[1], [self._filter_id])
+            except RpcError as exc:
+                if attempt == 1 and _is_filter_gone(exc):
+                    self._filter_id = None
+                    self._recreated += 1
+                    continue
+                self._note_error(FILTER_METHODS[1], exc)
+                raise
+            self._supported[FILTER_METHODS[1]] = True
+            try:
+                return parse_filter_changes(result)
+            except ValueError as exc:
+                err = RpcError(ErrorClass.INVALID_RESPONSE, str(exc))
+                self._note_error(FILTER_METHODS[1], err)
+                raise err from None
+        raise AssertionError("unreachable")
+
+    async def collect(self) -> Families:
+        ep = self.options.endpoint.name
+        families: list[Metric] = []
+        failures: list[RpcError] = []
+        attempted = 0
+        supported = GaugeMetricFamily(
+            "mevwatch_mempool_method_supported", "0 when the node answered that it does not have the method",
+            labels=["endpoint", "method"],
+        )
+        if self.options.filter:
+            works = GaugeMetricFamily(
+                "mevwatch_mempool_filter_up",
+                "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run",
+                labels=["endpoint"],
+            )
+            if not self._skip(FILTER_METHODS[0]):
+                attempted += 1
+                try:
+                    n = await self._check_filter()
+                except RpcError as exc:
+                    failures.append(exc)
+                    works.add_metric([ep], 0.0)
+                else:
+                    works.add_metric([ep], 1.0)
+                    self._hashes_total += n
+                    last = GaugeMetricFamily(
+                        "mevwatch_mempool_filter_last_hashes",
+                        "Transaction hashes the last eth_getFilterChanges poll returned", labels=["endpoint"],
+                    )
+                    last.add_metric([ep], float(n))
+                    families.append(last)
+            else:
+                works.add_metric([ep], 0.0)
+            families.append(works)
+            hashes = CounterMetricFamily("mevwatch_mempool_filter_hashes", "Transaction hashes returned by "
+                                         "eth_getFilterChanges since start", labels=["endpoint"])
+            hashes.add_metric([ep], float(self._hashes_total))
+            recreated = CounterMetricFamily("mevwatch_mempool_filter_recreated",
+                                            "Pending filters re-created because the node had forgotten them",
+                                            labels=["endpoint"])
+            recreated.add_metric([ep], float(self._recreated))
+            families += [hashes, recreated]
+        if self.options.txpool and not self._skip(TXPOOL_METHOD):
+            attempted += 1
+            try:
+                pending, queued = parse_txpool_status(await self._call(TXPOOL_METHOD))
+            except RpcError as exc:
+                failures.append(exc)
+            except ValueError as exc:
+                err = RpcError(ErrorClass.INVALID_RESPONSE, str(exc))
+                self._note_error(TXPOOL_METHOD, err)
+                failures.append(err)
+            else:
+                pool = GaugeMetricFamily("mevwatch_mempool_txpool_transactions",
+                                         "Transactions in the node's pool by state (txpool_status)",
+                                         labels=["endpoint", "state"])
+                pool.add_metric([ep, "pending"], float(pending))
+                pool.add_metric([ep, "queued"], float(queued))
+                families.append(pool)
+        if attempted and len(failures) == attempted and all(f.error_class in _TRANSPORT for f in failures):
+            # The node itself is unreachable: one collector failure, not a set of misleading zeros.
+            raise CollectorError(failures[0].reason, failures[0].message)
+        for method, ok in sorted(self._supported.items()):
+            supported.add_metric([ep, method], 1.0 if ok else 0.0)
+        errors = CounterMetricFamily("mevwatch_mempool_errors", "Failed mempool calls by method and error class",
+                                     labels=["endpoint", "method", "class"])
+        for (method, cls), n in sorted(self._errors.items()):
+            errors.add_metric([ep, method, cls], float(n))
+        families += [supported, errors]
+        return families

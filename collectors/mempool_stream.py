@@ -1,0 +1,237 @@
+"""The node's WebSocket ``newPendingTransactions`` stream: notifications, rate vs its own recent level, gaps.
+
+A stream that silently thins out to a fraction of its usual rate is a real failure (go-ethereum #22950,
+erigon #3373), so besides the counter the rate and its ratio to a trailing average are exported.
+The collector reconnects by itself (counting reconnects) so that the gap and ``up 0`` stay visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import Field, field_validator, model_validator
+
+from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Emit, Families, StreamCollector, register
+from mevwatch.daemon.fields import Duration
+
+__all__ = ["MempoolStreamCollector", "MempoolStreamOptions", "RateTracker"]
+
+
+@dataclass(slots=True)
+class RateTracker:
+    """Rate of a counter over a sliding window, and a trailing average of that rate (EWMA).
+
+    ``update(now, count)`` is called once per emit; the ratio compares the current rate with the
+    stream's own recent level, so one rule works for a busy mainnet node and a quiet testnet.
+    """
+
+    window: float
+    baseline: float
+    samples: deque[tuple[float, int]] = field(default_factory=deque)
+    rate: float | None = None
+    average: float | None = None
+    _last_t: float | None = None
+
+    def update(self, now: float, count: int) -> None:
+        self.samples.append((now, count))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        t0, c0 = self.samples[0]
+        if now - t0 <= 0:
+            return
+        self.rate = (count - c0) / (now - t0)
+        if self.average is None:
+            # Wait for one full window before seeding the average, so a short first window does not set it.
+            if now - t0 >= self.window:
+                self.average = self.rate
+        elif self._last_t is not None:
+            alpha = min(1.0, (now - self._last_t) / self.baseline)
+            self.average += alpha * (self.rate - self.average)
+        self._last_t = now
+
+    def reset_window(self) -> None:
+        """After a reconnect the window restarts; the average (the stream's usual level) is kept."""
+        self.samples.clear()
+        self.rate = None
+        self._last_t = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.rate is None or not self.average:
+            return None
+        return self.rate / self.average
+
+
+class MempoolStreamOptions(CollectorOptions):
+    endpoint: Endpoint = Field(
+        default_factory=lambda: Endpoint(name="local", url="ws://127.0.0.1:8546"),
+        description="WebSocket JSON-RPC endpoint of the execution node (ws:// or wss://)",
+    )
+    rate_window: Duration = Field(60.0, description="window of the notifications-per-second rate")
+    baseline_window: Duration = Field(
+        1800.0, description="time constant of the trailing average the rate is compared with"
+    )
+    reconnect_min: Duration = Field(0.5, description="first wait before reconnecting a dropped stream")
+    reconnect_max: Duration = Field(30.0, description="longest wait between reconnect attempts")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _ws(cls, v: Endpoint) -> Endpoint:
+        if not v.websocket:
+            raise ValueError(f"the pending-transaction stream needs a ws:// or wss:// URL, got {v.safe_url!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _windows(self) -> MempoolStreamOptions:
+        if self.rate_window <= 0 or self.baseline_window <= 0:
+            raise ValueError("rate_window and baseline_window must be greater than 0")
+        if self.baseline_window < self.rate_window:
+            raise ValueError("baseline_window must not be shorter than rate_window")
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            raise ValueError("reconnect_min must be greater than 0 and not above reconnect_max")
+        return self
+
+
+@register
+class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
+    kind: ClassVar[str] = "mempool_stream"
+    Options = MempoolStreamOptions
+    default_interval: ClassVar[float] = 5.0
+    default_timeout: ClassVar[float] = 5.0
+    default_enabled: ClassVar[bool] = False
+    runbook_section = "mev-opportunities-not-being-detected"
+
+    def __init__(self, ctx: CollectorContext, options: MempoolStreamOptions) -> None:
+        super().__init__(ctx, options)
+        self.notifications = 0
+        self.reconnects = 0
+        self.connected = False
+        self.last_notification_wall: float | None = None
+        self.subscribed_wall: float | None = None
+        self.errors: dict[str, int] = {}
+        self.dropped = 0
+        self.rate = RateTracker(options.rate_window, options.baseline_window)
+        self._ws: WsRpc | None = None
+        self._sessions = 0
+        self._logged_down = False
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    def families(self) -> Families:
+        ep = self.options.endpoint.name
+        now = time.time()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=["endpoint"])
+            g.add_metric([ep], value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc, labels=["endpoint"])
+            c.add_metric([ep], value)
+            return c
+
+        out: list[Metric] = [
+            gauge("mevwatch_mempool_stream_up", "1 while the newPendingTransactions subscription is open",
+                  1.0 if self.connected else 0.0),
+            counter("mevwatch_mempool_stream_notifications", "newPendingTransactions notifications received",
+                    float(self.notifications)),
+            counter("mevwatch_mempool_stream_reconnects", "Times the subscription was re-established after a drop",
+                    float(self.reconnects)),
+            counter("mevwatch_mempool_stream_dropped_notifications",
+                    "Notifications dropped because mevwatch fell behind reading them", float(self.dropped)),
+        ]
+        since = self.last_notification_wall or self.subscribed_wall
+        if since is not None:
+            out.append(gauge("mevwatch_mempool_stream_last_notification_age_seconds",
+                             "Seconds since the last notification (or since subscribing, before the first)",
+                             max(0.0, now - since)))
+        if self.last_notification_wall is not None:
+            out.append(gauge("mevwatch_mempool_stream_last_notification_timestamp_seconds",
+                             "Unix time of the last notification", self.last_notification_wall))
+        if self.rate.rate is not None:
+            out.append(gauge("mevwatch_mempool_stream_notifications_per_second",
+                             "Notification rate over rate_window", self.rate.rate))
+        if self.rate.average is not None:
+            out.append(gauge("mevwatch_mempool_stream_notifications_per_second_average",
+                             "Trailing average of the notification rate (time constant baseline_window)",
+                             self.rate.average))
+        ratio = self.rate.ratio
+        if ratio is not None:
+            out.append(gauge("mevwatch_mempool_stream_rate_ratio",
+                             "Current notification rate divided by its trailing average (1: usual level)", ratio))
+        errors = CounterMetricFamily("mevwatch_mempool_stream_errors", "Stream failures by error class",
+                                     labels=["endpoint", "class"])
+        for cls, n in sorted(self.errors.items()):
+            errors.add_metric([ep, cls], float(n))
+        out.append(errors)
+        return out
+
+    async def _ticker(self, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.rate.update(loop.time(), self.notifications)
+            emit(self.families())
+            await asyncio.sleep(self.ctx.interval)
+
+    async def _consume(self) -> None:
+        """One connection: subscribe, then count notifications until the socket drops."""
+        ws = WsRpc(self.options.endpoint)
+        self._ws = ws
+        try:
+            await ws.connect()
+            await ws.subscribe("newPendingTransactions")
+            self.connected = True
+            self._logged_down = False
+            self.subscribed_wall = time.time()
+            if self._sessions:
+                self.reconnects += 1
+                self.rate.reset_window()
+                self.ctx.log.info("mempool_stream_reconnected", endpoint=self.options.endpoint.name)
+            self._sessions += 1
+            async for _ in ws.notifications():
+                self.notifications += 1
+                self.last_notification_wall = time.time()
+                self.dropped = ws.dropped
+        finally:
+            self.connected = False
+            self.dropped = ws.dropped if ws.dropped > self.dropped else self.dropped
+            self._ws = None
+            await ws.close()
+
+    async def run(self, emit: Emit) -> None:
+        ticker = asyncio.create_task(self._ticker(emit), name=f"mempool_stream:{self.ctx.instance}:ticker")
+        delay = self.options.reconnect_min
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._consume()
+                    error_class = "exited"
+                except RpcError as exc:
+                    error_class = exc.error_class.value
+                    if not self._logged_down:  # once per outage, not once per reconnect attempt
+                        self._logged_down = True
+                        self.ctx.log.info("mempool_stream_down", endpoint=self.options.endpoint.name,
+                                          reason=error_class, error=exc.message)
+                self.errors[error_class] = self.errors.get(error_class, 0) + 1
+                emit(self.families())
+                if time.monotonic() - started > self.options.reconnect_max:
+                    delay = self.options.reconnect_min  # it was up for a while: reconnect quickly
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, self.options.reconnect_max)
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
