@@ -49,12 +49,17 @@ T = TypeVar("T")
 
 
 class CollectorError(Exception):
-    """An expected failure (node down, file missing): success 0, counted by ``reason``."""
+    """An expected failure (node down, file missing): success 0, counted by ``reason``.
 
-    def __init__(self, reason: str, message: str = "") -> None:
+    ``families``, when given, are still published: what the failed run did measure, such as
+    ``up 0`` for a dead endpoint, replaces the previous snapshot instead of leaving it to go stale.
+    """
+
+    def __init__(self, reason: str, message: str = "", families: Families | None = None) -> None:
         super().__init__(message or reason)
         self.reason = reason
         self.message = message or reason
+        self.families = families
 
 
 class NoData(Exception):

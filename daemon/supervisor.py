@@ -218,6 +218,8 @@ class Supervisor:
             except TimeoutError:
                 self._failed(key, status, "timeout", f"run exceeded the {status.timeout:g}s timeout", started)
             except CollectorError as exc:
+                if exc.families is not None:
+                    self.store.put(key, exc.families, status.interval)
                 self._failed(key, status, exc.reason, exc.message, started)
             except NoData:
                 self._succeeded(key, status, (), started)
