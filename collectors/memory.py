@@ -301,7 +301,8 @@ class MemoryCollector(PollCollector[MemoryOptions]):
                 sources,
             )
         )
-        return families
+        # A family without samples (no limit set, no cpufreq) is left out rather than rendered empty.
+        return [f for f in families if f.samples]
 
     def _pressure(self, families: list[Metric]) -> str:
         path = self.ctx.paths.proc("pressure", "memory")

@@ -1,0 +1,454 @@
+"""CPU: frequency governor and clocks, thermal throttling, load, and steal/iowait shares of CPU time.
+
+Serves the runbook's "High Latency in Opportunity Detection" (``cpupower frequency-info``, MHz).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mevwatch.collectors._host import (
+    enum_family,
+    parse_pressure,
+    pressure_families,
+    read_text_status,
+)
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+
+__all__ = [
+    "CPU_MODES",
+    "FREQUENCY_STATES",
+    "CpuCollector",
+    "CpuFreq",
+    "CpuOptions",
+    "ProcStat",
+    "Throttle",
+    "cpu_time_ratios",
+    "frequency_status",
+    "list_cpus",
+    "parse_cpuinfo",
+    "parse_loadavg",
+    "parse_proc_stat",
+    "read_cpufreq",
+    "read_throttle",
+]
+
+#: the /proc/stat columns that add up to wall time (guest time is already inside user and nice)
+CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+#: why frequency series are present or absent
+FREQUENCY_STATES = ("ok", "virtual_machine", "no_driver", "unreadable")
+T = TypeVar("T")
+_CPU_DIR_RE = re.compile(r"^cpu(\d+)$")
+
+
+class CpuOptions(CollectorOptions):
+    pass
+
+
+# --- pure parsers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The aggregate ``cpu`` line of /proc/stat in clock ticks by mode, plus runnable/blocked tasks."""
+
+    ticks: dict[str, int]
+    procs_running: int | None = None
+    procs_blocked: int | None = None
+
+
+def parse_proc_stat(text: str) -> ProcStat:
+    """``/proc/stat`` -> aggregate ticks by mode (older kernels lack steal: 0) and task counts."""
+    ticks: dict[str, int] | None = None
+    running = blocked = None
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0] == "cpu":
+            try:
+                values = [int(v) for v in fields[1 : 1 + len(CPU_MODES)]]
+            except ValueError:
+                raise ValueError(f"non-numeric cpu line in /proc/stat: {line!r}") from None
+            if len(values) < 4:
+                raise ValueError(f"cpu line in /proc/stat has {len(values)} columns, expected >= 4")
+            values += [0] * (len(CPU_MODES) - len(values))
+            ticks = dict(zip(CPU_MODES, values, strict=True))
+        elif fields[0] == "procs_running" and len(fields) == 2:
+            running = int(fields[1])
+        elif fields[0] == "procs_blocked" and len(fields) == 2:
+            blocked = int(fields[1])
+    if ticks is None:
+        raise ValueError("/proc/stat has no aggregate 'cpu' line")
+    return ProcStat(ticks, running, blocked)
+
+
+def cpu_time_ratios(prev: ProcStat, cur: ProcStat) -> dict[str, float] | None:
+    """Share of CPU time per mode between two samples, 0..1; None when no time passed.
+
+    iowait can go backwards on some kernels (it is an estimate per idle CPU); negative
+    deltas count as 0 instead of producing a negative share.
+    """
+    deltas = {m: max(cur.ticks[m] - prev.ticks[m], 0) for m in CPU_MODES}
+    total = sum(deltas.values())
+    if total <= 0:
+        return None
+    return {m: d / total for m, d in deltas.items()}
+
+
+def parse_loadavg(text: str) -> tuple[float, float, float]:
+    """``/proc/loadavg`` -> the 1, 5 and 15 minute load averages."""
+    fields = text.split()
+    if len(fields) < 3:
+        raise ValueError(f"malformed /proc/loadavg: {text.strip()!r}")
+    try:
+        return float(fields[0]), float(fields[1]), float(fields[2])
+    except ValueError:
+        raise ValueError(f"malformed /proc/loadavg: {text.strip()!r}") from None
+
+
+def parse_cpuinfo(text: str) -> tuple[dict[int, float], bool]:
+    """``/proc/cpuinfo`` -> (clock in Hz by processor where the kernel prints ``cpu MHz``, is a VM).
+
+    A VM shows the ``hypervisor`` CPU flag (x86); other architectures print no MHz at all.
+    """
+    mhz: dict[int, float] = {}
+    hypervisor = False
+    processor: int | None = None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key == "processor":
+            processor = int(value) if value.isdigit() else None
+        elif key == "cpu MHz" and processor is not None:
+            try:
+                mhz[processor] = float(value) * 1e6
+            except ValueError:
+                continue
+        elif key == "flags" and "hypervisor" in value.split():
+            hypervisor = True
+    return mhz, hypervisor
+
+
+# --- sysfs readers (fixture trees in tests) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuFreq:
+    """cpufreq of one CPU; frequencies in Hz, None where the driver does not expose them."""
+
+    governor: str | None = None
+    available_governors: tuple[str, ...] = ()
+    current_hz: float | None = None
+    min_hz: float | None = None
+    max_hz: float | None = None
+    scaling_min_hz: float | None = None
+    scaling_max_hz: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Thermal throttle events and time of one CPU's core and of its package."""
+
+    package: str
+    core_count: int | None = None
+    core_seconds: float | None = None
+    package_count: int | None = None
+    package_seconds: float | None = None
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def list_cpus(sysfs: Path) -> list[int]:
+    """Numbers of the CPUs sysfs knows (``cpu0`` ... ``cpuN``), sorted."""
+    base = sysfs / "devices" / "system" / "cpu"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := _CPU_DIR_RE.match(n)))
+
+
+def _read_opt(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def _khz(path: Path) -> float | None:
+    raw = _read_opt(path)
+    if raw is None:
+        return None
+    try:
+        return int(raw) * 1000.0
+    except ValueError:
+        return None
+
+
+def read_cpufreq(sysfs: Path, cpu: int) -> CpuFreq | None:
+    """cpufreq of ``cpu``, or None when the kernel has no cpufreq for it (VM, no driver)."""
+    d = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
+    if not d.is_dir():
+        return None
+    if not os.access(d, os.R_OK | os.X_OK):
+        raise PermissionError(f"{d} is not readable")
+    return CpuFreq(
+        governor=_read_opt(d / "scaling_governor"),
+        available_governors=tuple((_read_opt(d / "scaling_available_governors") or "").split()),
+        current_hz=_khz(d / "scaling_cur_freq") or _khz(d / "cpuinfo_cur_freq"),
+        min_hz=_khz(d / "cpuinfo_min_freq"),
+        max_hz=_khz(d / "cpuinfo_max_freq"),
+        scaling_min_hz=_khz(d / "scaling_min_freq"),
+        scaling_max_hz=_khz(d / "scaling_max_freq"),
+    )
+
+
+def _int_opt(path: Path) -> int | None:
+    raw = _read_opt(path)
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def read_throttle(sysfs: Path, cpu: int) -> Throttle | None:
+    """Thermal throttle counters of ``cpu`` (x86 ``thermal_throttle/``), None when absent."""
+    c = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}"
+    d = c / "thermal_throttle"
+    if not d.is_dir():
+        return None
+    core_ms = _int_opt(d / "core_throttle_total_time_ms")
+    pkg_ms = _int_opt(d / "package_throttle_total_time_ms")
+    return Throttle(
+        package=_read_opt(c / "topology" / "physical_package_id") or "0",
+        core_count=_int_opt(d / "core_throttle_count"),
+        core_seconds=core_ms / 1000.0 if core_ms is not None else None,
+        package_count=_int_opt(d / "package_throttle_count"),
+        package_seconds=pkg_ms / 1000.0 if pkg_ms is not None else None,
+    )
+
+
+def frequency_status(cpufreq_present: bool, unreadable: bool, virtual: bool) -> str:
+    if unreadable:
+        return "unreadable"
+    if cpufreq_present:
+        return "ok"
+    return "virtual_machine" if virtual else "no_driver"
+
+
+# --- the collector --------------------------------------------------------------------------
+
+
+@register
+class CpuCollector(PollCollector[CpuOptions]):
+    kind: ClassVar[str] = "cpu"
+    Options = CpuOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 5.0
+    runbook_section = "high-latency-in-opportunity-detection"
+
+    def __init__(self, ctx: CollectorContext, options: CpuOptions) -> None:
+        super().__init__(ctx, options)
+        self._prev: ProcStat | None = None
+
+    async def collect(self) -> Families:
+        paths = self.ctx.paths
+        stat = self._core_file(paths.proc("stat"), "stat", parse_proc_stat)
+        load = self._core_file(paths.proc("loadavg"), "loadavg", parse_loadavg)
+        families: list[Metric] = []
+
+        load_fam = GaugeMetricFamily(
+            "mevwatch_cpu_load_average", "Runnable and uninterruptible tasks averaged over the window",
+            labels=["window"],
+        )
+        for window, value in zip(("1m", "5m", "15m"), load, strict=True):
+            load_fam.add_metric([window], value)
+        families.append(load_fam)
+        if stat.procs_running is not None:
+            families.append(GaugeMetricFamily(
+                "mevwatch_cpu_procs_running", "Tasks runnable right now (/proc/stat)", value=stat.procs_running
+            ))
+        if stat.procs_blocked is not None:
+            families.append(GaugeMetricFamily(
+                "mevwatch_cpu_procs_blocked", "Tasks blocked on I/O right now (/proc/stat)", value=stat.procs_blocked
+            ))
+        families.extend(self._time_families(stat))
+
+        cpus = list_cpus(paths.sysfs)
+        families.append(GaugeMetricFamily(
+            "mevwatch_cpu_count", "CPUs the kernel knows (to read load per CPU)", value=len(cpus) or os.cpu_count() or 0
+        ))
+        families.extend(self._frequency_families(cpus))
+        sources: list[tuple[Sequence[str], str]] = [
+            (["thermal_throttle"], self._throttle_families(cpus, families)),
+            (["pressure"], self._pressure(families)),
+        ]
+        families.append(enum_family(
+            "mevwatch_cpu_source_status",
+            "State of each optional CPU source (1 for the current state): ok, missing, disabled, unreadable, "
+            "invalid",
+            ["source"],
+            sources,
+        ))
+        # A family without samples (no limit set, no cpufreq) is left out rather than rendered empty.
+        return [f for f in families if f.samples]
+
+    def _core_file(self, path: Path, name: str, parse: Callable[[str], T]) -> T:
+        text, status, detail = read_text_status(path)
+        if text is None:
+            raise CollectorError(f"{name}_{status}", detail)
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise CollectorError(f"{name}_invalid", f"{path}: {exc}") from None
+
+    def _time_families(self, stat: ProcStat) -> list[Metric]:
+        hz = os.sysconf("SC_CLK_TCK")
+        seconds = CounterMetricFamily(
+            "mevwatch_cpu_seconds", "CPU time of all CPUs by mode (/proc/stat)", labels=["mode"]
+        )
+        for mode in CPU_MODES:
+            seconds.add_metric([mode], stat.ticks[mode] / hz)
+        out: list[Metric] = [seconds]
+        prev, self._prev = self._prev, stat
+        ratios = cpu_time_ratios(prev, stat) if prev is not None else None
+        if ratios is not None:
+            # The first run has no previous sample: a share since boot would hide a current steal burst.
+            ratio = GaugeMetricFamily(
+                "mevwatch_cpu_time_ratio",
+                "Share of CPU time per mode since the previous run, 0..1 (steal: taken by the hypervisor; "
+                "iowait: idle waiting for I/O)",
+                labels=["mode"],
+            )
+            for mode in CPU_MODES:
+                ratio.add_metric([mode], ratios[mode])
+            out.append(ratio)
+        return out
+
+    def _frequency_families(self, cpus: Sequence[int]) -> list[Metric]:
+        sysfs = self.ctx.paths.sysfs
+        freqs: dict[int, CpuFreq] = {}
+        unreadable = False
+        for cpu in cpus:
+            try:
+                f = read_cpufreq(sysfs, cpu)
+            except PermissionError:
+                unreadable = True
+                continue
+            if f is not None:
+                freqs[cpu] = f
+        text, _, _ = read_text_status(self.ctx.paths.proc("cpuinfo"))
+        cpuinfo_hz, virtual = parse_cpuinfo(text) if text is not None else ({}, False)
+        virtual = virtual or (sysfs / "hypervisor" / "type").is_file()
+        status = frequency_status(bool(freqs), unreadable, virtual)
+
+        labels = ["cpu"]
+        current = GaugeMetricFamily(
+            "mevwatch_cpu_frequency_hertz",
+            "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')",
+            labels=labels,
+        )
+        hw_min = GaugeMetricFamily("mevwatch_cpu_frequency_min_hertz", "Lowest clock the CPU supports", labels=labels)
+        hw_max = GaugeMetricFamily("mevwatch_cpu_frequency_max_hertz", "Highest clock the CPU supports", labels=labels)
+        sc_min = GaugeMetricFamily(
+            "mevwatch_cpu_scaling_frequency_min_hertz", "Lowest clock the cpufreq policy allows", labels=labels
+        )
+        sc_max = GaugeMetricFamily(
+            "mevwatch_cpu_scaling_frequency_max_hertz",
+            "Highest clock the cpufreq policy allows (below the hardware maximum: capped)",
+            labels=labels,
+        )
+        governor = GaugeMetricFamily(
+            "mevwatch_cpu_frequency_governor",
+            "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
+            labels=["cpu", "governor"],
+        )
+        for cpu in cpus:
+            lv = [str(cpu)]
+            f = freqs.get(cpu)
+            cur = f.current_hz if f is not None and f.current_hz is not None else cpuinfo_hz.get(cpu)
+            if cur is not None:
+                current.add_metric(lv, cur)
+            if f is None:
+                continue
+            for fam, value in ((hw_min, f.min_hz), (hw_max, f.max_hz), (sc_min, f.scaling_min_hz),
+                               (sc_max, f.scaling_max_hz)):
+                if value is not None:
+                    fam.add_metric(lv, value)
+            names = list(f.available_governors)
+            if f.governor is not None and f.governor not in names:
+                names.append(f.governor)
+            for name in names:
+                governor.add_metric([str(cpu), name], 1.0 if name == f.governor else 0.0)
+        if not cpus:  # sysfs without cpu dirs: /proc/cpuinfo is all there is
+            for cpu, hz in sorted(cpuinfo_hz.items()):
+                current.add_metric([str(cpu)], hz)
+        scaling_status = enum_family(
+            "mevwatch_cpu_frequency_scaling_status",
+            "Why cpufreq series are present or absent (1 for the current state): ok, virtual_machine "
+            "(a VM has no cpufreq), no_driver (no cpufreq driver loaded), unreadable",
+            [],
+            [([], status)],
+            states=FREQUENCY_STATES,
+        )
+        return [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
+
+    def _throttle_families(self, cpus: Sequence[int], families: list[Metric]) -> str:
+        core = CounterMetricFamily(
+            "mevwatch_cpu_core_throttles", "Times the core was thermally throttled", labels=["cpu"]
+        )
+        core_s = CounterMetricFamily(
+            "mevwatch_cpu_core_throttled_seconds", "Time the core spent thermally throttled", labels=["cpu"]
+        )
+        pkg = CounterMetricFamily(
+            "mevwatch_cpu_package_throttles", "Times the package was thermally throttled", labels=["package"]
+        )
+        pkg_s = CounterMetricFamily(
+            "mevwatch_cpu_package_throttled_seconds", "Time the package spent thermally throttled",
+            labels=["package"],
+        )
+        seen_packages: set[str] = set()
+        found = False
+        for cpu in cpus:
+            t = read_throttle(self.ctx.paths.sysfs, cpu)
+            if t is None:
+                continue
+            found = True
+            if t.core_count is not None:
+                core.add_metric([str(cpu)], float(t.core_count))
+            if t.core_seconds is not None:
+                core_s.add_metric([str(cpu)], t.core_seconds)
+            if t.package not in seen_packages:  # every CPU of a package repeats its package counters
+                seen_packages.add(t.package)
+                if t.package_count is not None:
+                    pkg.add_metric([t.package], float(t.package_count))
+                if t.package_seconds is not None:
+                    pkg_s.add_metric([t.package], t.package_seconds)
+        if not found:
+            return "missing"
+        families.extend([core, core_s, pkg, pkg_s])
+        return "ok"
+
+    def _pressure(self, families: list[Metric]) -> str:
+        text, status, _ = read_text_status(self.ctx.paths.proc("pressure", "cpu"))
+        if text is None:
+            return status
+        try:
+            psi = parse_pressure(text)
+        except ValueError:
+            return "invalid"
+        families.extend(pressure_families("mevwatch_cpu", "CPU", psi))
+        return "ok"
