@@ -218,6 +218,20 @@ def all_kinds() -> dict[str, type[Collector[Any]]]:
 
 
 def get_kind(kind: str) -> type[Collector[Any]] | None:
-    _discover()
+    """The collector class of ``kind``, importing only its own module (kind == module name)."""
+    cls = _REGISTRY.get(kind)
+    if cls is not None or kind in IMPORT_ERRORS:
+        return cls
+    if kind.isidentifier() and not kind.startswith("_") and kind != "base":
+        try:
+            importlib.import_module(f"mevwatch.collectors.{kind}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mevwatch.collectors.{kind}":
+                IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a broken module: reported where the config uses it
+            IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
+        cls = _REGISTRY.get(kind)
+        if cls is not None:
+            return cls
+    _discover()  # a kind registered under another module name
     return _REGISTRY.get(kind)
-
