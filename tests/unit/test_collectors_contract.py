@@ -1,0 +1,85 @@
+"""Every shipped collector keeps the contract: kind == module, valid defaults, documented families.
+
+In the spirit of Home Assistant's hassfest: checks every registered collector at once, so a new
+collector that forgets a piece fails here rather than in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from mevwatch.collectors.base import (
+    IMPORT_ERRORS,
+    Collector,
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    NoData,
+    PollCollector,
+    StreamCollector,
+    all_kinds,
+)
+from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.daemon.state import StateDB
+from tests.support.peers import REPO
+
+SHIPPED = {k: c for k, c in all_kinds().items() if c.__module__.startswith("mevwatch.collectors.")}
+EXAMPLE = (REPO / "config.example.yaml").read_text()
+
+
+def test_every_collector_module_imports() -> None:
+    assert IMPORT_ERRORS == {}
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+def test_collector_contract(kind: str) -> None:
+    cls = SHIPPED[kind]
+    assert cls.__module__ == f"mevwatch.collectors.{kind}", "kind must equal the module name"
+    assert issubclass(cls.Options, CollectorOptions)
+    assert cls.Options.model_config.get("extra") == "forbid"
+    cls.Options()  # defaults validate
+    assert issubclass(cls, PollCollector | StreamCollector)
+    assert cls.default_interval > 0
+    assert 0 < cls.default_timeout
+    assert cls.__doc__ or (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__)
+    assert f"- {kind}:" in EXAMPLE, f"{kind} missing from config.example.yaml"
+    for name, field in cls.Options.model_fields.items():
+        if name in CollectorOptions.model_fields:
+            continue
+        assert field.description or name in EXAMPLE, f"{kind}.{name} has neither a description nor an example"
+
+
+async def _families_of(cls: type[Collector[Any]], state: StateDB) -> list[Any]:
+    opts = cls.Options()
+    ctx = CollectorContext(kind=cls.kind, instance="contract", interval=cls.default_interval,
+                           timeout=min(cls.default_timeout, 5.0), state=state, pool=BlockingPool(4))
+    collector = cls(ctx, opts)
+    out: list[Any] = []
+    try:
+        if isinstance(collector, PollCollector):
+            out = list(await asyncio.wait_for(collector.collect(), 8.0))
+        elif isinstance(collector, StreamCollector):
+            task = asyncio.create_task(collector.run(lambda fams: out.extend(fams)))
+            await asyncio.sleep(1.0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    except (CollectorError, NoData, TimeoutError):
+        pass  # no peer on this host for this kind (node, engine): families checked where it runs
+    finally:
+        await collector.close()
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+async def test_families_on_the_live_host_are_named_and_documented(kind: str, state_db: StateDB) -> None:
+    for fam in await _families_of(SHIPPED[kind], state_db):
+        assert fam.name.startswith("mevwatch_"), fam.name
+        assert fam.documentation.strip(), f"{fam.name} has no help text"
+        assert fam.type in {"gauge", "counter", "histogram", "info", "stateset", "summary", "unknown"}
+        if fam.type == "counter":
+            assert not fam.name.endswith("_total"), f"{fam.name}: the _total suffix is added on exposition"
+        for s in fam.samples:
+            assert "pid" not in s.labels, f"{fam.name} has a pid label (unbounded cardinality)"
