@@ -6,6 +6,7 @@ only re-probed every ``unsupported_retry``, so an unsupported method never becom
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, ClassVar
 
@@ -147,40 +148,51 @@ class MempoolCollector(PollCollector[MempoolOptions]):
                 raise err from None
         raise AssertionError("unreachable")
 
+    async def _txpool(self) -> tuple[int, int]:
+        try:
+            return parse_txpool_status(await self._call(TXPOOL_METHOD))
+        except ValueError as exc:
+            err = RpcError(ErrorClass.INVALID_RESPONSE, str(exc))
+            self._note_error(TXPOOL_METHOD, err)
+            raise err from None
+
     async def collect(self) -> Families:
         ep = self.options.endpoint.name
-        families: list[Metric] = []
-        failures: list[RpcError] = []
-        attempted = 0
-        supported = GaugeMetricFamily(
-            "mevwatch_mempool_method_supported", "0 when the node answered that it does not have the method",
-            labels=["endpoint", "method"],
+        run_filter = self.options.filter and not self._skip(FILTER_METHODS[0])
+        run_txpool = self.options.txpool and not self._skip(TXPOOL_METHOD)
+        # Side by side: a hung node costs one endpoint timeout per run, not one per check.
+        filter_res, txpool_res = await asyncio.gather(
+            self._check_filter() if run_filter else _nothing(),
+            self._txpool() if run_txpool else _nothing(),
+            return_exceptions=True,
         )
+        for res in (filter_res, txpool_res):
+            if isinstance(res, BaseException) and not isinstance(res, RpcError):
+                raise res
+        failures = [r for r in (filter_res, txpool_res) if isinstance(r, RpcError)]
+        attempted = int(run_filter) + int(run_txpool)
+        if attempted and len(failures) == attempted and all(f.error_class in _TRANSPORT for f in failures):
+            # The node itself is unreachable: one collector failure, not a set of misleading zeros.
+            raise CollectorError(failures[0].reason, failures[0].message)
+
+        families: list[Metric] = []
         if self.options.filter:
             works = GaugeMetricFamily(
                 "mevwatch_mempool_filter_up",
                 "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run",
                 labels=["endpoint"],
             )
-            if not self._skip(FILTER_METHODS[0]):
-                attempted += 1
-                try:
-                    n = await self._check_filter()
-                except RpcError as exc:
-                    failures.append(exc)
-                    works.add_metric([ep], 0.0)
-                else:
-                    works.add_metric([ep], 1.0)
-                    self._hashes_total += n
-                    last = GaugeMetricFamily(
-                        "mevwatch_mempool_filter_last_hashes",
-                        "Transaction hashes the last eth_getFilterChanges poll returned", labels=["endpoint"],
-                    )
-                    last.add_metric([ep], float(n))
-                    families.append(last)
+            if run_filter and isinstance(filter_res, int):
+                works.add_metric([ep], 1.0)
+                self._hashes_total += filter_res
+                last = GaugeMetricFamily(
+                    "mevwatch_mempool_filter_last_hashes",
+                    "Transaction hashes the last eth_getFilterChanges poll returned", labels=["endpoint"],
+                )
+                last.add_metric([ep], float(filter_res))
+                families.append(last)
             else:
                 works.add_metric([ep], 0.0)
-            families.append(works)
             hashes = CounterMetricFamily("mevwatch_mempool_filter_hashes", "Transaction hashes returned by "
                                          "eth_getFilterChanges since start", labels=["endpoint"])
             hashes.add_metric([ep], float(self._hashes_total))
@@ -188,27 +200,18 @@ class MempoolCollector(PollCollector[MempoolOptions]):
                                             "Pending filters re-created because the node had forgotten them",
                                             labels=["endpoint"])
             recreated.add_metric([ep], float(self._recreated))
-            families += [hashes, recreated]
-        if self.options.txpool and not self._skip(TXPOOL_METHOD):
-            attempted += 1
-            try:
-                pending, queued = parse_txpool_status(await self._call(TXPOOL_METHOD))
-            except RpcError as exc:
-                failures.append(exc)
-            except ValueError as exc:
-                err = RpcError(ErrorClass.INVALID_RESPONSE, str(exc))
-                self._note_error(TXPOOL_METHOD, err)
-                failures.append(err)
-            else:
-                pool = GaugeMetricFamily("mevwatch_mempool_txpool_transactions",
-                                         "Transactions in the node's pool by state (txpool_status)",
-                                         labels=["endpoint", "state"])
-                pool.add_metric([ep, "pending"], float(pending))
-                pool.add_metric([ep, "queued"], float(queued))
-                families.append(pool)
-        if attempted and len(failures) == attempted and all(f.error_class in _TRANSPORT for f in failures):
-            # The node itself is unreachable: one collector failure, not a set of misleading zeros.
-            raise CollectorError(failures[0].reason, failures[0].message)
+            families += [works, hashes, recreated]
+        if run_txpool and isinstance(txpool_res, tuple):
+            pool = GaugeMetricFamily("mevwatch_mempool_txpool_transactions",
+                                     "Transactions in the node's pool by state (txpool_status)",
+                                     labels=["endpoint", "state"])
+            pool.add_metric([ep, "pending"], float(txpool_res[0]))
+            pool.add_metric([ep, "queued"], float(txpool_res[1]))
+            families.append(pool)
+        supported = GaugeMetricFamily(
+            "mevwatch_mempool_method_supported", "0 when the node answered that it does not have the method",
+            labels=["endpoint", "method"],
+        )
         for method, ok in sorted(self._supported.items()):
             supported.add_metric([ep, method], 1.0 if ok else 0.0)
         errors = CounterMetricFamily("mevwatch_mempool_errors", "Failed mempool calls by method and error class",
@@ -217,3 +220,7 @@ class MempoolCollector(PollCollector[MempoolOptions]):
             errors.add_metric([ep, method, cls], float(n))
         families += [supported, errors]
         return families
+
+
+async def _nothing() -> None:
+    return None
