@@ -1,0 +1,223 @@
+"""The integrity baseline in the state DB: records per collector instance, an optional HMAC, and the accept log.
+
+An HMAC (key from a file the daemon can read but an attacker editing the DB should not) covers every
+baseline row, so a row changed in the DB to match a tampered file shows as ``tampered``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import pwd
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Any
+
+from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
+from mevwatch.daemon.state import StateDB
+
+__all__ = ["AcceptEntry", "Baseline", "BaselineStore", "Who", "who_am_i"]
+
+COMPONENT = "integrity"
+MIGRATIONS = [
+    """
+    CREATE TABLE integrity_baseline (
+        instance TEXT NOT NULL, path TEXT NOT NULL, ftype TEXT, size INTEGER, mode INTEGER,
+        uid INTEGER, gid INTEGER, inode INTEGER, mtime_ns INTEGER, ctime_ns INTEGER,
+        sha256 TEXT, link_target TEXT, PRIMARY KEY (instance, path)
+    );
+    CREATE TABLE integrity_meta (
+        instance TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (instance, key)
+    );
+    CREATE TABLE integrity_accept_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, instance TEXT NOT NULL, at REAL NOT NULL,
+        uid INTEGER NOT NULL, user TEXT NOT NULL, sudo_user TEXT, action TEXT NOT NULL, paths TEXT NOT NULL
+    )
+    """,
+]
+_COLS = "path, ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, sha256, link_target"
+_INSERT = f"INSERT INTO integrity_baseline(instance, {_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    uid: int
+    user: str
+    sudo_user: str | None
+
+
+def who_am_i() -> Who:
+    """The account running the command, and the one that ran sudo, for the accept log."""
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return Who(uid, user, os.environ.get("SUDO_USER") or None)
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptEntry:
+    at: float
+    uid: int
+    user: str
+    sudo_user: str | None
+    action: str
+    paths: list[str]
+
+
+@dataclass(slots=True)
+class Baseline:
+    records: dict[str, FileRecord] = field(default_factory=dict)
+    present: bool = False
+    tampered: bool = False
+    #: rows that do not decode into a record (edited or damaged DB), as "path: problem"
+    corrupt: list[str] = field(default_factory=list)
+    generation: int = 0
+    created_at: float | None = None
+
+
+def _row(rec: FileRecord) -> tuple[Any, ...]:
+    return (rec.path, rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns,
+            rec.sha256, rec.link_target)
+
+
+def _decode(row: Sequence[Any]) -> FileRecord:
+    path, ftype, *ints, digest, target = row
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError("path is not absolute")
+    if ftype not in FTYPES and ftype != "unknown":
+        raise ValueError(f"unknown file type {ftype!r}")
+    if not all(isinstance(v, int) for v in ints):
+        raise ValueError("a numeric attribute is not an integer")
+    if digest is not None and not (isinstance(digest, str) and _HEX64.match(digest)):
+        raise ValueError("sha256 is not 64 hex digits")
+    if target is not None and not isinstance(target, str):
+        raise ValueError("link target is not text")
+    size, mode, uid, gid, inode, mtime_ns, ctime_ns = ints
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"mode {mode} out of range")
+    return FileRecord(path, ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, digest, target)
+
+
+class BaselineStore:
+    """One collector instance's baseline in the shared state DB."""
+
+    def __init__(self, db: StateDB, instance: str, key: bytes | None = None) -> None:
+        self.db = db
+        self.instance = instance
+        self.key = key
+        db.migrate(COMPONENT, MIGRATIONS)
+
+    def _meta(self) -> dict[str, str]:
+        rows = self.db.query("SELECT key, value FROM integrity_meta WHERE instance = ?", (self.instance,))
+        return {str(k): str(v) for k, v in rows}
+
+    def generation(self) -> int:
+        """Bumped by every write: a running daemon reloads when it sees a new one."""
+        rows = self.db.query(
+            "SELECT value FROM integrity_meta WHERE instance = ? AND key = 'generation'", (self.instance,)
+        )
+        try:
+            return int(rows[0][0]) if rows else 0
+        except ValueError:
+            return -1
+
+    def _mac(self, rows: Sequence[Sequence[Any]]) -> str:
+        assert self.key is not None
+        mac = hmac.new(self.key, self.instance.encode(), sha256)
+        for row in rows:
+            mac.update(json.dumps(list(row), separators=(",", ":")).encode() + b"\n")
+        return mac.hexdigest()
+
+    def _raw_rows(self, db: Any = None) -> list[tuple[Any, ...]]:
+        sql = f"SELECT {_COLS} FROM integrity_baseline WHERE instance = ? ORDER BY path"
+        if db is not None:
+            return [tuple(r) for r in db.execute(sql, (self.instance,)).fetchall()]
+        return self.db.query(sql, (self.instance,))
+
+    def load(self) -> Baseline:
+        meta = self._meta()
+        rows = self._raw_rows()
+        out = Baseline(present="created_at" in meta or bool(rows))
+        if not out.present:
+            return out
+        try:
+            out.generation = int(meta.get("generation", "0"))
+            out.created_at = float(meta["created_at"]) if "created_at" in meta else None
+        except ValueError:
+            out.corrupt.append("meta: generation or created_at is not a number")
+        if "created_at" not in meta:
+            out.corrupt.append("meta: baseline rows without their metadata")
+        for row in rows:
+            try:
+                rec = _decode(row)
+            except (ValueError, TypeError) as exc:
+                out.corrupt.append(f"{row[0]!s}: {exc}")
+                continue
+            out.records[rec.path] = rec
+        if self.key is not None:
+            stored = meta.get("hmac")
+            out.tampered = stored is None or not hmac.compare_digest(stored, self._mac(rows))
+        return out
+
+    def _write_meta(self, db: Any, who: Who, action: str, paths: Sequence[str]) -> None:
+        now = time.time()
+        gen = db.execute(
+            "SELECT value FROM integrity_meta WHERE instance = ? AND key = 'generation'", (self.instance,)
+        ).fetchone()
+        try:
+            next_gen = int(gen[0]) + 1 if gen else 1
+        except ValueError:
+            next_gen = 1
+        values = {"generation": str(next_gen), "updated_at": repr(now)}
+        if action == "baseline" or not db.execute(
+            "SELECT 1 FROM integrity_meta WHERE instance = ? AND key = 'created_at'", (self.instance,)
+        ).fetchone():
+            values["created_at"] = repr(now)
+        if self.key is not None:
+            values["hmac"] = self._mac(self._raw_rows(db))
+        else:
+            db.execute("DELETE FROM integrity_meta WHERE instance = ? AND key = 'hmac'", (self.instance,))
+        db.executemany(
+            "INSERT INTO integrity_meta(instance, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(instance, key) DO UPDATE SET value = excluded.value",
+            [(self.instance, k, v) for k, v in values.items()],
+        )
+        db.execute(
+            "INSERT INTO integrity_accept_log(instance, at, uid, user, sudo_user, action, paths) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.instance, now, who.uid, who.user, who.sudo_user, action, json.dumps(list(paths))),
+        )
+
+    def replace_all(self, records: Mapping[str, FileRecord], who: Who, action: str = "baseline") -> None:
+        """Make ``records`` the whole baseline (``integrity baseline``, or ``accept`` with no path)."""
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM integrity_baseline WHERE instance = ?", (self.instance,))
+            db.executemany(
+                _INSERT,
+                [(self.instance, *_row(r)) for r in records.values()],
+            )
+            self._write_meta(db, who, action, ["*"] if action != "baseline" else [])
+
+    def update(self, changes: Mapping[str, FileRecord | None], who: Who, action: str = "accept") -> None:
+        """Re-baseline single paths: a record replaces the row, None removes it (the file is gone for good)."""
+        with self.db.transaction() as db:
+            for path, rec in changes.items():
+                db.execute("DELETE FROM integrity_baseline WHERE instance = ? AND path = ?", (self.instance, path))
+                if rec is not None:
+                    db.execute(_INSERT, (self.instance, *_row(rec)))
+            self._write_meta(db, who, action, sorted(changes))
+
+    def accept_log(self, limit: int = 50) -> list[AcceptEntry]:
+        rows = self.db.query(
+            "SELECT at, uid, user, sudo_user, action, paths FROM integrity_accept_log WHERE instance = ? "
+            "ORDER BY id DESC LIMIT ?",
+            (self.instance, limit),
+        )
+        return [AcceptEntry(float(a), int(u), str(n), s, str(act), json.loads(p)) for a, u, n, s, act, p in rows]

@@ -1,0 +1,511 @@
+"""File integrity core: the watched set (files, globs, directories), per-file records and their comparison.
+
+Pure and blocking code only (no asyncio): the collector runs it in the blocking pool, the CLI directly.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import errno
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+__all__ = [
+    "KINDS",
+    "FileRecord",
+    "Rule",
+    "Violation",
+    "WatchSet",
+    "compare",
+    "describe",
+    "glob_to_regex",
+    "hash_file",
+    "read_record",
+    "scan",
+    "verify",
+]
+
+#: violation kinds, in the order they are reported
+KINDS = ("type", "missing", "new", "unreadable", "content", "mode", "owner", "inode")
+
+_FTYPES = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "char",
+    stat.S_IFBLK: "block",
+}
+FTYPES = frozenset(_FTYPES.values())
+
+DEFAULT_CHUNK = 1 << 20
+# Files at least this big are hashed first so one large binary does not finish last on one thread.
+_BIG = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """What is known about one path; ``error`` is set when the content could not be read."""
+
+    path: str
+    ftype: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    inode: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str | None = None
+    link_target: str | None = None
+    error: str | None = None
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        """True when size, mtime, ctime and inode match: the content cannot have changed without ctime moving."""
+        return (
+            self.size == st.st_size
+            and self.mtime_ns == st.st_mtime_ns
+            and self.ctime_ns == st.st_ctime_ns
+            and self.inode == st.st_ino
+        )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Violation:
+    path: str
+    kind: str
+    expected: str
+    found: str
+
+
+def describe(rec: FileRecord) -> str:
+    """One-line summary of a record, for ``new`` and ``type`` violations."""
+    parts = [rec.ftype, f"mode={rec.mode:04o}", f"uid={rec.uid}", f"gid={rec.gid}"]
+    if rec.ftype == "file":
+        parts.append(f"size={rec.size}")
+        if rec.sha256:
+            parts.append(f"sha256={rec.sha256}")
+    if rec.link_target is not None:
+        parts.append(f"target={rec.link_target}")
+    return " ".join(parts)
+
+
+def _content(rec: FileRecord) -> str:
+    if rec.ftype == "symlink":
+        return f"target={rec.link_target}"
+    return f"sha256={rec.sha256 or '?'} size={rec.size}"
+
+
+def compare(path: str, expected: FileRecord | None, found: FileRecord | None) -> list[Violation]:
+    """Every difference between the baseline record and the current one, one violation per kind."""
+    if expected is None and found is None:
+        return []
+    if expected is None:
+        assert found is not None
+        return [Violation(path, "new", "absent", describe(found))]
+    if found is None:
+        return [Violation(path, "missing", describe(expected), "absent")]
+    if expected.ftype != found.ftype:
+        return [Violation(path, "type", expected.ftype, found.ftype)]
+    out: list[Violation] = []
+    if found.error is not None:
+        out.append(Violation(path, "unreadable", "readable", found.error))
+    elif found.ftype == "file":
+        if expected.size != found.size or (expected.sha256 and expected.sha256 != found.sha256):
+            out.append(Violation(path, "content", _content(expected), _content(found)))
+    elif found.ftype == "symlink" and expected.link_target != found.link_target:
+        out.append(Violation(path, "content", _content(expected), _content(found)))
+    if expected.mode != found.mode:
+        out.append(Violation(path, "mode", f"{expected.mode:04o}", f"{found.mode:04o}"))
+    if (expected.uid, expected.gid) != (found.uid, found.gid):
+        out.append(Violation(path, "owner", f"{expected.uid}:{expected.gid}", f"{found.uid}:{found.gid}"))
+    if expected.inode != found.inode:
+        out.append(Violation(path, "inode", str(expected.inode), str(found.inode)))
+    return out
+
+
+# --- reading one path ----------------------------------------------------------------------
+
+
+def _strerror(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or type(exc).__name__
+
+
+def hash_file(fd: int, chunk: int = DEFAULT_CHUNK) -> str:
+    """sha256 of an open file read in ``chunk``-sized pieces (hashlib releases the GIL on big buffers)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            break
+        h.update(view[:n])
+    return h.hexdigest()
+
+
+def _from_stat(path: str, st: os.stat_result, **extra: str | None) -> FileRecord:
+    return FileRecord(
+        path=path,
+        ftype=_FTYPES.get(stat.S_IFMT(st.st_mode), "unknown"),
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        inode=st.st_ino,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        **extra,
+    )
+
+
+def read_record(
+    real: str,
+    path: str | None = None,
+    *,
+    follow_symlinks: bool = False,
+    known: FileRecord | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> FileRecord | None:
+    """The record of ``real`` (labelled ``path``), or None when it does not exist.
+
+    Only regular files are opened, with O_NONBLOCK and O_NOFOLLOW, and the open file is
+    checked to be the one stat'ed: a FIFO or device swapped in never blocks the read.
+    With ``known`` (quick mode) a file whose size, mtime, ctime and inode all match keeps
+    the known hash instead of being read again.
+    """
+    label = path if path is not None else real
+    try:
+        st = os.stat(real) if follow_symlinks else os.lstat(real)
+    except FileNotFoundError:
+        return None  # also a dangling symlink when following: the file it names is missing
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return None  # a parent was replaced by a file: the path no longer exists
+        # lstat itself refused (no search permission on a parent directory)
+        return FileRecord(label, "unknown", 0, 0, -1, -1, 0, 0, 0, error=_strerror(exc))
+    fmt = stat.S_IFMT(st.st_mode)
+    if fmt == stat.S_IFLNK:
+        try:
+            target = os.readlink(real)
+        except OSError as exc:
+            return _from_stat(label, st, error=_strerror(exc))
+        return _from_stat(label, st, link_target=target)
+    if fmt != stat.S_IFREG:
+        return _from_stat(label, st)
+    if known is not None and known.ftype == "file" and known.sha256 and known.same_stat(st):
+        return _from_stat(label, st, sha256=known.sha256)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return read_record(real, path, follow_symlinks=follow_symlinks, chunk=chunk)  # became a symlink
+        return _from_stat(label, st, error=_strerror(exc))
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):
+            return _from_stat(label, fst)  # swapped for a FIFO or device between stat and open
+        try:
+            digest = hash_file(fd, chunk)
+        except OSError as exc:
+            return _from_stat(label, fst, error=_strerror(exc))
+        # The attributes of the file actually hashed, not of the one first stat'ed.
+        return _from_stat(label, fst, sha256=digest)
+    finally:
+        os.close(fd)
+
+
+# --- the watched set -----------------------------------------------------------------------
+
+_MAGIC = re.compile(r"[*?[]")
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Shell glob to a regex over whole paths: ``**`` spans directories, ``*`` and ``?`` do not."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A tree to walk: everything under ``base`` (to ``recursive`` depth) that ``match``es and is not excluded."""
+
+    base: str
+    recursive: bool
+    match: re.Pattern[str] | None = None
+
+    def covers(self, path: str) -> bool:
+        if path == self.base:
+            return self.match is None or bool(self.match.match(path))
+        prefix = self.base.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            return False
+        if not self.recursive and "/" in path[len(prefix) :]:
+            return False
+        return self.match is None or bool(self.match.match(path))
+
+    @classmethod
+    def from_glob(cls, pattern: str) -> Rule:
+        parts = PurePosixPath(pattern).parts
+        base_parts: list[str] = []
+        for part in parts:
+            if _MAGIC.search(part):
+                break
+            base_parts.append(part)
+        magic = parts[len(base_parts) :]
+        base = str(PurePosixPath(*base_parts)) if base_parts else "/"
+        recursive = len(magic) > 1 or any("**" in p for p in magic)
+        return cls(base, recursive, glob_to_regex(pattern))
+
+
+@dataclass(slots=True)
+class WatchSet:
+    """The configured files, globs and directories, as host paths (``rootfs`` is prefixed to reach them).
+
+    Excludes are globs: with a ``/`` they match the whole path, without one the base name.
+    """
+
+    files: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    excludes: tuple[str, ...] = ()
+    rootfs: str = "/"
+    _path_ex: list[re.Pattern[str]] = field(default_factory=list)
+    _name_ex: list[re.Pattern[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._path_ex = [glob_to_regex(e) for e in self.excludes if "/" in e]
+        self._name_ex = [glob_to_regex(e) for e in self.excludes if "/" not in e]
+
+    @classmethod
+    def build(
+        cls,
+        files: Sequence[str] = (),
+        globs: Sequence[str] = (),
+        directories: Sequence[tuple[str, bool]] = (),
+        excludes: Sequence[str] = (),
+        rootfs: str = "/",
+    ) -> WatchSet:
+        rules = [Rule.from_glob(g) for g in globs] + [
+            Rule(os.path.normpath(d), rec) for d, rec in directories
+        ]
+        return cls(tuple(os.path.normpath(f) for f in files), tuple(rules), tuple(excludes), rootfs)
+
+    def real(self, path: str) -> str:
+        """Where the host path ``path`` is reached from here (under ``rootfs``)."""
+        if self.rootfs in ("", "/"):
+            return path
+        return os.path.join(self.rootfs, path.lstrip("/"))
+
+    def host(self, real: str) -> str:
+        if self.rootfs in ("", "/"):
+            return real
+        rel = os.path.relpath(real, self.rootfs)
+        return "/" if rel == "." else "/" + rel
+
+    def excluded(self, path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return any(r.match(path) for r in self._path_ex) or any(r.match(name) for r in self._name_ex)
+
+    def covers(self, path: str) -> bool:
+        """True when the host path ``path`` belongs to the watched set (whether or not it exists)."""
+        if path in self.files:
+            return True
+        if self.excluded(path):
+            return False
+        return any(rule.covers(path) for rule in self.rules)
+
+    def expand(self) -> list[str]:
+        """Every host path of the watched set that exists now, plus the explicit files (even if absent)."""
+        seen: set[str] = set(self.files)
+        for rule in self.rules:
+            for path in self._walk(rule):
+                seen.add(path)
+        return sorted(seen)
+
+    def _walk(self, rule: Rule) -> Iterator[str]:
+        base_real = self.real(rule.base)
+        if not os.path.lexists(base_real):
+            return
+        if rule.covers(rule.base) and not self.excluded(rule.base):
+            yield rule.base
+        if not os.path.isdir(base_real) or os.path.islink(base_real):
+            return
+        stack = [(rule.base, base_real)]
+        while stack:
+            host_dir, real_dir = stack.pop()
+            try:
+                entries = list(os.scandir(real_dir))
+            except OSError:
+                continue  # vanished or unreadable directory: its own record says so
+            for entry in entries:
+                host = host_dir.rstrip("/") + "/" + entry.name
+                if self.excluded(host):
+                    continue
+                if rule.covers(host):
+                    yield host
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                if is_dir and rule.recursive:
+                    stack.append((host, entry.path))
+
+    def directories(self) -> list[str]:
+        """Host directories whose entries must be watched to see every change of the set.
+
+        For an explicit file whose parent does not exist yet, the nearest existing ancestor,
+        so that creating the parent is seen too.
+        """
+        dirs: set[str] = set()
+        for f in self.files:
+            parent = os.path.dirname(f) or "/"
+            while parent != "/" and not os.path.isdir(self.real(parent)):
+                parent = os.path.dirname(parent)
+            dirs.add(parent)
+        for rule in self.rules:
+            base = rule.base
+            while base != "/" and not os.path.isdir(self.real(base)):
+                base = os.path.dirname(base)
+            if base != rule.base:
+                dirs.add(base)
+                continue
+            dirs.add(base)
+            if not rule.recursive or os.path.islink(self.real(base)):
+                continue
+            stack = [base]
+            while stack:
+                d = stack.pop()
+                try:
+                    entries = list(os.scandir(self.real(d)))
+                except OSError:
+                    continue
+                for entry in entries:
+                    host = d.rstrip("/") + "/" + entry.name
+                    try:
+                        if entry.is_dir(follow_symlinks=False) and not self.excluded(host):
+                            dirs.add(host)
+                            stack.append(host)
+                    except OSError:
+                        continue
+        return sorted(dirs)
+
+
+# --- scanning many paths -------------------------------------------------------------------
+
+
+def scan(
+    ws: WatchSet,
+    paths: Iterable[str],
+    *,
+    follow_symlinks: bool = False,
+    known: Mapping[str, FileRecord] | None = None,
+    threads: int = 4,
+    chunk: int = DEFAULT_CHUNK,
+) -> dict[str, FileRecord]:
+    """Records of the host ``paths`` that exist (and of unreadable ones), hashed on ``threads`` threads.
+
+    With ``known`` (quick mode) a regular file is only hashed when its stat differs from its known record.
+    """
+    paths = list(paths)
+    out: dict[str, FileRecord] = {}
+    if not paths:
+        return out
+
+    def one(path: str) -> tuple[str, FileRecord | None]:
+        prev = known.get(path) if known is not None else None
+        return path, read_record(ws.real(path), path, follow_symlinks=follow_symlinks, known=prev, chunk=chunk)
+
+    if threads <= 1 or len(paths) == 1:
+        for p in paths:
+            _, rec = one(p)
+            if rec is not None:
+                out[p] = rec
+        return out
+    # Largest files first: the pool then ends with many small files instead of one long hash.
+    sizes: dict[str, int] = {}
+    for p in paths:
+        try:
+            sizes[p] = os.lstat(ws.real(p)).st_size
+        except OSError:
+            sizes[p] = 0
+    big = [p for p in paths if sizes[p] >= _BIG]
+    big.sort(key=lambda p: -sizes[p])
+    small = [p for p in paths if sizes[p] < _BIG]
+    # Small files go in batches: one future per file would cost more than hashing it.
+    step = max(1, min(256, len(small) // (threads * 4) or 1))
+    batches = [[p] for p in big] + [small[i : i + step] for i in range(0, len(small), step)]
+
+    def many(batch: list[str]) -> list[tuple[str, FileRecord | None]]:
+        return [one(p) for p in batch]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mevwatch-hash") as ex:
+        for results in ex.map(many, batches):
+            for path, rec in results:
+                if rec is not None:
+                    out[path] = rec
+    return out
+
+
+def verify(
+    ws: WatchSet,
+    baseline: Mapping[str, FileRecord],
+    *,
+    quick: bool = False,
+    follow_symlinks: bool = False,
+    threads: int = 4,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[dict[str, FileRecord], list[Violation]]:
+    """Scan the whole watched set and compare it with ``baseline``: (current records, violations).
+
+    Baseline paths the watched set no longer covers (the config changed) are not checked.
+    """
+    paths = set(ws.expand())
+    paths.update(p for p in baseline if ws.covers(p))
+    current = scan(
+        ws, sorted(paths), follow_symlinks=follow_symlinks, known=baseline if quick else None,
+        threads=threads, chunk=chunk,
+    )
+    violations = [v for p in sorted(paths) for v in compare(p, baseline.get(p), current.get(p))]
+    return current, violations

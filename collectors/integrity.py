@@ -1,0 +1,442 @@
+"""File integrity of the MEV host: realtime inotify detection and periodic verify against a baseline.
+
+The runbook's SecurityMonitor (section "Security Incidents") hashes three files and crashes on a
+missing one; this sees content, mode, owner, type and inode changes of the whole watched set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from asyncinotify import Event, Inotify, Mask, Watch
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, Who
+from mevwatch.collectors._integrity_scan import (
+    DEFAULT_CHUNK,
+    KINDS,
+    FileRecord,
+    Violation,
+    WatchSet,
+    compare,
+    scan,
+    verify,
+)
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Emit,
+    StreamCollector,
+    register,
+)
+from mevwatch.daemon.fields import ByteSize, Duration, read_secret_file
+
+__all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]
+
+RUNBOOK_FILES = ["/etc/mev/config.yaml", "/usr/local/bin/mev-engine", "/etc/mev/wallets.json"]
+
+_WATCH_MASK = (
+    Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.CREATE
+    | Mask.DELETE | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR | Mask.DONT_FOLLOW | Mask.EXCL_UNLINK
+)
+_DIR_CHANGE = Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
+# Events read per read(2): a burst of changes is drained in few wakeups.
+_EVENT_CACHE = 4096
+REALTIME_STATES = ("ok", "overflow", "watch_limit", "unavailable")
+
+
+def _absolute(values: list[str]) -> list[str]:
+    for v in values:
+        if not v.startswith("/"):
+            raise ValueError(f"{v!r} is not an absolute path")
+    return values
+
+
+class DirectoryOption(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="absolute directory path")
+    recursive: bool = Field(True, description="include subdirectories")
+
+    @field_validator("path")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        return _absolute([v])[0]
+
+
+class IntegrityOptions(CollectorOptions):
+    files: list[str] = Field(
+        default_factory=lambda: list(RUNBOOK_FILES), description="single files (absolute); absent ones too"
+    )
+    globs: list[str] = Field(
+        default_factory=lambda: ["/etc/mev/**"], description="glob patterns; ** spans directories"
+    )
+    directories: list[DirectoryOption] = Field(default_factory=list, description="directory trees")
+    exclude: list[str] = Field(
+        default_factory=list, description="globs to skip: with a / the whole path, else the base name"
+    )
+    follow_symlinks: bool = Field(False, description="check the file a symlink names instead of the link")
+    verify_interval: Duration = Field(3600.0, gt=0, description="time between full verifies of the whole set")
+    verify_mode: Literal["quick", "full"] = Field(
+        "quick", description="quick hashes only files whose size/mtime/ctime/inode changed; full hashes all"
+    )
+    verify_timeout: Duration = Field(1800.0, gt=0, description="a verify running longer fails")
+    debounce: Duration = Field(0.03, ge=0, le=5, description="wait after an event before re-checking")
+    hmac_key_file: Path | None = Field(None, description="key file; the baseline is HMAC-protected with it")
+    hash_threads: int = Field(4, ge=1, le=64, description="threads hashing files during a verify")
+    chunk_size: ByteSize = Field(DEFAULT_CHUNK, ge=4096, le=256 << 20, description="read size when hashing")
+    max_violation_series: int = Field(500, ge=1, le=100_000, description="cap on violation series exported")
+    auto_baseline: bool = Field(
+        False, description="create the baseline from the current files when none exists (trust on first use)"
+    )
+
+    @field_validator("files", "globs")
+    @classmethod
+    def _abs_paths(cls, v: list[str]) -> list[str]:
+        return _absolute(v)
+
+
+def watch_set(options: IntegrityOptions, rootfs: Path | str = "/") -> WatchSet:
+    return WatchSet.build(
+        files=options.files,
+        globs=options.globs,
+        directories=[(d.path, d.recursive) for d in options.directories],
+        excludes=options.exclude,
+        rootfs=str(rootfs),
+    )
+
+
+def read_hmac_key(options: IntegrityOptions) -> bytes | None:
+    """The baseline HMAC key, or None when not configured; ValueError when the file is unusable."""
+    if options.hmac_key_file is None:
+        return None
+    key = read_secret_file(options.hmac_key_file)
+    if len(key) < 16:
+        raise ValueError(f"HMAC key in {str(options.hmac_key_file)!r} is shorter than 16 characters")
+    return key.encode()
+
+
+@register
+class IntegrityCollector(StreamCollector[IntegrityOptions]):
+    kind: ClassVar[str] = "integrity"
+    Options = IntegrityOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 30.0
+    runbook_section = "security-incidents"
+
+    def __init__(self, ctx: CollectorContext, options: IntegrityOptions) -> None:
+        super().__init__(ctx, options)
+        self.ws = watch_set(options, ctx.paths.rootfs)
+        self.store: BaselineStore | None = None
+        self.baseline = Baseline()
+        self._current: dict[str, FileRecord] = {}
+        self._violations: dict[str, list[Violation]] = {}
+        self._exported: set[tuple[str, str]] = set()
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._replan = False
+        self._overflow = False
+        self._inotify: Inotify | None = None
+        self._watches: dict[str, Watch] = {}
+        self._wd_host: dict[int, str] = {}
+        self._watch_limit = False
+        self._changes = {"realtime": 0, "verify": 0}
+        self._overflows = 0
+        self._verifies = {"quick": 0, "full": 0}
+        self._last_verify_ts = 0.0
+        self._last_verify_s = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, emit: Emit) -> None:
+        if self.ctx.state is None:
+            raise CollectorError("no_state_db", "the integrity baseline needs the state DB")
+        try:
+            key = await self.ctx.run_blocking(read_hmac_key, self.options)
+        except ValueError as exc:
+            raise CollectorError("hmac_key", str(exc)) from None
+        self.store = BaselineStore(self.ctx.state, self.options.instance, key)
+        try:
+            self._inotify = Inotify(cache_size=_EVENT_CACHE)
+        except OSError as exc:
+            # Out of inotify instances: periodic verify still covers the set, realtime is off.
+            self.ctx.log.warning("integrity_inotify_unavailable", error=str(exc))
+            self._inotify = None
+        reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
+        try:
+            await self._load_baseline()
+            await self._plan_watches()
+            await self._full_check(full=self.options.verify_mode == "full")
+            emit(self.families())
+            await self._loop(emit)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            if self._inotify is not None:
+                self._inotify.close()
+                self._inotify = None
+            self._watches.clear()
+            self._wd_host.clear()
+
+    async def _loop(self, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        next_verify = loop.time() + self.options.verify_interval
+        next_poll = loop.time() + self.ctx.interval
+        while True:
+            timeout = max(0.0, min(next_verify, next_poll) - loop.time())
+            if not (self._pending or self._replan or self._overflow):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self._pending and not (self._replan or self._overflow) and self.options.debounce:
+                # Editors and sed -i write, rename and chmod in quick succession: check once after.
+                await asyncio.sleep(self.options.debounce)
+            now = loop.time()
+            reloaded = await self._reload_if_changed()
+            if self._overflow or self._replan or reloaded:
+                full = self._overflow
+                self._overflow = False
+                if self._replan:
+                    self._replan = False
+                    await self._plan_watches()
+                self._pending.clear()
+                await self._full_check(full=full or self.options.verify_mode == "full")
+            elif now >= next_verify:
+                self._pending.clear()
+                await self._full_check(full=self.options.verify_mode == "full")
+            elif self._pending:
+                paths, self._pending = self._pending, set()
+                await self._recheck(paths)
+            if now >= next_verify:
+                next_verify = loop.time() + self.options.verify_interval
+            if now >= next_poll:
+                next_poll = loop.time() + self.ctx.interval
+            emit(self.families())
+
+    # --- baseline --------------------------------------------------------------------------
+
+    async def _load_baseline(self) -> None:
+        assert self.store is not None
+        self.baseline = await self.ctx.run_blocking(self.store.load)
+        if self.baseline.tampered:
+            self.ctx.log.error("integrity_baseline_tampered")
+        if self.baseline.corrupt:
+            self.ctx.log.error("integrity_baseline_corrupt", problems=self.baseline.corrupt[:10])
+        if not self.baseline.present and self.options.auto_baseline:
+            current, _ = await self._verify_blocking(full=True, baseline={})
+            who = Who(os.getuid(), "mevwatch", None)
+            await self.ctx.run_blocking(self.store.replace_all, current, who, "auto_baseline")
+            self.baseline = await self.ctx.run_blocking(self.store.load)
+            self.ctx.log.info("integrity_baseline_created", files=len(current))
+
+    async def _reload_if_changed(self) -> bool:
+        """Pick up a baseline written by ``mevwatch integrity accept`` while the daemon runs."""
+        assert self.store is not None
+        gen = await self.ctx.run_blocking(self.store.generation)
+        if gen == self.baseline.generation:
+            return False
+        await self._load_baseline()
+        return True
+
+    # --- checking --------------------------------------------------------------------------
+
+    async def _verify_blocking(
+        self, full: bool, baseline: dict[str, FileRecord]
+    ) -> tuple[dict[str, FileRecord], list[Violation]]:
+        o = self.options
+        result: tuple[dict[str, FileRecord], list[Violation]] = await self.ctx.run_blocking(
+            lambda: verify(
+                self.ws, baseline, quick=not full, follow_symlinks=o.follow_symlinks,
+                threads=o.hash_threads, chunk=o.chunk_size,
+            ),
+            timeout=o.verify_timeout,
+        )
+        return result
+
+    async def _full_check(self, full: bool) -> None:
+        t0 = time.monotonic()
+        current, violations = await self._verify_blocking(full, self.baseline.records)
+        self._current = current
+        if not self.baseline.present:
+            violations = []
+        grouped: dict[str, list[Violation]] = {}
+        for v in violations:
+            grouped.setdefault(v.path, []).append(v)
+        for path in set(grouped) | set(self._violations):
+            if grouped.get(path) != self._violations.get(path):
+                self._changes["verify"] += 1
+        self._violations = grouped
+        self._verifies["full" if full else "quick"] += 1
+        self._last_verify_s = time.monotonic() - t0
+        self._last_verify_ts = time.time()
+
+    async def _recheck(self, paths: Iterable[str]) -> None:
+        """Hash the changed paths again (never trusting stat: two writes can share a ctime tick)."""
+        todo = sorted(p for p in paths if p in self.baseline.records or self.ws.covers(p))
+        if not todo:
+            return
+        o = self.options
+        found: dict[str, FileRecord] = await self.ctx.run_blocking(
+            lambda: scan(self.ws, todo, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size),
+            timeout=o.verify_timeout,
+        )
+        for path in todo:
+            rec = found.get(path)
+            if rec is None:
+                self._current.pop(path, None)
+            else:
+                self._current[path] = rec
+            new = compare(path, self.baseline.records.get(path), rec) if self.baseline.present else []
+            if new != self._violations.get(path, []):
+                self._changes["realtime"] += 1
+            if new:
+                self._violations[path] = new
+            else:
+                self._violations.pop(path, None)
+
+    # --- inotify ---------------------------------------------------------------------------
+
+    async def _plan_watches(self) -> None:
+        if self._inotify is None:
+            return
+        wanted = set(await self.ctx.run_blocking(self.ws.directories))
+        for host in sorted(set(self._watches) - wanted):
+            watch = self._watches.pop(host)
+            self._wd_host.pop(watch.wd, None)
+            with contextlib.suppress(OSError):  # already gone with its directory
+                self._inotify.rm_watch(watch)
+        self._watch_limit = False
+        for host in sorted(wanted - set(self._watches)):
+            try:
+                watch = self._inotify.add_watch(self.ws.real(host), _WATCH_MASK)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    self._watch_limit = True
+                    self.ctx.log.warning("integrity_watch_limit", watched=len(self._watches), wanted=len(wanted))
+                    break
+                continue  # vanished or not a directory any more; the next plan sees it
+            self._watches[host] = watch
+            self._wd_host[watch.wd] = host
+
+    async def _read_events(self) -> None:
+        assert self._inotify is not None
+        async for ev in self._inotify:
+            self._on_event(ev)
+
+    def _on_event(self, ev: Event) -> None:
+        mask = ev.mask
+        self._wake.set()
+        if Mask.Q_OVERFLOW in mask:
+            self._overflows += 1
+            self._overflow = True
+            self.ctx.log.warning("integrity_queue_overflow")
+            return
+        watch = ev.watch
+        host = self._wd_host.get(watch.wd) if watch is not None else None
+        if Mask.IGNORED in mask:
+            if watch is not None and host is not None and self._watches.get(host) is watch:
+                del self._watches[host]
+                del self._wd_host[watch.wd]
+                self._replan = True
+            return
+        if host is None:
+            return
+        if ev.name is None:
+            if mask & (Mask.DELETE_SELF | Mask.MOVE_SELF):
+                self._replan = True
+            self._pending.add(host)
+            return
+        path = host.rstrip("/") + "/" + str(ev.name)
+        if Mask.ISDIR in mask and mask & _DIR_CHANGE:
+            self._replan = True
+        self._pending.add(path)
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    def _realtime_state(self) -> str:
+        if self._inotify is None:
+            return "unavailable"
+        if self._overflow:
+            return "overflow"
+        if self._watch_limit:
+            return "watch_limit"
+        return "ok"
+
+    def families(self) -> list[Metric]:
+        prefix = "mevwatch_integrity_"
+        all_v = sorted(
+            (v for vs in self._violations.values() for v in vs), key=lambda v: (KINDS.index(v.kind), v.path)
+        )
+        present = {(v.path, v.kind) for v in all_v}
+        # Series already exported stay, so a capped set does not flap between scrapes.
+        keep = self._exported & present
+        for v in all_v:
+            if len(keep) >= self.options.max_violation_series:
+                break
+            keep.add((v.path, v.kind))
+        self._exported = keep
+        viol = GaugeMetricFamily(
+            prefix + "violation", "1 while the file differs from its baseline in this way", labels=["path", "kind"]
+        )
+        for path, kind in sorted(keep):
+            viol.add_metric([path, kind], 1.0)
+        per_kind = GaugeMetricFamily(
+            prefix + "violations", "Violations present, by kind (not capped)", labels=["kind"]
+        )
+        counts = dict.fromkeys(KINDS, 0)
+        for v in all_v:
+            counts[v.kind] += 1
+        for kind in KINDS:
+            per_kind.add_metric([kind], float(counts[kind]))
+        changes = CounterMetricFamily(
+            prefix + "changes_detected", "Checks that found a file's violations changed", labels=["source"]
+        )
+        for source, n in self._changes.items():
+            changes.add_metric([source], float(n))
+        verifies = CounterMetricFamily(prefix + "verifies", "Verifies of the whole watched set", labels=["mode"])
+        for mode, n in self._verifies.items():
+            verifies.add_metric([mode], float(n))
+        realtime = GaugeMetricFamily(
+            prefix + "realtime_state", "Realtime (inotify) detection state, 1 for the current one", labels=["state"]
+        )
+        state = self._realtime_state()
+        for s in REALTIME_STATES:
+            realtime.add_metric([s], 1.0 if s == state else 0.0)
+        b = self.baseline
+        return [
+            viol,
+            per_kind,
+            GaugeMetricFamily(
+                prefix + "violation_series_overflow",
+                "Violations present but not exported as series (max_violation_series reached)",
+                value=float(len(present) - len(keep)),
+            ),
+            GaugeMetricFamily(prefix + "files_watched", "Paths of the watched set that exist",
+                              value=float(len(self._current))),
+            GaugeMetricFamily(prefix + "watched_directories", "Directories under inotify watch",
+                              value=float(len(self._watches))),
+            GaugeMetricFamily(prefix + "last_verify_timestamp_seconds", "Unix time the last verify ended",
+                              value=self._last_verify_ts),
+            GaugeMetricFamily(prefix + "last_verify_duration_seconds", "Duration of the last verify",
+                              value=self._last_verify_s),
+            changes,
+            verifies,
+            CounterMetricFamily(prefix + "queue_overflows", "inotify event queue overflows (each forces a full verify)",
+                                value=float(self._overflows)),
+            realtime,
+            GaugeMetricFamily(prefix + "baseline_present", "1 when a baseline exists", value=float(b.present)),
+            GaugeMetricFamily(prefix + "baseline_tampered", "1 when the baseline does not match its HMAC",
+                              value=float(b.tampered)),
+            GaugeMetricFamily(prefix + "baseline_corrupt", "1 when baseline rows cannot be decoded",
+                              value=float(bool(b.corrupt))),
+        ]
