@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mevwatch.alerts.config import AlertsConfig, resolve_rules
 from mevwatch.collectors.base import IMPORT_ERRORS, CollectorOptions, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 
@@ -106,7 +107,7 @@ class DaemonConfig(_Strict):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
-    alerts: dict[str, Any] = Field(default_factory=dict, description="alert rules, routes and receivers")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,8 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
         daemon = DaemonConfig.model_validate(data)
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, (), file, lines))
+    if daemon is not None and daemon.alerts.enabled:
+        issues.extend(resolve_rules(daemon.alerts, file))
 
     specs: list[CollectorSpec] = []
     raw_collectors = data.get("collectors", [])
