@@ -1,0 +1,358 @@
+"""Node health per endpoint: up, peers, sync progress, head block and its age, head lag, chain id, client version.
+
+The runbook's "Node Disconnections and Peer Loss" checks (``net_peerCount`` on every node port) plus the
+sync and head checks behind "block sync falling behind". A dead node shows ``up 0`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import aiohttp
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from pydantic import Field, field_validator, model_validator
+
+from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, new_session, parse_quantity
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+from mevwatch.daemon.fields import Duration
+
+__all__ = ["ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "parse_head_block", "parse_syncing"]
+
+T = TypeVar("T")
+_VERSION_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    syncing: bool
+    current_block: int = 0
+    highest_block: int = 0
+
+    @property
+    def remaining_blocks(self) -> int:
+        return max(self.highest_block - self.current_block, 0) if self.syncing else 0
+
+
+def parse_syncing(value: Any) -> SyncStatus:
+    """``eth_syncing``: ``false`` is "not syncing" (a normal answer); an object has current and highest block.
+
+    Anything else raises ValueError, so a misread answer is an error and never reads as either state.
+    """
+    if value is False:
+        return SyncStatus(syncing=False)
+    if not isinstance(value, dict):
+        raise ValueError(f"eth_syncing: expected false or an object, got {type(value).__name__} {str(value)[:40]!r}")
+    current = parse_quantity(value.get("currentBlock"), "eth_syncing currentBlock")
+    highest = parse_quantity(value.get("highestBlock"), "eth_syncing highestBlock")
+    return SyncStatus(syncing=True, current_block=current, highest_block=highest)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadBlock:
+    number: int
+    timestamp: int
+
+
+def parse_head_block(value: Any) -> HeadBlock:
+    """``eth_getBlockByNumber("latest", false)``: the head's number and timestamp."""
+    if not isinstance(value, dict):
+        raise ValueError(f"latest block: expected an object, got {type(value).__name__}")
+    return HeadBlock(
+        parse_quantity(value.get("number"), "latest block number"),
+        parse_quantity(value.get("timestamp"), "latest block timestamp"),
+    )
+
+
+def _parse_version(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"web3_clientVersion: expected a string, got {type(value).__name__}")
+    return value.strip()[:_VERSION_MAX]
+
+
+def _default_endpoints() -> list[Endpoint]:
+    return [Endpoint(name="local", url="http://127.0.0.1:8545")]
+
+
+class ChainOptions(CollectorOptions):
+    endpoints: list[Endpoint] = Field(
+        default_factory=_default_endpoints, description="nodes to watch (HTTP or WebSocket JSON-RPC), each named"
+    )
+    reference: Endpoint | None = Field(
+        default=None,
+        description="head lag is measured against this endpoint's head; default: the highest head of `endpoints`",
+    )
+    expected_chain_id: int | None = Field(
+        default=None, ge=1, description="chain id every endpoint must report (1 = mainnet); a mismatch fails the run"
+    )
+    recheck_unsupported: Duration = Field(
+        default=600.0, description="how long a method the node does not support is left alone before asking again"
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[Endpoint]) -> list[Endpoint]:
+        if not v:
+            raise ValueError("at least one endpoint is required")
+        names = [e.name for e in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _reference_name(self) -> ChainOptions:
+        if self.reference is not None and self.reference.name in {e.name for e in self.endpoints}:
+            raise ValueError(f"reference name {self.reference.name!r} is also an endpoint name; give it its own")
+        return self
+
+
+@dataclass(slots=True)
+class _NodeReport:
+    """What one run learnt about one endpoint; None means not measured this run."""
+
+    up: bool = False
+    head: HeadBlock | None = None
+    peers: int | None = None
+    sync: SyncStatus | None = None
+    chain_id: int | None = None
+    version: str | None = None
+    error: RpcError | None = None
+
+
+@dataclass(slots=True)
+class _NodeState:
+    client: JsonRpcClient
+    unsupported: dict[str, float] = field(default_factory=dict)  # method -> monotonic time it was found missing
+    supported: dict[str, bool] = field(default_factory=dict)
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, class)
+
+
+_HEAD = ("eth_getBlockByNumber", ["latest", False])
+_METHODS: tuple[tuple[str, list[Any]], ...] = (
+    ("net_peerCount", []),
+    ("eth_syncing", []),
+    ("eth_chainId", []),
+    ("web3_clientVersion", []),
+)
+
+
+@register
+class ChainCollector(PollCollector[ChainOptions]):
+    kind: ClassVar[str] = "chain"
+    Options = ChainOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    runbook_section = "node-disconnections-and-peer-loss"
+
+    def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
+        super().__init__(ctx, options)
+        self._session: aiohttp.ClientSession | None = None
+        self._nodes: dict[str, _NodeState] = {}
+
+    def _node(self, ep: Endpoint) -> _NodeState:
+        node = self._nodes.get(ep.name)
+        if node is None:
+            if self._session is None or self._session.closed:
+                self._session = new_session()
+            node = self._nodes[ep.name] = _NodeState(JsonRpcClient(ep, self._session))
+        return node
+
+    async def collect(self) -> Families:
+        eps = self.options.endpoints
+        ref = self.options.reference
+        reports = await asyncio.gather(*(self._report(ep) for ep in eps))
+        ref_head: int | None
+        ref_report: _NodeReport | None = None
+        if ref is not None:
+            ref_report = await self._reference(ref)
+            ref_head = ref_report.head.number if ref_report.head else None
+        else:
+            heads = [r.head.number for r in reports if r.head is not None]
+            ref_head = max(heads) if heads else None
+        families = self._families(list(zip(eps, reports, strict=True)), ref, ref_report, ref_head)
+        if not any(r.up for r in reports):
+            err = next(r.error for r in reports if r.error is not None)
+            raise CollectorError(err.reason, err.message, families)
+        wrong = [ep.name for ep, r in zip(eps, reports, strict=True) if self._chain_mismatch(r)]
+        if wrong:
+            raise CollectorError(
+                "chain_id_mismatch",
+                f"chain id is not {self.options.expected_chain_id} on: {', '.join(wrong)}",
+                families,
+            )
+        return families
+
+    def _chain_mismatch(self, report: _NodeReport) -> bool:
+        expected = self.options.expected_chain_id
+        return expected is not None and report.chain_id is not None and report.chain_id != expected
+
+    async def _reference(self, ep: Endpoint) -> _NodeReport:
+        node = self._node(ep)
+        report = _NodeReport()
+        head = await self._ask(node, *_HEAD, parse_head_block)
+        if isinstance(head, RpcError):
+            report.error = head
+        else:
+            report.up, report.head = True, head
+        return report
+
+    async def _report(self, ep: Endpoint) -> _NodeReport:
+        node = self._node(ep)
+        report = _NodeReport()
+        head, peers, sync, chain_id, version = await asyncio.gather(
+            self._ask(node, *_HEAD, parse_head_block),
+            self._ask(node, *_METHODS[0], lambda v: parse_quantity(v, "net_peerCount")),
+            self._ask(node, *_METHODS[1], parse_syncing),
+            self._ask(node, *_METHODS[2], lambda v: parse_quantity(v, "eth_chainId")),
+            self._ask(node, *_METHODS[3], _parse_version),
+        )
+        if isinstance(head, RpcError):
+            # A node that cannot tell its head is down: report nothing else about it, not even what it did answer.
+            report.error = head
+            return report
+        report.up, report.head = True, head
+        report.peers = _value(peers)
+        report.sync = _value(sync)
+        report.chain_id = _value(chain_id)
+        report.version = _value(version)
+        return report
+
+    async def _ask(
+        self, node: _NodeState, method: str, params: list[Any], parse: Callable[[Any], T]
+    ) -> T | RpcError | None:
+        """The parsed answer, the classified error (counted), or None for a method known to be unsupported."""
+        missing_since = node.unsupported.get(method)
+        if missing_since is not None and time.monotonic() - missing_since < self.options.recheck_unsupported:
+            return None
+        try:
+            value = parse(await node.client.call(method, params))
+        except RpcError as exc:
+            if exc.error_class is ErrorClass.METHOD_NOT_SUPPORTED:
+                node.unsupported[method] = time.monotonic()
+                node.supported[method] = False
+                return None
+            node.errors[(method, exc.error_class.value)] += 1
+            return exc
+        except ValueError as exc:
+            node.errors[(method, ErrorClass.INVALID_RESPONSE.value)] += 1
+            return RpcError(ErrorClass.INVALID_RESPONSE, f"{node.client.endpoint.name}: {exc}")
+        node.unsupported.pop(method, None)
+        node.supported[method] = True
+        return value
+
+    def _families(
+        self, pairs: list[tuple[Endpoint, _NodeReport]], ref: Endpoint | None,
+        ref_report: _NodeReport | None, ref_head: int | None,
+    ) -> list[Metric]:
+        lbl = ["endpoint"]
+        up = GaugeMetricFamily("mevwatch_chain_up", "1 if the node answered its head block this run", labels=lbl)
+        peers = GaugeMetricFamily("mevwatch_chain_peers", "Connected peers (net_peerCount)", labels=lbl)
+        syncing = GaugeMetricFamily("mevwatch_chain_syncing", "1 while the node reports it is syncing", labels=lbl)
+        current = GaugeMetricFamily(
+            "mevwatch_chain_sync_current_block", "Block the syncing node has reached (eth_syncing)", labels=lbl
+        )
+        highest = GaugeMetricFamily(
+            "mevwatch_chain_sync_highest_block", "Highest block the syncing node knows of (eth_syncing)", labels=lbl
+        )
+        remaining = GaugeMetricFamily(
+            "mevwatch_chain_sync_remaining_blocks", "Blocks left to sync (0 when not syncing)", labels=lbl
+        )
+        head = GaugeMetricFamily("mevwatch_chain_head_block", "Number of the node's latest block", labels=lbl)
+        head_ts = GaugeMetricFamily(
+            "mevwatch_chain_head_block_timestamp_seconds", "Unix time in the node's latest block header", labels=lbl
+        )
+        head_age = GaugeMetricFamily(
+            "mevwatch_chain_head_age_seconds", "Seconds since the timestamp of the node's latest block", labels=lbl
+        )
+        lag = GaugeMetricFamily(
+            "mevwatch_chain_head_lag_blocks",
+            "Blocks the node's head is behind the reference head (or the highest head of the instance)",
+            labels=lbl,
+        )
+        chain_id = GaugeMetricFamily("mevwatch_chain_id", "Chain id the node reports (eth_chainId)", labels=lbl)
+        chain_ok = GaugeMetricFamily(
+            "mevwatch_chain_id_match", "1 if the node's chain id is the configured expected_chain_id", labels=lbl
+        )
+        version = InfoMetricFamily("mevwatch_chain_client", "Node client version (web3_clientVersion)", labels=lbl)
+        supported = GaugeMetricFamily(
+            "mevwatch_rpc_method_supported", "0 if the node answered 'method not found' for a method mevwatch uses",
+            labels=["endpoint", "method"],
+        )
+        errors = CounterMetricFamily(
+            "mevwatch_chain_errors", "Failed node calls by method and error class",
+            labels=["endpoint", "method", "class"],
+        )
+        now = time.time()
+        for ep, r in pairs:
+            name = ep.name
+            node = self._nodes[name]
+            up.add_metric([name], 1.0 if r.up else 0.0)
+            for (method, cls), n in sorted(node.errors.items()):
+                errors.add_metric([name, method, cls], float(n))
+            if not r.up:
+                continue
+            for method, ok in sorted(node.supported.items()):
+                supported.add_metric([name, method], 1.0 if ok else 0.0)
+            if r.head is not None:
+                head.add_metric([name], float(r.head.number))
+                head_ts.add_metric([name], float(r.head.timestamp))
+                head_age.add_metric([name], max(now - r.head.timestamp, 0.0))
+                if ref_head is not None:
+                    lag.add_metric([name], float(max(ref_head - r.head.number, 0)))
+            if r.peers is not None:
+                peers.add_metric([name], float(r.peers))
+            if r.sync is not None:
+                syncing.add_metric([name], 1.0 if r.sync.syncing else 0.0)
+                remaining.add_metric([name], float(r.sync.remaining_blocks))
+                if r.sync.syncing:
+                    current.add_metric([name], float(r.sync.current_block))
+                    highest.add_metric([name], float(r.sync.highest_block))
+            if r.chain_id is not None:
+                chain_id.add_metric([name], float(r.chain_id))
+                if self.options.expected_chain_id is not None:
+                    chain_ok.add_metric([name], 0.0 if self._chain_mismatch(r) else 1.0)
+            if r.version is not None:
+                version.add_metric([name], {"version": r.version})
+        families: list[Metric] = [
+            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, lag,
+            chain_id, chain_ok, version, supported, errors,
+        ]
+        if ref is not None and ref_report is not None:
+            ref_up = GaugeMetricFamily(
+                "mevwatch_chain_reference_up", "1 if the head-lag reference endpoint answered", labels=["reference"]
+            )
+            ref_up.add_metric([ref.name], 1.0 if ref_report.up else 0.0)
+            families.append(ref_up)
+            if ref_report.head is not None:
+                ref_block = GaugeMetricFamily(
+                    "mevwatch_chain_reference_head_block", "Head block of the head-lag reference endpoint",
+                    labels=["reference"],
+                )
+                ref_block.add_metric([ref.name], float(ref_report.head.number))
+                families.append(ref_block)
+        return families
+
+    async def close(self) -> None:
+        for node in self._nodes.values():
+            await node.client.close()
+        self._nodes.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _value(result: T | RpcError | None) -> T | None:
+    return None if isinstance(result, RpcError) else result
+

@@ -1,0 +1,369 @@
+"""JSON-RPC endpoint health: latency per probed method, errors by class, open TCP connections, circuit breaker.
+
+The runbook's "RPC Endpoint Timeouts" checks (`netstat | grep :8545 | wc -l`, a timed eth_blockNumber
+loop, a 5-failure / 60 s circuit breaker) as metrics, for several HTTP and WebSocket endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from pydantic import Field, field_validator
+
+from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, new_session
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    PollCollector,
+    register,
+)
+from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
+from mevwatch.daemon.fields import Duration
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "RpcCollector",
+    "RpcOptions",
+    "count_established",
+    "parse_proc_net_tcp",
+]
+
+_METHOD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_TCP_ESTABLISHED = "01"
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(slots=True)
+class CircuitBreaker:
+    """The runbook's breaker: open after ``failure_threshold`` failures in a row, one trial after ``recovery_time``."""
+
+    failure_threshold: int = 5
+    recovery_time: float = 60.0
+    state: BreakerState = BreakerState.CLOSED
+    failures: int = 0
+    opened_at: float = 0.0
+    transitions: Counter[BreakerState] = field(default_factory=Counter)
+
+    def allow(self, now: float) -> bool:
+        """Whether a probe may be sent now; an open breaker past its recovery time turns half-open."""
+        if self.state is BreakerState.OPEN:
+            if now - self.opened_at < self.recovery_time:
+                return False
+            self._move(BreakerState.HALF_OPEN)
+        return True
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures = 0
+            if self.state is not BreakerState.CLOSED:
+                self._move(BreakerState.CLOSED)
+            return
+        self.failures += 1
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self.failures >= self.failure_threshold
+        ):
+            self.opened_at = now
+            self._move(BreakerState.OPEN)
+
+    def _move(self, state: BreakerState) -> None:
+        self.state = state
+        self.transitions[state] += 1
+
+
+# --- /proc/net/tcp ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSocket:
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str
+
+
+def _decode_addr(hex_addr: str) -> str:
+    """/proc/net/tcp{,6} address: 32-bit words in host (little-endian) byte order."""
+    raw = bytes.fromhex(hex_addr)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    if len(raw) != 16:
+        raise ValueError(f"bad address {hex_addr!r}")
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    v6 = ipaddress.IPv6Address(words)
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
+
+
+def parse_proc_net_tcp(text: str) -> list[TcpSocket]:
+    """Sockets of /proc/net/tcp or /proc/net/tcp6 (header skipped); a malformed line raises ValueError."""
+    out: list[TcpSocket] = []
+    for lineno, line in enumerate(text.splitlines()[1:], start=2):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            (laddr, lport), (raddr, rport) = (f.split(":") for f in fields[1:3])
+            out.append(
+                TcpSocket((_decode_addr(laddr), int(lport, 16)), (_decode_addr(raddr), int(rport, 16)), fields[3])
+            )
+        except (ValueError, IndexError):
+            raise ValueError(f"line {lineno}: not a /proc/net/tcp socket line: {line.strip()[:80]!r}") from None
+    return out
+
+
+def _host_addresses(host: str) -> frozenset[str] | None:
+    """The addresses an endpoint host stands for, or None when only a DNS lookup could tell (match any)."""
+    if host == "localhost":
+        return frozenset({"127.0.0.1", "::1"})
+    try:
+        return frozenset({str(ipaddress.ip_address(host.strip("[]")))})
+    except ValueError:
+        return None
+
+
+def count_established(sockets: Iterable[TcpSocket], host: str, port: int) -> int:
+    """Established connections from this host to ``host:port`` (the client side of the runbook's netstat)."""
+    addrs = _host_addresses(host)
+    return sum(
+        1
+        for s in sockets
+        if s.state == _TCP_ESTABLISHED and s.remote[1] == port and (addrs is None or s.remote[0] in addrs)
+    )
+
+
+def read_tcp_sockets(procfs: Path) -> list[TcpSocket]:
+    sockets: list[TcpSocket] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            text = (procfs / "net" / name).read_text(encoding="ascii")
+        except FileNotFoundError:
+            continue  # no IPv6 on this host
+        sockets.extend(parse_proc_net_tcp(text))
+    return sockets
+
+
+# --- options and collector -------------------------------------------------------------------------
+
+
+def _default_endpoints() -> list[Endpoint]:
+    return [Endpoint(name="local", url="http://127.0.0.1:8545")]
+
+
+class RpcOptions(CollectorOptions):
+    endpoints: list[Endpoint] = Field(
+        default_factory=_default_endpoints, description="JSON-RPC endpoints to probe (HTTP or WebSocket), each named"
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: ["eth_blockNumber"], description="methods called on every probe, without params"
+    )
+    failure_threshold: int = Field(default=5, ge=1, description="failed probes in a row that open the breaker")
+    recovery_time: Duration = Field(default=60.0, description="how long an open breaker waits before one trial probe")
+    buckets: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_BUCKETS), description="latency histogram bucket bounds in seconds"
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[Endpoint]) -> list[Endpoint]:
+        if not v:
+            raise ValueError("at least one endpoint is required")
+        names = [e.name for e in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique: {', '.join(dupes)}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one method is required")
+        bad = [m for m in v if not _METHOD_RE.match(m)]
+        if bad:
+            raise ValueError(f"not a JSON-RPC method name: {bad[0]!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("methods must be unique")
+        return v
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: list[float]) -> list[float]:
+        if not v or any(b <= 0 for b in v) or sorted(set(v)) != v:
+            raise ValueError("buckets must be positive and strictly increasing")
+        return v
+
+
+@dataclass(slots=True)
+class _EndpointState:
+    endpoint: Endpoint
+    client: JsonRpcClient
+    breaker: CircuitBreaker
+    latency: dict[str, LatencyHistogram]
+    requests: Counter[str] = field(default_factory=Counter)
+    errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (method, class, code)
+    skipped: int = 0
+    up: bool = False
+    last_error: RpcError | None = None
+
+
+@register
+class RpcCollector(PollCollector[RpcOptions]):
+    kind: ClassVar[str] = "rpc"
+    Options = RpcOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    runbook_section = "rpc-endpoint-timeouts"
+
+    def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
+        super().__init__(ctx, options)
+        self._session: aiohttp.ClientSession | None = None
+        self._states: dict[str, _EndpointState] = {}
+
+    def _state_for(self, ep: Endpoint) -> _EndpointState:
+        st = self._states.get(ep.name)
+        if st is None:
+            if self._session is None or self._session.closed:
+                self._session = new_session()
+            st = _EndpointState(
+                endpoint=ep,
+                client=JsonRpcClient(ep, self._session),
+                breaker=CircuitBreaker(self.options.failure_threshold, self.options.recovery_time),
+                latency={m: LatencyHistogram(self.options.buckets) for m in self.options.methods},
+            )
+            self._states[ep.name] = st
+        return st
+
+    async def collect(self) -> Families:
+        states = [self._state_for(ep) for ep in self.options.endpoints]
+        probes = asyncio.gather(*(self._probe(st) for st in states))
+        sockets_task = self.ctx.run_blocking(read_tcp_sockets, self.ctx.paths.procfs, timeout=2.0)
+        _, sockets = await asyncio.gather(probes, _or_none(sockets_task))
+        families = self._families(states, sockets)
+        if not any(st.up for st in states):
+            first = next((st.last_error for st in states if st.last_error is not None), None)
+            if first is not None:
+                raise CollectorError(first.reason, first.message, families)
+            raise CollectorError("circuit_open", "every endpoint's circuit breaker is open", families)
+        return families
+
+    async def _probe(self, st: _EndpointState) -> None:
+        breaker = st.breaker
+        if not breaker.allow(time.monotonic()):
+            st.skipped += 1
+            st.up = False
+            return
+        # A half-open breaker lets exactly one trial call through, not the whole method list.
+        methods = self.options.methods if breaker.state is BreakerState.CLOSED else self.options.methods[:1]
+        results = await asyncio.gather(*(self._call(st, m) for m in methods))
+        failures = [e for e in results if e is not None and e.error_class is not ErrorClass.METHOD_NOT_SUPPORTED]
+        before = breaker.state
+        breaker.record(not failures, time.monotonic())
+        st.up = not failures
+        st.last_error = failures[0] if failures else None
+        if breaker.state is not before:
+            self.ctx.log.warning(
+                "rpc_circuit_breaker", endpoint=st.endpoint.name, state=breaker.state.value,
+                error=st.last_error.message if st.last_error else "",
+            )
+
+    async def _call(self, st: _EndpointState, method: str) -> RpcError | None:
+        st.requests[method] += 1
+        started = time.perf_counter()
+        try:
+            await st.client.call(method)
+        except RpcError as exc:
+            if exc.error_class in (ErrorClass.RPC_ERROR, ErrorClass.METHOD_NOT_SUPPORTED):
+                st.latency[method].observe(time.perf_counter() - started)  # answered, just not with a result
+            st.errors[(method, exc.error_class.value, "" if exc.code is None else str(exc.code))] += 1
+            return exc
+        st.latency[method].observe(time.perf_counter() - started)
+        return None
+
+    def _families(self, states: list[_EndpointState], sockets: list[TcpSocket] | None) -> list[Metric]:
+        info = GaugeMetricFamily(
+            "mevwatch_rpc_endpoint_info", "Probed JSON-RPC endpoint (URL with secrets redacted)",
+            labels=["endpoint", "url", "transport"],
+        )
+        up = GaugeMetricFamily("mevwatch_rpc_up", "1 if the endpoint's last probe succeeded", labels=["endpoint"])
+        latency = HistogramMetricFamily(
+            "mevwatch_rpc_request_duration_seconds", "Latency of answered JSON-RPC probe calls",
+            labels=["endpoint", "method"],
+        )
+        requests = CounterMetricFamily(
+            "mevwatch_rpc_requests", "JSON-RPC probe calls sent", labels=["endpoint", "method"]
+        )
+        errors = CounterMetricFamily(
+            "mevwatch_rpc_errors", "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
+            labels=["endpoint", "method", "class", "code"],
+        )
+        conns = GaugeMetricFamily(
+            "mevwatch_rpc_established_connections", "Established TCP connections from this host to the endpoint",
+            labels=["endpoint"],
+        )
+        state = GaugeMetricFamily(
+            "mevwatch_rpc_circuit_breaker_state", "Circuit breaker state of the endpoint (1 for the current state)",
+            labels=["endpoint", "state"],
+        )
+        transitions = CounterMetricFamily(
+            "mevwatch_rpc_circuit_breaker_transitions", "Circuit breaker state changes by new state",
+            labels=["endpoint", "state"],
+        )
+        skipped = CounterMetricFamily(
+            "mevwatch_rpc_probes_skipped", "Probes not sent because the circuit breaker was open",
+            labels=["endpoint"],
+        )
+        for st in states:
+            ep = st.endpoint
+            name = ep.name
+            info.add_metric([name, ep.safe_url, "websocket" if ep.websocket else "http"], 1.0)
+            up.add_metric([name], 1.0 if st.up else 0.0)
+            for method, hist in st.latency.items():
+                latency.add_metric([name, method], hist.buckets(), hist.sum)
+                requests.add_metric([name, method], float(st.requests[method]))
+            for (method, cls, code), n in sorted(st.errors.items()):
+                errors.add_metric([name, method, cls, code], float(n))
+            if sockets is not None:
+                conns.add_metric([name], float(count_established(sockets, ep.host, ep.port)))
+            for s in BreakerState:
+                state.add_metric([name, s.value], 1.0 if st.breaker.state is s else 0.0)
+                transitions.add_metric([name, s.value], float(st.breaker.transitions[s]))
+            skipped.add_metric([name], float(st.skipped))
+        return [info, up, latency, requests, errors, conns, state, transitions, skipped]
+
+    async def close(self) -> None:
+        for st in self._states.values():
+            await st.client.close()
+        self._states.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _or_none(aw: Any) -> Any:
+    """The connection count is secondary: an unreadable /proc must not fail the latency probe."""
+    try:
+        return await aw
+    except (CollectorError, OSError, ValueError):
+        return None
