@@ -25,7 +25,6 @@ test: deps lint typecheck pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check daemon collectors alerts tests bench || true
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
