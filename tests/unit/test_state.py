@@ -1,0 +1,98 @@
+"""State DB: WAL, per-component migrations, and a full or unwritable disk as a clear error."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mevwatch.daemon.state import StateDB, StateError
+
+STEPS = ["CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)", "ALTER TABLE t ADD COLUMN n INTEGER DEFAULT 0"]
+
+
+def test_wal_and_migrations_are_versioned_per_component(tmp_path: Path) -> None:
+    db = StateDB.open_dir(tmp_path)
+    assert db.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert db.migrate("a", STEPS[:1]) == 1
+    assert db.migrate("a", STEPS) == 2  # only the new step runs
+    assert db.migrate("b", ["CREATE TABLE u (x)"]) == 1
+    db.execute("INSERT INTO t (k, v, n) VALUES (?, ?, ?)", ("x", b"1", 3))
+    db.close()
+    again = StateDB.open_dir(tmp_path)
+    assert again.migrate("a", STEPS) == 2
+    assert again.query("SELECT n FROM t WHERE k = 'x'") == [(3,)]
+    with pytest.raises(StateError, match="newer than this mevwatch"):
+        again.migrate("a", STEPS[:1])
+    again.close()
+
+
+def test_failed_migration_rolls_back(tmp_path: Path) -> None:
+    db = StateDB.open_dir(tmp_path)
+    with pytest.raises(StateError, match="migration c v1 failed"):
+        db.migrate("c", ["CREATE TABLE ok (x); CREATE TABLE broken ("])
+    assert db.query("SELECT name FROM sqlite_master WHERE name = 'ok'") == []
+    assert db.query("SELECT version FROM schema_versions WHERE component = 'c'") == []
+
+
+def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StateError, match="not usable"):
+        StateDB.open_dir(blocker / "state")
+
+
+def test_corrupt_state_db_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="not usable"):
+        StateDB.open_dir(tmp_path)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_at_run_time_is_counted_not_fatal(tiny_fs: Path) -> None:
+    db = StateDB.open_dir(tiny_fs)
+    db.migrate("fill", ["CREATE TABLE blobs (b BLOB)"])
+    with open(tiny_fs / "filler", "wb", buffering=0) as f:  # take what is left
+        try:
+            while f.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    errors = 0
+    for _ in range(20):
+        try:
+            db.execute("INSERT INTO blobs VALUES (?)", (os.urandom(32768),))
+        except StateError as exc:
+            assert "full" in str(exc) or "disk" in str(exc), exc
+            errors += 1
+    assert errors >= 1
+    assert db.write_errors_total == errors
+    (tiny_fs / "filler").unlink()  # space is back: writes work again without reopening
+    db.execute("INSERT INTO blobs VALUES (?)", (b"ok",))
+    assert db.query("SELECT count(*) FROM blobs WHERE b = ?", (b"ok",)) == [(1,)]
+    db.close()
+
+
+def test_sqlite_errors_are_not_leaked_raw(tmp_path: Path) -> None:
+    db = StateDB.open_dir(tmp_path)
+    with pytest.raises(StateError):
+        db.execute("INSERT INTO missing_table VALUES (1)")
+    with pytest.raises(StateError):
+        db.query("SELECT * FROM missing_table")
+    assert not isinstance(StateError("x"), sqlite3.Error)
