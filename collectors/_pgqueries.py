@@ -34,7 +34,8 @@ SELECT current_setting('server_version') AS version,
           WHERE e.extname = 'pg_stat_statements') AS statements_schema
 """
 
-# Other roles' sessions show a NULL state without pg_read_all_stats: counted as 'unknown'.
+# Without pg_read_all_stats other roles' sessions show NULL state and backend_type: the ones attached
+# to a database are counted as 'unknown' (mostly clients; autovacuum workers cannot be told apart).
 ACTIVITY = """
 SELECT coalesce(datname::text, '') AS datname,
        coalesce(state, 'unknown') AS state,
@@ -43,7 +44,8 @@ SELECT coalesce(datname::text, '') AS datname,
        coalesce(extract(epoch FROM max(now() - state_change)
                 FILTER (WHERE state LIKE 'idle in transaction%')), 0)::float8 AS oldest_idle_xact
 FROM pg_stat_activity
-WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+WHERE (backend_type = 'client backend' OR (backend_type IS NULL AND datname IS NOT NULL))
+  AND pid <> pg_backend_pid()
 GROUP BY 1, 2
 """
 
@@ -56,7 +58,8 @@ FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid
 """
 
 # Ranking by pages from pg_class (kept by VACUUM/ANALYZE) avoids a stat() of every relation file;
-# sizes are measured only for the tables chosen.
+# sizes are measured only for the tables chosen. Measuring a size takes a lock, so a table held or
+# awaited in ACCESS EXCLUSIVE mode (VACUUM FULL, ALTER TABLE) is skipped rather than waited for.
 TABLES = """
 WITH t AS (
   SELECT s.relid, s.schemaname::text AS schema, s.relname::text AS relname, s.n_live_tup, s.n_dead_tup,
@@ -70,13 +73,17 @@ WITH t AS (
   UNION (SELECT relid FROM t ORDER BY pages DESC, relid LIMIT $1)
   UNION (SELECT relid FROM t WHERE schema || '.' || relname = ANY($2::text[]) OR relname = ANY($2::text[]))
 )
-SELECT t.relid, t.schema, t.relname, t.n_live_tup, t.n_dead_tup,
-       pg_total_relation_size(t.relid) AS size,
+SELECT t.relid, t.schema, t.relname, t.n_live_tup, t.n_dead_tup, lk.relation IS NOT NULL AS locked,
+       CASE WHEN lk.relation IS NULL THEN pg_total_relation_size(t.relid) END AS size,
        extract(epoch FROM now() - t.last_vacuum)::float8 AS since_vacuum,
        extract(epoch FROM now() - t.last_autovacuum)::float8 AS since_autovacuum,
        extract(epoch FROM now() - t.last_analyze)::float8 AS since_analyze,
        extract(epoch FROM now() - t.last_autoanalyze)::float8 AS since_autoanalyze
 FROM t JOIN sel USING (relid)
+LEFT JOIN (SELECT DISTINCT relation FROM pg_locks
+           WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation'
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())) lk
+  ON lk.relation = t.relid
 """
 
 # The statistical estimate of ioguix/pgsql-bloat-estimation (table_bloat.sql), restricted to the
@@ -206,23 +213,35 @@ CROSS JOIN LATERAL {fn}(c.oid) a
 
 
 # showtext := false: the query texts file is not read on every scrape (postgres_exporter reads it).
+# The slow count is over entries, as the runbook's query counts them; the top N merges the entries of
+# one statement run by several roles, so (datname, queryid) stays a unique series. The outer LEFT JOIN
+# keeps the count when no statement is visible.
 STATEMENTS = """
-SELECT s.queryid, d.datname::text AS datname, s.calls, s.mean_exec_time, s.total_exec_time, s.over
-FROM (
-  SELECT queryid, dbid, calls, mean_exec_time, total_exec_time,
-         count(*) FILTER (WHERE mean_exec_time > $1) OVER () AS over
-  FROM {schema}.pg_stat_statements(false)
+WITH s AS (
+  SELECT dbid, queryid, calls, total_exec_time, mean_exec_time FROM {schema}.pg_stat_statements(false)
   WHERE toplevel
-  ORDER BY queryid IS NULL, mean_exec_time DESC
-  LIMIT greatest($2, 1)
-) s LEFT JOIN pg_database d ON d.oid = s.dbid
+)
+SELECT (SELECT count(*) FROM s WHERE mean_exec_time > $1) AS over,
+       top.queryid, d.datname::text AS datname, top.calls, top.mean_exec_time, top.total_exec_time
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (
+  SELECT dbid, queryid, sum(calls) AS calls, sum(total_exec_time) AS total_exec_time,
+         sum(total_exec_time) / nullif(sum(calls), 0) AS mean_exec_time
+  FROM s WHERE queryid IS NOT NULL
+  GROUP BY dbid, queryid
+  ORDER BY mean_exec_time DESC NULLS LAST
+  LIMIT $2
+) top ON true
+LEFT JOIN pg_database d ON d.oid = top.dbid
 """
 
 STATEMENTS_TEXT = """
-SELECT s.queryid, d.datname::text AS datname, s.calls, s.mean_exec_time, s.total_exec_time,
-       left(s.query, $2) AS query
+SELECT s.queryid, d.datname::text AS datname, sum(s.calls) AS calls,
+       sum(s.total_exec_time) / nullif(sum(s.calls), 0) AS mean_exec_time,
+       sum(s.total_exec_time) AS total_exec_time, left(min(s.query), $2) AS query
 FROM {schema}.pg_stat_statements(true) s LEFT JOIN pg_database d ON d.oid = s.dbid
 WHERE s.toplevel AND s.queryid IS NOT NULL
-ORDER BY s.mean_exec_time DESC
+GROUP BY s.dbid, s.queryid, d.datname
+ORDER BY 4 DESC NULLS LAST
 LIMIT $1
 """

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors import _pgqueries as q
-from mevwatch.collectors.base import CollectorOptions, Families, PollCollector, register
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, PollCollector, register
 from mevwatch.daemon.fields import Duration, read_secret_file
 from mevwatch.daemon.logging import redact
 
@@ -296,6 +296,7 @@ class _TargetState:
     pool: Any = None
     up: bool | None = None
     reason: str = ""
+    message: str = ""
     failures: int = 0
     retry_at: float = 0.0
     notes: frozenset[str] = field(default_factory=frozenset)
@@ -325,6 +326,11 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         # Each target gets most of the run's budget, so a hung server reports up 0 instead of the whole run failing.
         budget = max(self.ctx.timeout * 0.8, 0.1)
         await asyncio.gather(*(self._collect_target(t, out, budget) for t in self._targets))
+        down = [t for t in self._targets if t.up is False]
+        if down:
+            # up 0 is still published with the failure, so the run shows as failed and the series as down
+            message = "; ".join(f"{t.server}/{t.datname}: {t.reason}: {t.message}" for t in down)
+            raise CollectorError(down[0].reason, message, out.families())
         return out.families()
 
     async def close(self) -> None:
@@ -384,7 +390,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         if t.up is not True:
             if t.up is False:
                 self.ctx.log.info("postgres_recovered", server=t.server, datname=t.datname)
-            t.up, t.failures, t.reason = True, 0, ""
+            t.up, t.failures, t.reason, t.message = True, 0, "", ""
         out.add("up", (t.server, t.datname), 1)
         for reason in FAILURE_REASONS:
             out.add("connect_failure", (t.server, t.datname, reason), 0)
@@ -475,7 +481,10 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             out.add("table_live_tuples", tl, live)
             out.add("table_dead_tuples", tl, dead)
             out.add("table_dead_tuple_ratio", tl, dead_tuple_ratio(live, dead))
-            out.add("table_size_bytes", tl, r["size"] or 0)
+            if r["size"] is not None:
+                out.add("table_size_bytes", tl, r["size"])
+            else:
+                notes.add("locked: tables held in ACCESS EXCLUSIVE mode are skipped for size and bloat")
             for metric, col, trigger in (
                 ("table_last_vacuum_age_seconds", "since_vacuum", "manual"),
                 ("table_last_vacuum_age_seconds", "since_autovacuum", "auto"),
@@ -484,8 +493,10 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             ):
                 if r[col] is not None:
                     out.add(metric, (*tl, trigger), max(r[col], 0.0))
-        if o.bloat != "off" and tables:
-            await self._bloat(t, conn, [r["relid"] for r in tables], srv, out, notes)
+        if o.bloat != "off":
+            unlocked = [r["relid"] for r in tables if not r["locked"]]
+            if unlocked:
+                await self._bloat(t, conn, unlocked, srv, out, notes)
         for ext in EXTENSIONS:
             out.add("extension_available", (*labels, ext), 1 if ext in exts else 0)
 
@@ -521,9 +532,9 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         except asyncpg.InsufficientPrivilegeError:
             notes.add("pg_stat_statements: no EXECUTE privilege on pg_stat_statements()")
             return False
-        out.add("slow_statements", (t.server,), rows[0]["over"] if rows else 0)
-        for r in rows[: self.options.top_statements]:
-            if r["queryid"] is None:
+        out.add("slow_statements", (t.server,), rows[0]["over"])
+        for r in rows:
+            if r["queryid"] is None or r["mean_exec_time"] is None:
                 continue
             sl = (t.server, r["datname"] or "", str(r["queryid"]))
             out.add("statement_mean_seconds", sl, r["mean_exec_time"] / 1000.0)
@@ -578,7 +589,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             self.ctx.log.warning(
                 "postgres_down", server=t.server, datname=t.datname, reason=reason, error=redact(message)
             )
-        t.up, t.reason = False, reason
+        t.up, t.reason, t.message = False, reason, redact(message)
 
     def _report_down(self, t: _TargetState, out: _Out) -> None:
         out.add("up", (t.server, t.datname), 0)
