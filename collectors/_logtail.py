@@ -223,6 +223,9 @@ class LogTailer:
         return pattern
 
     def _glob(self, pattern: str) -> list[str]:
+        if not glob.has_magic(pattern):
+            # A plain path is stat()ed as is, so a directory we may not enter reads as unreadable.
+            return [self._rooted(pattern)]
         # Compressed rotations are history, and binary: never followed even when a glob matches them.
         found = glob.glob(self._rooted(pattern), recursive=True)
         return sorted(p for p in found if not p.endswith(_COMPRESSED))
