@@ -1,0 +1,317 @@
+"""Watched wallets: balance, nonce gap (stuck transactions), and their transactions followed block by block.
+
+Failed (receipt status 0) transactions and the gas they burned are counted, and a transaction to an
+address not on the allow list is flagged (security). Blocks are followed from the last one seen,
+at most ``max_blocks_per_run`` per run; the position survives restarts in the state DB. Reorgs are
+not re-scanned: a transaction is counted in the first block it was seen in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mevwatch.collectors._eth import validate_address
+from mevwatch.collectors._jsonrpc import Endpoint, JsonRpcClient, RpcError, parse_quantity
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Families,
+    NoData,
+    PollCollector,
+    register,
+)
+from mevwatch.daemon.state import StateError
+
+__all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]
+
+WEI_PER_ETHER = 10**18
+CREATE = "create"  # the ``to`` label of a contract creation
+
+
+def wei_to_ether(wei: int) -> float:
+    return wei / WEI_PER_ETHER
+
+
+@dataclass(frozen=True, slots=True)
+class SentTransaction:
+    hash: str
+    sender: str  # lowercase
+    to: str | None  # lowercase; None for a contract creation
+
+
+def sent_by(block: Any, watched: set[str]) -> list[SentTransaction]:
+    """Transactions of a full ``eth_getBlockByNumber`` answer sent by one of ``watched`` (lowercase)."""
+    if not isinstance(block, dict) or not isinstance(block.get("transactions"), list):
+        raise ValueError("eth_getBlockByNumber: expected a block with a transactions list")
+    out: list[SentTransaction] = []
+    for i, tx in enumerate(block["transactions"]):
+        if not isinstance(tx, dict):
+            raise ValueError(f"eth_getBlockByNumber.transactions[{i}]: expected a full transaction object")
+        sender, to, h = tx.get("from"), tx.get("to"), tx.get("hash")
+        if not isinstance(sender, str) or not isinstance(h, str) or not (to is None or isinstance(to, str)):
+            raise ValueError(f"eth_getBlockByNumber.transactions[{i}]: missing from/hash or bad to")
+        if sender.lower() in watched:
+            out.append(SentTransaction(h, sender.lower(), to.lower() if to else None))
+    return out
+
+
+class WatchedAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="label value for this wallet (e.g. executor)")
+    address: str = Field(description="0x address; mixed case must match its EIP-55 checksum")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or len(v) > 64 or not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError("name must be 1-64 characters of letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return validate_address(v)
+
+
+class WalletOptions(CollectorOptions):
+    endpoint: Endpoint = Field(
+        default_factory=lambda: Endpoint(name="local", url="http://127.0.0.1:8545"),
+        description="JSON-RPC endpoint of the execution node",
+    )
+    addresses: list[WatchedAddress] = Field(default_factory=list, description="wallets to watch (1..50)")
+    allow_to: list[str] | None = Field(
+        None,
+        description="destinations a watched wallet may send to; others are flagged. null: no check. "
+        "The watched wallets themselves are always allowed",
+    )
+    allow_create: bool = Field(False, description="allow contract creations from watched wallets")
+    max_blocks_per_run: int = Field(20, description="blocks followed per run at most (catching up is spread out)")
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[WatchedAddress]) -> list[WatchedAddress]:
+        if not 1 <= len(v) <= 50:  # bounded label cardinality
+            raise ValueError("watch 1 to 50 addresses")
+        for attr in ("name", "address"):
+            values = [getattr(a, attr) for a in v]
+            dup = next((x for x in values if values.count(x) > 1), None)
+            if dup is not None:
+                raise ValueError(f"duplicate {attr} {dup!r}")
+        return v
+
+    @field_validator("allow_to")
+    @classmethod
+    def _allow(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [validate_address(a) for a in v]
+
+    @field_validator("max_blocks_per_run")
+    @classmethod
+    def _max_blocks(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("max_blocks_per_run must be between 1 and 1000")
+        return v
+
+
+@dataclass(slots=True)
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    failed_gas_wei: int = 0
+    unexpected: int = 0
+    last_unexpected: tuple[str, str, float] | None = None  # (to, tx hash, block timestamp)
+
+
+_CURSOR_SCHEMA = [
+    "CREATE TABLE wallet_cursor (instance TEXT NOT NULL, endpoint TEXT NOT NULL, block INTEGER NOT NULL, "
+    "PRIMARY KEY (instance, endpoint))",
+]
+
+
+@register
+class WalletCollector(PollCollector[WalletOptions]):
+    kind: ClassVar[str] = "wallet"
+    Options = WalletOptions
+    default_interval: ClassVar[float] = 15.0
+    default_timeout: ClassVar[float] = 10.0
+    default_enabled: ClassVar[bool] = False
+    runbook_section = "transaction-execution-failures"
+
+    def __init__(self, ctx: CollectorContext, options: WalletOptions) -> None:
+        super().__init__(ctx, options)
+        self.client = JsonRpcClient(options.endpoint)
+        self._by_lower = {a.address.lower(): a for a in options.addresses}
+        self._allowed = None if options.allow_to is None else (
+            {a.lower() for a in options.allow_to} | set(self._by_lower))
+        self._tally = {a.address.lower(): _Tally() for a in options.addresses}
+        self.cursor: int | None = None
+        self._cursor_loaded = False
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _call(self, method: str, params: list[Any]) -> Any:
+        try:
+            return await self.client.call(method, params)
+        except RpcError as exc:
+            raise CollectorError(exc.reason, f"{method}: {exc.message}") from None
+
+    async def _quantity(self, method: str, params: list[Any]) -> int:
+        value = await self._call(method, params)
+        try:
+            return parse_quantity(value, method)
+        except ValueError as exc:
+            raise CollectorError("invalid_response", str(exc)) from None
+
+    # --- cursor persistence ----------------------------------------------------------------
+
+    def _load_cursor(self) -> None:
+        self._cursor_loaded = True
+        if self.ctx.state is None:
+            return
+        try:
+            self.ctx.state.migrate("wallet", _CURSOR_SCHEMA)
+            rows = self.ctx.state.query("SELECT block FROM wallet_cursor WHERE instance = ? AND endpoint = ?",
+                                        (self.ctx.instance, self.options.endpoint.name))
+        except StateError as exc:
+            self.ctx.log.warning("wallet_cursor_unavailable", error=str(exc))
+            return
+        if rows:
+            self.cursor = int(rows[0][0])
+
+    def _save_cursor(self) -> None:
+        if self.ctx.state is None or self.cursor is None:
+            return
+        try:
+            self.ctx.state.execute(
+                "INSERT INTO wallet_cursor (instance, endpoint, block) VALUES (?, ?, ?) "
+                "ON CONFLICT (instance, endpoint) DO UPDATE SET block = excluded.block",
+                (self.ctx.instance, self.options.endpoint.name, self.cursor),
+            )
+        except StateError as exc:
+            self.ctx.log.warning("wallet_cursor_not_saved", error=str(exc))
+
+    # --- following blocks ------------------------------------------------------------------
+
+    async def _follow(self, head: int) -> None:
+        if not self._cursor_loaded:
+            await self.ctx.run_blocking(self._load_cursor)
+        if self.cursor is None or self.cursor > head:
+            # First run (or the chain was reset): start at the head rather than scanning history.
+            self.cursor = head
+            await self.ctx.run_blocking(self._save_cursor)
+            return
+        last = min(head, self.cursor + self.options.max_blocks_per_run)
+        start = self.cursor
+        for number in range(self.cursor + 1, last + 1):
+            block = await self._call("eth_getBlockByNumber", [hex(number), True])
+            if block is None:
+                break  # not served yet (a load-balanced node behind its peer): next run
+            try:
+                txs = sent_by(block, set(self._by_lower))
+                timestamp = float(parse_quantity(block.get("timestamp"), "block.timestamp"))
+            except ValueError as exc:
+                raise CollectorError("invalid_response", str(exc)) from None
+            # Receipts first, tallies after: a failure mid-block leaves nothing half-counted for the retry.
+            outcomes = [(tx, *await self._receipt(tx)) for tx in txs]
+            for tx, failed, cost in outcomes:
+                self._account(tx, failed, cost, timestamp)
+            self.cursor = number
+        if self.cursor != start:
+            await self.ctx.run_blocking(self._save_cursor)
+
+    async def _receipt(self, tx: SentTransaction) -> tuple[bool, int]:
+        """(failed, gas cost in wei) of a mined transaction."""
+        receipt = await self._call("eth_getTransactionReceipt", [tx.hash])
+        if not isinstance(receipt, dict):
+            raise CollectorError("invalid_response", f"no receipt for mined transaction {tx.hash}")
+        try:
+            status = parse_quantity(receipt.get("status"), "receipt.status")
+            gas_used = parse_quantity(receipt.get("gasUsed"), "receipt.gasUsed")
+            price = parse_quantity(receipt.get("effectiveGasPrice"), "receipt.effectiveGasPrice")
+        except ValueError as exc:
+            raise CollectorError("invalid_response", str(exc)) from None
+        return status == 0, gas_used * price
+
+    def _account(self, tx: SentTransaction, failed: bool, cost: int, timestamp: float) -> None:
+        tally = self._tally[tx.sender]
+        if failed:
+            tally.failed += 1
+            tally.failed_gas_wei += cost
+        else:
+            tally.succeeded += 1
+        if self._allowed is not None and ((tx.to is None and not self.options.allow_create)
+                                          or (tx.to is not None and tx.to not in self._allowed)):
+            tally.unexpected += 1
+            tally.last_unexpected = (CREATE if tx.to is None else validate_address(tx.to), tx.hash, timestamp)
+            self.ctx.log.warning("wallet_unexpected_transaction", wallet=self._by_lower[tx.sender].name,
+                                 to=tally.last_unexpected[0], tx=tx.hash)
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def collect(self) -> Families:
+        if not self.options.addresses:
+            raise NoData
+        head = await self._quantity("eth_blockNumber", [])
+        tag = hex(head)
+        balances: dict[str, int] = {}
+        nonces: dict[str, tuple[int, int]] = {}
+        for a in self.options.addresses:
+            balances[a.address] = await self._quantity("eth_getBalance", [a.address, tag])
+            latest = await self._quantity("eth_getTransactionCount", [a.address, tag])
+            pending = await self._quantity("eth_getTransactionCount", [a.address, "pending"])
+            nonces[a.address] = (latest, pending)
+        await self._follow(head)
+        return self._families(balances, nonces, head)
+
+    def _families(self, balances: dict[str, int], nonces: dict[str, tuple[int, int]], head: int) -> list[Metric]:
+        labels = ["address", "name"]
+        bal = GaugeMetricFamily("mevwatch_wallet_balance_ether", "Balance of the watched wallet, in ether",
+                                labels=labels)
+        nonce = GaugeMetricFamily("mevwatch_wallet_nonce", "Nonce of the wallet at the head block", labels=labels)
+        gap = GaugeMetricFamily("mevwatch_wallet_nonce_gap",
+                                "Pending minus mined nonce: transactions sent but not yet mined (stuck)", labels=labels)
+        txs = CounterMetricFamily("mevwatch_wallet_transactions", "Mined transactions sent by the wallet, by outcome "
+                                  "(failed: receipt status 0)", labels=[*labels, "status"])
+        burned = CounterMetricFamily("mevwatch_wallet_failed_gas_ether",
+                                     "Gas paid for failed transactions of the wallet, in ether", labels=labels)
+        unexpected = CounterMetricFamily("mevwatch_wallet_unexpected_transactions",
+                                         "Transactions of the wallet to a destination not on the allow list",
+                                         labels=labels)
+        last_info = GaugeMetricFamily("mevwatch_wallet_last_unexpected_transaction_info",
+                                      "The latest unexpected transaction of the wallet (one series per wallet)",
+                                      labels=[*labels, "to", "tx"])
+        last_ts = GaugeMetricFamily("mevwatch_wallet_last_unexpected_transaction_timestamp_seconds",
+                                    "Block time of the latest unexpected transaction of the wallet", labels=labels)
+        for a in self.options.addresses:
+            lv = [a.address, a.name]
+            latest, pending = nonces[a.address]
+            bal.add_metric(lv, wei_to_ether(balances[a.address]))
+            nonce.add_metric(lv, float(latest))
+            gap.add_metric(lv, float(max(0, pending - latest)))
+            t = self._tally[a.address.lower()]
+            txs.add_metric([*lv, "succeeded"], float(t.succeeded))
+            txs.add_metric([*lv, "failed"], float(t.failed))
+            burned.add_metric(lv, wei_to_ether(t.failed_gas_wei))
+            if self._allowed is not None:
+                unexpected.add_metric(lv, float(t.unexpected))
+            if t.last_unexpected is not None:
+                to, tx_hash, ts = t.last_unexpected
+                last_info.add_metric([*lv, to, tx_hash], 1.0)
+                last_ts.add_metric(lv, ts)
+        followed = GaugeMetricFamily("mevwatch_wallet_followed_block", "Last block scanned for wallet transactions",
+                                     labels=["endpoint"])
+        behind = GaugeMetricFamily("mevwatch_wallet_blocks_behind", "Blocks between the head and the last scanned",
+                                   labels=["endpoint"])
+        ep = self.options.endpoint.name
+        followed.add_metric([ep], float(self.cursor if self.cursor is not None else head))
+        behind.add_metric([ep], float(head - (self.cursor if self.cursor is not None else head)))
+        out: list[Metric] = [bal, nonce, gap, txs, burned, followed, behind]
+        if self._allowed is not None:
+            out += [unexpected, last_info, last_ts]
+        return out

@@ -1,0 +1,311 @@
+"""Watched wallets against anvil: balance, nonce gap, failed (reverting) and unexpected transactions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from mevwatch.collectors._eth import checksum_address, keccak256, validate_address
+from mevwatch.collectors.base import CollectorContext, CollectorError, Families, NoData
+from mevwatch.collectors.wallet import SentTransaction, WalletCollector, WalletOptions, sent_by
+from mevwatch.daemon.config import ConfigError, load_config_text
+from mevwatch.daemon.state import StateDB
+from tests.support.anvil import Anvil, anvil_no_mining  # noqa: F401 - fixture
+from tests.support.rpcproxy import Fault, RpcProxy
+
+# anvil's default (unlocked) accounts 1..3
+BOT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+ROUTER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+DEPLOYER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+STRANGER = "0x000000000000000000000000000000000000dEaD"
+# init code that deploys the runtime 0x60006000fd (REVERT(0, 0) on every call)
+REVERTER_INIT = "0x6460006000fd6000526005601bf3"
+
+
+# --- address validation ------------------------------------------------------------------------
+
+
+def test_keccak256_known_vectors() -> None:
+    assert keccak256(b"").hex() == "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    assert keccak256(b"a" * 200).hex() == keccak256(b"a" * 200).hex()  # more than one 136-byte block
+    assert keccak256(b"abc").hex() == "4e03657aea45a94fc7d47ba826c8d667c0d1e6e33a64a036ec44f58fa12d6c45"
+
+
+def test_eip55_checksums() -> None:
+    # vectors of the EIP-55 specification
+    for a in ("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+              "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB", "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb"):
+        assert checksum_address(a.lower()) == a
+        assert validate_address(a) == a
+        assert validate_address(a.lower()) == a
+        assert validate_address("0x" + a[2:].upper()) == a
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD", "fails its EIP-55 checksum"),
+        ("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beae", "40 hex digits"),
+        ("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed", "40 hex digits"),
+        ("0xZaaeb6053f3e94c9b9a09f33669435e7ef1beaed", "40 hex digits"),
+    ],
+)
+def test_bad_addresses(value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_address(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ("addresses: [{name: bot, address: '0x70997970C51812dc3A010C7d01b50e0d17dc79c8'}]",
+         "addresses[0].address", "checksum"),
+        ("addresses: [{name: bot, address: '0x1234'}]", "addresses[0].address", "40 hex digits"),
+        ("addresses: []", "addresses", "1 to 50"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}, {{name: a, address: '{ROUTER}'}}]", "addresses",
+         "duplicate name 'a'"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}, {{name: b, address: '{BOT.lower()}'}}]", "addresses",
+         "duplicate address"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}]\n      allow_to: ['0xnope']", "allow_to", "40 hex digits"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}]\n      max_blocks_per_run: 0", "max_blocks_per_run",
+         "between 1 and 1000"),
+    ],
+)
+def test_bad_options_are_rejected(body: str, field: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config_text(f"collectors:\n  - wallet:\n      {body}\n", "t.yaml")
+    assert any(f"collectors[0].wallet.{field}: " in str(i) and message in str(i) for i in err.value.issues), \
+        err.value.issues
+
+
+def test_sent_by_picks_watched_senders() -> None:
+    block = {"transactions": [
+        {"hash": "0x01", "from": BOT, "to": STRANGER},
+        {"hash": "0x02", "from": ROUTER, "to": BOT},
+        {"hash": "0x03", "from": BOT.lower(), "to": None},
+    ]}
+    assert sent_by(block, {BOT.lower()}) == [
+        SentTransaction("0x01", BOT.lower(), STRANGER.lower()),
+        SentTransaction("0x03", BOT.lower(), None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (None, "expected a block"),
+        ({"transactions": ["0x" + "ab" * 32]}, "full transaction object"),
+        ({"transactions": [{"hash": "0x01", "to": None}]}, "missing from/hash"),
+    ],
+)
+def test_sent_by_rejects_malformed_blocks(block: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sent_by(block, {BOT.lower()})
+
+
+async def test_no_addresses_is_no_data() -> None:
+    c = WalletCollector(CollectorContext(kind="wallet", instance="t", interval=1.0, timeout=1.0), WalletOptions())
+    with pytest.raises(NoData):
+        await c.collect()
+    await c.close()
+
+
+# --- against anvil -------------------------------------------------------------------------------
+
+
+def _value(families: Families, metric: str, **labels: str) -> float | None:
+    for fam in families:
+        for s in fam.samples:
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def _samples(families: Families, name: str) -> list[Any]:
+    return [s for f in families for s in f.samples if s.name == name]
+
+
+def _wallet(url: str, state: StateDB | None = None, **opts: Any) -> WalletCollector:
+    options = WalletOptions.model_validate({
+        "endpoint": {"name": "node", "url": url, "timeout": 2.0, "connect_timeout": 1.0},
+        "addresses": [{"name": "bot", "address": BOT}], "allow_to": [ROUTER], **opts,
+    })
+    return WalletCollector(CollectorContext(kind="wallet", instance="t", interval=1.0, timeout=5.0, state=state),
+                           options)
+
+
+def _send(node: Anvil, sender: str, to: str | None, **extra: Any) -> str:
+    tx: dict[str, Any] = {"from": sender, "value": "0x1", **extra}
+    if to is not None:
+        tx["to"] = to
+    return str(node.rpc("eth_sendTransaction", [tx]))
+
+
+@pytest.fixture(scope="module")
+def reverter(anvil_no_mining: Anvil) -> str:  # noqa: F811 - fixture from import
+    """Address of a contract whose every call reverts, deployed by an unwatched account."""
+    h = anvil_no_mining.rpc("eth_sendTransaction", [{"from": DEPLOYER, "data": REVERTER_INIT}])
+    anvil_no_mining.rpc("evm_mine")
+    receipt = anvil_no_mining.rpc("eth_getTransactionReceipt", [h])
+    assert receipt["status"] == "0x1"
+    assert anvil_no_mining.rpc("eth_getCode", [receipt["contractAddress"], "latest"]) == "0x60006000fd"
+    return checksum_address(receipt["contractAddress"])
+
+
+async def _mine(node: Anvil) -> None:
+    await asyncio.to_thread(node.rpc, "evm_mine")
+
+
+async def test_balance_nonce_and_a_stuck_transaction(anvil_no_mining: Anvil) -> None:  # noqa: F811
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url)
+    try:
+        await asyncio.to_thread(_send, node, BOT, ROUTER)  # stays pending: anvil --no-mining
+        fams = await c.collect()
+        balance = int(await asyncio.to_thread(node.rpc, "eth_getBalance", [BOT, "latest"]), 16)
+        nonce = int(await asyncio.to_thread(node.rpc, "eth_getTransactionCount", [BOT, "latest"]), 16)
+        assert _value(fams, "mevwatch_wallet_balance_ether", name="bot", address=BOT) == pytest.approx(balance / 1e18)
+        assert _value(fams, "mevwatch_wallet_nonce", name="bot") == nonce
+        assert _value(fams, "mevwatch_wallet_nonce_gap", name="bot") == 1
+        await _mine(node)
+        fams = await c.collect()
+    finally:
+        await c.close()
+    assert _value(fams, "mevwatch_wallet_nonce_gap", name="bot") == 0
+    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="succeeded") == 1
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 0  # ROUTER is allowed
+
+
+async def test_reverting_transaction_counts_as_failed_with_its_gas(
+    anvil_no_mining: Anvil, reverter: str,  # noqa: F811
+) -> None:
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url, allow_to=[ROUTER, reverter])
+    try:
+        await c.collect()
+        # explicit gas: without it the node's estimate would refuse the reverting call before sending
+        h = await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000))
+        await _mine(node)
+        fams = await c.collect()
+    finally:
+        await c.close()
+    receipt = await asyncio.to_thread(node.rpc, "eth_getTransactionReceipt", [h])
+    assert receipt["status"] == "0x0"
+    cost = int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
+    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="failed") == 1
+    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="succeeded") == 0
+    assert _value(fams, "mevwatch_wallet_failed_gas_ether_total", name="bot") == pytest.approx(cost / 1e18)
+    assert cost > 0
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 0
+
+
+async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url)
+    try:
+        await c.collect()
+        h = await asyncio.to_thread(_send, node, BOT, STRANGER)
+        await asyncio.to_thread(_send, node, ROUTER, STRANGER)  # not watched: not our business
+        await _mine(node)
+        fams = await c.collect()
+    finally:
+        await c.close()
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 1
+    info = _samples(fams, "mevwatch_wallet_last_unexpected_transaction_info")
+    assert [(s.labels["name"], s.labels["to"], s.labels["tx"]) for s in info] == [("bot", STRANGER, h)]
+    ts = _value(fams, "mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", name="bot")
+    assert ts is not None
+    assert ts > 1_600_000_000
+
+
+async def test_without_allow_list_nothing_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url, allow_to=None)
+    try:
+        await c.collect()
+        await asyncio.to_thread(_send, node, BOT, STRANGER)
+        await _mine(node)
+        fams = await c.collect()
+    finally:
+        await c.close()
+    assert _value(fams, "mevwatch_wallet_transactions_total", status="succeeded") == 1
+    assert _samples(fams, "mevwatch_wallet_unexpected_transactions_total") == []
+
+
+async def test_blocks_are_followed_in_bounded_steps_and_resumed_after_restart(
+    anvil_no_mining: Anvil, state_db: StateDB,  # noqa: F811
+) -> None:
+    node = anvil_no_mining
+    await _mine(node)
+    first = _wallet(node.url, state=state_db, max_blocks_per_run=2)
+    try:
+        fams = await first.collect()
+        start = _value(fams, "mevwatch_wallet_followed_block")
+        assert start is not None
+    finally:
+        await first.close()
+    # While mevwatch is down: five blocks, the third holding a flagged transfer.
+    for i in range(5):
+        if i == 2:
+            await asyncio.to_thread(_send, node, BOT, STRANGER)
+        await _mine(node)
+    second = _wallet(node.url, state=state_db, max_blocks_per_run=2)
+    try:
+        fams = await second.collect()
+        assert _value(fams, "mevwatch_wallet_followed_block") == start + 2
+        assert _value(fams, "mevwatch_wallet_blocks_behind") == 3
+        assert _value(fams, "mevwatch_wallet_unexpected_transactions_total") == 0
+        fams = await second.collect()
+        assert _value(fams, "mevwatch_wallet_unexpected_transactions_total") == 1
+        fams = await second.collect()
+    finally:
+        await second.close()
+    assert _value(fams, "mevwatch_wallet_followed_block") == start + 5
+    assert _value(fams, "mevwatch_wallet_blocks_behind") == 0
+
+
+@pytest.fixture
+async def proxy(anvil_no_mining: Anvil) -> AsyncIterator[RpcProxy]:  # noqa: F811 - fixture from import
+    async with RpcProxy(anvil_no_mining.url) as p:
+        yield p
+
+
+@pytest.mark.parametrize(
+    ("method", "fault", "reason"),
+    [
+        ("eth_getBlockByNumber", Fault(result={"number": "0x1"}), "invalid_response"),
+        ("eth_getBlockByNumber", Fault(result={"transactions": [{"hash": 1}]}), "invalid_response"),
+        ("eth_getTransactionReceipt", Fault(result=None), "invalid_response"),
+        ("eth_getTransactionReceipt", Fault(result={"status": "ok"}), "invalid_response"),
+        ("eth_getBalance", Fault(result=12), "invalid_response"),
+        ("eth_getBalance", Fault(close_mid_response=True), "reset"),
+        ("eth_blockNumber", Fault(http_status=429), "http_status"),
+        ("eth_getTransactionCount", Fault(rpc_error=(-32000, "header not found")), "rpc_error"),
+    ],
+)
+async def test_faults_are_clear_collector_errors(
+    proxy: RpcProxy, anvil_no_mining: Anvil, method: str, fault: Fault, reason: str,  # noqa: F811
+) -> None:
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(proxy.url)
+    try:
+        await c.collect()
+        await asyncio.to_thread(_send, node, BOT, STRANGER)
+        await _mine(node)
+        proxy.set(method, fault)
+        with pytest.raises(CollectorError) as err:
+            await c.collect()
+        assert err.value.reason == reason
+        proxy.clear(method)
+        fams = await c.collect()  # the fault left nothing behind: the same block is scanned again
+    finally:
+        await c.close()
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total") == 1
