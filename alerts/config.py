@@ -462,8 +462,13 @@ def _default_inhibit() -> list[InhibitRule]:
         InhibitRule(
             source_matchers=[parse_matcher('alertname="NodeDown"')],
             target_matchers=[parse_matcher('alertname=~"PeersLow|HeadLag|NodeSyncing"')],
-            equal=["node"],
-        )
+            equal=["endpoint"],
+        ),
+        InhibitRule(
+            source_matchers=[parse_matcher('alertname="OomKill"')],
+            target_matchers=[parse_matcher('alertname="OomKillKernelCounter"')],
+            equal=["host"],
+        ),
     ]
 
 

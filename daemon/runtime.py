@@ -120,7 +120,13 @@ class Daemon:
             self.state.close()
 
     async def _start_components(self) -> None:
-        """Hook for components that plug into the store (alerts); none by default."""
+        """Components that plug into the store: the alert engine."""
+        if self.config.daemon.alerts.enabled and self.state is not None:
+            from mevwatch.alerts.engine import AlertEngine
+
+            engine = AlertEngine(self.config.daemon.alerts, self.store, self.state)
+            await engine.start()
+            self.components.append(engine)
 
     async def _announce_ready(self) -> None:
         assert self.supervisor is not None
@@ -177,6 +183,10 @@ class Daemon:
                     return False, "config rejected, running config kept:\n" + str(exc)
                 self.config = new
                 await self.supervisor.swap(new)
+                for comp in self.components:
+                    await comp.stop()
+                self.components.clear()
+                await self._start_components()
                 self.supervisor.reload_ok = True
                 import time
 

@@ -1,0 +1,181 @@
+"""``mevwatch alerts test`` (a test notification through every sink) and ``mevwatch silence add|list|expire``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from mevwatch.alerts.router import Silences, notification_payload
+from mevwatch.alerts.rules import Alert, fingerprint
+from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
+from mevwatch.daemon.cli import add_config_argument, load_or_default
+from mevwatch.daemon.config import Config, ConfigError
+from mevwatch.daemon.fields import parse_duration
+from mevwatch.daemon.state import StateDB, StateError
+
+__all__ = ["register", "run_test"]
+
+
+def _config(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_or_default(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return None
+
+
+def test_payload(receiver: str, host: str, runbook_url: str) -> dict[str, Any]:
+    labels = {"alertname": "MevwatchTestNotification", "severity": "info", "host": host}
+    now = time.time()
+    alert = Alert("MevwatchTestNotification", fingerprint(labels), labels, {
+        "summary": f"Test notification from mevwatch on {host}",
+        "description": "Sent by `mevwatch alerts test`; no action needed.",
+        "runbook_url": f"{runbook_url}#alerts-test",
+    }, "firing", 1.0, now, fired_at=now, last_match_at=now)
+    return notification_payload(receiver, f"{receiver}|test", {"alertname": alert.rule}, [alert], [],
+                                "")
+
+
+async def run_test(cfg: Config, receiver: str | None) -> list[tuple[str, str | None]]:
+    """Send one test notification through each sink; (sink, None) on success, (sink, error) otherwise."""
+    alerts = cfg.daemon.alerts
+    receivers = [r for r in alerts.receivers if receiver is None or r.name == receiver]
+    results: list[tuple[str, str | None]] = []
+    for rc in receivers:
+        payload = test_payload(rc.name, alerts.host, alerts.runbook_url)
+        sinks: list[Sink] = build_sinks(rc, alerts.evaluation_interval)
+        for sink in sinks:
+            try:
+                await sink.send(payload, f"test-{int(time.time())}-{sink.name}")
+                results.append((sink.name, None))
+            except DeliveryError as exc:
+                kind = "retryable" if exc.retry else "permanent"
+                results.append((sink.name, f"{exc.message} ({kind})"))
+            except Exception as exc:
+                results.append((sink.name, f"{type(exc).__name__}: {exc}"))
+            finally:
+                await sink.close()
+    return results
+
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 2
+    names = [r.name for r in cfg.daemon.alerts.receivers]
+    if args.receiver is not None and args.receiver not in names:
+        print(f"error: unknown receiver {args.receiver!r}; known: {', '.join(names)}", file=sys.stderr)
+        return 2
+    results = asyncio.run(run_test(cfg, args.receiver))
+    if not results:
+        print("no sinks configured for that receiver")
+        return 1
+    for name, error in results:
+        print(f"{name}: {'ok' if error is None else 'FAILED: ' + error}")
+    return 0 if all(e is None for _, e in results) else 1
+
+
+def _silences(args: argparse.Namespace) -> tuple[Silences, StateDB] | None:
+    cfg = _config(args)
+    if cfg is None:
+        return None
+    try:
+        db = StateDB.open_dir(cfg.state_dir)
+        return Silences(db), db
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _ts(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def cmd_silence_add(args: argparse.Namespace) -> int:
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        print(f"error: --duration: {exc}", file=sys.stderr)
+        return 2
+    opened = _silences(args)
+    if opened is None:
+        return 2
+    silences, db = opened
+    try:
+        sil = silences.add(args.matcher, duration, args.author or getpass.getuser(), args.comment or "")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.close()
+    print(f"{sil.id} silences {', '.join(str(m) for m in sil.matchers)} until {_ts(sil.ends_at)}")
+    return 0
+
+
+def cmd_silence_list(args: argparse.Namespace) -> int:
+    opened = _silences(args)
+    if opened is None:
+        return 2
+    silences, db = opened
+    try:
+        items = silences.list(include_expired=args.all)
+    finally:
+        db.close()
+    now = time.time()
+    if not items:
+        print("no silences")
+    for s in items:
+        state = "active" if s.active(now) else ("expired" if s.ends_at <= now else "pending")
+        matchers = ", ".join(str(m) for m in s.matchers)
+        print(f"{s.id}  {state:8}  until {_ts(s.ends_at)}  {matchers}  by {s.created_by}  {s.comment}".rstrip())
+    return 0
+
+
+def cmd_silence_expire(args: argparse.Namespace) -> int:
+    opened = _silences(args)
+    if opened is None:
+        return 2
+    silences, db = opened
+    try:
+        ok = silences.expire(args.id)
+    finally:
+        db.close()
+    if not ok:
+        print(f"error: no active silence {args.id!r}", file=sys.stderr)
+        return 1
+    print(f"{args.id} expired")
+    return 0
+
+
+def register(sub: Any) -> None:
+    alerts = sub.add_parser("alerts", help="alert engine tools")
+    asub = alerts.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+    test = asub.add_parser("test", help="send a test notification through each sink and report per sink")
+    add_config_argument(test)
+    test.add_argument("--receiver", "-r", help="only this receiver")
+    test.set_defaults(func=cmd_alerts_test)
+
+    silence = sub.add_parser("silence", help="mute alerts matching label matchers for a while")
+    ssub = silence.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
+    add = ssub.add_parser("add", help="add a silence")
+    add_config_argument(add)
+    add.add_argument("--matcher", "-m", action="append", required=True,
+                     help='label matcher, e.g. alertname="DiskSpaceHigh" or mount=~"/data.*" (repeatable)')
+    add.add_argument("--duration", "-d", required=True, help="how long, e.g. 2h, 30m")
+    add.add_argument("--comment", default="", help="why")
+    add.add_argument("--author", default="", help="who (default: the current user)")
+    add.set_defaults(func=cmd_silence_add)
+    ls = ssub.add_parser("list", help="list silences")
+    add_config_argument(ls)
+    ls.add_argument("--all", action="store_true", help="include expired silences")
+    ls.set_defaults(func=cmd_silence_list)
+    exp = ssub.add_parser("expire", help="end a silence now")
+    add_config_argument(exp)
+    exp.add_argument("id")
+    exp.set_defaults(func=cmd_silence_expire)

@@ -1,0 +1,234 @@
+"""Pure rule evaluation: series selection, increase/rate over a window, histogram quantiles, state machine.
+
+Everything here takes the time as an argument, so it is tested without clocks or I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import deque
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mevwatch.alerts.config import Rule, matches_all, render_template
+
+__all__ = [
+    "RESOLVED_RETENTION",
+    "Alert",
+    "History",
+    "LabelSet",
+    "evaluate_rule",
+    "fingerprint",
+    "histogram_quantile",
+    "increase",
+    "step",
+]
+
+LabelSet = tuple[tuple[str, str], ...]
+State = Literal["pending", "firing", "resolved"]
+RESOLVED_RETENTION = 900.0  # resolved alerts are kept (and re-sent to Alertmanager) for 15 minutes
+
+
+def labelset(labels: Mapping[str, str]) -> LabelSet:
+    return tuple(sorted(labels.items()))
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
+
+
+@dataclass(slots=True)
+class Alert:
+    """One series of one rule, in the state DB across restarts. Times are Unix seconds."""
+
+    rule: str
+    fingerprint: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    state: State
+    value: float
+    active_at: float
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    last_match_at: float = 0.0
+
+    @property
+    def severity(self) -> str:
+        return self.labels.get("severity", "warning")
+
+
+@dataclass(slots=True)
+class History:
+    """Recent (time, value) points of one counter series, for increase and rate."""
+
+    points: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def add(self, t: float, v: float, keep: float) -> None:
+        if self.points and t <= self.points[-1][0]:
+            self.points[-1] = (t, v)
+        else:
+            self.points.append((t, v))
+        # keep one point older than the window as the baseline
+        while len(self.points) > 2 and self.points[1][0] <= t - keep:
+            self.points.popleft()
+
+
+def increase(points: Iterable[tuple[float, float]], window: float, now: float) -> float | None:
+    """Counter increase over ``(now - window, now]``, counting resets like Prometheus (no extrapolation).
+
+    The baseline is the last point at or before the window start, or the first point inside it.
+    Needs two points; None otherwise.
+    """
+    start = now - window
+    pts = list(points)
+    base = 0
+    for i, (t, _) in enumerate(pts):
+        if t <= start:
+            base = i
+    use = [p for p in pts[base:] if p[0] <= now]
+    if len(use) < 2:
+        return None
+    total = 0.0
+    prev = use[0][1]
+    for _, v in use[1:]:
+        total += v - prev if v >= prev else v  # a drop is a counter reset: the new value is all increase
+        prev = v
+    return total
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over cumulative (le, count) buckets; NaN when empty."""
+    bs = sorted(buckets)
+    if not bs or bs[-1][0] != math.inf:
+        return math.nan
+    total = bs[-1][1]
+    if total <= 0:
+        return math.nan
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in bs:
+        if count >= rank:
+            if le == math.inf:
+                return prev_le if len(bs) > 1 else math.nan
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return bs[-2][0] if len(bs) > 1 else math.nan
+
+
+Series = Mapping[LabelSet, float]
+
+
+def evaluate_rule(
+    rule: Rule,
+    samples: Mapping[str, Series],
+    histories: Mapping[tuple[str, LabelSet], History],
+    now: float,
+) -> dict[LabelSet, float]:
+    """Value of every series the rule selects (before comparing with the threshold).
+
+    ``samples`` maps sample names to {labels: value}; ``histories`` holds counter points by
+    (sample name, labels) for increase/rate.
+    """
+    window = rule.window
+    if rule.quantile is not None:
+        groups: dict[LabelSet, list[tuple[float, float]]] = {}
+        name = rule.metric + "_bucket"
+        for ls, v in samples.get(name, {}).items():
+            labels = dict(ls)
+            le = labels.pop("le", None)
+            if le is None or not matches_all(rule.matchers, labels):
+                continue
+            if window:
+                hist = histories.get((name, ls))
+                inc = increase(hist.points, window, now) if hist else None
+                if inc is None:
+                    continue
+                v = inc
+            groups.setdefault(labelset(labels), []).append((float(le), v))
+        out = {ls: histogram_quantile(rule.quantile, bs) for ls, bs in groups.items()}
+        return {ls: v for ls, v in out.items() if not math.isnan(v)}
+    selected: dict[LabelSet, float] = {}
+    for ls, v in samples.get(rule.metric, {}).items():
+        if not matches_all(rule.matchers, dict(ls)):
+            continue
+        if window:
+            hist = histories.get((rule.metric, ls))
+            inc = increase(hist.points, window, now) if hist else None
+            if inc is None:
+                continue
+            v = inc / window if rule.rate else inc
+        selected[ls] = v
+    if rule.absent:
+        if selected:
+            return {}
+        return {labelset({m.name: m.value for m in rule.matchers if m.op == "="}): 1.0}
+    return selected
+
+
+def alert_labels(rule: Rule, series: LabelSet, host: str) -> dict[str, str]:
+    labels = {k: v for k, v in series if k != "__name__"}
+    labels.setdefault("host", host)
+    labels.update(rule.labels)
+    labels["alertname"] = rule.name
+    labels["severity"] = rule.severity
+    return labels
+
+
+def step(
+    rule: Rule,
+    values: Mapping[LabelSet, float],
+    alerts: dict[str, Alert],
+    now: float,
+    host: str,
+    runbook_url: str,
+    hold: Container[str] = (),
+) -> list[Alert]:
+    """Advance the state machine of ``rule``'s alerts (in ``alerts``, by fingerprint) to ``now``.
+
+    Returns the alerts whose state changed (pending alerts that stop matching are removed
+    silently and not returned; resolved alerts older than the retention are removed).
+    Alerts in ``hold`` (restored after a restart, no fresh data yet) are not resolved for lack of data.
+    """
+    changed: list[Alert] = []
+    seen: set[str] = set()
+    for series, value in values.items():
+        labels = alert_labels(rule, series, host)
+        fp = fingerprint(labels)
+        a = alerts.get(fp)
+        active = a is not None and a.state != "resolved"
+        if rule.absent or rule.passes(value, active):
+            seen.add(fp)
+            if a is None or a.state == "resolved":
+                a = Alert(rule.name, fp, labels, {}, "pending", value, active_at=now)
+                alerts[fp] = a
+            a.value = value
+            a.last_match_at = now
+            a.annotations = {
+                "summary": render_template(rule.summary, labels, value),
+                "description": render_template(rule.description, labels, value),
+                "runbook_url": f"{runbook_url}#{rule.runbook}",
+            }
+            if a.state == "pending" and now - a.active_at >= rule.for_:
+                a.state = "firing"
+                a.fired_at = now
+                changed.append(a)
+    values_fps = {fingerprint(alert_labels(rule, series, host)) for series in values}
+    for fp, a in list(alerts.items()):
+        if a.rule != rule.name or fp in seen or (fp in hold and a.state != "resolved" and fp not in values_fps):
+            continue
+        if a.state == "pending":
+            del alerts[fp]
+        elif a.state == "firing":
+            if rule.keep_firing_for and now - a.last_match_at < rule.keep_firing_for:
+                continue
+            a.state = "resolved"
+            a.resolved_at = now
+            changed.append(a)
+        elif a.resolved_at is not None and now - a.resolved_at > RESOLVED_RETENTION:
+            del alerts[fp]
+    return changed

@@ -1,0 +1,34 @@
+"""What every sink implements, and how a delivery failure says whether to retry."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["DeliveryError", "Sink"]
+
+
+class DeliveryError(Exception):
+    """A failed delivery. ``retry`` False means the receiver refused it for good (dead letter)."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+        self.message = message
+
+
+class Sink(Protocol):
+    """One configured destination; ``name`` is the ``sink`` label (receiver/kind/index)."""
+
+    name: str
+    kind: str
+    receiver: str
+
+    def wants(self, payload: dict[str, Any]) -> bool:
+        """False for a resolved-only notification when send_resolved is off."""
+        ...
+
+    async def send(self, payload: dict[str, Any], notification_id: str) -> None:
+        """Deliver; return on acknowledgement, raise DeliveryError otherwise."""
+        ...
+
+    async def close(self) -> None: ...
