@@ -137,6 +137,7 @@ class JournalFollower:
         assert proc.stderr is not None
         self._set_status("ok", "")
         self.stats.files = 1
+        ended = False
         try:
             while True:
                 try:
@@ -145,9 +146,13 @@ class JournalFollower:
                     self.stats.read_errors += 1
                     break
                 if not line:
+                    ended = True
                     break
                 self.feed(line)
         finally:
+            if ended:  # journalctl closed its output: let it exit with its own status
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 2.0)
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
