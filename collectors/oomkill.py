@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import re
 import time
@@ -220,16 +219,9 @@ def drain_kmsg(read: Callable[[], bytes], partial: bytearray) -> KmsgDrain:
             chunk = read()
         except BlockingIOError:
             return out
-        except BrokenPipeError:
+        except BrokenPipeError:  # EPIPE
             out.overruns += 1
             continue
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                out.overruns += 1
-                continue
-            if exc.errno == errno.EAGAIN:
-                return out
-            raise
         if not chunk:
             out.eof = True
             return out
@@ -272,13 +264,13 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
             partial = bytearray()
 
             def read() -> bytes:
-                return os.read(fd, _READ_SIZE)
+                return _kmsg_read(fd)
 
             if not resume:
                 # First run ever: start at the end of the ring buffer, learning its last sequence number
                 # so a restart knows where it stopped. Kills already in the buffer are history.
                 while True:
-                    drained = drain_kmsg(read, partial)
+                    drained = _drain_or_fail(read, partial, path)
                     for line in drained.lines:
                         rec = parse_kmsg_line(line)
                         if rec is not None:
@@ -293,7 +285,7 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
             try:
                 first = resume
                 while True:
-                    drained = drain_kmsg(read, partial)
+                    drained = _drain_or_fail(read, partial, path)
                     changed = self._handle(state, tracker, drained, first)
                     first = first and not drained.lines
                     if changed:
@@ -476,6 +468,17 @@ def _open_kmsg(path: Path) -> int:
         ) from None
     except OSError as exc:
         raise CollectorError("kmsg_unreadable", f"{path}: {exc.strerror or exc}") from None
+
+
+def _kmsg_read(fd: int) -> bytes:
+    return os.read(fd, _READ_SIZE)
+
+
+def _drain_or_fail(read: Callable[[], bytes], partial: bytearray, path: Path) -> KmsgDrain:
+    try:
+        return drain_kmsg(read, partial)
+    except OSError as exc:
+        raise CollectorError("kmsg_read_failed", f"{path}: {exc.strerror or exc}") from None
 
 
 def _boot_id(procfs: Path) -> str:
