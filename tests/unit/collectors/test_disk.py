@@ -329,9 +329,24 @@ async def test_hung_statvfs_does_not_stop_other_collectors(
 
 
 @pytest.fixture(scope="module")
-def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """100,000 files in 100 directories, five of them larger than the rest."""
+def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """100,000 files in 100 directories, five of them larger than the rest.
+
+    On a tmpfs when root: creating (and later deleting) 100k inodes on a shared disk can take a minute.
+    """
     root = tmp_path_factory.mktemp("bigtree")
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=200k", "tmpfs", str(root)], check=False
+    ).returncode == 0
+    try:
+        _fill_big_tree(root)
+        yield root
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def _fill_big_tree(root: Path) -> None:
     for d in range(100):
         sub = root / f"d{d:03}"
         sub.mkdir()
@@ -340,7 +355,6 @@ def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
             os.close(os.open(base + str(i), os.O_CREAT | os.O_WRONLY, 0o644))
     for rank, size in enumerate([50_000, 40_000, 30_000, 20_000, 10_000, 5_000]):
         (root / f"d{rank:03}" / "f0").write_bytes(b"x" * size)
-    return root
 
 
 def test_walk_of_100k_files_counts_all_within_budget(big_tree: Path) -> None:
