@@ -289,7 +289,9 @@ class CpuCollector(PollCollector[CpuOptions]):
 
         cpus = list_cpus(paths.sysfs)
         families.append(GaugeMetricFamily(
-            "mevwatch_cpu_count", "CPUs the kernel knows (to read load per CPU)", value=len(cpus) or os.cpu_count() or 0
+            "mevwatch_cpu_logical_processors",
+            "Logical CPUs the kernel knows (to read load per CPU)",
+            value=len(cpus) or os.cpu_count() or 0,
         ))
         families.extend(self._frequency_families(cpus))
         sources: list[tuple[Sequence[str], str]] = [

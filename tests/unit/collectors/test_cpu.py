@@ -164,7 +164,7 @@ async def test_collector_on_fixture_tree() -> None:
     assert family_labels(fams, "mevwatch_cpu_package_throttles_total") == [{"package": "0"}]
     assert family_value(fams, "mevwatch_cpu_package_throttles_total", package="0") == 34
     assert family_value(fams, "mevwatch_cpu_load_average", window="1m") == 7.52
-    assert family_value(fams, "mevwatch_cpu_count") == 4
+    assert family_value(fams, "mevwatch_cpu_logical_processors") == 4
     assert family_value(fams, "mevwatch_cpu_procs_blocked") == 2
     assert family_value(fams, "mevwatch_cpu_pressure_ratio", kind="some", window="10s") == 0.25
     assert family_value(fams, "mevwatch_cpu_seconds_total", mode="user") == pytest.approx(1000000 / 100)
@@ -283,7 +283,7 @@ async def test_collector_on_the_live_host() -> None:
     states = [family_value(fams, "mevwatch_cpu_frequency_scaling_status", status=s) for s in FREQUENCY_STATES]
     assert None not in states
     assert sum(s or 0.0 for s in states) == 1
-    count = family_value(fams, "mevwatch_cpu_count")
+    count = family_value(fams, "mevwatch_cpu_logical_processors")
     assert count is not None
     assert count >= 1
     if family_value(fams, "mevwatch_cpu_frequency_scaling_status", status="ok") == 0:
