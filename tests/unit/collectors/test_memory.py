@@ -101,16 +101,16 @@ def test_parse_pressure_rejects_bad_input(text: str) -> None:
 
 
 def test_parse_proc_stat_rss_with_spaces_and_parens_in_comm() -> None:
-    comm, pages = parse_proc_stat_rss((FIX / "proc" / "4243" / "stat").read_text())
+    comm, pages = parse_proc_stat_rss((FIX / "proc" / "4243" / "stat").read_bytes())
     assert comm == "mev detect (x)"
     assert pages == 524288
 
 
 def test_parse_proc_stat_rss_rejects_truncated_line() -> None:
     with pytest.raises(ValueError, match="fields"):
-        parse_proc_stat_rss("1 (init) S 0 1")
+        parse_proc_stat_rss(b"1 (init) S 0 1")
     with pytest.raises(ValueError, match="malformed"):
-        parse_proc_stat_rss("no parens here")
+        parse_proc_stat_rss(b"no parens here")
 
 
 @pytest.mark.parametrize(
