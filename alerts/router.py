@@ -373,6 +373,10 @@ class Router:
                     g.alerts[a.fingerprint] = a
                     if a.fingerprint not in g.sent_firing:
                         self._changed(g, now)
+        for g in self.groups.values():
+            # a group held back only by a silence or an inhibition is looked at again every tick
+            if g.next_flush is None and any(a.state == "firing" for a in g.alerts.values()):
+                g.next_flush = now
         self.run_due()
 
     # --- flushing ---------------------------------------------------------------------

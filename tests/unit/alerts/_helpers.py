@@ -1,0 +1,79 @@
+"""Driving the alert engine in-process with a hand-moved clock, reading what reached the outbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mevwatch.alerts.engine import AlertEngine
+from mevwatch.daemon.config import load_config_text
+from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore
+
+__all__ = ["Clock", "Harness", "counter", "gauge"]
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def gauge(name: str, value: float, **labels: str) -> Metric:
+    fam = GaugeMetricFamily(name, "test gauge", labels=list(labels))
+    fam.add_metric(list(labels.values()), value)
+    return fam
+
+
+def counter(name: str, series: dict[str, float], label: str = "comm") -> Metric:
+    fam = CounterMetricFamily(name, "test counter", labels=[label])
+    for lv, v in series.items():
+        fam.add_metric([lv], v)
+    return fam
+
+
+class Harness:
+    """An engine over a real state DB, without delivery workers: notifications stay in the outbox."""
+
+    def __init__(self, tmp: Path, alerts_yaml: str, clock: Clock | None = None) -> None:
+        self.tmp = tmp
+        self.yaml = alerts_yaml
+        self.clock = clock or Clock()
+        self.store = SampleStore()
+        self.db = StateDB.open_dir(tmp / "state")
+        self.engine = self._engine()
+
+    def _engine(self) -> AlertEngine:
+        cfg = load_config_text("collectors: []\nalerts:\n" + self.yaml, str(self.tmp / "mevwatch.yaml"))
+        engine = AlertEngine(cfg.daemon.alerts, self.store, self.db, clock=self.clock)
+        self.store.subscribe(engine._on_snapshot)
+        return engine
+
+    def restart(self) -> None:
+        self.store = SampleStore()
+        self.engine = self._engine()
+        restored = self.engine._restore()
+        self.engine.started_at = self.clock()
+        self.engine.router.update(a for a in restored if a.state in ("firing", "resolved"))
+
+    def put(self, *families: Metric, key: tuple[str, str] = ("test", "default"), interval: float = 3600.0) -> None:
+        self.store.put(key, families, interval)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.t += seconds
+        self.engine.tick()
+
+    def notifications(self, sink: str | None = None) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT sink, payload FROM alert_outbox ORDER BY created_at, rowid")
+        return [json.loads(p) for s, p in rows if sink is None or s == sink]
+
+    def states(self) -> dict[str, str]:
+        return {a.labels["alertname"] + str(sorted(a.labels.items())): a.state for a in self.engine.all_alerts()}
+
+    def close(self) -> None:
+        self.db.close()
