@@ -475,7 +475,10 @@ class LogTailer:
 
     def _feed(self, f: _Followed, data: bytes, final: bool = False) -> None:
         buf = f.carry + data if f.carry else data
-        f.tail = (f.tail + data)[-FINGERPRINT:] if data else f.tail
+        if len(data) >= FINGERPRINT:
+            f.tail = data[-FINGERPRINT:]  # never concatenate a whole chunk just to keep its end
+        elif data:
+            f.tail = (f.tail + data)[-FINGERPRINT:]
         cut = 0
         if f.skipping:
             nl = buf.find(b"\n")
