@@ -150,7 +150,8 @@ def main() -> None:
                 best_lw = lw
             if best_grep is None or gr[0] < best_grep[0]:
                 best_grep = gr
-        assert best_lw is not None and best_grep is not None
+        assert best_lw is not None
+        assert best_grep is not None
     lw_rate = args.lines / best_lw[0]
     grep_rate = args.lines / best_grep[0]
     print("matches by pattern (logwatch): " + ", ".join(f"{k}={v}" for k, v in sorted(best_lw[2].items())))
