@@ -270,7 +270,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         return self._families(balances, nonces, head)
 
     def _families(self, balances: dict[str, int], nonces: dict[str, tuple[int, int]], head: int) -> list[Metric]:
-        labels = ["address", "name"]
+        labels = ["address", "wallet"]
         bal = GaugeMetricFamily("mevwatch_wallet_balance_ether", "Balance of the watched wallet, in ether",
                                 labels=labels)
         nonce = GaugeMetricFamily("mevwatch_wallet_nonce", "Nonce of the wallet at the head block", labels=labels)

@@ -168,16 +168,16 @@ async def test_balance_nonce_and_a_stuck_transaction(anvil_no_mining: Anvil) -> 
         fams = await c.collect()
         balance = int(await asyncio.to_thread(node.rpc, "eth_getBalance", [BOT, "latest"]), 16)
         nonce = int(await asyncio.to_thread(node.rpc, "eth_getTransactionCount", [BOT, "latest"]), 16)
-        assert _value(fams, "mevwatch_wallet_balance_ether", name="bot", address=BOT) == pytest.approx(balance / 1e18)
-        assert _value(fams, "mevwatch_wallet_nonce", name="bot") == nonce
-        assert _value(fams, "mevwatch_wallet_nonce_gap", name="bot") == 1
+        assert _value(fams, "mevwatch_wallet_balance_ether", wallet="bot", address=BOT) == pytest.approx(balance / 1e18)
+        assert _value(fams, "mevwatch_wallet_nonce", wallet="bot") == nonce
+        assert _value(fams, "mevwatch_wallet_nonce_gap", wallet="bot") == 1
         await _mine(node)
         fams = await c.collect()
     finally:
         await c.close()
-    assert _value(fams, "mevwatch_wallet_nonce_gap", name="bot") == 0
-    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="succeeded") == 1
-    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 0  # ROUTER is allowed
+    assert _value(fams, "mevwatch_wallet_nonce_gap", wallet="bot") == 0
+    assert _value(fams, "mevwatch_wallet_transactions_total", wallet="bot", status="succeeded") == 1
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 0  # ROUTER is allowed
 
 
 async def test_reverting_transaction_counts_as_failed_with_its_gas(
@@ -197,11 +197,11 @@ async def test_reverting_transaction_counts_as_failed_with_its_gas(
     receipt = await asyncio.to_thread(node.rpc, "eth_getTransactionReceipt", [h])
     assert receipt["status"] == "0x0"
     cost = int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
-    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="failed") == 1
-    assert _value(fams, "mevwatch_wallet_transactions_total", name="bot", status="succeeded") == 0
-    assert _value(fams, "mevwatch_wallet_failed_gas_ether_total", name="bot") == pytest.approx(cost / 1e18)
+    assert _value(fams, "mevwatch_wallet_transactions_total", wallet="bot", status="failed") == 1
+    assert _value(fams, "mevwatch_wallet_transactions_total", wallet="bot", status="succeeded") == 0
+    assert _value(fams, "mevwatch_wallet_failed_gas_ether_total", wallet="bot") == pytest.approx(cost / 1e18)
     assert cost > 0
-    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 0
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 0
 
 
 async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
@@ -216,10 +216,10 @@ async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil
         fams = await c.collect()
     finally:
         await c.close()
-    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", name="bot") == 1
+    assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 1
     info = _samples(fams, "mevwatch_wallet_last_unexpected_transaction_info")
-    assert [(s.labels["name"], s.labels["to"], s.labels["tx"]) for s in info] == [("bot", STRANGER, h)]
-    ts = _value(fams, "mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", name="bot")
+    assert [(s.labels["wallet"], s.labels["to"], s.labels["tx"]) for s in info] == [("bot", STRANGER, h)]
+    ts = _value(fams, "mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", wallet="bot")
     assert ts is not None
     assert ts > 1_600_000_000
 
