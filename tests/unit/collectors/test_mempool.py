@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from mevwatch.collectors.base import CollectorContext, CollectorError, Families
 from mevwatch.collectors.mempool import (
@@ -341,3 +342,73 @@ async def test_subscription_refused_by_the_node(proxy: RpcProxy) -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await c.close()
+
+
+class _PacedNode:
+    """A WebSocket node pushing newPendingTransactions at ``rate`` per second, changeable while it runs."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.port = free_port()
+        self._credit = 0.0
+        self._runner: web.AppRunner | None = None
+
+    async def _push(self, ws: web.WebSocketResponse) -> None:
+        n = 0
+        while not ws.closed:
+            await asyncio.sleep(0.01)
+            self._credit += self.rate * 0.01
+            while self._credit >= 1:
+                self._credit -= 1
+                n += 1
+                await ws.send_json({"jsonrpc": "2.0", "method": "eth_subscription",
+                                    "params": {"subscription": "0x1", "result": f"0x{n:064x}"}})
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        pusher = None
+        async for msg in ws:
+            req = msg.json()
+            await ws.send_json({"jsonrpc": "2.0", "id": req["id"], "result": "0x1"})
+            pusher = pusher or asyncio.create_task(self._push(ws))
+        if pusher is not None:
+            pusher.cancel()
+        return ws
+
+    async def __aenter__(self) -> _PacedNode:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_stream_thinning_to_a_fraction_shows_in_the_ratio() -> None:
+    async with _PacedNode(rate=400) as node:
+        c = _stream(f"ws://127.0.0.1:{node.port}/", rate_window="500ms", baseline_window="3s")
+        emits = _Emits()
+        task = asyncio.create_task(c.run(emits))
+        try:
+            fams = await emits.until(lambda f: _value(f, "mevwatch_mempool_stream_rate_ratio") is not None)
+            await asyncio.sleep(0.7)
+            fams = emits.last
+            usual = _value(fams, "mevwatch_mempool_stream_notifications_per_second")
+            assert usual is not None
+            assert 250 < usual < 550
+            node.rate = 40  # silently thins to a tenth: no error, no disconnect
+            fams = await emits.until(
+                lambda f: (_value(f, "mevwatch_mempool_stream_rate_ratio") or 1.0) < 0.3, timeout=3.0)
+            assert _value(fams, "mevwatch_mempool_stream_up") == 1
+            average = _value(fams, "mevwatch_mempool_stream_notifications_per_second_average")
+            assert average is not None
+            assert average > 150  # the trailing average still remembers the usual level
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await c.close()
