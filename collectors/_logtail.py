@@ -46,6 +46,8 @@ MIGRATIONS = [
         PRIMARY KEY (instance, dev, ino));
     CREATE TABLE logwatch_journal (instance TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated REAL NOT NULL)
     """,
+    # the bytes before the saved offset: after a restart, the copy of a copytruncate is found by them
+    "ALTER TABLE logwatch_files ADD COLUMN tail BLOB NOT NULL DEFAULT x''",
 ]
 STATE_COMPONENT = "logwatch"
 Status = Literal["ok", "missing", "unreadable"]
@@ -101,6 +103,7 @@ class _Row:
     path: str
     pos: int
     head: bytes
+    tail: bytes
 
 
 class LogTailer:
@@ -151,9 +154,9 @@ class LogTailer:
             return {}
         self.state.migrate(STATE_COMPONENT, MIGRATIONS)
         rows = self.state.query(
-            "SELECT dev, ino, path, pos, head FROM logwatch_files WHERE instance = ?", (self.instance,)
+            "SELECT dev, ino, path, pos, head, tail FROM logwatch_files WHERE instance = ?", (self.instance,)
         )
-        return {(int(d), int(i)): _Row(str(p), int(o), bytes(h)) for d, i, p, o, h in rows}
+        return {(int(d), int(i)): _Row(str(p), int(o), bytes(h), bytes(t)) for d, i, p, o, h, t in rows}
 
     def _save(self) -> None:
         if self.state is None:
@@ -165,10 +168,14 @@ class LogTailer:
         try:
             with self.state.transaction() as db:
                 db.executemany(
-                    "INSERT INTO logwatch_files(instance, dev, ino, path, pos, head, updated) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance, dev, ino) DO UPDATE SET "
-                    "path = excluded.path, pos = excluded.pos, head = excluded.head, updated = excluded.updated",
-                    [(self.instance, f.key[0], f.key[1], f.path, f.committed, f.head, now) for f in changed],
+                    "INSERT INTO logwatch_files(instance, dev, ino, path, pos, head, tail, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(instance, dev, ino) DO UPDATE SET "
+                    "path = excluded.path, pos = excluded.pos, head = excluded.head, tail = excluded.tail, "
+                    "updated = excluded.updated",
+                    [
+                        (self.instance, f.key[0], f.key[1], f.path, f.committed, f.head, _committed_tail(f), now)
+                        for f in changed
+                    ],
                 )
         except StateError as exc:
             log.warning("logwatch_state_write_failed", instance=self.instance, error=str(exc))
@@ -300,23 +307,25 @@ class LogTailer:
         try:
             rows = self._rows or {}
             row = rows.get(key)
+            if row is not None:
+                # Followed before the restart: resume there. If it was truncated (or the inode now
+                # holds another file), the first read sees the head differ and restarts at 0,
+                # after reading the rest from a copytruncate copy when there is one.
+                f = _Followed(key, path, fd, row.pos, row.head, (), (), last_growth=self.clock())
+                f.tail = row.tail
+                f.saved_pos = row.pos
+                return f
             pos = 0
-            head = os.pread(fd, FINGERPRINT, 0)
-            if row is not None and head.startswith(row.head) and st.st_size >= row.pos:
-                pos = row.pos  # the same file as before the restart
-            elif (
-                self._first_scan
-                and self.start_at == "end"
-                and row is None
-                and not any(r.path == path for r in rows.values())
-            ):
+            if self._first_scan and self.start_at == "end" and not any(r.path == path for r in rows.values()):
                 pos = st.st_size  # first sight of this log: its history is not news
             # any other file is new since we last looked (rotation, restart after a rotation)
+            head = os.pread(fd, FINGERPRINT, 0)
+            tail = os.pread(fd, min(FINGERPRINT, pos), pos - min(FINGERPRINT, pos)) if pos else b""
         except OSError:
             _close_fd(fd)
             raise
         f = _Followed(key, path, fd, pos, head, (), (), last_growth=self.clock())
-        f.tail = os.pread(fd, min(FINGERPRINT, pos), pos - min(FINGERPRINT, pos)) if pos else b""
+        f.tail = tail
         return f
 
     def _recover_rotated(self, present: set[Key]) -> None:
@@ -519,6 +528,17 @@ class LogTailer:
             if hits:
                 for name in names:
                     self.stats[name].matches[pattern.name] += hits
+
+
+def _committed_tail(f: _Followed) -> bytes:
+    """The bytes just before the committed offset (``tail`` ends at the read offset, past the carry)."""
+    if not f.carry or f.skipping:
+        return f.tail
+    start = max(f.committed - FINGERPRINT, 0)
+    try:
+        return os.pread(f.fd, f.committed - start, start)
+    except OSError:
+        return b""
 
 
 def _find_inode(directory: str, key: Key) -> str | None:

@@ -281,6 +281,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
             max_files_per_source=options.max_files_per_source,
         )
         self._journal_patterns = journal_patterns
+        self._pass_timeout = options.timeout or self.default_timeout
         self.journal: JournalFollower | None = None
         self.stats: dict[str, SourceStats] = {}
 
@@ -307,7 +308,9 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
         try:
             while True:
                 try:
-                    result = await self.ctx.run_blocking(self.tailer.poll)
+                    # Not ctx.timeout: for a stream that is min(timeout, interval), far too short for
+                    # a pass that catches up on a backlog on a busy host.
+                    result = await self.ctx.run_blocking(self.tailer.poll, timeout=self._pass_timeout)
                 except StateError as exc:
                     raise CollectorError("state", str(exc)) from None
                 more = False

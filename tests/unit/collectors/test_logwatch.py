@@ -352,6 +352,23 @@ def test_rotation_while_stopped_drains_the_rotated_file(logdir: Path, state_db: 
     b.close()
 
 
+def test_copytruncate_while_stopped_reads_the_rest_from_the_copy(logdir: Path, state_db: StateDB) -> None:
+    app = logdir / "access.log"
+    app.write_bytes(b"ERROR 1\npartial")
+    a = make_tailer([str(app)], state=state_db)
+    assert poll(a).matches["error"] == 1
+    a.close()
+    append(app, b" ERROR 2 completed while stopped\nERROR 3\n")
+    shutil.copyfile(app, logdir / "access.log-20261125")
+    with open(app, "r+b") as f:
+        f.truncate(0)
+    append(app, b"WARN 4 in the truncated file, longer than the old offset was\n")
+    b = make_tailer([str(app)], state=state_db)
+    st = poll(b)
+    assert (st.matches["error"], st.matches["warning"], st.lines, st.rotations["truncate"]) == (2, 1, 3, 1)
+    b.close()
+
+
 def test_state_of_an_unrelated_file_with_a_reused_inode_is_ignored(logdir: Path, state_db: StateDB) -> None:
     app = logdir / "app.log"
     app.write_bytes(b"INFO " + b"x" * 200 + b"\n")
