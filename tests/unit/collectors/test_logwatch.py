@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -657,7 +658,7 @@ def test_daemon_serves_log_matches(tmp_path: Path) -> None:
         for _ in range(50):
             if sample_value(daemon.get(), "mevwatch_log_lines_read_total", source="nginx_access") == 8:
                 break
-            asyncio.run(asyncio.sleep(0.1))
+            time.sleep(0.1)
         text = daemon.get()
     assert sample_value(text, "mevwatch_log_matches_total", source="nginx_access", pattern="nginx_status_401") == 3
     assert sample_value(text, "mevwatch_log_matches_total", source="nginx_access", pattern="nginx_status_403") == 0
