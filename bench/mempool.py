@@ -18,12 +18,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._common import free_port, machine, start, stop
+from _common import free_port, machine, start, stop
 
 IMPLS = ("mevwatch", "aiohttp", "websockets")
 SUB_ID = "0x9cef478923ff08bf67fde6c64013158d"
