@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import os
 import random
@@ -663,3 +664,30 @@ def test_daemon_serves_log_matches(tmp_path: Path) -> None:
     assert sample_value(text, "mevwatch_log_matches_total", source="nginx_access", pattern="nginx_status_401") == 3
     assert sample_value(text, "mevwatch_log_matches_total", source="nginx_access", pattern="nginx_status_403") == 0
     assert sample_value(text, "mevwatch_log_lines_read_total", source="nginx_access") == 8
+
+
+def _live_expectations(opts: LogwatchOptions) -> dict[str, str]:
+    want = {
+        src.name: "ok" if any(Path(p).is_file() for g in src.paths for p in glob.glob(g)) else "missing"
+        for src in opts.sources
+    }
+    journald = Path("/run/systemd/journal/socket").exists() and shutil.which("journalctl") is not None
+    want["journal"] = "ok" if journald else "missing"
+    return want
+
+
+async def test_default_sources_on_the_live_host_report_what_is_there(state_db: StateDB) -> None:
+    opts = LogwatchOptions()
+    ctx = CollectorContext(kind="logwatch", instance="live", interval=0.05, timeout=5.0, state=state_db)
+    collector = LogwatchCollector(ctx, opts)
+    emitted: list[list[object]] = []
+    task = asyncio.create_task(collector.run(lambda fams: emitted.append(list(fams))))
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+    text = _exposition(emitted[-1])
+    for source, state in _live_expectations(opts).items():
+        assert sample_value(text, "mevwatch_log_source_status", source=source, status=state) == 1, source
