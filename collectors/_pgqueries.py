@@ -7,13 +7,14 @@ from __future__ import annotations
 
 __all__ = [
     "ACTIVITY",
-    "BLOAT_INDEX_ESTIMATE",
-    "BLOAT_TABLE_ESTIMATE",
     "DATABASES",
+    "INDEX_PAGES",
+    "INDEX_WIDTHS",
     "SERVER",
     "STATEMENTS",
     "STATEMENTS_TEXT",
     "TABLES",
+    "TABLE_WIDTHS",
     "bloat_pgstattuple",
 ]
 
@@ -31,7 +32,9 @@ SELECT current_setting('server_version') AS version,
        (SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
           WHERE e.extname = 'pgstattuple') AS pgstattuple_schema,
        (SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-          WHERE e.extname = 'pg_stat_statements') AS statements_schema
+          WHERE e.extname = 'pg_stat_statements') AS statements_schema,
+       current_setting('block_size')::int AS block_size,
+       CASE WHEN version() ~ 'mingw32|64-bit|x86_64|ppc64|ia64|amd64' THEN 8 ELSE 4 END AS max_align
 """
 
 # Without pg_read_all_stats other roles' sessions show NULL state and backend_type: the ones attached
@@ -40,12 +43,12 @@ ACTIVITY = """
 SELECT coalesce(datname::text, '') AS datname,
        coalesce(state, 'unknown') AS state,
        count(*)::int AS connections,
-       coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 AS oldest_xact,
+       coalesce(extract(epoch FROM max(now() - xact_start) FILTER (WHERE pid <> pg_backend_pid())), 0)::float8
+         AS oldest_xact,
        coalesce(extract(epoch FROM max(now() - state_change)
                 FILTER (WHERE state LIKE 'idle in transaction%')), 0)::float8 AS oldest_idle_xact
 FROM pg_stat_activity
-WHERE (backend_type = 'client backend' OR (backend_type IS NULL AND datname IS NOT NULL))
-  AND pid <> pg_backend_pid()
+WHERE backend_type = 'client backend' OR (backend_type IS NULL AND datname IS NOT NULL)
 GROUP BY 1, 2
 """
 
@@ -64,7 +67,10 @@ TABLES = """
 WITH t AS (
   SELECT s.relid, s.schemaname::text AS schema, s.relname::text AS relname, s.n_live_tup, s.n_dead_tup,
          s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze,
-         c.relpages::bigint + coalesce(tc.relpages, 0) AS pages
+         c.relpages::bigint + coalesce(tc.relpages, 0) AS pages,
+         c.relpages::bigint AS heap_pages, coalesce(tc.relpages, 0)::bigint AS toast_pages,
+         greatest(c.reltuples, 0)::float8 AS reltuples, greatest(coalesce(tc.reltuples, 0), 0)::float8 AS toast_tuples,
+         coalesce(substring(array_to_string(c.reloptions, ' ') FROM 'fillfactor=([0-9]+)')::int, 100) AS fillfactor
   FROM pg_stat_user_tables s
   JOIN pg_class c ON c.oid = s.relid
   LEFT JOIN pg_class tc ON tc.oid = c.reltoastrelid
@@ -74,6 +80,8 @@ WITH t AS (
   UNION (SELECT relid FROM t WHERE schema || '.' || relname = ANY($2::text[]) OR relname = ANY($2::text[]))
 )
 SELECT t.relid, t.schema, t.relname, t.n_live_tup, t.n_dead_tup, lk.relation IS NOT NULL AS locked,
+       t.heap_pages, t.toast_pages, t.reltuples, t.toast_tuples, t.fillfactor,
+       extract(epoch FROM greatest(t.last_analyze, t.last_autoanalyze))::float8 AS analyzed_at,
        CASE WHEN lk.relation IS NULL THEN pg_total_relation_size(t.relid) END AS size,
        extract(epoch FROM now() - t.last_vacuum)::float8 AS since_vacuum,
        extract(epoch FROM now() - t.last_autovacuum)::float8 AS since_autovacuum,
@@ -86,116 +94,53 @@ LEFT JOIN (SELECT DISTINCT relation FROM pg_locks
   ON lk.relation = t.relid
 """
 
-# The statistical estimate of ioguix/pgsql-bloat-estimation (table_bloat.sql), restricted to the
-# chosen tables. One change: the live tuple count comes from pg_stat_user_tables when it has one,
-# because reltuples moves only on VACUUM/ANALYZE and would hide a mass DELETE until then.
-BLOAT_TABLE_ESTIMATE = """
-SELECT tblid AS relid, schemaname AS schema, tblname AS relname, bs * tblpages AS real_size,
-       CASE WHEN tblpages > est_tblpages_ff THEN (tblpages - est_tblpages_ff) * bs ELSE 0 END AS bloat_size
-FROM (
-  SELECT ceil(tuples / floor((bs - page_hdr) * fillfactor / (tpl_size * 100))) + ceil(toasttuples / 4)
-           AS est_tblpages_ff,
-         tblpages, bs, tblid, schemaname, tblname, is_na
-  FROM (
-    SELECT (4 + tpl_hdr_size + tpl_data_size + (2 * ma)
-            - CASE WHEN tpl_hdr_size % ma = 0 THEN ma ELSE tpl_hdr_size % ma END
-            - CASE WHEN ceil(tpl_data_size)::int % ma = 0 THEN ma ELSE ceil(tpl_data_size)::int % ma END
-           ) AS tpl_size,
-           (heappages + toastpages) AS tblpages, tuples, toasttuples, bs, page_hdr, tblid, schemaname,
-           tblname, fillfactor, is_na
-    FROM (
-      SELECT tbl.oid AS tblid, ns.nspname::text AS schemaname, tbl.relname::text AS tblname,
-             CASE WHEN st.n_live_tup + st.n_dead_tup > 0 THEN st.n_live_tup::float8
-                  ELSE greatest(tbl.reltuples, 0) END AS tuples,
-             tbl.relpages AS heappages, coalesce(toast.relpages, 0) AS toastpages,
-             greatest(coalesce(toast.reltuples, 0), 0) AS toasttuples,
-             coalesce(substring(array_to_string(tbl.reloptions, ' ') FROM 'fillfactor=([0-9]+)')::smallint, 100)
-               AS fillfactor,
-             current_setting('block_size')::numeric AS bs,
-             CASE WHEN version() ~ 'mingw32|64-bit|x86_64|ppc64|ia64|amd64' THEN 8 ELSE 4 END AS ma,
-             24 AS page_hdr,
-             23 + CASE WHEN max(coalesce(s.null_frac, 0)) > 0 THEN (7 + count(s.attname)) / 8 ELSE 0::int END
-               AS tpl_hdr_size,
-             sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 0)) AS tpl_data_size,
-             bool_or(att.atttypid = 'pg_catalog.name'::regtype)
-               OR sum(CASE WHEN att.attnum > 0 THEN 1 ELSE 0 END) <> count(s.attname) AS is_na
-      FROM pg_attribute att
-      JOIN pg_class tbl ON att.attrelid = tbl.oid
-      JOIN pg_namespace ns ON ns.oid = tbl.relnamespace
-      LEFT JOIN pg_stat_user_tables st ON st.relid = tbl.oid
-      LEFT JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = tbl.relname
-                          AND s.inherited = false AND s.attname = att.attname
-      LEFT JOIN pg_class toast ON tbl.reltoastrelid = toast.oid
-      WHERE NOT att.attisdropped AND att.attnum > 0 AND tbl.oid = ANY($1::oid[])
-      GROUP BY tbl.oid, ns.nspname, tbl.relname, st.n_live_tup, st.n_dead_tup, tbl.reltuples, tbl.relpages,
-               toast.relpages, toast.reltuples, tbl.reloptions
-    ) s
-  ) s2
-) s3
-WHERE NOT is_na AND tblpages > 0
+# Inputs of the statistical bloat estimate of ioguix/pgsql-bloat-estimation (table_bloat.sql and
+# btree_bloat.sql). The column widths from pg_stats change only on ANALYZE and reading that view is
+# the expensive part, so these run only for relations analyzed since the last read; the pages and
+# tuple counts come with TABLES and INDEX_PAGES on every run and the arithmetic is done in Python.
+TABLE_WIDTHS = """
+SELECT tbl.oid AS relid,
+       coalesce(max(s.null_frac), 0)::float8 AS max_null_frac,
+       sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 0))::float8 AS data_width,
+       count(s.attname)::int AS with_stats, count(*)::int AS columns,
+       bool_or(att.atttypid = 'pg_catalog.name'::regtype) AS has_name
+FROM pg_attribute att
+JOIN pg_class tbl ON att.attrelid = tbl.oid
+JOIN pg_namespace ns ON ns.oid = tbl.relnamespace
+LEFT JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = tbl.relname
+                    AND s.inherited = false AND s.attname = att.attname
+WHERE NOT att.attisdropped AND att.attnum > 0 AND tbl.oid = ANY($1::oid[])
+GROUP BY tbl.oid
 """
 
-# ioguix/pgsql-bloat-estimation btree_bloat.sql, restricted to btree indexes of the chosen tables; the
-# tuple count is the table's live tuples for the same reason as above (dead entries are bloat too).
-BLOAT_INDEX_ESTIMATE = """
-SELECT idxoid AS relid, nspname AS schema, tblname AS relname, idxname AS index, bs * relpages AS real_size,
-       CASE WHEN relpages > est_pages_ff THEN bs * (relpages - est_pages_ff) ELSE 0 END AS bloat_size
-FROM (
-  SELECT coalesce(1 + ceil(reltuples / floor((bs - pageopqdata - pagehdr) * fillfactor
-                                             / (100 * (4 + nulldatahdrwidth)::float))), 0) AS est_pages_ff,
-         bs, nspname, tblname, idxname, idxoid, relpages, is_na
-  FROM (
-    SELECT maxalign, bs, nspname, tblname, idxname, reltuples, relpages, idxoid, fillfactor,
-           (index_tuple_hdr_bm + maxalign
-              - CASE WHEN index_tuple_hdr_bm % maxalign = 0 THEN maxalign ELSE index_tuple_hdr_bm % maxalign END
-              + nulldatawidth + maxalign
-              - CASE WHEN nulldatawidth = 0 THEN 0
-                     WHEN nulldatawidth::integer % maxalign = 0 THEN maxalign
-                     ELSE nulldatawidth::integer % maxalign END
-           )::numeric AS nulldatahdrwidth,
-           pagehdr, pageopqdata, is_na
-    FROM (
-      SELECT n.nspname::text AS nspname, i.tblname, i.idxname, i.reltuples, i.relpages, i.idxoid, i.fillfactor,
-             current_setting('block_size')::numeric AS bs,
-             CASE WHEN version() ~ 'mingw32|64-bit|x86_64|ppc64|ia64|amd64' THEN 8 ELSE 4 END AS maxalign,
-             24 AS pagehdr, 16 AS pageopqdata,
-             CASE WHEN max(coalesce(s.null_frac, 0)) = 0 THEN 8 ELSE 8 + ((32 + 8 - 1) / 8) END
-               AS index_tuple_hdr_bm,
-             sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 1024)) AS nulldatawidth,
-             max(CASE WHEN i.atttypid = 'pg_catalog.name'::regtype THEN 1 ELSE 0 END) > 0
-               OR count(s.attname) <> count(*) AS is_na
-      FROM (
-        SELECT ct.relname::text AS tblname, ct.relnamespace, ic.idxname, ic.reltuples, ic.relpages, ic.idxoid,
-               ic.fillfactor, coalesce(a1.attname, a2.attname) AS attname,
-               coalesce(a1.atttypid, a2.atttypid) AS atttypid,
-               CASE WHEN a1.attnum IS NULL THEN ic.idxname ELSE ct.relname::text END AS attrelname
-        FROM (
-          SELECT ci.relname::text AS idxname,
-                 CASE WHEN st.n_live_tup + st.n_dead_tup > 0 THEN st.n_live_tup::float8
-                      ELSE greatest(ci.reltuples, 0) END AS reltuples,
-                 ci.relpages, i.indrelid AS tbloid, i.indexrelid AS idxoid,
-                 coalesce(substring(array_to_string(ci.reloptions, ' ') FROM 'fillfactor=([0-9]+)')::smallint, 90)
-                   AS fillfactor,
-                 i.indkey, generate_series(1, i.indnatts) AS attpos
-          FROM pg_index i
-          JOIN pg_class ci ON ci.oid = i.indexrelid
-          LEFT JOIN pg_stat_user_tables st ON st.relid = i.indrelid
-          WHERE ci.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') AND ci.relpages > 0
-            AND i.indrelid = ANY($1::oid[])
-        ) ic
-        JOIN pg_class ct ON ct.oid = ic.tbloid
-        LEFT JOIN pg_attribute a1 ON ic.indkey[ic.attpos - 1] <> 0 AND a1.attrelid = ic.tbloid
-                                 AND a1.attnum = ic.indkey[ic.attpos - 1]
-        LEFT JOIN pg_attribute a2 ON ic.indkey[ic.attpos - 1] = 0 AND a2.attrelid = ic.idxoid
-                                 AND a2.attnum = ic.attpos
-      ) i
-      JOIN pg_namespace n ON n.oid = i.relnamespace
-      LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = i.attrelname AND s.attname = i.attname
-      GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ) rows_data_stats
-  ) rows_hdr_pdg_stats
-) relation_stats
-WHERE NOT is_na
+# Expression columns of an index have their statistics under the index's own name.
+INDEX_WIDTHS = """
+SELECT i.indexrelid AS relid,
+       coalesce(max(s.null_frac), 0)::float8 AS max_null_frac,
+       sum((1 - coalesce(s.null_frac, 0)) * coalesce(s.avg_width, 1024))::float8 AS data_width,
+       count(s.attname)::int AS with_stats, count(*)::int AS columns,
+       bool_or(coalesce(a1.atttypid, a2.atttypid) = 'pg_catalog.name'::regtype) AS has_name
+FROM pg_index i
+JOIN pg_class ci ON ci.oid = i.indexrelid
+JOIN pg_class ct ON ct.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = ct.relnamespace
+CROSS JOIN LATERAL generate_series(1, i.indnatts) AS k(attpos)
+LEFT JOIN pg_attribute a1 ON i.indkey[k.attpos - 1] <> 0 AND a1.attrelid = i.indrelid
+                         AND a1.attnum = i.indkey[k.attpos - 1]
+LEFT JOIN pg_attribute a2 ON i.indkey[k.attpos - 1] = 0 AND a2.attrelid = i.indexrelid AND a2.attnum = k.attpos
+LEFT JOIN pg_stats s ON s.schemaname = n.nspname
+                    AND s.tablename = CASE WHEN a1.attnum IS NULL THEN ci.relname ELSE ct.relname END
+                    AND s.attname = coalesce(a1.attname, a2.attname)
+WHERE ci.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') AND i.indexrelid = ANY($1::oid[])
+GROUP BY i.indexrelid
+"""
+
+INDEX_PAGES = """
+SELECT i.indexrelid AS relid, i.indrelid AS table_relid, ci.relname::text AS index, ci.relpages::bigint AS pages,
+       coalesce(substring(array_to_string(ci.reloptions, ' ') FROM 'fillfactor=([0-9]+)')::int, 90) AS fillfactor
+FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
+WHERE ci.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') AND ci.relpages > 0
+  AND i.indrelid = ANY($1::oid[])
 """
 
 

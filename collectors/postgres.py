@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,8 +33,11 @@ __all__ = [
     "PostgresOptions",
     "PostgresTarget",
     "Statement",
+    "Widths",
     "classify_error",
     "dead_tuple_ratio",
+    "estimate_index_bloat",
+    "estimate_table_bloat",
     "normalize_state",
     "parse_dsn",
 ]
@@ -178,6 +182,61 @@ def dead_tuple_ratio(live: float, dead: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Widths:
+    """What pg_stats says about a relation's columns: the inputs of the bloat estimate that ANALYZE sets."""
+
+    max_null_frac: float
+    data_width: float
+    with_stats: int
+    columns: int
+    has_name: bool
+
+    @property
+    def usable(self) -> bool:
+        # a column without statistics (never analyzed, or hidden from this role) would make the estimate wrong
+        return self.columns > 0 and self.with_stats == self.columns and not self.has_name
+
+
+def _pad(n: float, align: int) -> int:
+    r = int(n) % align
+    return align if r == 0 else r
+
+
+def estimate_table_bloat(
+    heap_pages: int, tuples: float, toast_pages: int, toast_tuples: float, fillfactor: int, w: Widths,
+    block_size: int = 8192, max_align: int = 8,
+) -> float:
+    """Bytes of a table beyond what its tuples need at its fillfactor (ioguix table_bloat.sql)."""
+    page_header = 24
+    header = 23 + ((7 + w.with_stats) // 8 if w.max_null_frac > 0 else 0)
+    tuple_size = (4 + header + w.data_width + 2 * max_align
+                  - _pad(header, max_align) - _pad(math.ceil(w.data_width), max_align))
+    per_page = max(math.floor((block_size - page_header) * fillfactor / (tuple_size * 100)), 1)
+    expected = math.ceil(tuples / per_page) + math.ceil(toast_tuples / 4)
+    return float(max(heap_pages + toast_pages - expected, 0) * block_size)
+
+
+def estimate_index_bloat(
+    pages: int, tuples: float, fillfactor: int, w: Widths, block_size: int = 8192, max_align: int = 8
+) -> float:
+    """Bytes of a btree index beyond what one entry per tuple needs at its fillfactor (ioguix btree_bloat.sql)."""
+    page_header, special = 24, 16
+    header = 8 if w.max_null_frac == 0 else 8 + (32 + 8 - 1) // 8
+    data = w.data_width
+    width = (header + max_align - _pad(header, max_align)
+             + data + max_align - (0 if data == 0 else _pad(round(data), max_align)))
+    per_page = max(math.floor((block_size - special - page_header) * fillfactor / (100 * (4 + width))), 1)
+    expected = 1 + math.ceil(tuples / per_page)
+    return float(max(pages - expected, 0) * block_size)
+
+
+def _tuples(r: Mapping[str, Any]) -> float:
+    # n_live_tup follows every commit; reltuples moves only on VACUUM/ANALYZE and would hide a mass DELETE
+    live, dead = r["n_live_tup"] or 0, r["n_dead_tup"] or 0
+    return float(live) if live + dead > 0 else float(r["reltuples"])
+
+
+@dataclass(frozen=True, slots=True)
 class Statement:
     """A pg_stat_statements entry for ``mevwatch diagnose`` (the text is never a label)."""
 
@@ -301,6 +360,8 @@ class _TargetState:
     retry_at: float = 0.0
     notes: frozenset[str] = field(default_factory=frozenset)
     stats_schema: str | None = None
+    #: relid -> (last analyze time it was read at, pg_stats widths): re-read only after an ANALYZE
+    widths: dict[int, tuple[float | None, Widths]] = field(default_factory=dict)
 
 
 @register
@@ -494,7 +555,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
                 if r[col] is not None:
                     out.add(metric, (*tl, trigger), max(r[col], 0.0))
         if o.bloat != "off":
-            unlocked = [r["relid"] for r in tables if not r["locked"]]
+            unlocked = [r for r in tables if not r["locked"]]
             if unlocked:
                 await self._bloat(t, conn, unlocked, srv, out, notes)
         for ext in EXTENSIONS:
@@ -513,8 +574,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         for datname, states in sorted(by_db.items()):
             for state, n in states.items():
                 out.add("connections", (server, datname, state), n)
-        # our own session is excluded from the rows but holds a slot too
-        out.add("connections_used_ratio", (server,), (total + 1) / max_conn if max_conn else 0.0)
+        out.add("connections_used_ratio", (server,), total / max_conn if max_conn else 0.0)
         out.add("oldest_transaction_age_seconds", (server,), oldest_xact)
         out.add("oldest_idle_in_transaction_age_seconds", (server,), oldest_idle)
 
@@ -543,42 +603,82 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         return True
 
     async def _bloat(
-        self, t: _TargetState, conn: Any, relids: list[int], srv: Mapping[str, Any], out: _Out, notes: set[str]
+        self, t: _TargetState, conn: Any, tables: list[Mapping[str, Any]], srv: Mapping[str, Any], out: _Out,
+        notes: set[str],
     ) -> None:
         labels = (t.server, t.datname)
+        relids = [r["relid"] for r in tables]
+        bs, ma = srv["block_size"], srv["max_align"]
         use_pgstattuple = self.options.bloat == "pgstattuple" or (
             self.options.bloat == "auto" and srv["pgstattuple_schema"] is not None and srv["stat_scan_tables"]
         )
         if self.options.bloat == "pgstattuple" and srv["pgstattuple_schema"] is None:
             notes.add("pgstattuple: not installed, bloat falls back to the pg_stats estimate")
             use_pgstattuple = False
-        table_rows: list[Any] = []
         method = "estimate"
         if use_pgstattuple:
             try:
-                table_rows = await conn.fetch(q.bloat_pgstattuple(srv["pgstattuple_schema"]), relids)
+                for r in await conn.fetch(q.bloat_pgstattuple(srv["pgstattuple_schema"]), relids):
+                    size, bloat = float(r["real_size"] or 0), float(r["bloat_size"] or 0)
+                    tl = (*labels, r["schema"], r["relname"], "pgstattuple")
+                    out.add("table_bloat_bytes", tl, bloat)
+                    out.add("table_bloat_ratio", tl, bloat / size if size > 0 else 0.0)
                 method = "pgstattuple"
             except asyncpg.InsufficientPrivilegeError:
                 notes.add("pg_stat_scan_tables: pgstattuple_approx not allowed, bloat is estimated")
             except asyncpg.PostgresError as exc:
                 notes.add(f"pgstattuple: {type(exc).__name__}, bloat is estimated")
+
+        indexes = await conn.fetch(q.INDEX_PAGES, relids)
+        # an index's statistics are refreshed by the ANALYZE of its table
+        analyzed: dict[int, float | None] = {r["relid"]: r["analyzed_at"] for r in tables}
+        analyzed.update({i["relid"]: analyzed[i["table_relid"]] for i in indexes})
+        for sql, candidates in (
+            (q.TABLE_WIDTHS, [] if method == "pgstattuple" else relids),
+            (q.INDEX_WIDTHS, [i["relid"] for i in indexes]),
+        ):
+            stale = [rid for rid in candidates if rid not in t.widths or t.widths[rid][0] != analyzed[rid]]
+            if not stale:
+                continue
+            found = {r["relid"]: r for r in await conn.fetch(sql, stale)}
+            for rid in stale:
+                w = found.get(rid)
+                t.widths[rid] = (analyzed[rid], Widths(
+                    w["max_null_frac"], w["data_width"] or 0.0, w["with_stats"], w["columns"], bool(w["has_name"])
+                ) if w is not None else Widths(0.0, 0.0, 0, 0, False))
+        keep = set(relids) | {i["relid"] for i in indexes}
+        for rid in [rid for rid in t.widths if rid not in keep]:
+            del t.widths[rid]
+
+        missing = 0
+        live = {r["relid"]: _tuples(r) for r in tables}
         if method == "estimate":
-            table_rows = await conn.fetch(q.BLOAT_TABLE_ESTIMATE, relids)
-            if len(table_rows) < len(relids):
-                notes.add("pg_stats: some tables have no statistics (never analyzed, or no SELECT privilege)")
-        for r in table_rows:
-            tl = (*labels, r["schema"], r["relname"], method)
-            size = float(r["real_size"] or 0)
-            bloat = float(r["bloat_size"] or 0)
-            out.add("table_bloat_bytes", tl, bloat)
-            out.add("table_bloat_ratio", tl, bloat / size if size > 0 else 0.0)
+            for r in tables:
+                w = t.widths[r["relid"]][1]
+                if not w.usable:
+                    missing += 1
+                    continue
+                size = (r["heap_pages"] + r["toast_pages"]) * bs
+                bloat = estimate_table_bloat(r["heap_pages"], live[r["relid"]], r["toast_pages"], r["toast_tuples"],
+                                             r["fillfactor"], w, bs, ma)
+                tl = (*labels, r["schema"], r["relname"], "estimate")
+                out.add("table_bloat_bytes", tl, bloat)
+                out.add("table_bloat_ratio", tl, bloat / size if size > 0 else 0.0)
+        names = {r["relid"]: (r["schema"], r["relname"]) for r in tables}
         # pgstattuple has no cheap index function (pgstatindex reads the whole index): indexes are estimated.
-        for r in await conn.fetch(q.BLOAT_INDEX_ESTIMATE, relids):
-            il = (*labels, r["schema"], r["relname"], r["index"], "estimate")
-            size = float(r["real_size"] or 0)
-            bloat = float(r["bloat_size"] or 0)
+        for i in indexes:
+            w = t.widths[i["relid"]][1]
+            if not w.usable:
+                missing += 1
+                continue
+            size = i["pages"] * bs
+            bloat = estimate_index_bloat(i["pages"], live[i["table_relid"]], i["fillfactor"], w, bs, ma)
+            il = (*labels, *names[i["table_relid"]], i["index"], "estimate")
             out.add("index_bloat_bytes", il, bloat)
             out.add("index_bloat_ratio", il, bloat / size if size > 0 else 0.0)
+        if missing:
+            notes.add("pg_stats: some tables or indexes have no statistics (never analyzed, or no SELECT "
+                      "privilege: grant pg_read_all_data), their bloat is not estimated")
 
     def _mark_down(self, t: _TargetState, reason: str, message: str) -> None:
         t.failures += 1

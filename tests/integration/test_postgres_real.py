@@ -151,6 +151,36 @@ async def test_mass_delete_shows_in_dead_ratio_and_bloat_then_vacuum_clears_it(s
         local_psql(f"DROP TABLE {table}", scratch_db)
 
 
+async def test_pg_stats_widths_are_read_again_only_after_analyze(scratch_db: str) -> None:
+    local_psql(
+        "CREATE TABLE widths (id int PRIMARY KEY, note text);"
+        "INSERT INTO widths SELECT g, repeat('x', 10) FROM generate_series(1, 5000) g; ANALYZE widths",
+        scratch_db,
+    )
+    c = _collector(_local(scratch_db), tables=["widths"], bloat="estimate")
+    try:
+        await _run(c)
+        cache = c._targets[0].widths
+        first = dict(cache)
+        assert len(first) >= 2  # the table and its primary key
+        await _run(c)
+        assert all(cache[k] is v for k, v in first.items())
+        # wider rows after ANALYZE: the estimate must use the new width
+        local_psql("UPDATE widths SET note = repeat('y', 200)", scratch_db)
+        local_psql("VACUUM FULL widths", scratch_db)
+        local_psql("ANALYZE widths", scratch_db)
+        s, err = await _run(c)
+        assert err is None
+        table_oid = next(k for k in first if cache[k][1].columns == 2)
+        assert cache[table_oid] is not first[table_oid]
+        assert cache[table_oid][1].data_width > first[table_oid][1].data_width + 150
+        bloat = _must(s, "mevwatch_postgres_table_bloat_ratio", table="widths", method="estimate")
+        assert bloat < 0.2
+    finally:
+        await c.close()
+        local_psql("DROP TABLE widths", scratch_db)
+
+
 async def test_server_metrics_on_the_local_server(scratch_db: str) -> None:
     local_psql("CREATE TABLE IF NOT EXISTS small (id int); INSERT INTO small VALUES (1)", scratch_db)
     holder = await asyncpg.connect(_local(scratch_db), server_settings={"application_name": "holder"})

@@ -16,9 +16,12 @@ from mevwatch.collectors.postgres import (
     DEFAULT_DSN,
     PostgresCollector,
     PostgresOptions,
+    Widths,
     _Out,
     classify_error,
     dead_tuple_ratio,
+    estimate_index_bloat,
+    estimate_table_bloat,
     normalize_state,
     parse_dsn,
 )
@@ -186,6 +189,48 @@ def test_dead_tuple_ratio_is_the_runbooks_dead_over_live() -> None:
     assert dead_tuple_ratio(0, 7) == 7.0
 
 
+# (int, md5 text): 24-byte header + 37 bytes of data -> 64 aligned + 4 line pointer = 68 bytes, 120 a page
+ROW = Widths(max_null_frac=0.0, data_width=37.0, with_stats=2, columns=2, has_name=False)
+
+
+def test_table_bloat_estimate_of_a_packed_table_is_zero() -> None:
+    assert estimate_table_bloat(834, 100_000, 0, 0, 100, ROW) == 0.0
+
+
+def test_table_bloat_estimate_after_deleting_60_percent() -> None:
+    # 40,000 live rows need ceil(40000 / 120) = 334 of the 834 pages
+    assert estimate_table_bloat(834, 40_000, 0, 0, 100, ROW) == (834 - 334) * 8192
+
+
+def test_table_bloat_estimate_honours_fillfactor_nulls_and_toast() -> None:
+    # fillfactor 50: 60 rows a page, so 100,000 rows fill 1667 pages and nothing is bloat
+    assert estimate_table_bloat(1667, 100_000, 0, 0, 50, ROW) == 0.0
+    # with NULLs a bitmap byte is added; for two columns it fits the header's alignment padding (23 -> 24)
+    nullable = Widths(0.1, 37.0, 2, 2, False)
+    assert estimate_table_bloat(1000, 100_000, 0, 0, 100, nullable) == (1000 - 834) * 8192
+    # nine columns need a second bitmap byte: header 25 -> 32, the tuple grows to 76 bytes, 107 a page
+    wide = Widths(0.1, 37.0, 9, 9, False)
+    assert estimate_table_bloat(1000, 100_000, 0, 0, 100, wide) == (1000 - 935) * 8192
+    # TOAST pages count as 4 chunks each
+    assert estimate_table_bloat(834, 100_000, 10, 40, 100, ROW) == 0.0
+    assert estimate_table_bloat(834, 100_000, 20, 40, 100, ROW) == 10 * 8192
+
+
+def test_index_bloat_estimate_of_an_int_btree() -> None:
+    key = Widths(0.0, 4.0, 1, 1, False)
+    # 16-byte entries + 4-byte pointer at fillfactor 90: 366 a page, plus the metapage
+    assert estimate_index_bloat(275, 100_000, 90, key) == 0.0
+    assert estimate_index_bloat(276, 100_000, 90, key) == 8192
+    assert estimate_index_bloat(276, 40_000, 90, key) == (276 - 111) * 8192
+
+
+def test_widths_without_statistics_are_not_used() -> None:
+    assert ROW.usable
+    assert not Widths(0.0, 4.0, 1, 2, False).usable  # a column never analyzed or hidden from the role
+    assert not Widths(0.0, 0.0, 0, 0, False).usable
+    assert not Widths(0.0, 64.0, 1, 1, True).usable  # ioguix: the name type's width is misreported
+
+
 def _values(out: _Out) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     result = {}
     for fam in out.families():
@@ -218,7 +263,7 @@ def test_activity_rows_become_states_per_database_ratio_and_oldest_ages() -> Non
     # every state of every database seen is exported, so a state that empties goes to 0 instead of vanishing
     assert sum(1 for (n, _) in v if n == "mevwatch_postgres_connections") == 2 * len(CONNECTION_STATES)
     srv = (("server", "h:5432"),)
-    assert v[("mevwatch_postgres_connections_used_ratio", srv)] == pytest.approx((9 + 1) / 20)
+    assert v[("mevwatch_postgres_connections_used_ratio", srv)] == pytest.approx(9 / 20)
     assert v[("mevwatch_postgres_oldest_transaction_age_seconds", srv)] == 700.0
     assert v[("mevwatch_postgres_oldest_idle_in_transaction_age_seconds", srv)] == 650.0
 
