@@ -24,7 +24,6 @@ import errno
 import itertools
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -88,7 +87,7 @@ class Endpoint(BaseModel):
 
     name: str = Field(description="label value for this endpoint (letters, digits, '-', '_', '.')")
     url: str = Field(description="http(s):// or ws(s):// URL; API keys in it are redacted everywhere")
-    connect_timeout: Duration = Field(default=2.0, description="TCP (and TLS) connect timeout")
+    connect_timeout: Duration = Field(default=2.0, description="TCP (and TLS) connect timeout, capped at timeout")
     timeout: Duration = Field(default=5.0, description="total time for one call, connect included")
     max_response_bytes: ByteSize = Field(
         default=DEFAULT_MAX_RESPONSE_BYTES, description="a larger answer is an invalid_response, read no further"
@@ -119,11 +118,13 @@ class Endpoint(BaseModel):
     def _timeouts(self) -> Endpoint:
         if self.timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("timeout and connect_timeout must be greater than 0")
-        if self.connect_timeout > self.timeout:
-            raise ValueError("connect_timeout must not be longer than timeout")
         if self.max_response_bytes < 1024:
             raise ValueError("max_response_bytes must be at least 1KiB")
         return self
+
+    @property
+    def connect_seconds(self) -> float:
+        return min(self.connect_timeout, self.timeout)
 
     @property
     def safe_url(self) -> str:
@@ -195,7 +196,7 @@ def classify_exception(exc: BaseException, endpoint: Endpoint) -> RpcError:
         if isinstance(os_err, ConnectionRefusedError) or getattr(os_err, "errno", None) == errno.ECONNREFUSED:
             return RpcError(ErrorClass.REFUSED, f"{where}: connection refused")
         if isinstance(os_err, TimeoutError):
-            return RpcError(ErrorClass.TIMEOUT, f"{where}: connect timed out after {endpoint.connect_timeout:g}s")
+            return RpcError(ErrorClass.TIMEOUT, f"{where}: connect timed out after {endpoint.connect_seconds:g}s")
         return RpcError(ErrorClass.UNREACHABLE, f"{where}: cannot connect: {os_err}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | ConnectionResetError):
         return RpcError(ErrorClass.RESET, f"{where}: connection closed mid-response ({type(exc).__name__})")
@@ -228,7 +229,7 @@ class JsonRpcClient:
         self._ids = itertools.count(1)
         self._inflight: dict[str, _InFlight] = {}
         self._ws: WsRpc | None = None
-        self.last_latency = 0.0  # seconds of the last call that got an answer (including rpc errors)
+        self._ws_lock = asyncio.Lock()
 
     async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         """The call's ``result``; raises :class:`RpcError` for every expected failure."""
@@ -255,29 +256,19 @@ class JsonRpcClient:
             task.exception()  # mark retrieved: the error was delivered to the callers
 
     async def _call_timed(self, method: str, params: list[Any]) -> Any:
-        started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self._call_once(method, params), self.endpoint.timeout)
-        except RpcError as exc:
-            if exc.error_class in (ErrorClass.RPC_ERROR, ErrorClass.METHOD_NOT_SUPPORTED):
-                self.last_latency = time.perf_counter() - started
+            return await asyncio.wait_for(self._call_once(method, params), self.endpoint.timeout)
+        except RpcError:
             raise
         except Exception as exc:
             raise classify_exception(exc, self.endpoint) from None
-        self.last_latency = time.perf_counter() - started
-        return result
 
     async def _call_once(self, method: str, params: list[Any]) -> Any:
         if self.endpoint.websocket:
-            if self._ws is None or self._ws.closed:
-                if self._ws is not None:
-                    await self._ws.close()
-                self._ws = WsRpc(self.endpoint, self._get_session())
-                await self._ws.connect()
-            return await self._ws.call(method, params)
+            return await (await self._websocket()).call(method, params)
         request_id = next(self._ids)
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout, sock_connect=self.endpoint.connect_timeout)
+        timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout, sock_connect=self.endpoint.connect_seconds)
         async with self._get_session().post(
             self.endpoint.url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout
         ) as resp:
@@ -287,6 +278,17 @@ class JsonRpcClient:
                 )
             raw = await read_capped(resp, self.endpoint.max_response_bytes)
         return result_of(decode_json(raw), request_id)
+
+    async def _websocket(self) -> WsRpc:
+        # Calls of several methods start together: they must share one connection, not race to open one each.
+        async with self._ws_lock:
+            if self._ws is None or self._ws.closed:
+                if self._ws is not None:
+                    await self._ws.close()
+                ws = WsRpc(self.endpoint, self._get_session())
+                await ws.connect()
+                self._ws = ws
+            return self._ws
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -381,7 +383,7 @@ class WsRpc:
                     heartbeat=None,
                     autoping=True,
                 ),
-                self.endpoint.connect_timeout,
+                self.endpoint.connect_seconds,
             )
         except Exception as exc:
             raise classify_exception(exc, self.endpoint) from None

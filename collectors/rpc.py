@@ -273,6 +273,7 @@ class RpcCollector(PollCollector[RpcOptions]):
         if not breaker.allow(time.monotonic()):
             st.skipped += 1
             st.up = False
+            st.last_error = None  # not probed: the run fails as circuit_open, not with a stale error
             return
         # A half-open breaker lets exactly one trial call through, not the whole method list.
         methods = self.options.methods if breaker.state is BreakerState.CLOSED else self.options.methods[:1]

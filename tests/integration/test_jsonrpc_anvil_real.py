@@ -19,7 +19,7 @@ async def proxy(anvil: Anvil) -> AsyncIterator[RpcProxy]:  # noqa: F811 - fixtur
 
 
 def _client(url: str, timeout: float = 1.0) -> JsonRpcClient:
-    return JsonRpcClient(Endpoint(name="anvil", url=url, timeout=timeout, connect_timeout=min(0.5, timeout)))
+    return JsonRpcClient(Endpoint(name="anvil", url=url, timeout=timeout, connect_timeout=0.5))
 
 
 async def test_http_call_through_proxy(proxy: RpcProxy) -> None:

@@ -49,6 +49,7 @@ def test_endpoint_defaults_and_properties() -> None:
     assert (ep.host, ep.port, ep.websocket) == ("127.0.0.1", 8545, False)
     assert Endpoint(name="a", url="wss://node.example/ws").port == 443
     assert Endpoint(name="a", url="ws://h:8546", timeout="500ms", connect_timeout="100ms").websocket
+    assert Endpoint(name="a", url="http://h", timeout="1s").connect_seconds == 1.0  # default 2s capped
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,6 @@ def test_endpoint_defaults_and_properties() -> None:
         ({"name": "a", "url": "http://"}, "no host"),
         ({"name": "a", "url": "http://h:99999"}, "invalid port"),
         ({"name": "a", "url": "http://h", "timeout": 0}, "greater than 0"),
-        ({"name": "a", "url": "http://h", "timeout": "1s", "connect_timeout": "2s"}, "connect_timeout"),
         ({"name": "a", "url": "http://h", "max_response_bytes": 10}, "at least 1KiB"),
         ({"name": "a", "url": "http://h", "retries": 3}, "Extra inputs"),
     ],
