@@ -5,6 +5,7 @@ Serves the runbook's "High Memory Usage Leading to OOM Kills" (``free``, ``ps au
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -183,7 +184,8 @@ def resolve_unit_cgroup(layout: CgroupLayout, unit: str) -> Path | None:
     direct = layout.root / "system.slice" / unit
     if direct.is_dir():
         return direct
-    for pattern in (f"*.slice/{unit}", f"*.slice/*.slice/{unit}", unit):
+    name = glob.escape(unit)  # template units hold '@', and a unit name may hold '[' too
+    for pattern in (f"*.slice/{name}", f"*.slice/*.slice/{name}", name):
         for cand in sorted(layout.root.glob(pattern)):
             if cand.is_dir():
                 return cand

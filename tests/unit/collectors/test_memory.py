@@ -172,6 +172,13 @@ def test_resolve_unit_in_system_slice_and_nested_slice() -> None:
     assert resolve_unit_cgroup(layout, "nginx.service") is None
 
 
+def test_resolve_unit_with_glob_characters_in_its_name(tmp_path: Path) -> None:
+    layout = CgroupLayout(2, tmp_path)
+    (tmp_path / "user.slice" / "app[1].service").mkdir(parents=True)
+    (tmp_path / "user.slice" / "app1.service").mkdir()
+    assert resolve_unit_cgroup(layout, "app[1].service") == tmp_path / "user.slice" / "app[1].service"
+
+
 def test_read_cgroup_memory_v1_and_v2() -> None:
     v1 = detect_memory_cgroup(FIX / "sys")
     v2 = detect_memory_cgroup(FIX / "sys-cgroup2")
