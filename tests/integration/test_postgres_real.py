@@ -369,6 +369,43 @@ async def test_server_that_accepts_but_never_answers_times_out() -> None:
     assert "timeout" in err.message or "no answer" in err.message or err.message
 
 
+async def test_failing_server_is_retried_with_backoff_not_every_run() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read(1 << 16)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = _collector(f"postgres://postgres@127.0.0.1:{port}/postgres", interval=1.0, timeout=2.0,
+                   connect_timeout=0.2, reconnect_backoff_max=8.0)
+    try:
+        reasons = []
+        for _ in range(4):
+            s, err = await _run(c)
+            assert err is not None
+            assert _value(s, "mevwatch_postgres_up") == 0
+            reasons.append(err.reason)
+        # attempts 1 and 2 connect (the first backoff equals the interval); runs 3 and 4 fall inside the
+        # 2 s pause after the second failure and report the last reason without connecting
+        assert reasons == ["timeout"] * 4
+        assert len(accepted) == 2
+    finally:
+        await c.close()
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_query_cancelled_by_statement_timeout_is_an_error_not_a_hang(scratch_db: str) -> None:
+    started = time.monotonic()
+    err = await _fails_with(_local(scratch_db), {"error"}, 3.0, statement_timeout="1ms")
+    assert "QueryCanceledError" in err.message
+    assert time.monotonic() - started < 3.0
+
+
 async def test_missing_database_is_named() -> None:
     need_local_server()
     err = await _fails_with("postgresql://postgres@127.0.0.1:5432/mevwatch_no_such_db", {"no_database"}, 3.0)
