@@ -414,9 +414,11 @@ class Router:
         fps = {a.fingerprint for a in firing}
         _, _, repeat = g.timing()
         unchanged = fps == g.sent_firing and not (resolved and not g.alertmanager)
-        due_repeat = bool(fps) and now >= g.last_flush + repeat
+        # Alertmanager receivers also get recently resolved alerts again, as Prometheus re-sends them
+        has_content = bool(fps) or (g.alertmanager and bool(resolved))
+        due_repeat = has_content and now >= g.last_flush + repeat
         if (unchanged and not due_repeat) or (not fps and not resolved):
-            g.next_flush = g.last_flush + repeat if fps else None
+            g.next_flush = g.last_flush + repeat if has_content else None
             if not fps:
                 self._drop_resolved(g, now)
                 g.sent_firing = set()

@@ -148,3 +148,41 @@ def test_an_alert_resolved_before_escalation_never_reaches_the_next_level(tmp_pa
     h.advance(3600)
     assert {n["receiver"] for n in h.notifications()} == {"oncall"}
     h.close()
+
+
+def test_alertmanager_receiver_resends_firing_and_recently_resolved_alerts(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "  default_rules: false\n" + RULES + """  receivers:
+    - name: am
+      alertmanager_configs: [{urls: ["http://127.0.0.1:9093"], resend_delay: 1m}]
+  receiver: am
+""")
+    h.put(gauge("node_up", 0, endpoint="erigon"))
+    assert len(h.notifications()) == 1  # no group_wait for an Alertmanager
+    h.advance(30)
+    assert len(h.notifications()) == 1
+    h.advance(31)
+    assert len(h.notifications()) == 2  # re-sent every resend_delay while firing
+    h.put(gauge("node_up", 1, endpoint="erigon"))
+    notes = h.notifications()
+    assert len(notes) == 3  # the resolve goes out at once
+    assert notes[-1]["alerts"][0]["status"] == "resolved"
+    for _ in range(15):
+        h.advance(60)
+    statuses = [n["alerts"][0]["status"] for n in h.notifications()]
+    assert statuses.count("resolved") >= 14  # the resolved alert is re-sent for 15 minutes
+    n = len(statuses)
+    h.advance(600)
+    assert len(h.notifications()) == n  # and then no more
+
+
+def test_alertmanager_alerts_get_ends_at_four_resend_delays_ahead() -> None:
+    from mevwatch.alerts.router import rfc3339
+    from mevwatch.alerts.sinks.alertmanager import alertmanager_alerts
+
+    firing = {"status": "firing", "labels": {"alertname": "A"}, "annotations": {"summary": "s", "description": ""},
+              "startsAt": rfc3339(100), "endsAt": "0001-01-01T00:00:00Z"}
+    resolved = {**firing, "status": "resolved", "endsAt": rfc3339(150)}
+    out = alertmanager_alerts({"alerts": [firing, resolved]}, now=1000, ends_in=4 * max(1, 60))
+    assert out[0]["endsAt"] == rfc3339(1240)
+    assert out[0]["annotations"] == {"summary": "s"}
+    assert out[1]["endsAt"] == rfc3339(150)

@@ -1,0 +1,214 @@
+"""Breach-to-webhook latency: mevwatch alone vs Prometheus -> Alertmanager, same breaches, same run.
+
+Two sources: a watched file changed (integrity, inotify: event-driven) and the engine's health
+endpoint turning 500 (http probe every 1 s: polled). mevwatch posts straight to the webhook;
+Prometheus scrapes the same mevwatch /metrics every 1 s, evaluates every 1 s and goes through
+Alertmanager (group_wait 0 s) to the same webhook. Usage: python bench/alert_latency.py [--count 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import free_port, machine, start, stop
+
+MEVWATCH = [sys.executable, "-m", "mevwatch"]
+
+RULES_MEVWATCH = """
+  rules:
+    - {name: IntegrityViolation, metric: mevwatch_integrity_violation, op: "==", threshold: 1, severity: critical,
+       summary: "{{ $labels.path }} changed", runbook: integrity-violation}
+    - {name: EngineHealthDown, metric: mevwatch_http_up, op: "==", threshold: 0, severity: critical,
+       summary: "{{ $labels.target }} down", runbook: engine-down}
+"""
+
+PROM_RULES = """groups:
+  - name: bench
+    interval: 1s
+    rules:
+      - alert: IntegrityViolation
+        expr: mevwatch_integrity_violation == 1
+      - alert: EngineHealthDown
+        expr: mevwatch_http_up == 0
+"""
+
+
+class Receiver:
+    """The one webhook both paths post to; remembers when each (path, alert, status) first arrived."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str, str, str], float] = {}
+        self.event = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        body = await request.json()
+        for a in body.get("alerts", []):
+            key = (request.path, a["labels"].get("alertname", ""), a["labels"].get("path", ""), a["status"])
+            self.seen.setdefault(key, now)
+        self.event.set()
+        return web.Response(text="ok")
+
+    async def wait(self, keys: list[tuple[str, str, str, str]], timeout: float = 20.0) -> list[float]:
+        end = time.monotonic() + timeout
+        while not all(k in self.seen for k in keys):
+            if time.monotonic() > end:
+                raise TimeoutError(f"not received: {[k for k in keys if k not in self.seen]}")
+            self.event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), 0.2)
+        return [self.seen[k] for k in keys]
+
+
+def tamper(path: str) -> None:
+    """The breach: an in-place write, timed on the loop thread on purpose (it is tiny)."""
+    with open(path, "a") as f:
+        f.write("tampered = true\n")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def summary(name: str, mw: list[float], prom: list[float]) -> str:
+    m50, m99, p50, p99 = (1000 * pct(mw, 0.5), 1000 * pct(mw, 0.99), 1000 * pct(prom, 0.5), 1000 * pct(prom, 0.99))
+    return (f"{name:<22} n={len(mw):<4} mevwatch p50 {m50:7.1f} ms  p99 {m99:7.1f} ms | "
+            f"Prometheus+Alertmanager p50 {p50:7.1f} ms  p99 {p99:7.1f} ms | "
+            f"ratio p50 {p50 / m50:5.1f}x  p99 {p99 / m99:5.1f}x")
+
+
+async def main(count: int, polled_count: int) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="mevwatch-alert-bench-"))
+    watched = tmp / "watched"
+    watched.mkdir()
+    for i in range(count):
+        (watched / f"f{i:03d}.conf").write_text(f"setting = {i}\n")
+
+    receiver = Receiver()
+    engine_ok = [True]
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"}, status=200 if engine_ok[0] else 500)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    hook_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+
+    mw_port, prom_port, am_port = free_port(), free_port(), free_port()
+    cfg = tmp / "mevwatch.yaml"
+    cfg.write_text(f"""state_dir: {tmp / 'state'}
+log: {{level: warning}}
+collectors:
+  - integrity:
+      interval: 1s
+      directories: [{{path: {watched}}}]
+      debounce: 30ms
+  - http:
+      interval: 1s
+      targets: [{{name: engine, url: "http://127.0.0.1:{hook_port}/health", timeout: 500ms}}]
+alerts:
+  default_rules: false
+  group_by: [alertname, path]
+  group_wait: 0s
+  group_interval: 1s
+  receivers:
+    - name: hook
+      webhook_configs: [{{url: "http://127.0.0.1:{hook_port}/mevwatch"}}]
+  receiver: hook
+{RULES_MEVWATCH}""")
+    await asyncio.to_thread(subprocess.run, [*MEVWATCH, "integrity", "baseline", "-c", str(cfg)], check=True,
+                            capture_output=True)
+    (tmp / "rules.yml").write_text(PROM_RULES)
+    (tmp / "prometheus.yml").write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [{tmp / 'rules.yml'}]
+alerting:
+  alertmanagers: [{{static_configs: [{{targets: ["127.0.0.1:{am_port}"]}}]}}]
+scrape_configs:
+  - job_name: mevwatch
+    static_configs: [{{targets: ["127.0.0.1:{mw_port}"]}}]
+""")
+    (tmp / "alertmanager.yml").write_text(f"""route:
+  receiver: hook
+  group_by: [alertname, path]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 4h
+receivers:
+  - name: hook
+    webhook_configs: [{{url: "http://127.0.0.1:{hook_port}/am", send_resolved: true}}]
+""")
+    procs = [
+        start([*MEVWATCH, "run", "-c", str(cfg), "--web.listen-address", f"127.0.0.1:{mw_port}"], mw_port),
+        start(["prometheus-alertmanager", f"--config.file={tmp / 'alertmanager.yml'}",
+               f"--storage.path={tmp / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
+               "--cluster.listen-address="], am_port),
+        start(["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'prom'}",
+               f"--web.listen-address=127.0.0.1:{prom_port}"], prom_port),
+    ]
+    try:
+        await asyncio.sleep(4)  # first scrapes and evaluations
+        print(f"machine: {machine()}")
+        results: list[str] = []
+
+        mw, prom = [], []
+        for i in range(count):
+            await asyncio.sleep(random.uniform(0.1, 1.0))  # spread breaches over the scrape/eval phase
+            path = str(watched / f"f{i:03d}.conf")
+            t0 = time.monotonic()
+            tamper(path)
+            a, b = await receiver.wait([("/mevwatch", "IntegrityViolation", path, "firing"),
+                                        ("/am", "IntegrityViolation", path, "firing")])
+            mw.append(a - t0)
+            prom.append(b - t0)
+        results.append(summary("file change (inotify)", mw, prom))
+        print(results[-1], flush=True)
+
+        mw, prom = [], []
+        for i in range(polled_count):
+            await asyncio.sleep(random.uniform(0.1, 1.0))
+            t0 = time.monotonic()
+            engine_ok[0] = False
+            a, b = await receiver.wait([("/mevwatch", "EngineHealthDown", "", "firing"),
+                                        ("/am", "EngineHealthDown", "", "firing")])
+            mw.append(a - t0)
+            prom.append(b - t0)
+            engine_ok[0] = True
+            await receiver.wait([("/mevwatch", "EngineHealthDown", "", "resolved"),
+                                 ("/am", "EngineHealthDown", "", "resolved")], timeout=30)
+            for k in [k for k in receiver.seen if k[1] == "EngineHealthDown"]:
+                del receiver.seen[k]
+            if i % 10 == 9:
+                print(f"  polled {i + 1}/{polled_count}", flush=True)
+        results.append(summary("health 500 (1s poll)", mw, prom))
+        print(results[-1], flush=True)
+        return 0
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        await runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=100, help="file-change breaches")
+    ap.add_argument("--polled-count", type=int, default=100, help="health-endpoint breaches")
+    args = ap.parse_args()
+    sys.exit(asyncio.run(main(args.count, args.polled_count)))
