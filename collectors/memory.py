@@ -281,8 +281,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         families: list[Metric] = _meminfo_families(mem)
         sources: list[tuple[Sequence[str], str]] = []
 
-        pressure_status = self._pressure(families)
-        sources.append((["pressure"], pressure_status))
+        sources.append((["pressure"], self._pressure(families)))
         sources.append((["vmstat"], self._vmstat(families)))
         targets = [_Target(u, "") for u in self.options.units] + [
             _Target(_unit_of(c), c) for c in self.options.cgroups
@@ -310,7 +309,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
                 sources,
             )
         )
-        # A family without samples (no limit set, no cpufreq) is left out rather than rendered empty.
+        # A family without samples (no cgroup limit set, no swap) is left out rather than rendered empty.
         return [f for f in families if f.samples]
 
     def _pressure(self, families: list[Metric]) -> str:

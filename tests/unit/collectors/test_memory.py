@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from mevwatch.collectors import memory as memory_module
 from mevwatch.collectors._host import (
     parse_pressure,
     parse_proc_cgroup,
@@ -344,6 +345,17 @@ def test_psi_disabled_at_boot_reads_as_disabled(tmp_path: Path, monkeypatch: pyt
     text, status, detail = read_text_status(target)
     assert (text, status) == (None, "disabled")
     assert "not supported" in detail
+
+
+async def test_unlistable_procfs_gives_processes_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(procfs: Path, n: int, page_size: int) -> list[object]:
+        raise PermissionError(13, "Permission denied", str(procfs))
+
+    monkeypatch.setattr(memory_module, "top_processes", denied)
+    fams = await _collector().collect()
+    assert family_value(fams, "mevwatch_memory_source_status", source="processes", status="unreadable") == 1
+    assert family_labels(fams, "mevwatch_memory_top_process_resident_bytes") == []
+    assert family_value(fams, "mevwatch_memory_total_bytes") == 65843068 * KIB
 
 
 async def test_no_cgroup_hierarchy_marks_every_watched_unit_missing(tmp_path: Path) -> None:
