@@ -192,11 +192,17 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         loop = asyncio.get_running_loop()
         next_verify = loop.time() + self.options.verify_interval
         next_poll = loop.time() + self.ctx.interval
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for (used by the blocking pool) can swallow a cancel that
+                # races with its result; a stop must still stop.
+                raise asyncio.CancelledError
             timeout = max(0.0, min(next_verify, next_poll) - loop.time())
             if not (self._pending or self._replan or self._overflow):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             self._wake.clear()
             if self._pending and not (self._replan or self._overflow) and self.options.debounce:
                 # Editors and sed -i write, rename and chmod in quick succession: check once after.
