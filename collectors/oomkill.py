@@ -20,7 +20,14 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from pydantic import Field
 
 from mevwatch.collectors._host import unit_from_cgroup_path
-from mevwatch.collectors.base import CollectorError, CollectorOptions, Emit, StreamCollector, register
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorError,
+    CollectorOptions,
+    Emit,
+    StreamCollector,
+    register,
+)
 from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [
@@ -42,6 +49,8 @@ _READ_SIZE = 8192
 #: records handled per wake-up, so a kernel flooding the log cannot starve the event loop
 _MAX_RECORDS_PER_DRAIN = 4096
 _OTHER = "_other"
+#: a cursor that only moved past kernel chatter is saved at most this often (and on stop)
+_CURSOR_SAVE_INTERVAL = 5.0
 
 _KILLED_RE = re.compile(r"Killed process (\d+) \((.+?)\)(?= |,|$)")
 _RSS_RE = re.compile(r"\b(anon|file|shmem)-rss:(\d+)kB")
@@ -254,6 +263,11 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     default_interval: ClassVar[float] = 30.0
     runbook_section = "high-memory-usage-leading-to-oom-kills"
 
+    def __init__(self, ctx: CollectorContext, options: OomKillOptions) -> None:
+        super().__init__(ctx, options)
+        self._dirty = False  # the cursor moved since the last save
+        self._saved_at = 0.0
+
     async def run(self, emit: Emit) -> None:
         path = self.ctx.paths.devfs / "kmsg"
         fd = _open_kmsg(path)
@@ -277,6 +291,7 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
                             state.seq = max(state.seq, rec.seq)
                     if not drained.more:
                         break
+                    await asyncio.sleep(0)
                 self._save(state, [])
             tracker = OomTracker()
             emit(self._families(state))
@@ -299,10 +314,19 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
                     await readable.wait()
             finally:
                 loop.remove_reader(fd)
+                if self._dirty:
+                    with contextlib.suppress(CollectorError):
+                        self._save(state, [])
         finally:
             os.close(fd)
 
     def _handle(self, state: _State, tracker: OomTracker, drained: KmsgDrain, first: bool) -> bool:
+        """Count the kills among newly read records and persist; True when exported values changed.
+
+        A kill is saved together with the cursor at once, so a crash can neither lose nor repeat it;
+        a cursor that only moved past other records is saved lazily, since reading those again after
+        a crash counts nothing.
+        """
         events: list[OomEvent] = []
         last_seq = state.seq
         overruns = drained.overruns
@@ -319,6 +343,12 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
             if event is not None:
                 events.append(event)
         if last_seq == state.seq and not overruns:
+            return False
+        if not events and not overruns:
+            state.seq = last_seq
+            self._dirty = True
+            if time.monotonic() - self._saved_at >= _CURSOR_SAVE_INTERVAL:
+                self._save(state, [])
             return False
         new_counts = dict(state.counts)
         for ev in events:
@@ -410,6 +440,8 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
         except StateError as exc:
             # Not counted in memory either: after the restart the records are read again.
             raise CollectorError("state_write_failed", str(exc)) from None
+        self._dirty = False
+        self._saved_at = time.monotonic()
 
     # --- output -----------------------------------------------------------------------------
 

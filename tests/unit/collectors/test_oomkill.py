@@ -296,6 +296,25 @@ async def test_counters_survive_a_restart_without_new_records(kmsg: Kmsg, state_
         assert family_value(r.last, "mevwatch_oom_last_victim_info", comm="erigon", pid="7") == 1
 
 
+async def test_kernel_chatter_moves_the_stored_cursor_lazily_and_on_stop(kmsg: Kmsg, state_db: StateDB) -> None:
+    def stored() -> list[tuple[object, ...]]:
+        return state_db.query("SELECT seq FROM oomkill_cursor WHERE instance = 'default'")
+
+    async with running(kmsg, state_db) as r:
+        assert stored() == [(-1,)]  # nothing in the buffer yet
+        for _ in range(3):
+            kmsg.record("audit: type=1400 apparmor=ALLOWED")
+        await asyncio.sleep(0.2)
+        assert stored() == [(-1,)]  # re-reading these after a crash counts nothing: no write per record
+        assert len(r.emitted) == 1  # nor an emit: no exported value changed
+        kill = kmsg.kill(3, "victim", "/v.service")
+        await r.wait_for(lambda f: _kills(f, "victim", "v.service") == 1)
+        assert stored() == [(kill[1],)]  # a kill is stored with its cursor at once
+        kmsg.record("more chatter")
+        await asyncio.sleep(0.1)
+    assert stored() == [(kmsg.seq,)]
+
+
 async def test_records_lost_while_down_count_as_an_overrun(kmsg: Kmsg, state_db: StateDB) -> None:
     async with running(kmsg, state_db) as r:
         kmsg.record("hello")
