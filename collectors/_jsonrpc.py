@@ -48,6 +48,7 @@ __all__ = [
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
+_JSON_HEADERS = {"Content-Type": "application/json"}
 _HEX_RE = re.compile(r"^0[xX][0-9a-fA-F]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -230,10 +231,11 @@ class JsonRpcClient:
         self._inflight: dict[str, _InFlight] = {}
         self._ws: WsRpc | None = None
         self._ws_lock = asyncio.Lock()
+        self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout, sock_connect=endpoint.connect_seconds)
 
     async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         """The call's ``result``; raises :class:`RpcError` for every expected failure."""
-        params_key = json.dumps(list(params), sort_keys=True, separators=(",", ":"))
+        params_key = json.dumps(params, sort_keys=True, separators=(",", ":")) if params else ""
         while True:
             current = self._inflight.get(method)
             if current is None:
@@ -257,7 +259,8 @@ class JsonRpcClient:
 
     async def _call_timed(self, method: str, params: list[Any]) -> Any:
         try:
-            return await asyncio.wait_for(self._call_once(method, params), self.endpoint.timeout)
+            # HTTP calls are bounded by the session's total timeout, WebSocket ones by WsRpc's own.
+            return await self._call_once(method, params)
         except RpcError:
             raise
         except Exception as exc:
@@ -267,10 +270,9 @@ class JsonRpcClient:
         if self.endpoint.websocket:
             return await (await self._websocket()).call(method, params)
         request_id = next(self._ids)
-        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-        timeout = aiohttp.ClientTimeout(total=self.endpoint.timeout, sock_connect=self.endpoint.connect_seconds)
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
         async with self._get_session().post(
-            self.endpoint.url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout
+            self.endpoint.url, data=body, headers=_JSON_HEADERS, timeout=self._timeout
         ) as resp:
             if resp.status != 200:
                 raise RpcError(
@@ -321,9 +323,11 @@ async def _wait_quietly(task: asyncio.Task[Any]) -> None:
 
 async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, or invalid_response as soon as it passes ``limit`` bytes (never buffers more)."""
-    if resp.content_length is not None and resp.content_length > limit:
-        resp.close()
-        raise RpcError(ErrorClass.INVALID_RESPONSE, f"response of {resp.content_length} bytes exceeds {limit}")
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            resp.close()
+            raise RpcError(ErrorClass.INVALID_RESPONSE, f"response of {resp.content_length} bytes exceeds {limit}")
+        return await resp.read()  # reads exactly Content-Length bytes
     chunks: list[bytes] = []
     size = 0
     while True:

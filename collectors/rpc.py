@@ -283,7 +283,10 @@ class RpcCollector(PollCollector[RpcOptions]):
         breaker.record(not failures, time.monotonic())
         st.up = not failures
         st.last_error = failures[0] if failures else None
-        if breaker.state is not before:
+        # Logged when the breaker opens from closed and when it closes again; a dead node's failed
+        # trial every recovery_time is visible in the transitions counter, not as a log line each time.
+        opened = before is BreakerState.CLOSED and breaker.state is BreakerState.OPEN
+        if opened or (before is BreakerState.HALF_OPEN and breaker.state is BreakerState.CLOSED):
             self.ctx.log.warning(
                 "rpc_circuit_breaker", endpoint=st.endpoint.name, state=breaker.state.value,
                 error=st.last_error.message if st.last_error else "",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
 from mevwatch.collectors._jsonrpc import (
@@ -152,3 +154,35 @@ async def test_hung_server_costs_the_timeout_and_one_call() -> None:
     assert all(isinstance(r, RpcError) and r.error_class is ErrorClass.TIMEOUT for r in results)
     assert elapsed < 0.3 + 0.1
     assert len(accepted) == 1  # five callers, one request on the wire
+
+
+async def test_chunked_oversized_body_is_cut_at_the_limit() -> None:
+    """No Content-Length: the body is read in chunks and abandoned once past the limit."""
+    sent = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(160):  # 10 MiB
+                await resp.write(b"f" * 65536)
+                sent += 65536
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/", endless)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = JsonRpcClient(Endpoint(name="big", url=f"http://127.0.0.1:{port}", max_response_bytes="256KiB"))
+    try:
+        with pytest.raises(RpcError, match="exceeds 262144 bytes") as info:
+            await client.call("eth_blockNumber")
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert info.value.error_class is ErrorClass.INVALID_RESPONSE
+    assert sent < 10 * 1024 * 1024
