@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
@@ -517,7 +517,7 @@ class DiskCollector(PollCollector[DiskOptions]):
         return max(min(wanted, self.ctx.timeout * 0.8), 0.01)
 
     async def _guarded(self, key: str, fn: Callable[..., object], *args: object, timeout: float) -> object:
-        """Run ``fn`` unless its previous call under ``key`` still hangs; None-marker ``_STALLED`` then."""
+        """Run ``fn`` in the pool unless its previous call under ``key`` still hangs (then ``_STALLED``)."""
         if not self._inflight.claim(key):
             return _STALLED
         inflight = self._inflight
@@ -536,11 +536,45 @@ class DiskCollector(PollCollector[DiskOptions]):
             inflight.release(key)  # never started (pool exhausted)
             return _STALLED
 
+    async def _stat_mounts(self, paths: list[str]) -> dict[str, FsStats | OSError]:
+        """statvfs of every mount in one thread hand-off; a mount missing from the result is stalled.
+
+        Each mount gets ``statvfs_timeout`` of its own: the batch is watched for progress, and when
+        one call hangs past it, that mount is given up and the ones after it go to a new batch.
+        """
+        out: dict[str, FsStats | OSError] = {}
+        per_mount = self._call_timeout(self.options.statvfs_timeout)
+        todo = [p for p in paths if p not in self._inflight]  # still hung since an earlier run: no new call
+        while todo:
+            batch = _StatBatch(todo, self._inflight)
+            task = asyncio.ensure_future(
+                self.ctx.run_blocking(batch.run, timeout=self._call_timeout(per_mount * len(todo)))
+            )
+            stuck: str | None = None
+            try:
+                while not task.done():
+                    current = batch.current()
+                    wait = per_mount if current is None else current[1] + per_mount - time.monotonic()
+                    if wait <= 0 and current is not None:
+                        stuck = current[0]
+                        break
+                    await asyncio.wait({task}, timeout=max(wait, 0.001))
+            finally:
+                if not task.done():
+                    batch.cancel()  # when it comes back from the hung call it stops there
+                    task.add_done_callback(_consume)
+            out.update(batch.results())
+            if task.done():
+                _consume(task)
+                break  # every mount was tried (or the pool refused: those left count as stalled)
+            attempted = set(out) | batch.skipped() | {stuck}
+            todo = [p for p in todo if p not in attempted]
+        return out
+
     async def collect(self) -> Families:
         try:
-            text = await self.ctx.run_blocking(
-                _read_text, str(self.ctx.paths.proc("self", "mountinfo")), timeout=self._call_timeout(2.0)
-            )
+            # procfs answers from kernel memory and never hangs: no thread hand-off needed.
+            text = _read_text(str(self.ctx.paths.proc("self", "mountinfo")))
         except OSError as exc:
             raise CollectorError("mountinfo_unreadable", f"cannot read mountinfo: {exc.strerror or exc}") from None
         try:
@@ -549,11 +583,10 @@ class DiskCollector(PollCollector[DiskOptions]):
             raise CollectorError("parse_error", str(exc)) from None
 
         now = time.monotonic()
-        statvfs_timeout = self._call_timeout(self.options.statvfs_timeout)
         scan_timeout = self._call_timeout(self.options.scan_time_budget + 1.0)
         due = [p for p in self.options.watch_dirs if self._scan_due.get(p, 0.0) <= now]
         results = await asyncio.gather(
-            *(self._guarded("mount:" + m.stat_path, _stat_mount, m.stat_path, timeout=statvfs_timeout) for m in mounts),
+            self._stat_mounts([m.stat_path for m in mounts]),
             *(
                 self._guarded(
                     "dir:" + p, scan_tree, self._host(p), self.options.top_files, self.options.scan_max_files,
@@ -561,11 +594,13 @@ class DiskCollector(PollCollector[DiskOptions]):
                 )
                 for p in due
             ),
-            self._guarded("backups", self._backups, timeout=statvfs_timeout)
+            self._guarded("backups", self._backups, timeout=self._call_timeout(self.options.statvfs_timeout))
             if self.options.backups else _none(),
         )
-        stats = results[: len(mounts)]
-        scans = results[len(mounts): len(mounts) + len(due)]
+        by_path = results[0]
+        assert isinstance(by_path, dict)
+        stats = [by_path.get(m.stat_path, _STALLED) for m in mounts]
+        scans = results[1: 1 + len(due)]
         backups = results[-1]
         for p, scan in zip(due, scans, strict=True):
             if isinstance(scan, DirScan):
@@ -723,6 +758,59 @@ def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: flo
 
 
 _STALLED = object()
+
+
+class _StatBatch:
+    """statvfs of several mounts, one after the other in one thread, telling which one it is in."""
+
+    def __init__(self, paths: list[str], inflight: _Inflight) -> None:
+        self._paths = paths
+        self._inflight = inflight
+        self._lock = threading.Lock()
+        self._results: dict[str, FsStats | OSError] = {}
+        self._skipped: set[str] = set()
+        self._current: tuple[str, float] | None = None
+        self._cancelled = False
+
+    def run(self) -> None:
+        for path in self._paths:
+            with self._lock:
+                if self._cancelled:
+                    return
+            if not self._inflight.claim(path):
+                with self._lock:
+                    self._skipped.add(path)
+                continue
+            with self._lock:
+                self._current = (path, time.monotonic())
+            try:
+                result = _stat_mount(path)
+            finally:
+                self._inflight.release(path)
+            with self._lock:
+                self._results[path] = result
+                self._current = None
+
+    def current(self) -> tuple[str, float] | None:
+        with self._lock:
+            return self._current
+
+    def results(self) -> dict[str, FsStats | OSError]:
+        with self._lock:
+            return dict(self._results)
+
+    def skipped(self) -> set[str]:
+        with self._lock:
+            return set(self._skipped)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _stat_mount(path: str) -> FsStats | OSError:

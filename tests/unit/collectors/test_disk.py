@@ -278,11 +278,11 @@ async def test_hung_statvfs_is_stalled_not_retried_while_hung_and_retried_after(
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/hung") == "stalled"
     assert calls.count("/hung") == 1  # its first call still hangs: no second thread stuck behind it
     assert calls.count("/") == 2
-    assert pool.abandoned == 1
+    assert pool.busy == 1  # one thread stuck in the dead mount, however many runs go by
 
     release.set()
     for _ in range(50):
-        if pool.abandoned == 0:
+        if pool.busy == 0:
             break
         await asyncio.sleep(0.02)
     fams = await coll.collect()
@@ -290,6 +290,26 @@ async def test_hung_statvfs_is_stalled_not_retried_while_hung_and_retried_after(
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/hung") == "ok"
     assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint="/hung") is not None
     pool.shutdown()
+
+
+async def test_mounts_after_a_hung_one_are_still_measured(
+    hung_statvfs: tuple[threading.Event, list[str]], tmp_path: Path
+) -> None:
+    release, calls = hung_statvfs
+    (tmp_path / "proc" / "self" / "mountinfo").write_text(
+        "40 26 0:50 / /hung rw - nfs4 10.0.0.5:/dead rw\n"
+        "26 1 259:2 / / rw - ext4 /dev/vda rw\n"
+        "41 26 0:51 / /tmp rw - tmpfs tmpfs rw\n"
+    )
+    coll = make(procfs=tmp_path / "proc", statvfs_timeout="200ms", mount_points_exclude="^$^")
+    t0 = time.monotonic()
+    fams = await coll.collect()
+    assert time.monotonic() - t0 < 2.0
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/hung") == "stalled"
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/") == "ok"
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/tmp") == "ok"
+    assert calls == ["/hung", "/", "/tmp"]
+    release.set()
 
 
 async def test_hung_statvfs_does_not_stop_other_collectors(
@@ -319,7 +339,8 @@ async def test_hung_statvfs_does_not_stop_other_collectors(
         assert snap is not None
         assert state_of(snap.families, "mevwatch_filesystem_status", mountpoint="/hung") == "stalled"
         assert state_of(snap.families, "mevwatch_filesystem_status", mountpoint="/") == "ok"
-        assert sup.pool.abandoned == 1  # one stuck thread however many runs went by
+        assert hung_statvfs[1].count("/hung") == 1  # one stuck call however many runs went by
+        assert hung_statvfs[1].count("/") >= 3
     finally:
         hung_statvfs[0].set()
         await sup.shutdown()
