@@ -155,6 +155,13 @@ class Collector(abc.ABC, Generic[OptionsT]):
     async def close(self) -> None:
         """Release connections and files; called on stop and on reload."""
 
+    async def details(self) -> list[tuple[str, str]]:
+        """Lines for ``mevwatch diagnose`` that metrics must not carry (query texts, file paths).
+
+        Called after a successful run; returns (check, text) pairs. Default: none.
+        """
+        return []
+
 
 class PollCollector(Collector[OptionsT]):
     """Runs every ``interval``; each run returns the full set of families it owns."""

@@ -71,6 +71,31 @@ class InstanceStatus:
     alive: bool = False  # stream collectors: run() is executing
 
 
+def build_collector(
+    spec: CollectorSpec, paths: Paths, state: StateDB | None, pool: BlockingPool
+) -> tuple[Collector[Any], InstanceStatus]:
+    """A collector instance of ``spec`` with its resolved interval and timeout."""
+    cls = get_kind(spec.kind)
+    if cls is None:  # validated by config; only a broken install gets here
+        raise RuntimeError(f"collector kind {spec.kind!r} vanished")
+    interval = spec.options.interval or cls.default_interval
+    timeout = spec.options.timeout or min(cls.default_timeout, interval)
+    ctx = CollectorContext(
+        kind=spec.kind,
+        instance=spec.options.instance,
+        interval=interval,
+        timeout=timeout,
+        paths=paths,
+        state=state,
+        pool=pool,
+    )
+    collector = cls(ctx, spec.options)
+    status = InstanceStatus(
+        spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector)
+    )
+    return collector, status
+
+
 class Supervisor:
     def __init__(
         self,
@@ -102,25 +127,7 @@ class Supervisor:
         return Paths(procfs=p.procfs, sysfs=p.sysfs, rootfs=p.rootfs, devfs=p.devfs)
 
     def _build(self, spec: CollectorSpec) -> tuple[Collector[Any], InstanceStatus]:
-        cls = get_kind(spec.kind)
-        if cls is None:  # validated by config; only a broken install gets here
-            raise RuntimeError(f"collector kind {spec.kind!r} vanished")
-        interval = spec.options.interval or cls.default_interval
-        timeout = spec.options.timeout or min(cls.default_timeout, interval)
-        ctx = CollectorContext(
-            kind=spec.kind,
-            instance=spec.options.instance,
-            interval=interval,
-            timeout=timeout,
-            paths=self.paths,
-            state=self.state,
-            pool=self.pool,
-        )
-        collector = cls(ctx, spec.options)
-        status = InstanceStatus(
-            spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector)
-        )
-        return collector, status
+        return build_collector(spec, self.paths, self.state, self.pool)
 
     async def start(self) -> None:
         for spec in self.config.collectors:

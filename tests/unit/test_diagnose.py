@@ -1,0 +1,82 @@
+"""``mevwatch diagnose``: collectors run once, judged by the rules, exit code by the worst line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.peers import REPO, free_port
+
+BASE = """\
+state_dir: {state}
+alerts:
+  default_rules: true
+  rules:
+    - name: TooManyFds
+      metric: mevwatch_process_open_fds
+      op: ">"
+      threshold: {fds}
+      severity: warning
+      summary: "fds"
+      runbook: collector-failing
+collectors:
+  - process: {{}}
+"""
+
+
+def run(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    return subprocess.run([sys.executable, "-m", "mevwatch", "diagnose", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_all_ok_exits_0(tmp_path: Path) -> None:
+    proc = run(tmp_path, BASE.format(state=tmp_path / "s", fds=100000))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK    TooManyFds (mevwatch_process_open_fds > 100000)" in proc.stdout
+    assert "-> OK" in proc.stdout
+
+
+def test_a_warning_exits_1_and_names_the_value(tmp_path: Path) -> None:
+    proc = run(tmp_path, BASE.format(state=tmp_path / "s", fds=0), "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["status"] == "WARN"
+    line = next(ln for ln in report["lines"] if ln["check"].startswith("TooManyFds"))
+    assert line["status"] == "WARN"
+    assert line["value"].startswith("!")
+    assert line["runbook"] == "collector-failing"
+
+
+def test_engine_down_is_critical_exit_2(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here
+    text = BASE.format(state=tmp_path / "s", fds=100000) + (
+        f"  - http:\n      targets:\n        - {{name: health, url: 'http://127.0.0.1:{port}/health'}}\n"
+    )
+    proc = run(tmp_path, text)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "[Engine health endpoint down]" in proc.stdout
+    assert "CRIT  EngineHealthDown" in proc.stdout
+
+
+def test_section_runs_only_that_section(tmp_path: Path) -> None:
+    port = free_port()
+    text = BASE.format(state=tmp_path / "s", fds=0) + (
+        f"  - http:\n      targets:\n        - {{name: health, url: 'http://127.0.0.1:{port}/health'}}\n"
+    )
+    proc = run(tmp_path, text, "--section", "engine-down", "--json")
+    lines = json.loads(proc.stdout)["lines"]
+    assert {ln["section"] for ln in lines} == {"engine-down"}
+    assert not any(ln["check"].startswith("TooManyFds") for ln in lines)
+    bad = run(tmp_path, text, "--section", "nonsense")
+    assert bad.returncode == 2
+    assert "unknown section 'nonsense'" in bad.stderr
+
+
+def test_bad_config_exits_2_with_position(tmp_path: Path) -> None:
+    proc = run(tmp_path, "collectors:\n  - process: {bogus: 1}\n")
+    assert proc.returncode == 2
+    assert "c.yaml:2: collectors[0].process.bogus: unknown key" in proc.stderr
