@@ -505,6 +505,7 @@ class DiskCollector(PollCollector[DiskOptions]):
         self._scan_due: dict[str, float] = {}
         root = str(ctx.paths.rootfs).rstrip("/")
         self._root = root
+        self._mountinfo: tuple[str, list[Mount]] = ("", [])
 
     def _host(self, path: str) -> str:
         return self._root + path if self._root else path
@@ -577,26 +578,32 @@ class DiskCollector(PollCollector[DiskOptions]):
             text = _read_text(str(self.ctx.paths.proc("self", "mountinfo")))
         except OSError as exc:
             raise CollectorError("mountinfo_unreadable", f"cannot read mountinfo: {exc.strerror or exc}") from None
-        try:
-            mounts = select_mounts(parse_mountinfo(text), self._mp_exclude, self._fs_exclude, self._root or "/")
-        except ValueError as exc:
-            raise CollectorError("parse_error", str(exc)) from None
+        if text != self._mountinfo[0]:  # mounts rarely change: parse only when they did
+            try:
+                mounts = select_mounts(parse_mountinfo(text), self._mp_exclude, self._fs_exclude, self._root or "/")
+            except ValueError as exc:
+                raise CollectorError("parse_error", str(exc)) from None
+            self._mountinfo = (text, mounts)
+        mounts = self._mountinfo[1]
 
         now = time.monotonic()
         scan_timeout = self._call_timeout(self.options.scan_time_budget + 1.0)
         due = [p for p in self.options.watch_dirs if self._scan_due.get(p, 0.0) <= now]
-        results = await asyncio.gather(
-            self._stat_mounts([m.stat_path for m in mounts]),
-            *(
-                self._guarded(
-                    "dir:" + p, scan_tree, self._host(p), self.options.top_files, self.options.scan_max_files,
-                    self.options.scan_time_budget, timeout=scan_timeout,
-                )
-                for p in due
-            ),
-            self._guarded("backups", self._backups, timeout=self._call_timeout(self.options.statvfs_timeout))
-            if self.options.backups else _none(),
-        )
+        if due or self.options.backups:
+            results = await asyncio.gather(
+                self._stat_mounts([m.stat_path for m in mounts]),
+                *(
+                    self._guarded(
+                        "dir:" + p, scan_tree, self._host(p), self.options.top_files, self.options.scan_max_files,
+                        self.options.scan_time_budget, timeout=scan_timeout,
+                    )
+                    for p in due
+                ),
+                self._guarded("backups", self._backups, timeout=self._call_timeout(self.options.statvfs_timeout))
+                if self.options.backups else _none(),
+            )
+        else:  # the common run between directory walks without backups: no gather to schedule
+            results = [await self._stat_mounts([m.stat_path for m in mounts]), None]
         by_path = results[0]
         assert isinstance(by_path, dict)
         stats = [by_path.get(m.stat_path, _STALLED) for m in mounts]
