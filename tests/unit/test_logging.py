@@ -35,9 +35,12 @@ def test_redact_keeps_what_identifies_the_endpoint() -> None:
 
 
 def test_json_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
-    configure_logging("info", "json")
-    structlog.get_logger("t").warning("rpc_failed", url="http://u:hunter2@node:8545", error="x")
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    configure_logging("info", "json")  # binds the captured stderr: restore the defaults after
+    try:
+        structlog.get_logger("t").warning("rpc_failed", url="http://u:hunter2@node:8545", error="x")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        structlog.reset_defaults()
     event = json.loads(line)
     assert event["event"] == "rpc_failed"
     assert "hunter2" not in line
