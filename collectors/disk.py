@@ -493,7 +493,7 @@ class DiskCollector(PollCollector[DiskOptions]):
     Options = DiskOptions
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "disk-space-exhaustion"
+    runbook_section = "disk-full"
 
     def __init__(self, ctx: CollectorContext, options: DiskOptions) -> None:
         super().__init__(ctx, options)

@@ -313,7 +313,7 @@ class ServicesCollector(PollCollector[ServicesOptions]):
     Options = ServicesOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "quick-diagnostic"
+    runbook_section = "service-down"
 
     def __init__(self, ctx: CollectorContext, options: ServicesOptions) -> None:
         super().__init__(ctx, options)
