@@ -472,7 +472,9 @@ class _Families:
             labels=unit,
         )
         self.since = GaugeMetricFamily(
-            "mevwatch_service_state_change_timestamp_seconds", "Unix time the service entered its current state",
+            "mevwatch_service_state_change_timestamp_seconds",
+            "Unix time the service entered its current state (process backend: when mevwatch saw the change, "
+            "or the process start time when first seen running)",
             labels=unit,
         )
         self.start = GaugeMetricFamily(
