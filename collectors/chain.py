@@ -154,7 +154,7 @@ class ChainCollector(PollCollector[ChainOptions]):
     Options = ChainOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "node-disconnections-and-peer-loss"
+    runbook_section = "peer-loss"
 
     def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
         super().__init__(ctx, options)

@@ -11,11 +11,11 @@ import ipaddress
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, TypeVar
 
 import aiohttp
 from prometheus_client.metrics_core import (
@@ -47,6 +47,7 @@ __all__ = [
     "parse_proc_net_tcp",
 ]
 
+T = TypeVar("T")
 _METHOD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _TCP_ESTABLISHED = "01"
 
@@ -234,7 +235,7 @@ class RpcCollector(PollCollector[RpcOptions]):
     Options = RpcOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "rpc-endpoint-timeouts"
+    runbook_section = "rpc-timeouts"
 
     def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
         super().__init__(ctx, options)
@@ -365,7 +366,7 @@ class RpcCollector(PollCollector[RpcOptions]):
             self._session = None
 
 
-async def _or_none(aw: Any) -> Any:
+async def _or_none(aw: Awaitable[T]) -> T | None:
     """The connection count is secondary: an unreadable /proc must not fail the latency probe."""
     try:
         return await aw
