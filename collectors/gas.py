@@ -234,7 +234,7 @@ class GasCollector(PollCollector[GasOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
-    runbook_section = "transaction-execution-failures"
+    runbook_section = "gas-uncompetitive"
 
     def __init__(self, ctx: CollectorContext, options: GasOptions) -> None:
         super().__init__(ctx, options)

@@ -319,7 +319,7 @@ class HttpCollector(PollCollector[HttpOptions]):
     Options = HttpOptions
     default_interval: ClassVar[float] = 5.0
     default_timeout: ClassVar[float] = 4.0
-    runbook_section = "quick-diagnostic"
+    runbook_section = "engine-down"
 
     def __init__(self, ctx: CollectorContext, options: HttpOptions) -> None:
         super().__init__(ctx, options)

@@ -86,7 +86,7 @@ class MempoolCollector(PollCollector[MempoolOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
-    runbook_section = "mev-opportunities-not-being-detected"
+    runbook_section = "mempool"
 
     def __init__(self, ctx: CollectorContext, options: MempoolOptions) -> None:
         super().__init__(ctx, options)

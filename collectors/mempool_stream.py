@@ -107,7 +107,7 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
     default_interval: ClassVar[float] = 5.0
     default_timeout: ClassVar[float] = 5.0
     default_enabled: ClassVar[bool] = False
-    runbook_section = "mev-opportunities-not-being-detected"
+    runbook_section = "mempool"
 
     def __init__(self, ctx: CollectorContext, options: MempoolStreamOptions) -> None:
         super().__init__(ctx, options)

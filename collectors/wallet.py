@@ -140,7 +140,7 @@ class WalletCollector(PollCollector[WalletOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
-    runbook_section = "transaction-execution-failures"
+    runbook_section = "wallet-failures"
 
     def __init__(self, ctx: CollectorContext, options: WalletOptions) -> None:
         super().__init__(ctx, options)
