@@ -19,10 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import free_port, machine, start, stop
 from aiohttp import web
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import free_port, machine, start, stop
 
 MEVWATCH = [sys.executable, "-m", "mevwatch"]
 
