@@ -22,16 +22,32 @@ from mevwatch.alerts.outbox import Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
+from mevwatch.collectors.base import MetricSpec
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 
-__all__ = ["ALERTS_KEY", "MIGRATIONS", "AlertEngine"]
+__all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 
 log = structlog.get_logger("mevwatch.alerts")
 
 ALERTS_KEY: SnapshotKey = ("mevwatch", "alerts")
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
+#: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
+ENGINE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("mevwatch_alerts", "gauge",
+               "Active alerts by state (pending, firing) and severity", ("state", "severity")),
+    MetricSpec("mevwatch_notifications_sent", "counter", "Notifications a sink acknowledged", ("sink",)),
+    MetricSpec("mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",)),
+    MetricSpec("mevwatch_notifications_dead_lettered", "counter",
+               "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",)),
+    MetricSpec("mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",)),
+    MetricSpec("mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
+               "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
+    MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
+    MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
+    MetricSpec("mevwatch_silences_active", "gauge", "Silences in effect", ()),
+)
 
 MIGRATIONS = [
     """

@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMPORT_ERRORS",
+    "METRIC_TYPES",
     "Collector",
     "CollectorContext",
     "CollectorError",
     "CollectorOptions",
     "Emit",
     "Families",
+    "MetricSpec",
     "NoData",
     "Paths",
     "PollCollector",
@@ -46,6 +48,48 @@ __all__ = [
 Families = Sequence[Metric]
 Emit = Callable[[Families], None]
 T = TypeVar("T")
+
+
+METRIC_TYPES = frozenset({"gauge", "counter", "histogram", "info", "stateset", "summary"})
+# Base units a family name may end in, so docs and dashboards know the unit without a second declaration.
+_UNIT_SUFFIXES = ("seconds", "bytes", "ratio", "hertz", "wei", "ether", "blocks", "celsius")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A metric family a collector (or the supervisor, or the alert engine) may emit.
+
+    ``name`` is the family name as built (counters without ``_total``, info without ``_info``);
+    ``labels`` are every label of its samples, for info families including the info keys.
+    ``unit`` defaults to the base unit the name ends in.
+    """
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in METRIC_TYPES:
+            raise ValueError(f"{self.name}: unknown metric type {self.type!r}")
+        if not self.unit:
+            unit = next((u for u in _UNIT_SUFFIXES if self.name.endswith("_" + u)), "")
+            object.__setattr__(self, "unit", unit)
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """Series names this family exposes in the Prometheus text format."""
+        match self.type:
+            case "counter":
+                return (self.name + "_total",)
+            case "info":
+                return (self.name + "_info",)
+            case "histogram":
+                return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
+            case "summary":
+                return (self.name, self.name + "_count", self.name + "_sum")
+        return (self.name,)
 
 
 class CollectorError(Exception):
@@ -147,6 +191,8 @@ class Collector(abc.ABC, Generic[OptionsT]):
     default_enabled: ClassVar[bool] = True
     #: runbook section (anchor in docs/runbooks.md) this collector serves, for diagnose and docs
     runbook_section: ClassVar[str] = ""
+    #: every metric family the collector may emit (docs/metrics.md, dashboards, the contract test)
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
     def __init__(self, ctx: CollectorContext, options: OptionsT) -> None:
         self.ctx = ctx

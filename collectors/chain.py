@@ -23,6 +23,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -155,6 +156,38 @@ class ChainCollector(PollCollector[ChainOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "peer-loss"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_chain_up", "gauge", "1 if the node answered its head block this run", ("endpoint",)),
+        MetricSpec("mevwatch_chain_peers", "gauge", "Connected peers (net_peerCount)", ("endpoint",)),
+        MetricSpec("mevwatch_chain_syncing", "gauge", "1 while the node reports it is syncing", ("endpoint",)),
+        MetricSpec("mevwatch_chain_sync_current_block", "gauge",
+                   "Block the syncing node has reached (eth_syncing)", ("endpoint",)),
+        MetricSpec("mevwatch_chain_sync_highest_block", "gauge",
+                   "Highest block the syncing node knows of (eth_syncing)", ("endpoint",)),
+        MetricSpec("mevwatch_chain_sync_remaining_blocks", "gauge",
+                   "Blocks left to sync (0 when not syncing)", ("endpoint",)),
+        MetricSpec("mevwatch_chain_head_block", "gauge", "Number of the node's latest block", ("endpoint",)),
+        MetricSpec("mevwatch_chain_head_block_timestamp_seconds", "gauge",
+                   "Unix time in the node's latest block header", ("endpoint",)),
+        MetricSpec("mevwatch_chain_head_age_seconds", "gauge",
+                   "Seconds since the timestamp of the node's latest block", ("endpoint",)),
+        MetricSpec("mevwatch_chain_head_lag_blocks", "gauge",
+                   "Blocks the node's head is behind the reference head (or the highest head of the instance)",
+                   ("endpoint",)),
+        MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",)),
+        MetricSpec("mevwatch_chain_id_match", "gauge",
+                   "1 if the node's chain id is the configured expected_chain_id", ("endpoint",)),
+        MetricSpec("mevwatch_chain_client", "info",
+                   "Node client version (web3_clientVersion)", ("endpoint", "version")),
+        MetricSpec("mevwatch_rpc_method_supported", "gauge",
+                   "0 if the node answered 'method not found' for a method mevwatch uses", ("endpoint", "method")),
+        MetricSpec("mevwatch_chain_errors", "counter",
+                   "Failed node calls by method and error class", ("endpoint", "method", "class")),
+        MetricSpec("mevwatch_chain_reference_up", "gauge",
+                   "1 if the head-lag reference endpoint answered", ("reference",)),
+        MetricSpec("mevwatch_chain_reference_head_block", "gauge",
+                   "Head block of the head-lag reference endpoint", ("reference",)),
+    )
 
     def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
         super().__init__(ctx, options)

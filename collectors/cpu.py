@@ -25,6 +25,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -259,6 +260,47 @@ class CpuCollector(PollCollector[CpuOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 5.0
     runbook_section = "high-latency-in-opportunity-detection"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_cpu_load_average", "gauge",
+                   "Runnable and uninterruptible tasks averaged over the window", ("window",)),
+        MetricSpec("mevwatch_cpu_procs_running", "gauge", "Tasks runnable right now (/proc/stat)", ()),
+        MetricSpec("mevwatch_cpu_procs_blocked", "gauge", "Tasks blocked on I/O right now (/proc/stat)", ()),
+        MetricSpec("mevwatch_cpu_seconds", "counter", "CPU time of all CPUs by mode (/proc/stat)", ("mode",)),
+        MetricSpec("mevwatch_cpu_time_ratio", "gauge",
+                   "Share of CPU time per mode since the previous run, 0..1 (steal: taken by the hypervisor; iowait: "
+                   "idle waiting for I/O)", ("mode",)),
+        MetricSpec("mevwatch_cpu_logical_processors", "gauge",
+                   "Logical CPUs the kernel knows (to read load per CPU)", ()),
+        MetricSpec("mevwatch_cpu_frequency_hertz", "gauge",
+                   "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')", ("cpu",)),
+        MetricSpec("mevwatch_cpu_frequency_scaling_status", "gauge",
+                   "Why cpufreq series are present or absent (1 for the current state): ok, virtual_machine (a VM "
+                   "has no cpufreq), no_driver (no cpufreq driver loaded), unreadable", ("status",)),
+        MetricSpec("mevwatch_cpu_pressure_ratio", "gauge",
+                   "Share of wall time some (or all: full) tasks stalled on CPU (PSI), averaged over the window, "
+                   "0..1", ("kind", "window")),
+        MetricSpec("mevwatch_cpu_pressure_stalled_seconds", "counter",
+                   "Time some (or all: full) tasks stalled on CPU (PSI total)", ("kind",)),
+        MetricSpec("mevwatch_cpu_source_status", "gauge",
+                   "State of each optional CPU source (1 for the current state): ok, missing, disabled, unreadable, "
+                   "invalid", ("source", "status")),
+        MetricSpec("mevwatch_cpu_frequency_min_hertz", "gauge", "Lowest clock the CPU supports", ("cpu",)),
+        MetricSpec("mevwatch_cpu_frequency_max_hertz", "gauge", "Highest clock the CPU supports", ("cpu",)),
+        MetricSpec("mevwatch_cpu_scaling_frequency_min_hertz", "gauge",
+                   "Lowest clock the cpufreq policy allows", ("cpu",)),
+        MetricSpec("mevwatch_cpu_scaling_frequency_max_hertz", "gauge",
+                   "Highest clock the cpufreq policy allows (below the hardware maximum: capped)", ("cpu",)),
+        MetricSpec("mevwatch_cpu_frequency_governor", "gauge",
+                   "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
+                   ("cpu", "governor")),
+        MetricSpec("mevwatch_cpu_core_throttles", "counter", "Times the core was thermally throttled", ("cpu",)),
+        MetricSpec("mevwatch_cpu_core_throttled_seconds", "counter",
+                   "Time the core spent thermally throttled", ("cpu",)),
+        MetricSpec("mevwatch_cpu_package_throttles", "counter",
+                   "Times the package was thermally throttled", ("package",)),
+        MetricSpec("mevwatch_cpu_package_throttled_seconds", "counter",
+                   "Time the package spent thermally throttled", ("package",)),
+    )
 
     def __init__(self, ctx: CollectorContext, options: CpuOptions) -> None:
         super().__init__(ctx, options)

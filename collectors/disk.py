@@ -27,6 +27,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -494,6 +495,53 @@ class DiskCollector(PollCollector[DiskOptions]):
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "disk-full"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_filesystem_size_bytes", "gauge", "Filesystem size", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_free_bytes", "gauge",
+                   "Free space, including blocks reserved for root", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_avail_bytes", "gauge",
+                   "Space available to unprivileged users", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_inodes", "gauge", "Inodes in total", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_inodes_free", "gauge",
+                   "Free inodes, including those reserved for root", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_inodes_avail", "gauge",
+                   "Inodes available to unprivileged users", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_used_ratio", "gauge",
+                   "Used space over space usable by unprivileged users (df Use%)", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_inodes_used_ratio", "gauge",
+                   "Used inodes over inodes usable by unprivileged users", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_readonly", "gauge",
+                   "1 if the filesystem is mounted read-only", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_time_to_full_seconds", "gauge",
+                   "Time until no space is available at the rate fitted over the fill window; absent when not "
+                   "filling", ("device", "fstype", "mountpoint")),
+        MetricSpec("mevwatch_filesystem_status", "gauge",
+                   "1 for the filesystem's state: ok, stalled (statvfs hung; not retried until it returns) or error",
+                   ("device", "fstype", "mountpoint", "status")),
+        MetricSpec("mevwatch_dir_disk_usage_bytes", "gauge",
+                   "Allocated bytes of the regular files under a watched directory (du)", ("path",)),
+        MetricSpec("mevwatch_dir_files", "gauge", "Regular files under a watched directory", ("path",)),
+        MetricSpec("mevwatch_dir_matched_paths", "gauge", "Paths a watched directory or glob resolved to", ("path",)),
+        MetricSpec("mevwatch_dir_unreadable_entries", "gauge",
+                   "Entries under a watched directory that could not be read", ("path",)),
+        MetricSpec("mevwatch_dir_largest_file_bytes", "gauge",
+                   "Size of the N largest files under a watched directory (ls -S)", ("path", "rank", "file")),
+        MetricSpec("mevwatch_dir_scan_duration_seconds", "gauge",
+                   "Wall time of the last walk of a watched directory", ("path",)),
+        MetricSpec("mevwatch_dir_scan_timestamp_seconds", "gauge",
+                   "Unix time the figures of a watched directory were taken", ("path",)),
+        MetricSpec("mevwatch_dir_status", "gauge",
+                   "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable "
+                   "entries), missing, permission_denied, stalled (walk hung) or error", ("path", "status")),
+        MetricSpec("mevwatch_backup_last_modified_timestamp_seconds", "gauge",
+                   "Modification time of the newest backup file", ("pattern",)),
+        MetricSpec("mevwatch_backup_age_seconds", "gauge", "Age of the newest backup file", ("pattern",)),
+        MetricSpec("mevwatch_backup_size_bytes", "gauge", "Size of the newest backup file", ("pattern",)),
+        MetricSpec("mevwatch_backup_files", "gauge", "Backup files matching the pattern", ("pattern",)),
+        MetricSpec("mevwatch_backup_status", "gauge",
+                   "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
+                   ("pattern", "status")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: DiskOptions) -> None:
         super().__init__(ctx, options)

@@ -22,6 +22,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -235,6 +236,32 @@ class GasCollector(PollCollector[GasOptions]):
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
     runbook_section = "gas-uncompetitive"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_gas_next_base_fee_wei", "gauge", "Base fee of the next block, in wei", ("endpoint",)),
+        MetricSpec("mevwatch_gas_base_fee_wei", "gauge", "Base fee of the newest block, in wei", ("endpoint",)),
+        MetricSpec("mevwatch_gas_used_ratio", "gauge", "Mean gas used / gas limit over the window", ("endpoint",)),
+        MetricSpec("mevwatch_gas_last_block_used_ratio", "gauge",
+                   "Gas used / gas limit of the newest block", ("endpoint",)),
+        MetricSpec("mevwatch_gas_window_blocks", "gauge", "Blocks in the fee-history window", ("endpoint",)),
+        MetricSpec("mevwatch_gas_window_blocks_with_transactions", "gauge",
+                   "Blocks of the window that had transactions (the priority fees come from these)", ("endpoint",)),
+        MetricSpec("mevwatch_gas_priority_fee_wei", "gauge",
+                   "Priority fee (tip) paid at a reward percentile, in wei: mean over the window's non-empty blocks",
+                   ("endpoint", "percentile")),
+        MetricSpec("mevwatch_gas_bid_config_status", "gauge",
+                   "Where the bot's bid was read from: 1 for the current status (ok, missing, unreadable, "
+                   "invalid_yaml, key_missing, not_a_number)", ("endpoint", "status")),
+        MetricSpec("mevwatch_gas_bid_value", "gauge",
+                   "The bot's bid as configured (unit per kind)", ("endpoint", "kind")),
+        MetricSpec("mevwatch_gas_bid_wei", "gauge",
+                   "The bot's bid on the basis it is compared on, in wei", ("endpoint", "kind", "percentile")),
+        MetricSpec("mevwatch_gas_market_price_wei", "gauge",
+                   "What the market paid at the compared percentile on the same basis, in wei",
+                   ("endpoint", "kind", "percentile")),
+        MetricSpec("mevwatch_gas_bid_competitiveness_ratio", "gauge",
+                   "Bot's bid / market price at the percentile (below 1: underbidding it)",
+                   ("endpoint", "kind", "percentile")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: GasOptions) -> None:
         super().__init__(ctx, options)

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
 )
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, PollCollector, register
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
 from mevwatch.daemon.fields import ByteSize, Duration
 from mevwatch.daemon.logging import redact_url
 
@@ -320,6 +320,19 @@ class HttpCollector(PollCollector[HttpOptions]):
     default_interval: ClassVar[float] = 5.0
     default_timeout: ClassVar[float] = 4.0
     runbook_section = "engine-down"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_http_up", "gauge",
+                   "1 when the probe got an expected status and passed its JSON check", ("target",)),
+        MetricSpec("mevwatch_http_status_code", "gauge", "HTTP status of the last probe (0: no response)", ("target",)),
+        MetricSpec("mevwatch_http_probe_duration_seconds", "gauge",
+                   "Time of the last probe to the full response body", ("target",)),
+        MetricSpec("mevwatch_http_request_duration_seconds", "histogram",
+                   "Time to the full response body of every probe that got a response", ("target",)),
+        MetricSpec("mevwatch_http_errors", "counter", "Failed probes by reason", ("target", "reason")),
+        MetricSpec("mevwatch_http_target", "info",
+                   "Probed URL (secrets redacted) and method", ("target", "method", "url")),
+        MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: HttpOptions) -> None:
         super().__init__(ctx, options)

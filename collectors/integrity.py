@@ -35,6 +35,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Emit,
+    MetricSpec,
     StreamCollector,
     register,
 )
@@ -132,6 +133,27 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 30.0
     runbook_section = "security-incidents"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_integrity_violation", "gauge",
+                   "1 while the file differs from its baseline in this way", ("path", "kind")),
+        MetricSpec("mevwatch_integrity_violations", "gauge", "Violations present, by kind (not capped)", ("kind",)),
+        MetricSpec("mevwatch_integrity_violation_series_overflow", "gauge",
+                   "Violations present but not exported as series (max_violation_series reached)", ()),
+        MetricSpec("mevwatch_integrity_files_watched", "gauge", "Paths of the watched set that exist", ()),
+        MetricSpec("mevwatch_integrity_watched_directories", "gauge", "Directories under inotify watch", ()),
+        MetricSpec("mevwatch_integrity_last_verify_timestamp_seconds", "gauge", "Unix time the last verify ended", ()),
+        MetricSpec("mevwatch_integrity_last_verify_duration_seconds", "gauge", "Duration of the last verify", ()),
+        MetricSpec("mevwatch_integrity_changes_detected", "counter",
+                   "Checks that found a file's violations changed", ("source",)),
+        MetricSpec("mevwatch_integrity_verifies", "counter", "Verifies of the whole watched set", ("mode",)),
+        MetricSpec("mevwatch_integrity_queue_overflows", "counter",
+                   "inotify event queue overflows (each forces a full verify)", ()),
+        MetricSpec("mevwatch_integrity_realtime_state", "gauge",
+                   "Realtime (inotify) detection state, 1 for the current one", ("state",)),
+        MetricSpec("mevwatch_integrity_baseline_present", "gauge", "1 when a baseline exists", ()),
+        MetricSpec("mevwatch_integrity_baseline_tampered", "gauge", "1 when the baseline does not match its HMAC", ()),
+        MetricSpec("mevwatch_integrity_baseline_corrupt", "gauge", "1 when baseline rows cannot be decoded", ()),
+    )
 
     def __init__(self, ctx: CollectorContext, options: IntegrityOptions) -> None:
         super().__init__(ctx, options)

@@ -30,6 +30,7 @@ from mevwatch.collectors.base import (
     CollectorOptions,
     Emit,
     Families,
+    MetricSpec,
     StreamCollector,
     register,
 )
@@ -265,6 +266,22 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
     default_interval: ClassVar[float] = 1.0
     default_timeout: ClassVar[float] = 30.0
     runbook_section = "security-incidents"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_log_matches", "counter", "Log lines that matched a named pattern", ("source", "pattern")),
+        MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",)),
+        MetricSpec("mevwatch_log_read_bytes", "counter", "Bytes of complete log lines read", ("source",)),
+        MetricSpec("mevwatch_log_lines_truncated", "counter",
+                   "Log lines longer than max_line_length, matched on their start only", ("source",)),
+        MetricSpec("mevwatch_log_read_errors", "counter",
+                   "Files that became unreadable, failed reads and journalctl failures", ("source",)),
+        MetricSpec("mevwatch_log_rotations", "counter",
+                   "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
+                   ("source", "mode")),
+        MetricSpec("mevwatch_log_source_status", "gauge",
+                   "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current "
+                   "state", ("source", "status")),
+        MetricSpec("mevwatch_log_source_files", "gauge", "Files (or journal streams) followed", ("source",)),
+    )
 
     def __init__(self, ctx: CollectorContext, options: LogwatchOptions) -> None:
         super().__init__(ctx, options)

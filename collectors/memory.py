@@ -27,6 +27,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -267,6 +268,47 @@ class MemoryCollector(PollCollector[MemoryOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "high-memory-usage-leading-to-oom-kills"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_memory_total_bytes", "gauge", "Usable RAM (MemTotal)", ()),
+        MetricSpec("mevwatch_memory_available_bytes", "gauge",
+                   "Memory available to new work without swapping (MemAvailable)", ()),
+        MetricSpec("mevwatch_memory_free_bytes", "gauge", "Unused RAM (MemFree)", ()),
+        MetricSpec("mevwatch_memory_buffers_bytes", "gauge", "Block device buffers (Buffers)", ()),
+        MetricSpec("mevwatch_memory_cached_bytes", "gauge",
+                   "Page cache and reclaimable slab (Cached + SReclaimable), what `free` shows as cache", ()),
+        MetricSpec("mevwatch_memory_used_ratio", "gauge",
+                   "Share of RAM not available (1 - MemAvailable / MemTotal), 0..1", ()),
+        MetricSpec("mevwatch_memory_swap_total_bytes", "gauge", "Swap space (SwapTotal)", ()),
+        MetricSpec("mevwatch_memory_swap_free_bytes", "gauge", "Unused swap (SwapFree)", ()),
+        MetricSpec("mevwatch_memory_pressure_ratio", "gauge",
+                   "Share of wall time some (or all: full) tasks stalled on memory (PSI), averaged over the window, "
+                   "0..1", ("kind", "window")),
+        MetricSpec("mevwatch_memory_pressure_stalled_seconds", "counter",
+                   "Time some (or all: full) tasks stalled on memory (PSI total)", ("kind",)),
+        MetricSpec("mevwatch_memory_oom_kills", "counter",
+                   "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)", ()),
+        MetricSpec("mevwatch_memory_top_process_resident_bytes", "gauge",
+                   "Resident memory of the largest processes, summed over those sharing comm and unit",
+                   ("comm", "unit")),
+        MetricSpec("mevwatch_memory_top_processes", "gauge",
+                   "How many of the largest processes share this comm and unit", ("comm", "unit")),
+        MetricSpec("mevwatch_memory_source_status", "gauge",
+                   "State of each optional memory source (1 for the current state): ok, missing, disabled, "
+                   "unreadable, invalid", ("source", "status")),
+        MetricSpec("mevwatch_memory_cgroup_usage_bytes", "gauge",
+                   "Memory charged to the watched cgroup", ("unit", "cgroup")),
+        MetricSpec("mevwatch_memory_cgroup_limit_bytes", "gauge",
+                   "Memory limit of the watched cgroup (absent when unlimited)", ("unit", "cgroup")),
+        MetricSpec("mevwatch_memory_cgroup_used_ratio", "gauge",
+                   "Usage of the watched cgroup over its limit, 0..1 (absent when unlimited)", ("unit", "cgroup")),
+        MetricSpec("mevwatch_memory_cgroup_oom_kills", "counter",
+                   "Processes of the watched cgroup killed by the OOM killer (memory.events / memory.oom_control)",
+                   ("unit", "cgroup")),
+        MetricSpec("mevwatch_memory_swap_used_ratio", "gauge", "Share of swap in use, 0..1 (absent without swap)", ()),
+        MetricSpec("mevwatch_memory_cgroup_status", "gauge",
+                   "State of the watched cgroup (1 for the current state): ok, missing, unreadable, invalid",
+                   ("unit", "cgroup", "status")),
+    )
 
     async def collect(self) -> Families:
         paths = self.ctx.paths

@@ -19,6 +19,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -87,6 +88,22 @@ class MempoolCollector(PollCollector[MempoolOptions]):
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
     runbook_section = "mempool"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_mempool_filter_last_hashes", "gauge",
+                   "Transaction hashes the last eth_getFilterChanges poll returned", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_filter_up", "gauge",
+                   "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_filter_hashes", "counter",
+                   "Transaction hashes returned by eth_getFilterChanges since start", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_filter_recreated", "counter",
+                   "Pending filters re-created because the node had forgotten them", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_txpool_transactions", "gauge",
+                   "Transactions in the node's pool by state (txpool_status)", ("endpoint", "state")),
+        MetricSpec("mevwatch_mempool_method_supported", "gauge",
+                   "0 when the node answered that it does not have the method", ("endpoint", "method")),
+        MetricSpec("mevwatch_mempool_errors", "counter",
+                   "Failed mempool calls by method and error class", ("endpoint", "method", "class")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: MempoolOptions) -> None:
         super().__init__(ctx, options)

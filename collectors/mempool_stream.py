@@ -19,7 +19,15 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from pydantic import Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Emit, Families, StreamCollector, register
+from mevwatch.collectors.base import (
+    CollectorContext,
+    CollectorOptions,
+    Emit,
+    Families,
+    MetricSpec,
+    StreamCollector,
+    register,
+)
 from mevwatch.daemon.fields import Duration
 
 __all__ = ["MempoolStreamCollector", "MempoolStreamOptions", "RateTracker"]
@@ -108,6 +116,28 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
     default_timeout: ClassVar[float] = 5.0
     default_enabled: ClassVar[bool] = False
     runbook_section = "mempool"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_mempool_stream_up", "gauge",
+                   "1 while the newPendingTransactions subscription is open", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_notifications", "counter",
+                   "newPendingTransactions notifications received", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_reconnects", "counter",
+                   "Times the subscription was re-established after a drop", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_dropped_notifications", "counter",
+                   "Notifications dropped because mevwatch fell behind reading them", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_last_notification_age_seconds", "gauge",
+                   "Seconds since the last notification (or since subscribing, before the first)", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_last_notification_timestamp_seconds", "gauge",
+                   "Unix time of the last notification", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_notifications_per_second", "gauge",
+                   "Notification rate over rate_window", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_notifications_per_second_average", "gauge",
+                   "Trailing average of the notification rate (time constant baseline_window)", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_rate_ratio", "gauge",
+                   "Current notification rate divided by its trailing average (1: usual level)", ("endpoint",)),
+        MetricSpec("mevwatch_mempool_stream_errors", "counter",
+                   "Stream failures by error class", ("endpoint", "class")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: MempoolStreamOptions) -> None:
         super().__init__(ctx, options)

@@ -25,6 +25,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Emit,
+    MetricSpec,
     StreamCollector,
     register,
 )
@@ -262,6 +263,19 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     Options = OomKillOptions
     default_interval: ClassVar[float] = 30.0
     runbook_section = "high-memory-usage-leading-to-oom-kills"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_oom_kills", "counter",
+                   "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from "
+                   "the kernel log", ("comm", "unit")),
+        MetricSpec("mevwatch_oom_kmsg_overruns", "counter",
+                   "Times kernel log records were overwritten before mevwatch read them (kills may be missed)", ()),
+        MetricSpec("mevwatch_oom_last_victim_info", "gauge",
+                   "The last process the OOM killer killed (always 1)",
+                   ("pid", "comm", "unit", "cgroup", "constraint")),
+        MetricSpec("mevwatch_oom_last_kill_timestamp_seconds", "gauge", "Unix time of the last OOM kill", ()),
+        MetricSpec("mevwatch_oom_last_victim_resident_bytes", "gauge",
+                   "Resident memory of the last OOM victim when it was killed", ()),
+    )
 
     def __init__(self, ctx: CollectorContext, options: OomKillOptions) -> None:
         super().__init__(ctx, options)

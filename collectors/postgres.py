@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors import _pgqueries as q
-from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, PollCollector, register
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector, register
 from mevwatch.daemon.fields import Duration, read_secret_file
 from mevwatch.daemon.logging import redact
 
@@ -371,6 +371,10 @@ class PostgresCollector(PollCollector[PostgresOptions]):
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "database-query-performance-degradation"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(
+        MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
+        for name, (text, labels) in _HELP.items()
+    )
 
     def __init__(self, ctx: Any, options: PostgresOptions) -> None:
         super().__init__(ctx, options)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mevwatch.collectors.base import CollectorOptions, Families, PollCollector, register
+from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector, register
 
 __all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]
 
@@ -32,6 +32,15 @@ class ProcessCollector(PollCollector[ProcessOptions]):
     default_interval: ClassVar[float] = 5.0
     default_timeout: ClassVar[float] = 2.0
     runbook_section = "mevwatch-itself"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_process_resident_memory_bytes", "gauge", "Resident memory of mevwatch", ()),
+        MetricSpec("mevwatch_process_cpu_seconds", "counter", "User and system CPU time of mevwatch", ()),
+        MetricSpec("mevwatch_process_threads", "gauge", "Threads of the mevwatch process", ()),
+        MetricSpec("mevwatch_event_loop_lag_seconds", "gauge", "Delay of a zero-delay callback on the event loop", ()),
+        MetricSpec("mevwatch_process_start_time_seconds", "gauge", "Unix time mevwatch started", ()),
+        MetricSpec("mevwatch_process_open_fds", "gauge", "Open file descriptors of mevwatch", ()),
+        MetricSpec("mevwatch_python_gc_collections", "counter", "Garbage collections by generation", ("generation",)),
+    )
 
     async def collect(self) -> Families:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -236,6 +237,25 @@ class RpcCollector(PollCollector[RpcOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "rpc-timeouts"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_rpc_endpoint_info", "gauge",
+                   "Probed JSON-RPC endpoint (URL with secrets redacted)", ("endpoint", "url", "transport")),
+        MetricSpec("mevwatch_rpc_up", "gauge", "1 if the endpoint's last probe succeeded", ("endpoint",)),
+        MetricSpec("mevwatch_rpc_request_duration_seconds", "histogram",
+                   "Latency of answered JSON-RPC probe calls", ("endpoint", "method")),
+        MetricSpec("mevwatch_rpc_requests", "counter", "JSON-RPC probe calls sent", ("endpoint", "method")),
+        MetricSpec("mevwatch_rpc_errors", "counter",
+                   "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
+                   ("endpoint", "method", "class", "code")),
+        MetricSpec("mevwatch_rpc_established_connections", "gauge",
+                   "Established TCP connections from this host to the endpoint", ("endpoint",)),
+        MetricSpec("mevwatch_rpc_circuit_breaker_state", "gauge",
+                   "Circuit breaker state of the endpoint (1 for the current state)", ("endpoint", "state")),
+        MetricSpec("mevwatch_rpc_circuit_breaker_transitions", "counter",
+                   "Circuit breaker state changes by new state", ("endpoint", "state")),
+        MetricSpec("mevwatch_rpc_probes_skipped", "counter",
+                   "Probes not sent because the circuit breaker was open", ("endpoint",)),
+    )
 
     def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
         super().__init__(ctx, options)

@@ -26,6 +26,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     PollCollector,
     register,
 )
@@ -314,6 +315,27 @@ class ServicesCollector(PollCollector[ServicesOptions]):
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "service-down"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_service_state", "gauge",
+                   "1 for the service's ActiveState (active, reloading, inactive, failed, activating, deactivating)",
+                   ("unit", "state")),
+        MetricSpec("mevwatch_service_up", "gauge", "1 if the service is active (or reloading)", ("unit",)),
+        MetricSpec("mevwatch_service_restarts", "counter",
+                   "Automatic restarts (systemd NRestarts), or main-PID changes seen by the process backend",
+                   ("unit",)),
+        MetricSpec("mevwatch_service_state_change_timestamp_seconds", "gauge",
+                   "Unix time the service entered its current state (process backend: when mevwatch saw the change, "
+                   "or the process start time when first seen running)", ("unit",)),
+        MetricSpec("mevwatch_service_start_time_seconds", "gauge",
+                   "Unix time the service's main process started", ("unit",)),
+        MetricSpec("mevwatch_service_processes", "gauge",
+                   "Processes matched for the service (process backend)", ("unit",)),
+        MetricSpec("mevwatch_services_backend", "gauge",
+                   "1 for the backend the service states come from", ("backend",)),
+        MetricSpec("mevwatch_services_systemd_available", "gauge", "1 if systemd is PID 1 on this host", ()),
+        MetricSpec("mevwatch_service_load_state", "gauge",
+                   "1 for the unit's LoadState (not-found: no such unit)", ("unit", "state")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: ServicesOptions) -> None:
         super().__init__(ctx, options)

@@ -21,6 +21,7 @@ from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
     Families,
+    MetricSpec,
     NoData,
     PollCollector,
     register,
@@ -141,6 +142,29 @@ class WalletCollector(PollCollector[WalletOptions]):
     default_timeout: ClassVar[float] = 10.0
     default_enabled: ClassVar[bool] = False
     runbook_section = "wallet-failures"
+    metrics: ClassVar[tuple[MetricSpec, ...]] = (
+        MetricSpec("mevwatch_wallet_balance_ether", "gauge",
+                   "Balance of the watched wallet, in ether", ("address", "wallet")),
+        MetricSpec("mevwatch_wallet_nonce", "gauge", "Nonce of the wallet at the head block", ("address", "wallet")),
+        MetricSpec("mevwatch_wallet_nonce_gap", "gauge",
+                   "Pending minus mined nonce: transactions sent but not yet mined (stuck)", ("address", "wallet")),
+        MetricSpec("mevwatch_wallet_transactions", "counter",
+                   "Mined transactions sent by the wallet, by outcome (failed: receipt status 0)",
+                   ("address", "wallet", "status")),
+        MetricSpec("mevwatch_wallet_failed_gas_ether", "counter",
+                   "Gas paid for failed transactions of the wallet, in ether", ("address", "wallet")),
+        MetricSpec("mevwatch_wallet_followed_block", "gauge",
+                   "Last block scanned for wallet transactions", ("endpoint",)),
+        MetricSpec("mevwatch_wallet_blocks_behind", "gauge",
+                   "Blocks between the head and the last scanned", ("endpoint",)),
+        MetricSpec("mevwatch_wallet_unexpected_transactions", "counter",
+                   "Transactions of the wallet to a destination not on the allow list", ("address", "wallet")),
+        MetricSpec("mevwatch_wallet_last_unexpected_transaction_info", "gauge",
+                   "The latest unexpected transaction of the wallet (one series per wallet)",
+                   ("address", "wallet", "to", "tx")),
+        MetricSpec("mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", "gauge",
+                   "Block time of the latest unexpected transaction of the wallet", ("address", "wallet")),
+    )
 
     def __init__(self, ctx: CollectorContext, options: WalletOptions) -> None:
         super().__init__(ctx, options)

@@ -34,6 +34,7 @@ from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
     Families,
+    MetricSpec,
     NoData,
     Paths,
     PollCollector,
@@ -45,12 +46,35 @@ from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey
 
-__all__ = ["META_KEY", "InstanceStatus", "Supervisor"]
+__all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 
 log = structlog.get_logger("mevwatch.supervisor")
 META_KEY: SnapshotKey = ("mevwatch", "self")
 STREAM_BACKOFF_MIN = 1.0
 STREAM_BACKOFF_MAX = 60.0
+#: the self-metrics the supervisor adds to every scrape (docs/metrics.md, dashboards, contract test)
+SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("mevwatch_collector_success", "gauge",
+               "1 if the collector's last run succeeded, 0 if it failed", ("collector", "instance")),
+    MetricSpec("mevwatch_collector_duration_seconds", "gauge",
+               "Wall time of the collector's last run", ("collector", "instance")),
+    MetricSpec("mevwatch_collector_last_success_timestamp_seconds", "gauge",
+               "Unix time of the collector's last successful run", ("collector", "instance")),
+    MetricSpec("mevwatch_collector_errors", "counter",
+               "Failed collector runs by reason", ("collector", "instance", "reason")),
+    MetricSpec("mevwatch_collector_interval_seconds", "gauge",
+               "Configured interval of the collector", ("collector", "instance")),
+    MetricSpec("mevwatch_build", "info", "mevwatch version and Python runtime", ("python", "version")),
+    MetricSpec("mevwatch_blocking_threads_abandoned", "gauge",
+               "Blocking calls that timed out and whose thread has not returned (hung I/O)", ()),
+    MetricSpec("mevwatch_blocking_calls_abandoned", "counter",
+               "Blocking calls abandoned after their timeout since start", ()),
+    MetricSpec("mevwatch_config_last_reload_successful", "gauge",
+               "1 if the last config (re)load succeeded, 0 if the running config is older than the file", ()),
+    MetricSpec("mevwatch_config_last_reload_success_timestamp_seconds", "gauge",
+               "Unix time of the last successful config load", ()),
+    MetricSpec("mevwatch_state_write_errors", "counter", "Failed writes to the state DB (full or unwritable disk)", ()),
+)
 
 
 @dataclass(slots=True)

@@ -7,10 +7,12 @@ collector that forgets a piece fails here rather than in production.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mevwatch.alerts.engine import ENGINE_METRICS, AlertEngine
 from mevwatch.collectors.base import (
     IMPORT_ERRORS,
     Collector,
@@ -23,7 +25,11 @@ from mevwatch.collectors.base import (
     all_kinds,
 )
 from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.daemon.config import load_config_text
+from mevwatch.daemon.docgen import all_metric_specs, declaration_problems
 from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore
+from mevwatch.daemon.supervisor import META_KEY, SUPERVISOR_METRICS, Supervisor
 from tests.support.peers import REPO
 
 SHIPPED = {k: c for k, c in all_kinds().items() if c.__module__.startswith("mevwatch.collectors.")}
@@ -83,3 +89,50 @@ async def test_families_on_the_live_host_are_named_and_documented(kind: str, sta
             assert not fam.name.endswith("_total"), f"{fam.name}: the _total suffix is added on exposition"
         for s in fam.samples:
             assert "pid" not in s.labels, f"{fam.name} has a pid label (unbounded cardinality)"
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+def test_collector_declares_its_families(kind: str) -> None:
+    specs = SHIPPED[kind].metrics
+    assert specs, f"{kind} declares no metric families"
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)), f"{kind} declares a family twice"
+    for spec in specs:
+        assert spec.name.startswith("mevwatch_"), spec.name
+        assert spec.help.strip(), f"{spec.name} has no help text"
+        assert len(spec.labels) == len(set(spec.labels)), f"{spec.name} repeats a label"
+        if spec.type == "counter":
+            assert not spec.name.endswith("_total"), f"{spec.name}: declare counters without _total"
+
+
+def test_every_declared_family_has_one_owner() -> None:
+    specs = all_metric_specs()  # raises when two owners declare one name differently
+    assert {owner for owner, _ in specs.values()} >= {"supervisor", "alerts", *SHIPPED}
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+async def test_emitted_families_are_declared(kind: str, state_db: StateDB) -> None:
+    families = await _families_of(SHIPPED[kind], state_db)
+    assert declaration_problems(families, SHIPPED[kind].metrics) == []
+
+
+async def test_supervisor_and_engine_families_are_declared(tmp_path: Path) -> None:
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - process: {interval: 5}\n", "t", {}), store)
+    await sup.start()
+    try:
+        assert await sup.wait_first_round(5.0)
+        meta = store.get(META_KEY)
+        assert meta is not None
+        assert declaration_problems(meta.families, SUPERVISOR_METRICS) == []
+    finally:
+        await sup.shutdown()
+    db = StateDB.open_dir(tmp_path / "state")
+    try:
+        cfg = load_config_text("collectors: []\nalerts: {enabled: true}\n", str(tmp_path / "c.yaml"))
+        engine = AlertEngine(cfg.daemon.alerts, SampleStore(), db)
+        families = engine.families()
+        assert {f.name for f in families} >= {"mevwatch_alerts", "mevwatch_alert_rules"}
+        assert declaration_problems(families, ENGINE_METRICS) == []
+    finally:
+        db.close()
