@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,3 +125,42 @@ def test_silence_add_list_expire(tmp_path: Path) -> None:
     bad = _cli("silence", "add", "-c", str(cfg), "--matcher", "x=1", "--duration", "soon", cwd=tmp_path)
     assert bad.returncode == 2
     assert "--duration: invalid duration 'soon'" in bad.stderr
+
+
+def test_sighup_reload_applies_new_rules_and_keeps_the_outbox(tmp_path: Path) -> None:
+    receiver = WebhookReceiver().start()
+    try:
+        quiet = CONFIG.format(url=receiver.url).replace('op: ">"', 'op: "<"')  # never true: no alert
+        with RunningDaemon(tmp_path, quiet) as d:
+            d.wait_for("mevwatch_alert_rules")
+            time.sleep(1.5)
+            assert receiver.requests == []
+            d.config.write_text(CONFIG.format(url=receiver.url))
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)
+            [got] = receiver.wait_delivered(1, timeout=15)
+            assert got.json()["alerts"][0]["labels"]["alertname"] == "MevwatchThreads"
+            d.config.write_text("alerts: {rules: [{name: X}]}\ncollectors: []\n")
+            d.proc.send_signal(signal.SIGHUP)  # a bad file is rejected; the engine keeps running
+            _wait_metric(d, "mevwatch_config_last_reload_successful", lambda v: v == 0)
+            _wait_metric(d, "mevwatch_alerts", lambda v: v == 1, state="firing", severity="warning")
+            assert len(receiver.delivered()) == 1
+    finally:
+        receiver.stop()
+
+
+def test_log_sink_writes_a_structured_event(tmp_path: Path) -> None:
+    text = CONFIG.format(url="http://127.0.0.1:1/unused").replace(
+        "  receiver: hook\n", "    - {name: log, log_configs: [{level: error}]}\n  receiver: log\n")
+    with RunningDaemon(tmp_path, text, env={"NO_COLOR": "1"}) as d:
+        d.wait_for("mevwatch_notifications_sent_total", sink="log/log/0")
+        deadline = time.monotonic() + 10
+        while '"event": "alert_notification"' not in d.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    line = next(ln for ln in d.log.read_text().splitlines() if '"event": "alert_notification"' in ln)
+    event = json.loads(line)
+    assert event["level"] == "error"
+    assert event["alertname"] == "MevwatchThreads"
+    assert event["status"] == "firing"
+    assert event["runbook_url"] == "docs/runbooks.md#collector-failing"
+    assert event["summary"].startswith("mevwatch runs ")
