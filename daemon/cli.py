@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "mevwatch.daemon.diagnose",
     "mevwatch.daemon.integrity_cli",
     "mevwatch.alerts.cli",
+    "mevwatch.alerts.promrules",
 )
 
 STOP_TIMEOUT_S = 5.0

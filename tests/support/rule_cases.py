@@ -1,0 +1,219 @@
+"""promtool unit tests for the exported rules: for every rule a series that fires it and one that does not.
+
+Series labels come from the declared metric families; values from the rule's op, threshold and clear.
+``python -m tests.support.rule_cases`` rewrites deploy/prometheus/mevwatch-rules.test.yml.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from mevwatch.alerts.config import Rule
+from mevwatch.daemon.config import default_config_text, load_config_text
+from mevwatch.daemon.docgen import all_metric_specs
+from tests.support.peers import REPO
+
+__all__ = ["RULES_FILE", "TEST_FILE", "default_rules", "prom_render", "promtool_tests_yaml"]
+
+RULES_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.yml"
+TEST_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.test.yml"
+HOST = "mev-host-1"
+_TEMPLATE_RE = re.compile(r"\{\{\s*(\$labels\.(\w+)|\$value)\s*(?:\|\s*(\w+))?\s*\}\}")
+
+
+def default_rules() -> tuple[Rule, ...]:
+    return load_config_text(default_config_text(), "<embedded default>").daemon.alerts.all_rules
+
+
+def _go_value(v: float) -> str:
+    if v.is_integer() and abs(v) < 1e21:
+        return str(int(v))
+    return repr(v)
+
+
+def _humanize_duration(v: float) -> str:
+    """Prometheus' humanizeDuration (template.go)."""
+    if v == 0:
+        return "0s"
+    if abs(v) >= 1:
+        sign = "-" if v < 0 else ""
+        d = int(abs(v))
+        s, m, h, days = d % 60, d // 60 % 60, d // 3600 % 24, d // 86400
+        if days:
+            return f"{sign}{days}d {h}h {m}m {s}s"
+        if h:
+            return f"{sign}{h}h {m}m {s}s"
+        if m:
+            return f"{sign}{m}m {s}s"
+        return f"{sign}{abs(v):.4g}s"
+    prefix = ""
+    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+        if abs(v) >= 1:
+            break
+        prefix = p
+        v *= 1000
+    return f"{v:.4g}{prefix}s"
+
+
+def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
+    """Render a rule template the way Prometheus does (its humanize formats, Go's float printing)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(2):
+            return labels.get(m.group(2), "")
+        fn = m.group(3)
+        if fn == "humanizePercentage":
+            return f"{value * 100:.4g}%"
+        if fn == "humanizeDuration":
+            return _humanize_duration(value)
+        if fn is not None:
+            raise ValueError(f"no Prometheus rendering for {fn} in the test generator")
+        return _go_value(value)
+
+    return _TEMPLATE_RE.sub(sub, text)
+
+
+def _label_value(name: str, rule: Rule) -> str:
+    for m in rule.matchers:
+        if m.name != name:
+            continue
+        if m.op == "=":
+            return m.value
+        if m.op == "=~":
+            first = re.sub(r"\[(.)[^\]]*\]", r"\1", m.value.split("|")[0])
+            assert re.fullmatch(m.value, first), (rule.name, m.value)
+            return first
+        return f"not-{m.value}"
+    return f"{name}-a"
+
+
+def _series_labels(rule: Rule) -> dict[str, str]:
+    specs = all_metric_specs()
+    base = rule.metric.removesuffix("_total")
+    if base not in specs:
+        raise ValueError(f"rule {rule.name}: metric {rule.metric} is not declared by any collector")
+    labels = {name: _label_value(name, rule) for name in specs[base][1].labels}
+    labels["host"] = HOST
+    return labels
+
+
+def _selector(name: str, labels: Mapping[str, str]) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def _step(threshold: float) -> float:
+    if threshold == 0 or abs(threshold) >= 10:
+        return 1.0
+    return round(abs(threshold) * 0.1, 6)
+
+
+def _gauge_values(rule: Rule) -> tuple[float, float, float | None]:
+    """(firing value, quiet value, value between clear and threshold that holds a firing alert)."""
+    t = rule.threshold
+    step = _step(t)
+    clear = rule.clear
+    if rule.op in (">", ">="):
+        held = None if clear is None or clear == t else round((t + clear) / 2, 6)
+        return round(t + step, 6), round((t if clear is None else clear) - step, 6), held
+    if rule.op in ("<", "<="):
+        held = None if clear is None or clear == t else round((t + clear) / 2, 6)
+        quiet = (t if clear is None else clear) + step
+        return round(t * 0.5 if t > 0 else t - step, 6), round(quiet, 6), held
+    if rule.op == "==":
+        return t, (1 - t if t in (0, 1) else t + 1), None
+    return t + 1, t, None  # !=
+
+
+def _minutes(seconds: float) -> int:
+    return math.ceil(seconds / 60)
+
+
+def _case(rule: Rule, series: list[dict[str, str]], eval_min: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"interval": "1m", "input_series": series,
+            "alert_rule_test": [{"eval_time": f"{eval_min}m", "alertname": rule.name, "exp_alerts": alerts}]}
+
+
+def _expected(rule: Rule, labels: Mapping[str, str], value: float, runbook_url: str) -> dict[str, Any]:
+    exp_labels = {**labels, **rule.labels, "severity": rule.severity}
+    annotations = {"summary": prom_render(rule.summary, exp_labels, value)}
+    if rule.description:
+        annotations["description"] = prom_render(rule.description, exp_labels, value)
+    annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
+    return {"exp_labels": exp_labels, "exp_annotations": annotations}
+
+
+def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
+    """Test cases of one rule: it fires, it stays quiet, and (with a clear threshold) it holds."""
+    labels = _series_labels(rule)
+    window = rule.increase or rule.rate or (300.0 if rule.quantile is not None else 0.0)
+    eval_min = _minutes(rule.for_) + _minutes(window) + 3
+    n = eval_min + 10
+    if rule.absent:
+        present = _selector(rule.metric, labels)
+        fired = {m.name: m.value for m in rule.matchers if m.op == "="}
+        return [
+            _case(rule, [{"series": _selector("mevwatch_build_info", {"version": "x"}), "values": f"1x{n}"}],
+                  eval_min, [_expected(rule, fired, 1.0, runbook_url)]),
+            _case(rule, [{"series": present, "values": f"1x{n}"}], eval_min, []),
+        ]
+    if rule.quantile is not None:
+        le_hi = _go_value(rule.threshold * 2)
+        bucket = rule.metric + "_bucket"
+
+        def hist(low: str, high: str) -> list[dict[str, str]]:
+            return [{"series": _selector(bucket, {**labels, "le": le}), "values": v}
+                    for le, v in (("0.0001", low), (le_hi, high), ("+Inf", high))]
+
+        q = rule.quantile
+        fired_value = 0.0001 + (rule.threshold * 2 - 0.0001) * q
+        return [
+            _case(rule, hist(f"0x{n}", f"0+10x{n}"), eval_min, [_expected(rule, labels, fired_value, runbook_url)]),
+            _case(rule, hist(f"0+10x{n}", f"0+10x{n}"), eval_min, []),
+        ]
+    if rule.increase or rule.rate:
+        per_min = rule.threshold + 1 if rule.increase else (rule.threshold * 60 + 60)
+        value = per_min * window / 60 if rule.increase else per_min / 60
+        name = rule.metric
+        return [
+            _case(rule, [{"series": _selector(name, labels), "values": f"0+{_go_value(per_min)}x{n}"}], eval_min,
+                  [_expected(rule, labels, value, runbook_url)]),
+            _case(rule, [{"series": _selector(name, labels), "values": f"5x{n}"}], eval_min, []),
+        ]
+    fire, quiet, held = _gauge_values(rule)
+    sel = _selector(rule.metric, labels)
+    cases = [
+        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"}], eval_min,
+              [_expected(rule, labels, fire, runbook_url)]),
+        _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"}], eval_min, []),
+    ]
+    if held is not None:
+        # fires, then the value eases back between threshold and clear: still firing; past clear: resolved
+        hold_min = eval_min + 5
+        values = f"{_go_value(fire)}x{eval_min} {_go_value(held)}x5 {_go_value(quiet)}x10"
+        case = _case(rule, [{"series": sel, "values": values}], hold_min,
+                     [_expected(rule, labels, held, runbook_url)])
+        case["alert_rule_test"].append({"eval_time": f"{hold_min + 3}m", "alertname": rule.name, "exp_alerts": []})
+        cases.append(case)
+    return cases
+
+
+def promtool_tests_yaml(rules: tuple[Rule, ...] | list[Rule], runbook_url: str) -> str:
+    tests = [case for rule in rules for case in rule_cases(rule, runbook_url)]
+    doc = {"rule_files": [RULES_FILE.name], "evaluation_interval": "1m", "tests": tests}
+    header = ("# Generated by `python -m tests.support.rule_cases` from the default rules and the declared metric\n"
+              "# families: for every rule a series that fires it and one that does not, and for rules with a\n"
+              "# clear threshold one that holds a firing alert between threshold and clear.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+if __name__ == "__main__":
+    rules = default_rules()
+    runbook_url = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.runbook_url
+    TEST_FILE.write_text(promtool_tests_yaml(rules, runbook_url))
+    print(f"wrote {TEST_FILE}", file=sys.stderr)

@@ -1,0 +1,141 @@
+"""``mevwatch rules export``: the Prometheus rules file is current, valid, and every rule is unit-tested by promtool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mevwatch.alerts.config import Rule
+from mevwatch.alerts.promrules import duration, promql, rules_yaml
+from mevwatch.daemon.config import default_config_text, load_config_text
+from tests.support.peers import REPO, need_binary
+from tests.support.rule_cases import RULES_FILE, TEST_FILE, default_rules, prom_render, promtool_tests_yaml
+
+RUNBOOK_URL = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.runbook_url
+
+
+def _rule(**fields: object) -> Rule:
+    base: dict[str, object] = {"name": "T", "metric": "mevwatch_x", "summary": "s", "runbook": "memory-high"}
+    return Rule.model_validate({**base, **fields})
+
+
+def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([need_binary("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_rules_file_is_current() -> None:
+    assert RULES_FILE.read_text() == rules_yaml(default_rules(), RUNBOOK_URL), (
+        "regenerate with `mevwatch rules export -o deploy/prometheus/mevwatch-rules.yml`")
+
+
+def test_rule_test_file_is_current() -> None:
+    assert TEST_FILE.read_text() == promtool_tests_yaml(default_rules(), RUNBOOK_URL), (
+        "regenerate with `python -m tests.support.rule_cases`")
+
+
+def test_promtool_check_rules_passes() -> None:
+    proc = _promtool("check", "rules", str(RULES_FILE))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(default_rules())} rules found" in proc.stdout
+
+
+def test_promtool_test_rules_passes() -> None:
+    proc = _promtool("test", "rules", TEST_FILE.name, cwd=TEST_FILE.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_every_rule_is_tested_firing_and_quiet() -> None:
+    doc = yaml.safe_load(TEST_FILE.read_text())
+    fired: set[str] = set()
+    quiet: set[str] = set()
+    for case in doc["tests"]:
+        for check in case["alert_rule_test"]:
+            (fired if check["exp_alerts"] else quiet).add(check["alertname"])
+    names = {r.name for r in default_rules()}
+    assert fired == names
+    assert quiet == names
+
+
+def test_promtool_catches_a_rule_that_no_longer_fires(tmp_path: Path) -> None:
+    broken = RULES_FILE.read_text().replace("mevwatch_memory_used_ratio > 0.9\n", "mevwatch_memory_used_ratio > 0.99\n")
+    assert broken != RULES_FILE.read_text()
+    (tmp_path / RULES_FILE.name).write_text(broken)
+    (tmp_path / TEST_FILE.name).write_text(TEST_FILE.read_text())
+    proc = _promtool("test", "rules", TEST_FILE.name, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "alertname: MemoryHigh" in proc.stdout + proc.stderr
+
+
+def test_promql_of_each_rule_shape() -> None:
+    assert promql(_rule(op=">", threshold=0.9)) == "mevwatch_x > 0.9"
+    assert promql(_rule(metric="mevwatch_c_total", increase="10m", matchers=['k=~"a|b"'], threshold=3)) == (
+        'increase(mevwatch_c_total{k=~"a|b"}[10m]) > 3')
+    assert promql(_rule(metric="mevwatch_c_total", rate="90s", op="<", threshold=1)) == (
+        "rate(mevwatch_c_total[1m30s]) < 1")
+    assert promql(_rule(metric="mevwatch_h_seconds", quantile=0.5, threshold=0.2)) == (
+        "histogram_quantile(0.5, rate(mevwatch_h_seconds_bucket[5m])) > 0.2")
+    assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == 'absent(mevwatch_x{collector="rpc"})'
+    held = promql(_rule(op="<", threshold=10, clear=15, labels={"team": "mev"}))
+    assert held == ("mevwatch_x < 10\nor\n(mevwatch_x < 15 and ignoring(alertname, alertstate, severity, team) "
+                    'ALERTS{alertname="T", alertstate="firing"})')
+
+
+def test_duration_formats() -> None:
+    assert [duration(s) for s in (0, 0.5, 30, 90, 3600, 5400, 93600)] == [
+        "0s", "500ms", "30s", "1m30s", "1h", "1h30m", "1d2h"]
+
+
+def test_extra_rule_shapes_pass_promtool(tmp_path: Path) -> None:
+    rules = [
+        _rule(name="Absent", absent=True, matchers=['collector="rpc"'], **{"for": "2m"}),
+        _rule(name="Kept", op="==", threshold=0, keep_firing_for="5m", labels={"team": "mev"}),
+        _rule(name="Rate", metric="mevwatch_c_total", rate="5m", op=">", threshold=2, description="{{ $value }}"),
+    ]
+    text = rules_yaml(rules, "https://example.org/runbooks.md")
+    (tmp_path / "r.yml").write_text(text)
+    proc = _promtool("check", "rules", str(tmp_path / "r.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = yaml.safe_load(text)["groups"][0]["rules"]
+    assert doc[0]["for"] == "2m"
+    assert doc[1]["keep_firing_for"] == "5m"
+    assert doc[1]["labels"] == {"severity": "warning", "team": "mev"}
+    assert doc[2]["annotations"]["runbook_url"] == "https://example.org/runbooks.md#memory-high"
+
+
+def test_prom_render_matches_prometheus_formats() -> None:
+    labels = {"host": "h"}
+    assert prom_render("{{ $value | humanizeDuration }} on {{ $labels.host }}", labels, 93601) == "1d 2h 0m 1s on h"
+    assert prom_render("{{ $value | humanizeDuration }}", labels, 0.012) == "12ms"
+    assert prom_render("{{ $value | humanizePercentage }}", labels, 0.95) == "95%"
+    assert prom_render("{{ $value }} {{ $labels.missing }}x", labels, 2.5) == "2.5 x"
+
+
+def test_cli_exports_and_rejects_bad_config(tmp_path: Path) -> None:
+    out = tmp_path / "rules.yml"
+    proc = subprocess.run([sys.executable, "-m", "mevwatch", "rules", "export", "-o", str(out)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() == RULES_FILE.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alerts:\n  rules:\n    - name: X\n      metric: 'no such'\n      summary: s\n      runbook: x\n")
+    proc = subprocess.run([sys.executable, "-m", "mevwatch", "rules", "export", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 2
+    assert "metric" in proc.stderr
+
+
+def test_prometheus_config_example_is_valid() -> None:
+    proc = _promtool("check", "config", str(REPO / "deploy" / "prometheus" / "prometheus.yml"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("rule", default_rules(), ids=lambda r: r.name)
+def test_rule_metric_is_declared(rule: Rule) -> None:
+    from mevwatch.daemon.docgen import all_metric_specs
+
+    assert rule.metric.removesuffix("_total") in all_metric_specs()
