@@ -97,6 +97,7 @@ class AlertEngine:
         self._tick_task: asyncio.Task[None] | None = None
         self.evaluations = 0
         self.eval_errors = 0
+        self._publish_scheduled = False
 
     def all_alerts(self) -> Iterator[Alert]:
         for per_rule in self.alerts.values():
@@ -225,6 +226,23 @@ class AlertEngine:
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
+            self._publish_soon()
+
+    def _publish_soon(self) -> None:
+        """Refresh the alert metrics after a state change, outside the store callback that caused it."""
+        if self._publish_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._publish_scheduled = True
+
+        def run() -> None:
+            self._publish_scheduled = False
+            self._publish()
+
+        loop.call_soon(run)
 
     def _persist(self, dirty: dict[str, Alert | None]) -> None:
         try:

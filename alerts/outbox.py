@@ -173,11 +173,16 @@ class Outbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), wait)
                 continue
-            await self._attempt(sink, nid, payload, attempts, created)
+            try:
+                await self._attempt(sink, nid, payload, attempts, created)
+            except StateError as exc:  # a full disk must not kill the worker: retry once the DB writes again
+                log.error("outbox_write_failed", sink=sink.name, id=nid, error=str(exc))
+                await asyncio.sleep(1.0)
 
     async def _attempt(self, sink: Sink, nid: str, payload: dict[str, Any], attempts: int, created: float) -> None:
+        wanted = sink.wants(payload)
         try:
-            if sink.wants(payload):
+            if wanted:
                 await sink.send(payload, nid)
         except asyncio.CancelledError:
             raise
@@ -189,7 +194,8 @@ class Outbox:
             self._failure(sink, nid, attempts + 1, created, f"{type(exc).__name__}: {exc}", True)
             return
         self.state.execute("DELETE FROM alert_outbox WHERE id = ?", (nid,))
-        self.sent[sink.name] += 1
+        if wanted:
+            self.sent[sink.name] += 1
         if attempts:
             log.info("notification_delivered", sink=sink.name, id=nid, attempts=attempts + 1)
 

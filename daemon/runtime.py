@@ -124,8 +124,11 @@ class Daemon:
         if self.config.daemon.alerts.enabled and self.state is not None:
             from mevwatch.alerts.engine import AlertEngine
 
-            engine = AlertEngine(self.config.daemon.alerts, self.store, self.state)
-            await engine.start()
+            try:
+                engine = AlertEngine(self.config.daemon.alerts, self.store, self.state)
+                await engine.start()
+            except StateError as exc:
+                raise StartupError(f"alert engine: {exc}") from None
             self.components.append(engine)
 
     async def _announce_ready(self) -> None:
