@@ -1,7 +1,8 @@
 """Breach-to-webhook latency: mevwatch alone vs Prometheus -> Alertmanager, same breaches, same run.
 
-Two sources: a watched file changed (integrity, inotify: event-driven) and the engine's health
-endpoint turning 500 (http probe every 1 s: polled). mevwatch posts straight to the webhook;
+Three sources: a watched file changed (integrity, inotify: event-driven), a FATAL line appended to
+a followed log (logwatch, 100 ms follow interval) and the engine's health endpoint turning 500
+(http probe every 1 s: polled). mevwatch posts straight to the webhook;
 Prometheus scrapes the same mevwatch /metrics every 1 s, evaluates every 1 s and goes through
 Alertmanager (group_wait 0 s) to the same webhook. Usage: python bench/alert_latency.py [--count 100]
 """
@@ -30,6 +31,8 @@ RULES_MEVWATCH = """
        summary: "{{ $labels.path }} changed", runbook: integrity-violation}
     - {name: EngineHealthDown, metric: mevwatch_http_up, op: "==", threshold: 0, severity: critical,
        summary: "{{ $labels.target }} down", runbook: engine-down}
+    - {name: LogFatal, metric: mevwatch_log_matches_total, matchers: ['pattern="bench_fatal"'], op: ">",
+       threshold: 0, severity: critical, summary: "FATAL in {{ $labels.source }}", runbook: strategy-errors}
 """
 
 PROM_RULES = """groups:
@@ -40,6 +43,8 @@ PROM_RULES = """groups:
         expr: mevwatch_integrity_violation == 1
       - alert: EngineHealthDown
         expr: mevwatch_http_up == 0
+      - alert: LogFatal
+        expr: mevwatch_log_matches_total{pattern="bench_fatal"} > 0
 """
 
 
@@ -54,7 +59,8 @@ class Receiver:
         now = time.monotonic()
         body = await request.json()
         for a in body.get("alerts", []):
-            key = (request.path, a["labels"].get("alertname", ""), a["labels"].get("path", ""), a["status"])
+            where = a["labels"].get("path") or a["labels"].get("source", "")
+            key = (request.path, a["labels"].get("alertname", ""), where, a["status"])
             self.seen.setdefault(key, now)
         self.event.set()
         return web.Response(text="ok")
@@ -70,10 +76,10 @@ class Receiver:
         return [self.seen[k] for k in keys]
 
 
-def tamper(path: str) -> None:
-    """The breach: an in-place write, timed on the loop thread on purpose (it is tiny)."""
+def tamper(path: str, text: str = "tampered = true\n") -> None:
+    """The breach: an appended line, written on the loop thread on purpose (it is tiny and timed)."""
     with open(path, "a") as f:
-        f.write("tampered = true\n")
+        f.write(text)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -83,7 +89,7 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(name: str, mw: list[float], prom: list[float]) -> str:
     m50, m99, p50, p99 = (1000 * pct(mw, 0.5), 1000 * pct(mw, 0.99), 1000 * pct(prom, 0.5), 1000 * pct(prom, 0.99))
-    return (f"{name:<22} n={len(mw):<4} mevwatch p50 {m50:7.1f} ms  p99 {m99:7.1f} ms | "
+    return (f"{name:<24} n={len(mw):<4} mevwatch p50 {m50:7.1f} ms  p99 {m99:7.1f} ms | "
             f"Prometheus+Alertmanager p50 {p50:7.1f} ms  p99 {p99:7.1f} ms | "
             f"ratio p50 {p50 / m50:5.1f}x  p99 {p99 / m99:5.1f}x")
 
@@ -92,8 +98,12 @@ async def main(count: int, polled_count: int) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mevwatch-alert-bench-"))
     watched = tmp / "watched"
     watched.mkdir()
+    logs = tmp / "logs"
+    logs.mkdir()
     for i in range(count):
         (watched / f"f{i:03d}.conf").write_text(f"setting = {i}\n")
+        (logs / f"app{i:03d}.log").write_text("started\n")
+    log_files = ", ".join(f'"{logs / f"app{i:03d}.log"}"' for i in range(count))
 
     receiver = Receiver()
     engine_ok = [True]
@@ -121,9 +131,15 @@ collectors:
   - http:
       interval: 1s
       targets: [{{name: engine, url: "http://127.0.0.1:{hook_port}/health", timeout: 500ms}}]
+  - logwatch:
+      interval: 100ms
+      sources: []
+      journal: {{enabled: false}}
+      builtin_patterns: []
+      patterns: [{{name: bench_fatal, regex: FATAL, files: [{log_files}]}}]
 alerts:
   default_rules: false
-  group_by: [alertname, path]
+  group_by: [alertname, path, source]
   group_wait: 0s
   group_interval: 1s
   receivers:
@@ -144,7 +160,7 @@ scrape_configs:
 """)
     (tmp / "alertmanager.yml").write_text(f"""route:
   receiver: hook
-  group_by: [alertname, path]
+  group_by: [alertname, path, source]
   group_wait: 0s
   group_interval: 1s
   repeat_interval: 4h
@@ -179,6 +195,19 @@ receivers:
         print(results[-1], flush=True)
 
         mw, prom = [], []
+        for i in range(count):
+            await asyncio.sleep(random.uniform(0.1, 1.0))
+            path = str(logs / f"app{i:03d}.log")
+            t0 = time.monotonic()
+            tamper(path, "2026-11-25 FATAL strategy crashed\n")
+            a, b = await receiver.wait([("/mevwatch", "LogFatal", path, "firing"),
+                                        ("/am", "LogFatal", path, "firing")])
+            mw.append(a - t0)
+            prom.append(b - t0)
+        results.append(summary("log line (100ms follow)", mw, prom))
+        print(results[-1], flush=True)
+
+        mw, prom = [], []
         for i in range(polled_count):
             await asyncio.sleep(random.uniform(0.1, 1.0))
             t0 = time.monotonic()
@@ -206,7 +235,7 @@ receivers:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=100, help="file-change breaches")
+    ap.add_argument("--count", type=int, default=100, help="file-change and log-line breaches (each)")
     ap.add_argument("--polled-count", type=int, default=100, help="health-endpoint breaches")
     args = ap.parse_args()
     sys.exit(asyncio.run(main(args.count, args.polled_count)))
