@@ -614,6 +614,7 @@ class DiskCollector(PollCollector[DiskOptions]):
                     task.add_done_callback(_consume)
             out.update(batch.results())
             if task.done():
+                batch.cancel()  # it may have been abandoned in a hung call: stop it there too
                 _consume(task)
                 break  # every mount was tried (or the pool refused: those left count as stalled)
             attempted = set(out) | batch.skipped() | {stuck}

@@ -453,6 +453,19 @@ async def test_collector_reports_watched_dirs_and_rescans_only_after_scan_interv
     assert value(fams, "mevwatch_dir_scan_timestamp_seconds", path=str(logs)) == first_ts
 
 
+async def test_watched_dirs_and_backups_are_read_under_rootfs_and_labelled_without_it(tmp_path: Path) -> None:
+    (tmp_path / "var" / "log" / "mev").mkdir(parents=True)
+    (tmp_path / "var" / "log" / "mev" / "engine.log").write_bytes(b"e" * 700)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "mev-full-1.tar.gz").write_bytes(b"b" * 300)
+    ctx = CollectorContext("disk", "test", interval=1.0, timeout=5.0, paths=Paths(rootfs=tmp_path))
+    coll = DiskCollector(ctx, DiskOptions(mount_points_exclude=".*", watch_dirs=["/var/log/mev"]))
+    fams = await coll.collect()
+    assert value(fams, "mevwatch_dir_largest_file_bytes", path="/var/log/mev", rank="1",
+                 file="/var/log/mev/engine.log") == 700.0
+    assert value(fams, "mevwatch_backup_size_bytes", pattern="/backup/mev-full-*") == 300.0
+
+
 def _as_nobody(code: str, *args: str) -> Any:
     """Run ``code`` (defining ``result``) in a forked child that dropped root, like a hardened unit."""
     r, w = os.pipe()
