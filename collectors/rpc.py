@@ -118,8 +118,12 @@ def _decode_addr(hex_addr: str) -> str:
     return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
 
 
-def parse_proc_net_tcp(text: str) -> list[TcpSocket]:
-    """Sockets of /proc/net/tcp or /proc/net/tcp6 (header skipped); a malformed line raises ValueError."""
+def parse_proc_net_tcp(text: str, remote_ports: frozenset[int] | None = None) -> list[TcpSocket]:
+    """Sockets of /proc/net/tcp or /proc/net/tcp6 (header skipped); a malformed line raises ValueError.
+
+    With ``remote_ports``, only sockets to those ports are decoded: a busy host has thousands of
+    sockets and decoding their addresses was most of the rpc collector's cost.
+    """
     out: list[TcpSocket] = []
     for lineno, line in enumerate(text.splitlines()[1:], start=2):
         fields = line.split()
@@ -127,6 +131,8 @@ def parse_proc_net_tcp(text: str) -> list[TcpSocket]:
             continue
         try:
             (laddr, lport), (raddr, rport) = (f.split(":") for f in fields[1:3])
+            if remote_ports is not None and int(rport, 16) not in remote_ports:
+                continue
             out.append(
                 TcpSocket((_decode_addr(laddr), int(lport, 16)), (_decode_addr(raddr), int(rport, 16)), fields[3])
             )
@@ -155,14 +161,14 @@ def count_established(sockets: Iterable[TcpSocket], host: str, port: int) -> int
     )
 
 
-def read_tcp_sockets(procfs: Path) -> list[TcpSocket]:
+def read_tcp_sockets(procfs: Path, remote_ports: frozenset[int] | None = None) -> list[TcpSocket]:
     sockets: list[TcpSocket] = []
     for name in ("tcp", "tcp6"):
         try:
             text = (procfs / "net" / name).read_text(encoding="ascii")
         except FileNotFoundError:
             continue  # no IPv6 on this host
-        sockets.extend(parse_proc_net_tcp(text))
+        sockets.extend(parse_proc_net_tcp(text, remote_ports))
     return sockets
 
 
@@ -279,7 +285,8 @@ class RpcCollector(PollCollector[RpcOptions]):
     async def collect(self) -> Families:
         states = [self._state_for(ep) for ep in self.options.endpoints]
         probes = asyncio.gather(*(self._probe(st) for st in states))
-        sockets_task = self.ctx.run_blocking(read_tcp_sockets, self.ctx.paths.procfs, timeout=2.0)
+        ports = frozenset(ep.port for ep in self.options.endpoints)
+        sockets_task = self.ctx.run_blocking(read_tcp_sockets, self.ctx.paths.procfs, ports, timeout=2.0)
         _, sockets = await asyncio.gather(probes, _or_none(sockets_task))
         families = self._families(states, sockets)
         if not any(st.up for st in states):

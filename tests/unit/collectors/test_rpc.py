@@ -50,6 +50,12 @@ def test_parse_proc_net_tcp_decodes_v4_and_v6() -> None:
 )
 def test_count_established(host: str, port: int, expected: int) -> None:
     assert count_established(read_tcp_sockets(FIXTURE_PROC), host, port) == expected
+    # only sockets to the endpoints' ports decoded: the same counts
+    assert count_established(read_tcp_sockets(FIXTURE_PROC, frozenset({port})), host, port) == expected
+
+
+def test_port_filter_skips_other_sockets() -> None:
+    assert {s.remote[1] for s in read_tcp_sockets(FIXTURE_PROC, frozenset({8546}))} == {8546}
 
 
 def test_parse_proc_net_tcp_rejects_garbage() -> None:
