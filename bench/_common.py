@@ -22,6 +22,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class ProcStats:
     cpu_seconds: float
     rss_bytes: int
+    uss_bytes: int = 0  # private (unshared) memory: what the process itself costs the host
 
 
 def proc_stats(pid: int) -> ProcStats:
@@ -29,7 +30,14 @@ def proc_stats(pid: int) -> ProcStats:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = sum(int(x) for x in fields[11:15]) / _TICK
     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
-    return ProcStats(cpu, rss)
+    uss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                uss += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return ProcStats(cpu, rss, uss)
 
 
 def free_port() -> int:

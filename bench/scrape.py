@@ -102,6 +102,7 @@ def main() -> int:
                 s = proc_stats(p.pid)
                 results[n]["idle_cpu"] = (s.cpu_seconds - idle0[n].cpu_seconds) / args.idle
                 results[n]["idle_rss"] = s.rss_bytes
+                results[n]["idle_uss"] = s.uss_bytes
             series = {n: sum(1 for line in _get(port).splitlines() if line and not line.startswith("#"))
                       for n, port in (("mevwatch", mw_port), ("node_exporter", ne_port))}
         finally:
@@ -110,10 +111,11 @@ def main() -> int:
 
     mb = 1024 * 1024
     print(f"{args.conns} concurrent scrapers for {args.load}s each, then {args.idle}s idle")
-    print(f"{'':15}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'load CPU':>10}{'idle CPU':>10}{'idle RSS':>10}{'series':>8}")
+    print(f"{'':15}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'load CPU':>10}{'idle CPU':>10}{'idle RSS':>10}"
+          f"{'idle USS':>10}{'series':>8}")
     for n, r in results.items():
         print(f"{n:15}{r['p50']:9.2f}{r['p99']:9.2f}{r['rps']:9.0f}{r['load_cpu'] * 100:9.1f}%"
-              f"{r['idle_cpu'] * 100:9.2f}%{r['idle_rss'] / mb:8.1f}Mi{series[n]:8d}")
+              f"{r['idle_cpu'] * 100:9.2f}%{r['idle_rss'] / mb:8.1f}Mi{r['idle_uss'] / mb:8.1f}Mi{series[n]:8d}")
     mw_r, ne_r = results["mevwatch"], results["node_exporter"]
     print(f"ratio mevwatch/node_exporter: p99 {mw_r['p99'] / ne_r['p99']:.2f}x, p50 {mw_r['p50'] / ne_r['p50']:.2f}x, "
           f"req/s {mw_r['rps'] / ne_r['rps']:.2f}x, idle RSS {mw_r['idle_rss'] / ne_r['idle_rss']:.2f}x")
