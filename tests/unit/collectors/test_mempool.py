@@ -412,3 +412,34 @@ async def test_stream_thinning_to_a_fraction_shows_in_the_ratio() -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await c.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error_class"),
+    [
+        (Fault(hang=True), "timeout"),
+        (Fault(oversized=True), "invalid_response"),
+        (Fault(result=12), "invalid_response"),
+        (Fault(drop_ws=True), "reset"),
+        (Fault(close_mid_response=True), "reset"),
+        (Fault(rpc_error=(-32000, "too many subscriptions")), "rpc_error"),
+    ],
+)
+async def test_subscription_faults_are_classified_and_retried(proxy: RpcProxy, fault: Fault,
+                                                             error_class: str) -> None:
+    proxy.set("eth_subscribe", fault)
+    c = _stream(proxy.ws_url, endpoint={"name": "node", "url": proxy.ws_url, "timeout": 0.3,
+                                        "connect_timeout": 0.3, "max_response_bytes": "1MiB"})
+    emits = _Emits()
+    task = asyncio.create_task(c.run(emits))
+    try:
+        fams = await emits.until(lambda f: (_value(
+            f, "mevwatch_mempool_stream_errors_total", **{"class": error_class}) or 0) >= 1)
+        assert _value(fams, "mevwatch_mempool_stream_up") == 0
+        proxy.clear("eth_subscribe")
+        await emits.until(lambda f: _value(f, "mevwatch_mempool_stream_up") == 1)
+        assert not task.done()  # nothing escaped the collector
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await c.close()
