@@ -78,7 +78,7 @@ class FieldCheck:
                     return False, f"{_fmt_path(self.path)}: field {seg!r} missing"
                 current = current[seg]
         if self.op is None:
-            ok = current not in (None, False, 0, "", [], {})
+            ok = bool(current)  # JSON's falsy values (null, false, 0, "", [], {}) are Python's too
             return ok, "" if ok else f"{_fmt_path(self.path)} is {json.dumps(current)[:80]}"
         if self.op in ("==", "!="):
             equal = _json_equal(current, self.value)
