@@ -28,9 +28,9 @@ EXPORT_NOTES = """\
 #   - increase/rate windows use Prometheus' increase()/rate(), which extrapolate to the window edges;
 #     mevwatch compares the plain difference of its own samples, so a value near the threshold may
 #     cross it a little earlier or later here.
-#   - hysteresis (`clear`): an alert already firing stays while the value has not passed the clear
-#     threshold, expressed as `expr OP threshold or (expr CLEAR_OP clear and on the same labels
-#     ALERTS{alertstate="firing"})`. While pending, only the main threshold counts (as in mevwatch).
+#   - hysteresis (`clear`): an active (pending or firing) alert stays while the value has not passed
+#     the clear threshold, as in mevwatch: `expr OP threshold or (expr OP clear and the alert's own
+#     ALERTS series)`, matched on every label but alertname, alertstate and the rule's own labels.
 #   - the `host` label comes from the scrape target (see prometheus.yml), not from alerts.host.
 """
 
@@ -87,7 +87,7 @@ def promql(rule: Rule) -> str:
     if rule.clear is None:
         return main
     ignoring = ", ".join(["alertname", "alertstate", "severity", *sorted(rule.labels)])
-    alerts = f'ALERTS{{alertname="{rule.name}", alertstate="firing"}}'
+    alerts = f'ALERTS{{alertname="{rule.name}"}}'
     held = f"{value} {_NEGATE_FOR_CLEAR[rule.op]} {_number(rule.clear)}"
     return f"{main}\nor\n({held} and ignoring({ignoring}) {alerts})"
 

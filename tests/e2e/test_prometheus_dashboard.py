@@ -140,6 +140,7 @@ def test_full_scrape_series_stay_bounded(setup: Setup) -> None:
     assert len(tables) == TABLES
     endpoints = {dict(lbl).get("endpoint") for (name, lbl) in series if name == "mevwatch_rpc_up"}
     assert len(endpoints) == ENDPOINTS
+    print(f"full scrape: {len(series)} series")
     assert len(series) < MAX_SERIES, f"{len(series)} series"
 
 

@@ -71,7 +71,7 @@ alerts:
   startup_grace: 0s
 collectors:
   - process: {{interval: 1s}}
-  - memory: {{interval: 1s, units: [], cgroups: {cgroups}, top_processes: 5}}
+  - memory: {{interval: 1s, cgroups: {cgroups}}}
   - oomkill: {{interval: 1s}}
   - cpu: {{interval: 1s}}
   - disk:

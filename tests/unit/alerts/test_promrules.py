@@ -82,7 +82,7 @@ def test_promql_of_each_rule_shape() -> None:
     assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == 'absent(mevwatch_x{collector="rpc"})'
     held = promql(_rule(op="<", threshold=10, clear=15, labels={"team": "mev"}))
     assert held == ("mevwatch_x < 10\nor\n(mevwatch_x < 15 and ignoring(alertname, alertstate, severity, team) "
-                    'ALERTS{alertname="T", alertstate="firing"})')
+                    'ALERTS{alertname="T"})')
 
 
 def test_duration_formats() -> None:
