@@ -342,14 +342,18 @@ class LogTailer:
             except OSError:
                 self._forget(key)
                 continue
-            head = os.pread(fd, FINGERPRINT, 0)
-            if not head.startswith(row.head):
+            try:
+                head = os.pread(fd, FINGERPRINT, 0)
+                tail = os.pread(fd, min(FINGERPRINT, row.pos), row.pos - min(FINGERPRINT, row.pos))
+            except OSError:
+                head = tail = b""
+            if not head or not head.startswith(row.head):
                 _close_fd(fd)
                 self._forget(key)
                 continue
             f = _Followed(key, found, fd, row.pos, head, (), (), gone_since=self.clock(), last_growth=self.clock())
             f.saved_pos = row.pos
-            f.tail = os.pread(fd, min(FINGERPRINT, row.pos), row.pos - min(FINGERPRINT, row.pos))
+            f.tail = tail
             for name, src in self.sources.items():
                 if any(fnmatch.fnmatchcase(row.path, self._rooted(g)) for g in src.globs):
                     self._attach(f, name)
