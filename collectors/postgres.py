@@ -402,6 +402,17 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         for t in self._targets:
             await self._drop_pool(t)
 
+    async def details(self) -> list[tuple[str, str]]:
+        """The slowest statements with their text (never a label), for ``mevwatch diagnose``."""
+        lines = []
+        threshold = self.options.slow_statement_threshold
+        for st in await self.top_statements(limit=5, text_chars=200):
+            flag = "SLOW " if st.mean_seconds >= threshold else ""
+            query = " ".join(st.query.split())
+            lines.append((f"statement {st.queryid} ({st.datname})",
+                          f"{flag}mean {st.mean_seconds * 1000:.1f} ms x {st.calls} calls: {query}"))
+        return lines
+
     async def top_statements(self, limit: int = 10, text_chars: int = 500) -> list[Statement]:
         """The slowest statements by mean time with their text, for ``mevwatch diagnose``."""
         for t in self._targets:

@@ -531,3 +531,23 @@ collectors:
     assert "postgres_down" in log
     assert "wrong-donkey" not in log
     assert "wrong-donkey" not in text
+
+
+def test_diagnose_shows_slow_statement_text_that_metrics_never_carry(cluster: PgCluster, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    for _ in range(2):
+        cluster.psql("SELECT pg_sleep(0.12) AS diagnose_probe")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 's'}\ncollectors:\n  - postgres:\n"
+                   f"      targets: [{{dsn: '{cluster.dsn()}'}}]\n")
+    proc = subprocess.run([sys.executable, "-m", "mevwatch", "diagnose", "--config", str(cfg),
+                           "--section", "postgres", "--json"], capture_output=True, text=True, timeout=60)
+    lines = json.loads(proc.stdout)["lines"]
+    probe = [ln for ln in lines if "diagnose_probe" in ln["value"]]
+    assert probe, lines
+    assert probe[0]["value"].startswith("SLOW mean ")
+    assert probe[0]["check"].startswith("statement ")
+    assert probe[0]["section"] == "postgres-down"
