@@ -32,11 +32,14 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	PATH="$(CURDIR)/.tools/node/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+## bench: every benchmark once (soak.py runs 30 min on its own: $(PY) bench/soak.py --minutes N)
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/[!_]*.py; do case $$b in */demo.py|*/soak.py) continue;; esac; \
+	  echo "== $$b"; $(PY) $$b || exit 1; done
 
+## demo: real peers, Prometheus and Alertmanager, then the runbook's incidents (DEMO_ARGS="--list")
 demo: $(STAMP) deps
-	$(PY) -m mevwatch.daemon.demo
+	$(PY) bench/demo.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .mevwatch .mypy_cache .ruff_cache .pytest_cache

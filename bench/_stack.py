@@ -134,6 +134,8 @@ def mevwatch_config(p: Peers, *, interval: str = "1s", alerts: str = "", disk_on
     exclude = f"'^(?!{disk_only}$)'" if disk_only else "'^/(dev|proc|sys|run/credentials/.+)($|/)'"
     watch_dir = disk_only if disk_only else p.tmp
     cgroups = f"['{cgroup}']" if cgroup else "[]"
+    # a run must outlast one endpoint timeout, or a hung node fails the run instead of the probe
+    rpc_run_timeout = "3s"
     ep = f"{{name: node0, url: '{p.proxy.url}', timeout: {rpc_timeout}, connect_timeout: {rpc_timeout}}}"
     return f"""\
 state_dir: {p.tmp / 'state'}
@@ -173,17 +175,20 @@ collectors:
         - {{name: opportunities, url: '{p.engine.url("/api/v2/opportunities")}', timeout: 1s}}
   - rpc:
       interval: {interval}
+      timeout: {rpc_run_timeout}
       endpoints: [{ep}]
       methods: [eth_blockNumber, eth_chainId]
       failure_threshold: 3
       recovery_time: 30s
   - chain:
       interval: {interval}
+      timeout: {rpc_run_timeout}
       endpoints: [{ep}]
       reference: {{name: reference, url: '{p.anvil.url}'}}
       expected_chain_id: 31337
   - mempool:
       interval: {interval}
+      timeout: {rpc_run_timeout}
       endpoint: {ep}
   - mempool_stream:
       interval: {interval}
@@ -191,10 +196,12 @@ collectors:
       rate_window: 10s
   - gas:
       interval: {interval}
+      timeout: {rpc_run_timeout}
       endpoint: {ep}
       bid: {{file: '{p.bid_file}', key: detection.gas_price_multiplier}}
   - wallet:
       interval: {interval}
+      timeout: {rpc_run_timeout}
       endpoint: {ep}
       addresses: [{{name: executor, address: '{WALLET}'}}]
       allow_to: null
