@@ -102,7 +102,12 @@ def test_real_prometheus_scrapes_it(daemon: RunningDaemon, tmp_path: Path) -> No
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            up = query('up{job="mevwatch"}')
+            try:
+                up = query('up{job="mevwatch"}')
+            except urllib.error.HTTPError as exc:  # 503 until the TSDB is open
+                assert exc.code == 503, exc
+                time.sleep(0.2)
+                continue
             if up and up[0]["value"][1] == "1":
                 break
             time.sleep(0.3)
