@@ -227,7 +227,7 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
         w = 24 // per_line
         for i, p in enumerate(row.panels):
             panel = _panel_json(p, pid, (i % per_line) * w, y + (i // per_line) * 8, w)
-            panel["links"] = [{"title": "Runbook", "url": f"{runbook_url}#{row.runbook}", "targetBlank": True}]
+            panel["links"] = [{"title": "Runbook", "url": f"${{runbook_url}}#{row.runbook}", "targetBlank": True}]
             panels.append(panel)
             pid += 1
         y += ((len(row.panels) + per_line - 1) // per_line) * 8
@@ -257,6 +257,9 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
              "query": {"query": "label_values(mevwatch_build_info, instance)", "refId": "PrometheusVariableQuery"},
              "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
              "sort": 1, "regex": "", "options": []},
+            # where docs/runbooks.md is served: the panels' runbook links append the section anchor
+            {"name": "runbook_url", "label": "Runbook base URL", "type": "textbox", "query": runbook_url,
+             "current": {"text": runbook_url, "value": runbook_url}, "hide": 2, "options": []},
         ]},
         "panels": panels,
         "links": [],

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from mevwatch.alerts.config import runbook_anchors
 from mevwatch.daemon.dashboard import ROWS, dashboard_json, metric_names, panel_queries
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
@@ -71,3 +72,12 @@ def test_metric_names_finds_every_name() -> None:
     expr = 'rate(mevwatch_a_total{x="mevwatch_not \\"q\\""}[5m]) / on(i) mevwatch_b{y="z"}'
     assert metric_names(expr) == {"mevwatch_a_total", "mevwatch_b"}
     assert len(ROWS) == len(SECTIONS)
+
+
+def test_rows_link_to_runbook_sections_that_exist() -> None:
+    anchors = runbook_anchors()
+    assert anchors is not None
+    for row in ROWS:
+        assert row.runbook in anchors, f"{row.title}: no anchor {row.runbook!r} in docs/runbooks.md"
+    links = {link["url"] for p in _doc()["panels"] for link in p.get("links", [])}
+    assert "${runbook_url}#memory-high" in links
