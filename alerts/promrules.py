@@ -31,6 +31,8 @@ EXPORT_NOTES = """\
 #   - hysteresis (`clear`): an active (pending or firing) alert stays while the value has not passed
 #     the clear threshold, as in mevwatch: `expr OP threshold or (expr OP clear and the alert's own
 #     ALERTS series)`, matched on every label but alertname, alertstate and the rule's own labels.
+#   - a quantile rule without a rate window reads mevwatch's buckets since start; here it takes the
+#     rate over 5m, since a cumulative quantile over Prometheus' retention would hardly move.
 #   - the `host` label comes from the scrape target (see prometheus.yml), not from alerts.host.
 """
 
