@@ -193,13 +193,14 @@ def disk(w: World) -> Callable[[], None]:
     big = w.disk / "blocks.dat"
     log(f"  writing to {w.disk} (tmpfs, {TMPFS_SIZE}) at 1 MiB every 200 ms until it is full")
 
+    stop = threading.Event()
+
     def fill() -> None:
         try:
             with big.open("wb") as f:
-                while True:
+                while not stop.wait(0.2):
                     f.write(b"\0" * 2**20)
                     f.flush()
-                    time.sleep(0.2)
         except OSError as exc:
             # what the engine's log would say; logwatch counts it (NoSpaceLeftLogged)
             with w.peers.logfile.open("a") as lf:
@@ -209,7 +210,8 @@ def disk(w: World) -> Callable[[], None]:
     thread.start()
 
     def undo() -> None:
-        thread.join(30)
+        stop.set()
+        thread.join(10)
         big.unlink(missing_ok=True)
 
     return undo
@@ -456,8 +458,7 @@ class Cleanup(contextlib.ExitStack):
                 signal.signal(s, handler)
 
 
-def demo(selected: list[Incident]) -> int:
-    root = os.geteuid() == 0
+def demo(selected: list[Incident], root: bool) -> int:
     with Cleanup() as stack:
         log("starting anvil, the fault proxy, PostgreSQL, the engine stub and the webhook receiver ...")
         p = stack.enter_context(peers(own_postgres=root))
@@ -515,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--incident", action="append", choices=[i.name for i in INCIDENTS], metavar="NAME",
                     help="play only this incident (repeatable; default: all, in order)")
     ap.add_argument("--list", action="store_true", help="list the incidents and exit")
+    ap.add_argument("--no-root", action="store_true",
+                    help="play as an unprivileged user would even as root: no tmpfs, cgroup or own PostgreSQL")
     args = ap.parse_args(argv)
     if args.list:
         for i in INCIDENTS:
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     try:
-        return demo(selected)
+        return demo(selected, root=os.geteuid() == 0 and not args.no_root)
     except (KeyboardInterrupt, Stop) as exc:
         log(f"interrupted ({type(exc).__name__} {exc}); everything was stopped and removed")
         return 130
