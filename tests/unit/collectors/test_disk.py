@@ -466,6 +466,39 @@ async def test_watched_dirs_and_backups_are_read_under_rootfs_and_labelled_witho
     assert value(fams, "mevwatch_backup_size_bytes", pattern="/backup/mev-full-*") == 300.0
 
 
+async def test_hung_directory_walk_is_stalled_and_not_restarted_while_hung(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    release = threading.Event()
+    walks: list[str] = []
+    real = disk.scan_tree
+
+    def hanging(path: str, *args: Any) -> disk.DirScan:
+        walks.append(path)
+        release.wait(30)
+        return real(path, *args)
+
+    monkeypatch.setattr(disk, "scan_tree", hanging)
+    try:
+        coll = make(mount_points_exclude=".*", watch_dirs=[str(tmp_path)], scan_interval=0, scan_time_budget="100ms")
+        fams = await coll.collect()  # waits the budget plus 1 s, then gives the walk up
+        assert state_of(fams, "mevwatch_dir_status", path=str(tmp_path)) == "stalled"
+        assert value(fams, "mevwatch_dir_files", path=str(tmp_path)) is None
+        fams = await coll.collect()
+        assert state_of(fams, "mevwatch_dir_status", path=str(tmp_path)) == "stalled"
+        assert len(walks) == 1
+        release.set()
+        for _ in range(50):
+            fams = await coll.collect()
+            if state_of(fams, "mevwatch_dir_status", path=str(tmp_path)) == "ok":
+                break
+            await asyncio.sleep(0.02)
+        assert state_of(fams, "mevwatch_dir_status", path=str(tmp_path)) == "ok"
+        assert len(walks) == 2
+    finally:
+        release.set()
+
+
 def _as_nobody(code: str, *args: str) -> Any:
     """Run ``code`` (defining ``result``) in a forked child that dropped root, like a hardened unit."""
     r, w = os.pipe()
