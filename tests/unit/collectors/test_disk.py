@@ -33,6 +33,7 @@ from mevwatch.collectors.disk import (
 )
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import ConfigError, load_config_text
+from mevwatch.daemon.docgen import declaration_problems
 from tests.support.peers import need_root
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "disk"
@@ -309,6 +310,7 @@ async def test_mounts_after_a_hung_one_are_still_measured(
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/") == "ok"
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/tmp") == "ok"
     assert calls == ["/hung", "/", "/tmp"]
+    assert declaration_problems(fams, DiskCollector.metrics) == []
     release.set()
 
 
@@ -451,6 +453,7 @@ async def test_collector_reports_watched_dirs_and_rescans_only_after_scan_interv
     # Within scan_interval the last walk's figures are served, with the time they were taken.
     assert value(fams, "mevwatch_dir_files", path=str(logs)) == 1.0
     assert value(fams, "mevwatch_dir_scan_timestamp_seconds", path=str(logs)) == first_ts
+    assert declaration_problems(fams, DiskCollector.metrics) == []
 
 
 async def test_watched_dirs_and_backups_are_read_under_rootfs_and_labelled_without_it(tmp_path: Path) -> None:
@@ -611,6 +614,7 @@ async def test_backup_metrics_and_missing_backups(tmp_path: Path) -> None:
     assert state_of(fams, "mevwatch_backup_status", pattern=none_yet) == "missing"
     assert state_of(fams, "mevwatch_backup_status", pattern=no_dir) == "missing"
     assert value(fams, "mevwatch_backup_age_seconds", pattern=none_yet) is None
+    assert declaration_problems(fams, DiskCollector.metrics) == []
 
 
 # --- options -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from mevwatch.collectors.services import (
     systemd_booted,
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
+from mevwatch.daemon.docgen import declaration_problems
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import need_binary
 
@@ -148,6 +149,7 @@ async def test_systemd_backend_exports_every_state_restarts_and_since(tmp_path: 
     assert value(fams, "mevwatch_service_start_time_seconds", unit="nginx") == pytest.approx(boot + 9.521384, abs=1.0)
     assert value(fams, "mevwatch_service_start_time_seconds", unit="mev-execution") is None  # no main process
     assert value(fams, "mevwatch_services_backend", backend="systemd") == 1.0
+    assert declaration_problems(fams, ServicesCollector.metrics) == []
 
 
 async def test_hung_systemctl_is_killed_and_the_run_fails_fast(tmp_path: Path, booted_root: Path) -> None:
@@ -307,6 +309,7 @@ async def test_process_backend_tracks_real_processes_up_down_and_restarts(
     for u in ("by-comm", "by-cmdline", "by-pidfile"):
         assert active_state(fams, u) == "active", u
         assert value(fams, "mevwatch_service_restarts_total", unit=u) == 1.0
+    assert declaration_problems(fams, ServicesCollector.metrics) == []
 
 
 async def test_process_backend_ignores_zombies(tmp_path: Path, spawner: list[subprocess.Popen[bytes]]) -> None:
