@@ -167,22 +167,10 @@ def _from_stat(path: str, st: os.stat_result, **extra: str | None) -> FileRecord
     )
 
 
-def read_record(
-    real: str,
-    path: str | None = None,
-    *,
-    follow_symlinks: bool = False,
-    known: FileRecord | None = None,
-    chunk: int = DEFAULT_CHUNK,
-) -> FileRecord | None:
-    """The record of ``real`` (labelled ``path``), or None when it does not exist.
-
-    Only regular files are opened, with O_NONBLOCK and O_NOFOLLOW, and the open file is
-    checked to be the one stat'ed: a FIFO or device swapped in never blocks the read.
-    With ``known`` (quick mode) a file whose size, mtime, ctime and inode all match keeps
-    the known hash instead of being read again.
-    """
-    label = path if path is not None else real
+def _stat_record(
+    real: str, label: str, follow_symlinks: bool, known: FileRecord | None
+) -> FileRecord | os.stat_result | None:
+    """The record when no content needs reading, the stat of a regular file to hash, or None when absent."""
     try:
         st = os.stat(real) if follow_symlinks else os.lstat(real)
     except FileNotFoundError:
@@ -203,6 +191,10 @@ def read_record(
         return _from_stat(label, st)
     if known is not None and known.ftype == "file" and known.sha256 and known.same_stat(st):
         return _from_stat(label, st, sha256=known.sha256)
+    return st
+
+
+def _hash_record(real: str, label: str, st: os.stat_result, follow_symlinks: bool, chunk: int) -> FileRecord | None:
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     if not follow_symlinks:
         flags |= os.O_NOFOLLOW
@@ -212,7 +204,7 @@ def read_record(
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return read_record(real, path, follow_symlinks=follow_symlinks, chunk=chunk)  # became a symlink
+            return read_record(real, label, follow_symlinks=follow_symlinks, chunk=chunk)  # became a symlink
         return _from_stat(label, st, error=_strerror(exc))
     try:
         fst = os.fstat(fd)
@@ -226,6 +218,28 @@ def read_record(
         return _from_stat(label, fst, sha256=digest)
     finally:
         os.close(fd)
+
+
+def read_record(
+    real: str,
+    path: str | None = None,
+    *,
+    follow_symlinks: bool = False,
+    known: FileRecord | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> FileRecord | None:
+    """The record of ``real`` (labelled ``path``), or None when it does not exist.
+
+    Only regular files are opened, with O_NONBLOCK and O_NOFOLLOW, and the open file is
+    checked to be the one stat'ed: a FIFO or device swapped in never blocks the read.
+    With ``known`` (quick mode) a file whose size, mtime, ctime and inode all match keeps
+    the known hash instead of being read again.
+    """
+    label = path if path is not None else real
+    first = _stat_record(real, label, follow_symlinks, known)
+    if isinstance(first, os.stat_result):
+        return _hash_record(real, label, first, follow_symlinks, chunk)
+    return first
 
 
 # --- the watched set -----------------------------------------------------------------------
@@ -448,45 +462,38 @@ def scan(
 
     With ``known`` (quick mode) a regular file is only hashed when its stat differs from its known record.
     """
-    paths = list(paths)
     out: dict[str, FileRecord] = {}
-    if not paths:
+    to_hash: list[tuple[str, str, os.stat_result]] = []
+    # stat is cheap and holds the GIL: done here; only reading and hashing goes to threads.
+    for path in paths:
+        real = ws.real(path)
+        first = _stat_record(real, path, follow_symlinks, known.get(path) if known is not None else None)
+        if isinstance(first, os.stat_result):
+            to_hash.append((path, real, first))
+        elif first is not None:
+            out[path] = first
+    if not to_hash:
         return out
 
-    def one(path: str) -> tuple[str, FileRecord | None]:
-        prev = known.get(path) if known is not None else None
-        return path, read_record(ws.real(path), path, follow_symlinks=follow_symlinks, known=prev, chunk=chunk)
+    def many(batch: list[tuple[str, str, os.stat_result]]) -> list[tuple[str, FileRecord | None]]:
+        return [(path, _hash_record(real, path, st, follow_symlinks, chunk)) for path, real, st in batch]
 
-    if threads <= 1 or len(paths) == 1:
-        for p in paths:
-            _, rec = one(p)
-            if rec is not None:
-                out[p] = rec
-        return out
-    # Largest files first: the pool then ends with many small files instead of one long hash.
-    sizes: dict[str, int] = {}
-    for p in paths:
-        try:
-            sizes[p] = os.lstat(ws.real(p)).st_size
-        except OSError:
-            sizes[p] = 0
-    big = [p for p in paths if sizes[p] >= _BIG]
-    big.sort(key=lambda p: -sizes[p])
-    small = [p for p in paths if sizes[p] < _BIG]
-    # Small files go in batches: one future per file would cost more than hashing it.
-    step = max(1, min(256, len(small) // (threads * 4) or 1))
-    batches = [[p] for p in big] + [small[i : i + step] for i in range(0, len(small), step)]
-
-    def many(batch: list[str]) -> list[tuple[str, FileRecord | None]]:
-        return [one(p) for p in batch]
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mevwatch-hash") as ex:
-        for results in ex.map(many, batches):
-            for path, rec in results:
-                if rec is not None:
-                    out[path] = rec
+    if threads <= 1 or len(to_hash) == 1:
+        results = many(to_hash)
+    else:
+        # Largest first, so the pool ends on many small files instead of one long hash; small
+        # files go in batches, as one future per file would cost more than hashing it.
+        to_hash.sort(key=lambda t: -t[2].st_size)
+        n_big = sum(1 for t in to_hash if t[2].st_size >= _BIG)
+        small = to_hash[n_big:]
+        step = max(1, min(256, len(small) // (threads * 4) or 1))
+        batches = [[t] for t in to_hash[:n_big]] + [small[i : i + step] for i in range(0, len(small), step)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mevwatch-hash") as ex:
+            results = [r for batch in ex.map(many, batches) for r in batch]
+    for path, rec in results:
+        if rec is not None:
+            out[path] = rec
     return out
-
 
 def verify(
     ws: WatchSet,
@@ -502,7 +509,7 @@ def verify(
     Baseline paths the watched set no longer covers (the config changed) are not checked.
     """
     paths = set(ws.expand())
-    paths.update(p for p in baseline if ws.covers(p))
+    paths.update(p for p in baseline if p not in paths and ws.covers(p))
     current = scan(
         ws, sorted(paths), follow_symlinks=follow_symlinks, known=baseline if quick else None,
         threads=threads, chunk=chunk,

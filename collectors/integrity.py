@@ -389,6 +389,13 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             self._replan = True
         self._pending.add(path)
 
+    def debug_state(self) -> dict[str, object]:
+        return {
+            "pending": len(self._pending), "violations": len(self._violations), "watches": len(self._watches),
+            "realtime": self._realtime_state(), "overflows": self._overflows, "replan": self._replan,
+            "generation": self.baseline.generation, "verifies": dict(self._verifies),
+        }
+
     # --- metrics ---------------------------------------------------------------------------
 
     def _realtime_state(self) -> str:
