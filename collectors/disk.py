@@ -66,7 +66,6 @@ DIR_STATUSES = ("ok", "truncated", "partial", "missing", "permission_denied", "s
 BACKUP_STATUSES = ("ok", "missing", "permission_denied", "stalled", "error")
 MIN_FIT_POINTS = 3
 FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
-MAX_FILE_LABEL = 256
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -525,7 +524,8 @@ class DiskCollector(PollCollector[DiskOptions]):
         MetricSpec("mevwatch_dir_unreadable_entries", "gauge",
                    "Entries under a watched directory that could not be read", ("path",)),
         MetricSpec("mevwatch_dir_largest_file_bytes", "gauge",
-                   "Size of the N largest files under a watched directory (ls -S)", ("path", "rank", "file")),
+                   "Size of the N largest files under a watched directory by rank (ls -S); "
+                   "their paths are in mevwatch diagnose", ("path", "rank")),
         MetricSpec("mevwatch_dir_scan_duration_seconds", "gauge",
                    "Wall time of the last walk of a watched directory", ("path",)),
         MetricSpec("mevwatch_dir_scan_timestamp_seconds", "gauge",
@@ -560,6 +560,15 @@ class DiskCollector(PollCollector[DiskOptions]):
 
     def _label(self, path: str) -> str:
         return path[len(self._root):] or "/" if self._root and path.startswith(self._root) else path
+
+    async def details(self) -> list[tuple[str, str]]:
+        """The largest files of each watched directory, by path: diagnose only, file names churn as labels."""
+        lines = []
+        for p in self.options.watch_dirs:
+            scan = self._scans.get(p)
+            for rank, (nbytes, path) in enumerate(scan.largest if scan else [], 1):
+                lines.append((f"largest file {rank} under {p}", f"{_human_bytes(nbytes)}  {self._label(path)}"))
+        return lines
 
     def _call_timeout(self, wanted: float) -> float:
         # A blocking call must give up before the supervisor cancels the whole run.
@@ -754,8 +763,10 @@ class DiskCollector(PollCollector[DiskOptions]):
             labels=["path"],
         )
         largest = GaugeMetricFamily(
-            "mevwatch_dir_largest_file_bytes", "Size of the N largest files under a watched directory (ls -S)",
-            labels=["path", "rank", "file"],
+            "mevwatch_dir_largest_file_bytes",
+            "Size of the N largest files under a watched directory by rank (ls -S); "
+            "their paths are in mevwatch diagnose",
+            labels=["path", "rank"],
         )
         duration = GaugeMetricFamily(
             "mevwatch_dir_scan_duration_seconds", "Wall time of the last walk of a watched directory", labels=["path"]
@@ -783,9 +794,17 @@ class DiskCollector(PollCollector[DiskOptions]):
                 unreadable.add_metric([p], float(scan.unreadable))
                 duration.add_metric([p], scan.duration)
                 when.add_metric([p], scan.finished_wall)
-                for rank, (nbytes, path) in enumerate(scan.largest, 1):
-                    largest.add_metric([p, str(rank), self._label(path)[:MAX_FILE_LABEL]], float(nbytes))
+                for rank, (nbytes, _) in enumerate(scan.largest, 1):
+                    largest.add_metric([p, str(rank)], float(nbytes))
         return [usage, nfiles, matched, unreadable, largest, duration, when, status]
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: float) -> list[Metric]:

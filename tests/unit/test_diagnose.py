@@ -80,3 +80,17 @@ def test_bad_config_exits_2_with_position(tmp_path: Path) -> None:
     proc = run(tmp_path, "collectors:\n  - process: {bogus: 1}\n")
     assert proc.returncode == 2
     assert "c.yaml:2: collectors[0].process.bogus: unknown key" in proc.stderr
+
+
+def test_largest_files_are_named_in_diagnose_not_in_metrics(tmp_path: Path) -> None:
+    watched = tmp_path / "logs"
+    watched.mkdir()
+    (watched / "runaway.log").write_bytes(b"x" * 5000)
+    text = (f"state_dir: {tmp_path / 's'}\ncollectors:\n  - disk:\n      mount_points_exclude: '.*'\n"
+            f"      watch_dirs: ['{watched}']\n")
+    proc = run(tmp_path, text, "--section", "disk", "--json")
+    lines = json.loads(proc.stdout)["lines"]
+    named = [ln for ln in lines if ln["check"] == f"largest file 1 under {watched}"]
+    assert named, lines
+    assert named[0]["value"].endswith(str(watched / "runaway.log"))
+    assert named[0]["section"] == "disk-full"

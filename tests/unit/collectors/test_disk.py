@@ -444,8 +444,8 @@ async def test_collector_reports_watched_dirs_and_rescans_only_after_scan_interv
     assert state_of(fams, "mevwatch_dir_status", path=str(logs)) == "ok"
     assert state_of(fams, "mevwatch_dir_status", path=str(tmp_path / "missing")) == "missing"
     assert value(fams, "mevwatch_dir_files", path=str(logs)) == 1.0
-    assert value(fams, "mevwatch_dir_largest_file_bytes", path=str(logs), rank="1",
-                 file=str(logs / "engine.log")) == 3000.0
+    assert value(fams, "mevwatch_dir_largest_file_bytes", path=str(logs), rank="1") == 3000.0
+    assert ("largest file 1 under " + str(logs), f"2.9 KiB  {logs / 'engine.log'}") in await coll.details()
     assert value(fams, "mevwatch_dir_files", path=str(tmp_path / "missing")) is None
     first_ts = value(fams, "mevwatch_dir_scan_timestamp_seconds", path=str(logs))
     (logs / "other.log").write_bytes(b"o")
@@ -464,8 +464,8 @@ async def test_watched_dirs_and_backups_are_read_under_rootfs_and_labelled_witho
     ctx = CollectorContext("disk", "test", interval=1.0, timeout=5.0, paths=Paths(rootfs=tmp_path))
     coll = DiskCollector(ctx, DiskOptions(mount_points_exclude=".*", watch_dirs=["/var/log/mev"]))
     fams = await coll.collect()
-    assert value(fams, "mevwatch_dir_largest_file_bytes", path="/var/log/mev", rank="1",
-                 file="/var/log/mev/engine.log") == 700.0
+    assert value(fams, "mevwatch_dir_largest_file_bytes", path="/var/log/mev", rank="1") == 700.0
+    assert ("largest file 1 under /var/log/mev", "700 B  /var/log/mev/engine.log") in await coll.details()
     assert value(fams, "mevwatch_backup_size_bytes", pattern="/backup/mev-full-*") == 300.0
 
 
