@@ -28,7 +28,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONT
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mevwatch.daemon.store import SampleStore
+from mevwatch.daemon.store import SampleStore, merge_families
 
 __all__ = ["HttpServer", "MetricsCache", "WebConfigFile", "load_web_config"]
 
@@ -46,27 +46,56 @@ class _FamiliesView:
 
 
 class MetricsCache:
+    """Renders /metrics per collector kind and reuses the text of every kind whose snapshots did not change.
+
+    A scrape after one collector's run re-renders that collector's families only; the gzipped
+    body is cached per store state too.
+    """
+
     def __init__(self, store: SampleStore) -> None:
         self.store = store
         self._key: Any = None
-        self._cache: dict[tuple[bool, bool], bytes] = {}
+        self._bodies: dict[tuple[bool, bool], bytes] = {}
+        # (kind, openmetrics) -> (seq of the snapshots rendered, text)
+        self._parts: dict[tuple[str, bool], tuple[tuple[int, ...], bytes]] = {}
+        self.renders = 0  # kinds rendered (for tests and benchmarks)
 
     def get(self, openmetrics: bool, gzipped: bool) -> bytes:
         key = self.store.cache_key()
         if key != self._key:
             self._key = key
-            self._cache = {}
+            self._bodies = {}
         fmt = (openmetrics, gzipped)
-        body = self._cache.get(fmt)
+        body = self._bodies.get(fmt)
         if body is None:
-            plain = self._cache.get((openmetrics, False))
+            plain = self._bodies.get((openmetrics, False))
             if plain is None:
-                view = _FamiliesView(self.store.families())
-                plain = generate_openmetrics(view) if openmetrics else generate_text(view)  # type: ignore[no-untyped-call]
-                self._cache[(openmetrics, False)] = plain
+                plain = self._render(openmetrics)
+                self._bodies[(openmetrics, False)] = plain
             body = gzip.compress(plain, compresslevel=5) if gzipped else plain
-            self._cache[fmt] = body
+            self._bodies[fmt] = body
         return body
+
+    def _render(self, openmetrics: bool) -> bytes:
+        parts: list[bytes] = []
+        groups = self.store.fresh_by_kind()
+        for kind, items in groups.items():
+            ident = tuple(snap.seq for _, snap in items)
+            cached = self._parts.get((kind, openmetrics))
+            if cached is None or cached[0] != ident:
+                view = _FamiliesView(merge_families(snap for _, snap in items))
+                text = generate_openmetrics(view) if openmetrics else generate_text(view)  # type: ignore[no-untyped-call]
+                if openmetrics and text.endswith(b"# EOF\n"):
+                    text = text[: -len(b"# EOF\n")]
+                cached = (ident, text)
+                self._parts[(kind, openmetrics)] = cached
+                self.renders += 1
+            parts.append(cached[1])
+        for gone in [k for k in self._parts if k[0] not in groups]:
+            del self._parts[gone]
+        if openmetrics:
+            parts.append(b"# EOF\n")
+        return b"".join(parts)
 
 
 # --- exporter-toolkit web-config -------------------------------------------------------------

@@ -25,9 +25,25 @@ class Snapshot:
     collected_at: float  # time.monotonic()
     wall_time: float  # time.time()
     max_age: float  # seconds after which the snapshot is stale (2x interval)
+    seq: int = 0  # unique per put(): renderers cache a snapshot's text by it
 
     def fresh(self, now: float) -> bool:
         return now - self.collected_at <= self.max_age
+
+
+def merge_families(snapshots: Iterable[Snapshot]) -> list[Metric]:
+    """The families of ``snapshots``, those of the same name (several instances) merged into one."""
+    merged: dict[str, Metric] = {}
+    for snap in snapshots:
+        for fam in snap.families:
+            have = merged.get(fam.name)
+            if have is None:
+                copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                copy.samples = list(fam.samples)
+                merged[fam.name] = copy
+            else:
+                have.samples.extend(fam.samples)
+    return list(merged.values())
 
 
 class SampleStore:
@@ -39,9 +55,9 @@ class SampleStore:
 
     def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float) -> Snapshot:
         now = self._clock()
-        snap = Snapshot(tuple(families), now, time.time(), STALE_FACTOR * interval)
-        self._snapshots[key] = snap
         self.version += 1
+        snap = Snapshot(tuple(families), now, time.time(), STALE_FACTOR * interval, self.version)
+        self._snapshots[key] = snap
         for listener in list(self._listeners):
             listener(key, snap)
         return snap
@@ -50,7 +66,7 @@ class SampleStore:
         """Keep a live stream collector's last snapshot current without new data."""
         snap = self._snapshots.get(key)
         if snap is not None:
-            self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age)
+            self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age, snap.seq)
 
     def drop(self, key: SnapshotKey) -> None:
         if self._snapshots.pop(key, None) is not None:
@@ -77,17 +93,14 @@ class SampleStore:
 
     def families(self) -> Iterator[Metric]:
         """Every family of every fresh snapshot, families of the same name merged."""
-        merged: dict[str, Metric] = {}
-        for _, snap in sorted(self.fresh_items(), key=lambda item: item[0]):
-            for fam in snap.families:
-                have = merged.get(fam.name)
-                if have is None:
-                    copy = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-                    copy.samples = list(fam.samples)
-                    merged[fam.name] = copy
-                else:
-                    have.samples.extend(fam.samples)
-        return iter(merged.values())
+        return iter(merge_families(snap for _, snap in sorted(self.fresh_items(), key=lambda item: item[0])))
+
+    def fresh_by_kind(self) -> dict[str, list[tuple[SnapshotKey, Snapshot]]]:
+        """Fresh snapshots grouped by collector kind (a family name never spans two kinds)."""
+        groups: dict[str, list[tuple[SnapshotKey, Snapshot]]] = {}
+        for key, snap in sorted(self.fresh_items(), key=lambda item: item[0]):
+            groups.setdefault(key[0], []).append((key, snap))
+        return groups
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(key, snapshot)`` on every new snapshot; returns an unsubscribe function."""
