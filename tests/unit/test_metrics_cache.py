@@ -55,7 +55,7 @@ def test_instances_of_one_kind_share_one_family_and_openmetrics_has_one_eof() ->
     om = cache.get(openmetrics=True, gzipped=False).decode()
     assert om.count("# EOF") == 1
     assert om.endswith("# EOF\n")
-    parsed = {f.name: f for f in parse_openmetrics(om)}  # a strict parser: duplicate families would raise
+    parsed = {f.name: f for f in parse_openmetrics(om)}  # type: ignore[no-untyped-call]  # strict: raises on duplicates
     assert len(parsed["mevwatch_rpc_requests"].samples) >= 2
 
 
