@@ -132,7 +132,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     Options = IntegrityOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 30.0
-    runbook_section = "security-incidents"
+    runbook_section = "integrity-violation"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_integrity_violation", "gauge",
                    "1 while the file differs from its baseline in this way", ("path", "kind")),
