@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import deque
-from collections.abc import Container, Iterable, Mapping
+from array import array
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 from mevwatch.alerts.config import Rule, matches_all, render_template
 
@@ -60,20 +60,70 @@ class Alert:
         return self.labels.get("severity", "warning")
 
 
+class _Points(Sequence[tuple[float, float]]):
+    """Read-only (time, value) view of a History's live part."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, h: History) -> None:
+        self._h = h
+
+    def __len__(self) -> int:
+        return len(self._h.times) - self._h.start
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[float, float]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[float, float]]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[float, float] | list[tuple[float, float]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError("History index out of range")
+        j = self._h.start + (i if i >= 0 else n + i)
+        return self._h.times[j], self._h.values[j]
+
+    def __iter__(self) -> Iterator[tuple[float, float]]:
+        h = self._h
+        return zip(h.times[h.start:], h.values[h.start:], strict=True)
+
+
 @dataclass(slots=True)
 class History:
-    """Recent (time, value) points of one counter series, for increase and rate."""
+    """Recent (time, value) points of one counter series, for increase and rate.
 
-    points: deque[tuple[float, float]] = field(default_factory=deque)
+    Two float arrays (16 bytes a point rather than a tuple of two floats in a deque, ~100): at a 1 s
+    interval a 10-minute window holds 600 points per series, and a histogram has a series per bucket.
+    A point that only extends a run of equal values replaces the run's last point: increase over
+    any window reads the same values without the run's middle.
+    """
+
+    times: array[float] = field(default_factory=lambda: array("d"))
+    values: array[float] = field(default_factory=lambda: array("d"))
+    start: int = 0  # points before this index have left the window
+
+    @property
+    def points(self) -> Sequence[tuple[float, float]]:
+        return _Points(self)
 
     def add(self, t: float, v: float, keep: float) -> None:
-        if self.points and t <= self.points[-1][0]:
-            self.points[-1] = (t, v)
+        n = len(self.times) - self.start
+        if n and (t <= self.times[-1] or (n >= 2 and self.values[-1] == v and self.values[-2] == v)):
+            self.times[-1], self.values[-1] = t, v
         else:
-            self.points.append((t, v))
+            self.times.append(t)
+            self.values.append(v)
+            n += 1
         # keep one point older than the window as the baseline
-        while len(self.points) > 2 and self.points[1][0] <= t - keep:
-            self.points.popleft()
+        while n > 2 and self.times[self.start + 1] <= t - keep:
+            self.start += 1
+            n -= 1
+        if self.start > 64 and self.start * 2 > len(self.times):
+            del self.times[:self.start]
+            del self.values[:self.start]
+            self.start = 0
 
 
 def increase(points: Iterable[tuple[float, float]], window: float, now: float) -> float | None:
