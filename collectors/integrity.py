@@ -167,6 +167,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self._wake = asyncio.Event()
         self._replan = False
         self._overflow = False
+        self._recovering = False
         self._inotify: Inotify | None = None
         self._watches: dict[str, Watch] = {}
         self._wd_host: dict[int, str] = {}
@@ -198,6 +199,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             await self._load_baseline()
             await self._plan_watches()
             await self._full_check(full=self.options.verify_mode == "full")
+            self._recovering = False  # a verify that failed after an overflow is made good by this one
             emit(self.families())
             await self._loop(emit)
         finally:
@@ -234,11 +236,16 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             if self._overflow or self._replan or reloaded:
                 full = self._overflow
                 self._overflow = False
+                if full:
+                    # Events were lost: state "overflow" until the full verify has looked at everything.
+                    self._recovering = True
+                    emit(self.families())
                 if self._replan:
                     self._replan = False
                     await self._plan_watches()
                 self._pending.clear()
                 await self._full_check(full=full or self.options.verify_mode == "full")
+                self._recovering = False
             elif now >= next_verify:
                 self._pending.clear()
                 await self._full_check(full=self.options.verify_mode == "full")
@@ -401,7 +408,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     def _realtime_state(self) -> str:
         if self._inotify is None:
             return "unavailable"
-        if self._overflow:
+        if self._overflow or self._recovering:
             return "overflow"
         if self._watch_limit:
             return "watch_limit"

@@ -47,6 +47,7 @@ class Harness:
         self.collector = IntegrityCollector(self.ctx, self.options)
         self.families: list[Metric] = []
         self.emits = 0
+        self.states_seen: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
     def baseline(self, key: bytes | None = None) -> None:
@@ -57,6 +58,10 @@ class Harness:
     def emit(self, families: Any) -> None:
         self.families = list(families)
         self.emits += 1
+        self.states_seen.update(
+            s.labels["state"] for fam in self.families if fam.name == "mevwatch_integrity_realtime_state"
+            for s in fam.samples if s.value == 1.0
+        )
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self.collector.run(self.emit))
@@ -394,6 +399,7 @@ async def test_queue_overflow_leads_to_a_full_verify_that_finds_every_change(tmp
         assert h.value("mevwatch_integrity_violations", kind="mode") == 10.0
         assert (h.value("mevwatch_integrity_verifies_total", mode="full") or 0) >= 1
         await h.wait(lambda: h.value("mevwatch_integrity_realtime_state", state="ok") == 1.0, 5.0, "state ok")
+        assert "overflow" in h.states_seen  # exported while the forced full verify ran
     finally:
         await h.stop()
 
