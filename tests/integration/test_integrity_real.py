@@ -558,6 +558,12 @@ def test_cli_exit_codes_and_json(tree: Path, tmp_path: Path) -> None:
     r = _cli("accept", "-c", str(cfg), env={"SUDO_USER": "alice"})
     assert r.returncode == 0
     assert _cli("verify", "-c", str(cfg)).returncode == 0
+    # a file removed on purpose: accepting its path drops it from the baseline
+    (tree / "keys" / "signer").unlink()
+    assert _cli("verify", "-c", str(cfg)).returncode == 1
+    r = _cli("accept", "-c", str(cfg), str(tree / "keys" / "signer"))
+    assert (r.returncode, "(missing)" in r.stdout) == (0, True)
+    assert _cli("verify", "-c", str(cfg)).returncode == 0
     r = _cli("log", "-c", str(cfg))
     assert "accept by" in r.stdout
     assert "sudo_user=alice" in r.stdout
