@@ -55,8 +55,9 @@ while True:
 """
 
 
-class Stop(Exception):
-    """SIGTERM or SIGHUP: leave through the same cleanup as Ctrl-C."""
+class Stop(BaseException):
+    """SIGTERM or SIGHUP: leave through the same cleanup as Ctrl-C (a BaseException, like KeyboardInterrupt,
+    so no `except Exception` on the way swallows it)."""
 
 
 def log(msg: str) -> None:
