@@ -97,6 +97,10 @@ class AlertEngine:
         self._tick_task: asyncio.Task[None] | None = None
         self.evaluations = 0
         self.eval_errors = 0
+        # Bumped when the merged series of a sample name change (values, series set, a collector gone).
+        self._input_version: dict[str, int] = {}
+        # rule name -> input version at its last evaluation, for rules that ended it with no alert
+        self._idle_at: dict[str, int] = {}
         self._publish_scheduled = False
 
     def all_alerts(self) -> Iterator[Alert]:
@@ -184,13 +188,26 @@ class AlertEngine:
                     if before is not None and prev_at is not None and ls not in before:
                         hist.add(prev_at, 0.0, keep)
                 hist.add(now, v, keep)
+        affected = set(names) | (set(prev) if prev else set())
+        for name in affected:
+            if prev is None or names.get(name) != prev.get(name):
+                self._input_version[name] = self._input_version.get(name, 0) + 1
         self.samples[key] = names
         self.seen_at[key] = now
         self.seen_metrics.update(names)
-        affected = set(names) | (set(prev) if prev else set())
-        rules = [r for n in affected for r in self.by_name.get(n, ())]
+        rules = [r for n in affected for r in self.by_name.get(n, ()) if not self._unchanged(r, n)]
         if rules:
             self._evaluate(rules, now)
+
+    def _unchanged(self, rule: Rule, name: str) -> bool:
+        """Would evaluating ``rule`` now be a no-op? True when it has no alert, reads no window
+        (an increase changes with time alone) and its series are those of its last evaluation,
+        which raised nothing: the same values give the same result."""
+        return (
+            not rule.window
+            and not self.alerts[rule.name]
+            and self._idle_at.get(rule.name) == self._input_version.get(name, 0)
+        )
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
         out: dict[LabelSet, float] = {}
@@ -211,6 +228,10 @@ class AlertEngine:
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
             changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
+            if per_rule:
+                self._idle_at.pop(rule.name, None)
+            else:
+                self._idle_at[rule.name] = self._input_version.get(name, 0)
             for fp in set(before) | set(per_rule):
                 a = per_rule.get(fp)
                 if a is None:
@@ -264,12 +285,16 @@ class AlertEngine:
         """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""
         now = self.clock()
         for key in [k for k in self.samples if self.store.get(k) is None]:
-            del self.samples[key]  # a dead or removed collector: its series are gone (absent fires)
+            for name in self.samples.pop(key):  # a dead or removed collector: its series are gone (absent fires)
+                self._input_version[name] = self._input_version.get(name, 0) + 1
         in_grace = now - self.started_at < self.cfg.startup_grace
         if not in_grace:
             self._unconfirmed.clear()
-        rules = [r for r in self.rules
-                 if not in_grace or (r.metric + "_bucket" if r.quantile is not None else r.metric) in self.seen_metrics]
+        rules = []
+        for r in self.rules:
+            name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            if (not in_grace or name in self.seen_metrics) and not self._unchanged(r, name):
+                rules.append(r)
         self._evaluate(rules, now)
         horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
         for hk in [hk for hk, h in self.histories.items() if not h.points or h.points[-1][0] < now - horizon]:
