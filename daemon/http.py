@@ -22,12 +22,12 @@ import structlog
 import yaml
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mevwatch.daemon.exposition import render_text
 from mevwatch.daemon.store import SampleStore, merge_families
 
 __all__ = ["HttpServer", "MetricsCache", "WebConfigFile", "load_web_config"]
@@ -83,8 +83,12 @@ class MetricsCache:
             ident = tuple(snap.seq for _, snap in items)
             cached = self._parts.get((kind, openmetrics))
             if cached is None or cached[0] != ident:
-                view = _FamiliesView(merge_families(snap for _, snap in items))
-                text = generate_openmetrics(view) if openmetrics else generate_text(view)  # type: ignore[no-untyped-call]
+                families = merge_families(snap for _, snap in items)
+                text = (
+                    generate_openmetrics(_FamiliesView(families))  # type: ignore[no-untyped-call]
+                    if openmetrics
+                    else render_text(families)
+                )
                 if openmetrics and text.endswith(b"# EOF\n"):
                     text = text[: -len(b"# EOF\n")]
                 cached = (ident, text)
