@@ -52,10 +52,19 @@ def _sample_line(name: str, labels: dict[str, str], value: float, timestamp: Sup
     return f"{_prefix(name, labels)}{_go_float(value)} {int(float(timestamp) * 1000):d}\n"
 
 
+_headers: dict[tuple[str, str, str], str] = {}
+
+
 def _header(name: str, documentation: str, mtype: str) -> str:
-    escaped = om.escape_metric_name(name, om.UNDERSCORES)
-    doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {escaped} {doc}\n# TYPE {escaped} {mtype}\n"
+    key = (name, documentation, mtype)
+    out = _headers.get(key)
+    if out is None:
+        escaped = om.escape_metric_name(name, om.UNDERSCORES)
+        doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out = f"# HELP {escaped} {doc}\n# TYPE {escaped} {mtype}\n"
+        if len(_headers) < _MAX_CACHED:
+            _headers[key] = out
+    return out
 
 
 def render_text(families: Iterable[Metric]) -> bytes:
