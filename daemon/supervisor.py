@@ -243,7 +243,9 @@ class Supervisor:
                 await asyncio.sleep(delay)
             started = loop.time()
             try:
-                families = await asyncio.wait_for(collector.collect(), status.timeout)
+                # timeout() runs collect() in this task: wait_for would create a task per run.
+                async with asyncio.timeout(status.timeout):
+                    families = await collector.collect()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
