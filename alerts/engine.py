@@ -99,9 +99,11 @@ class AlertEngine:
         self.eval_errors = 0
         # Bumped when the merged series of a sample name change (values, series set, a collector gone).
         self._input_version: dict[str, int] = {}
-        # rule name -> input version at its last evaluation, for rules that ended it with no alert
-        self._idle_at: dict[str, int] = {}
+        # rule name -> (input version, time) of its last evaluation, for rules that ended it with no alert
+        self._idle_at: dict[str, tuple[int, float]] = {}
+        self._irregular: set[str] = set()  # windowed sample names that had a negative or NaN value
         self._publish_scheduled = False
+        self._published: list[Metric] = []  # the families of the last put, to skip puts of the same values
 
     def all_alerts(self) -> Iterator[Alert]:
         for per_rule in self.alerts.values():
@@ -180,6 +182,8 @@ class AlertEngine:
                 continue
             before = prev.get(name, {}) if prev is not None else None
             for ls, v in series.items():
+                if not v >= 0:
+                    self._irregular.add(name)
                 hist = self.histories.get((name, ls))
                 if hist is None:
                     hist = self.histories[(name, ls)] = History()
@@ -195,18 +199,29 @@ class AlertEngine:
         self.samples[key] = names
         self.seen_at[key] = now
         self.seen_metrics.update(names)
-        rules = [r for n in affected for r in self.by_name.get(n, ()) if not self._unchanged(r, n)]
+        rules = [r for n in affected for r in self.by_name.get(n, ()) if not self._unchanged(r, n, now)]
         if rules:
             self._evaluate(rules, now)
 
-    def _unchanged(self, rule: Rule, name: str) -> bool:
-        """Would evaluating ``rule`` now be a no-op? True when it has no alert, reads no window
-        (an increase changes with time alone) and its series are those of its last evaluation,
-        which raised nothing: the same values give the same result."""
+    def _unchanged(self, rule: Rule, name: str, now: float) -> bool:
+        """Would evaluating ``rule`` now be a no-op? Only for a rule with no alert whose series are
+        those of its last evaluation, which raised nothing: the same values give the same result.
+
+        With a window, time alone moves it, but over unchanged counters an increase or rate can only
+        shrink (every delta >= 0; so not after a negative or NaN value was seen), so a rule testing
+        for more than a non-negative bound stays quiet; any other windowed rule is evaluated.
+        """
+        idle = self._idle_at.get(rule.name)
+        if self.alerts[rule.name] or idle is None or idle[0] != self._input_version.get(name, 0):
+            return False
+        if not rule.window:
+            return True
         return (
-            not rule.window
-            and not self.alerts[rule.name]
-            and self._idle_at.get(rule.name) == self._input_version.get(name, 0)
+            now >= idle[1]  # a clock stepped back moves the window back
+            and rule.quantile is None
+            and not rule.absent
+            and name not in self._irregular
+            and ((rule.op == ">" and rule.threshold >= 0) or (rule.op == ">=" and rule.threshold > 0))
         )
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
@@ -231,7 +246,7 @@ class AlertEngine:
             if per_rule:
                 self._idle_at.pop(rule.name, None)
             else:
-                self._idle_at[rule.name] = self._input_version.get(name, 0)
+                self._idle_at[rule.name] = (self._input_version.get(name, 0), now)
             for fp in set(before) | set(per_rule):
                 a = per_rule.get(fp)
                 if a is None:
@@ -293,11 +308,12 @@ class AlertEngine:
         rules = []
         for r in self.rules:
             name = r.metric + "_bucket" if r.quantile is not None else r.metric
-            if (not in_grace or name in self.seen_metrics) and not self._unchanged(r, name):
+            if (not in_grace or name in self.seen_metrics) and not self._unchanged(r, name, now):
                 rules.append(r)
         self._evaluate(rules, now)
         horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
-        for hk in [hk for hk, h in self.histories.items() if not h.points or h.points[-1][0] < now - horizon]:
+        cutoff = now - horizon
+        for hk in [hk for hk, h in self.histories.items() if (t := h.last_time()) is None or t < cutoff]:
             del self.histories[hk]
         self.router.tick()
         self._publish()
@@ -319,6 +335,17 @@ class AlertEngine:
         except StateError as exc:
             log.error("alert_metrics_failed", error=str(exc))
             return
+        # Unchanged values only refresh the snapshot's age: a new one would be ingested by this engine
+        # and re-rendered on the next scrape for nothing. A windowed rule on these metrics needs
+        # every point in its history, so then they are always put.
+        if (
+            fams == self._published
+            and self.store.get(ALERTS_KEY) is not None
+            and not any(s.name in self.windows for f in fams for s in f.samples)
+        ):
+            self.store.touch(ALERTS_KEY)
+            return
+        self._published = fams
         self.store.put(ALERTS_KEY, fams, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
     def families(self) -> list[Metric]:

@@ -109,6 +109,9 @@ class History:
     def points(self) -> Sequence[tuple[float, float]]:
         return _Points(self)
 
+    def last_time(self) -> float | None:
+        return self.times[-1] if len(self.times) > self.start else None
+
     def add(self, t: float, v: float, keep: float) -> None:
         n = len(self.times) - self.start
         if n and (t <= self.times[-1] or (n >= 2 and self.values[-1] == v and self.values[-2] == v)):
@@ -205,7 +208,7 @@ def evaluate_rule(
         return {ls: v for ls, v in out.items() if not math.isnan(v)}
     selected: dict[LabelSet, float] = {}
     for ls, v in samples.get(rule.metric, {}).items():
-        if not matches_all(rule.matchers, dict(ls)):
+        if rule.matchers and not matches_all(rule.matchers, dict(ls)):
             continue
         if window:
             hist = histories.get((rule.metric, ls))

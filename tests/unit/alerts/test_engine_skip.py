@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.alerts.engine import ALERTS_KEY
 from mevwatch.alerts.rules import alert_labels, fingerprint
 from tests.unit.alerts._helpers import Harness, counter, gauge
 
@@ -112,3 +113,88 @@ def test_alert_labels_are_fresh_dicts_with_the_fingerprint_of_their_content(harn
     assert b == {"mountpoint": "/data", "host": "h", "alertname": "RatioHigh", "severity": "warning"}
     assert list(b) == ["mountpoint", "host", "alertname", "severity"]
     assert fingerprint(b) != fingerprint(a)
+
+
+def test_alert_metrics_are_put_again_only_when_their_values_change(harness: Harness) -> None:
+    harness.engine._publish()
+    first = harness.store._snapshots[ALERTS_KEY]
+    version = harness.store.version
+    time.sleep(0.01)
+    harness.advance(1)  # the tick publishes: same values, so the snapshot is only kept fresh
+    kept = harness.store._snapshots[ALERTS_KEY]
+    assert (kept.seq, harness.store.version) == (first.seq, version)
+    assert kept.collected_at > first.collected_at
+    harness.put(gauge("test_ratio", 0.95))
+    harness.advance(1)  # a pending alert: mevwatch_alerts changed
+    changed = harness.store._snapshots[ALERTS_KEY]
+    assert changed.seq > first.seq
+    pending = [s for f in changed.families for s in f.samples
+               if s.name == "mevwatch_alerts" and s.labels == {"state": "pending", "severity": "warning"}]
+    assert [s.value for s in pending] == [1.0]
+
+
+@pytest.mark.parametrize("harness", ["""
+    - name: RulesChanging
+      metric: mevwatch_alert_rules
+      increase: 10s
+      op: ">"
+      threshold: 0
+      summary: s
+      runbook: memory-high
+"""], indirect=True)
+def test_alert_metrics_read_by_a_window_rule_are_put_on_every_tick(harness: Harness) -> None:
+    harness.engine._publish()
+    seqs = {harness.store._snapshots[ALERTS_KEY].seq}
+    for _ in range(3):
+        harness.advance(1)
+        seqs.add(harness.store._snapshots[ALERTS_KEY].seq)
+    assert len(seqs) == 4
+
+
+WINDOW_RULE = """
+    - name: Kills
+      metric: test_kills_total
+      increase: 10s
+      op: "{op}"
+      threshold: {threshold}
+      summary: s
+      runbook: memory-high
+"""
+
+
+@pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=0)], indirect=True)
+def test_an_increase_above_a_bound_over_an_unchanged_counter_is_not_re_evaluated(harness: Harness) -> None:
+    harness.put(counter("test_kills", {"a": 2.0}))
+    harness.advance(1)
+    harness.put(counter("test_kills", {"a": 2.0}))  # increase 0: evaluated once more, nothing raised
+    n = harness.engine.evaluations
+    for _ in range(5):
+        harness.advance(1)
+        harness.put(counter("test_kills", {"a": 2.0}))
+    assert harness.engine.evaluations == n
+    harness.put(counter("test_kills", {"a": 3.0}))
+    assert harness.engine.evaluations == n + 1
+    assert list(harness.states().values()) == ["firing"]
+    harness.advance(11)  # the kill leaves the window: resolved by the tick, as before
+    assert list(harness.states().values()) == ["resolved"]
+
+
+@pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=-1)], indirect=True)
+def test_an_increase_above_a_negative_bound_is_evaluated_on_every_tick(harness: Harness) -> None:
+    # One point has no increase; the second point of the same value makes it 0, which is > -1.
+    harness.put(counter("test_kills", {"a": 2.0}))
+    assert harness.states() == {}
+    harness.advance(1)
+    harness.put(counter("test_kills", {"a": 2.0}))
+    assert list(harness.states().values()) == ["firing"]
+
+
+@pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=0)], indirect=True)
+def test_a_counter_that_went_negative_is_evaluated_on_every_tick(harness: Harness) -> None:
+    harness.put(counter("test_kills", {"a": 5.0}))
+    harness.advance(1)
+    harness.put(counter("test_kills", {"a": -3.0}))  # counted as a reset to -3: the increase is negative
+    n = harness.engine.evaluations
+    harness.advance(1)
+    harness.advance(1)
+    assert harness.engine.evaluations == n + 2
