@@ -11,6 +11,7 @@ import structlog
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
+from mevwatch.daemon.malloc import MallocTrimmer
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import Supervisor
@@ -120,7 +121,10 @@ class Daemon:
             self.state.close()
 
     async def _start_components(self) -> None:
-        """Components that plug into the store: the alert engine."""
+        """Components that plug into the store: the alert engine; and the heap trimmer."""
+        trimmer = MallocTrimmer()
+        await trimmer.start()
+        self.components.append(trimmer)
         if self.config.daemon.alerts.enabled and self.state is not None:
             from mevwatch.alerts.engine import AlertEngine
 
