@@ -284,3 +284,27 @@ def test_bad_web_config_and_unwritable_state_dir_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "state DB" in proc.stderr
     assert "not usable" in proc.stderr
+
+
+def test_reload_endpoint_with_lifecycle_swaps_or_rejects(tmp_path: Path) -> None:
+    with RunningDaemon(tmp_path, CONFIG, extra_args=["--web.enable-lifecycle"]) as d:
+        d.wait_for("mevwatch_collector_success", collector="process")
+
+        def post() -> tuple[int, str]:
+            req = urllib.request.Request(d.url + "/-/reload", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return int(resp.status), str(resp.read().decode())
+            except urllib.error.HTTPError as exc:
+                return int(exc.code), str(exc.read().decode())
+
+        d.config.write_text(CONFIG.replace("0.5s", "0.3s"))
+        assert post() == (200, "config reloaded\n")
+        assert sample_value(d.get(), "mevwatch_collector_interval_seconds", collector="process") == 0.3
+        d.config.write_text("collectors:\n  - process: {interval: soon}\n")
+        code, body = post()
+        assert code == 500
+        assert f"{d.config}:2: collectors[0].process.interval: invalid duration" in body
+        text = d.get()
+        assert sample_value(text, "mevwatch_config_last_reload_successful") == 0.0
+        assert sample_value(text, "mevwatch_collector_interval_seconds", collector="process") == 0.3
