@@ -51,26 +51,24 @@ class BlockingPool:
                     if state["abandoned"]:
                         self.abandoned -= 1
 
+        def abandon() -> None:
+            with self._lock:
+                if not fut.done():
+                    state["abandoned"] = True
+                    self.abandoned += 1
+                    self.abandoned_total += 1
+            fut.add_done_callback(_consume)
+
         fut = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            with self._lock:
-                if not fut.done():
-                    state["abandoned"] = True
-                    self.abandoned += 1
-                    self.abandoned_total += 1
-            fut.add_done_callback(_consume)
+            abandon()
             raise CollectorError(
                 "timeout", f"blocking call {getattr(fn, '__name__', fn)!s} hung > {timeout:g}s"
             ) from None
         except asyncio.CancelledError:
-            with self._lock:
-                if not fut.done():
-                    state["abandoned"] = True
-                    self.abandoned += 1
-                    self.abandoned_total += 1
-            fut.add_done_callback(_consume)
+            abandon()
             raise
 
     def shutdown(self) -> None:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mevwatch.alerts.config import AlertsConfig, resolve_rules
-from mevwatch.collectors.base import IMPORT_ERRORS, CollectorOptions, all_kinds, get_kind
+from mevwatch.collectors.base import IMPORT_ERRORS, CollectorOptions, Paths, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 
 __all__ = [
@@ -94,6 +94,9 @@ class PathsConfig(_Strict):
     sysfs: Path = Field(Path("/sys"), description="sysfs mount point (like --path.sysfs)")
     rootfs: Path = Field(Path("/"), description="root filesystem (like --path.rootfs)")
     devfs: Path = Field(Path("/dev"), description="device filesystem (for /dev/kmsg)")
+
+    def to_paths(self) -> Paths:
+        return Paths(procfs=self.procfs, sysfs=self.sysfs, rootfs=self.rootfs, devfs=self.devfs)
 
 
 class DaemonConfig(_Strict):

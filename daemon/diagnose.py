@@ -19,13 +19,16 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
-from mevwatch.collectors.base import CollectorError, NoData, Paths, PollCollector, StreamCollector
+from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from mevwatch.alerts.rules import LabelSet
 
 __all__ = ["Line", "evaluate", "register", "run_collectors"]
 
@@ -95,8 +98,7 @@ async def run_collectors(cfg: Config, kinds: set[str] | None, stream_window: flo
     from mevwatch.daemon.state import StateDB, StateError
     from mevwatch.daemon.supervisor import build_collector
 
-    p = cfg.daemon.paths
-    paths = Paths(procfs=p.procfs, sysfs=p.sysfs, rootfs=p.rootfs, devfs=p.devfs)
+    paths = cfg.daemon.paths.to_paths()
     pool = BlockingPool(cfg.daemon.blocking_threads)
     try:
         state: StateDB | None = StateDB.open_dir(cfg.state_dir)
@@ -116,11 +118,14 @@ async def run_collectors(cfg: Config, kinds: set[str] | None, stream_window: flo
             state.close()
 
 
-def _samples(families: Iterable[Metric]) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+def _samples(families: Iterable[Metric]) -> dict[str, dict[LabelSet, float]]:
+    """{sample name: {label set: value}}, keyed as the rule engine's evaluate_rule expects."""
+    from mevwatch.alerts.rules import labelset
+
+    out: dict[str, dict[LabelSet, float]] = {}
     for fam in families:
         for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = float(s.value)
+            out.setdefault(s.name, {})[labelset(s.labels)] = float(s.value)
     return out
 
 

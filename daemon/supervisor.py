@@ -147,8 +147,7 @@ class Supervisor:
 
     @property
     def paths(self) -> Paths:
-        p = self.config.daemon.paths
-        return Paths(procfs=p.procfs, sysfs=p.sysfs, rootfs=p.rootfs, devfs=p.devfs)
+        return self.config.daemon.paths.to_paths()
 
     def _build(self, spec: CollectorSpec) -> tuple[Collector[Any], InstanceStatus]:
         return build_collector(spec, self.paths, self.state, self.pool)
