@@ -42,6 +42,7 @@ __all__ = [
     "ErrorClass",
     "JsonRpcClient",
     "RpcError",
+    "SharedSession",
     "WsRpc",
     "parse_quantity",
 ]
@@ -314,6 +315,23 @@ def new_session(limit_per_host: int = 4) -> aiohttp.ClientSession:
     """A session for RPC calls: small per-host pool, no cookies, no proxy from the environment."""
     connector = aiohttp.TCPConnector(limit_per_host=limit_per_host, limit=0, enable_cleanup_closed=True)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+
+
+class SharedSession:
+    """One RPC session for all of a collector's endpoints: opened on first use, again after a close."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = new_session()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 async def _wait_quietly(task: asyncio.Task[Any]) -> None:

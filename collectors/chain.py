@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-import aiohttp
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from pydantic import Field, field_validator, model_validator
 
-from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, new_session, parse_quantity
+from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, SharedSession, parse_quantity
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -191,15 +190,13 @@ class ChainCollector(PollCollector[ChainOptions]):
 
     def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
         super().__init__(ctx, options)
-        self._session: aiohttp.ClientSession | None = None
+        self._session = SharedSession()
         self._nodes: dict[str, _NodeState] = {}
 
     def _node(self, ep: Endpoint) -> _NodeState:
         node = self._nodes.get(ep.name)
         if node is None:
-            if self._session is None or self._session.closed:
-                self._session = new_session()
-            node = self._nodes[ep.name] = _NodeState(JsonRpcClient(ep, self._session))
+            node = self._nodes[ep.name] = _NodeState(JsonRpcClient(ep, self._session.get()))
         return node
 
     async def collect(self) -> Families:
@@ -381,9 +378,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         for node in self._nodes.values():
             await node.client.close()
         self._nodes.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
 
 def _value(result: T | RpcError | None) -> T | None:

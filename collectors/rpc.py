@@ -17,7 +17,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-import aiohttp
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -26,7 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from pydantic import Field, field_validator
 
-from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, new_session
+from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, SharedSession
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -265,17 +264,15 @@ class RpcCollector(PollCollector[RpcOptions]):
 
     def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
         super().__init__(ctx, options)
-        self._session: aiohttp.ClientSession | None = None
+        self._session = SharedSession()
         self._states: dict[str, _EndpointState] = {}
 
     def _state_for(self, ep: Endpoint) -> _EndpointState:
         st = self._states.get(ep.name)
         if st is None:
-            if self._session is None or self._session.closed:
-                self._session = new_session()
             st = _EndpointState(
                 endpoint=ep,
-                client=JsonRpcClient(ep, self._session),
+                client=JsonRpcClient(ep, self._session.get()),
                 breaker=CircuitBreaker(self.options.failure_threshold, self.options.recovery_time),
                 latency={m: LatencyHistogram(self.options.buckets) for m in self.options.methods},
             )
@@ -388,9 +385,7 @@ class RpcCollector(PollCollector[RpcOptions]):
         for st in self._states.values():
             await st.client.close()
         self._states.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
 
 async def _or_none(aw: Awaitable[T]) -> T | None:
