@@ -259,7 +259,7 @@ class CpuCollector(PollCollector[CpuOptions]):
     Options = CpuOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 5.0
-    runbook_section = "high-latency-in-opportunity-detection"
+    runbook_section = "cpu-governor"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_cpu_load_average", "gauge",
                    "Runnable and uninterruptible tasks averaged over the window", ("window",)),

@@ -265,7 +265,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
     #: seconds between passes over the files when there is no backlog
     default_interval: ClassVar[float] = 1.0
     default_timeout: ClassVar[float] = 30.0
-    runbook_section = "security-incidents"
+    runbook_section = "strategy-errors"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_log_matches", "counter", "Log lines that matched a named pattern", ("source", "pattern")),
         MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",)),

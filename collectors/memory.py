@@ -267,7 +267,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
     Options = MemoryOptions
     default_interval: ClassVar[float] = 15.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "high-memory-usage-leading-to-oom-kills"
+    runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_memory_total_bytes", "gauge", "Usable RAM (MemTotal)", ()),
         MetricSpec("mevwatch_memory_available_bytes", "gauge",

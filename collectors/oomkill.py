@@ -262,7 +262,7 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     kind: ClassVar[str] = "oomkill"
     Options = OomKillOptions
     default_interval: ClassVar[float] = 30.0
-    runbook_section = "high-memory-usage-leading-to-oom-kills"
+    runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_oom_kills", "counter",
                    "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from "

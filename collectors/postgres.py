@@ -370,7 +370,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
     Options = PostgresOptions
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
-    runbook_section = "database-query-performance-degradation"
+    runbook_section = "postgres-down"
     metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(
         MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
         for name, (text, labels) in _HELP.items()

@@ -31,7 +31,7 @@ class ProcessCollector(PollCollector[ProcessOptions]):
     Options = ProcessOptions
     default_interval: ClassVar[float] = 5.0
     default_timeout: ClassVar[float] = 2.0
-    runbook_section = "mevwatch-itself"
+    runbook_section = "collector-failing"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MetricSpec("mevwatch_process_resident_memory_bytes", "gauge", "Resident memory of mevwatch", ()),
         MetricSpec("mevwatch_process_cpu_seconds", "counter", "User and system CPU time of mevwatch", ()),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
 
-from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector
+from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError
 
@@ -189,17 +189,12 @@ def _metric_from(metric: str, ran: set[str], samples: Mapping[str, Any]) -> bool
     )
 
 
-_KIND_SECTIONS = {
-    "memory": "memory-high", "oomkill": "memory-high", "disk": "disk-full", "services": "service-down",
-    "cpu": "cpu-governor", "rpc": "rpc-timeouts", "chain": "peer-loss", "mempool": "mempool",
-    "mempool_stream": "mempool", "gas": "gas-uncompetitive", "wallet": "wallet-failures",
-    "http": "engine-down", "postgres": "postgres-down", "integrity": "integrity-violation",
-    "logwatch": "strategy-errors", "process": COLLECTOR_SECTION,
-}
-
-
 def _section_of_kind(kind: str) -> str:
-    return _KIND_SECTIONS.get(kind, COLLECTOR_SECTION)
+    """The runbook anchor a collector kind declares (``Collector.runbook_section``)."""
+    from mevwatch.collectors.base import get_kind
+
+    cls = get_kind(kind)
+    return (cls.runbook_section if cls is not None else "") or COLLECTOR_SECTION
 
 
 def _section_titles() -> dict[str, str]:
@@ -246,9 +241,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     configure_logging("error", "json")  # collectors' own warnings would garble the table
     kinds: set[str] | None = None
     if args.section:
-        kinds = {k for k, s in _KIND_SECTIONS.items() if s == args.section or k == args.section}
+        shipped = [k for k, c in all_kinds().items() if c.__module__.startswith("mevwatch.collectors.")]
+        kinds = {k for k in shipped if args.section in (k, _section_of_kind(k))}
         if not kinds:
-            known = sorted(set(_KIND_SECTIONS.values()) | set(_KIND_SECTIONS))
+            known = sorted(set(shipped) | {_section_of_kind(k) for k in shipped})
             print(f"error: unknown section {args.section!r}; known: {', '.join(known)}", file=sys.stderr)
             return 2
     results = asyncio.run(run_collectors(cfg, kinds, args.stream_window, args.timeout))

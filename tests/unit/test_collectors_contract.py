@@ -7,6 +7,7 @@ collector that forgets a piece fails here rather than in production.
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def test_collector_contract(kind: str) -> None:
     assert cls.default_timeout > 0
     assert cls.__doc__ or (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__)
     assert f"- {kind}:" in EXAMPLE, f"{kind} missing from config.example.yaml"
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', (REPO / "docs" / "runbooks.md").read_text()))
+    assert cls.runbook_section in anchors, f"{kind}.runbook_section {cls.runbook_section!r} is no runbook anchor"
     for name, field in cls.Options.model_fields.items():
         if name in CollectorOptions.model_fields:
             continue
