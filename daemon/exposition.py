@@ -16,7 +16,10 @@ from prometheus_client.utils import floatToGoString
 
 _go_float: Callable[[float], str] = floatToGoString  # Go's float formatting, as prometheus_client writes it
 
-__all__ = ["render_text"]
+__all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "render_openmetrics", "render_text"]
+
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 65536  # series are bounded by design; this only caps a runaway
@@ -98,3 +101,19 @@ def render_text(families: Iterable[Metric]) -> bytes:
             output.append(_header(base + suffix, metric.documentation, "gauge"))
             output.extend(lines)
     return "".join(output).encode("utf-8")
+
+
+class _FamiliesView:
+    """The registry-shaped object prometheus_client's OpenMetrics renderer expects."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def render_openmetrics(families: Iterable[Metric]) -> bytes:
+    """``families`` in OpenMetrics 1.0.0, without the closing ``# EOF`` line (the caller ends the body)."""
+    text: bytes = om.generate_latest(_FamiliesView(families))  # type: ignore[no-untyped-call]
+    return text[: -len(b"# EOF\n")] if text.endswith(b"# EOF\n") else text

@@ -13,7 +13,7 @@ import html
 import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,28 +21,14 @@ from typing import Any
 import structlog
 import yaml
 from aiohttp import web
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mevwatch.daemon.exposition import render_text
+from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
 from mevwatch.daemon.store import SampleStore, merge_families
 
 __all__ = ["HttpServer", "MetricsCache", "WebConfigFile", "load_web_config"]
 
 log = structlog.get_logger("mevwatch.http")
-
-
-class _FamiliesView:
-    """The registry-shaped object prometheus_client's renderers expect."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
 
 
 class MetricsCache:
@@ -84,13 +70,7 @@ class MetricsCache:
             cached = self._parts.get((kind, openmetrics))
             if cached is None or cached[0] != ident:
                 families = merge_families(snap for _, snap in items)
-                text = (
-                    generate_openmetrics(_FamiliesView(families))  # type: ignore[no-untyped-call]
-                    if openmetrics
-                    else render_text(families)
-                )
-                if openmetrics and text.endswith(b"# EOF\n"):
-                    text = text[: -len(b"# EOF\n")]
+                text = render_openmetrics(families) if openmetrics else render_text(families)
                 cached = (ident, text)
                 self._parts[(kind, openmetrics)] = cached
                 self.renders += 1
@@ -260,7 +240,7 @@ class HttpServer:
         openmetrics = "application/openmetrics-text" in accept
         gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
         body = self.cache.get(openmetrics, gzipped)
-        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_LATEST}
+        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
