@@ -93,7 +93,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
+BUILTIN_COMMANDS = ("run", "check-config")
+
+
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names (its first argument that is not an option), if any."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(commands: bool = True) -> argparse.ArgumentParser:
+    """The command-line parser; ``commands=False`` leaves out the commands of COMMAND_MODULES.
+
+    ``mevwatch run`` builds it without them: the daemon then never imports the diagnose, integrity,
+    alert and rule tools it does not run (they cost memory for the daemon's whole life).
+    """
     parser = argparse.ArgumentParser(
         prog="mevwatch", description="Monitoring daemon for Ethereum MEV hosts (metrics and alerts)."
     )
@@ -114,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
 
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if commands else ():
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -127,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(commands=requested_command(args_list) not in BUILTIN_COMMANDS)
+    args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

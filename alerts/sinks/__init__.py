@@ -1,13 +1,14 @@
-"""Notification sinks: log, webhook, mail, alertmanager."""
+"""Notification sinks: log, webhook, mail, alertmanager.
+
+Each sink module is imported when a receiver uses it, so a daemon that only logs its alerts never
+loads the HTTP client or the SMTP library.
+"""
 
 from __future__ import annotations
 
 from mevwatch.alerts.config import Receiver
-from mevwatch.alerts.sinks.alertmanager import AlertmanagerSink
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.alerts.sinks.log import LogSink
-from mevwatch.alerts.sinks.mail import MailSink
-from mevwatch.alerts.sinks.webhook import WebhookSink
 
 __all__ = ["DeliveryError", "Sink", "build_sinks"]
 
@@ -16,7 +17,18 @@ def build_sinks(receiver: Receiver, eval_interval: float) -> list[Sink]:
     """One sink per configured destination of ``receiver``, named receiver/kind/index."""
     sinks: list[Sink] = []
     sinks += [LogSink(receiver.name, i, c) for i, c in enumerate(receiver.log_configs)]
-    sinks += [WebhookSink(receiver.name, i, c) for i, c in enumerate(receiver.webhook_configs)]
-    sinks += [MailSink(receiver.name, i, c) for i, c in enumerate(receiver.email_configs)]
-    sinks += [AlertmanagerSink(receiver.name, i, c, eval_interval) for i, c in enumerate(receiver.alertmanager_configs)]
+    if receiver.webhook_configs:
+        from mevwatch.alerts.sinks.webhook import WebhookSink
+
+        sinks += [WebhookSink(receiver.name, i, c) for i, c in enumerate(receiver.webhook_configs)]
+    if receiver.email_configs:
+        from mevwatch.alerts.sinks.mail import MailSink
+
+        sinks += [MailSink(receiver.name, i, c) for i, c in enumerate(receiver.email_configs)]
+    if receiver.alertmanager_configs:
+        from mevwatch.alerts.sinks.alertmanager import AlertmanagerSink
+
+        sinks += [
+            AlertmanagerSink(receiver.name, i, c, eval_interval) for i, c in enumerate(receiver.alertmanager_configs)
+        ]
     return sinks

@@ -1,0 +1,77 @@
+"""The command line: which modules each command loads, and that every command stays reachable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mevwatch.daemon.cli import requested_command
+
+REPO = Path(__file__).resolve().parents[2]
+
+# What only the tools need: a daemon that loads them carries them for its whole life.
+TOOL_MODULES = (
+    "mevwatch.daemon.diagnose",
+    "mevwatch.daemon.integrity_cli",
+    "mevwatch.collectors.integrity",
+    "mevwatch.alerts.cli",
+    "mevwatch.alerts.promrules",
+    "mevwatch.alerts.sinks.mail",
+    "mevwatch.alerts.sinks.webhook",
+    "mevwatch.alerts.sinks.alertmanager",
+    "aiosmtplib",
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["run", "--config", "x.yaml"], "run"),
+        (["--version"], None),
+        ([], None),
+        (["check-config", "f.yaml"], "check-config"),
+        (["diagnose", "--json"], "diagnose"),
+    ],
+)
+def test_requested_command_is_the_first_argument_that_is_not_an_option(argv: list[str], command: str | None) -> None:
+    assert requested_command(argv) == command
+
+
+def _modules_after(argv: list[str], tmp_path: Path) -> set[str]:
+    script = (
+        "import json, sys\n"
+        "from mevwatch.daemon.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('MODULES=' + json.dumps(sorted(sys.modules)) + '\\n')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    line = next(x for x in out.stderr.splitlines() if x.startswith("MODULES="))
+    return set(json.loads(line[len("MODULES="):]))
+
+
+def test_check_config_loads_none_of_the_tools(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("collectors:\n  - process: {}\n")
+    loaded = _modules_after(["check-config", str(cfg)], tmp_path)
+    assert "mevwatch.daemon.config" in loaded  # it did run
+    assert loaded.isdisjoint(TOOL_MODULES), sorted(loaded & set(TOOL_MODULES))
+
+
+def test_help_still_lists_every_command(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "mevwatch", "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    for command in ("run", "check-config", "diagnose", "integrity", "alerts", "silence", "rules"):
+        assert f"    {command}" in out.stdout, command
+
+
+def test_a_tool_command_still_runs(tmp_path: Path) -> None:
+    loaded = _modules_after(["rules", "export", "--help"], tmp_path)
+    assert "mevwatch.alerts.promrules" in loaded
