@@ -1,51 +1,85 @@
-"""Prometheus text format 0.0.4, byte for byte what prometheus_client's ``generate_latest`` writes.
+"""Prometheus text format 0.0.4 and OpenMetrics 1.0.0, byte for byte what prometheus_client 0.26 writes.
 
 prometheus_client validates and escapes every name, label name and label value of every sample
 on every render; here each series' "name{labels} " prefix is built once and remembered, which
 makes a render about 3x cheaper (a render follows every collector run that a scrape sees).
+Names are escaped as prometheus_client's default (``underscores``) scheme does: every character
+outside the classic name alphabet becomes ``_``. Exemplars and native histograms are not
+written (mevwatch's families have none; a sample with an exemplar is refused).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import Iterable
 from typing import SupportsFloat
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.openmetrics import exposition as om
-from prometheus_client.utils import floatToGoString
-
-_go_float: Callable[[float], str] = floatToGoString  # Go's float formatting, as prometheus_client writes it
+from mevwatch.daemon.families import Metric, float_to_go_string
 
 __all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "render_openmetrics", "render_text"]
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
+_go_float = float_to_go_string
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 65536  # series are bounded by design; this only caps a runaway
 
-_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}  # (name, labels in given order) -> 'name{...} '
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NOT_METRIC_RUNE = re.compile(r"[^a-zA-Z0-9_:]")
+_NOT_LABEL_RUNE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _underscored(s: str, not_rune: re.Pattern[str]) -> str:
+    """``s`` with every character outside the alphabet (and a leading digit) replaced by ``_``."""
+    s = not_rune.sub("_", s)
+    return "_" + s[1:] if s[:1].isdigit() else s
+
+
+def _metric_name(s: str) -> str:
+    return s if _METRIC_NAME.fullmatch(s) or not s else _underscored(s, _NOT_METRIC_RUNE)
+
+
+def _label_name(s: str) -> str:
+    return s if _LABEL_NAME.fullmatch(s) or not s else _underscored(s, _NOT_LABEL_RUNE)
+
+
+def _om_sample_name(s: str) -> str:
+    # prometheus_client's OpenMetrics writer escapes sample names with the label-name alphabet (no ':').
+    return s if _LABEL_NAME.fullmatch(s) or not s else _underscored(s, _NOT_LABEL_RUNE)
 
 
 def _escape_value(v: str) -> str:
-    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _labelstr(labels: dict[str, str]) -> str:
+    return ",".join(f'{_label_name(k)}="{_escape_value(v)}"' for k, v in sorted(labels.items()))
+
+
+# (name, labels in given order) -> 'name{...} ', one cache per format (they escape names differently)
+_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_om_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
 
 def _prefix(name: str, labels: dict[str, str]) -> str:
     key = (name, tuple(labels.items()))
     out = _prefixes.get(key)
     if out is None:
-        escaped = om.escape_metric_name(name, om.UNDERSCORES)
-        if labels:
-            labelstr = ",".join(
-                f'{om.escape_label_name(k, om.UNDERSCORES)}="{_escape_value(v)}"'
-                for k, v in sorted(labels.items())
-            )
-            out = f"{escaped}{{{labelstr}}} "
-        else:
-            out = f"{escaped} "
+        out = f"{_metric_name(name)}{{{_labelstr(labels)}}} " if labels else f"{_metric_name(name)} "
         if len(_prefixes) < _MAX_CACHED:
             _prefixes[key] = out
+    return out
+
+
+def _om_prefix(name: str, labels: dict[str, str]) -> str:
+    key = (name, tuple(labels.items()))
+    out = _om_prefixes.get(key)
+    if out is None:
+        out = f"{_om_sample_name(name)}{{{_labelstr(labels)}}} " if labels else f"{_om_sample_name(name)} "
+        if len(_om_prefixes) < _MAX_CACHED:
+            _om_prefixes[key] = out
     return out
 
 
@@ -56,17 +90,31 @@ def _sample_line(name: str, labels: dict[str, str], value: float, timestamp: Sup
 
 
 _headers: dict[tuple[str, str, str], str] = {}
+_om_headers: dict[tuple[str, str, str, str], str] = {}
 
 
 def _header(name: str, documentation: str, mtype: str) -> str:
     key = (name, documentation, mtype)
     out = _headers.get(key)
     if out is None:
-        escaped = om.escape_metric_name(name, om.UNDERSCORES)
+        escaped = _metric_name(name)
         doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
         out = f"# HELP {escaped} {doc}\n# TYPE {escaped} {mtype}\n"
         if len(_headers) < _MAX_CACHED:
             _headers[key] = out
+    return out
+
+
+def _om_header(name: str, documentation: str, mtype: str, unit: str) -> str:
+    key = (name, documentation, mtype, unit)
+    out = _om_headers.get(key)
+    if out is None:
+        escaped = _metric_name(name)
+        out = f"# HELP {escaped} {_escape_value(documentation)}\n# TYPE {escaped} {mtype}\n"
+        if unit:
+            out += f"# UNIT {escaped} {unit}\n"
+        if len(_om_headers) < _MAX_CACHED:
+            _om_headers[key] = out
     return out
 
 
@@ -103,17 +151,19 @@ def render_text(families: Iterable[Metric]) -> bytes:
     return "".join(output).encode("utf-8")
 
 
-class _FamiliesView:
-    """The registry-shaped object prometheus_client's OpenMetrics renderer expects."""
-
-    def __init__(self, families: Iterable[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
-
-
 def render_openmetrics(families: Iterable[Metric]) -> bytes:
     """``families`` in OpenMetrics 1.0.0, without the closing ``# EOF`` line (the caller ends the body)."""
-    text: bytes = om.generate_latest(_FamiliesView(families))  # type: ignore[no-untyped-call]
-    return text[: -len(b"# EOF\n")] if text.endswith(b"# EOF\n") else text
+    output: list[str] = []
+    for metric in families:
+        output.append(_om_header(metric.name, metric.documentation, metric.type, metric.unit))
+        for s in metric.samples:
+            if s.exemplar:
+                raise ValueError(f"{s.name}: exemplars are not supported")
+            if s.native_histogram:
+                continue  # not part of OpenMetrics 1.0.0
+            value = "" if s.value is None else _go_float(s.value)
+            if s.timestamp is None:
+                output.append(f"{_om_prefix(s.name, s.labels)}{value}\n")
+            else:
+                output.append(f"{_om_prefix(s.name, s.labels)}{value} {s.timestamp}\n")
+    return "".join(output).encode("utf-8")

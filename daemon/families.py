@@ -1,0 +1,277 @@
+"""Metric families: the objects collectors build on every run and renderers write out.
+
+The same classes, constructor signatures and samples as prometheus_client 0.26's ``metrics_core``
+(``Metric``, ``GaugeMetricFamily``, ``CounterMetricFamily``, ``InfoMetricFamily``,
+``HistogramMetricFamily``), so its renderers and parser agree with ours, without importing
+prometheus_client (its package pulls in http.server, wsgiref, urllib.request, email and the
+compression modules: ~4 MiB of RSS the daemon never uses) and without validating every name of
+every family on every build: a name is checked once per process, then remembered.
+
+One difference: a metric name must match the classic ``[a-zA-Z_:][a-zA-Z0-9_:]*`` (what
+prometheus_client enforces with PROMETHEUS_LEGACY_NAME_VALIDATION set). Both text renderers
+replace other characters with ``_``, so a UTF-8 name would be exported under another name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__ = [
+    "CounterMetricFamily",
+    "GaugeMetricFamily",
+    "HistogramMetricFamily",
+    "InfoMetricFamily",
+    "Metric",
+    "Sample",
+    "Timestamp",
+    "float_to_go_string",
+]
+
+METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"))
+
+_METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_MAX_REMEMBERED = 65536  # names are static in the code base; this only caps a runaway
+_valid_names: set[str] = set()
+
+
+def check_metric_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a classic Prometheus metric name; each name is matched once."""
+    if name in _valid_names:
+        return
+    if not name:
+        raise ValueError("metric name cannot be empty")
+    if _METRIC_NAME_RE.fullmatch(name) is None:
+        raise ValueError("invalid metric name " + name)
+    if len(_valid_names) < _MAX_REMEMBERED:
+        _valid_names.add(name)
+
+
+class Timestamp:
+    """A nanosecond-resolution timestamp (as prometheus_client's: ``str`` gives ``sec.nnnnnnnnn``)."""
+
+    __slots__ = ("nsec", "sec")
+
+    def __init__(self, sec: float, nsec: float) -> None:
+        if nsec < 0 or nsec >= 1e9:
+            raise ValueError(f"Invalid value for nanoseconds in Timestamp: {nsec}")
+        if sec < 0:
+            nsec = -nsec
+        self.sec: int = int(sec)
+        self.nsec: int = int(nsec)
+
+    def __str__(self) -> str:
+        return f"{self.sec}.{self.nsec:09d}"
+
+    def __repr__(self) -> str:
+        return f"Timestamp({self.sec}, {self.nsec})"
+
+    def __float__(self) -> float:
+        return float(self.sec) + float(self.nsec) / 1e9
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Timestamp) and self.sec == other.sec and self.nsec == other.nsec
+
+    def __hash__(self) -> int:
+        return hash((self.sec, self.nsec))
+
+    def __lt__(self, other: Timestamp) -> bool:
+        return self.nsec < other.nsec if self.sec == other.sec else self.sec < other.sec
+
+    def __gt__(self, other: Timestamp) -> bool:
+        return self.nsec > other.nsec if self.sec == other.sec else self.sec > other.sec
+
+
+class Sample(NamedTuple):
+    """One sample; the fields and their order are prometheus_client's ``Sample``'s."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+    timestamp: float | Timestamp | None = None
+    exemplar: object | None = None  # unused by mevwatch; kept so the tuple has prometheus_client's shape
+    native_histogram: object | None = None
+
+
+class Metric:
+    """A metric family and its samples."""
+
+    __slots__ = ("documentation", "name", "samples", "type", "unit")
+
+    def __init__(self, name: str, documentation: str, typ: str, unit: str = "") -> None:
+        if unit and not name.endswith("_" + unit):
+            name += "_" + unit
+        check_metric_name(name)
+        self.name: str = name
+        self.documentation: str = documentation
+        self.unit: str = unit
+        if typ == "untyped":
+            typ = "unknown"
+        if typ not in METRIC_TYPES:
+            raise ValueError("Invalid metric type: " + typ)
+        self.type: str = typ
+        self.samples: list[Sample] = []
+
+    def add_sample(
+        self, name: str, labels: dict[str, str], value: float, timestamp: float | Timestamp | None = None
+    ) -> None:
+        self.samples.append(Sample(name, labels, value, timestamp))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Metric)
+            and self.name == other.name
+            and self.documentation == other.documentation
+            and self.type == other.type
+            and self.unit == other.unit
+            and self.samples == other.samples
+        )
+
+    def __repr__(self) -> str:
+        return f"Metric({self.name}, {self.documentation}, {self.type}, {self.unit}, {self.samples})"
+
+
+def _one_of(labels: Sequence[str] | None, value: object) -> tuple[str, ...]:
+    if labels is not None and value is not None:
+        raise ValueError("Can only specify at most one of value and labels.")
+    return () if labels is None else tuple(labels)
+
+
+class GaugeMetricFamily(Metric):
+    __slots__ = ("_labelnames",)
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        value: float | None = None,
+        labels: Sequence[str] | None = None,
+        unit: str = "",
+    ) -> None:
+        Metric.__init__(self, name, documentation, "gauge", unit)
+        self._labelnames = _one_of(labels, value)
+        if value is not None:
+            self.add_metric([], value)
+
+    def add_metric(self, labels: Sequence[str], value: float, timestamp: float | Timestamp | None = None) -> None:
+        self.samples.append(Sample(self.name, dict(zip(self._labelnames, labels, strict=False)), value, timestamp))
+
+
+class CounterMetricFamily(Metric):
+    """A counter; a trailing ``_total`` is dropped from the family name and added to its samples."""
+
+    __slots__ = ("_labelnames",)
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        value: float | None = None,
+        labels: Sequence[str] | None = None,
+        created: float | None = None,
+        unit: str = "",
+    ) -> None:
+        if name.endswith("_total"):
+            name = name[:-6]
+        Metric.__init__(self, name, documentation, "counter", unit)
+        self._labelnames = _one_of(labels, value)
+        if value is not None:
+            self.add_metric([], value, created)
+
+    def add_metric(
+        self,
+        labels: Sequence[str],
+        value: float,
+        created: float | None = None,
+        timestamp: float | Timestamp | None = None,
+    ) -> None:
+        labelset = dict(zip(self._labelnames, labels, strict=False))
+        self.samples.append(Sample(self.name + "_total", labelset, value, timestamp))
+        if created is not None:
+            self.samples.append(Sample(self.name + "_created", dict(labelset), created, timestamp))
+
+
+class HistogramMetricFamily(Metric):
+    __slots__ = ("_labelnames",)
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[tuple[str, float]] | None = None,
+        sum_value: float | None = None,
+        labels: Sequence[str] | None = None,
+        unit: str = "",
+    ) -> None:
+        Metric.__init__(self, name, documentation, "histogram", unit)
+        if sum_value is not None and buckets is None:
+            raise ValueError("sum value cannot be provided without buckets.")
+        if labels is not None and buckets is not None:
+            raise ValueError("Can only specify at most one of buckets and labels.")
+        self._labelnames = () if labels is None else tuple(labels)
+        if buckets is not None:
+            self.add_metric([], buckets, sum_value)
+
+    def add_metric(
+        self,
+        labels: Sequence[str],
+        buckets: Sequence[tuple[str, float]],
+        sum_value: float | None,
+        timestamp: float | Timestamp | None = None,
+    ) -> None:
+        """``buckets``: (upper bound, cumulative count) pairs, sorted, ending with ``+Inf``."""
+        pairs = list(zip(self._labelnames, labels, strict=False))
+        bucket_name = self.name + "_bucket"
+        for bucket, value in buckets:
+            self.samples.append(Sample(bucket_name, dict([*pairs, ("le", bucket)]), value, timestamp))
+        # No _count and _sum when there are negative buckets (prometheus_client's rule).
+        if float(buckets[0][0]) >= 0 and sum_value is not None:
+            self.samples.append(Sample(self.name + "_count", dict(pairs), buckets[-1][1], timestamp))
+            self.samples.append(Sample(self.name + "_sum", dict(pairs), sum_value, timestamp))
+
+
+class InfoMetricFamily(Metric):
+    __slots__ = ("_labelnames",)
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        value: dict[str, str] | None = None,
+        labels: Sequence[str] | None = None,
+    ) -> None:
+        Metric.__init__(self, name, documentation, "info")
+        self._labelnames = _one_of(labels, value)
+        if value is not None:
+            self.add_metric([], value)
+
+    def add_metric(
+        self, labels: Sequence[str], value: dict[str, str], timestamp: float | Timestamp | None = None
+    ) -> None:
+        self.samples.append(
+            Sample(self.name + "_info", dict(dict(zip(self._labelnames, labels, strict=False)), **value), 1, timestamp)
+        )
+
+
+_INF = float("inf")
+_MINUS_INF = float("-inf")
+
+
+def float_to_go_string(d: float) -> str:
+    """``d`` as Go's strconv formats it in the exposition formats (prometheus_client's ``floatToGoString``)."""
+    d = float(d)
+    if d == _INF:
+        return "+Inf"
+    if d == _MINUS_INF:
+        return "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    # Go switches to exponents sooner than Python (only positive values matter for le/quantile).
+    if d > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
