@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import structlog
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mevwatch.alerts.config import AlertsConfig, Rule
 from mevwatch.alerts.outbox import Outbox
@@ -23,6 +22,7 @@ from mevwatch.alerts.router import Router
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "READ_STATES",

@@ -2,7 +2,7 @@
 
 A collector never touches a Prometheus registry, never sleeps between runs, never retries
 and never logs its own failure streak: the supervisor does all of that. A collector returns
-metric families (prometheus_client's ``*MetricFamily`` objects, built fresh each run) or
+metric families (``mevwatch.daemon.families``' ``*MetricFamily`` objects, built fresh each run) or
 raises :class:`CollectorError` for an expected failure.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import structlog
-from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mevwatch.daemon.families import Metric
 from mevwatch.daemon.fields import Duration
 
 if TYPE_CHECKING:

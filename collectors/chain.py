@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from pydantic import Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, SharedSession, parse_quantity
@@ -26,6 +25,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from mevwatch.daemon.fields import Duration
 
 __all__ = ["ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "parse_head_block", "parse_syncing"]

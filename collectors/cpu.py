@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from mevwatch.collectors._host import (
     enum_family,
     parse_pressure,
@@ -29,6 +27,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "CPU_MODES",

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from mevwatch.collectors.base import (
@@ -31,6 +30,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import Duration
 
 __all__ = [

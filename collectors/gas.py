@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, JsonRpcClient, RpcError, parse_quantity
@@ -26,6 +25,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import GaugeMetricFamily, Metric
 
 __all__ = [
     "BID_STATUSES",

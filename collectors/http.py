@@ -17,16 +17,16 @@ from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 import aiohttp
-from prometheus_client.metrics_core import (
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.daemon.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
 from mevwatch.daemon.fields import ByteSize, Duration
 from mevwatch.daemon.logging import redact_url
 

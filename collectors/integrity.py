@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from asyncinotify import Event, Inotify, Mask, Watch
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, Who
@@ -39,6 +38,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import ByteSize, Duration, read_secret_file
 
 __all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from typing import ClassVar, Literal
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from mevwatch.collectors._journal import JournalFollower
@@ -34,6 +33,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import ByteSize, Duration
 from mevwatch.daemon.state import StateError
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from mevwatch.collectors._host import (
@@ -31,6 +30,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "CgroupLayout",

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any, ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, parse_quantity
@@ -23,6 +22,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import Duration
 
 __all__ = ["MempoolCollector", "MempoolOptions", "parse_filter_changes", "parse_txpool_status"]

@@ -15,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
@@ -28,6 +27,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import Duration
 
 __all__ = ["MempoolStreamCollector", "MempoolStreamOptions", "RateTracker"]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field
 
 from mevwatch.collectors._host import unit_from_cgroup_path
@@ -29,6 +28,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [

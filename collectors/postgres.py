@@ -18,11 +18,11 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors import _pgqueries as q
 from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import Duration, read_secret_file
 from mevwatch.daemon.logging import redact
 

@@ -9,9 +9,8 @@ import resource
 import time
 from typing import ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]
 

@@ -17,12 +17,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
 from pydantic import Field, field_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, SharedSession
@@ -36,6 +30,12 @@ from mevwatch.collectors.base import (
     register,
 )
 from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
+from mevwatch.daemon.families import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from mevwatch.daemon.fields import Duration
 
 __all__ = [

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.collectors._eth import validate_address
@@ -26,6 +25,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateError
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.metrics_core import Metric
-
 from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError
+from mevwatch.daemon.families import Metric
 
 if TYPE_CHECKING:
     from mevwatch.alerts.rules import LabelSet

@@ -12,13 +12,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.metrics_core import Metric
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from mevwatch.collectors.base import CollectorOptions, MetricSpec, all_kinds
 from mevwatch.daemon.config import DaemonConfig
+from mevwatch.daemon.families import Metric
 
 __all__ = ["all_metric_specs", "configuration_md", "declaration_problems", "main", "metrics_md", "write_all"]
 

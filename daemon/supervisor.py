@@ -21,12 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
 
 from mevwatch import __version__
 from mevwatch.collectors.base import (
@@ -43,6 +37,12 @@ from mevwatch.collectors.base import (
 )
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import CollectorSpec, Config
+from mevwatch.daemon.families import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey
 
