@@ -1,9 +1,9 @@
-"""Prometheus text format 0.0.4 and OpenMetrics 1.0.0, byte for byte what prometheus_client 0.26 writes.
+"""Prometheus text format 0.0.4 and OpenMetrics 1.0.0, byte for byte what prometheus-client 0.26 writes.
 
-prometheus_client validates and escapes every name, label name and label value of every sample
+prometheus-client validates and escapes every name, label name and label value of every sample
 on every render; here each series' "name{labels} " prefix is built once and remembered, which
 makes a render about 3x cheaper (a render follows every collector run that a scrape sees).
-Names are escaped as prometheus_client's default (``underscores``) scheme does: every character
+Names are escaped as prometheus-client's default (``underscores``) scheme does: every character
 outside the classic name alphabet becomes ``_``. Exemplars and native histograms are not
 written (mevwatch's families have none; a sample with an exemplar is refused).
 """
@@ -46,7 +46,7 @@ def _label_name(s: str) -> str:
 
 
 def _om_sample_name(s: str) -> str:
-    # prometheus_client's OpenMetrics writer escapes sample names with the label-name alphabet (no ':').
+    # prometheus-client's OpenMetrics writer escapes sample names with the label-name alphabet (no ':').
     return s if _LABEL_NAME.fullmatch(s) or not s else _underscored(s, _NOT_LABEL_RUNE)
 
 
@@ -119,7 +119,7 @@ def _om_header(name: str, documentation: str, mtype: str, unit: str) -> str:
 
 
 def render_text(families: Iterable[Metric]) -> bytes:
-    """``families`` in the text format, exactly as ``prometheus_client.generate_latest`` renders them."""
+    """``families`` in the text format, exactly as prometheus-client's ``generate_latest`` renders them."""
     output: list[str] = []
     for metric in families:
         mname, mtype = metric.name, metric.type

@@ -1,14 +1,14 @@
 """Metric families: the objects collectors build on every run and renderers write out.
 
-The same classes, constructor signatures and samples as prometheus_client 0.26's ``metrics_core``
+The same classes, constructor signatures and samples as prometheus-client 0.26's ``metrics_core``
 (``Metric``, ``GaugeMetricFamily``, ``CounterMetricFamily``, ``InfoMetricFamily``,
 ``HistogramMetricFamily``), so its renderers and parser agree with ours, without importing
-prometheus_client (its package pulls in http.server, wsgiref, urllib.request, email and the
+prometheus-client (its package pulls in http.server, wsgiref, urllib.request, email and the
 compression modules: ~4 MiB of RSS the daemon never uses) and without validating every name of
 every family on every build: a name is checked once per process, then remembered.
 
 One difference: a metric name must match the classic ``[a-zA-Z_:][a-zA-Z0-9_:]*`` (what
-prometheus_client enforces with PROMETHEUS_LEGACY_NAME_VALIDATION set). Both text renderers
+prometheus-client enforces with PROMETHEUS_LEGACY_NAME_VALIDATION set). Both text renderers
 replace other characters with ``_``, so a UTF-8 name would be exported under another name.
 """
 
@@ -50,7 +50,7 @@ def check_metric_name(name: str) -> None:
 
 
 class Timestamp:
-    """A nanosecond-resolution timestamp (as prometheus_client's: ``str`` gives ``sec.nnnnnnnnn``)."""
+    """A nanosecond-resolution timestamp (as prometheus-client's: ``str`` gives ``sec.nnnnnnnnn``)."""
 
     __slots__ = ("nsec", "sec")
 
@@ -85,13 +85,13 @@ class Timestamp:
 
 
 class Sample(NamedTuple):
-    """One sample; the fields and their order are prometheus_client's ``Sample``'s."""
+    """One sample; the fields and their order are prometheus-client's ``Sample``'s."""
 
     name: str
     labels: dict[str, str]
     value: float
     timestamp: float | Timestamp | None = None
-    exemplar: object | None = None  # unused by mevwatch; kept so the tuple has prometheus_client's shape
+    exemplar: object | None = None  # unused by mevwatch; kept so the tuple has prometheus-client's shape
     native_histogram: object | None = None
 
 
@@ -226,7 +226,7 @@ class HistogramMetricFamily(Metric):
         bucket_name = self.name + "_bucket"
         for bucket, value in buckets:
             self.samples.append(Sample(bucket_name, dict([*pairs, ("le", bucket)]), value, timestamp))
-        # No _count and _sum when there are negative buckets (prometheus_client's rule).
+        # No _count and _sum when there are negative buckets (prometheus-client's rule).
         if float(buckets[0][0]) >= 0 and sum_value is not None:
             self.samples.append(Sample(self.name + "_count", dict(pairs), buckets[-1][1], timestamp))
             self.samples.append(Sample(self.name + "_sum", dict(pairs), sum_value, timestamp))
@@ -260,7 +260,7 @@ _MINUS_INF = float("-inf")
 
 
 def float_to_go_string(d: float) -> str:
-    """``d`` as Go's strconv formats it in the exposition formats (prometheus_client's ``floatToGoString``)."""
+    """``d`` as Go's strconv formats it in the exposition formats (prometheus-client's ``floatToGoString``)."""
     d = float(d)
     if d == _INF:
         return "+Inf"
