@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.metrics_core import Metric
 
 from mevwatch.collectors._integrity_baseline import BaselineStore, who_am_i
 from mevwatch.collectors._integrity_scan import verify
@@ -23,6 +22,7 @@ from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions, watch_set
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.cli import main as cli_main
+from mevwatch.daemon.families import Metric
 from mevwatch.daemon.state import StateDB
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import need_binary, need_root

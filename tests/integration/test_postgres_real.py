@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import structlog
-from prometheus_client.metrics_core import Metric
 
 from mevwatch.collectors.base import CollectorContext, CollectorError
 from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
+from mevwatch.daemon.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import free_port
 from tests.support.pgcluster import (

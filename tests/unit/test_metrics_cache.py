@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily
 from mevwatch.daemon.http import MetricsCache
 from mevwatch.daemon.store import SampleStore
 

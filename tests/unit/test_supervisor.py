@@ -8,7 +8,6 @@ import time
 from typing import ClassVar
 
 import pytest
-from prometheus_client.metrics_core import GaugeMetricFamily
 
 from mevwatch.collectors.base import (
     CollectorError,
@@ -21,6 +20,7 @@ from mevwatch.collectors.base import (
 )
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
+from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
 

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from mevwatch.alerts.engine import AlertEngine
 from mevwatch.daemon.config import load_config_text
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.metrics_core import HistogramMetricFamily
 
 from mevwatch.alerts.rules import History, histogram_quantile, increase
+from mevwatch.daemon.families import HistogramMetricFamily
 from tests.unit.alerts._helpers import Harness, counter, gauge
 
 BASE = """

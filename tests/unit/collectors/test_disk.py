@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.metrics_core import Metric
 
 from mevwatch.collectors import disk
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
@@ -34,6 +33,7 @@ from mevwatch.collectors.disk import (
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.docgen import declaration_problems
+from mevwatch.daemon.families import Metric
 from tests.support.peers import need_root
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "disk"

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.metrics_core import Metric
 
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.http import (
@@ -18,6 +17,7 @@ from mevwatch.collectors.http import (
     parse_check,
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
+from mevwatch.daemon.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.engine import EngineStub
 from tests.support.peers import free_port

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.metrics_core import Metric
 from pydantic import ValidationError
 
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
@@ -19,6 +18,7 @@ from mevwatch.collectors.rpc import (
     parse_proc_net_tcp,
     read_tcp_sockets,
 )
+from mevwatch.daemon.families import Metric
 from tests.support.collect import collect_anyway
 from tests.support.families import family_value
 from tests.support.peers import free_port
