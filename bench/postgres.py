@@ -32,11 +32,11 @@ from _common import REPO, free_port, machine, proc_stats, start, stop
 sys.path.insert(0, str(REPO))
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
+from mevwatch.daemon.families import Metric
 from tests.support.pgcluster import PgCluster
 
 EXPORTER = "/usr/bin/prometheus-postgres-exporter"
