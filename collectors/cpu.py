@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ from mevwatch.collectors._host import (
     enum_family,
     parse_pressure,
     pressure_families,
+    read_bytes,
+    read_text,
     read_text_status,
 )
 from mevwatch.collectors.base import (
@@ -51,6 +54,8 @@ __all__ = [
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 #: why frequency series are present or absent
 FREQUENCY_STATES = ("ok", "virtual_machine", "no_driver", "unreadable")
+#: seconds the per-CPU sysfs layout is kept before it is looked up again (sooner when the online CPUs change)
+LAYOUT_TTL = 300.0
 T = TypeVar("T")
 _CPU_DIR_RE = re.compile(r"^cpu(\d+)$")
 
@@ -121,6 +126,9 @@ def parse_loadavg(text: str) -> tuple[float, float, float]:
         raise ValueError(f"malformed /proc/loadavg: {text.strip()!r}") from None
 
 
+_CPUINFO_RE = re.compile(r"^[ \t]*(processor|cpu MHz|flags)[ \t]*:(.*)$", re.M)
+
+
 def parse_cpuinfo(text: str) -> tuple[dict[int, float], bool]:
     """``/proc/cpuinfo`` -> (clock in Hz by processor where the kernel prints ``cpu MHz``, is a VM).
 
@@ -129,19 +137,18 @@ def parse_cpuinfo(text: str) -> tuple[dict[int, float], bool]:
     mhz: dict[int, float] = {}
     hypervisor = False
     processor: int | None = None
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
+    # Only three of the ~25 lines per CPU matter: one regex pass finds them.
+    for key, value in _CPUINFO_RE.findall(text):
+        value = value.strip()
         if key == "processor":
             processor = int(value) if value.isdigit() else None
-        elif key == "cpu MHz" and processor is not None:
-            try:
-                mhz[processor] = float(value) * 1e6
-            except ValueError:
-                continue
-        elif key == "flags" and "hypervisor" in value.split():
+        elif key == "cpu MHz":
+            if processor is not None:
+                try:
+                    mhz[processor] = float(value) * 1e6
+                except ValueError:
+                    continue
+        elif not hypervisor and "hypervisor" in value.split():
             hypervisor = True
     return mhz, hypervisor
 
@@ -174,24 +181,23 @@ class Throttle:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def list_cpus(sysfs: Path) -> list[int]:
+def list_cpus(sysfs: str | os.PathLike[str]) -> list[int]:
     """Numbers of the CPUs sysfs knows (``cpu0`` ... ``cpuN``), sorted."""
-    base = sysfs / "devices" / "system" / "cpu"
     try:
-        names = os.listdir(base)
+        names = os.listdir(f"{os.fspath(sysfs)}/devices/system/cpu")
     except OSError:
         return []
     return sorted(int(m.group(1)) for n in names if (m := _CPU_DIR_RE.match(n)))
 
 
-def _read_opt(path: Path) -> str | None:
+def _read_opt(path: str) -> str | None:
     try:
-        return path.read_text(encoding="ascii").strip()
+        return read_text(path).strip()
     except OSError:
         return None
 
 
-def _khz(path: Path) -> float | None:
+def _khz(path: str) -> float | None:
     raw = _read_opt(path)
     if raw is None:
         return None
@@ -201,44 +207,178 @@ def _khz(path: Path) -> float | None:
         return None
 
 
-def read_cpufreq(sysfs: Path, cpu: int) -> CpuFreq | None:
-    """cpufreq of ``cpu``, or None when the kernel has no cpufreq for it (VM, no driver)."""
-    d = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
-    if not d.is_dir():
-        return None
-    if not os.access(d, os.R_OK | os.X_OK):
-        raise PermissionError(f"{d} is not readable")
-    return CpuFreq(
-        governor=_read_opt(d / "scaling_governor"),
-        available_governors=tuple((_read_opt(d / "scaling_available_governors") or "").split()),
-        current_hz=_khz(d / "scaling_cur_freq") or _khz(d / "cpuinfo_cur_freq"),
-        min_hz=_khz(d / "cpuinfo_min_freq"),
-        max_hz=_khz(d / "cpuinfo_max_freq"),
-        scaling_min_hz=_khz(d / "scaling_min_freq"),
-        scaling_max_hz=_khz(d / "scaling_max_freq"),
-    )
-
-
-def _int_opt(path: Path) -> int | None:
+def _int_opt(path: str) -> int | None:
     raw = _read_opt(path)
     return int(raw) if raw is not None and raw.isdigit() else None
 
 
+def cpufreq_dir(sysfs: str, cpu: int) -> str | None:
+    """The cpufreq directory of ``cpu`` with a trailing ``/``; None when the kernel has none (VM, no driver).
+
+    PermissionError when it exists but cannot be listed.
+    """
+    d = f"{sysfs}/devices/system/cpu/cpu{cpu}/cpufreq"
+    if not os.path.isdir(d):
+        return None
+    if not os.access(d, os.R_OK | os.X_OK):
+        raise PermissionError(f"{d} is not readable")
+    return d + "/"
+
+
+def _listing(d: str) -> frozenset[str]:
+    try:
+        return frozenset(os.listdir(d))
+    except OSError:
+        return frozenset()
+
+
+def read_cpufreq(sysfs: Path, cpu: int) -> CpuFreq | None:
+    """cpufreq of ``cpu``, or None when the kernel has no cpufreq for it (VM, no driver)."""
+    d = cpufreq_dir(os.fspath(sysfs), cpu)
+    if d is None:
+        return None
+    static = _CpuFreqStatic.read(d, _listing(d))
+    return static.current(d)
+
+
+@dataclass(frozen=True, slots=True)
+class _CpuFreqStatic:
+    """What one CPU's cpufreq directory holds: which files exist, and the values fixed by the hardware.
+
+    ``cpuinfo_{min,max}_freq`` are the CPU's limits and ``scaling_available_governors`` the governors
+    built into or loaded in the kernel: read when the layout is (re)built, not on every run.
+    """
+
+    governor: str | None
+    cur: str | None  # the file holding the current clock: scaling_cur_freq, else cpuinfo_cur_freq
+    cur_fallback: str | None
+    scaling_min: str | None
+    scaling_max: str | None
+    available_governors: tuple[str, ...]
+    min_hz: float | None
+    max_hz: float | None
+
+    @classmethod
+    def read(cls, d: str, files: frozenset[str]) -> _CpuFreqStatic:
+        def path(name: str) -> str | None:
+            return d + name if name in files else None
+
+        def khz(name: str) -> float | None:
+            p = path(name)
+            return _khz(p) if p is not None else None
+
+        govs = path("scaling_available_governors")
+        return cls(
+            governor=path("scaling_governor"),
+            cur=path("scaling_cur_freq"),
+            cur_fallback=path("cpuinfo_cur_freq"),
+            scaling_min=path("scaling_min_freq"),
+            scaling_max=path("scaling_max_freq"),
+            available_governors=tuple(((_read_opt(govs) if govs else None) or "").split()),
+            min_hz=khz("cpuinfo_min_freq"),
+            max_hz=khz("cpuinfo_max_freq"),
+        )
+
+    def current(self, d: str) -> CpuFreq:
+        """The values that change at run time, read now."""
+        cur = _khz(self.cur) if self.cur is not None else None
+        if not cur:
+            cur = _khz(self.cur_fallback) if self.cur_fallback is not None else None
+        return CpuFreq(
+            governor=_read_opt(self.governor) if self.governor is not None else None,
+            available_governors=self.available_governors,
+            current_hz=cur,
+            min_hz=self.min_hz,
+            max_hz=self.max_hz,
+            scaling_min_hz=_khz(self.scaling_min) if self.scaling_min is not None else None,
+            scaling_max_hz=_khz(self.scaling_max) if self.scaling_max is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ThrottleFiles:
+    """The thermal_throttle files of one CPU that exist, and its (fixed) physical package."""
+
+    package: str
+    core_count: str | None
+    core_ms: str | None
+    package_count: str | None
+    package_ms: str | None
+
+    @classmethod
+    def find(cls, cpu_dir: str) -> _ThrottleFiles | None:
+        d = cpu_dir + "/thermal_throttle/"
+        if not os.path.isdir(d):
+            return None
+        files = _listing(d)
+
+        def path(name: str) -> str | None:
+            return d + name if name in files else None
+
+        return cls(
+            package=_read_opt(cpu_dir + "/topology/physical_package_id") or "0",
+            core_count=path("core_throttle_count"),
+            core_ms=path("core_throttle_total_time_ms"),
+            package_count=path("package_throttle_count"),
+            package_ms=path("package_throttle_total_time_ms"),
+        )
+
+    def read(self, with_package: bool = True) -> Throttle:
+        core_ms = _int_opt(self.core_ms) if self.core_ms is not None else None
+        pkg_ms = _int_opt(self.package_ms) if with_package and self.package_ms is not None else None
+        pkg_count = _int_opt(self.package_count) if with_package and self.package_count is not None else None
+        return Throttle(
+            package=self.package,
+            core_count=_int_opt(self.core_count) if self.core_count is not None else None,
+            core_seconds=core_ms / 1000.0 if core_ms is not None else None,
+            package_count=pkg_count,
+            package_seconds=pkg_ms / 1000.0 if pkg_ms is not None else None,
+        )
+
+
 def read_throttle(sysfs: Path, cpu: int) -> Throttle | None:
     """Thermal throttle counters of ``cpu`` (x86 ``thermal_throttle/``), None when absent."""
-    c = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}"
-    d = c / "thermal_throttle"
-    if not d.is_dir():
-        return None
-    core_ms = _int_opt(d / "core_throttle_total_time_ms")
-    pkg_ms = _int_opt(d / "package_throttle_total_time_ms")
-    return Throttle(
-        package=_read_opt(c / "topology" / "physical_package_id") or "0",
-        core_count=_int_opt(d / "core_throttle_count"),
-        core_seconds=core_ms / 1000.0 if core_ms is not None else None,
-        package_count=_int_opt(d / "package_throttle_count"),
-        package_seconds=pkg_ms / 1000.0 if pkg_ms is not None else None,
-    )
+    files = _ThrottleFiles.find(f"{os.fspath(sysfs)}/devices/system/cpu/cpu{cpu}")
+    return files.read() if files is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _CpuFiles:
+    cpu: int
+    label: str
+    cpufreq: str | None  # directory, with its trailing /
+    cpufreq_static: _CpuFreqStatic | None
+    cpufreq_denied: bool
+    throttle: _ThrottleFiles | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Per-CPU sysfs files found by one look at the tree, kept until the online CPUs change or it expires."""
+
+    cpus: tuple[_CpuFiles, ...]
+    hypervisor_type: bool  # /sys/hypervisor/type exists (a Xen guest, even without the CPU flag)
+    online: bytes | None  # devices/system/cpu/online when the layout was built
+    expires: float  # time.monotonic() after which it is built again
+
+    @classmethod
+    def discover(cls, sysfs: str, online: bytes | None, now: float) -> _Layout:
+        rows = []
+        for cpu in list_cpus(sysfs):
+            try:
+                d = cpufreq_dir(sysfs, cpu)
+                denied = False
+            except PermissionError:
+                d, denied = None, True
+            rows.append(_CpuFiles(
+                cpu=cpu,
+                label=str(cpu),
+                cpufreq=d,
+                cpufreq_static=_CpuFreqStatic.read(d, _listing(d)) if d is not None else None,
+                cpufreq_denied=denied,
+                throttle=_ThrottleFiles.find(f"{sysfs}/devices/system/cpu/cpu{cpu}"),
+            ))
+        return cls(tuple(rows), os.path.isfile(f"{sysfs}/hypervisor/type"), online, now + LAYOUT_TTL)
 
 
 def frequency_status(cpufreq_present: bool, unreadable: bool, virtual: bool) -> str:
@@ -304,11 +444,32 @@ class CpuCollector(PollCollector[CpuOptions]):
     def __init__(self, ctx: CollectorContext, options: CpuOptions) -> None:
         super().__init__(ctx, options)
         self._prev: ProcStat | None = None
+        paths = ctx.paths
+        # Path strings built once: pathlib joins on every run cost more than the reads.
+        self._stat_path = os.fspath(paths.proc("stat"))
+        self._loadavg_path = os.fspath(paths.proc("loadavg"))
+        self._cpuinfo_path = os.fspath(paths.proc("cpuinfo"))
+        self._pressure_path = os.fspath(paths.proc("pressure", "cpu"))
+        self._sysfs = os.fspath(paths.sysfs)
+        self._online_path = f"{self._sysfs}/devices/system/cpu/online"
+        self._layout: _Layout | None = None
+        self._clk_tck = os.sysconf("SC_CLK_TCK")
+
+    def _current_layout(self) -> _Layout:
+        """The per-CPU sysfs layout, looked up again when the online CPUs changed or it expired."""
+        try:
+            online: bytes | None = read_bytes(self._online_path)
+        except OSError:
+            online = None
+        now = time.monotonic()
+        layout = self._layout
+        if layout is None or layout.online != online or now >= layout.expires:
+            layout = self._layout = _Layout.discover(self._sysfs, online, now)
+        return layout
 
     async def collect(self) -> Families:
-        paths = self.ctx.paths
-        stat = self._core_file(paths.proc("stat"), "stat", parse_proc_stat)
-        load = self._core_file(paths.proc("loadavg"), "loadavg", parse_loadavg)
+        stat = self._core_file(self._stat_path, "stat", parse_proc_stat)
+        load = self._core_file(self._loadavg_path, "loadavg", parse_loadavg)
         families: list[Metric] = []
 
         load_fam = GaugeMetricFamily(
@@ -328,15 +489,15 @@ class CpuCollector(PollCollector[CpuOptions]):
             ))
         families.extend(self._time_families(stat))
 
-        cpus = list_cpus(paths.sysfs)
+        layout = self._current_layout()
         families.append(GaugeMetricFamily(
             "mevwatch_cpu_logical_processors",
             "Logical CPUs the kernel knows (to read load per CPU)",
-            value=len(cpus) or os.cpu_count() or 0,
+            value=len(layout.cpus) or os.cpu_count() or 0,
         ))
-        families.extend(self._frequency_families(cpus))
+        families.extend(self._frequency_families(layout))
         sources: list[tuple[Sequence[str], str]] = [
-            (["thermal_throttle"], self._throttle_families(cpus, families)),
+            (["thermal_throttle"], self._throttle_families(layout, families)),
             (["pressure"], self._pressure(families)),
         ]
         families.append(enum_family(
@@ -349,7 +510,7 @@ class CpuCollector(PollCollector[CpuOptions]):
         # A family without samples (no limit set, no cpufreq) is left out rather than rendered empty.
         return [f for f in families if f.samples]
 
-    def _core_file(self, path: Path, name: str, parse: Callable[[str], T]) -> T:
+    def _core_file(self, path: str, name: str, parse: Callable[[str], T]) -> T:
         text, status, detail = read_text_status(path)
         if text is None:
             raise CollectorError(f"{name}_{status}", detail)
@@ -359,7 +520,7 @@ class CpuCollector(PollCollector[CpuOptions]):
             raise CollectorError(f"{name}_invalid", f"{path}: {exc}") from None
 
     def _time_families(self, stat: ProcStat) -> list[Metric]:
-        hz = os.sysconf("SC_CLK_TCK")
+        hz = self._clk_tck
         seconds = CounterMetricFamily(
             "mevwatch_cpu_seconds", "CPU time of all CPUs by mode (/proc/stat)", labels=["mode"]
         )
@@ -381,21 +542,26 @@ class CpuCollector(PollCollector[CpuOptions]):
             out.append(ratio)
         return out
 
-    def _frequency_families(self, cpus: Sequence[int]) -> list[Metric]:
-        sysfs = self.ctx.paths.sysfs
+    def _frequency_families(self, layout: _Layout) -> list[Metric]:
         freqs: dict[int, CpuFreq] = {}
         unreadable = False
-        for cpu in cpus:
-            try:
-                f = read_cpufreq(sysfs, cpu)
-            except PermissionError:
+        for c in layout.cpus:
+            if c.cpufreq_denied:
                 unreadable = True
-                continue
-            if f is not None:
-                freqs[cpu] = f
-        text, _, _ = read_text_status(self.ctx.paths.proc("cpuinfo"))
-        cpuinfo_hz, virtual = parse_cpuinfo(text) if text is not None else ({}, False)
-        virtual = virtual or (sysfs / "hypervisor" / "type").is_file()
+            elif c.cpufreq is not None and c.cpufreq_static is not None:
+                freqs[c.cpu] = c.cpufreq_static.current(c.cpufreq)
+        # /proc/cpuinfo is long and costly to generate: read only when a clock or the VM flag is needed.
+        need_clock = not layout.cpus or any(
+            (f := freqs.get(c.cpu)) is None or f.current_hz is None for c in layout.cpus
+        )
+        need_virtual = not freqs and not unreadable and not layout.hypervisor_type
+        cpuinfo_hz: dict[int, float] = {}
+        virtual = layout.hypervisor_type
+        if need_clock or need_virtual:
+            text, _, _ = read_text_status(self._cpuinfo_path)
+            if text is not None:
+                cpuinfo_hz, flag = parse_cpuinfo(text)
+                virtual = virtual or flag
         status = frequency_status(bool(freqs), unreadable, virtual)
 
         labels = ["cpu"]
@@ -419,10 +585,10 @@ class CpuCollector(PollCollector[CpuOptions]):
             "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
             labels=["cpu", "governor"],
         )
-        for cpu in cpus:
-            lv = [str(cpu)]
-            f = freqs.get(cpu)
-            cur = f.current_hz if f is not None and f.current_hz is not None else cpuinfo_hz.get(cpu)
+        for c in layout.cpus:
+            lv = [c.label]
+            f = freqs.get(c.cpu)
+            cur = f.current_hz if f is not None and f.current_hz is not None else cpuinfo_hz.get(c.cpu)
             if cur is not None:
                 current.add_metric(lv, cur)
             if f is None:
@@ -435,8 +601,8 @@ class CpuCollector(PollCollector[CpuOptions]):
             if f.governor is not None and f.governor not in names:
                 names.append(f.governor)
             for name in names:
-                governor.add_metric([str(cpu), name], 1.0 if name == f.governor else 0.0)
-        if not cpus:  # sysfs without cpu dirs: /proc/cpuinfo is all there is
+                governor.add_metric([c.label, name], 1.0 if name == f.governor else 0.0)
+        if not layout.cpus:  # sysfs without cpu dirs: /proc/cpuinfo is all there is
             for cpu, hz in sorted(cpuinfo_hz.items()):
                 current.add_metric([str(cpu)], hz)
         scaling_status = enum_family(
@@ -449,7 +615,7 @@ class CpuCollector(PollCollector[CpuOptions]):
         )
         return [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
 
-    def _throttle_families(self, cpus: Sequence[int], families: list[Metric]) -> str:
+    def _throttle_families(self, layout: _Layout, families: list[Metric]) -> str:
         core = CounterMetricFamily(
             "mevwatch_cpu_core_throttles", "Times the core was thermally throttled", labels=["cpu"]
         )
@@ -465,16 +631,18 @@ class CpuCollector(PollCollector[CpuOptions]):
         )
         seen_packages: set[str] = set()
         found = False
-        for cpu in cpus:
-            t = read_throttle(self.ctx.paths.sysfs, cpu)
-            if t is None:
+        for c in layout.cpus:
+            if c.throttle is None:
                 continue
             found = True
+            # every CPU of a package repeats its package counters: read them from the first one only
+            first_of_package = c.throttle.package not in seen_packages
+            t = c.throttle.read(with_package=first_of_package)
             if t.core_count is not None:
-                core.add_metric([str(cpu)], float(t.core_count))
+                core.add_metric([c.label], float(t.core_count))
             if t.core_seconds is not None:
-                core_s.add_metric([str(cpu)], t.core_seconds)
-            if t.package not in seen_packages:  # every CPU of a package repeats its package counters
+                core_s.add_metric([c.label], t.core_seconds)
+            if first_of_package:
                 seen_packages.add(t.package)
                 if t.package_count is not None:
                     pkg.add_metric([t.package], float(t.package_count))
@@ -486,7 +654,7 @@ class CpuCollector(PollCollector[CpuOptions]):
         return "ok"
 
     def _pressure(self, families: list[Metric]) -> str:
-        text, status, _ = read_text_status(self.ctx.paths.proc("pressure", "cpu"))
+        text, status, _ = read_text_status(self._pressure_path)
         if text is None:
             return status
         try:

@@ -219,13 +219,67 @@ async def test_bare_metal_without_cpufreq_driver(tmp_path: Path) -> None:
 
 
 async def test_unreadable_cpufreq_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    def denied(sysfs: Path, cpu: int) -> CpuFreq | None:
+    def denied(sysfs: str, cpu: int) -> str | None:
         raise PermissionError(f"{sysfs}/devices/system/cpu/cpu{cpu}/cpufreq is not readable")
 
-    monkeypatch.setattr(cpu_module, "read_cpufreq", denied)
+    monkeypatch.setattr(cpu_module, "cpufreq_dir", denied)
     fams = await _collector().collect()
     assert family_value(fams, "mevwatch_cpu_frequency_scaling_status", status="unreadable") == 1
     assert family_labels(fams, "mevwatch_cpu_frequency_governor") == []
+
+
+async def test_sysfs_layout_is_looked_up_again_when_the_online_cpus_change(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIX / "sys", sysfs)
+    collector = _collector(sysfs=sysfs)
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3") is None
+    # a driver binds to cpu3: the cached layout does not know its files yet
+    shutil.copytree(sysfs / "devices/system/cpu/cpu0/cpufreq", sysfs / "devices/system/cpu/cpu3/cpufreq")
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3") is None
+    # a CPU going offline or online changes devices/system/cpu/online: the layout is rebuilt
+    (sysfs / "devices/system/cpu/online").write_text("0-2\n")
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3", governor="performance") == 1
+    assert family_value(fams, "mevwatch_cpu_frequency_max_hertz", cpu="3") == 4900e6
+
+
+async def test_sysfs_layout_is_looked_up_again_when_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu_module, "LAYOUT_TTL", 0.0)  # every layout has expired by the next run
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIX / "sys", sysfs)
+    collector = _collector(sysfs=sysfs)
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_max_hertz", cpu="3") is None
+    shutil.copytree(sysfs / "devices/system/cpu/cpu0/cpufreq", sysfs / "devices/system/cpu/cpu3/cpufreq")
+    fams = await collector.collect()  # online unchanged: only the expiry brings the new files in
+    assert family_value(fams, "mevwatch_cpu_frequency_max_hertz", cpu="3") == 4900e6
+
+
+async def test_cpuinfo_is_read_only_for_cpus_without_a_cpufreq_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sysfs = tmp_path / "sys"
+    shutil.copytree(FIX / "sys", sysfs)
+    read: list[str] = []
+    real = cpu_module.read_text_status
+
+    def spy(path: str) -> tuple[str | None, str, str]:
+        read.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(cpu_module, "read_text_status", spy)
+    await _collector(sysfs=sysfs).collect()
+    assert any(p.endswith("/cpuinfo") for p in read)  # cpu3 has no cpufreq: its clock comes from cpuinfo
+    shutil.copytree(sysfs / "devices/system/cpu/cpu0/cpufreq", sysfs / "devices/system/cpu/cpu3/cpufreq")
+    read.clear()
+    fams = await _collector(sysfs=sysfs).collect()
+    assert not any(p.endswith("/cpuinfo") for p in read)
+    assert family_value(fams, "mevwatch_cpu_frequency_hertz", cpu="3") is not None
+    assert family_value(fams, "mevwatch_cpu_frequency_scaling_status", status="ok") == 1
 
 
 # --- faults -------------------------------------------------------------------------------------
