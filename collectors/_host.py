@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -19,6 +19,8 @@ __all__ = [
     "parse_pressure",
     "parse_proc_cgroup",
     "pressure_families",
+    "read_bytes",
+    "read_text",
     "read_text_status",
     "unit_from_cgroup_path",
 ]
@@ -70,21 +72,50 @@ def parse_pressure(text: str) -> dict[str, Pressure]:
     return out
 
 
-def read_text_status(path: Path) -> tuple[str | None, ReadStatus, str]:
+_O_READ = os.O_RDONLY | os.O_CLOEXEC
+_CHUNK = 65536
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The whole content of a small kernel file: one open, reads until EOF, one close.
+
+    procfs and sysfs files are generated on each read, so Python's buffered ``open()`` only adds
+    work (fstat, TCGETS ioctl, lseek, a decoder); this is what every host collector reads with.
+    OSError as ``open()`` raises it.
+    """
+    fd = os.open(path, _O_READ)
+    try:
+        data = os.read(fd, _CHUNK)
+        if not data:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return data if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """:func:`read_bytes` decoded as ASCII, a byte outside it replaced (kernel files are ASCII)."""
+    return read_bytes(path).decode("ascii", "replace")
+
+
+def read_text_status(path: str | os.PathLike[str]) -> tuple[str | None, ReadStatus, str]:
     """Read an optional kernel file: (text or None, status, detail for the log).
 
     ``disabled`` is what the kernel answers for a PSI file when booted with ``psi=0``.
     """
     try:
-        return path.read_text(encoding="ascii", errors="replace"), "ok", ""
+        return read_bytes(path).decode("ascii", "replace"), "ok", ""
     except FileNotFoundError:
-        return None, "missing", f"{path} does not exist"
+        return None, "missing", f"{os.fspath(path)} does not exist"
     except PermissionError as exc:
-        return None, "unreadable", f"{path}: {exc.strerror}"
+        return None, "unreadable", f"{os.fspath(path)}: {exc.strerror}"
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-            return None, "disabled", f"{path}: {exc.strerror}"
-        return None, "unreadable", f"{path}: {exc.strerror or exc}"
+            return None, "disabled", f"{os.fspath(path)}: {exc.strerror}"
+        return None, "unreadable", f"{os.fspath(path)}: {exc.strerror or exc}"
 
 
 def unit_from_cgroup_path(path: str) -> str:
