@@ -1,4 +1,4 @@
-"""HTTP server: /metrics from cached snapshots, landing page, health, readiness, reload.
+"""HTTP endpoints: /metrics from cached snapshots, landing page, health, readiness, reload.
 
 A scrape never waits on a collector: the exposition is rendered once per store change (per
 format) and served from cache, the gzipped copy cached too, so many concurrent scrapers
@@ -20,13 +20,13 @@ from typing import Any
 
 import structlog
 import yaml
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mevwatch.daemon._httpd import Request, Response, Server
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
 from mevwatch.daemon.store import SampleStore, merge_families
 
-__all__ = ["HttpServer", "MetricsCache", "WebConfigFile", "load_web_config"]
+__all__ = ["HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile", "load_web_config", "ssl_context"]
 
 log = structlog.get_logger("mevwatch.http")
 
@@ -180,6 +180,8 @@ class HttpHooks:
 
 
 class HttpServer:
+    """The daemon's endpoints on the small asyncio HTTP/1.1 server in mevwatch.daemon._httpd."""
+
     def __init__(
         self,
         store: SampleStore,
@@ -187,6 +189,11 @@ class HttpServer:
         listen: str,
         enable_lifecycle: bool = False,
         web_config: WebConfigFile | None = None,
+        *,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+        tls_handshake_timeout: float = 10.0,
+        max_connections: int = 512,
     ) -> None:
         self.cache = MetricsCache(store)
         self.hooks = hooks
@@ -194,58 +201,58 @@ class HttpServer:
         self.enable_lifecycle = enable_lifecycle
         self.web_config = web_config or WebConfigFile()
         self._auth = _BasicAuth(dict(self.web_config.basic_auth_users)) if self.web_config.basic_auth_users else None
-        self._runner: web.AppRunner | None = None
+        self.server = Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
+                             tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections)
+        self._started = False
         self.scrapes_total = 0
+        self._routes: dict[str, dict[str, Callable[[Request], Response | Awaitable[Response]]]] = {
+            "/metrics": {"GET": self.metrics},
+            "/": {"GET": self.landing},
+            "/health": {"GET": self.health},
+            "/-/healthy": {"GET": self.healthy},
+            "/-/ready": {"GET": self.ready},
+            "/-/reload": {"POST": self.reload, "PUT": self.reload},
+        }
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth_middleware])
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/", self.landing)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/-/healthy", self.healthy)
-        app.router.add_get("/-/ready", self.ready)
-        app.router.add_post("/-/reload", self.reload)
-        app.router.add_put("/-/reload", self.reload)
-        return app
+    @property
+    def port(self) -> int:
+        """The bound port (useful with a listen address ending in ``:0``)."""
+        return self.server.port
 
-    @web.middleware
-    async def _auth_middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if self._auth is not None and not self._auth.check(request.headers.get("Authorization")):
-            return web.Response(
-                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="mevwatch"'}
-            )
-        return await handler(request)
+    def dispatch(self, request: Request) -> Response | Awaitable[Response]:
+        if self._auth is not None and not self._auth.check(request.headers.get("authorization")):
+            return Response.text(401, "Unauthorized\n", ("WWW-Authenticate", 'Basic realm="mevwatch"'))
+        methods = self._routes.get(request.path)
+        if methods is None:
+            return Response.text(404, "404: Not Found\n")
+        handler = methods.get("GET" if request.method == "HEAD" else request.method)
+        if handler is None:
+            allow = sorted({*methods, "HEAD"} if "GET" in methods else methods)
+            return Response.text(405, "405: Method Not Allowed\n", ("Allow", ", ".join(allow)))
+        return handler(request)
 
     async def start(self) -> None:
         host, _, port = self.listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, int(port), ssl_context=ssl_context(self.web_config),
-                           reuse_address=True)
-        await site.start()
+        await self.server.start(host, int(port), ssl_context(self.web_config))
+        self._started = True
         log.info("http_listening", address=self.listen, tls=self.web_config.tls_server_config is not None,
                  basic_auth=self._auth is not None)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._started:
+            self._started = False
+            await self.server.stop()
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
-        accept = request.headers.get("Accept", "")
-        openmetrics = "application/openmetrics-text" in accept
-        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
+        gzipped = "gzip" in request.headers.get("accept-encoding", "")
         body = self.cache.get(openmetrics, gzipped)
-        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
-        if gzipped:
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        ctype = CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT
+        return Response(200, body, ctype, _GZIP if gzipped else ())
 
-    async def landing(self, _: web.Request) -> web.Response:
+    def landing(self, _: Request) -> Response:
         rows = "".join(
             f"<tr><td>{html.escape(s['collector'])}</td><td>{html.escape(s['instance'])}</td>"
             f"<td>{'ok' if s['success'] else ('pending' if s['success'] is None else 'FAILING')}</td>"
@@ -258,9 +265,9 @@ class HttpServer:
             "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
             f"<th>last error</th></tr>{rows}</table></body></html>"
         )
-        return web.Response(text=page, content_type="text/html")
+        return Response(200, page.encode(), "text/html; charset=utf-8")
 
-    async def health(self, _: web.Request) -> web.Response:
+    def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
         body = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
@@ -268,18 +275,21 @@ class HttpServer:
             "time": time.time(),
             "collectors": collectors,
         }
-        return web.Response(text=json.dumps(body, indent=1), content_type="application/json")
+        return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
-    async def healthy(self, _: web.Request) -> web.Response:
-        return web.Response(text="mevwatch is Healthy.\n")
+    def healthy(self, _: Request) -> Response:
+        return Response.text(200, "mevwatch is Healthy.\n")
 
-    async def ready(self, _: web.Request) -> web.Response:
+    def ready(self, _: Request) -> Response:
         if self.hooks.ready():
-            return web.Response(text="mevwatch is Ready.\n")
-        return web.Response(status=503, text="mevwatch is not ready: first collection round not done.\n")
+            return Response.text(200, "mevwatch is Ready.\n")
+        return Response.text(503, "mevwatch is not ready: first collection round not done.\n")
 
-    async def reload(self, _: web.Request) -> web.Response:
+    async def reload(self, _: Request) -> Response:
         if not self.enable_lifecycle:
-            return web.Response(status=403, text="Lifecycle API is not enabled (--web.enable-lifecycle).\n")
+            return Response.text(403, "Lifecycle API is not enabled (--web.enable-lifecycle).\n")
         ok, message = await self.hooks.reload()
-        return web.Response(status=200 if ok else 500, text=message + "\n")
+        return Response.text(200 if ok else 500, message + "\n")
+
+
+_GZIP = (("Content-Encoding", "gzip"),)

@@ -1,0 +1,488 @@
+"""The daemon's HTTP/1.1 server over real loopback sockets: routes, keep-alive, pipelining, limits, timeouts, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+import socket
+import ssl
+import struct
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from mevwatch.daemon.families import GaugeMetricFamily
+from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile
+from mevwatch.daemon.store import SampleStore
+from tests.support.peers import need_binary
+
+WAIT = 5.0  # upper bound for any single read; every test ends well within it
+
+
+@dataclass
+class Daemon:
+    """The daemon side the server asks: status rows, readiness, reload."""
+
+    ready_flag: bool = True
+    reload_result: tuple[bool, str] = (True, "reloaded")
+    reload_gate: asyncio.Event | None = None
+    reloads: int = 0
+    status_error: bool = False
+    rows: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"collector": "process", "instance": "default", "success": True, "last_error": None}])
+
+    def status(self) -> list[dict[str, Any]]:
+        if self.status_error:
+            raise RuntimeError("status broke")
+        return self.rows
+
+    def ready(self) -> bool:
+        return self.ready_flag
+
+    async def reload(self) -> tuple[bool, str]:
+        self.reloads += 1
+        if self.reload_gate is not None:
+            await self.reload_gate.wait()
+        return self.reload_result
+
+    def hooks(self) -> HttpHooks:
+        return HttpHooks(status=self.status, ready=self.ready, reload=self.reload)
+
+
+def populated_store(samples: int = 3) -> SampleStore:
+    store = SampleStore()
+    g = GaugeMetricFamily("mevwatch_test_value", "a test gauge", labels=["i"])
+    for i in range(samples):
+        g.add_metric([str(i)], float(i))
+    store.put(("test", "default"), [g], interval=60)
+    return store
+
+
+Start = Callable[..., Awaitable[HttpServer]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    servers: list[HttpServer] = []
+
+    async def _start(daemon: Daemon | None = None, store: SampleStore | None = None, **kw: Any) -> HttpServer:
+        srv = HttpServer(store or populated_store(), (daemon or Daemon()).hooks(), "127.0.0.1:0", **kw)
+        await srv.start()
+        servers.append(srv)
+        return srv
+
+    yield _start
+    for srv in servers:
+        await srv.stop()
+
+
+class LoopErrors:
+    """What the event loop's exception handler is given, and asyncio's own warnings, while a test runs."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self.caplog = caplog
+        self.handled: list[dict[str, Any]] = []
+        asyncio.get_event_loop().set_exception_handler(lambda _loop, ctx: self.handled.append(ctx))
+        caplog.set_level(logging.DEBUG, logger="asyncio")
+
+    def all(self) -> list[Any]:
+        return [*self.handled, *(r.getMessage() for r in self.caplog.records
+                                 if r.name == "asyncio" and r.levelno >= logging.WARNING)]
+
+
+@pytest.fixture
+def loop_errors(caplog: pytest.LogCaptureFixture) -> LoopErrors:
+    return LoopErrors(caplog)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_reply(reader: asyncio.StreamReader, head_only: bool = False) -> Reply:
+    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    lines = raw.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    body = b"" if head_only else await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
+    return Reply(status, headers, body)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True when the server closes the connection (EOF or reset) before WAIT."""
+    try:
+        return await asyncio.wait_for(reader.read(65536), WAIT) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def connect(srv: HttpServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", srv.port)
+
+
+async def request(srv: HttpServer, raw: bytes, head_only: bool = False) -> Reply:
+    reader, writer = await connect(srv)
+    try:
+        writer.write(raw)
+        return await read_reply(reader, head_only)
+    finally:
+        writer.close()
+
+
+def get(path: str, *headers: str, method: str = "GET") -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return f"{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+
+async def test_metrics_text_openmetrics_gzip_and_query_string(start: Start) -> None:
+    srv = await start()
+    plain = await request(srv, get("/metrics"))
+    assert plain.status == 200
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b'mevwatch_test_value{i="2"} 2.0' in plain.body
+    assert int(plain.headers["content-length"]) == len(plain.body)
+    assert "content-encoding" not in plain.headers
+    om = await request(srv, get("/metrics", "Accept: application/openmetrics-text; version=1.0.0"))
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.body.endswith(b"# EOF\n")
+    gz = await request(srv, get("/metrics", "Accept-Encoding: gzip, deflate"))
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(gz.body) == plain.body
+    assert (await request(srv, get("/metrics?x=1&y"))).body == plain.body
+    assert srv.scrapes_total == 4
+
+
+async def test_landing_health_healthy_and_ready_until_ready(start: Start) -> None:
+    daemon = Daemon(ready_flag=False)
+    srv = await start(daemon)
+    landing = await request(srv, get("/"))
+    assert landing.headers["content-type"] == "text/html; charset=utf-8"
+    assert b"<td>process</td>" in landing.body
+    health = await request(srv, get("/health"))
+    assert health.headers["content-type"].startswith("application/json")
+    assert json.loads(health.body)["ready"] is False
+    assert (await request(srv, get("/-/healthy"))).body == b"mevwatch is Healthy.\n"
+    assert (await request(srv, get("/-/ready"))).status == 503
+    daemon.ready_flag = True
+    ready = await request(srv, get("/-/ready"))
+    assert (ready.status, ready.body) == (200, b"mevwatch is Ready.\n")
+
+
+async def test_reload_needs_lifecycle_and_reports_the_hook_result(start: Start) -> None:
+    daemon = Daemon()
+    off = await start(daemon)
+    assert (await request(off, get("/-/reload", method="POST"))).status == 403
+    assert daemon.reloads == 0
+    on = await start(daemon, enable_lifecycle=True)
+    assert (await request(on, get("/-/reload", method="POST"))).body == b"reloaded\n"
+    daemon.reload_result = (False, "config.yaml:3: bad")
+    failed = await request(on, get("/-/reload", method="PUT"))
+    assert (failed.status, failed.body) == (500, b"config.yaml:3: bad\n")
+    assert daemon.reloads == 2
+
+
+async def test_unknown_path_404_and_wrong_method_405_with_allow(start: Start) -> None:
+    srv = await start()
+    assert (await request(srv, get("/nope"))).status == 404
+    post = await request(srv, get("/metrics", method="POST"))
+    assert (post.status, post.headers["allow"]) == (405, "GET, HEAD")
+    reload_get = await request(srv, get("/-/reload"))
+    assert (reload_get.status, reload_get.headers["allow"]) == (405, "POST, PUT")
+
+
+async def test_basic_auth_401_with_challenge_then_200(start: Start) -> None:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    srv = await start(web_config=WebConfigFile(basic_auth_users={"prom": hashed}))
+
+    def auth(user: str, password: str) -> str:
+        return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    missing = await request(srv, get("/metrics"))
+    assert (missing.status, missing.headers["www-authenticate"]) == (401, 'Basic realm="mevwatch"')
+    assert (await request(srv, get("/metrics", auth("prom", "wrong")))).status == 401
+    assert (await request(srv, get("/metrics", "Authorization: Basic %%%"))).status == 401
+    assert (await request(srv, get("/metrics", auth("prom", "s3cret")))).status == 200
+    assert (await request(srv, get("/nope", auth("prom", "s3cret")))).status == 404
+
+
+async def test_handler_exception_is_500_logged_and_the_server_keeps_serving(start: Start) -> None:
+    daemon = Daemon(status_error=True)
+    srv = await start(daemon)
+    with structlog.testing.capture_logs() as logs:
+        assert (await request(srv, get("/"))).status == 500
+    assert [(e["event"], e["log_level"], e.get("path")) for e in logs] == [("http_handler_failed", "error", "/")]
+    assert logs[0].get("exc_info") is True
+    assert (await request(srv, get("/-/healthy"))).status == 200
+
+
+# --- connections -----------------------------------------------------------------------------------
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection(start: Start) -> None:
+    srv = await start()
+    reader, writer = await connect(srv)
+    for _ in range(3):
+        writer.write(get("/-/healthy"))
+        reply = await read_reply(reader)
+        assert reply.status == 200
+        assert "connection" not in reply.headers
+    assert len(srv.server.connections) == 1
+    writer.close()
+
+
+async def test_http10_closes_unless_keep_alive_and_connection_close_closes(start: Start) -> None:
+    srv = await start()
+    reader, writer = await connect(srv)
+    writer.write(b"GET /-/healthy HTTP/1.0\r\n\r\n")
+    reply = await read_reply(reader)
+    assert (reply.status, reply.headers["connection"]) == (200, "close")
+    assert await closed_by_server(reader)
+    writer.close()
+
+    reader, writer = await connect(srv)
+    for _ in range(2):
+        writer.write(b"GET /-/healthy HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        assert (await read_reply(reader)).headers["connection"] == "keep-alive"
+    writer.close()
+
+    reader, writer = await connect(srv)
+    writer.write(get("/-/healthy", "Connection: close"))
+    assert (await read_reply(reader)).headers["connection"] == "close"
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+async def test_head_sends_the_get_headers_without_a_body(start: Start) -> None:
+    srv = await start()
+    full = await request(srv, get("/metrics"))
+    reader, writer = await connect(srv)
+    writer.write(get("/metrics", method="HEAD") + get("/-/healthy"))
+    head = await read_reply(reader, head_only=True)
+    assert (head.status, int(head.headers["content-length"])) == (200, len(full.body))
+    assert (await read_reply(reader)).body == b"mevwatch is Healthy.\n"  # next reply follows the head at once
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order_across_an_async_handler(start: Start) -> None:
+    gate = asyncio.Event()
+    daemon = Daemon(reload_gate=gate)
+    srv = await start(daemon, enable_lifecycle=True)
+    reader, writer = await connect(srv)
+    writer.write(get("/-/healthy") + get("/-/reload", method="POST") + get("/-/ready") + get("/nope"))
+    assert (await read_reply(reader)).body == b"mevwatch is Healthy.\n"
+    with pytest.raises(TimeoutError):  # the reload is held: nothing may overtake its answer
+        await asyncio.wait_for(reader.read(1), 0.2)
+    assert daemon.reloads == 1
+    gate.set()
+    assert [(await read_reply(reader)).status for _ in range(3)] == [200, 200, 404]
+    writer.close()
+
+
+async def test_request_body_is_consumed_before_the_next_request(start: Start) -> None:
+    srv = await start(enable_lifecycle=True)
+    reader, writer = await connect(srv)
+    body = b"x" * 3000
+    writer.write(f"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    writer.write(body[:1000])
+    await asyncio.sleep(0.05)
+    writer.write(body[1000:] + get("/-/healthy"))
+    assert (await read_reply(reader)).body == b"reloaded\n"
+    assert (await read_reply(reader)).body == b"mevwatch is Healthy.\n"
+    writer.close()
+
+
+async def test_expect_100_continue_is_answered(start: Start) -> None:
+    srv = await start(enable_lifecycle=True)
+    reader, writer = await connect(srv)
+    writer.write(b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"body")
+    assert (await read_reply(reader)).status == 200
+    writer.close()
+
+
+# --- limits and malformed input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000, 431),  # never ends: limit hits first
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (b"GET /metrics\r\n\r\n", 400),
+    (b"GET  /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET /metrics HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    (b"GET metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nBad Name: v\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\n folded: v\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nX: a\x00b\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: t\r\nX: \xff\xfe\xc3\x28\r\n\r\n", 400),  # invalid UTF-8
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # a TLS hello on the plain port
+    (bytes(range(256)) + b"\r\n\r\n", 400),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\n\r\n", 413),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n", 411),
+])
+async def test_bad_requests_get_an_error_status_and_the_connection_closes(
+    start: Start, loop_errors: LoopErrors, raw: bytes, status: int
+) -> None:
+    srv = await start(enable_lifecycle=True)
+    reader, writer = await connect(srv)
+    with structlog.testing.capture_logs() as logs:
+        writer.write(raw)
+        reply = await read_reply(reader)
+        assert reply.status == status
+        assert reply.headers["connection"] == "close"
+        assert await closed_by_server(reader)
+    writer.close()
+    assert logs == []
+    assert loop_errors.all() == []
+    assert (await request(srv, get("/-/healthy"))).status == 200
+
+
+async def test_a_hundred_headers_are_accepted(start: Start) -> None:
+    srv = await start()
+    headers = [f"X-{i}: v" for i in range(99)]  # + Host = 100
+    assert (await request(srv, get("/-/healthy", *headers))).status == 200
+
+
+async def test_bare_lf_line_endings_and_absolute_form_target_are_accepted(start: Start) -> None:
+    srv = await start()
+    assert (await request(srv, b"GET /-/healthy HTTP/1.1\nHost: t\n\n")).status == 200
+    assert (await request(srv, b"GET http://t:9717/-/healthy HTTP/1.1\r\nHost: t\r\n\r\n")).status == 200
+
+
+# --- timeouts, caps, faults -----------------------------------------------------------------------
+
+
+async def test_a_stalled_partial_request_is_closed_after_the_header_timeout(start: Start) -> None:
+    srv = await start(header_timeout=0.3, idle_timeout=60)
+    reader, writer = await connect(srv)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+    reply = await read_reply(reader)
+    assert reply.status == 408
+    assert await closed_by_server(reader)
+    writer.close()
+    reader, writer = await connect(srv)  # a connection that never sends a byte
+    assert await closed_by_server(reader)
+    writer.close()
+    assert srv.server.connections == set()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(start: Start) -> None:
+    srv = await start(header_timeout=60, idle_timeout=0.3)
+    reader, writer = await connect(srv)
+    writer.write(get("/-/healthy"))
+    assert (await read_reply(reader)).status == 200
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    openssl = need_binary("openssl")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    return d / "cert.pem", d / "key.pem"
+
+
+async def test_tls_serves_and_a_stalled_handshake_is_closed(
+    start: Start, tls_files: tuple[Path, Path], loop_errors: LoopErrors
+) -> None:
+    cert, key = tls_files
+    web = WebConfigFile.model_validate({"tls_server_config": {"cert_file": cert, "key_file": key}})
+    srv = await start(web_config=web, tls_handshake_timeout=0.3, header_timeout=60)
+    ctx = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, ssl=ctx)
+    writer.write(get("/-/healthy") + get("/-/ready"))
+    assert [(await read_reply(reader)).status for _ in range(2)] == [200, 200]
+    writer.close()
+    reader, writer = await connect(srv)  # plain TCP, no ClientHello: the handshake never completes
+    assert await closed_by_server(reader)
+    writer.close()
+    assert loop_errors.all() == []
+
+
+async def test_over_the_connection_cap_new_clients_get_503_and_accepting_goes_on(start: Start) -> None:
+    srv = await start(max_connections=2)
+    held = [await connect(srv) for _ in range(2)]
+    for reader, writer in held:  # both are registered once they have been served
+        writer.write(get("/-/healthy"))
+        assert (await read_reply(reader)).status == 200
+    over = await request(srv, get("/-/healthy"))
+    assert (over.status, over.headers["connection"]) == (503, "close")
+    assert srv.server.rejected == 1
+    held[0][1].close()
+    await held[0][1].wait_closed()
+    for _ in range(100):  # the server sees the close
+        if len(srv.server.connections) < 2:
+            break
+        await asyncio.sleep(0.01)
+    assert (await request(srv, get("/-/healthy"))).status == 200
+    held[1][1].close()
+
+
+async def test_a_client_resetting_mid_response_never_raises_out_of_the_server(
+    start: Start, loop_errors: LoopErrors
+) -> None:
+    srv = await start(store=populated_store(samples=40000))  # a ~1.2 MB body: the write cannot finish at once
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(get("/metrics") * 5)
+            await asyncio.sleep(0.05)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST with the response half sent
+        await asyncio.sleep(0.1)
+    assert loop_errors.all() == []
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert (await request(srv, get("/-/healthy"))).status == 200
+    for _ in range(100):
+        if not srv.server.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert srv.server.connections == set()
+
+
+async def test_a_client_that_stops_reading_does_not_grow_the_server_buffers(start: Start) -> None:
+    srv = await start(store=populated_store(samples=40000), idle_timeout=0.3)
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    for _ in range(20):
+        try:
+            sock.send(get("/metrics") * 10)
+        except BlockingIOError:
+            break
+    await asyncio.sleep(0.05)
+    [conn] = srv.server.connections
+    assert conn.transport is not None
+    assert conn.transport.get_write_buffer_size() < 5_000_000  # it stopped answering, it did not queue 200 MB
+    for _ in range(int(WAIT / 0.05)):  # then dropped like an idle connection
+        if not srv.server.connections:
+            break
+        await asyncio.sleep(0.05)
+    assert srv.server.connections == set()
+    sock.close()
