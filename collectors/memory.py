@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from mevwatch.collectors._host import (
     unit_from_cgroup_path,
 )
 from mevwatch.collectors.base import (
+    CollectorContext,
     CollectorError,
     CollectorOptions,
     Families,
@@ -46,6 +48,7 @@ __all__ = [
     "read_cgroup_memory",
     "resolve_unit_cgroup",
     "top_processes",
+    "vmstat_oom_kills",
 ]
 
 #: v1 reports "no limit" as PAGE_COUNTER_MAX pages; anything this large is unlimited
@@ -93,8 +96,23 @@ class MemoryOptions(CollectorOptions):
 # --- pure parsers ---------------------------------------------------------------------------
 
 
+# A line as the kernel writes it: "Key:   <number>[ kB]", the key printable ASCII without spaces or
+# ':', so str.partition and str.split would cut it exactly where the expression does.
+_MEMINFO_LINE = re.compile(r"^([!-9;-~]+): *([0-9]+)( kB)?$", re.M)
+
+
 def parse_meminfo(text: str) -> dict[str, int]:
     """``/proc/meminfo`` -> bytes by field (``kB`` values scaled; HugePages_* counts kept)."""
+    fields = _MEMINFO_LINE.findall(text)
+    if len(fields) != text.count("\n") or not text.endswith("\n"):
+        return _parse_meminfo_lines(text)  # not only kernel-written lines: the line parser says what is wrong
+    out = {key: int(value) * 1024 if kb else int(value) for key, value, kb in fields}
+    if "MemTotal" not in out:
+        raise ValueError("meminfo has no MemTotal")
+    return out
+
+
+def _parse_meminfo_lines(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -131,6 +149,26 @@ def parse_keyed_counts(text: str) -> dict[str, int]:
         except ValueError:
             raise ValueError(f"value of {fields[0]!r} is not an integer: {fields[1]!r}") from None
     return out
+
+
+def vmstat_oom_kills(text: str) -> int | None:
+    """``oom_kill`` of ``/proc/vmstat``, None before Linux 4.13, without parsing its other ~170 lines.
+
+    ValueError when the ``oom_kill`` line is not ``oom_kill <integer>``, or when there is none and
+    the file is not ``key value`` lines.
+    """
+    # The kernel writes "oom_kill N\n" once; the last one wins, as in parse_vmstat's dict.
+    start = ("\n" + text).rfind("\noom_kill ")
+    if start < 0:
+        return parse_keyed_counts(text).get("oom_kill")
+    end = text.find("\n", start)
+    fields = text[start: end if end >= 0 else len(text)].split()
+    if len(fields) != 2:
+        raise ValueError(f"expected 'key value', got {' '.join(fields)!r}")
+    try:
+        return int(fields[1])
+    except ValueError:
+        raise ValueError(f"value of 'oom_kill' is not an integer: {fields[1]!r}") from None
 
 
 parse_vmstat = parse_keyed_counts
@@ -310,9 +348,18 @@ class MemoryCollector(PollCollector[MemoryOptions]):
                    ("unit", "cgroup", "status")),
     )
 
+    def __init__(self, ctx: CollectorContext, options: MemoryOptions) -> None:
+        super().__init__(ctx, options)
+        # Path strings built once: pathlib joins on every run cost more than the reads.
+        self._meminfo_path = os.fspath(ctx.paths.proc("meminfo"))
+        self._pressure_path = os.fspath(ctx.paths.proc("pressure", "memory"))
+        self._vmstat_path = os.fspath(ctx.paths.proc("vmstat"))
+        self._targets = [_Target(u, "") for u in options.units] + [_Target(_unit_of(c), c) for c in options.cgroups]
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+
     async def collect(self) -> Families:
         paths = self.ctx.paths
-        meminfo_path = paths.proc("meminfo")
+        meminfo_path = self._meminfo_path
         text, status, detail = read_text_status(meminfo_path)
         if text is None:
             raise CollectorError(f"meminfo_{status}", detail)
@@ -325,17 +372,15 @@ class MemoryCollector(PollCollector[MemoryOptions]):
 
         sources.append((["pressure"], self._pressure(families)))
         sources.append((["vmstat"], self._vmstat(families)))
-        targets = [_Target(u, "") for u in self.options.units] + [
-            _Target(_unit_of(c), c) for c in self.options.cgroups
-        ]
-        layout = detect_memory_cgroup(paths.sysfs)
+        targets = self._targets
         if targets:
+            layout = detect_memory_cgroup(paths.sysfs)
             sources.append((["cgroup"], "ok" if layout is not None else "missing"))
             families.extend(_cgroup_families(layout, targets))
         if self.options.top_processes > 0:
             try:
                 groups = await self.ctx.run_blocking(
-                    top_processes, paths.procfs, self.options.top_processes, os.sysconf("SC_PAGE_SIZE")
+                    top_processes, paths.procfs, self.options.top_processes, self._page_size
                 )
                 sources.append((["processes"], "ok"))
                 families.extend(_process_families(groups))
@@ -355,8 +400,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         return [f for f in families if f.samples]
 
     def _pressure(self, families: list[Metric]) -> str:
-        path = self.ctx.paths.proc("pressure", "memory")
-        text, status, detail = read_text_status(path)
+        text, status, detail = read_text_status(self._pressure_path)
         if text is None:
             self.ctx.log.debug("pressure_unavailable", status=status, detail=detail)
             return status
@@ -369,20 +413,20 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         return "ok"
 
     def _vmstat(self, families: list[Metric]) -> str:
-        text, status, _ = read_text_status(self.ctx.paths.proc("vmstat"))
+        text, status, _ = read_text_status(self._vmstat_path)
         if text is None:
             return status
         try:
-            vm = parse_vmstat(text)
+            oom_kills = vmstat_oom_kills(text)
         except ValueError:
             return "invalid"
-        if "oom_kill" not in vm:  # before Linux 4.13
+        if oom_kills is None:  # before Linux 4.13
             return "missing"
         families.append(
             CounterMetricFamily(
                 "mevwatch_memory_oom_kills",
                 "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)",
-                value=float(vm["oom_kill"]),
+                value=float(oom_kills),
             )
         )
         return "ok"

@@ -30,6 +30,7 @@ from mevwatch.collectors.memory import (
     read_cgroup_memory,
     resolve_unit_cgroup,
     top_processes,
+    vmstat_oom_kills,
 )
 from tests.support.families import family_labels, family_value
 
@@ -79,6 +80,48 @@ def test_parse_vmstat_fixture_has_oom_kill() -> None:
 def test_parse_keyed_counts_rejects_bad_lines(text: str) -> None:
     with pytest.raises(ValueError, match=r"oom_kill|key value"):
         parse_keyed_counts(text)
+
+
+_MEMINFO_VARIANTS = [
+    (FIX / "proc" / "meminfo").read_text(),
+    Path("/proc/meminfo").read_text(),
+    "MemTotal:  100 kB\n\n  SwapTotal :0\nHugePages_Total: 3",
+    "MemTotal: 100 kB\r\nMemFree: 5 kB\r\n",  # not what the kernel writes: the line parser takes it
+    "Mem Total: 1\nMemTotal:\t7\t\n",
+    "MemTotal: 100 kB\nFoo: +5\n",
+]
+
+
+@pytest.mark.parametrize("text", _MEMINFO_VARIANTS)
+def test_parse_meminfo_regex_and_line_parsers_agree(text: str) -> None:
+    assert parse_meminfo(text) == memory_module._parse_meminfo_lines(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        (FIX / "proc" / "vmstat").read_text(),
+        Path("/proc/vmstat").read_text(),
+        "",
+        "nr_free_pages 10\n",
+        "oom_kill 7",
+        "oom_kill\t7\n",
+        "oom_kill 1\noom_kill 2\n",
+        "nr_free_pages 10\noom_kill 3\nnr_foo 4\n",
+    ],
+)
+def test_vmstat_oom_kills_is_what_parse_vmstat_finds(text: str) -> None:
+    assert vmstat_oom_kills(text) == parse_vmstat(text).get("oom_kill")
+
+
+def test_vmstat_oom_kills_rejects_a_bad_oom_kill_line_or_a_bad_file_without_one() -> None:
+    assert vmstat_oom_kills((FIX / "proc" / "vmstat").read_text()) == 3
+    with pytest.raises(ValueError, match="oom_kill"):
+        vmstat_oom_kills("nr_free_pages 10\noom_kill x\n")
+    with pytest.raises(ValueError, match="key value"):
+        vmstat_oom_kills("oom_kill 1 2\n")
+    with pytest.raises(ValueError, match="key value"):
+        vmstat_oom_kills("garbage\n")
 
 
 def test_parse_pressure_fixture_gives_ratios_and_seconds() -> None:
@@ -331,20 +374,22 @@ async def test_unreadable_and_invalid_pressure_give_status(tmp_path: Path) -> No
 
 
 def test_psi_disabled_at_boot_reads_as_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # With psi=0 on the kernel command line the file exists but reading it fails with EOPNOTSUPP.
+    # With psi=0 on the kernel command line the file exists but opening it fails with EOPNOTSUPP.
     target = tmp_path / "memory"
     target.write_text("")
-    real = Path.read_text
+    real = os.open
 
-    def read_text(self: Path, *args: object, **kwargs: object) -> str:
-        if self == target:
+    def fake_open(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if os.fspath(path) == str(target):
             raise OSError(errno.EOPNOTSUPP, "Operation not supported")
-        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", read_text)
-    text, status, detail = read_text_status(target)
-    assert (text, status) == (None, "disabled")
-    assert "not supported" in detail
+    monkeypatch.setattr(os, "open", fake_open)
+    for path in (target, str(target)):
+        text, status, detail = read_text_status(path)
+        assert (text, status) == (None, "disabled")
+        assert "not supported" in detail
+        assert str(target) in detail
 
 
 async def test_unlistable_procfs_gives_processes_status(monkeypatch: pytest.MonkeyPatch) -> None:
