@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from mevwatch.collectors._host import read_bytes
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -36,6 +37,7 @@ from mevwatch.daemon.fields import Duration
 __all__ = [
     "DEFAULT_FS_TYPES_EXCLUDE",
     "DEFAULT_MOUNT_POINTS_EXCLUDE",
+    "DEFAULT_STATVFS_INLINE_FS_TYPES",
     "BackupInfo",
     "DirScan",
     "DiskCollector",
@@ -60,6 +62,13 @@ DEFAULT_FS_TYPES_EXCLUDE = (
     r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue"
     r"|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$"
 )
+
+# Filesystems whose statfs answers from counters the kernel keeps in memory, with no network round
+# trip and no disk read: statvfs of these runs inline in the event loop (a thread hand-off costs more
+# than the call). Not here: network and FUSE filesystems (nfs*, cifs, smb3, ceph, glusterfs, 9p,
+# virtiofs, fuse.*: a dead server or daemon hangs the call), zfs (a suspended pool blocks statfs),
+# vfat (its first statfs may read the whole FAT from disk) and anything unknown.
+DEFAULT_STATVFS_INLINE_FS_TYPES = r"^(ext[234]|xfs|btrfs|f2fs|tmpfs|ramfs|overlay|squashfs|erofs)$"
 
 MOUNT_STATUSES = ("ok", "stalled", "error")
 DIR_STATUSES = ("ok", "truncated", "partial", "missing", "permission_denied", "stalled", "error")
@@ -430,6 +439,12 @@ class DiskOptions(CollectorOptions):
     statvfs_timeout: Duration = Field(
         2.0, gt=0, description="a mount whose statvfs takes longer is reported stalled"
     )
+    statvfs_inline_fs_types: str = Field(
+        DEFAULT_STATVFS_INLINE_FS_TYPES,
+        description="regex of filesystem types whose statvfs is called directly, not in the blocking pool: "
+        "local filesystems that answer from memory; network, FUSE and other types (and any mount below "
+        "one of them) keep the pool, statvfs_timeout and the stalled state; empty: every mount uses the pool",
+    )
     fill_window: Duration = Field(
         3600.0, gt=0, description="window of the linear fit of available bytes behind time-to-full"
     )
@@ -448,7 +463,7 @@ class DiskOptions(CollectorOptions):
         description="globs of backup files; the newest match's age and size are reported",
     )
 
-    @field_validator("mount_points_exclude", "fs_types_exclude")
+    @field_validator("mount_points_exclude", "fs_types_exclude", "statvfs_inline_fs_types")
     @classmethod
     def _regex(cls, v: str) -> str:
         return _compile(v)
@@ -553,7 +568,10 @@ class DiskCollector(PollCollector[DiskOptions]):
         self._scan_due: dict[str, float] = {}
         root = str(ctx.paths.rootfs).rstrip("/")
         self._root = root
-        self._mountinfo: tuple[str, list[Mount]] = ("", [])
+        self._mountinfo: tuple[bytes, list[Mount]] = (b"", [])
+        self._mountinfo_path = os.fspath(ctx.paths.proc("self", "mountinfo"))
+        self._inline_re = re.compile(options.statvfs_inline_fs_types) if options.statvfs_inline_fs_types else None
+        self._inline: frozenset[str] = frozenset()  # stat paths of the mounts statted without the pool
 
     def _host(self, path: str) -> str:
         return self._root + path if self._root else path
@@ -594,15 +612,40 @@ class DiskCollector(PollCollector[DiskOptions]):
             inflight.release(key)  # never started (pool exhausted)
             return _STALLED
 
-    async def _stat_mounts(self, paths: list[str]) -> dict[str, FsStats | OSError]:
-        """statvfs of every mount in one thread hand-off; a mount missing from the result is stalled.
+    def _inline_paths(self, mounts: Sequence[Mount]) -> frozenset[str]:
+        """Mounts whose statvfs runs inline: an inline type, and no pool-typed mount above them.
 
-        Each mount gets ``statvfs_timeout`` of its own: the batch is watched for progress, and when
-        one call hangs past it, that mount is given up and the ones after it go to a new batch.
+        Resolving the path of a mount below an NFS or FUSE mount goes through that mount, and can
+        hang with it.
+        """
+        if self._inline_re is None:
+            return frozenset()
+        inline = self._inline_re
+        pooled = [m.stat_path.rstrip("/") + "/" for m in mounts if not inline.search(m.fstype)]
+        return frozenset(
+            m.stat_path for m in mounts
+            if inline.search(m.fstype) and not any(m.stat_path.startswith(p) for p in pooled)
+        )
+
+    async def _stat_mounts(self, paths: list[str]) -> dict[str, FsStats | OSError]:
+        """statvfs of every mount; a mount missing from the result is stalled.
+
+        Local in-memory filesystems (``statvfs_inline_fs_types``) are statted right here. The others
+        go to the pool in one thread hand-off, each with ``statvfs_timeout`` of its own: the batch
+        is watched for progress, and when one call hangs past it, that mount is given up and the
+        ones after it go to a new batch.
         """
         out: dict[str, FsStats | OSError] = {}
+        inline = self._inline
+        todo: list[str] = []
+        for p in paths:
+            if p in inline:
+                out[p] = _stat_mount(p)
+            elif p not in self._inflight:  # still hung since an earlier run: no new call
+                todo.append(p)
+        if not todo:
+            return out
         per_mount = self._call_timeout(self.options.statvfs_timeout)
-        todo = [p for p in paths if p not in self._inflight]  # still hung since an earlier run: no new call
         while todo:
             batch = _StatBatch(todo, self._inflight)
             task = asyncio.ensure_future(
@@ -633,15 +676,17 @@ class DiskCollector(PollCollector[DiskOptions]):
     async def collect(self) -> Families:
         try:
             # procfs answers from kernel memory and never hangs: no thread hand-off needed.
-            text = _read_text(str(self.ctx.paths.proc("self", "mountinfo")))
+            raw = read_bytes(self._mountinfo_path)
         except OSError as exc:
             raise CollectorError("mountinfo_unreadable", f"cannot read mountinfo: {exc.strerror or exc}") from None
-        if text != self._mountinfo[0]:  # mounts rarely change: parse only when they did
+        if raw != self._mountinfo[0]:  # mounts rarely change: decode and parse only when they did
             try:
+                text = raw.decode("utf-8", "surrogateescape")
                 mounts = select_mounts(parse_mountinfo(text), self._mp_exclude, self._fs_exclude, self._root or "/")
             except ValueError as exc:
                 raise CollectorError("parse_error", str(exc)) from None
-            self._mountinfo = (text, mounts)
+            self._mountinfo = (raw, mounts)
+            self._inline = self._inline_paths(mounts)
         mounts = self._mountinfo[1]
 
         now = time.monotonic()
@@ -893,11 +938,6 @@ def _stat_mount(path: str) -> FsStats | OSError:
         return fs_stats(_statvfs(path))
     except OSError as exc:
         return exc
-
-
-def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return f.read()
 
 
 async def _none() -> None:

@@ -300,7 +300,8 @@ async def test_mounts_after_a_hung_one_are_still_measured(
     (tmp_path / "proc" / "self" / "mountinfo").write_text(
         "40 26 0:50 / /hung rw - nfs4 10.0.0.5:/dead rw\n"
         "26 1 259:2 / / rw - ext4 /dev/vda rw\n"
-        "41 26 0:51 / /tmp rw - tmpfs tmpfs rw\n"
+        "41 26 0:51 / /tmp rw - cifs //10.0.0.6/tmp rw\n"
+        "42 26 0:52 / /run rw - fuse.sshfs host:/run rw\n"
     )
     coll = make(procfs=tmp_path / "proc", statvfs_timeout="200ms", mount_points_exclude="^$^")
     t0 = time.monotonic()
@@ -309,9 +310,70 @@ async def test_mounts_after_a_hung_one_are_still_measured(
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/hung") == "stalled"
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/") == "ok"
     assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/tmp") == "ok"
-    assert calls == ["/hung", "/", "/tmp"]
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/run") == "ok"
+    # ext4 inline first; then the pool batch, which goes on with the mounts after the hung one
+    assert calls == ["/", "/hung", "/tmp", "/run"]
     assert declaration_problems(fams, DiskCollector.metrics) == []
     release.set()
+
+
+class _NoPool(BlockingPool):
+    """A pool that fails the test when anything is handed to it."""
+
+    async def run(self, fn: Any, *args: Any, timeout: float) -> Any:
+        raise AssertionError(f"the pool was used for {fn!r}")
+
+
+_LOCAL_AND_REMOTE = (
+    "26 1 259:2 / / rw - ext4 /dev/vda rw\n"
+    "41 26 0:51 / /tmp rw - tmpfs tmpfs rw\n"
+    "40 26 0:50 / /mnt/nfs rw - nfs4 10.0.0.5:/share rw\n"
+    "43 40 259:3 / /mnt/nfs/local rw - xfs /dev/vdb rw\n"
+)
+
+
+async def test_local_filesystems_are_statted_without_the_pool(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mountinfo").write_text(
+        "26 1 259:2 / / rw - ext4 /dev/vda rw\n41 26 0:51 / /tmp rw - tmpfs tmpfs rw\n"
+    )
+    pool = _NoPool(1)
+    coll = make(procfs=tmp_path, pool=pool)
+    fams = await coll.collect()
+    pool.shutdown()
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/") == "ok"
+    assert state_of(fams, "mevwatch_filesystem_status", mountpoint="/tmp") == "ok"
+    assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint="/") == (
+        os.statvfs("/").f_blocks * os.statvfs("/").f_frsize
+    )
+
+
+async def test_network_mounts_and_mounts_below_them_go_to_the_pool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pooled: list[str] = []
+    real = disk._stat_mount
+
+    def stat_mount(path: str) -> object:
+        if threading.current_thread() is not threading.main_thread():
+            pooled.append(path)
+        return real("/")
+
+    monkeypatch.setattr(disk, "_stat_mount", stat_mount)
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "mountinfo").write_text(_LOCAL_AND_REMOTE)
+    pool = BlockingPool(2)
+    fams = await make(procfs=tmp_path, pool=pool).collect()
+    assert sorted(pooled) == ["/mnt/nfs", "/mnt/nfs/local"]  # xfs, but its path resolves through NFS
+    for mp in ("/", "/tmp", "/mnt/nfs", "/mnt/nfs/local"):
+        assert state_of(fams, "mevwatch_filesystem_status", mountpoint=mp) == "ok"
+
+    pooled.clear()
+    fams = await make(procfs=tmp_path, pool=pool, statvfs_inline_fs_types="").collect()
+    assert sorted(pooled) == ["/", "/mnt/nfs", "/mnt/nfs/local", "/tmp"]  # empty option: all in the pool
+    for mp in ("/", "/tmp", "/mnt/nfs", "/mnt/nfs/local"):
+        assert state_of(fams, "mevwatch_filesystem_status", mountpoint=mp) == "ok"
+    pool.shutdown()
 
 
 async def test_hung_statvfs_does_not_stop_other_collectors(
@@ -631,6 +693,8 @@ def test_defaults_validate_and_cover_the_runbook_paths() -> None:
     ("body", "path", "message"),
     [
         ("{mount_points_exclude: '(['}", "collectors[0].disk.mount_points_exclude", "invalid regular expression"),
+        ("{statvfs_inline_fs_types: 'ext('}", "collectors[0].disk.statvfs_inline_fs_types",
+         "invalid regular expression"),
         ("{watch_dirs: [var/log]}", "collectors[0].disk.watch_dirs", "not an absolute path"),
         ("{backups: [/b/x, /b/x]}", "collectors[0].disk.backups", "duplicate path"),
         ("{top_files: 500}", "collectors[0].disk.top_files", "less than or equal to 50"),
