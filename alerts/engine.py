@@ -299,6 +299,7 @@ class AlertEngine:
     def tick(self) -> None:
         """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""
         now = self.clock()
+        self.store.materialize()  # snapshots put lazily (the supervisor's metrics) are ingested at least once a tick
         for key in [k for k in self.samples if self.store.get(k) is None]:
             for name in self.samples.pop(key):  # a dead or removed collector: its series are gone (absent fires)
                 self._input_version[name] = self._input_version.get(name, 0) + 1

@@ -14,8 +14,8 @@ from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_
 from mevwatch.daemon.malloc import MallocTrimmer
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore
-from mevwatch.daemon.supervisor import Supervisor
-from mevwatch.daemon.systemd import Notifier
+from mevwatch.daemon.supervisor import HEARTBEAT_INTERVAL, Supervisor
+from mevwatch.daemon.systemd import Notifier, watchdog_interval
 
 __all__ = ["Daemon", "StartupError"]
 
@@ -75,7 +75,11 @@ class Daemon:
     async def main(self) -> int:
         self.state = self._open_state()
         web_config = self._web_config()
-        self.supervisor = Supervisor(self.config, self.store, self.state, self.pool)
+        # The watchdog withholds its keep-alive when the heartbeat is older than two of its periods:
+        # under a watchdog the heartbeat advances once per watchdog period, otherwise rarely.
+        watchdog = watchdog_interval() if self.notifier.enabled else None
+        beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
+        self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
                           reload=self.reload)
         self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
@@ -140,6 +144,8 @@ class Daemon:
         await self.supervisor.wait_first_round()
         self.notifier.ready(self.summary())
         log.info("ready", summary=self.summary())
+        if not self.notifier.enabled:
+            return  # nobody reads STATUS=: no timer
         while True:
             await asyncio.sleep(10)
             self.notifier.status(self.summary())

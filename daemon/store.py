@@ -51,16 +51,38 @@ class SampleStore:
         self._clock = clock
         self._snapshots: dict[SnapshotKey, Snapshot] = {}
         self._listeners: list[Listener] = []
+        self._lazy: dict[SnapshotKey, tuple[Callable[[], Iterable[Metric]], float]] = {}
         self.version = 0  # bumped on every change; renderers cache on (version, fresh keys)
 
     def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float) -> Snapshot:
-        now = self._clock()
+        self._lazy.pop(key, None)
         self.version += 1
-        snap = Snapshot(tuple(families), now, time.time(), STALE_FACTOR * interval, self.version)
+        snap = Snapshot(
+            families if type(families) is tuple else tuple(families),
+            self._clock(), time.time(), STALE_FACTOR * interval, self.version,
+        )
         self._snapshots[key] = snap
-        for listener in list(self._listeners):
-            listener(key, snap)
+        if self._listeners:
+            for listener in tuple(self._listeners):
+                listener(key, snap)
         return snap
+
+    def put_lazy(self, key: SnapshotKey, build: Callable[[], Iterable[Metric]], interval: float) -> None:
+        """Replace ``key``'s snapshot by what ``build()`` returns, called only when the snapshot is next
+        read (get, fresh_items and everything built on them, or materialize()), and then only once.
+
+        For values that change on every collector run but are read far less often (the supervisor's
+        own metrics): many changes between two reads cost one build and one notification. Every
+        reader builds pending snapshots first, so none sees the families from before the change.
+        """
+        self._lazy[key] = (build, interval)
+
+    def materialize(self) -> None:
+        """Build every pending lazy snapshot now (put them, listeners notified)."""
+        while self._lazy:
+            key, (build, interval) = next(iter(self._lazy.items()))
+            del self._lazy[key]
+            self.put(key, build(), interval)
 
     def touch(self, key: SnapshotKey) -> None:
         """Keep a live stream collector's last snapshot current without new data."""
@@ -69,27 +91,33 @@ class SampleStore:
             self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age, snap.seq)
 
     def drop(self, key: SnapshotKey) -> None:
+        self._lazy.pop(key, None)
         if self._snapshots.pop(key, None) is not None:
             self.version += 1
 
     def retain(self, keys: Iterable[SnapshotKey]) -> None:
         """Forget every snapshot whose collector no longer exists (after a reload)."""
         keep = set(keys)
-        for key in [k for k in self._snapshots if k not in keep]:
+        for key in [k for k in (*self._snapshots, *self._lazy) if k not in keep]:
             self.drop(key)
 
     def get(self, key: SnapshotKey) -> Snapshot | None:
+        if key in self._lazy:
+            self.materialize()
         snap = self._snapshots.get(key)
         if snap is None or not snap.fresh(self._clock()):
             return None
         return snap
 
     def fresh_items(self) -> list[tuple[SnapshotKey, Snapshot]]:
+        if self._lazy:
+            self.materialize()
         now = self._clock()
         return [(k, s) for k, s in self._snapshots.items() if s.fresh(now)]
 
     def cache_key(self) -> tuple[int, frozenset[SnapshotKey]]:
-        return self.version, frozenset(k for k, _ in self.fresh_items())
+        fresh = frozenset(k for k, _ in self.fresh_items())  # first: it builds pending snapshots (version moves)
+        return self.version, fresh
 
     def families(self) -> Iterator[Metric]:
         """Every family of every fresh snapshot, families of the same name merged."""

@@ -52,6 +52,9 @@ log = structlog.get_logger("mevwatch.supervisor")
 META_KEY: SnapshotKey = ("mevwatch", "self")
 STREAM_BACKOFF_MIN = 1.0
 STREAM_BACKOFF_MAX = 60.0
+#: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
+#: when no systemd watchdog asks for a faster one
+HEARTBEAT_INTERVAL = 5.0
 #: the self-metrics the supervisor adds to every scrape (docs/metrics.md, dashboards, contract test)
 SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_collector_success", "gauge",
@@ -127,6 +130,7 @@ class Supervisor:
         store: SampleStore,
         state: StateDB | None = None,
         pool: BlockingPool | None = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self.config = config
         self.store = store
@@ -137,11 +141,11 @@ class Supervisor:
         self._tasks: dict[SnapshotKey, asyncio.Task[None]] = {}
         self._first_round = asyncio.Event()
         self.heartbeat = time.monotonic()  # advanced by the scheduler loop; read by the watchdog
+        self.heartbeat_interval = heartbeat_interval
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.reload_ok = True
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
-        self._meta_dirty_scheduled = False
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -209,14 +213,11 @@ class Supervisor:
         return self._first_round.is_set()
 
     async def _beat(self) -> None:
-        n = 0
         while True:
             self.heartbeat = time.monotonic()
             self._check_first_round()
-            n += 1
-            if n % 10 == 0:  # abandoned-thread and state gauges change without collector runs
-                self._publish_meta()
-            await asyncio.sleep(0.5)
+            self._meta_changed()  # abandoned-thread and state gauges change without collector runs
+            await asyncio.sleep(self.heartbeat_interval)
 
     def _check_first_round(self) -> None:
         if not self._first_round.is_set() and all(s.success is not None or s.alive for s in self.status.values()):
@@ -313,13 +314,17 @@ class Supervisor:
         if started is not None:
             status.duration = asyncio.get_running_loop().time() - started
             status.runs += 1
+        flipped = status.success is not True
         if status.success is False:
             log.info("collector_recovered", collector=key[0], instance=key[1])
         status.success = True
         status.last_success_wall = time.time()
         self.store.put(key, families, status.interval)
-        self._check_first_round()
-        self._publish_meta()
+        if flipped:
+            self._check_first_round()
+            self._publish_meta()
+        else:
+            self._meta_changed()
 
     def _failed(
         self, key: SnapshotKey, status: InstanceStatus, reason: str, message: str, started: float | None
@@ -327,19 +332,30 @@ class Supervisor:
         if started is not None:
             status.duration = asyncio.get_running_loop().time() - started
             status.runs += 1
-        if status.success is not False:
+        flipped = status.success is not False
+        if flipped:
             log.warning("collector_failed", collector=key[0], instance=key[1], reason=reason, error=message)
         status.success = False
         status.errors[reason] += 1
         status.last_error = f"{reason}: {message}"
         status.last_error_wall = time.time()
-        self._check_first_round()
-        self._publish_meta()
+        if flipped:
+            self._check_first_round()
+            self._publish_meta()
+        else:
+            self._meta_changed()
 
     # --- self metrics -----------------------------------------------------------------
 
     def _publish_meta(self) -> None:
+        """Put the self-metrics now: the alert engine sees a run's success flipping at once."""
         self.store.put(META_KEY, self.meta_families(), interval=3600.0)
+
+    def _meta_changed(self) -> None:
+        """The self-metrics changed in a way nothing waits for (a duration, a timestamp, one more error
+        of a failing collector): they are built when /metrics or the alert engine next reads the store,
+        once for all the runs in between, not once per run."""
+        self.store.put_lazy(META_KEY, self.meta_families, interval=3600.0)
 
     def meta_families(self) -> list[Metric]:
         labels = ["collector", "instance"]

@@ -40,16 +40,21 @@ class Notifier:
 
             self._n = sdnotify.SystemdNotifier()
         self._watchdog: asyncio.Task[None] | None = None
+        self._status = ""  # the last STATUS= sent
 
     def send(self, *lines: str) -> None:
         if self._n is not None:
             self._n.notify("\n".join(lines))
 
     def ready(self, status: str) -> None:
+        self._status = status
         self.send("READY=1", f"STATUS={status}")
 
     def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
+        """Send STATUS= if it differs from the last one sent."""
+        if status != self._status:
+            self._status = status
+            self.send(f"STATUS={status}")
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

@@ -20,8 +20,8 @@ from mevwatch.collectors.base import (
 )
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import GaugeMetricFamily
-from mevwatch.daemon.store import SampleStore
+from mevwatch.daemon.families import GaugeMetricFamily, Metric
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
 
 RUNS: dict[str, list[float]] = {}
@@ -190,5 +190,53 @@ async def test_ready_after_first_round_and_meta_always_present() -> None:
         assert await sup.wait_first_round(2.0)
         assert store.get(META_KEY) is not None
         assert value(store, "mevwatch_build_info") == 1.0
+    finally:
+        await sup.shutdown()
+
+
+async def test_self_metrics_are_built_per_read_not_per_run_and_flips_are_put_at_once() -> None:
+    FlakyCollector.calls = 0
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 0.02}\n  - t_flaky: {interval: 0.05}\n",
+                                      "t", {}), store)
+    builds = 0
+    build = sup.meta_families
+
+    def counting() -> list[Metric]:
+        nonlocal builds
+        builds += 1
+        return build()
+
+    sup.meta_families = counting  # type: ignore[method-assign]
+    success: dict[str, list[float]] = {"t_tick": [], "t_flaky": []}
+    def seen(key: SnapshotKey, snap: Snapshot) -> None:
+        for f in snap.families:
+            for s in f.samples:
+                if key == META_KEY and s.name == "mevwatch_collector_success":
+                    success[s.labels["collector"]].append(s.value)
+
+    store.subscribe(seen)
+    await sup.start()
+    try:
+        await asyncio.sleep(0.5)
+        runs = sup.status[("t_tick", "default")].runs
+        assert runs >= 10
+        assert sup.status[("t_flaky", "default")].runs >= 5
+        # Before any read, only start() and the flips were put (and seen by listeners such as the
+        # alert engine): t_tick's first success, t_flaky's first success and its first failure.
+        assert success == {"t_tick": [1.0, 1.0, 1.0], "t_flaky": [1.0, 0.0]}
+        assert builds == 4
+        before = builds
+        first = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
+        assert builds == before + 1  # one read, one build, whatever the number of runs since the last
+        assert first == sup.status[("t_tick", "default")].last_success_wall
+        assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused") == float(
+            sup.status[("t_flaky", "default")].errors["refused"])
+        assert first is not None
+        await asyncio.sleep(0.1)
+        later = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
+        assert later is not None
+        assert later > first
+        assert value(store, "mevwatch_collector_duration_seconds", collector="t_tick") is not None
     finally:
         await sup.shutdown()
