@@ -11,9 +11,11 @@ import glob
 import heapq
 import os
 import re
+import select
 import stat
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -570,6 +572,7 @@ class DiskCollector(PollCollector[DiskOptions]):
         self._root = root
         self._mountinfo: tuple[bytes, list[Mount]] = (b"", [])
         self._mountinfo_path = os.fspath(ctx.paths.proc("self", "mountinfo"))
+        self._watch: _MountinfoWatch | None = None
         self._inline_re = re.compile(options.statvfs_inline_fs_types) if options.statvfs_inline_fs_types else None
         self._inline: frozenset[str] = frozenset()  # stat paths of the mounts statted without the pool
 
@@ -611,6 +614,31 @@ class DiskCollector(PollCollector[DiskOptions]):
                 return _STALLED
             inflight.release(key)  # never started (pool exhausted)
             return _STALLED
+
+    def _read_mountinfo(self) -> bytes:
+        if self._watch is not None:
+            raw = self._watch.read_if_changed()
+            return self._mountinfo[0] if raw is None else raw
+        return read_bytes(self._mountinfo_path)
+
+    def _watch_mountinfo(self, text: str) -> None:
+        """Keep mountinfo open when it is the kernel's (not a test tree): poll() then says when to read it."""
+        try:
+            target = os.path.realpath(self._mountinfo_path)
+            mounts = parse_mountinfo(text)
+        except (OSError, ValueError):
+            return
+        under = [m for m in mounts if target == m.mountpoint or target.startswith(m.mountpoint.rstrip("/") + "/")]
+        if under and max(under, key=lambda m: len(m.mountpoint)).fstype == "proc":
+            try:
+                self._watch = _MountinfoWatch(self._mountinfo_path)
+            except OSError:
+                self._watch = None
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def _inline_paths(self, mounts: Sequence[Mount]) -> frozenset[str]:
         """Mounts whose statvfs runs inline: an inline type, and no pool-typed mount above them.
@@ -676,7 +704,7 @@ class DiskCollector(PollCollector[DiskOptions]):
     async def collect(self) -> Families:
         try:
             # procfs answers from kernel memory and never hangs: no thread hand-off needed.
-            raw = read_bytes(self._mountinfo_path)
+            raw = self._read_mountinfo()
         except OSError as exc:
             raise CollectorError("mountinfo_unreadable", f"cannot read mountinfo: {exc.strerror or exc}") from None
         if raw != self._mountinfo[0]:  # mounts rarely change: decode and parse only when they did
@@ -687,6 +715,8 @@ class DiskCollector(PollCollector[DiskOptions]):
                 raise CollectorError("parse_error", str(exc)) from None
             self._mountinfo = (raw, mounts)
             self._inline = self._inline_paths(mounts)
+            if self._watch is None:
+                self._watch_mountinfo(text)
         mounts = self._mountinfo[1]
 
         now = time.monotonic()
@@ -878,6 +908,38 @@ def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: flo
 
 
 _STALLED = object()
+_MOUNT_CHANGED = select.POLLPRI | select.POLLERR
+MOUNTINFO_MAX_AGE = 60.0  # seconds a mountinfo read is trusted even without a change event
+
+
+class _MountinfoWatch:
+    """An open /proc/<pid>/mountinfo: the kernel flags POLLPRI on it when the mount table changes
+    (mount, umount, remount), so a run reads it only then instead of having it generated every time.
+    """
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._close = weakref.finalize(self, os.close, fd)
+        self._fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLPRI)
+        self._read_at = -MOUNTINFO_MAX_AGE
+
+    def read_if_changed(self) -> bytes | None:
+        """The whole file when the mounts changed (or the last read is old), else None."""
+        now = time.monotonic()
+        changed = any(ev & _MOUNT_CHANGED for _, ev in self._poll.poll(0))
+        if not changed and now - self._read_at < MOUNTINFO_MAX_AGE:
+            return None
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 65536):
+            chunks.append(chunk)
+        self._read_at = now
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._close()
 
 
 class _StatBatch:

@@ -231,6 +231,32 @@ async def test_real_tmpfs_filled_step_by_step_shows_ratio_and_finite_time_to_ful
     assert value(fams, "mevwatch_filesystem_readonly", mountpoint=str(mnt)) == 1.0
 
 
+@pytest.mark.root
+async def test_mounts_and_umounts_after_the_first_runs_are_seen_at_the_next_run(tmp_path: Path) -> None:
+    need_root()
+    mnt = tmp_path / "late"
+    mnt.mkdir()
+    coll = make(mount_points_exclude=only_mount(str(mnt)))
+    for _ in range(3):  # mountinfo read, then kept open and polled for changes
+        fams = await coll.collect()
+        assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint=str(mnt)) is None
+    assert coll._watch is not None
+    mount = await asyncio.create_subprocess_exec("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt))
+    assert await mount.wait() == 0
+    try:
+        fams = await coll.collect()
+        assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint=str(mnt)) == 4 * 1024 * 1024
+        fams = await coll.collect()
+        assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint=str(mnt)) == 4 * 1024 * 1024
+    finally:
+        umount = await asyncio.create_subprocess_exec("umount", "-l", str(mnt))
+        await umount.wait()
+    fams = await coll.collect()
+    assert value(fams, "mevwatch_filesystem_size_bytes", mountpoint=str(mnt)) is None
+    await coll.close()
+    assert coll._watch is None
+
+
 # --- hung statvfs --------------------------------------------------------------------------
 
 
