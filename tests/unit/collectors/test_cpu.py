@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.collectors import _host
 from mevwatch.collectors import cpu as cpu_module
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
 from mevwatch.collectors.cpu import (
@@ -265,7 +266,7 @@ async def test_cpuinfo_is_read_only_for_cpus_without_a_cpufreq_clock(
     sysfs = tmp_path / "sys"
     shutil.copytree(FIX / "sys", sysfs)
     read: list[str] = []
-    real = cpu_module.read_text_status
+    real = _host.read_text_status
 
     def spy(path: str) -> tuple[str | None, str, str]:
         read.append(str(path))
