@@ -155,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.idle = False
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None
+        self.unsent = 0  # bytes of the last answer still queued when the linger timer last looked
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -326,6 +327,7 @@ class _Connection(asyncio.Protocol):
             return
         if t.can_write_eof():
             t.write_eof()
+            self.unsent = t.get_write_buffer_size()
             self._arm(self.server.linger_timeout)  # wait for the client's FIN, not forever
         else:
             t.close()
@@ -352,7 +354,10 @@ class _Connection(asyncio.Protocol):
             self.timer = self.loop.call_at(deadline, self._on_timer)
             return
         self.deadline = None
-        if self.closing or self.write_paused:
+        if self.closing and 0 < t.get_write_buffer_size() < self.unsent:
+            self.unsent = t.get_write_buffer_size()  # a slow reader still taking the last answer
+            self._arm(self.server.linger_timeout)
+        elif self.closing or self.write_paused:
             t.abort()
         elif self.idle or (not self.buf and self.pending is None):
             self.closing = True

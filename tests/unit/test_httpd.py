@@ -486,3 +486,42 @@ async def test_a_client_that_stops_reading_does_not_grow_the_server_buffers(star
         await asyncio.sleep(0.05)
     assert srv.server.connections == set()
     sock.close()
+
+
+async def test_a_slow_reader_gets_the_whole_last_answer_and_a_stalled_one_is_dropped(start: Start) -> None:
+    srv = await start(store=populated_store(samples=10000))  # ~370 kB
+    srv.server.linger_timeout = 0.1
+    full = srv.cache.get(openmetrics=False, gzipped=False)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: the window stays small
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=32768)
+    for _ in range(100):
+        if srv.server.connections:
+            break
+        await asyncio.sleep(0.01)
+    [conn] = srv.server.connections
+    transport = conn.transport
+    assert transport is not None
+    # a small kernel send buffer, so the answer queues in the transport while the client is slow
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    writer.write(get("/metrics", "Connection: close"))
+    received, queued = b"", 0
+    while chunk := await asyncio.wait_for(reader.read(32768), WAIT):
+        received += chunk
+        queued = max(queued, transport.get_write_buffer_size())
+        await asyncio.sleep(0.02)  # the whole read takes several linger timeouts
+    assert received.endswith(full)
+    assert queued > 100_000  # it really was queued behind the slow reader
+    writer.close()
+
+    stalled = socket.create_connection(("127.0.0.1", srv.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(get("/metrics", "Connection: close"))
+    for _ in range(int(WAIT / 0.05)):  # never reads: aborted once the answer stops draining
+        await asyncio.sleep(0.05)
+        if not srv.server.connections:
+            break
+    assert srv.server.connections == set()
+    stalled.close()
