@@ -2,7 +2,10 @@
 
 Event-driven evaluation keeps breach-to-page latency at the collector's own latency; the tick
 handles what time alone changes (``for``, ``keep_firing_for``, ``absent``, stale collectors,
-escalation). Alert state lives in the state DB, so a restart neither re-pages nor forgets.
+escalation). While time can change nothing (no alert in any state, no absent rule, no rule whose
+window moves its result, an empty outbox, the startup grace over) the tick slows down to
+IDLE_TICK_INTERVAL; an evaluation that leaves an alert or a time-dependent rule brings it back
+at once. Alert state lives in the state DB, so a restart neither re-pages nor forgets.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from mevwatch.alerts.router import Router
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.daemon.families import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 
@@ -31,8 +40,23 @@ __all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 log = structlog.get_logger("mevwatch.alerts")
 
 ALERTS_KEY: SnapshotKey = ("mevwatch", "alerts")
+#: the sample names a family of each class has: family name + one of these (anything else: every sample is read)
+SAMPLE_SUFFIXES: dict[type[Metric], tuple[str, ...]] = {
+    GaugeMetricFamily: ("",),
+    CounterMetricFamily: ("_total", "_created"),
+    HistogramMetricFamily: ("_bucket", "_count", "_sum"),
+    InfoMetricFamily: ("_info",),
+}
+_MAX_FAMILIES = 65536  # family names are static in the code base; this only caps a runaway
+IDLE_TICK_INTERVAL = 5.0  # the tick's period while time alone can change nothing (see the module doc)
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
+COUNT_KEYS = tuple((st, sev) for st in STATES for sev in SEVERITIES)
+NOTIFICATION_COUNTERS = (
+    ("sent", "Notifications a sink acknowledged"),
+    ("failed", "Failed delivery attempts (each retry counts)"),
+    ("dead_lettered", "Notifications given up on (refused with 4xx, or undeliverable too long)"),
+)
 #: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_alerts", "gauge",
@@ -77,11 +101,25 @@ class AlertEngine:
         self.rules: tuple[Rule, ...] = cfg.all_rules
         self.by_name: dict[str, list[Rule]] = {}
         self.windows: dict[str, float] = {}
+        # every rule with the sample name it reads; and the windowed rules that unchanged counters keep quiet
+        self._plan: list[tuple[Rule, str]] = []
+        self._quiet_windowed: set[str] = set()
         for r in self.rules:
             name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            self._plan.append((r, name))
             self.by_name.setdefault(name, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
+                if r.quantile is None and not r.absent and (
+                    (r.op == ">" and r.threshold >= 0) or (r.op == ">=" and r.threshold > 0)
+                ):
+                    self._quiet_windowed.add(r.name)
+        self._windowed = {r.name for r in self.rules if r.window}
+        self._has_absent = any(r.absent for r in self.rules)
+        self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
+        # A windowed rule on the engine's own metrics needs every point of them: then they are always put.
+        own = {spec.name + ("_total" if spec.type == "counter" else "") for spec in ENGINE_METRICS}
+        self._own_windowed = bool(own & set(self.windows))
         self.samples: dict[SnapshotKey, dict[str, dict[LabelSet, float]]] = {}
         self.seen_at: dict[SnapshotKey, float] = {}
         self.histories: dict[tuple[str, LabelSet], History] = {}
@@ -89,12 +127,15 @@ class AlertEngine:
         self.sinks: dict[str, list[Sink]] = {rc.name: build_sinks(rc, cfg.evaluation_interval) for rc in cfg.receivers}
         state.migrate("alerts_engine", MIGRATIONS)
         self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
+        self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
         self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock)
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
         self._unsubscribe: Callable[[], None] | None = None
-        self._tick_task: asyncio.Task[None] | None = None
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0  # loop time of the next tick
+        self._idle = False  # the last tick found nothing that time could change
         self.evaluations = 0
         self.eval_errors = 0
         # Bumped when the merged series of a sample name change (values, series set, a collector gone).
@@ -103,7 +144,11 @@ class AlertEngine:
         self._idle_at: dict[str, tuple[int, float]] = {}
         self._irregular: set[str] = set()  # windowed sample names that had a negative or NaN value
         self._publish_scheduled = False
-        self._published: list[Metric] = []  # the families of the last put, to skip puts of the same values
+        self._published: tuple[object, ...] | None = None  # the inputs of the last put, to skip puts of the same
+        self._outbox_at: tuple[int, dict[str, int], float | None] | None = None  # (DB changes, depth, oldest)
+        self._pruned_at = float("-inf")  # last drop of histories beyond every window
+        # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
+        self._wanted: dict[tuple[type[Metric], str], bool] = {}
 
     def all_alerts(self) -> Iterator[Alert]:
         for per_rule in self.alerts.values():
@@ -117,7 +162,9 @@ class AlertEngine:
         await self.outbox.start()
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
         self._unsubscribe = self.store.subscribe(self._on_snapshot)
-        self._tick_task = asyncio.create_task(self._tick_loop(), name="alerts:tick")
+        loop = asyncio.get_running_loop()
+        self._next_tick = loop.time() + self.cfg.evaluation_interval
+        self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
         self._publish()
         log.info("alert_engine_started", rules=len(self.rules), restored=len(restored),
                  receivers=len(self.sinks))
@@ -127,11 +174,9 @@ class AlertEngine:
             with contextlib.suppress(ValueError):
                 self._unsubscribe()
             self._unsubscribe = None
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-            self._tick_task = None
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
         self.router.stop()
         await self.outbox.stop()
         self.store.drop(ALERTS_KEY)
@@ -170,10 +215,16 @@ class AlertEngine:
     def _ingest(self, key: SnapshotKey, snap: Snapshot) -> None:
         now = self.clock()
         names: dict[str, dict[LabelSet, float]] = {}
+        by_name = self.by_name
+        wanted = self._wanted
         for fam in snap.families:
-            for s in fam.samples:
-                if s.name in self.by_name:
-                    names.setdefault(s.name, {})[labelset(s.labels)] = float(s.value)
+            want = wanted.get((type(fam), fam.name))
+            if want is None:
+                want = self._family_wanted(fam)
+            if want:
+                for s in fam.samples:
+                    if s.name in by_name:
+                        names.setdefault(s.name, {})[labelset(s.labels)] = float(s.value)
         prev = self.samples.get(key)
         prev_at = self.seen_at.get(key)
         for name, series in names.items():
@@ -203,6 +254,13 @@ class AlertEngine:
         if rules:
             self._evaluate(rules, now)
 
+    def _family_wanted(self, fam: Metric) -> bool:
+        suffixes = SAMPLE_SUFFIXES.get(type(fam))
+        want = suffixes is None or any(fam.name + sfx in self.by_name for sfx in suffixes)
+        if len(self._wanted) < _MAX_FAMILIES:
+            self._wanted[(type(fam), fam.name)] = want
+        return want
+
     def _unchanged(self, rule: Rule, name: str, now: float) -> bool:
         """Would evaluating ``rule`` now be a no-op? Only for a rule with no alert whose series are
         those of its last evaluation, which raised nothing: the same values give the same result.
@@ -212,16 +270,16 @@ class AlertEngine:
         for more than a non-negative bound stays quiet; any other windowed rule is evaluated.
         """
         idle = self._idle_at.get(rule.name)
-        if self.alerts[rule.name] or idle is None or idle[0] != self._input_version.get(name, 0):
+        if idle is None or idle[0] != self._input_version.get(name, 0) or self.alerts[rule.name]:
             return False
-        if not rule.window:
+        if rule.name not in self._windowed:
             return True
+        if name not in self.seen_metrics and not rule.absent:
+            return True  # never a series of it: no history for a window to move over
         return (
             now >= idle[1]  # a clock stepped back moves the window back
-            and rule.quantile is None
-            and not rule.absent
+            and rule.name in self._quiet_windowed  # > or >= a bound >= 0, no quantile, not absent
             and name not in self._irregular
-            and ((rule.op == ">" and rule.threshold >= 0) or (rule.op == ">=" and rule.threshold > 0))
         )
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
@@ -245,8 +303,11 @@ class AlertEngine:
             changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
             if per_rule:
                 self._idle_at.pop(rule.name, None)
+                self._tick_soon()
             else:
                 self._idle_at[rule.name] = (self._input_version.get(name, 0), now)
+                if self._idle and not self._unchanged(rule, name, now):
+                    self._tick_soon()  # a window moves its result
             for fp in set(before) | set(per_rule):
                 a = per_rule.get(fp)
                 if a is None:
@@ -306,86 +367,131 @@ class AlertEngine:
         in_grace = now - self.started_at < self.cfg.startup_grace
         if not in_grace:
             self._unconfirmed.clear()
-        rules = []
-        for r in self.rules:
-            name = r.metric + "_bucket" if r.quantile is not None else r.metric
-            if (not in_grace or name in self.seen_metrics) and not self._unchanged(r, name, now):
-                rules.append(r)
-        self._evaluate(rules, now)
-        horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
-        cutoff = now - horizon
-        for hk in [hk for hk, h in self.histories.items() if (t := h.last_time()) is None or t < cutoff]:
-            del self.histories[hk]
+        seen = self.seen_metrics
+        rules = [
+            r for r, name in self._plan
+            if (not in_grace or name in seen) and not self._unchanged(r, name, now)
+        ]
+        if rules:
+            self._evaluate(rules, now)
+        self._idle = not (
+            rules or self._has_absent or any(self.alerts.values()) or self._outbox_state()[1] is not None
+        )
+        if not self._pruned_at <= now < self._pruned_at + 60.0:  # histories beyond every window: once a minute
+            self._pruned_at = now
+            cutoff = now - self._history_horizon
+            for hk in [hk for hk, h in self.histories.items() if (t := h.last_time()) is None or t < cutoff]:
+                del self.histories[hk]
         self.router.tick()
         self._publish()
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.evaluation_interval)
-            try:
-                self.tick()
-            except Exception:
-                self.eval_errors += 1
-                log.exception("alert_tick_failed")
+    def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A timer callback, not a sleeping task: one loop iteration and no future per tick.
+        try:
+            self.tick()
+        except Exception:
+            self.eval_errors += 1
+            log.exception("alert_tick_failed")
+        interval = self.cfg.evaluation_interval
+        if self._idle:
+            interval = max(interval, IDLE_TICK_INTERVAL)
+            grace_left = self.started_at + self.cfg.startup_grace - self.clock()
+            if grace_left > 0:  # the first tick after the startup grace evaluates the rules it held back
+                interval = max(self.cfg.evaluation_interval, min(interval, grace_left))
+        self._next_tick += interval
+        now = loop.time()
+        if self._next_tick < now:  # the loop was held up: skip the missed ticks instead of bursting
+            self._next_tick = now + interval - ((now - self._next_tick) % interval)
+        self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
+
+    def _tick_soon(self) -> None:
+        """Back to a tick every evaluation_interval: an alert exists or time can change a rule's result."""
+        self._idle = False
+        timer = self._tick_timer
+        if timer is None:
+            return  # not started (tests drive tick() themselves)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.cfg.evaluation_interval
+        if self._next_tick > due:
+            timer.cancel()
+            self._next_tick = due
+            self._tick_timer = loop.call_at(due, self._on_tick, loop)
 
     # --- self metrics -----------------------------------------------------------------
 
     def _publish(self) -> None:
         try:
-            fams = self.families()
+            inputs = self._metric_inputs()
         except StateError as exc:
             log.error("alert_metrics_failed", error=str(exc))
             return
         # Unchanged values only refresh the snapshot's age: a new one would be ingested by this engine
         # and re-rendered on the next scrape for nothing. A windowed rule on these metrics needs
         # every point in its history, so then they are always put.
-        if (
-            fams == self._published
-            and self.store.get(ALERTS_KEY) is not None
-            and not any(s.name in self.windows for f in fams for s in f.samples)
-        ):
+        if inputs == self._published and not self._own_windowed and self.store.get(ALERTS_KEY) is not None:
             self.store.touch(ALERTS_KEY)
             return
-        self._published = fams
-        self.store.put(ALERTS_KEY, fams, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
+        self._published = inputs
+        self.store.put(ALERTS_KEY, self._families(inputs), interval=max(self.cfg.evaluation_interval, 1.0) * 5)
+
+    def _outbox_state(self) -> tuple[dict[str, int], float | None]:
+        """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
+        to the state DB (only this daemon's connection writes the outbox)."""
+        changes = self.state.total_changes
+        if self._outbox_at is None or self._outbox_at[0] != changes:
+            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
+        return self._outbox_at[1], self._outbox_at[2]
+
+    def _metric_inputs(self) -> tuple[object, ...]:
+        """Every value the engine's own metrics show, in the order _families() reads them."""
+        counts = dict.fromkeys(COUNT_KEYS, 0)
+        for per_rule in self.alerts.values():
+            if per_rule:
+                for a in per_rule.values():
+                    if a.state in STATES:
+                        counts[(a.state, a.severity if a.severity in SEVERITIES else "warning")] += 1
+        counters = self.outbox.counters()
+        sinks = self._sinks
+        depth, oldest = self._outbox_state()
+        return (
+            tuple(counts.values()),
+            tuple(tuple(float(counters[what][s]) for s in sinks) for what, _ in NOTIFICATION_COUNTERS),
+            tuple(float(depth.get(s, 0)) for s in sinks),
+            max(self.clock() - oldest, 0.0) if oldest is not None else 0.0,
+            float(self.eval_errors),
+            float(self.router.silences.in_effect(self.clock())),
+        )
 
     def families(self) -> list[Metric]:
-        counts = {(st, sev): 0 for st in STATES for sev in SEVERITIES}
-        for a in self.all_alerts():
-            if a.state in STATES:
-                counts[(a.state, a.severity if a.severity in SEVERITIES else "warning")] += 1
+        return self._families(self._metric_inputs())
+
+    def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
+        counts, notified, depth, oldest_age, eval_errors, silences = inputs
         alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
                                    labels=["state", "severity"])
-        for (st, sev), n in counts.items():
+        for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
             alerts.add_metric([st, sev], float(n))
-        sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
+        sinks = self._sinks
         fams: list[Metric] = [alerts]
-        for what, help_text in (
-            ("sent", "Notifications a sink acknowledged"),
-            ("failed", "Failed delivery attempts (each retry counts)"),
-            ("dead_lettered", "Notifications given up on (refused with 4xx, or undeliverable too long)"),
-        ):
+        for (what, help_text), values in zip(NOTIFICATION_COUNTERS, notified, strict=True):
             fam = CounterMetricFamily(f"mevwatch_notifications_{what}", help_text, labels=["sink"])
-            counter = self.outbox.counters()[what]
-            for s in sinks:
-                fam.add_metric([s], float(counter[s]))
+            for s, v in zip(sinks, values, strict=True):
+                fam.add_metric([s], v)
             fams.append(fam)
-        depth = self.outbox.depth()
         dfam = GaugeMetricFamily("mevwatch_alert_outbox_depth", "Notifications waiting in the outbox",
                                  labels=["sink"])
-        for s in sinks:
-            dfam.add_metric([s], float(depth.get(s, 0)))
+        for s, v in zip(sinks, depth, strict=True):
+            dfam.add_metric([s], v)
         fams.append(dfam)
         fams.append(GaugeMetricFamily(
             "mevwatch_alert_outbox_oldest_pending_age_seconds",
             "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)",
-            value=self.outbox.oldest_age(),
+            value=oldest_age,
         ))
         fams.append(GaugeMetricFamily("mevwatch_alert_rules", "Alerting rules loaded", value=float(len(self.rules))))
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
-                                        "Rule evaluations that failed with a bug", value=float(self.eval_errors)))
-        fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect",
-                                      value=float(len(self.router.silences.list(include_expired=False)))))
+                                        "Rule evaluations that failed with a bug", value=eval_errors))
+        fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect", value=silences))
         return fams
 
     def status(self) -> dict[str, Any]:

@@ -109,10 +109,14 @@ class Outbox:
     def depth(self) -> dict[str, int]:
         return {str(s): int(n) for s, n in self.state.query("SELECT sink, COUNT(*) FROM alert_outbox GROUP BY sink")}
 
-    def oldest_age(self) -> float:
+    def oldest_created(self) -> float | None:
+        """Creation time of the oldest notification not yet acknowledged, None when the outbox is empty."""
         row = self.state.query("SELECT MIN(created_at) FROM alert_outbox")
-        oldest = row[0][0] if row else None
-        return max(self.clock() - float(oldest), 0.0) if oldest is not None else 0.0
+        return float(row[0][0]) if row and row[0][0] is not None else None
+
+    def oldest_age(self) -> float:
+        oldest = self.oldest_created()
+        return max(self.clock() - oldest, 0.0) if oldest is not None else 0.0
 
     def dead_letters(self) -> list[dict[str, Any]]:
         rows = self.state.query("SELECT id, sink, error, attempts, dead_at FROM alert_dead_letters ORDER BY dead_at")

@@ -132,6 +132,10 @@ class Silences:
         ]
         return out if include_expired else [s for s in out if s.ends_at > now]
 
+    def in_effect(self, now: float) -> int:
+        """How many silences have not ended, as of the last refresh (the router refreshes every tick)."""
+        return sum(1 for s in self._cache if s.ends_at > now)
+
     def mutes(self, labels: Mapping[str, str], now: float) -> bool:
         return any(s.mutes(labels, now) for s in self._cache)
 

@@ -115,6 +115,11 @@ class StateDB:
         with self.transaction() as db:
             return db.execute(sql, params).rowcount
 
+    @property
+    def total_changes(self) -> int:
+        """Rows written through this connection since it opened: a change detector costing no query."""
+        return self._db.total_changes
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
