@@ -303,8 +303,9 @@ class Supervisor:
             keeper.cancel()
 
     async def _keep_stream_fresh(self, key: SnapshotKey, status: InstanceStatus) -> None:
+        # once per interval: the snapshot goes stale after two, so one late wake-up still keeps it
         while True:
-            await asyncio.sleep(max(status.interval / 2, 0.05))
+            await asyncio.sleep(max(status.interval, 0.05))
             if status.alive:
                 self.store.touch(key)
 

@@ -97,6 +97,18 @@ class DyingStream(StreamCollector[CollectorOptions]):
         raise CollectorError("reset", "connection reset")
 
 
+@register
+class QuietStream(StreamCollector[CollectorOptions]):
+    """Emits once, then stays connected without news (an idle log file)."""
+
+    kind: ClassVar[str] = "t_quiet"
+    default_interval = 0.1
+
+    async def run(self, emit: Emit) -> None:
+        emit([_family("t_quiet_value", 1.0)])
+        await asyncio.Event().wait()
+
+
 CONFIG = """\
 collectors:
   - t_tick: {instance: a}
@@ -238,5 +250,17 @@ async def test_self_metrics_are_built_per_read_not_per_run_and_flips_are_put_at_
         assert later is not None
         assert later > first
         assert value(store, "mevwatch_collector_duration_seconds", collector="t_tick") is not None
+    finally:
+        await sup.shutdown()
+
+
+async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_quiet: {}\n", "t", {}), store)
+    await sup.start()
+    try:
+        for _ in range(8):  # 0.8 s: 4x the 0.2 s after which an untouched snapshot is stale
+            await asyncio.sleep(0.1)
+            assert value(store, "t_quiet_value") == 1.0
     finally:
         await sup.shutdown()
