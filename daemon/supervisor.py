@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import sys
 import time
@@ -121,6 +122,37 @@ def build_collector(
         spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector)
     )
     return collector, status
+
+
+def next_slot(planned: float, now: float, interval: float, offset: float) -> float:
+    """When a poll collector runs next: the first point of its grid at least half an interval
+    after the run it just did (``planned``) and not in the past.
+
+    The grid is ``k * interval + offset`` on the loop clock, the same for every collector, so
+    collectors of one interval (and of its multiples) with no jitter run in one loop wake-up
+    instead of one each. A fixed rate in steady state; after an overrun the missed slots are
+    skipped instead of run in a burst; the first run, at start, is off the grid and the second
+    joins it.
+    """
+    earliest = max(planned + interval / 2, now)
+    k = math.ceil((earliest - offset) / interval)
+    return k * interval + offset
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Sleep until the loop clock reads ``when``: timers due at the same instant fire in one
+    loop iteration (``asyncio.sleep`` would add each caller's own reading of the clock)."""
+    fut: asyncio.Future[None] = loop.create_future()
+    handle = loop.call_at(when, _wake, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
 
 
 class Supervisor:
@@ -235,12 +267,13 @@ class Supervisor:
     async def _run_poll(self, key: SnapshotKey, collector: PollCollector[Any], status: InstanceStatus) -> None:
         loop = asyncio.get_running_loop()
         jitter = collector.options.jitter
-        next_at = loop.time() + (random.uniform(0, jitter) if jitter else 0.0)
+        offset = random.uniform(0, jitter) if jitter else 0.0
+        next_at = loop.time() + offset
         while True:
             delay = next_at - loop.time()
             status.next_run_wall = time.time() + max(delay, 0.0)
             if delay > 0:
-                await asyncio.sleep(delay)
+                await sleep_until(loop, next_at)
             started = loop.time()
             try:
                 # timeout() runs collect() in this task: wait_for would create a task per run.
@@ -261,11 +294,7 @@ class Supervisor:
                 self._failed(key, status, "exception", f"{type(exc).__name__}: {exc}", started)
             else:
                 self._succeeded(key, status, families, started)
-            # Fixed-rate schedule; after an overrun, skip the missed slots instead of bursting.
-            next_at += status.interval
-            now = loop.time()
-            if next_at < now:
-                next_at = now + status.interval - ((now - next_at) % status.interval)
+            next_at = next_slot(next_at, loop.time(), status.interval, offset)
 
     async def _run_stream(self, key: SnapshotKey, collector: StreamCollector[Any], status: InstanceStatus) -> None:
         loop = asyncio.get_running_loop()

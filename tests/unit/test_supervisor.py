@@ -264,3 +264,61 @@ async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
             assert value(store, "t_quiet_value") == 1.0
     finally:
         await sup.shutdown()
+
+
+# --- schedule grid ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("planned", "now", "interval", "offset", "expected"),
+    [
+        (10.0, 10.01, 0.5, 0.0, 10.5),  # steady state: a fixed rate
+        (10.3, 10.31, 0.5, 0.0, 11.0),  # the first run, off the grid: the next one joins it, >= half an interval on
+        (10.1, 10.11, 0.5, 0.0, 10.5),
+        (10.0, 11.27, 0.5, 0.0, 11.5),  # an overrun: the missed slots are skipped, not run in a burst
+        (10.2, 10.21, 0.5, 0.2, 10.7),  # a jittered collector keeps its own offset
+        (0.0, 0.01, 15.0, 0.0, 15.0),
+    ],
+)
+def test_next_slot_is_on_the_grid(planned: float, now: float, interval: float, offset: float, expected: float) -> None:
+    from mevwatch.daemon.supervisor import next_slot
+
+    assert next_slot(planned, now, interval, offset) == pytest.approx(expected)
+
+
+def test_collectors_of_one_interval_land_on_the_same_instant() -> None:
+    from mevwatch.daemon.supervisor import next_slot
+
+    # started a few microseconds apart, as the supervisor starts them: after their first run
+    # every later run of the two is planned for exactly the same loop time
+    a, b = 1000.000001, 1000.000093
+    for _ in range(50):
+        a, b = next_slot(a, a + 0.002, 0.5, 0.0), next_slot(b, b + 0.003, 0.5, 0.0)
+        assert a == b
+
+
+async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
+    from mevwatch.daemon.supervisor import sleep_until
+
+    loop = asyncio.get_running_loop()
+    iterations = 0
+    spinning = True
+
+    def spin() -> None:  # counts loop iterations (a ready callback each iteration)
+        nonlocal iterations
+        iterations += 1
+        if spinning:
+            loop.call_soon(spin)
+
+    woke: list[int] = []
+
+    async def sleeper(when: float) -> None:
+        await sleep_until(loop, when)
+        woke.append(iterations)
+
+    spin()
+    when = loop.time() + 0.05
+    await asyncio.gather(*(sleeper(when) for _ in range(3)))
+    spinning = False
+    assert len(set(woke)) == 1, woke
+    assert loop.time() >= when
