@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import structlog
@@ -139,6 +140,54 @@ def parse_head(head: bytes) -> Request:
     return Request(method, path, query, version, headers)
 
 
+def split_head(buf: bytes) -> tuple[Request, int, bool, bytes] | None:
+    """(request, body length, keep-alive, the bytes after the head) once ``buf`` holds a whole
+    request head, None while it does not; _HttpError on anything malformed or over a limit."""
+    if buf[:1] in (b"\r", b"\n"):  # tolerate blank lines before a request line
+        buf = buf.lstrip(b"\r\n")
+    crlf, lf = buf.find(b"\r\n\r\n"), buf.find(b"\n\n")
+    if lf >= 0 and (crlf < 0 or lf < crlf):
+        end, skip = lf, 2
+    elif crlf >= 0:
+        end, skip = crlf, 4
+    else:
+        if len(buf) > MAX_HEAD:
+            raise _HttpError(431, f"request head over {MAX_HEAD} bytes")
+        return None
+    if end > MAX_HEAD:
+        raise _HttpError(431, f"request head over {MAX_HEAD} bytes")
+    req = parse_head(buf[:end])
+    h = req.headers
+    if "transfer-encoding" in h:
+        raise _HttpError(411, "chunked request bodies are not accepted; send Content-Length")
+    length = 0
+    if "content-length" in h:
+        cl = h["content-length"]
+        if not cl.isdigit() or not cl.isascii():
+            raise _HttpError(400, "malformed Content-Length")
+        length = int(cl) if len(cl) < 12 else MAX_BODY + 1
+        if length > MAX_BODY:
+            raise _HttpError(413, f"request body over {MAX_BODY} bytes")
+    tokens = {t.strip().lower() for t in h.get("connection", "").split(",")}
+    keep = "keep-alive" in tokens if req.version == "1.0" else "close" not in tokens
+    return req, length, keep, buf[end + skip:]
+
+
+def response_bytes(req: Request, resp: Response, keep: bool) -> bytes:
+    connection = None if keep and req.version == "1.1" else ("keep-alive" if keep else "close")
+    head = _head(resp, len(resp.body), connection)
+    return head if req.method == "HEAD" else head + resp.body
+
+
+def call_app(app: App, req: Request) -> Response | Awaitable[Response]:
+    """``app(req)``; a handler that raises is a 500 and a log line, never an exception out of the server."""
+    try:
+        return app(req)
+    except Exception:
+        log.exception("http_handler_failed", method=req.method, path=req.path)
+        return Response.text(500, "Internal Server Error\n")
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parse, dispatch in order, write, time out."""
 
@@ -218,17 +267,11 @@ class _Connection(asyncio.Protocol):
             if item is None:
                 break
             req, keep = item
-            try:
-                result = self.server.app(req)
-            except Exception:
-                log.exception("http_handler_failed", method=req.method, path=req.path)
-                result = Response.text(500, "Internal Server Error\n")
+            result = call_app(self.server.app, req)
             if isinstance(result, Response):
                 self._respond(req, result, keep)
             else:
-                self.task = task = self.loop.create_task(self._await(req, result, keep))
-                self.server.tasks.add(task)
-                task.add_done_callback(self.server.tasks.discard)
+                self._wait_for(req, result, keep)
                 return
         if self.closing or self.task is not None or self.write_paused:
             return
@@ -243,36 +286,11 @@ class _Connection(asyncio.Protocol):
 
     def _next_request(self) -> tuple[Request, bool] | None:
         if self.pending is None:
-            buf = self.buf
-            if buf[:1] in (b"\r", b"\n"):  # tolerate blank lines before a request line
-                buf = self.buf = buf.lstrip(b"\r\n")
-            crlf, lf = buf.find(b"\r\n\r\n"), buf.find(b"\n\n")
-            if lf >= 0 and (crlf < 0 or lf < crlf):
-                end, skip = lf, 2
-            elif crlf >= 0:
-                end, skip = crlf, 4
-            else:
-                if len(buf) > MAX_HEAD:
-                    raise _HttpError(431, f"request head over {MAX_HEAD} bytes")
+            head = split_head(self.buf)
+            if head is None:
                 return None
-            if end > MAX_HEAD:
-                raise _HttpError(431, f"request head over {MAX_HEAD} bytes")
-            req = parse_head(buf[:end])
-            self.buf = buf[end + skip:]
-            h = req.headers
-            if "transfer-encoding" in h:
-                raise _HttpError(411, "chunked request bodies are not accepted; send Content-Length")
-            length = 0
-            if "content-length" in h:
-                cl = h["content-length"]
-                if not cl.isdigit() or not cl.isascii():
-                    raise _HttpError(400, "malformed Content-Length")
-                length = int(cl) if len(cl) < 12 else MAX_BODY + 1
-                if length > MAX_BODY:
-                    raise _HttpError(413, f"request body over {MAX_BODY} bytes")
-            tokens = {t.strip().lower() for t in h.get("connection", "").split(",")}
-            keep = "keep-alive" in tokens if req.version == "1.0" else "close" not in tokens
-            if length and len(self.buf) < length and h.get("expect", "").lower() == "100-continue":
+            req, length, keep, self.buf = head
+            if length and len(self.buf) < length and req.headers.get("expect", "").lower() == "100-continue":
                 self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.pending = (req, length, keep)
         req, length, keep = self.pending
@@ -283,6 +301,11 @@ class _Connection(asyncio.Protocol):
             req.body, self.buf = self.buf[:length], self.buf[length:]
         self.deadline = None  # no timeout while the handler runs
         return req, keep
+
+    def _wait_for(self, req: Request, result: Awaitable[Response], keep: bool) -> None:
+        self.task = task = self.loop.create_task(self._await(req, result, keep))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
 
     async def _await(self, req: Request, result: Awaitable[Response], keep: bool) -> None:
         try:
@@ -300,9 +323,7 @@ class _Connection(asyncio.Protocol):
             self._process()
 
     def _respond(self, req: Request, resp: Response, keep: bool) -> None:
-        connection = None if keep and req.version == "1.1" else ("keep-alive" if keep else "close")
-        head = _head(resp, len(resp.body), connection)
-        self._write(head if req.method == "HEAD" else head + resp.body)
+        self._write(response_bytes(req, resp, keep))
         if not keep:
             self._close()
 
@@ -367,7 +388,14 @@ class _Connection(asyncio.Protocol):
 
 
 class Server:
-    """Listens and dispatches each request to ``app``; ``app`` returns a Response or an awaitable of one."""
+    """Listens and dispatches each request to ``app``; ``app`` returns a Response or an awaitable of one.
+
+    Without TLS the server accepts on its own sockets: a new connection whose first read holds a
+    whole request that asks to close (how a scraper without keep-alive asks) is answered and
+    closed right in the accept callback, without a transport, a protocol or a timer, which halves
+    the CPU such a connection costs. Everything else (keep-alive, a partial head, a body, an answer
+    larger than the socket takes at once) goes on as an asyncio connection with its timeouts.
+    """
 
     loop: asyncio.AbstractEventLoop
 
@@ -388,31 +416,145 @@ class Server:
         self.max_connections = max_connections
         self.linger_timeout = linger_timeout
         self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # async handlers in flight
+        self.tasks: set[asyncio.Task[None]] = set()  # async handlers and adoptions in flight
         self.rejected = 0  # connections answered 503 over max_connections
+        self.answered_at_accept = 0  # connections answered and closed in the accept callback
         self._server: asyncio.Server | None = None
+        self._socks: list[socket.socket] = []
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=128,
-            ssl_handshake_timeout=self.tls_handshake_timeout if ssl_context is not None else None,
+        if ssl_context is not None:
+            self._server = await self.loop.create_server(
+                lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=128,
+                ssl_handshake_timeout=self.tls_handshake_timeout,
+            )
+            return
+        infos = await self.loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
+        seen = set()
+        try:
+            for family, kind, proto, _, addr in infos:
+                if (family, addr) in seen:
+                    continue
+                seen.add((family, addr))
+                sock = socket.socket(family, kind, proto)
+                self._socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(128)
+                sock.setblocking(False)
+        except OSError:
+            for sock in self._socks:
+                sock.close()
+            self._socks = []
+            raise
+        for sock in self._socks:
+            self.loop.add_reader(sock.fileno(), self._on_accept, sock)
 
     @property
     def port(self) -> int:
+        if self._socks:
+            return int(self._socks[0].getsockname()[1])
         assert self._server is not None
         assert self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        if self._server is None:
+    def _on_accept(self, listener: socket.socket) -> None:
+        for _ in range(32):  # a burst of connections: some per wake-up, the rest on the next
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS...: the connection waits in the backlog
+                log.warning("http_accept_failed", error=exc.strerror or str(exc))
+                return
+            sock.setblocking(False)
+            try:
+                self._first_read(sock)
+            except Exception:
+                log.exception("http_accept_failed")
+                sock.close()
+
+    def _first_read(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(MAX_HEAD + MAX_BODY)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        except OSError:
+            sock.close()  # reset before a byte arrived: nothing to answer
             return
-        self._server.close()
+        if data and len(self.connections) < self.max_connections:
+            try:
+                head = split_head(data)
+            except _HttpError:
+                head = None  # the connection answers the error with the same words as always
+            if head is not None:
+                req, length, keep, rest = head
+                if not keep and not length and not rest:
+                    result = call_app(self.app, req)
+                    if not isinstance(result, Response):
+                        self._adopt(sock, awaiting=(req, result))
+                        return
+                    out = response_bytes(req, result, keep=False)
+                    try:
+                        sent = sock.send(out)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        sock.close()  # the client went away: nothing left to answer
+                        return
+                    if sent < len(out):
+                        self._adopt(sock, unsent=out[sent:])
+                        return
+                    self.answered_at_accept += 1
+                    sock.close()  # the whole request was read: closing cannot reset the answer
+                    return
+        self._adopt(sock, data=data)
+
+    def _adopt(
+        self, sock: socket.socket, data: bytes = b"", unsent: bytes = b"",
+        awaiting: tuple[Request, Awaitable[Response]] | None = None,
+    ) -> None:
+        """Hand a socket to an asyncio connection: with bytes read, an answer to finish, or a handler to await."""
+
+        async def adopt() -> None:
+            try:
+                _, conn = await self.loop.connect_accepted_socket(lambda: _Connection(self), sock)
+            except OSError:
+                sock.close()
+                return
+            if conn.closing:  # over max_connections: it answered 503
+                if awaiting is not None and isinstance(awaiting[1], Coroutine):
+                    awaiting[1].close()
+                return
+            if unsent:
+                conn._write(unsent)
+                conn._close()
+            elif awaiting is not None:
+                conn.deadline = None
+                conn._wait_for(awaiting[0], awaiting[1], False)
+            elif data:
+                conn.data_received(data)
+
+        task = self.loop.create_task(adopt())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        for sock in self._socks:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks = []
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
         for task in list(self.tasks):
             task.cancel()
-        await self._server.wait_closed()
-        self._server = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -525,3 +525,91 @@ async def test_a_slow_reader_gets_the_whole_last_answer_and_a_stalled_one_is_dro
             break
     assert srv.server.connections == set()
     stalled.close()
+
+
+# --- answered in the accept callback -----------------------------------------------------------
+# The client connects and sends its whole request while the event loop is held (these calls
+# block the loop thread), so the server's first read at accept always finds the request there.
+
+
+def connect_and_send(srv: HttpServer, raw: bytes, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(WAIT)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.sendall(raw)
+    return sock
+
+
+async def read_to_eof(sock: socket.socket) -> Reply:
+    def recv_all() -> bytes:
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        raw = await asyncio.get_running_loop().run_in_executor(None, recv_all)
+    finally:
+        sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return Reply(int(lines[0].split(" ")[1]), headers, body)
+
+
+async def test_a_request_that_asks_to_close_is_answered_at_accept_like_any_other(start: Start) -> None:
+    srv = await start()
+    kept = await request(srv, get("/metrics"))  # keep-alive: answered by a connection
+    assert srv.server.answered_at_accept == 0
+    sock = connect_and_send(srv, get("/metrics", "Connection: close"))
+    once = await read_to_eof(sock)
+    assert srv.server.answered_at_accept == 1
+    assert (once.status, once.body) == (200, kept.body)
+    assert once.headers["connection"] == "close"
+    assert int(once.headers["content-length"]) == len(once.body)
+    assert once.headers["content-type"] == kept.headers["content-type"]
+    head = await read_to_eof(connect_and_send(srv, get("/metrics", "Connection: close", method="HEAD")))
+    assert (head.status, head.body, head.headers["content-length"]) == (200, b"", str(len(kept.body)))
+    http10 = await read_to_eof(connect_and_send(srv, b"GET /-/healthy HTTP/1.0\r\n\r\n"))
+    assert (http10.status, http10.body) == (200, b"mevwatch is Healthy.\n")
+    assert srv.server.answered_at_accept == 3
+
+
+async def test_an_answer_larger_than_the_socket_takes_is_finished_by_a_connection(start: Start) -> None:
+    srv = await start(store=populated_store(samples=300_000))  # ~12 MB: more than a socket buffers
+    sock = connect_and_send(srv, get("/metrics", "Connection: close"), rcvbuf=4096)
+    await asyncio.sleep(0.2)  # the client reads nothing for a while: the first send is partial
+    reply = await read_to_eof(sock)
+    assert reply.status == 200
+    assert len(reply.body) == int(reply.headers["content-length"]) > 10_000_000
+    assert reply.body.endswith(b'mevwatch_test_value{i="299999"} 299999.0\n')
+    assert srv.server.answered_at_accept == 0
+
+
+async def test_an_async_handler_reached_at_accept_is_awaited_by_a_connection(start: Start) -> None:
+    daemon = Daemon()
+    srv = await start(daemon, enable_lifecycle=True)
+    sock = connect_and_send(srv, get("/-/reload", "Connection: close", "Content-Length: 0", method="POST"))
+    reply = await read_to_eof(sock)
+    assert (reply.status, reply.body, daemon.reloads) == (200, b"reloaded\n", 1)
+
+
+async def test_keep_alive_bad_and_partial_first_reads_go_on_as_connections(start: Start) -> None:
+    srv = await start()
+    sock = connect_and_send(srv, get("/-/healthy"))  # keep-alive: the connection serves the next one too
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        assert (await read_reply(reader)).status == 200
+        writer.write(get("/-/ready"))
+        assert (await read_reply(reader)).status == 200
+    finally:
+        writer.close()
+    bad = await read_to_eof(connect_and_send(srv, b"GARBAGE\r\n\r\n"))
+    assert bad.status == 400
+    partial = connect_and_send(srv, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n")  # head not complete yet
+    await asyncio.sleep(0.05)
+    partial.sendall(b"Connection: close\r\n\r\n")
+    assert (await read_to_eof(partial)).body == b"mevwatch is Healthy.\n"
+    assert srv.server.answered_at_accept == 0
