@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import re
 import shutil
 import sys
@@ -42,10 +43,21 @@ EQUIVALENT: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "disk": {}, "cpu": {}}
 
 
-def _get(port: int) -> tuple[str, float]:
+_kept: dict[int, http.client.HTTPConnection] = {}
+
+
+def _get(port: int, keep_alive: bool = False) -> tuple[str, float]:
+    """One scrape: a new connection each time (urllib), or one kept open per daemon, as Prometheus does."""
     t0 = time.perf_counter()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        body = r.read().decode()
+    if keep_alive:
+        conn = _kept.get(port)
+        if conn is None:
+            conn = _kept[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    else:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            body = r.read().decode()
     return body, time.perf_counter() - t0
 
 
@@ -64,7 +76,7 @@ def _series(text: str) -> int:
 
 
 def daemons(
-    scrapes: int, period: float, options: dict[str, dict[str, Any]], alerts: bool = True
+    scrapes: int, period: float, options: dict[str, dict[str, Any]], alerts: bool = True, keep_alive: bool = False
 ) -> dict[str, dict[str, float]]:
     node_exporter = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     kinds = set(options)
@@ -88,7 +100,7 @@ def daemons(
             t_start = time.monotonic()
             for i in range(scrapes):
                 for name, port in (("mevwatch", mw_port), ("node_exporter", ne_port)):
-                    text, latency = _get(port)
+                    text, latency = _get(port, keep_alive)
                     res[name]["latency"] += latency
                     if name == "mevwatch":
                         res[name]["wall"] += _sum(text, "mevwatch_collector_duration_seconds", "collector", kinds)
@@ -102,6 +114,9 @@ def daemons(
             elapsed = time.monotonic() - t_start
             after = {"mevwatch": proc_stats(mw.pid), "node_exporter": proc_stats(ne.pid)}
         finally:
+            for conn in _kept.values():
+                conn.close()
+            _kept.clear()
             stop(mw)
             stop(ne)
     for name, r in res.items():
@@ -145,13 +160,17 @@ def main() -> int:
                          "the node_exporter-equivalent subset")
     ap.add_argument("--no-alerts", action="store_true",
                     help="run mevwatch without its alert engine (which evaluates the rules on every snapshot)")
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="scrape over one kept-open connection per daemon, as Prometheus does, instead of a new "
+                         "connection per scrape")
     args = ap.parse_args()
     options = DEFAULTS if args.defaults else EQUIVALENT
     print(f"machine: {machine()}")
     print(f"mevwatch options: {'defaults' if args.defaults else 'node_exporter-equivalent'}: "
           + ", ".join(f"{k} {v}" for k, v in options.items()))
     print(f"mevwatch alert engine: {'off' if args.no_alerts else 'on (default rules)'}")
-    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts)
+    print(f"scrapes: {'one kept-open connection per daemon' if args.keep_alive else 'a new connection each'}")
+    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts, keep_alive=args.keep_alive)
     ms = 1000.0
     print(f"\n1. daemons, {args.scrapes} scrapes each every {args.period}s, same run")
     print(f"{'':15}{'CPU ms/coll':>12}{'wall ms/coll':>13}{'scrape ms':>10}{'RSS MiB':>9}{'series':>8}")
