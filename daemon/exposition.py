@@ -2,7 +2,9 @@
 
 prometheus-client validates and escapes every name, label name and label value of every sample
 on every render; here each series' "name{labels} " prefix is built once and remembered, which
-makes a render about 3x cheaper (a render follows every collector run that a scrape sees).
+makes a render about 3x cheaper (a render follows every collector run that a scrape sees). The
+text format also remembers each series' last line: a series whose value did not change since the
+last render (states, sizes, totals, idle counters: most of a host's series) is written from it.
 Names are escaped as prometheus-client's default (``underscores``) scheme does: every character
 outside the classic name alphabet becomes ``_``. Exemplars and native histograms are not
 written (mevwatch's families have none; a sample with an exemplar is refused).
@@ -10,9 +12,9 @@ written (mevwatch's families have none; a sample with an exemplar is refused).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
-from typing import SupportsFloat
 
 from mevwatch.daemon.families import Metric, float_to_go_string
 
@@ -22,6 +24,12 @@ CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _go_float = float_to_go_string
+_MINUS_INF = float("-inf")
+# Values most samples carry (states, flags, counts, idle ratios), formatted once. Keys compare by
+# numeric value, so int and bool values find them too (they render as floats do), and 0.0 also
+# answers -0.0: the renderer checks the sign of a zero.
+_ZERO = "0.0"
+_COMMON_VALUES: dict[float, str] = {0.0: _ZERO, **{float(i): float_to_go_string(i) for i in range(1, 101)}}
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 65536  # series are bounded by design; this only caps a runaway
 
@@ -58,19 +66,12 @@ def _labelstr(labels: dict[str, str]) -> str:
     return ",".join(f'{_label_name(k)}="{_escape_value(v)}"' for k, v in sorted(labels.items()))
 
 
-# (name, labels in given order) -> 'name{...} ', one cache per format (they escape names differently)
-_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+# Text format: one entry per series, keyed by the bare name or (name, *label names, *label values):
+# ('name{...} ', the last value written, its line). OpenMetrics: (name, labels in given order) ->
+# 'name{...} '. The formats escape names differently.
+_NAN = float("nan")  # equal to no value: a new series' line is always written
+_series: dict[str | tuple[str, ...], tuple[str, float, str]] = {}
 _om_prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-
-
-def _prefix(name: str, labels: dict[str, str]) -> str:
-    key = (name, tuple(labels.items()))
-    out = _prefixes.get(key)
-    if out is None:
-        out = f"{_metric_name(name)}{{{_labelstr(labels)}}} " if labels else f"{_metric_name(name)} "
-        if len(_prefixes) < _MAX_CACHED:
-            _prefixes[key] = out
-    return out
 
 
 def _om_prefix(name: str, labels: dict[str, str]) -> str:
@@ -83,13 +84,8 @@ def _om_prefix(name: str, labels: dict[str, str]) -> str:
     return out
 
 
-def _sample_line(name: str, labels: dict[str, str], value: float, timestamp: SupportsFloat | None) -> str:
-    if timestamp is None:
-        return f"{_prefix(name, labels)}{_go_float(value)}\n"
-    return f"{_prefix(name, labels)}{_go_float(value)} {int(float(timestamp) * 1000):d}\n"
-
-
 _headers: dict[tuple[str, str, str], str] = {}
+_family_headers: dict[tuple[str, str, str], str] = {}  # (name, type, documentation) -> HELP and TYPE lines
 _om_headers: dict[tuple[str, str, str, str], str] = {}
 
 
@@ -118,36 +114,82 @@ def _om_header(name: str, documentation: str, mtype: str, unit: str) -> str:
     return out
 
 
+def _new_series(key: str | tuple[str, ...], name: str, labels: dict[str, str]) -> tuple[str, float, str]:
+    prefix = f"{_metric_name(name)}{{{_labelstr(labels)}}} " if labels else f"{_metric_name(name)} "
+    entry = (prefix, _NAN, "")
+    if len(_series) < _MAX_CACHED:
+        _series[key] = entry
+    return entry
+
+
+def _family_header(key: tuple[str, str, str]) -> str:
+    """The HELP and TYPE lines of a family keyed (name, type, documentation)."""
+    mname, mtype, documentation = key
+    if mtype == "counter":
+        mname += "_total"
+    elif mtype == "info":
+        mname += "_info"
+        mtype = "gauge"
+    elif mtype == "stateset":
+        mtype = "gauge"
+    elif mtype == "gaugehistogram":
+        mtype = "histogram"
+    elif mtype == "unknown":
+        mtype = "untyped"
+    out = _header(mname, documentation, mtype)
+    if len(_family_headers) < _MAX_CACHED:
+        _family_headers[key] = out
+    return out
+
+
 def render_text(families: Iterable[Metric]) -> bytes:
     """``families`` in the text format, exactly as prometheus-client's ``generate_latest`` renders them."""
     output: list[str] = []
+    append = output.append
+    get_header = _family_headers.get
+    series = _series
+    get_series = series.get
+    get_common = _COMMON_VALUES.get
+    go_float = _go_float
+    copysign = math.copysign
     for metric in families:
-        mname, mtype = metric.name, metric.type
-        if mtype == "counter":
-            mname += "_total"
-        elif mtype == "info":
-            mname += "_info"
-            mtype = "gauge"
-        elif mtype == "stateset":
-            mtype = "gauge"
-        elif mtype == "gaugehistogram":
-            mtype = "histogram"
-        elif mtype == "unknown":
-            mtype = "untyped"
-        output.append(_header(mname, metric.documentation, mtype))
-        om_samples: dict[str, list[str]] = {}
         base = metric.name
+        hkey = (base, metric.type, metric.documentation)
+        append(get_header(hkey) or _family_header(hkey))
+        om_samples: dict[str, list[str]] | None = None
         for s in metric.samples:
-            sname = s.name
-            if sname != base and sname.startswith(base) and sname[len(base):] in _OM_SUFFIXES:
-                om_samples.setdefault(sname[len(base):], []).append(
-                    _sample_line(sname, s.labels, s.value, s.timestamp)
-                )
+            sname, labels, value, timestamp = s.name, s.labels, s.value, s.timestamp
+            # one key per series: the bare name, or the name, the label names and the label values (in
+            # their given order; the length tells how many labels, so no two series share a key)
+            key = (sname, *labels, *labels.values()) if labels else sname
+            entry = get_series(key) or _new_series(key, sname, labels)
+            if value == entry[1] and timestamp is None:
+                line = entry[2]  # the series' value has not changed since the last render
             else:
-                output.append(_sample_line(sname, s.labels, s.value, s.timestamp))
-        for suffix, lines in sorted(om_samples.items()):
-            output.append(_header(base + suffix, metric.documentation, "gauge"))
-            output.extend(lines)
+                v = get_common(value)
+                if v is None:
+                    # finite floats below 1e6 are written as repr writes them (see float_to_go_string)
+                    v = repr(value) if type(value) is float and _MINUS_INF < value < 1e6 else go_float(value)
+                elif v is _ZERO and copysign(1.0, value) < 0:
+                    v = "-0.0"  # -0.0 == 0.0: the table cannot tell them apart
+                if timestamp is None:
+                    line = f"{entry[0]}{v}\n"
+                    if value and len(series) < _MAX_CACHED:  # a zero's sign is not in its key
+                        series[key] = (entry[0], value, line)
+                else:
+                    line = f"{entry[0]}{v} {int(float(timestamp) * 1000):d}\n"
+            if sname != base and sname.endswith(_OM_SUFFIXES) and sname[: len(base)] == base:
+                suffix = sname[len(base) :]
+                if suffix in _OM_SUFFIXES:
+                    if om_samples is None:
+                        om_samples = {}
+                    om_samples.setdefault(suffix, []).append(line)
+                    continue
+            append(line)
+        if om_samples:
+            for suffix, lines in sorted(om_samples.items()):
+                append(_header(base + suffix, metric.documentation, "gauge"))
+                output.extend(lines)
     return "".join(output).encode("utf-8")
 
 

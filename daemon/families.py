@@ -14,7 +14,6 @@ replace other characters with ``_``, so a UTF-8 name would be exported under ano
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -268,21 +267,25 @@ class InfoMetricFamily(Metric):
 
 _INF = float("inf")
 _MINUS_INF = float("-inf")
+_GO_EXPONENTS = tuple(f"e+{dot - 1:02d}" for dot in range(17))  # by the position of the point in repr
 
 
 def float_to_go_string(d: float) -> str:
     """``d`` as Go's strconv formats it in the exposition formats (prometheus-client's ``floatToGoString``)."""
-    d = float(d)
+    if type(d) is not float:
+        d = float(d)
+    if _MINUS_INF < d < 1e6:
+        # Finite and below 1e6: Python's repr is what Go writes (the common case, decided in two compares).
+        return repr(d)
+    if 1e6 <= d < 1e16:
+        # Go switches to exponents sooner than Python: here repr has 7 to 16 digits before the point.
+        s = repr(d)
+        dot = s.find(".")
+        return f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.") + _GO_EXPONENTS[dot]
+    if d != d:
+        return "NaN"
     if d == _INF:
         return "+Inf"
     if d == _MINUS_INF:
         return "-Inf"
-    if math.isnan(d):
-        return "NaN"
-    s = repr(d)
-    dot = s.find(".")
-    # Go switches to exponents sooner than Python (only positive values matter for le/quantile).
-    if d > 0 and dot > 6:
-        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return s
+    return repr(d)  # from 1e16 on repr writes an exponent, as Go does

@@ -169,6 +169,44 @@ def test_the_same_series_with_a_new_value_renders_the_new_value() -> None:
         assert f'test_value{{a="x"}} {v}\n'.encode() in render_openmetrics([fam])
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1.5, 1.5, 2.0, 2.0],
+        [0.0, -0.0, -0.0, 0.0],
+        [3.0, -0.0, 0.0, -0.0],
+        [7, 7.0, True, 1.0, 1, False, 0],
+        [math.nan, math.nan, math.inf, math.inf, -math.inf, -math.inf],
+        [1234567.0, 1234567, 1234567.0, -1234567.0, 1e-9, 1e-9, 1e300, 2**63, 2**63],
+        [0.5, 250.0, 99.0, 101.0, 100.0, 100, 0.1 + 0.2],
+    ],
+)
+def test_a_series_rendered_again_writes_each_new_value(values: list[float]) -> None:
+    for v in values:
+        fam = GaugeMetricFamily("test_again", "A", labels=["a"])
+        fam.add_metric(["x"], v)
+        plain = GaugeMetricFamily("test_again_plain", "P", value=v)
+        assert render_text([fam, plain]) == reference([fam, plain])
+
+
+def test_series_that_share_label_names_or_values_are_told_apart() -> None:
+    samples = [
+        Sample("test_swap", {"a": "b"}, 1.0),
+        Sample("test_swap", {"b": "a"}, 2.0),
+        Sample("test_swap", {"c": "b"}, 6.0),
+        Sample("test_swap", {"a": "b", "c": "d"}, 3.0),
+        Sample("test_swap", {"a": "c", "b": "d"}, 4.0),
+        Sample("test_swap", {}, 5.0),
+    ]
+    fam = _metric("test_swap", "S", "gauge", samples)
+    for _ in range(2):
+        assert render_text([fam]) == reference([fam])
+    assert (
+        b'test_swap{b="a"} 2.0\ntest_swap{c="b"} 6.0\ntest_swap{a="b",c="d"} 3.0\ntest_swap{a="c",b="d"} 4.0\n'
+        in render_text([fam])
+    )
+
+
 def test_labels_in_another_order_render_sorted() -> None:
     samples = [Sample("test_order", {"b": "2", "a": "1"}, 1.0), Sample("test_order", {"a": "1", "b": "3"}, 2.0)]
     a = _metric("test_order", "O", "gauge", samples)
