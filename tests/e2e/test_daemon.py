@@ -221,15 +221,6 @@ async def test_watchdog_is_withheld_while_the_loop_is_blocked(tmp_path: Path,
         n.stop_watchdog()
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = need_binary("openssl")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
-    return d / "cert.pem", d / "key.pem"
-
 
 def test_tls_and_basic_auth(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
     import base64

@@ -10,7 +10,6 @@ import logging
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,6 @@ import structlog
 from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile
 from mevwatch.daemon.store import SampleStore
-from tests.support.peers import need_binary
 
 WAIT = 5.0  # upper bound for any single read; every test ends well within it
 
@@ -396,15 +394,6 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(st
     assert await closed_by_server(reader)
     writer.close()
 
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = need_binary("openssl")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
-    return d / "cert.pem", d / "key.pem"
 
 
 async def test_tls_serves_and_a_stalled_handshake_is_closed(
