@@ -20,6 +20,7 @@ __all__ = [
     "parse_proc_cgroup",
     "pressure_families",
     "read_bytes",
+    "read_fd",
     "read_text",
     "read_text_status",
     "unit_from_cgroup_path",
@@ -76,6 +77,17 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _CHUNK = 65536
 
 
+def read_fd(fd: int) -> bytes:
+    """Everything left to read from ``fd``, read until EOF."""
+    data = os.read(fd, _CHUNK)
+    if not data:
+        return data
+    chunks = [data]
+    while chunk := os.read(fd, _CHUNK):
+        chunks.append(chunk)
+    return data if len(chunks) == 1 else b"".join(chunks)
+
+
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """The whole content of a small kernel file: one open, reads until EOF, one close.
 
@@ -85,13 +97,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """
     fd = os.open(path, _O_READ)
     try:
-        data = os.read(fd, _CHUNK)
-        if not data:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, _CHUNK):
-            chunks.append(chunk)
-        return data if len(chunks) == 1 else b"".join(chunks)
+        return read_fd(fd)
     finally:
         os.close(fd)
 
@@ -107,7 +113,7 @@ def read_text_status(path: str | os.PathLike[str]) -> tuple[str | None, ReadStat
     ``disabled`` is what the kernel answers for a PSI file when booted with ``psi=0``.
     """
     try:
-        return read_bytes(path).decode("ascii", "replace"), "ok", ""
+        return read_text(path), "ok", ""
     except FileNotFoundError:
         return None, "missing", f"{os.fspath(path)} does not exist"
     except PermissionError as exc:

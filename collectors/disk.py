@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
-from mevwatch.collectors._host import read_bytes
+from mevwatch.collectors._host import read_bytes, read_fd
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -932,11 +932,9 @@ class _MountinfoWatch:
         if not changed and now - self._read_at < MOUNTINFO_MAX_AGE:
             return None
         os.lseek(self._fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(self._fd, 65536):
-            chunks.append(chunk)
+        data = read_fd(self._fd)
         self._read_at = now
-        return b"".join(chunks)
+        return data
 
     def close(self) -> None:
         self._close()
