@@ -190,14 +190,17 @@ def list_cpus(sysfs: str | os.PathLike[str]) -> list[int]:
     return sorted(int(m.group(1)) for n in names if (m := _CPU_DIR_RE.match(n)))
 
 
-def _read_opt(path: str) -> str | None:
+def _read_opt(path: str | None) -> str | None:
+    """The stripped text of an optional file; None when it is absent (``path`` None) or unreadable."""
+    if path is None:
+        return None
     try:
         return read_text(path).strip()
     except OSError:
         return None
 
 
-def _khz(path: str) -> float | None:
+def _khz(path: str | None) -> float | None:
     raw = _read_opt(path)
     if raw is None:
         return None
@@ -207,7 +210,7 @@ def _khz(path: str) -> float | None:
         return None
 
 
-def _int_opt(path: str) -> int | None:
+def _int_opt(path: str | None) -> int | None:
     raw = _read_opt(path)
     return int(raw) if raw is not None and raw.isdigit() else None
 
@@ -238,7 +241,7 @@ def read_cpufreq(sysfs: Path, cpu: int) -> CpuFreq | None:
     if d is None:
         return None
     static = _CpuFreqStatic.read(d, _listing(d))
-    return static.current(d)
+    return static.current()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,35 +266,30 @@ class _CpuFreqStatic:
         def path(name: str) -> str | None:
             return d + name if name in files else None
 
-        def khz(name: str) -> float | None:
-            p = path(name)
-            return _khz(p) if p is not None else None
-
-        govs = path("scaling_available_governors")
         return cls(
             governor=path("scaling_governor"),
             cur=path("scaling_cur_freq"),
             cur_fallback=path("cpuinfo_cur_freq"),
             scaling_min=path("scaling_min_freq"),
             scaling_max=path("scaling_max_freq"),
-            available_governors=tuple(((_read_opt(govs) if govs else None) or "").split()),
-            min_hz=khz("cpuinfo_min_freq"),
-            max_hz=khz("cpuinfo_max_freq"),
+            available_governors=tuple((_read_opt(path("scaling_available_governors")) or "").split()),
+            min_hz=_khz(path("cpuinfo_min_freq")),
+            max_hz=_khz(path("cpuinfo_max_freq")),
         )
 
-    def current(self, d: str) -> CpuFreq:
+    def current(self) -> CpuFreq:
         """The values that change at run time, read now."""
-        cur = _khz(self.cur) if self.cur is not None else None
+        cur = _khz(self.cur)
         if not cur:
-            cur = _khz(self.cur_fallback) if self.cur_fallback is not None else None
+            cur = _khz(self.cur_fallback)
         return CpuFreq(
-            governor=_read_opt(self.governor) if self.governor is not None else None,
+            governor=_read_opt(self.governor),
             available_governors=self.available_governors,
             current_hz=cur,
             min_hz=self.min_hz,
             max_hz=self.max_hz,
-            scaling_min_hz=_khz(self.scaling_min) if self.scaling_min is not None else None,
-            scaling_max_hz=_khz(self.scaling_max) if self.scaling_max is not None else None,
+            scaling_min_hz=_khz(self.scaling_min),
+            scaling_max_hz=_khz(self.scaling_max),
         )
 
 
@@ -324,12 +322,12 @@ class _ThrottleFiles:
         )
 
     def read(self, with_package: bool = True) -> Throttle:
-        core_ms = _int_opt(self.core_ms) if self.core_ms is not None else None
-        pkg_ms = _int_opt(self.package_ms) if with_package and self.package_ms is not None else None
-        pkg_count = _int_opt(self.package_count) if with_package and self.package_count is not None else None
+        core_ms = _int_opt(self.core_ms)
+        pkg_ms = _int_opt(self.package_ms) if with_package else None
+        pkg_count = _int_opt(self.package_count) if with_package else None
         return Throttle(
             package=self.package,
-            core_count=_int_opt(self.core_count) if self.core_count is not None else None,
+            core_count=_int_opt(self.core_count),
             core_seconds=core_ms / 1000.0 if core_ms is not None else None,
             package_count=pkg_count,
             package_seconds=pkg_ms / 1000.0 if pkg_ms is not None else None,
@@ -549,7 +547,7 @@ class CpuCollector(PollCollector[CpuOptions]):
             if c.cpufreq_denied:
                 unreadable = True
             elif c.cpufreq is not None and c.cpufreq_static is not None:
-                freqs[c.cpu] = c.cpufreq_static.current(c.cpufreq)
+                freqs[c.cpu] = c.cpufreq_static.current()
         # /proc/cpuinfo is long and costly to generate: read only when a clock or the VM flag is needed.
         need_clock = not layout.cpus or any(
             (f := freqs.get(c.cpu)) is None or f.current_hz is None for c in layout.cpus
