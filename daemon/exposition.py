@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterable
 
-from mevwatch.daemon.families import Metric, float_to_go_string
+from mevwatch.daemon.families import METRIC_NAME_RE, Metric, float_to_go_string
 
 __all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "render_openmetrics", "render_text"]
 
@@ -33,7 +33,6 @@ _COMMON_VALUES: dict[float, str] = {0.0: _ZERO, **{float(i): float_to_go_string(
 _OM_SUFFIXES = ("_created", "_gsum", "_gcount")
 _MAX_CACHED = 65536  # series are bounded by design; this only caps a runaway
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _NOT_METRIC_RUNE = re.compile(r"[^a-zA-Z0-9_:]")
 _NOT_LABEL_RUNE = re.compile(r"[^a-zA-Z0-9_]")
@@ -46,16 +45,15 @@ def _underscored(s: str, not_rune: re.Pattern[str]) -> str:
 
 
 def _metric_name(s: str) -> str:
-    return s if _METRIC_NAME.fullmatch(s) or not s else _underscored(s, _NOT_METRIC_RUNE)
+    return s if METRIC_NAME_RE.fullmatch(s) or not s else _underscored(s, _NOT_METRIC_RUNE)
 
 
 def _label_name(s: str) -> str:
     return s if _LABEL_NAME.fullmatch(s) or not s else _underscored(s, _NOT_LABEL_RUNE)
 
 
-def _om_sample_name(s: str) -> str:
-    # prometheus-client's OpenMetrics writer escapes sample names with the label-name alphabet (no ':').
-    return s if _LABEL_NAME.fullmatch(s) or not s else _underscored(s, _NOT_LABEL_RUNE)
+# prometheus-client's OpenMetrics writer escapes sample names with the label-name alphabet (no ':').
+_om_sample_name = _label_name
 
 
 def _escape_value(v: str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 __all__ = [
+    "METRIC_NAME_RE",
     "CounterMetricFamily",
     "GaugeMetricFamily",
     "HistogramMetricFamily",
@@ -31,7 +32,7 @@ __all__ = [
 
 METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"))
 
-_METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _MAX_REMEMBERED = 65536  # names are static in the code base; this only caps a runaway
 _valid_names: set[str] = set()
 
@@ -42,7 +43,7 @@ def check_metric_name(name: str) -> None:
         return
     if not name:
         raise ValueError("metric name cannot be empty")
-    if _METRIC_NAME_RE.fullmatch(name) is None:
+    if METRIC_NAME_RE.fullmatch(name) is None:
         raise ValueError("invalid metric name " + name)
     if len(_valid_names) < _MAX_REMEMBERED:
         _valid_names.add(name)

@@ -143,14 +143,14 @@ def test_valid_names_are_accepted() -> None:
 
 def test_a_name_is_matched_once_then_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = families._METRIC_NAME_RE
+    real = families.METRIC_NAME_RE
 
     class Counting:
         def fullmatch(self, name: str) -> object:
             calls.append(name)
             return real.fullmatch(name)
 
-    monkeypatch.setattr(families, "_METRIC_NAME_RE", Counting())
+    monkeypatch.setattr(families, "METRIC_NAME_RE", Counting())
     monkeypatch.setattr(families, "_valid_names", set())
     for _ in range(3):
         GaugeMetricFamily("test_remembered", "R", value=1.0)
