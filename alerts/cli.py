@@ -13,21 +13,12 @@ from typing import Any
 from mevwatch.alerts.router import Silences, notification_payload
 from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
-from mevwatch.daemon.cli import add_config_argument, load_or_default
-from mevwatch.daemon.config import Config, ConfigError
+from mevwatch.daemon.cli import add_config_argument, load_or_report
+from mevwatch.daemon.config import Config
 from mevwatch.daemon.fields import parse_duration
 from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = ["register", "run_test"]
-
-
-def _config(args: argparse.Namespace) -> Config | None:
-    try:
-        return load_or_default(args.config)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        return None
 
 
 def test_payload(receiver: str, host: str, runbook_url: str) -> dict[str, Any]:
@@ -65,7 +56,7 @@ async def run_test(cfg: Config, receiver: str | None) -> list[tuple[str, str | N
 
 
 def cmd_alerts_test(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return 2
     names = [r.name for r in cfg.daemon.alerts.receivers]
@@ -82,7 +73,7 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
 
 
 def _silences(args: argparse.Namespace) -> tuple[Silences, StateDB] | None:
-    cfg = _config(args)
+    cfg = load_or_report(args.config)
     if cfg is None:
         return None
     try:

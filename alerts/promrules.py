@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from mevwatch.alerts.config import Rule
-from mevwatch.daemon.cli import add_config_argument, load_or_default
-from mevwatch.daemon.config import ConfigError
+from mevwatch.daemon.cli import add_config_argument, load_or_report
 
 __all__ = ["EXPORT_NOTES", "duration", "export_rules", "promql", "register", "rules_yaml", "selector"]
 
@@ -136,11 +135,8 @@ def rules_yaml(rules: list[Rule] | tuple[Rule, ...], runbook_url: str) -> str:
 
 
 def cmd_rules_export(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_or_default(args.config)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     alerts = cfg.daemon.alerts
     text = rules_yaml(alerts.all_rules, args.runbook_url or alerts.runbook_url)

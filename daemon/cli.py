@@ -45,6 +45,16 @@ def load_or_default(path: str | None) -> Config:
     return load_config_text(default_config_text(), "<embedded default>")
 
 
+def load_or_report(path: str | None) -> Config | None:
+    """What a tool command loads: the config, or None after printing each problem to stderr (exit 2)."""
+    try:
+        return load_or_default(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return None
+
+
 def _print_config_error(exc: ConfigError) -> None:
     for issue in exc.issues:
         print(f"error: {issue}", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
 from mevwatch.daemon.blocking import BlockingPool
-from mevwatch.daemon.config import Config, ConfigError
+from mevwatch.daemon.config import Config
 from mevwatch.daemon.families import Metric
 
 if TYPE_CHECKING:
@@ -228,14 +228,11 @@ def render_table(lines: list[Line], color: bool) -> str:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from mevwatch.daemon.cli import load_or_default
+    from mevwatch.daemon.cli import load_or_report
     from mevwatch.daemon.logging import configure_logging
 
-    try:
-        cfg = load_or_default(args.config)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+    cfg = load_or_report(args.config)
+    if cfg is None:
         return 2
     configure_logging("error", "json")  # collectors' own warnings would garble the table
     kinds: set[str] | None = None
