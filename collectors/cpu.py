@@ -17,7 +17,6 @@ from mevwatch.collectors._host import (
     enum_family,
     parse_pressure,
     pressure_families,
-    read_bytes,
     read_text,
     read_text_status,
 )
@@ -41,6 +40,7 @@ __all__ = [
     "ProcStat",
     "Throttle",
     "cpu_time_ratios",
+    "cpuinfo_clock_is_fixed",
     "frequency_status",
     "list_cpus",
     "parse_cpuinfo",
@@ -74,32 +74,39 @@ class ProcStat:
     ticks: dict[str, int]
     procs_running: int | None = None
     procs_blocked: int | None = None
+    online: tuple[int, ...] = ()  # the CPUs with a ``cpuN`` line: the kernel lists the online ones
+
+
+# The lines of /proc/stat that matter, in one pass: the long ``intr`` and ``softirq`` lines are never split.
+_STAT_RE = re.compile(r"^(cpu\d*|procs_running|procs_blocked)[ \t]+(.*)$", re.M)
 
 
 def parse_proc_stat(text: str) -> ProcStat:
-    """``/proc/stat`` -> aggregate ticks by mode (older kernels lack steal: 0) and task counts."""
+    """``/proc/stat`` -> aggregate ticks by mode (older kernels lack steal: 0), task counts, online CPUs."""
     ticks: dict[str, int] | None = None
     running = blocked = None
-    for line in text.splitlines():
-        fields = line.split()
-        if not fields:
-            continue
-        if fields[0] == "cpu":
+    online: list[int] = []
+    for key, rest in _STAT_RE.findall(text):
+        if key == "cpu":
+            fields = rest.split()
             try:
-                values = [int(v) for v in fields[1 : 1 + len(CPU_MODES)]]
+                values = [int(v) for v in fields[: len(CPU_MODES)]]
             except ValueError:
-                raise ValueError(f"non-numeric cpu line in /proc/stat: {line!r}") from None
+                raise ValueError(f"non-numeric cpu line in /proc/stat: {key} {rest!r}") from None
             if len(values) < 4:
                 raise ValueError(f"cpu line in /proc/stat has {len(values)} columns, expected >= 4")
             values += [0] * (len(CPU_MODES) - len(values))
             ticks = dict(zip(CPU_MODES, values, strict=True))
-        elif fields[0] == "procs_running" and len(fields) == 2:
-            running = int(fields[1])
-        elif fields[0] == "procs_blocked" and len(fields) == 2:
-            blocked = int(fields[1])
+        elif key[0] == "c":
+            online.append(int(key[3:]))
+        elif rest.isdigit():
+            if key == "procs_running":
+                running = int(rest)
+            else:
+                blocked = int(rest)
     if ticks is None:
         raise ValueError("/proc/stat has no aggregate 'cpu' line")
-    return ProcStat(ticks, running, blocked)
+    return ProcStat(ticks, running, blocked, tuple(online))
 
 
 def cpu_time_ratios(prev: ProcStat, cur: ProcStat) -> dict[str, float] | None:
@@ -151,6 +158,20 @@ def parse_cpuinfo(text: str) -> tuple[dict[int, float], bool]:
         elif not hypervisor and "hypervisor" in value.split():
             hypervisor = True
     return mhz, hypervisor
+
+
+_APERFMPERF_RE = re.compile(r"^flags[ \t]*:.*\baperfmperf\b", re.M)
+
+
+def cpuinfo_clock_is_fixed(text: str, mhz: dict[int, float]) -> bool:
+    """Can the ``cpu MHz`` values of this /proc/cpuinfo change while the system runs?
+
+    For a CPU without a cpufreq policy, x86 kernels print a clock measured from the APERF/MPERF
+    counters when the CPU has them (flag ``aperfmperf``), else the fixed TSC clock (``cpu_khz``),
+    which is what a VM without that flag shows. Other architectures print no clock at all.
+    Fixed values are read once per layout instead of generating this long file on every run.
+    """
+    return not mhz or _APERFMPERF_RE.search(text) is None
 
 
 # --- sysfs readers (fixture trees in tests) -------------------------------------------------
@@ -356,11 +377,11 @@ class _Layout:
 
     cpus: tuple[_CpuFiles, ...]
     hypervisor_type: bool  # /sys/hypervisor/type exists (a Xen guest, even without the CPU flag)
-    online: bytes | None  # devices/system/cpu/online when the layout was built
+    online: tuple[int, ...]  # the online CPUs (from /proc/stat) when the layout was built
     expires: float  # time.monotonic() after which it is built again
 
     @classmethod
-    def discover(cls, sysfs: str, online: bytes | None, now: float) -> _Layout:
+    def discover(cls, sysfs: str, online: tuple[int, ...], now: float) -> _Layout:
         rows = []
         for cpu in list_cpus(sysfs):
             try:
@@ -449,20 +470,19 @@ class CpuCollector(PollCollector[CpuOptions]):
         self._cpuinfo_path = os.fspath(paths.proc("cpuinfo"))
         self._pressure_path = os.fspath(paths.proc("pressure", "cpu"))
         self._sysfs = os.fspath(paths.sysfs)
-        self._online_path = f"{self._sysfs}/devices/system/cpu/online"
         self._layout: _Layout | None = None
+        # /proc/cpuinfo's clocks and VM flag when its clocks cannot change (cpuinfo_clock_is_fixed):
+        # read once per layout, not on every run
+        self._fixed_cpuinfo: tuple[dict[int, float], bool] | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
 
-    def _current_layout(self) -> _Layout:
+    def _current_layout(self, online: tuple[int, ...]) -> _Layout:
         """The per-CPU sysfs layout, looked up again when the online CPUs changed or it expired."""
-        try:
-            online: bytes | None = read_bytes(self._online_path)
-        except OSError:
-            online = None
         now = time.monotonic()
         layout = self._layout
         if layout is None or layout.online != online or now >= layout.expires:
             layout = self._layout = _Layout.discover(self._sysfs, online, now)
+            self._fixed_cpuinfo = None
         return layout
 
     async def collect(self) -> Families:
@@ -487,7 +507,7 @@ class CpuCollector(PollCollector[CpuOptions]):
             ))
         families.extend(self._time_families(stat))
 
-        layout = self._current_layout()
+        layout = self._current_layout(stat.online)
         families.append(GaugeMetricFamily(
             "mevwatch_cpu_logical_processors",
             "Logical CPUs the kernel knows (to read load per CPU)",
@@ -556,10 +576,16 @@ class CpuCollector(PollCollector[CpuOptions]):
         cpuinfo_hz: dict[int, float] = {}
         virtual = layout.hypervisor_type
         if need_clock or need_virtual:
-            text, _, _ = read_text_status(self._cpuinfo_path)
-            if text is not None:
-                cpuinfo_hz, flag = parse_cpuinfo(text)
+            if self._fixed_cpuinfo is not None:
+                cpuinfo_hz, flag = self._fixed_cpuinfo
                 virtual = virtual or flag
+            else:
+                text, _, _ = read_text_status(self._cpuinfo_path)
+                if text is not None:
+                    cpuinfo_hz, flag = parse_cpuinfo(text)
+                    virtual = virtual or flag
+                    if cpuinfo_clock_is_fixed(text, cpuinfo_hz):
+                        self._fixed_cpuinfo = (cpuinfo_hz, flag)
         status = frequency_status(bool(freqs), unreadable, virtual)
 
         labels = ["cpu"]

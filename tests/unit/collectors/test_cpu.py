@@ -19,6 +19,7 @@ from mevwatch.collectors.cpu import (
     CpuOptions,
     ProcStat,
     cpu_time_ratios,
+    cpuinfo_clock_is_fixed,
     list_cpus,
     parse_cpuinfo,
     parse_loadavg,
@@ -230,20 +231,75 @@ async def test_unreadable_cpufreq_says_so(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 async def test_sysfs_layout_is_looked_up_again_when_the_online_cpus_change(tmp_path: Path) -> None:
-    sysfs = tmp_path / "sys"
+    sysfs, procfs = tmp_path / "sys", tmp_path / "proc"
     shutil.copytree(FIX / "sys", sysfs)
-    collector = _collector(sysfs=sysfs)
+    shutil.copytree(FIX / "proc", procfs)
+    collector = _collector(procfs=procfs, sysfs=sysfs)
     fams = await collector.collect()
     assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3") is None
     # a driver binds to cpu3: the cached layout does not know its files yet
     shutil.copytree(sysfs / "devices/system/cpu/cpu0/cpufreq", sysfs / "devices/system/cpu/cpu3/cpufreq")
     fams = await collector.collect()
     assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3") is None
-    # a CPU going offline or online changes devices/system/cpu/online: the layout is rebuilt
-    (sysfs / "devices/system/cpu/online").write_text("0-2\n")
+    # a CPU going offline or online changes the cpuN lines of /proc/stat: the layout is rebuilt
+    stat = (procfs / "stat").read_text()
+    (procfs / "stat").write_text("".join(line for line in stat.splitlines(True) if not line.startswith("cpu3 ")))
     fams = await collector.collect()
     assert family_value(fams, "mevwatch_cpu_frequency_governor", cpu="3", governor="performance") == 1
     assert family_value(fams, "mevwatch_cpu_frequency_max_hertz", cpu="3") == 4900e6
+
+
+def test_parse_proc_stat_lists_the_online_cpus() -> None:
+    assert parse_proc_stat((FIX / "proc" / "stat").read_text()).online == (0, 1, 2, 3)
+    assert parse_proc_stat("cpu  1 2 3 4\ncpu0 1 2 3 4\ncpu2 1 2 3 4\nintr 5 6\n").online == (0, 2)
+
+
+def test_cpuinfo_clock_is_fixed_without_aperfmperf_or_without_clocks() -> None:
+    bare = (FIX / "proc" / "cpuinfo").read_text()
+    assert not cpuinfo_clock_is_fixed(bare, parse_cpuinfo(bare)[0])  # APERF/MPERF: a measured clock
+    assert cpuinfo_clock_is_fixed(VM_CPUINFO, parse_cpuinfo(VM_CPUINFO)[0])  # the TSC clock of the VM
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd\n"
+    assert cpuinfo_clock_is_fixed(arm, parse_cpuinfo(arm)[0])
+
+
+async def _cpuinfo_reads(collector: CpuCollector, runs: int, monkeypatch: pytest.MonkeyPatch) -> int:
+    read: list[str] = []
+    real = _host.read_text_status
+
+    def spy(path: str) -> tuple[str | None, str, str]:
+        read.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(cpu_module, "read_text_status", spy)
+    for _ in range(runs):
+        await collector.collect()
+    return sum(1 for p in read if p.endswith("/cpuinfo"))
+
+
+async def test_a_fixed_cpuinfo_clock_is_read_once_per_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    procfs, sysfs = _vm_tree(tmp_path, VM_CPUINFO)
+    collector = _collector(procfs=procfs, sysfs=sysfs)
+    assert await _cpuinfo_reads(collector, 3, monkeypatch) == 1
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_hertz", cpu="1") == pytest.approx(2596.126e6)
+    assert family_value(fams, "mevwatch_cpu_frequency_scaling_status", status="virtual_machine") == 1
+    # a new layout (here: a CPU went offline) reads it again
+    stat = (procfs / "stat").read_text()
+    (procfs / "stat").write_text("".join(line for line in stat.splitlines(True) if not line.startswith("cpu3 ")))
+    assert await _cpuinfo_reads(collector, 2, monkeypatch) == 1
+
+
+async def test_a_measured_cpuinfo_clock_is_read_on_every_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    procfs, sysfs = _vm_tree(tmp_path, VM_CPUINFO.replace(" hypervisor", " aperfmperf hypervisor"))
+    collector = _collector(procfs=procfs, sysfs=sysfs)
+    assert await _cpuinfo_reads(collector, 3, monkeypatch) == 3
+    (procfs / "cpuinfo").write_text(VM_CPUINFO.replace("2596.126", "1800.000").replace(" hypervisor", " aperfmperf"))
+    fams = await collector.collect()
+    assert family_value(fams, "mevwatch_cpu_frequency_hertz", cpu="1") == pytest.approx(1800e6)
 
 
 async def test_sysfs_layout_is_looked_up_again_when_it_expires(
@@ -265,20 +321,12 @@ async def test_cpuinfo_is_read_only_for_cpus_without_a_cpufreq_clock(
 ) -> None:
     sysfs = tmp_path / "sys"
     shutil.copytree(FIX / "sys", sysfs)
-    read: list[str] = []
-    real = _host.read_text_status
-
-    def spy(path: str) -> tuple[str | None, str, str]:
-        read.append(str(path))
-        return real(path)
-
-    monkeypatch.setattr(cpu_module, "read_text_status", spy)
-    await _collector(sysfs=sysfs).collect()
-    assert any(p.endswith("/cpuinfo") for p in read)  # cpu3 has no cpufreq: its clock comes from cpuinfo
+    # cpu3 has no cpufreq: its clock comes from cpuinfo, measured (aperfmperf) so read on every run
+    assert await _cpuinfo_reads(_collector(sysfs=sysfs), 2, monkeypatch) == 2
     shutil.copytree(sysfs / "devices/system/cpu/cpu0/cpufreq", sysfs / "devices/system/cpu/cpu3/cpufreq")
-    read.clear()
-    fams = await _collector(sysfs=sysfs).collect()
-    assert not any(p.endswith("/cpuinfo") for p in read)
+    collector = _collector(sysfs=sysfs)
+    assert await _cpuinfo_reads(collector, 2, monkeypatch) == 0
+    fams = await collector.collect()
     assert family_value(fams, "mevwatch_cpu_frequency_hertz", cpu="3") is not None
     assert family_value(fams, "mevwatch_cpu_frequency_scaling_status", status="ok") == 1
 
