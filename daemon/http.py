@@ -69,7 +69,8 @@ class MetricsCache:
             ident = tuple(snap.seq for _, snap in items)
             cached = self._parts.get((kind, openmetrics))
             if cached is None or cached[0] != ident:
-                families = merge_families(snap for _, snap in items)
+                # one instance (the usual case): its families as they are, no merged copy
+                families = items[0][1].families if len(items) == 1 else merge_families(snap for _, snap in items)
                 text = render_openmetrics(families) if openmetrics else render_text(families)
                 cached = (ident, text)
                 self._parts[(kind, openmetrics)] = cached
