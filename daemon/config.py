@@ -109,6 +109,12 @@ class DaemonConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
+    align_to_scrapes: bool = Field(
+        True,
+        description="a /metrics scrape runs the host collectors (memory, disk, cpu) whose run is due within 10% "
+        "of their interval, before it is answered, and their next run is planned one interval after it: values "
+        "read at scrape time and one wake-up per scrape; false: a fixed schedule only",
+    )
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 

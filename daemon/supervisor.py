@@ -1,7 +1,9 @@
 """The supervisor: runs every collector instance on its own schedule and reports on each.
 
 Poll collectors run every interval (first run after a random jitter), never overlapping
-their previous run; a run longer than the timeout is cancelled and counts as failed.
+their previous run; a run longer than the timeout is cancelled and counts as failed. With
+``align_to_scrapes``, a /metrics scrape runs the host collectors that are due about then
+inside the scrape, and their schedule follows the scrapes (on_scrape).
 Stream collectors run forever and are restarted with capped exponential backoff and jitter.
 For every instance the supervisor exports success, duration, last success time and errors by
 reason; collectors report nothing about their own health. Failure streaks are logged once
@@ -17,7 +19,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,9 @@ STREAM_BACKOFF_MAX = 60.0
 #: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
 #: when no systemd watchdog asks for a faster one
 HEARTBEAT_INTERVAL = 5.0
+#: with ``align_to_scrapes``: a scrape runs a collector whose next run is due within this share of its
+#: interval, and the timer waits as long past the due time for the scrape before it runs it itself
+SCRAPE_WINDOW = 0.1
 #: the self-metrics the supervisor adds to every scrape (docs/metrics.md, dashboards, contract test)
 SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_collector_success", "gauge",
@@ -97,6 +102,16 @@ class InstanceStatus:
     runs: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     alive: bool = False  # stream collectors: run() is executing
+    scrape_inline: bool = False  # a scrape may run it (PollCollector.scrape_inline)
+    # poll collectors, while their task sleeps: when the next run is planned, and how long after
+    # that the timer waits for a scrape to run it (see Supervisor.on_scrape)
+    due: float = 0.0
+    grace: float = 0.0
+    sleeping: bool = False
+    wake: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    # a run a scrape started that has to wait: its coroutine, what it awaits, and its start
+    handover: tuple[Coroutine[Any, Any, Families], Any, float] | None = None
 
 
 def build_collector(
@@ -119,7 +134,8 @@ def build_collector(
     )
     collector = cls(ctx, spec.options)
     status = InstanceStatus(
-        spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector)
+        spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector),
+        scrape_inline=isinstance(collector, PollCollector) and collector.scrape_inline,
     )
     return collector, status
 
@@ -144,15 +160,60 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
-    """Sleep until the loop clock reads ``when``: timers due at the same instant fire in one
-    loop iteration (``asyncio.sleep`` would add each caller's own reading of the clock)."""
+async def sleep_until_due(loop: asyncio.AbstractEventLoop, status: InstanceStatus) -> None:
+    """Until the timer fires at ``due + grace``, or a scrape hands over a run it started.
+
+    A scrape that runs the collector inline (on_scrape) moves the timer on; the task sleeps on.
+    """
+    delay = status.due + status.grace - loop.time()
+    status.next_run_wall = time.time() + max(delay, 0.0)
+    if delay <= 0:
+        return
     fut: asyncio.Future[None] = loop.create_future()
-    handle = loop.call_at(when, _wake, fut)
+    status.wake = fut
+    # call_at on the planned instant: runs due at the same time share one loop wake-up
+    status.timer = loop.call_at(status.due + status.grace, _wake, fut)
+    status.sleeping = True
     try:
         await fut
     finally:
-        handle.cancel()
+        status.sleeping = False
+        status.timer.cancel()
+        status.wake = status.timer = None
+
+
+class _Resume:
+    """Awaitable that finishes a coroutine whose first step ran outside any task: a run a scrape
+    started inline (Supervisor.on_scrape) that has to wait for something (a thread, a socket).
+
+    Forwards what the awaiting task sends or throws (a cancellation, a timeout) into it, as
+    ``await`` would have done from the start.
+    """
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Families], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Families]:
+        coro, value = self._coro, self._first
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
 
 
 class Supervisor:
@@ -178,6 +239,8 @@ class Supervisor:
         self.reload_ok = True
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
+        self.align_to_scrapes = config.daemon.align_to_scrapes
+        self._last_scrape: float | None = None  # loop time of the last /metrics scrape (on_scrape)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -229,6 +292,7 @@ class Supervisor:
         """Replace the running collector set by the one of ``config`` (after it validated)."""
         await self.stop()
         self.config = config
+        self.align_to_scrapes = config.daemon.align_to_scrapes
         self._first_round = asyncio.Event()
         self.store.retain([META_KEY, *(s.key for s in config.collectors if s.options.enabled)])
         await self.start()
@@ -268,33 +332,100 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         jitter = collector.options.jitter
         offset = random.uniform(0, jitter) if jitter else 0.0
-        next_at = loop.time() + offset
+        status.due, status.grace = loop.time() + offset, 0.0
         while True:
-            delay = next_at - loop.time()
-            status.next_run_wall = time.time() + max(delay, 0.0)
-            if delay > 0:
-                await sleep_until(loop, next_at)
-            started = loop.time()
+            await sleep_until_due(loop, status)
+            handover, status.handover = status.handover, None
+            started = handover[2] if handover is not None else loop.time()
             try:
                 # timeout() runs collect() in this task: wait_for would create a task per run.
-                async with asyncio.timeout(status.timeout):
-                    families = await collector.collect()
+                async with asyncio.timeout_at(started + status.timeout):
+                    if handover is not None:
+                        families = await _Resume(handover[0], handover[1])
+                    else:
+                        families = await collector.collect()
             except asyncio.CancelledError:
                 raise
-            except TimeoutError:
-                self._failed(key, status, "timeout", f"run exceeded the {status.timeout:g}s timeout", started)
-            except CollectorError as exc:
-                if exc.families is not None:
-                    self.store.put(key, exc.families, status.interval)
-                self._failed(key, status, exc.reason, exc.message, started)
-            except NoData:
-                self._succeeded(key, status, (), started)
-            except Exception as exc:  # a bug in a collector: reported, never fatal
-                log.exception("collector_bug", collector=key[0], instance=key[1])
-                self._failed(key, status, "exception", f"{type(exc).__name__}: {exc}", started)
+            except Exception as exc:
+                self._settle_error(key, status, exc, started)
             else:
                 self._succeeded(key, status, families, started)
-            next_at = next_slot(next_at, loop.time(), status.interval, offset)
+            self._plan(loop, status, offset)
+
+    def _plan(self, loop: asyncio.AbstractEventLoop, status: InstanceStatus, offset: float) -> None:
+        """Set ``due`` (and ``grace``) for the next run after the one that just ended.
+
+        Scraped within the last interval: one interval after that scrape, where the next scrape of a
+        scraper with this period will run it. Else the next point of the fixed grid (next_slot).
+        """
+        now = loop.time()
+        interval = status.interval
+        last = self._last_scrape
+        if self.align_to_scrapes and status.scrape_inline and last is not None and now - last < interval:
+            due = last + interval
+            if due < now + interval / 2:
+                due += interval
+            status.due, status.grace = due, SCRAPE_WINDOW * interval
+        else:
+            status.due, status.grace = next_slot(status.due, now, interval, offset), 0.0
+
+    def on_scrape(self) -> None:
+        """A /metrics scrape is about to be answered: run the collectors due about now in it.
+
+        Only kinds that read local kernel files (``scrape_inline``) and only when
+        ``align_to_scrapes`` is on. A run due within SCRAPE_WINDOW of its interval (or overdue
+        within the grace) runs here, before the body is rendered, so the scrape gets values read
+        now and the daemon wakes once per scrape instead of once for the run and once for the
+        scrape. The next run is planned one interval after this scrape. A run that has to wait
+        (a thread, a socket) is handed to the collector's task and finishes after the answer.
+        """
+        if not self.align_to_scrapes:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._last_scrape = now
+        for key, status in self.status.items():
+            if (
+                not (status.scrape_inline and status.sleeping)
+                or status.handover is not None  # a run started by an earlier scrape of this loop pass
+                or status.due - now > SCRAPE_WINDOW * status.interval
+            ):
+                continue
+            collector = self.collectors.get(key)
+            if not isinstance(collector, PollCollector):
+                continue
+            started = loop.time()
+            coro = collector.collect()
+            try:
+                first = coro.send(None)
+            except StopIteration as stop:
+                self._succeeded(key, status, stop.value, started)
+            except (Exception, asyncio.CancelledError) as exc:
+                self._settle_error(key, status, exc, started)
+            else:  # it waits for something: its task finishes it, this scrape gets the previous values
+                status.handover = (coro, first, started)
+                if status.wake is not None:
+                    _wake(status.wake)
+                continue
+            self._plan(loop, status, 0.0)  # just scraped: planned after this scrape, not on the grid
+            if status.timer is not None and status.wake is not None:
+                status.timer.cancel()
+                status.timer = loop.call_at(status.due + status.grace, _wake, status.wake)
+                status.next_run_wall = time.time() + status.due + status.grace - now
+
+    def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float) -> None:
+        """The end of a run that raised: failed with a reason, or succeeded empty (NoData)."""
+        if isinstance(exc, TimeoutError):
+            self._failed(key, status, "timeout", f"run exceeded the {status.timeout:g}s timeout", started)
+        elif isinstance(exc, CollectorError):
+            if exc.families is not None:
+                self.store.put(key, exc.families, status.interval)
+            self._failed(key, status, exc.reason, exc.message, started)
+        elif isinstance(exc, NoData):
+            self._succeeded(key, status, (), started)
+        else:  # a bug in a collector: reported, never fatal
+            log.error("collector_bug", collector=key[0], instance=key[1], exc_info=exc)
+            self._failed(key, status, "exception", f"{type(exc).__name__}: {exc}", started)
 
     async def _run_stream(self, key: SnapshotKey, collector: StreamCollector[Any], status: InstanceStatus) -> None:
         loop = asyncio.get_running_loop()
