@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -265,10 +266,20 @@ scrape_configs:
                           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
                          port=port, log=tmp / "prometheus.log", timeout=20.0)
     try:
+        # it listens before its TSDB is open, and answers queries 503 until /-/ready says 200
+        wait_until("Prometheus ready", lambda: _http_ok(f"http://127.0.0.1:{port}/-/ready"), 30.0)
         yield Prometheus(port, proc)
     finally:
         stop_process(proc)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def wait_until(what: str, check: Any, timeout: float) -> None:
