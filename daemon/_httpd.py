@@ -24,6 +24,7 @@ log = structlog.get_logger("mevwatch.http")
 MAX_HEAD = 8192  # request line + headers, bytes
 MAX_HEADERS = 100
 MAX_BODY = 64 * 1024
+DEFER_ACCEPT_S = 1  # seconds the kernel holds a connection that has sent nothing yet (TCP_DEFER_ACCEPT)
 
 _REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -446,6 +447,11 @@ class Server:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(addr)
                 sock.listen(128)
+                if hasattr(socket, "TCP_DEFER_ACCEPT"):
+                    # Linux hands a connection to accept() once its first bytes arrived (after at most
+                    # DEFER_ACCEPT_S without any), as nginx's "deferred": the request is then there for
+                    # the accept callback to answer, not one more loop wake-up later.
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
                 sock.setblocking(False)
         except OSError:
             for sock in self._socks:

@@ -593,6 +593,21 @@ async def test_a_request_that_asks_to_close_is_answered_at_accept_like_any_other
     assert srv.server.answered_at_accept == 3
 
 
+async def test_a_request_sent_after_the_connect_is_still_answered_at_accept(start: Start) -> None:
+    # the kernel hands the connection over once its first bytes arrived (TCP_DEFER_ACCEPT), so a
+    # client slow to send its request costs no extra connection object and loop wake-up
+    srv = await start()
+    sock = socket.socket()
+    sock.settimeout(WAIT)
+    sock.connect(("127.0.0.1", srv.port))
+    await asyncio.sleep(0.2)
+    assert srv.server.connections == set()  # nothing accepted yet
+    sock.sendall(get("/metrics", "Connection: close"))
+    reply = await read_to_eof(sock)
+    assert reply.status == 200
+    assert srv.server.answered_at_accept == 1
+
+
 async def test_an_answer_larger_than_the_socket_takes_is_finished_by_a_connection(start: Start) -> None:
     srv = await start(store=populated_store(samples=300_000))  # ~12 MB: more than a socket buffers
     sock = connect_and_send(srv, get("/metrics", "Connection: close"), rcvbuf=4096)
