@@ -14,6 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from mevwatch.collectors.base import CollectorContext, get_kind
+from mevwatch.daemon import exposition
 from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.exposition import render_openmetrics, render_text
 from mevwatch.daemon.families import (
@@ -187,6 +188,22 @@ def test_a_series_rendered_again_writes_each_new_value(values: list[float]) -> N
         fam.add_metric(["x"], v)
         plain = GaugeMetricFamily("test_again_plain", "P", value=v)
         assert render_text([fam, plain]) == reference([fam, plain])
+
+
+def test_a_family_rendered_again_is_written_from_its_last_text_only_when_nothing_changed() -> None:
+    def fam(*rows: tuple[str, float]) -> GaugeMetricFamily:
+        f = GaugeMetricFamily("test_block", "B", labels=["a"])
+        for label, v in rows:
+            f.add_metric([label], v)
+        return f
+
+    first = fam(("x", 1.0), ("y", 0.0))
+    assert render_text([first]) == reference([first])
+    assert exposition._blocks[("test_block", "gauge", "B")][2] == reference([first]).decode()
+    for changed in (fam(("x", 1.0), ("z", 0.0)), fam(("x", 1.0), ("y", -0.0)), fam(("x", 1.0)),
+                    fam(("x", 1.0), ("y", 0.0), ("w", 2.0)), fam(("x", 1.0), ("y", 0.0))):
+        assert render_text([changed]) == reference([changed])
+    assert b'test_block{a="y"} -0.0' in render_text([fam(("x", 1.0), ("y", -0.0))])
 
 
 def test_series_that_share_label_names_or_values_are_told_apart() -> None:
