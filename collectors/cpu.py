@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from mevwatch.collectors._host import (
+    PressureSource,
     enum_family,
-    parse_pressure,
-    pressure_families,
     read_text,
     read_text_status,
 )
@@ -469,12 +468,14 @@ class CpuCollector(PollCollector[CpuOptions]):
         self._stat_path = os.fspath(paths.proc("stat"))
         self._loadavg_path = os.fspath(paths.proc("loadavg"))
         self._cpuinfo_path = os.fspath(paths.proc("cpuinfo"))
-        self._pressure_path = os.fspath(paths.proc("pressure", "cpu"))
+        self._psi = PressureSource(os.fspath(paths.proc("pressure", "cpu")), "mevwatch_cpu", "CPU")
         self._sysfs = os.fspath(paths.sysfs)
         self._layout: _Layout | None = None
         # /proc/cpuinfo's clocks and VM flag when its clocks cannot change (cpuinfo_clock_is_fixed):
         # read once per layout, not on every run
         self._fixed_cpuinfo: tuple[dict[int, float], bool] | None = None
+        # the frequency families of a layout without cpufreq whose cpuinfo clock is fixed (a VM)
+        self._static_frequency: tuple[_Layout, list[Metric]] | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
 
     def _current_layout(self, online: tuple[int, ...]) -> _Layout:
@@ -562,6 +563,9 @@ class CpuCollector(PollCollector[CpuOptions]):
         return out
 
     def _frequency_families(self, layout: _Layout) -> list[Metric]:
+        static = self._static_frequency
+        if static is not None and static[0] is layout:
+            return static[1]  # no cpufreq and a fixed cpuinfo clock: nothing here changes with the layout
         freqs: dict[int, CpuFreq] = {}
         unreadable = False
         for c in layout.cpus:
@@ -638,7 +642,10 @@ class CpuCollector(PollCollector[CpuOptions]):
             [([], status)],
             states=FREQUENCY_STATES,
         )
-        return [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
+        out: list[Metric] = [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
+        if not freqs and not unreadable and self._fixed_cpuinfo is not None:
+            self._static_frequency = (layout, out)
+        return out
 
     def _throttle_families(self, layout: _Layout, families: list[Metric]) -> str:
         core = CounterMetricFamily(
@@ -679,12 +686,4 @@ class CpuCollector(PollCollector[CpuOptions]):
         return "ok"
 
     def _pressure(self, families: list[Metric]) -> str:
-        text, status, _ = read_text_status(self._pressure_path)
-        if text is None:
-            return status
-        try:
-            psi = parse_pressure(text)
-        except ValueError:
-            return "invalid"
-        families.extend(pressure_families("mevwatch_cpu", "CPU", psi))
-        return "ok"
+        return self._psi.read(families)[0]

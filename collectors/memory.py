@@ -16,10 +16,9 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from mevwatch.collectors._host import (
+    PressureSource,
     enum_family,
-    parse_pressure,
     parse_proc_cgroup,
-    pressure_families,
     read_text_status,
     unit_from_cgroup_path,
 )
@@ -353,7 +352,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         super().__init__(ctx, options)
         # Path strings built once: pathlib joins on every run cost more than the reads.
         self._meminfo_path = os.fspath(ctx.paths.proc("meminfo"))
-        self._pressure_path = os.fspath(ctx.paths.proc("pressure", "memory"))
+        self._psi = PressureSource(os.fspath(ctx.paths.proc("pressure", "memory")), "mevwatch_memory", "memory")
         self._vmstat_path = os.fspath(ctx.paths.proc("vmstat"))
         self._targets = [_Target(u, "") for u in options.units] + [_Target(_unit_of(c), c) for c in options.cgroups]
         self._page_size = os.sysconf("SC_PAGE_SIZE")
@@ -401,17 +400,10 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         return [f for f in families if f.samples]
 
     def _pressure(self, families: list[Metric]) -> str:
-        text, status, detail = read_text_status(self._pressure_path)
-        if text is None:
+        status, detail = self._psi.read(families)
+        if status != "ok":
             self.ctx.log.debug("pressure_unavailable", status=status, detail=detail)
-            return status
-        try:
-            psi = parse_pressure(text)
-        except ValueError as exc:
-            self.ctx.log.debug("pressure_invalid", error=str(exc))
-            return "invalid"
-        families.extend(pressure_families("mevwatch_memory", "memory", psi))
-        return "ok"
+        return status
 
     def _vmstat(self, families: list[Metric]) -> str:
         text, status, _ = read_text_status(self._vmstat_path)

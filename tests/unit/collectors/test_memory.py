@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from mevwatch.collectors import memory as memory_module
 from mevwatch.collectors._host import (
+    PressureSource,
+    enum_family,
     parse_pressure,
     parse_proc_cgroup,
     read_text_status,
@@ -32,6 +34,7 @@ from mevwatch.collectors.memory import (
     top_processes,
     vmstat_oom_kills,
 )
+from mevwatch.daemon.families import Metric
 from tests.support.families import family_labels, family_value
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures"
@@ -142,6 +145,42 @@ def test_parse_pressure_without_full_line() -> None:
 def test_parse_pressure_rejects_bad_input(text: str) -> None:
     with pytest.raises(ValueError, match="PSI"):
         parse_pressure(text)
+
+
+def test_a_pressure_source_builds_its_families_again_only_when_the_file_changed(tmp_path: Path) -> None:
+    path = tmp_path / "memory"
+    path.write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
+    src = PressureSource(str(path), "mevwatch_memory", "memory")
+    first: list[Metric] = []
+    second: list[Metric] = []
+    assert src.read(first) == ("ok", "")
+    assert src.read(second) == ("ok", "")
+    assert [id(f) for f in second] == [id(f) for f in first]  # same text: the same families
+    assert family_value(second, "mevwatch_memory_pressure_stalled_seconds_total", kind="some") == 10e-6
+    path.write_text("some avg10=1.50 avg60=0.00 avg300=0.00 total=30\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n")
+    third: list[Metric] = []
+    assert src.read(third) == ("ok", "")
+    assert family_value(third, "mevwatch_memory_pressure_ratio", kind="some", window="10s") == 0.015
+    assert family_value(third, "mevwatch_memory_pressure_stalled_seconds_total", kind="some") == 30e-6
+    path.write_text("garbage\n")
+    none: list[Metric] = []
+    status, detail = src.read(none)
+    assert (status, none) == ("invalid", [])
+    assert "garbage" in detail
+    path.unlink()
+    assert src.read(none)[0] == "missing"
+    assert none == []
+
+
+def test_enum_family_gives_the_same_family_for_the_same_states() -> None:
+    a = enum_family("mevwatch_test_status", "S", ["source"], [(["x"], "ok"), (["y"], "missing")])
+    b = enum_family("mevwatch_test_status", "S", ["source"], [(["x"], "ok"), (["y"], "missing")])
+    assert a is b
+    c = enum_family("mevwatch_test_status", "S", ["source"], [(["x"], "ok"), (["y"], "ok")])
+    assert c is not a
+    assert family_value([c], "mevwatch_test_status", source="y", status="ok") == 1
+    assert family_value([c], "mevwatch_test_status", source="y", status="missing") == 0
+    assert family_value([a], "mevwatch_test_status", source="y", status="missing") == 1
 
 
 def test_parse_proc_stat_rss_with_spaces_and_parens_in_comm() -> None:
