@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import socket
@@ -38,6 +39,16 @@ def proc_stats(pid: int) -> ProcStats:
     except OSError:
         pass
     return ProcStats(cpu, rss, uss)
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of every live thread of ``pid`` (/proc/PID/task/*/schedstat): finer than the
+    10 ms ticks of /proc/PID/stat, for figures of about a millisecond per operation."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that exited meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def free_port() -> int:

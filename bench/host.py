@@ -2,9 +2,11 @@
 
 1. Daemons: mevwatch with only memory, disk and cpu (interval = the scrape period) and
    prometheus-node-exporter with only meminfo, filesystem, cpufreq, loadavg and stat, each on a
-   free loopback port, both scraped --scrapes times at the same period. CPU per collection is
-   each process's CPU seconds over the run divided by the scrapes (node_exporter collects on
-   every scrape; mevwatch collects once per interval and serves the snapshot). Wall time per
+   free loopback port, both scraped --scrapes times at the same period, after WARMUP_SCRAPES that
+   are not measured. CPU per collection is each process's time on CPU over the run (the sum of its
+   threads' /proc/PID/task/*/schedstat, in ns) divided by the scrapes (node_exporter collects on
+   every scrape; mevwatch runs these collectors once per interval, inside the scrape that is due
+   then (align_to_scrapes), and the timer runs them when none comes). Wall time per
    collection is the sum of the per-collector durations each exports.
 2. In-process: each mevwatch collector's collect() called --calls times here, CPU (all threads)
    and wall per call, to show where mevwatch's time goes.
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import REPO, free_port, machine, proc_stats, start, stop
+from _common import REPO, cpu_ns, free_port, machine, proc_stats, start, stop
 
 NE_FLAGS = [
     "--collector.disable-defaults", "--collector.meminfo", "--collector.filesystem", "--collector.cpufreq",
@@ -41,6 +43,7 @@ EQUIVALENT: dict[str, dict[str, Any]] = {
     "cpu": {},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "disk": {}, "cpu": {}}
+WARMUP_SCRAPES = 6
 
 
 _kept: dict[int, http.client.HTTPConnection] = {}
@@ -76,7 +79,8 @@ def _series(text: str) -> int:
 
 
 def daemons(
-    scrapes: int, period: float, options: dict[str, dict[str, Any]], alerts: bool = True, keep_alive: bool = False
+    scrapes: int, period: float, options: dict[str, dict[str, Any]], alerts: bool = True, keep_alive: bool = False,
+    aligned: bool = True,
 ) -> dict[str, dict[str, float]]:
     node_exporter = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     kinds = set(options)
@@ -86,6 +90,8 @@ def daemons(
         doc: dict[str, Any] = {"collectors": entries}
         if not alerts:
             doc["alerts"] = {"enabled": False}
+        if not aligned:
+            doc["align_to_scrapes"] = False
         cfg.write_text(yaml.safe_dump(doc))
         mw_port, ne_port = free_port(), free_port()
         mw = start([str(REPO / ".venv/bin/mevwatch"), "run", "--config", str(cfg),
@@ -93,10 +99,14 @@ def daemons(
         ne = start([node_exporter, f"--web.listen-address=127.0.0.1:{ne_port}", *NE_FLAGS], ne_port)
         try:
             time.sleep(max(2.0, 3 * period))  # start-up and first collections are not measured
+            for _ in range(WARMUP_SCRAPES):  # nor the first scrapes (imports, caches, runs moving onto scrapes)
+                for port in (mw_port, ne_port):
+                    _get(port, keep_alive)
+                time.sleep(period)
             res: dict[str, dict[str, float]] = {
                 n: {"wall": 0.0, "latency": 0.0} for n in ("mevwatch", "node_exporter")
             }
-            before = {"mevwatch": proc_stats(mw.pid), "node_exporter": proc_stats(ne.pid)}
+            before = {"mevwatch": cpu_ns(mw.pid), "node_exporter": cpu_ns(ne.pid)}
             t_start = time.monotonic()
             for i in range(scrapes):
                 for name, port in (("mevwatch", mw_port), ("node_exporter", ne_port)):
@@ -112,7 +122,8 @@ def daemons(
                 if delay > 0:
                     time.sleep(delay)
             elapsed = time.monotonic() - t_start
-            after = {"mevwatch": proc_stats(mw.pid), "node_exporter": proc_stats(ne.pid)}
+            after = {"mevwatch": cpu_ns(mw.pid), "node_exporter": cpu_ns(ne.pid)}
+            rss = {"mevwatch": proc_stats(mw.pid).rss_bytes, "node_exporter": proc_stats(ne.pid).rss_bytes}
         finally:
             for conn in _kept.values():
                 conn.close()
@@ -120,10 +131,10 @@ def daemons(
             stop(mw)
             stop(ne)
     for name, r in res.items():
-        r["cpu"] = (after[name].cpu_seconds - before[name].cpu_seconds) / scrapes
+        r["cpu"] = (after[name] - before[name]) / 1e9 / scrapes
         r["wall"] /= scrapes
         r["latency"] /= scrapes
-        r["rss"] = after[name].rss_bytes
+        r["rss"] = rss[name]
         r["collections"] = elapsed / period if name == "mevwatch" else scrapes
     return res
 
@@ -163,6 +174,8 @@ def main() -> int:
     ap.add_argument("--keep-alive", action="store_true",
                     help="scrape over one kept-open connection per daemon, as Prometheus does, instead of a new "
                          "connection per scrape")
+    ap.add_argument("--fixed-schedule", action="store_true",
+                    help="run mevwatch with align_to_scrapes: false (collectors on their timer only, not in scrapes)")
     args = ap.parse_args()
     options = DEFAULTS if args.defaults else EQUIVALENT
     print(f"machine: {machine()}")
@@ -170,7 +183,9 @@ def main() -> int:
           + ", ".join(f"{k} {v}" for k, v in options.items()))
     print(f"mevwatch alert engine: {'off' if args.no_alerts else 'on (default rules)'}")
     print(f"scrapes: {'one kept-open connection per daemon' if args.keep_alive else 'a new connection each'}")
-    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts, keep_alive=args.keep_alive)
+    print(f"mevwatch schedule: {'fixed (align_to_scrapes: false)' if args.fixed_schedule else 'aligned to scrapes'}")
+    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts, keep_alive=args.keep_alive,
+                  aligned=not args.fixed_schedule)
     ms = 1000.0
     print(f"\n1. daemons, {args.scrapes} scrapes each every {args.period}s, same run")
     print(f"{'':15}{'CPU ms/coll':>12}{'wall ms/coll':>13}{'scrape ms':>10}{'RSS MiB':>9}{'series':>8}")
