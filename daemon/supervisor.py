@@ -241,6 +241,7 @@ class Supervisor:
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
         self.align_to_scrapes = config.daemon.align_to_scrapes
         self._last_scrape: float | None = None  # loop time of the last /metrics scrape (on_scrape)
+        self._meta_memo: dict[str, tuple[object, list[Metric]]] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -518,37 +519,62 @@ class Supervisor:
         once for all the runs in between, not once per run."""
         self.store.put_lazy(META_KEY, self.meta_families, interval=3600.0)
 
+    def _memo(self, name: str, key: object, build: Callable[[], list[Metric]]) -> list[Metric]:
+        """``build()``, or the families it gave for the same ``key`` the last time (shared, never changed):
+        the renderer writes an unchanged family object from its last text."""
+        last = self._meta_memo.get(name)
+        if last is not None and last[0] == key:
+            return last[1]
+        families = build()
+        self._meta_memo[name] = (key, families)
+        return families
+
     def meta_families(self) -> list[Metric]:
         labels = ["collector", "instance"]
-        success = GaugeMetricFamily(
-            "mevwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed", labels=labels
-        )
-        duration = GaugeMetricFamily(
-            "mevwatch_collector_duration_seconds", "Wall time of the collector's last run", labels=labels
-        )
-        last_ok = GaugeMetricFamily(
-            "mevwatch_collector_last_success_timestamp_seconds",
-            "Unix time of the collector's last successful run",
-            labels=labels,
-        )
-        errors = CounterMetricFamily(
-            "mevwatch_collector_errors",
-            "Failed collector runs by reason",
-            labels=[*labels, "reason"],
-        )
-        interval = GaugeMetricFamily(
-            "mevwatch_collector_interval_seconds", "Configured interval of the collector", labels=labels
-        )
-        for (kind, inst), st in sorted(self.status.items()):
-            lv = [kind, inst]
-            if st.success is not None:
-                success.add_metric(lv, 1.0 if st.success else 0.0)
-                duration.add_metric(lv, st.duration)
-            if st.last_success_wall:
-                last_ok.add_metric(lv, st.last_success_wall)
-            interval.add_metric(lv, st.interval)
-            for reason, n in sorted(st.errors.items()):
-                errors.add_metric([*lv, reason], float(n))
+        items = sorted(self.status.items())
+
+        def per_collector(name: str, documentation: str, rows: list[tuple[list[str], float]]) -> list[Metric]:
+            fam = GaugeMetricFamily(name, documentation, labels=labels)
+            for lv, v in rows:
+                fam.add_metric(lv, v)
+            return [fam]
+
+        success_rows = [([k, i], 1.0 if st.success else 0.0) for (k, i), st in items if st.success is not None]
+        interval_rows = [([k, i], st.interval) for (k, i), st in items]
+        error_rows = [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())]
+
+        def errors() -> list[Metric]:
+            fam = CounterMetricFamily(
+                "mevwatch_collector_errors", "Failed collector runs by reason", labels=[*labels, "reason"]
+            )
+            for lv, v in error_rows:
+                fam.add_metric(lv, v)
+            return [fam]
+
+        families: list[Metric] = [
+            *self._memo("success", success_rows, lambda: per_collector(
+                "mevwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed",
+                success_rows)),
+            *per_collector("mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
+                           [([k, i], st.duration) for (k, i), st in items if st.success is not None]),
+            *per_collector("mevwatch_collector_last_success_timestamp_seconds",
+                           "Unix time of the collector's last successful run",
+                           [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
+            *self._memo("errors", error_rows, errors),
+            *self._memo("interval", interval_rows, lambda: per_collector(
+                "mevwatch_collector_interval_seconds", "Configured interval of the collector", interval_rows)),
+        ]
+        write_errors = self.state.write_errors_total if self.state is not None else None
+        families.extend(self._memo(
+            "process",
+            (self.pool.abandoned, self.pool.abandoned_total, self.reload_ok, self.reload_wall, write_errors),
+            lambda: self._process_families(write_errors),
+        ))
+        for extra in self.extra_meta:
+            families.extend(extra())
+        return families
+
+    def _process_families(self, write_errors: int | None) -> list[Metric]:
         build = InfoMetricFamily(
             "mevwatch_build", "mevwatch version and Python runtime", value={
                 "version": __version__,
@@ -575,17 +601,13 @@ class Supervisor:
             "Unix time of the last successful config load",
             value=self.reload_wall,
         )
-        families: list[Metric] = [
-            success, duration, last_ok, errors, interval, build, abandoned, abandoned_total, reload_ok, reload_ts,
-        ]
-        if self.state is not None:
+        families: list[Metric] = [build, abandoned, abandoned_total, reload_ok, reload_ts]
+        if write_errors is not None:
             families.append(
                 CounterMetricFamily(
                     "mevwatch_state_write_errors",
                     "Failed writes to the state DB (full or unwritable disk)",
-                    value=float(self.state.write_errors_total),
+                    value=float(write_errors),
                 )
             )
-        for extra in self.extra_meta:
-            families.extend(extra())
         return families

@@ -518,3 +518,29 @@ async def test_an_inline_run_that_fails_is_counted_in_the_scrape(inline_runs: No
         assert value(store, "mevwatch_collector_success", collector="t_inline") == 0.0
     finally:
         await sup.shutdown()
+
+
+async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 5}\n", "t", {}), store)
+    await sup.start()
+    try:
+        assert await sup.wait_first_round(2.0)
+
+        def by_name() -> dict[str, Metric]:
+            return {f.name: f for f in sup.meta_families()}
+
+        first, second = by_name(), by_name()
+        for name in ("mevwatch_collector_success", "mevwatch_collector_interval_seconds",
+                     "mevwatch_collector_errors", "mevwatch_build"):
+            assert second[name] is first[name], name
+        status = sup.status[("t_tick", "default")]
+        status.errors["refused"] += 1
+        status.success = False
+        third = by_name()
+        assert third["mevwatch_collector_success"] is not first["mevwatch_collector_success"]
+        assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
+        assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
+        assert third["mevwatch_build"] is first["mevwatch_build"]
+    finally:
+        await sup.shutdown()

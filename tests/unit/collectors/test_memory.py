@@ -21,10 +21,12 @@ from mevwatch.collectors._host import (
 )
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
 from mevwatch.collectors.memory import (
+    MEMINFO_FIELDS,
     CgroupLayout,
     MemoryCollector,
     MemoryOptions,
     detect_memory_cgroup,
+    meminfo_fields,
     parse_keyed_counts,
     parse_meminfo,
     parse_proc_stat_rss,
@@ -56,6 +58,16 @@ def test_parse_meminfo_fixture_scales_kib_and_keeps_counts() -> None:
     assert mem["SwapTotal"] == 8388604 * KIB
     assert mem["SwapFree"] == 4194302 * KIB
     assert mem["HugePages_Total"] == 0  # a count, not kB
+
+
+def test_meminfo_fields_are_the_full_parse_of_the_fields_exported() -> None:
+    for text in ((FIX / "proc" / "meminfo").read_text(), Path("/proc/meminfo").read_text()):
+        full = parse_meminfo(text)
+        assert meminfo_fields(text) == {k: v for k, v in full.items() if k in MEMINFO_FIELDS}
+    # an unrelated line the kernel never writes is no longer an error; MemTotal missing still is
+    assert meminfo_fields("MemTotal: 10 kB\nWeird line\n") == {"MemTotal": 10240}
+    with pytest.raises(ValueError, match="malformed meminfo value"):
+        meminfo_fields("MemTotal: lots kB\n")
 
 
 @pytest.mark.parametrize(
