@@ -364,7 +364,10 @@ class Supervisor:
         last = self._last_scrape
         if self.align_to_scrapes and status.scrape_inline and last is not None and now - last < interval:
             due = last + interval
-            if due < now + interval / 2:
+            # after a run the timer made (the scrape came late or not at all): not sooner than 3/4 of an
+            # interval, so a scrape can run it no sooner than 0.65 of one; and the timer's fallback stays
+            # within 1.85 intervals, inside the 2 after which its values would be stale
+            if due < now + interval * 0.75:
                 due += interval
             status.due, status.grace = due, SCRAPE_WINDOW * interval
         else:
@@ -386,9 +389,13 @@ class Supervisor:
         now = loop.time()
         self._last_scrape = now
         for key, status in self.status.items():
+            wake = status.wake
             if (
                 not (status.scrape_inline and status.sleeping)
-                or status.handover is not None  # a run started by an earlier scrape of this loop pass
+                # the timer fired (or an earlier scrape of this loop pass handed a run over): the task
+                # runs it next
+                or wake is None
+                or wake.done()
                 or status.due - now > SCRAPE_WINDOW * status.interval
             ):
                 continue
@@ -405,14 +412,13 @@ class Supervisor:
                 self._settle_error(key, status, exc, started)
             else:  # it waits for something: its task finishes it, this scrape gets the previous values
                 status.handover = (coro, first, started)
-                if status.wake is not None:
-                    _wake(status.wake)
+                _wake(wake)
                 continue
             self._plan(loop, status, 0.0)  # just scraped: planned after this scrape, not on the grid
-            if status.timer is not None and status.wake is not None:
+            if status.timer is not None:
                 status.timer.cancel()
-                status.timer = loop.call_at(status.due + status.grace, _wake, status.wake)
-                status.next_run_wall = time.time() + status.due + status.grace - now
+            status.timer = loop.call_at(status.due + status.grace, _wake, wake)
+            status.next_run_wall = time.time() + status.due + status.grace - now
 
     def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float) -> None:
         """The end of a run that raised: failed with a reason, or succeeded empty (NoData)."""

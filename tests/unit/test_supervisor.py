@@ -430,10 +430,10 @@ async def test_frequent_scrapes_do_not_run_it_more_often_than_its_interval(inlin
         await _scrape_every(sup, 0.04, 25)  # 1 s of scrapes five times per interval
         gaps = [b - a for (a, _), (b, _) in itertools.pairwise(INLINE)]
         assert 4 <= len(INLINE) <= 7, INLINE
-        # while the runs move onto the scrapes a gap can shrink to half an interval, never less; then a
-        # scrape runs it at most 10 % early
-        assert min(gaps) >= 0.2 / 2 - 0.01, gaps
-        assert min(gaps[2:]) >= 0.2 * 0.9 - 0.01, gaps
+        # while the runs move onto the scrapes (again after a late scrape on a loaded machine) a gap can
+        # shrink to 0.65 of an interval, never less; on the scrapes a run is at most 10 % early
+        assert min(gaps) >= 0.2 * 0.65 - 0.01, gaps
+        assert sorted(gaps)[len(gaps) // 2] >= 0.2 * 0.9 - 0.01, gaps
     finally:
         await sup.shutdown()
 
@@ -542,5 +542,24 @@ async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
         assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
         assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
         assert third["mevwatch_build"] is first["mevwatch_build"]
+    finally:
+        await sup.shutdown()
+
+
+async def test_a_scrape_in_the_loop_pass_where_the_timer_fired_does_not_run_it_twice(inline_runs: None) -> None:
+    store = SampleStore()
+    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
+    await sup.start()
+    try:
+        await asyncio.sleep(0.05)  # the first run, at start
+        status = sup.status[("t_inline", "default")]
+        loop = asyncio.get_running_loop()
+        # due with the collector's timer, after it in the same loop pass: its task has not resumed yet
+        loop.call_at(status.due + status.grace + 1e-6, _scrape, sup)
+        await asyncio.sleep(status.due + status.grace - loop.time() + 0.1)
+        times = [at for at, _ in INLINE]
+        assert len(times) == 2, INLINE
+        assert not INLINE[1][1]  # the timer's run, not the scrape's
+        assert ACTIVE[1] == 1
     finally:
         await sup.shutdown()
