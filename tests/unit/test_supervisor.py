@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
@@ -459,15 +461,24 @@ async def _aligned(sup: Supervisor) -> None:
     raise AssertionError(f"never aligned: {INLINE}")
 
 
-async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: None) -> None:
+@contextlib.asynccontextmanager
+async def _due_inline_run(mode: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
+    """A supervisor whose t_inline runs follow the scrapes, at the instant its next run is due, in ``mode``."""
     store = SampleStore()
     sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
     await sup.start()
     try:
         await _aligned(sup)
-        InlineCollector.mode = "wait"
-        n = len(INLINE)
+        InlineCollector.mode = mode
         await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
+        yield sup, store
+    finally:
+        await sup.shutdown()
+
+
+async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: None) -> None:
+    async with _due_inline_run("wait") as (sup, store):
+        n = len(INLINE)
         _scrape(sup)
         _scrape(sup)  # a second scrape in the same loop pass: the run it handed over is not started twice
         assert len(INLINE) == n + 1
@@ -477,18 +488,10 @@ async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: 
         assert value(store, "t_inline_value") == float(n + 1)  # the task finished the run
         assert sup.status[("t_inline", "default")].success is True
         assert ACTIVE[1] == 1
-    finally:
-        await sup.shutdown()
 
 
 async def test_an_inline_run_that_hangs_times_out_from_its_start(inline_runs: None) -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await _aligned(sup)
-        InlineCollector.mode = "hang"
-        await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
+    async with _due_inline_run("hang") as (sup, _):
         _scrape(sup)
         status = sup.status[("t_inline", "default")]
         await asyncio.sleep(0.08)
@@ -500,24 +503,14 @@ async def test_an_inline_run_that_hangs_times_out_from_its_start(inline_runs: No
         await asyncio.sleep(0.5)
         assert len(INLINE) > n  # and it runs again
         assert status.success is True
-    finally:
-        await sup.shutdown()
 
 
 async def test_an_inline_run_that_fails_is_counted_in_the_scrape(inline_runs: None) -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await _aligned(sup)
-        InlineCollector.mode = "refuse"
-        await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
+    async with _due_inline_run("refuse") as (sup, store):
         _scrape(sup)
         assert INLINE[-1][1]
         assert sup.status[("t_inline", "default")].errors["refused"] == 1
         assert value(store, "mevwatch_collector_success", collector="t_inline") == 0.0
-    finally:
-        await sup.shutdown()
 
 
 async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
