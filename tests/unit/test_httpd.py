@@ -513,10 +513,9 @@ async def test_a_slow_reader_gets_the_whole_last_answer_and_a_stalled_one_is_dro
     sock.connect(("127.0.0.1", srv.port))
     sock.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=sock, limit=32768)
-    for _ in range(100):
-        if srv.server.connections:
-            break
-        await asyncio.sleep(0.01)
+    # a first keep-alive request: the server accepts a connection once its first bytes arrived
+    writer.write(get("/-/healthy"))
+    assert (await read_reply(reader)).status == 200
     [conn] = srv.server.connections
     transport = conn.transport
     assert transport is not None
