@@ -471,9 +471,9 @@ class CpuCollector(PollCollector[CpuOptions]):
         self._psi = PressureSource(os.fspath(paths.proc("pressure", "cpu")), "mevwatch_cpu", "CPU")
         self._sysfs = os.fspath(paths.sysfs)
         self._layout: _Layout | None = None
-        # /proc/cpuinfo's clocks and VM flag when its clocks cannot change (cpuinfo_clock_is_fixed):
-        # read once per layout, not on every run
-        self._fixed_cpuinfo: tuple[dict[int, float], bool] | None = None
+        # the layout, /proc/cpuinfo's clocks and its VM flag, when those clocks cannot change
+        # (cpuinfo_clock_is_fixed): read once per layout, not on every run
+        self._fixed_cpuinfo: tuple[_Layout, dict[int, float], bool] | None = None
         # the frequency families of a layout without cpufreq whose cpuinfo clock is fixed (a VM)
         self._static_frequency: tuple[_Layout, list[Metric]] | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
@@ -484,7 +484,6 @@ class CpuCollector(PollCollector[CpuOptions]):
         layout = self._layout
         if layout is None or layout.online != online or now >= layout.expires:
             layout = self._layout = _Layout.discover(self._sysfs, online, now)
-            self._fixed_cpuinfo = None
         return layout
 
     async def collect(self) -> Families:
@@ -580,17 +579,12 @@ class CpuCollector(PollCollector[CpuOptions]):
         need_virtual = not freqs and not unreadable and not layout.hypervisor_type
         cpuinfo_hz: dict[int, float] = {}
         virtual = layout.hypervisor_type
+        fixed = False
         if need_clock or need_virtual:
-            if self._fixed_cpuinfo is not None:
-                cpuinfo_hz, flag = self._fixed_cpuinfo
+            info = self._cpuinfo(layout)
+            if info is not None:
+                cpuinfo_hz, flag, fixed = info
                 virtual = virtual or flag
-            else:
-                text, _, _ = read_text_status(self._cpuinfo_path)
-                if text is not None:
-                    cpuinfo_hz, flag = parse_cpuinfo(text)
-                    virtual = virtual or flag
-                    if cpuinfo_clock_is_fixed(text, cpuinfo_hz):
-                        self._fixed_cpuinfo = (cpuinfo_hz, flag)
         status = frequency_status(bool(freqs), unreadable, virtual)
 
         labels = ["cpu"]
@@ -643,9 +637,24 @@ class CpuCollector(PollCollector[CpuOptions]):
             states=FREQUENCY_STATES,
         )
         out: list[Metric] = [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
-        if not freqs and not unreadable and self._fixed_cpuinfo is not None:
+        if not freqs and not unreadable and fixed:
             self._static_frequency = (layout, out)
         return out
+
+    def _cpuinfo(self, layout: _Layout) -> tuple[dict[int, float], bool, bool] | None:
+        """/proc/cpuinfo's (clocks, VM flag, whether the clocks are fixed); None when unreadable. Fixed
+        clocks (cpuinfo_clock_is_fixed) are kept with the layout instead of read again on every run."""
+        kept = self._fixed_cpuinfo
+        if kept is not None and kept[0] is layout:
+            return kept[1], kept[2], True
+        text, _, _ = read_text_status(self._cpuinfo_path)
+        if text is None:
+            return None
+        mhz, flag = parse_cpuinfo(text)
+        fixed = cpuinfo_clock_is_fixed(text, mhz)
+        if fixed:
+            self._fixed_cpuinfo = (layout, mhz, flag)
+        return mhz, flag, fixed
 
     def _throttle_families(self, layout: _Layout, families: list[Metric]) -> str:
         core = CounterMetricFamily(
