@@ -539,8 +539,11 @@ class Supervisor:
         labels = ["collector", "instance"]
         items = sorted(self.status.items())
 
-        def per_collector(name: str, documentation: str, rows: list[tuple[list[str], float]]) -> list[Metric]:
-            fam = GaugeMetricFamily(name, documentation, labels=labels)
+        def family(
+            cls: type[GaugeMetricFamily | CounterMetricFamily], name: str, documentation: str,
+            rows: list[tuple[list[str], float]], names: list[str] = labels,
+        ) -> list[Metric]:
+            fam = cls(name, documentation, labels=names)
             for lv, v in rows:
                 fam.add_metric(lv, v)
             return [fam]
@@ -548,27 +551,21 @@ class Supervisor:
         success_rows = [([k, i], 1.0 if st.success else 0.0) for (k, i), st in items if st.success is not None]
         interval_rows = [([k, i], st.interval) for (k, i), st in items]
         error_rows = [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())]
-
-        def errors() -> list[Metric]:
-            fam = CounterMetricFamily(
-                "mevwatch_collector_errors", "Failed collector runs by reason", labels=[*labels, "reason"]
-            )
-            for lv, v in error_rows:
-                fam.add_metric(lv, v)
-            return [fam]
-
         families: list[Metric] = [
-            *self._memo("success", success_rows, lambda: per_collector(
-                "mevwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed",
-                success_rows)),
-            *per_collector("mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
-                           [([k, i], st.duration) for (k, i), st in items if st.success is not None]),
-            *per_collector("mevwatch_collector_last_success_timestamp_seconds",
-                           "Unix time of the collector's last successful run",
-                           [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
-            *self._memo("errors", error_rows, errors),
-            *self._memo("interval", interval_rows, lambda: per_collector(
-                "mevwatch_collector_interval_seconds", "Configured interval of the collector", interval_rows)),
+            *self._memo("success", success_rows, lambda: family(
+                GaugeMetricFamily, "mevwatch_collector_success",
+                "1 if the collector's last run succeeded, 0 if it failed", success_rows)),
+            *family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
+                    [([k, i], st.duration) for (k, i), st in items if st.success is not None]),
+            *family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
+                    "Unix time of the collector's last successful run",
+                    [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
+            *self._memo("errors", error_rows, lambda: family(
+                CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason", error_rows,
+                [*labels, "reason"])),
+            *self._memo("interval", interval_rows, lambda: family(
+                GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
+                interval_rows)),
         ]
         write_errors = self.state.write_errors_total if self.state is not None else None
         families.extend(self._memo(

@@ -383,6 +383,18 @@ async def _scrape_every(sup: Supervisor, period: float, count: int) -> list[floa
     return times
 
 
+@contextlib.asynccontextmanager
+async def _running(config: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
+    """A started supervisor over ``config``, shut down after the block."""
+    store = SampleStore()
+    sup = Supervisor(load_config_text(config, "t", {}), store)
+    await sup.start()
+    try:
+        yield sup, store
+    finally:
+        await sup.shutdown()
+
+
 @pytest.fixture
 def inline_runs() -> None:
     INLINE.clear()
@@ -393,11 +405,7 @@ def inline_runs() -> None:
 async def test_scrapes_at_the_interval_run_the_inline_collectors_inside_the_scrape(inline_runs: None) -> None:
     RUNS.clear()
     TICK_IN_SCRAPE.clear()
-    store = SampleStore()
-    sup = Supervisor(load_config_text(
-        "collectors:\n  - t_inline: {}\n  - t_tick: {instance: net, interval: 0.2}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_inline: {}\n  - t_tick: {instance: net, interval: 0.2}\n") as (sup, store):
         scrapes = await _scrape_every(sup, 0.2, 12)
         # after at most three scrapes the runs follow the scrapes: every run inside one, one per scrape
         settled = [inside for at, inside in INLINE if at > scrapes[2] + 0.001]
@@ -420,15 +428,10 @@ async def test_scrapes_at_the_interval_run_the_inline_collectors_inside_the_scra
         assert not any(inside for at, inside in INLINE if at > last)
         assert later[0] - last <= 0.2 * 1.1 + 0.03
         assert ACTIVE[1] == 1  # never two runs at once
-    finally:
-        await sup.shutdown()
 
 
 async def test_frequent_scrapes_do_not_run_it_more_often_than_its_interval(inline_runs: None) -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
         await _scrape_every(sup, 0.04, 25)  # 1 s of scrapes five times per interval
         gaps = [b - a for (a, _), (b, _) in itertools.pairwise(INLINE)]
         assert 4 <= len(INLINE) <= 7, INLINE
@@ -436,20 +439,13 @@ async def test_frequent_scrapes_do_not_run_it_more_often_than_its_interval(inlin
         # shrink to 0.65 of an interval, never less; on the scrapes a run is at most 10 % early
         assert min(gaps) >= 0.2 * 0.65 - 0.01, gaps
         assert sorted(gaps)[len(gaps) // 2] >= 0.2 * 0.9 - 0.01, gaps
-    finally:
-        await sup.shutdown()
 
 
 async def test_align_to_scrapes_false_keeps_a_fixed_schedule(inline_runs: None) -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("align_to_scrapes: false\ncollectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("align_to_scrapes: false\ncollectors:\n  - t_inline: {}\n") as (sup, _):
         await _scrape_every(sup, 0.2, 6)
         assert len(INLINE) >= 5
         assert not any(inside for _, inside in INLINE)
-    finally:
-        await sup.shutdown()
 
 
 async def _aligned(sup: Supervisor) -> None:
@@ -464,16 +460,11 @@ async def _aligned(sup: Supervisor) -> None:
 @contextlib.asynccontextmanager
 async def _due_inline_run(mode: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
     """A supervisor whose t_inline runs follow the scrapes, at the instant its next run is due, in ``mode``."""
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_inline: {}\n") as (sup, store):
         await _aligned(sup)
         InlineCollector.mode = mode
         await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
         yield sup, store
-    finally:
-        await sup.shutdown()
 
 
 async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: None) -> None:
@@ -514,10 +505,7 @@ async def test_an_inline_run_that_fails_is_counted_in_the_scrape(inline_runs: No
 
 
 async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 5}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_tick: {interval: 5}\n") as (sup, _):
         assert await sup.wait_first_round(2.0)
 
         def by_name() -> dict[str, Metric]:
@@ -535,15 +523,10 @@ async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
         assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
         assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
         assert third["mevwatch_build"] is first["mevwatch_build"]
-    finally:
-        await sup.shutdown()
 
 
 async def test_a_scrape_in_the_loop_pass_where_the_timer_fired_does_not_run_it_twice(inline_runs: None) -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_inline: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
         await asyncio.sleep(0.05)  # the first run, at start
         status = sup.status[("t_inline", "default")]
         loop = asyncio.get_running_loop()
@@ -554,5 +537,3 @@ async def test_a_scrape_in_the_loop_pass_where_the_timer_fired_does_not_run_it_t
         assert len(times) == 2, INLINE
         assert not INLINE[1][1]  # the timer's run, not the scrape's
         assert ACTIVE[1] == 1
-    finally:
-        await sup.shutdown()
