@@ -12,7 +12,17 @@ from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Met
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
 
-__all__ = ["Clock", "Harness", "counter", "gauge"]
+__all__ = ["RATIO_HIGH_RULE", "Clock", "Harness", "counter", "gauge"]
+
+#: a rule entry (under ``rules:``) the engine tests share: test_ratio above 0.9 for 2 s
+RATIO_HIGH_RULE = """    - name: RatioHigh
+      metric: test_ratio
+      op: ">"
+      threshold: 0.9
+      for: 2s
+      summary: s
+      runbook: memory-high
+"""
 
 
 class Clock:

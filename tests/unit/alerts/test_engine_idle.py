@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mevwatch.alerts.engine import IDLE_TICK_INTERVAL, AlertEngine
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
+from tests.unit.alerts._helpers import RATIO_HIGH_RULE, counter, gauge
 
 ALERTS = """
 alerts:
@@ -18,14 +18,7 @@ alerts:
   startup_grace: 0s
   evaluation_interval: 0.5s
   rules:
-    - name: RatioHigh
-      metric: test_ratio
-      op: ">"
-      threshold: 0.9
-      for: 2s
-      summary: s
-      runbook: memory-high
-    - name: KillBurst
+""" + RATIO_HIGH_RULE + """    - name: KillBurst
       metric: test_kills_total
       increase: 60s
       op: ">"
@@ -56,27 +49,17 @@ def _next_tick_in(engine: AlertEngine) -> float:
     return timer.when() - asyncio.get_running_loop().time()
 
 
-def _kills() -> CounterMetricFamily:
-    kills = CounterMetricFamily("test_kills", "kills", labels=["comm"])
-    kills.add_metric(["geth"], 7.0)
-    return kills
-
-
-def _ratio(value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily("test_ratio", "ratio", value=value)
-
-
 async def test_idle_tick_slows_down_and_a_breach_brings_it_back(tmp_path: Path) -> None:
     engine, store, state = _engine(tmp_path)
     await engine.start()
     try:
-        store.put(("t", "a"), [_ratio(0.5)], 3600.0)
+        store.put(("t", "a"), [gauge("test_ratio", 0.5)], 3600.0)
         engine._on_tick(asyncio.get_running_loop())  # evaluates what is new; the next tick finds nothing to do
         engine._on_tick(asyncio.get_running_loop())
         assert engine._idle
         assert _next_tick_in(engine) > 0.5 * IDLE_TICK_INTERVAL
         # a breach: a pending alert whose `for` only the tick can complete
-        store.put(("t", "a"), [_ratio(0.95)], 3600.0)
+        store.put(("t", "a"), [gauge("test_ratio", 0.95)], 3600.0)
         assert [a.state for a in engine.all_alerts()] == ["pending"]
         assert not engine._idle
         assert _next_tick_in(engine) <= 0.5
@@ -91,7 +74,7 @@ async def test_quiet_counters_let_the_tick_slow_down(tmp_path: Path) -> None:
     engine, store, state = _engine(tmp_path)
     await engine.start()
     try:
-        store.put(("t", "a"), [_kills()], 3600.0)
+        store.put(("t", "a"), [counter("test_kills", {"geth": 7.0})], 3600.0)
         engine.tick()
         engine.tick()
         # KillBurst (increase > 0) cannot start firing over unchanged counters as its window moves
@@ -108,7 +91,7 @@ async def test_a_window_that_time_moves_keeps_the_tick_fast(tmp_path: Path) -> N
         engine.tick()
         engine.tick()
         assert engine._idle  # no series of any rule yet: nothing to evaluate on time
-        store.put(("t", "a"), [_kills()], 3600.0)
+        store.put(("t", "a"), [counter("test_kills", {"geth": 7.0})], 3600.0)
         # KillsLow (increase < 5) can start firing as the window moves: the tick must evaluate it on time
         assert not engine._idle
         assert _next_tick_in(engine) <= 0.5
@@ -129,7 +112,7 @@ async def test_absent_rules_keep_the_tick_on_evaluation_interval(tmp_path: Path)
     engine, store, state = _engine(tmp_path, extra)
     await engine.start()
     try:
-        store.put(("t", "a"), [_ratio(0.5)], 3600.0)
+        store.put(("t", "a"), [gauge("test_ratio", 0.5)], 3600.0)
         engine.tick()
         engine.tick()
         assert not engine._idle

@@ -10,7 +10,7 @@ import pytest
 
 from mevwatch.alerts.engine import ALERTS_KEY
 from mevwatch.alerts.rules import alert_labels, fingerprint
-from tests.unit.alerts._helpers import Harness, counter, gauge
+from tests.unit.alerts._helpers import RATIO_HIGH_RULE, Harness, counter, gauge
 
 BASE = """
   default_rules: false
@@ -19,14 +19,7 @@ BASE = """
   group_interval: 1s
   startup_grace: 0s
   rules:
-    - name: RatioHigh
-      metric: test_ratio
-      op: ">"
-      threshold: 0.9
-      for: 2s
-      summary: s
-      runbook: memory-high
-"""
+""" + RATIO_HIGH_RULE
 
 
 @pytest.fixture
