@@ -107,8 +107,7 @@ class InstanceStatus:
     # that the timer waits for a scrape to run it (see Supervisor.on_scrape)
     due: float = 0.0
     grace: float = 0.0
-    sleeping: bool = False
-    wake: asyncio.Future[None] | None = None
+    wake: asyncio.Future[None] | None = None  # set while the task sleeps (sleep_until_due)
     timer: asyncio.TimerHandle | None = None
     # a run a scrape started that has to wait: its coroutine, what it awaits, and its start
     handover: tuple[Coroutine[Any, Any, Families], Any, float] | None = None
@@ -165,21 +164,29 @@ async def sleep_until_due(loop: asyncio.AbstractEventLoop, status: InstanceStatu
 
     A scrape that runs the collector inline (on_scrape) moves the timer on; the task sleeps on.
     """
-    delay = status.due + status.grace - loop.time()
-    status.next_run_wall = time.time() + max(delay, 0.0)
-    if delay <= 0:
+    if status.due + status.grace <= loop.time():
+        status.next_run_wall = time.time()
         return
     fut: asyncio.Future[None] = loop.create_future()
     status.wake = fut
-    # call_at on the planned instant: runs due at the same time share one loop wake-up
-    status.timer = loop.call_at(status.due + status.grace, _wake, fut)
-    status.sleeping = True
+    arm_timer(loop, status, fut)
     try:
         await fut
     finally:
-        status.sleeping = False
-        status.timer.cancel()
+        if status.timer is not None:
+            status.timer.cancel()
         status.wake = status.timer = None
+
+
+def arm_timer(loop: asyncio.AbstractEventLoop, status: InstanceStatus, fut: asyncio.Future[None]) -> None:
+    """(Re)set the timer that wakes a sleeping collector task at ``due + grace``, and the next-run time
+    the landing page shows. call_at on the planned instant: runs due at the same time share one loop
+    wake-up."""
+    if status.timer is not None:
+        status.timer.cancel()
+    when = status.due + status.grace
+    status.timer = loop.call_at(when, _wake, fut)
+    status.next_run_wall = time.time() + max(when - loop.time(), 0.0)
 
 
 class _Resume:
@@ -391,10 +398,10 @@ class Supervisor:
         for key, status in self.status.items():
             wake = status.wake
             if (
-                not (status.scrape_inline and status.sleeping)
+                not status.scrape_inline
+                or wake is None  # the task is not sleeping: it is running the collector
                 # the timer fired (or an earlier scrape of this loop pass handed a run over): the task
                 # runs it next
-                or wake is None
                 or wake.done()
                 or status.due - now > SCRAPE_WINDOW * status.interval
             ):
@@ -415,10 +422,7 @@ class Supervisor:
                 _wake(wake)
                 continue
             self._plan(loop, status, 0.0)  # just scraped: planned after this scrape, not on the grid
-            if status.timer is not None:
-                status.timer.cancel()
-            status.timer = loop.call_at(status.due + status.grace, _wake, wake)
-            status.next_run_wall = time.time() + status.due + status.grace - now
+            arm_timer(loop, status, wake)
 
     def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float) -> None:
         """The end of a run that raised: failed with a reason, or succeeded empty (NoData)."""
