@@ -81,7 +81,7 @@ class Daemon:
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, scrape=self.supervisor.on_scrape)
+                          reload=self.reload)
         self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
         try:
             await self.http.start()
