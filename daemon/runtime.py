@@ -83,7 +83,7 @@ class Daemon:
         state = self.state
         self.supervisor.extra_meta.append(lambda: state_families(state))
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, scrape=self.supervisor.on_scrape)
+                          reload=self.reload)
         self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
         try:
             await self.http.start()
