@@ -43,6 +43,11 @@ __all__ = [
 
 DEFAULT_LISTEN = "127.0.0.1:9717"
 Loc = tuple[str | int, ...]
+#: top-level keys that older versions accepted, with what to do instead (an error, not "unknown key")
+REMOVED_KEYS: dict[str, str] = {
+    "align_to_scrapes": "removed: collectors run on their own schedule only and a /metrics scrape never runs "
+    "one; delete this key (set a collector's `interval` to the scrape period for values as fresh)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +129,6 @@ class DaemonConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
-    align_to_scrapes: bool = Field(
-        True,
-        description="a /metrics scrape runs the host collectors (memory, disk, cpu) whose run is due within 10% "
-        "of their interval, before it is answered, and their next run is planned one interval after it: values "
-        "read at scrape time and one wake-up per scrape; false: a fixed schedule only",
-    )
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
@@ -279,9 +278,12 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "the top level must be a mapping of sections")])
 
+    for key, message in REMOVED_KEYS.items():
+        if key in data:
+            issues.append(ConfigIssue(file, _line_for(lines, (key,)), key, message))
     daemon: DaemonConfig | None = None
     try:
-        daemon = DaemonConfig.model_validate(data)
+        daemon = DaemonConfig.model_validate({k: v for k, v in data.items() if k not in REMOVED_KEYS})
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, (), file, lines))
     if daemon is not None and daemon.alerts.enabled:

@@ -179,7 +179,6 @@ class HttpHooks:
     status: Callable[[], list[dict[str, Any]]]
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
-    scrape: Callable[[], None] | None = None  # called before /metrics is rendered (Supervisor.on_scrape)
     settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
 
 
@@ -268,8 +267,6 @@ class HttpServer:
 
     def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
-        if self.hooks.scrape is not None:
-            self.hooks.scrape()
         openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
         gzipped = "gzip" in request.headers.get("accept-encoding", "")
         body = self.cache.get(openmetrics, gzipped)
