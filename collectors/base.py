@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mevwatch.blocking import BlockingCallFailed, BlockingPool
 from mevwatch.daemon.families import Metric
 from mevwatch.daemon.fields import Duration
 
 if TYPE_CHECKING:
-    from mevwatch.daemon.blocking import BlockingPool
     from mevwatch.daemon.state import StateDB
 
 __all__ = [
@@ -171,10 +171,11 @@ class CollectorContext:
         (default: the collector's timeout).
         """
         if self.pool is None:
-            from mevwatch.daemon.blocking import BlockingPool
-
             self.pool = BlockingPool(max_workers=4)
-        return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        try:
+            return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        except BlockingCallFailed as exc:
+            raise CollectorError(exc.reason, exc.message) from None
 
 
 OptionsT = TypeVar("OptionsT", bound=CollectorOptions)

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
@@ -21,7 +22,6 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
