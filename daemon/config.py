@@ -40,6 +40,11 @@ __all__ = [
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9717"
+#: top-level keys that older versions accepted, with what to do instead (an error, not "unknown key")
+REMOVED_KEYS: dict[str, str] = {
+    "align_to_scrapes": "removed: collectors run on their own schedule only and a /metrics scrape never runs "
+    "one; delete this key (set a collector's `interval` to the scrape period for values as fresh)",
+}
 
 
 class _Strict(BaseModel):
@@ -89,12 +94,6 @@ class DaemonConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
-    align_to_scrapes: bool = Field(
-        True,
-        description="a /metrics scrape runs the host collectors (memory, disk, cpu) whose run is due within 10% "
-        "of their interval, before it is answered, and their next run is planned one interval after it: values "
-        "read at scrape time and one wake-up per scrape; false: a fixed schedule only",
-    )
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
@@ -136,12 +135,16 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
         raise ConfigError([ConfigIssue(file, 1, "", "the top level must be a mapping of sections")])
     issues = list(doc.issues)
 
+    for key, message in REMOVED_KEYS.items():
+        if key in data:
+            issues.append(doc.issue((key,), message))
     base = Path(file).parent if file and not file.startswith("<") else Path.cwd()
     rule_loading = RuleLoading(base)
     daemon: DaemonConfig | None = None
     try:
         # an absent section is validated too, so that its default rules are loaded with the rest
-        daemon = DaemonConfig.model_validate({"alerts": {}, **data}, context=rule_loading)
+        current = {k: v for k, v in data.items() if k not in REMOVED_KEYS}
+        daemon = DaemonConfig.model_validate({"alerts": {}, **current}, context=rule_loading)
     except ValidationError as exc:
         issues.extend(doc.validation_issues(exc))
     issues.extend(rule_loading.issues)

@@ -178,7 +178,6 @@ class HttpHooks:
     status: Callable[[], list[dict[str, Any]]]
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
-    scrape: Callable[[], None] | None = None  # called before /metrics is rendered (Supervisor.on_scrape)
 
 
 class HttpServer:
@@ -248,8 +247,6 @@ class HttpServer:
 
     def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
-        if self.hooks.scrape is not None:
-            self.hooks.scrape()
         openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
         gzipped = "gzip" in request.headers.get("accept-encoding", "")
         body = self.cache.get(openmetrics, gzipped)

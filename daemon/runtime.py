@@ -13,7 +13,7 @@ from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
 from mevwatch.daemon.malloc import MallocTrimmer
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.state import StateDB, StateError, state_families
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import HEARTBEAT_INTERVAL, Supervisor
 from mevwatch.daemon.systemd import Notifier, watchdog_interval
@@ -59,7 +59,7 @@ class Daemon:
 
     def _open_state(self) -> StateDB:
         try:
-            return StateDB.open_dir(self.config.state_dir)
+            return StateDB.open_dir(self.config.state_dir, recover_corrupt=True)
         except StateError as exc:
             raise StartupError(f"{exc} (state_dir {self.config.state_dir}; set state_dir or STATE_DIRECTORY)") from None
 
@@ -81,8 +81,10 @@ class Daemon:
         watchdog = watchdog_interval() if self.notifier.enabled else None
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
+        state = self.state
+        self.supervisor.extra_meta.append(lambda: state_families(state))
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, scrape=self.supervisor.on_scrape)
+                          reload=self.reload)
         self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
         try:
             await self.http.start()

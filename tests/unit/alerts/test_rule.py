@@ -22,7 +22,8 @@ def test_an_inactive_rule_compares_with_the_threshold_and_an_active_one_with_cle
     assert r.passes(0.8, active=True)  # exactly at clear keeps it
     assert not r.passes(0.79, active=True)
     low = rule(op="<", threshold=10, clear=20)
-    assert low.passes(20, active=True) and not low.passes(20.5, active=True)
+    assert low.passes(20, active=True)
+    assert not low.passes(20.5, active=True)
     assert not low.passes(15, active=False)
 
 
