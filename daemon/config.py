@@ -37,6 +37,7 @@ __all__ = [
     "default_config_text",
     "load_config",
     "load_config_text",
+    "validate_telemetry_path",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9717"
@@ -51,16 +52,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def validate_telemetry_path(v: str) -> str:
+    if not v.startswith("/") or any(c.isspace() for c in v) or "?" in v or "#" in v:
+        raise ValueError(f"telemetry_path must be an absolute URL path such as /metrics, got {v!r}")
+    return v
+
+
 class WebConfig(_Strict):
     listen_address: str = Field(DEFAULT_LISTEN, description="host:port the HTTP server binds")
+    telemetry_path: str = Field(
+        "/metrics", description="path under which metrics are served; like --web.telemetry-path"
+    )
     config_file: Path | None = Field(
         None, description="exporter-toolkit web-config file (TLS, basic auth); like --web.config.file"
     )
     enable_lifecycle: bool = Field(False, description="allow POST /-/reload (off by default, as in Prometheus)")
 
+    @field_validator("telemetry_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate_telemetry_path(v)
+
     @field_validator("listen_address")
     @classmethod
-    def _addr(cls, v: str) -> str:
+    def check_listen_address(cls, v: str) -> str:
         _, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen_address must be host:port with a port 1-65535, got {v!r}")
