@@ -179,6 +179,7 @@ class HttpHooks:
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
     scrape: Callable[[], None] | None = None  # called before /metrics is rendered (Supervisor.on_scrape)
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
 
 
 class HttpServer:
@@ -263,9 +264,14 @@ class HttpServer:
             f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
             for s in self.hooks.status()
         )
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
+        mode = (
+            f"<p>Alerting: {html.escape(alerting['mode'])} mode on host {html.escape(alerting['host'])}</p>"
+            if alerting else ""
+        )
         page = (
             "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
-            '<p><a href="/metrics">Metrics</a> · <a href="/health">Health</a></p>'
+            '<p><a href="/metrics">Metrics</a> · <a href="/health">Health</a></p>' + mode +
             "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
             f"<th>last error</th></tr>{rows}</table></body></html>"
         )
@@ -273,12 +279,14 @@ class HttpServer:
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:
