@@ -21,7 +21,7 @@ import structlog
 
 from mevwatch.alerts.config import AlertmanagerSilencesConfig, Matcher
 from mevwatch.alerts.router import Silence, rfc3339
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.daemon.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerError", "AlertmanagerWatch", "parse_silences", "post_silence", "silence_body"]
 
@@ -82,14 +82,15 @@ async def _request(session: aiohttp.ClientSession, method: str, url: str, timeou
                                    headers={"User-Agent": "mevwatch"}) as resp:
             text = await resp.text(errors="replace")
             if resp.status >= 300:
-                raise AlertmanagerError(f"{redact_url(url)} answered HTTP {resp.status}: {redact(text[:300].strip())}")
+                raise AlertmanagerError(
+                    f"{redact_sink_url(url)} answered HTTP {resp.status}: {redact(text[:300].strip())}")
             if resp.content_type == "application/json":
                 return await resp.json()
             return text
     except TimeoutError:
-        raise AlertmanagerError(f"{redact_url(url)}: no answer within {timeout:g}s") from None
+        raise AlertmanagerError(f"{redact_sink_url(url)}: no answer within {timeout:g}s") from None
     except aiohttp.ClientError as exc:
-        raise AlertmanagerError(f"{redact_url(url)}: {redact(str(exc)) or type(exc).__name__}") from None
+        raise AlertmanagerError(f"{redact_sink_url(url)}: {redact(str(exc)) or type(exc).__name__}") from None
 
 
 async def post_silence(urls: Sequence[str], body: dict[str, Any], timeout: float = 10.0) -> tuple[str, str]:
@@ -170,9 +171,9 @@ class AlertmanagerWatch:
             was = self.reachable.get(url)
             self.reachable[url] = not isinstance(res, BaseException)
             if isinstance(res, BaseException) and was is not False:
-                log.warning("alertmanager_unreachable", url=redact_url(url), error=str(res))
+                log.warning("alertmanager_unreachable", url=redact_sink_url(url), error=str(res))
             elif not isinstance(res, BaseException) and was is False:
-                log.info("alertmanager_reachable", url=redact_url(url))
+                log.info("alertmanager_reachable", url=redact_sink_url(url))
         if self.silence_urls:
             self._take_silences(results[:len(self.silence_urls)])
         if self._changed is not None:

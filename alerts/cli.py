@@ -17,6 +17,7 @@ from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 from mevwatch.daemon.config import Config
 from mevwatch.daemon.fields import parse_duration
+from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = ["register", "run_test"]
@@ -95,7 +96,7 @@ def _alertmanager_urls(cfg: Config, given: str) -> list[str]:
         return alertmanager_urls([given])
     alerts = cfg.daemon.alerts
     urls = list(alerts.alertmanager_silences.urls) if alerts.alertmanager_silences else []
-    urls += [u for rc in alerts.receivers for c in rc.alertmanager_configs for u in c.urls]
+    urls += [u for rc in alerts.receivers for c in rc.alertmanager_configs for u in c.target_urls]
     return list(dict.fromkeys(urls))
 
 
@@ -122,7 +123,8 @@ def _silence_alertmanager(args: argparse.Namespace, duration: float) -> int:
     except AlertmanagerError as exc:
         print(f"error: Alertmanager did not take the silence: {exc}", file=sys.stderr)
         return 1
-    print(f"{sid} silences {', '.join(str(m) for m in matchers)} until {_ts(now + duration)} in Alertmanager {url}")
+    where = redact_sink_url(url)
+    print(f"{sid} silences {', '.join(str(m) for m in matchers)} until {_ts(now + duration)} in Alertmanager {where}")
     return 0
 
 

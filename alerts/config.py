@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from mevwatch.daemon.fields import Duration
+from mevwatch.daemon.fields import Duration, SinkURL, check_sink_url, secret_url
 
 if TYPE_CHECKING:
     from mevwatch.daemon.config import ConfigIssue
@@ -349,21 +349,15 @@ class LogSinkConfig(_Strict):
     send_resolved: bool = True
 
 
-class WebhookConfig(_Strict):
-    url: str = Field(description="POST target (Alertmanager webhook JSON, version 4)")
+class WebhookConfig(SinkURL, _Strict):
+    """POST target (Alertmanager webhook JSON, version 4): ``url`` or ``url_file``."""
+
     headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers")
     hmac_secret: str | None = Field(None, description="sign the body with HMAC-SHA256")
     hmac_secret_file: Path | None = Field(None, description="file holding the HMAC secret")
     signature_header: str = Field("X-Mevwatch-Signature", description="header carrying sha256=<hex>")
     timeout: Duration = Field(10.0, gt=0, description="per request")
     send_resolved: bool = True
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"url must be http(s)://host[:port]/path, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _secret(self) -> WebhookConfig:
@@ -405,22 +399,30 @@ class EmailConfig(_Strict):
 
 
 def alertmanager_urls(urls: list[str]) -> list[str]:
-    """Alertmanager base URLs, checked, without a trailing slash."""
-    for u in urls:
-        if not re.match(r"^https?://[^/\s]+", u):
-            raise ValueError(f"Alertmanager URL must be http(s)://host[:port], got {u!r}")
-    return [u.rstrip("/") for u in urls]
+    """Alertmanager base URLs, checked (and kept out of logs, as every sink URL), without a trailing slash."""
+    return [check_sink_url(u, "urls").rstrip("/") for u in urls]
 
 
 class AlertmanagerSinkConfig(_Strict):
-    urls: list[str] = Field(min_length=1, description="Alertmanager base URLs; alerts go to <url>/api/v2/alerts")
+    urls: list[str] = Field(default_factory=list, repr=False,
+                            description="Alertmanager base URLs; alerts go to <url>/api/v2/alerts")
+    url_files: list[Path] = Field(default_factory=list, description="files each holding one more base URL")
     timeout: Duration = Field(10.0, gt=0)
     resend_delay: Duration = Field(60.0, gt=0, description="firing alerts are re-sent this often (Prometheus: 1m)")
+    _target_urls: list[str] = PrivateAttr(default_factory=list)
 
-    @field_validator("urls")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        return alertmanager_urls(v)
+    @model_validator(mode="after")
+    def _urls(self) -> AlertmanagerSinkConfig:
+        if not self.urls and not self.url_files:
+            raise ValueError("set urls or url_files (at least one Alertmanager)")
+        targets = [secret_url(u, None, "urls") for u in self.urls]
+        targets += [secret_url(None, f, "urls") for f in self.url_files]
+        self._target_urls = [u.rstrip("/") for u in targets]
+        return self
+
+    @property
+    def target_urls(self) -> list[str]:
+        return self._target_urls
 
 
 class AlertmanagerSilencesConfig(_Strict):

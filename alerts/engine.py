@@ -32,7 +32,7 @@ from mevwatch.daemon.families import (
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.logging import redact_url
+from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 
@@ -136,7 +136,7 @@ class AlertEngine:
         self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
         self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
         self.am_watch: AlertmanagerWatch | None = None
-        am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.urls]
+        am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.target_urls]
         silence_source = cfg.alertmanager_silences if cfg.mode == "standalone" else None
         if am_urls or silence_source is not None:
             from mevwatch.alerts.amsilences import AlertmanagerWatch
@@ -518,7 +518,7 @@ class AlertEngine:
         if am_up:
             up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
             for url, ok in am_up:
-                up.add_metric([redact_url(url)], 1.0 if ok else 0.0)
+                up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
             fams.append(up)
         return fams
 

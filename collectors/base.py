@@ -212,11 +212,6 @@ class Collector(abc.ABC, Generic[OptionsT]):
 class PollCollector(Collector[OptionsT]):
     """Runs every ``interval``; each run returns the full set of families it owns."""
 
-    #: True for kinds whose run only reads local kernel files and so takes well under a millisecond or
-    #: two: with ``align_to_scrapes`` a /metrics scrape runs them when they are due about then (the
-    #: supervisor's on_scrape). A run that has to wait anyway (a thread) finishes in the background.
-    scrape_inline: ClassVar[bool] = False
-
     @abc.abstractmethod
     async def collect(self) -> Families: ...
 

@@ -415,7 +415,6 @@ class CpuCollector(PollCollector[CpuOptions]):
     kind: ClassVar[str] = "cpu"
     Options = CpuOptions
     default_interval: ClassVar[float] = 15.0
-    scrape_inline: ClassVar[bool] = True
     default_timeout: ClassVar[float] = 5.0
     runbook_section = "cpu-governor"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (

@@ -38,10 +38,16 @@ __all__ = [
     "default_config_text",
     "load_config",
     "load_config_text",
+    "validate_telemetry_path",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:9717"
 Loc = tuple[str | int, ...]
+#: top-level keys that older versions accepted, with what to do instead (an error, not "unknown key")
+REMOVED_KEYS: dict[str, str] = {
+    "align_to_scrapes": "removed: collectors run on their own schedule only and a /metrics scrape never runs "
+    "one; delete this key (set a collector's `interval` to the scrape period for values as fresh)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +72,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def validate_telemetry_path(v: str) -> str:
+    if not v.startswith("/") or any(c.isspace() for c in v) or "?" in v or "#" in v:
+        raise ValueError(f"telemetry_path must be an absolute URL path such as /metrics, got {v!r}")
+    return v
+
+
 class WebConfig(_Strict):
     listen_address: str = Field(DEFAULT_LISTEN, description="host:port the HTTP server binds")
+    telemetry_path: str = Field(
+        "/metrics", description="path under which metrics are served; like --web.telemetry-path"
+    )
     config_file: Path | None = Field(
         None, description="exporter-toolkit web-config file (TLS, basic auth); like --web.config.file"
     )
     enable_lifecycle: bool = Field(False, description="allow POST /-/reload (off by default, as in Prometheus)")
 
+    @field_validator("telemetry_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return validate_telemetry_path(v)
+
     @field_validator("listen_address")
     @classmethod
-    def _addr(cls, v: str) -> str:
+    def check_listen_address(cls, v: str) -> str:
         _, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen_address must be host:port with a port 1-65535, got {v!r}")
@@ -109,12 +129,6 @@ class DaemonConfig(_Strict):
     log: LogConfig = Field(default_factory=LogConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     blocking_threads: int = Field(8, ge=1, le=256, description="threads for blocking OS calls")
-    align_to_scrapes: bool = Field(
-        True,
-        description="a /metrics scrape runs the host collectors (memory, disk, cpu) whose run is due within 10% "
-        "of their interval, before it is answered, and their next run is planned one interval after it: values "
-        "read at scrape time and one wake-up per scrape; false: a fixed schedule only",
-    )
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
@@ -264,9 +278,12 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "the top level must be a mapping of sections")])
 
+    for key, message in REMOVED_KEYS.items():
+        if key in data:
+            issues.append(ConfigIssue(file, _line_for(lines, (key,)), key, message))
     daemon: DaemonConfig | None = None
     try:
-        daemon = DaemonConfig.model_validate(data)
+        daemon = DaemonConfig.model_validate({k: v for k, v in data.items() if k not in REMOVED_KEYS})
     except ValidationError as exc:
         issues.extend(_pydantic_issues(exc, (), file, lines))
     if daemon is not None and daemon.alerts.enabled:

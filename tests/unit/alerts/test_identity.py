@@ -70,7 +70,7 @@ def test_a_restart_keeps_the_group_key_and_never_reuses_a_notification_id(tmp_pa
     try:
         h.put(gauge("test_ratio", 0.95))
         h.advance(1)
-        [(first_id, first_key)] = _outbox(h)
+        [(_, first_key)] = _outbox(h)
         h.restart()
         h.put(gauge("test_ratio", 0.5))  # resolves after the restart: same group, next notification
         h.advance(301)  # group_interval
