@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import structlog
 
-from mevwatch.alerts.config import AlertmanagerSilencesConfig, Matcher
+from mevwatch.alerts.config import AlertmanagerSilencesConfig
+from mevwatch.alerts.matchers import Matcher
 from mevwatch.alerts.router import Silence, rfc3339
 from mevwatch.daemon.redaction import redact, redact_sink_url
 

@@ -10,7 +10,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from mevwatch.alerts.config import alertmanager_urls, parse_matcher
+from mevwatch.alerts.config import alertmanager_urls
+from mevwatch.alerts.matchers import parse_matcher
 from mevwatch.alerts.router import Silences, notification_payload
 from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks

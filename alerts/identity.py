@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 
-from mevwatch.alerts.config import Matcher
+from mevwatch.alerts.matchers import Matcher
 
 __all__ = ["HOST_LABEL", "group_key", "group_labels", "incident_id", "notification_id", "route_key"]
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import structlog
 
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
 from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
@@ -92,9 +93,9 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"cannot listen on {', '.join(self.listen)}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
-        from mevwatch.daemon.cli import install_signal_handlers
-
-        install_signal_handlers(loop, self._stop.set, self._reload_in_background)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         await self.supervisor.start()
         await self._start_components()
         self.notifier.start_watchdog(lambda: self.supervisor.heartbeat if self.supervisor else 0.0)

@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from mevwatch.alerts.config import parse_matcher
 from mevwatch.alerts.identity import group_key, group_labels, incident_id, route_key
+from mevwatch.alerts.matchers import parse_matcher
 from tests.unit.alerts._helpers import Harness, gauge
 
 ALERTS = """  host: {host}
