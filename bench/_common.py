@@ -138,6 +138,7 @@ def mevwatch_daemon(config: str | None, tmp: str | Path, env: dict[str, str] | N
     port = free_port()
     argv = [str(REPO / ".venv/bin/mevwatch"), "run", "--web.listen-address", f"127.0.0.1:{port}"]
     if config is not None:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         cfg = Path(tmp) / "mevwatch.yaml"
         cfg.write_text(config)
         argv += ["--config", str(cfg)]
