@@ -19,9 +19,10 @@ from typing import Any
 
 import structlog
 
-from mevwatch.alerts.config import AlertsConfig, Rule
+from mevwatch.alerts.config import AlertsConfig
 from mevwatch.alerts.outbox import Outbox
 from mevwatch.alerts.router import Router
+from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec

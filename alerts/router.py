@@ -20,7 +20,8 @@ from typing import Any
 
 import structlog
 
-from mevwatch.alerts.config import AlertsConfig, Escalation, InhibitRule, Matcher, matches_all, parse_matcher
+from mevwatch.alerts.config import AlertsConfig, Escalation, InhibitRule
+from mevwatch.alerts.matchers import Matcher, matches_all, parse_matcher
 from mevwatch.alerts.outbox import Outbox, OutboxEntry
 from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert
 from mevwatch.alerts.sinks.base import Sink

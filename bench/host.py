@@ -5,9 +5,9 @@
    free loopback port, both scraped --scrapes times at the same period, after WARMUP_SCRAPES that
    are not measured. CPU per collection is each process's time on CPU over the run (the sum of its
    threads' /proc/PID/task/*/schedstat, in ns) divided by the scrapes (node_exporter collects on
-   every scrape; mevwatch runs these collectors once per interval, inside the scrape that is due
-   then (align_to_scrapes), and the timer runs them when none comes). Wall time per
-   collection is the sum of the per-collector durations each exports.
+   every scrape; mevwatch runs these collectors once per interval on its own schedule, and a
+   scrape serves the last values). Wall time per collection is the sum of the per-collector
+   durations each exports.
 2. In-process: each mevwatch collector's collect() called --calls times here, CPU (all threads)
    and wall per call, to show where mevwatch's time goes.
 
@@ -80,7 +80,6 @@ def _series(text: str) -> int:
 
 def daemons(
     scrapes: int, period: float, options: dict[str, dict[str, Any]], alerts: bool = True, keep_alive: bool = False,
-    aligned: bool = True,
 ) -> dict[str, dict[str, float]]:
     node_exporter = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     kinds = set(options)
@@ -90,8 +89,6 @@ def daemons(
         doc: dict[str, Any] = {"collectors": entries}
         if not alerts:
             doc["alerts"] = {"enabled": False}
-        if not aligned:
-            doc["align_to_scrapes"] = False
         cfg.write_text(yaml.safe_dump(doc))
         mw_port, ne_port = free_port(), free_port()
         mw = start([str(REPO / ".venv/bin/mevwatch"), "run", "--config", str(cfg),
@@ -99,7 +96,7 @@ def daemons(
         ne = start([node_exporter, f"--web.listen-address=127.0.0.1:{ne_port}", *NE_FLAGS], ne_port)
         try:
             time.sleep(max(2.0, 3 * period))  # start-up and first collections are not measured
-            for _ in range(WARMUP_SCRAPES):  # nor the first scrapes (imports, caches, runs moving onto scrapes)
+            for _ in range(WARMUP_SCRAPES):  # nor the first scrapes (imports, caches)
                 for port in (mw_port, ne_port):
                     _get(port, keep_alive)
                 time.sleep(period)
@@ -141,8 +138,8 @@ def daemons(
 
 async def _in_process(calls: int, options: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
     sys.path.insert(0, str(REPO))
+    from mevwatch.blocking import BlockingPool
     from mevwatch.collectors.base import CollectorContext, get_kind
-    from mevwatch.daemon.blocking import BlockingPool
 
     pool = BlockingPool(4)
     out = {}
@@ -174,8 +171,6 @@ def main() -> int:
     ap.add_argument("--keep-alive", action="store_true",
                     help="scrape over one kept-open connection per daemon, as Prometheus does, instead of a new "
                          "connection per scrape")
-    ap.add_argument("--fixed-schedule", action="store_true",
-                    help="run mevwatch with align_to_scrapes: false (collectors on their timer only, not in scrapes)")
     args = ap.parse_args()
     options = DEFAULTS if args.defaults else EQUIVALENT
     print(f"machine: {machine()}")
@@ -183,9 +178,7 @@ def main() -> int:
           + ", ".join(f"{k} {v}" for k, v in options.items()))
     print(f"mevwatch alert engine: {'off' if args.no_alerts else 'on (default rules)'}")
     print(f"scrapes: {'one kept-open connection per daemon' if args.keep_alive else 'a new connection each'}")
-    print(f"mevwatch schedule: {'fixed (align_to_scrapes: false)' if args.fixed_schedule else 'aligned to scrapes'}")
-    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts, keep_alive=args.keep_alive,
-                  aligned=not args.fixed_schedule)
+    res = daemons(args.scrapes, args.period, options, alerts=not args.no_alerts, keep_alive=args.keep_alive)
     ms = 1000.0
     print(f"\n1. daemons, {args.scrapes} scrapes each every {args.period}s, same run")
     print(f"{'':15}{'CPU ms/coll':>12}{'wall ms/coll':>13}{'scrape ms':>10}{'RSS MiB':>9}{'series':>8}")

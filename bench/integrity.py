@@ -31,9 +31,9 @@ from _common import REPO, load_average, machine, mevwatch_daemon, proc_stats, re
 
 sys.path.insert(0, str(REPO))
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.fields import parse_bytes
 from mevwatch.daemon.state import StateDB
 

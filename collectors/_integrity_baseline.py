@@ -18,7 +18,7 @@ from hashlib import sha256
 from typing import Any
 
 from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
-from mevwatch.daemon.state import StateDB
+from mevwatch.collectors.base import StateStore
 
 __all__ = ["AcceptEntry", "Baseline", "BaselineStore", "Who", "who_am_i"]
 
@@ -108,7 +108,7 @@ def _decode(row: Sequence[Any]) -> FileRecord:
 class BaselineStore:
     """One collector instance's baseline in the shared state DB."""
 
-    def __init__(self, db: StateDB, instance: str, key: bytes | None = None) -> None:
+    def __init__(self, db: StateStore, instance: str, key: bytes | None = None) -> None:
         self.db = db
         self.instance = instance
         self.key = key

@@ -509,7 +509,6 @@ class DiskCollector(PollCollector[DiskOptions]):
     kind: ClassVar[str] = "disk"
     Options = DiskOptions
     default_interval: ClassVar[float] = 30.0
-    scrape_inline: ClassVar[bool] = True
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "disk-full"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (

@@ -318,7 +318,6 @@ class MemoryCollector(PollCollector[MemoryOptions]):
     kind: ClassVar[str] = "memory"
     Options = MemoryOptions
     default_interval: ClassVar[float] = 15.0
-    scrape_inline: ClassVar[bool] = True
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (

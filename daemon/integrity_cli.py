@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, who_am_i
@@ -58,7 +59,7 @@ def register(subparsers: Any) -> None:
     lg.set_defaults(func=cmd_log)
 
 
-def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore]:
+def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore, Path]:
     try:
         cfg = load_or_default(args.config)
     except ConfigError as exc:
@@ -77,7 +78,7 @@ def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, Baseli
         store = BaselineStore(db, opts.instance, key)
     except (ValueError, StateError) as exc:
         raise _Fail(str(exc)) from None
-    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store
+    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store, db.path
 
 
 def _run(args: argparse.Namespace, fn: Any) -> int:
@@ -107,7 +108,7 @@ def _load(store: BaselineStore) -> Baseline:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, db_path = _setup(args)
         existing = store.load()
         if existing.present and not args.force:
             raise _Fail("a baseline exists already; accept intended changes with `mevwatch integrity accept`, "
@@ -121,7 +122,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         for path in unreadable:
             print(f"warning: {path} is unreadable; its content is not in the baseline", file=sys.stderr)
         store.replace_all(records, who_am_i(), "baseline")
-        print(f"baseline of {len(records)} path(s) written to {store.db.path} (instance {store.instance})")
+        print(f"baseline of {len(records)} path(s) written to {db_path} (instance {store.instance})")
         return 0
 
     return _run(args, go)
@@ -133,7 +134,7 @@ def _violation_json(v: Violation) -> dict[str, str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, _ = _setup(args)
         base = _load(store)
         t0 = time.monotonic()
         current, violations = verify(ws, base.records, quick=args.quick, follow_symlinks=opts.follow_symlinks,
@@ -164,7 +165,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_accept(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, _ = _setup(args)
         base = store.load()
         if not base.present:
             raise _Fail("no baseline to accept into; create it with `mevwatch integrity baseline`")
@@ -196,7 +197,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        _, _, store = _setup(args)
+        _, _, store, _ = _setup(args)
         for e in store.accept_log(args.limit):
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.at))
             sudo = f" sudo_user={e.sudo_user}" if e.sudo_user else ""

@@ -19,7 +19,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSinkConfig
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.alerts.sinks.webhook import is_retryable_status
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.daemon.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerSink", "alertmanager_alerts"]
 
@@ -69,19 +69,19 @@ class AlertmanagerSink:
                 if resp.status < 300:
                     return
                 text = (await resp.text(errors="replace"))[:500].strip()
-                raise DeliveryError(f"{redact_url(target)} answered HTTP {resp.status}: {redact(text)}",
+                raise DeliveryError(f"{redact_sink_url(target)} answered HTTP {resp.status}: {redact(text)}",
                                     retry=is_retryable_status(resp.status))
         except TimeoutError:
-            raise DeliveryError(f"{redact_url(target)}: no answer within {self.config.timeout:g}s") from None
+            raise DeliveryError(f"{redact_sink_url(target)}: no answer within {self.config.timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise DeliveryError(f"{redact_url(target)}: {redact(str(exc)) or type(exc).__name__}") from None
+            raise DeliveryError(f"{redact_sink_url(target)}: {redact(str(exc)) or type(exc).__name__}") from None
 
     async def send(self, payload: dict[str, Any], notification_id: str) -> None:
         """Acknowledged when at least one Alertmanager took it; they dedupe among themselves."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         body = json.dumps(alertmanager_alerts(payload, time.time(), self.ends_in)).encode()
-        results = await asyncio.gather(*(self._post(u, body) for u in self.config.urls), return_exceptions=True)
+        results = await asyncio.gather(*(self._post(u, body) for u in self.config.target_urls), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         for err in errors:
             if len(errors) < len(results):

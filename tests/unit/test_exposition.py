@@ -13,9 +13,9 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext, get_kind
 from mevwatch.daemon import exposition
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.exposition import render_openmetrics, render_text
 from mevwatch.daemon.families import (
     CounterMetricFamily,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
@@ -21,14 +21,12 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
 
 RUNS: dict[str, list[float]] = {}
-TICK_IN_SCRAPE: dict[str, list[bool]] = {}
 RELEASE = threading.Event()
 
 
@@ -44,7 +42,6 @@ class TickCollector(PollCollector[CollectorOptions]):
 
     async def collect(self) -> Families:
         RUNS.setdefault(self.ctx.instance, []).append(time.monotonic())
-        TICK_IN_SCRAPE.setdefault(self.ctx.instance, []).append(IN_SCRAPE)
         return [_family("t_tick_value", 1.0)]
 
 
@@ -303,7 +300,7 @@ def test_collectors_of_one_interval_land_on_the_same_instant() -> None:
 
 
 async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
-    from mevwatch.daemon.supervisor import InstanceStatus, sleep_until_due
+    from mevwatch.daemon.supervisor import sleep_until
 
     loop = asyncio.get_running_loop()
     iterations = 0
@@ -318,8 +315,7 @@ async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     woke: list[int] = []
 
     async def sleeper(when: float) -> None:
-        status = InstanceStatus("k", "i", 0.5, 0.5, False, due=when)
-        await sleep_until_due(loop, status)
+        await sleep_until(loop, when)
         woke.append(iterations)
 
     spin()
@@ -328,59 +324,6 @@ async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     spinning = False
     assert len(set(woke)) == 1, woke
     assert loop.time() >= when
-
-
-# --- runs aligned to scrapes -------------------------------------------------------------------
-
-INLINE: list[tuple[float, bool]] = []  # (monotonic time, inside a scrape) of every t_inline run
-IN_SCRAPE = False
-ACTIVE = [0, 0]  # t_inline runs in flight now, and the most ever
-
-
-@register
-class InlineCollector(PollCollector[CollectorOptions]):
-    """Reads local files (scrape_inline); ``mode`` makes it wait, hang or refuse instead."""
-
-    kind: ClassVar[str] = "t_inline"
-    default_interval = 0.2
-    default_timeout = 0.1
-    scrape_inline: ClassVar[bool] = True
-    mode = "ok"
-
-    async def collect(self) -> Families:
-        INLINE.append((time.monotonic(), IN_SCRAPE))
-        ACTIVE[0] += 1
-        ACTIVE[1] = max(ACTIVE)
-        try:
-            if InlineCollector.mode == "wait":
-                await asyncio.sleep(0.02)
-            elif InlineCollector.mode == "hang":
-                await asyncio.Event().wait()
-            elif InlineCollector.mode == "refuse":
-                raise CollectorError("refused", "node refused the connection")
-            return [_family("t_inline_value", float(len(INLINE)))]
-        finally:
-            ACTIVE[0] -= 1
-
-
-def _scrape(sup: Supervisor) -> None:
-    """What the /metrics handler does before it renders."""
-    global IN_SCRAPE
-    IN_SCRAPE = True
-    try:
-        sup.on_scrape()
-    finally:
-        IN_SCRAPE = False
-
-
-async def _scrape_every(sup: Supervisor, period: float, count: int) -> list[float]:
-    loop = asyncio.get_running_loop()
-    t0, times = loop.time(), []
-    for i in range(1, count + 1):
-        await asyncio.sleep(max(0.0, t0 + i * period - loop.time()))
-        times.append(time.monotonic())
-        _scrape(sup)
-    return times
 
 
 @contextlib.asynccontextmanager
@@ -393,117 +336,6 @@ async def _running(config: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]
         yield sup, store
     finally:
         await sup.shutdown()
-
-
-@pytest.fixture
-def inline_runs() -> None:
-    INLINE.clear()
-    InlineCollector.mode = "ok"
-    ACTIVE[:] = [0, 0]
-
-
-async def test_scrapes_at_the_interval_run_the_inline_collectors_inside_the_scrape(inline_runs: None) -> None:
-    RUNS.clear()
-    TICK_IN_SCRAPE.clear()
-    async with _running("collectors:\n  - t_inline: {}\n  - t_tick: {instance: net, interval: 0.2}\n") as (sup, store):
-        scrapes = await _scrape_every(sup, 0.2, 12)
-        # after at most three scrapes the runs follow the scrapes: every run inside one, one per scrape
-        settled = [inside for at, inside in INLINE if at > scrapes[2] + 0.001]
-        assert settled
-        assert all(settled), INLINE
-        assert len(scrapes) - 5 <= len(settled) <= len(scrapes) - 2, (len(settled), INLINE)
-        # each scrape got the run it made: the value is the count of runs so far
-        _scrape(sup)
-        assert value(store, "t_inline_value") == float(len(INLINE))
-        assert value(store, "mevwatch_collector_success", collector="t_inline") == 1.0
-        # a collector that does not read local files keeps its own schedule
-        assert len(RUNS["net"]) >= 10
-        assert TICK_IN_SCRAPE["net"]
-        assert not any(TICK_IN_SCRAPE["net"])
-        # the scrapes stop: the timer runs it again, at most a grace (10 %) later than planned
-        last = INLINE[-1][0]
-        await asyncio.sleep(0.5)
-        later = [at for at, inside in INLINE if at > last]
-        assert later
-        assert not any(inside for at, inside in INLINE if at > last)
-        assert later[0] - last <= 0.2 * 1.1 + 0.03
-        assert ACTIVE[1] == 1  # never two runs at once
-
-
-async def test_frequent_scrapes_do_not_run_it_more_often_than_its_interval(inline_runs: None) -> None:
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
-        await _scrape_every(sup, 0.04, 25)  # 1 s of scrapes five times per interval
-        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(INLINE)]
-        assert 4 <= len(INLINE) <= 7, INLINE
-        # the run at start is off the grid: the next joins it at least half an interval later (next_slot)
-        assert gaps[0] >= 0.2 / 2 - 0.01, gaps
-        # while the runs move onto the scrapes (again after a late scrape on a loaded machine) a gap can
-        # shrink to 0.65 of an interval, never less; on the scrapes a run is at most 10 % early
-        assert min(gaps[1:]) >= 0.2 * 0.65 - 0.01, gaps
-        assert sorted(gaps)[len(gaps) // 2] >= 0.2 * 0.9 - 0.01, gaps
-
-
-async def test_align_to_scrapes_false_keeps_a_fixed_schedule(inline_runs: None) -> None:
-    async with _running("align_to_scrapes: false\ncollectors:\n  - t_inline: {}\n") as (sup, _):
-        await _scrape_every(sup, 0.2, 6)
-        assert len(INLINE) >= 5
-        assert not any(inside for _, inside in INLINE)
-
-
-async def _aligned(sup: Supervisor) -> None:
-    """Scrape until a run happens inside a scrape (the runs then follow the scrapes)."""
-    for _ in range(6):
-        await _scrape_every(sup, 0.2, 1)
-        if INLINE[-1][1]:
-            return
-    raise AssertionError(f"never aligned: {INLINE}")
-
-
-@contextlib.asynccontextmanager
-async def _due_inline_run(mode: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
-    """A supervisor whose t_inline runs follow the scrapes, at the instant its next run is due, in ``mode``."""
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, store):
-        await _aligned(sup)
-        InlineCollector.mode = mode
-        await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
-        yield sup, store
-
-
-async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: None) -> None:
-    async with _due_inline_run("wait") as (sup, store):
-        n = len(INLINE)
-        _scrape(sup)
-        _scrape(sup)  # a second scrape in the same loop pass: the run it handed over is not started twice
-        assert len(INLINE) == n + 1
-        assert INLINE[-1][1]
-        assert value(store, "t_inline_value") == float(n)  # the scrape gets the previous values
-        await asyncio.sleep(0.05)
-        assert value(store, "t_inline_value") == float(n + 1)  # the task finished the run
-        assert sup.status[("t_inline", "default")].success is True
-        assert ACTIVE[1] == 1
-
-
-async def test_an_inline_run_that_hangs_times_out_from_its_start(inline_runs: None) -> None:
-    async with _due_inline_run("hang") as (sup, _):
-        _scrape(sup)
-        status = sup.status[("t_inline", "default")]
-        await asyncio.sleep(0.08)
-        assert status.errors["timeout"] == 0
-        await asyncio.sleep(0.07)  # 0.15 s after the scrape: the 0.1 s timeout counted from it has passed
-        assert status.errors["timeout"] == 1
-        InlineCollector.mode = "ok"
-        n = len(INLINE)
-        await asyncio.sleep(0.5)
-        assert len(INLINE) > n  # and it runs again
-        assert status.success is True
-
-
-async def test_an_inline_run_that_fails_is_counted_in_the_scrape(inline_runs: None) -> None:
-    async with _due_inline_run("refuse") as (sup, store):
-        _scrape(sup)
-        assert INLINE[-1][1]
-        assert sup.status[("t_inline", "default")].errors["refused"] == 1
-        assert value(store, "mevwatch_collector_success", collector="t_inline") == 0.0
 
 
 async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
@@ -525,17 +357,3 @@ async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
         assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
         assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
         assert third["mevwatch_build"] is first["mevwatch_build"]
-
-
-async def test_a_scrape_in_the_loop_pass_where_the_timer_fired_does_not_run_it_twice(inline_runs: None) -> None:
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
-        await asyncio.sleep(0.05)  # the first run, at start
-        status = sup.status[("t_inline", "default")]
-        loop = asyncio.get_running_loop()
-        # due with the collector's timer, after it in the same loop pass: its task has not resumed yet
-        loop.call_at(status.due + status.grace + 1e-6, _scrape, sup)
-        await asyncio.sleep(status.due + status.grace - loop.time() + 0.1)
-        times = [at for at, _ in INLINE]
-        assert len(times) == 2, INLINE
-        assert not INLINE[1][1]  # the timer's run, not the scrape's
-        assert ACTIVE[1] == 1
