@@ -181,7 +181,8 @@ class HttpHooks:
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
     settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
-    #: the alert engine's verdicts (alerts, rules, silences, gaps, verdict; see alerts/api.py), None without one
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
+    #: the alert engine's verdicts (alerts, rules, silences, verdict; see alerts/api.py), None without one
     alerts: Callable[[], dict[str, Any] | None] | None = None
 
 
@@ -279,8 +280,12 @@ class HttpServer:
         return Response(200, body, ctype, _GZIP if gzipped else ())
 
     def landing(self, _: Request) -> Response:
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
         links = (f'<a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a> · '
                  '<a href="/api/v1/alerts">Alerts (JSON)</a> · <a href="/api/v1/rules">Rules (JSON)</a>')
+        if alerting:
+            links += (f"<br>Alerting: {html.escape(alerting['mode'])} mode on host "
+                      f"{html.escape(alerting['host'])}")
         page = landing_html(self.hooks.status(), self._alerts_view(), links,
                             settings_html(self.hooks.settings()) if self.hooks.settings else "")
         return Response(200, page.encode(), "text/html; charset=utf-8")
@@ -305,12 +310,14 @@ class HttpServer:
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:

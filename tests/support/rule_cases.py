@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mevwatch.alerts.config import Rule
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.config import default_config_text, load_config_text
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
