@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.daemon.fields import Duration, SinkURL, secret_url
 
 if TYPE_CHECKING:
@@ -424,6 +425,9 @@ class Receiver(_Strict):
     webhook_configs: list[WebhookConfig] = Field(default_factory=list)
     email_configs: list[EmailConfig] = Field(default_factory=list)
     alertmanager_configs: list[AlertmanagerSinkConfig] = Field(default_factory=list)
+    pagerduty_configs: list[PagerDutyConfig] = Field(default_factory=list)
+    slack_configs: list[SlackConfig] = Field(default_factory=list)
+    chat_configs: list[ChatConfig] = Field(default_factory=list)
 
 
 class Escalation(_Strict):
