@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -168,12 +167,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result: int = args.func(args)
     return result
-
-
-def install_signal_handlers(
-    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], on_reload: Callable[[], None]
-) -> None:
-    loop.add_signal_handler(signal.SIGTERM, on_stop)
-    loop.add_signal_handler(signal.SIGINT, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, on_reload)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import structlog
 
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
+from mevwatch.daemon.exposition import exposition_families
 from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
 from mevwatch.daemon.malloc import MallocTrimmer
@@ -80,9 +82,9 @@ class Daemon:
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
         state = self.state
-        self.supervisor.extra_meta.append(lambda: state_families(state))
+        self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, settings=self.settings)
+                          reload=self.reload, settings=self.settings, alerting=self.alerting)
         try:
             self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config,
                                    telemetry_path=self.config.daemon.web.telemetry_path)
@@ -92,9 +94,9 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"cannot listen on {', '.join(self.listen)}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
-        from mevwatch.daemon.cli import install_signal_handlers
-
-        install_signal_handlers(loop, self._stop.set, self._reload_in_background)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         await self.supervisor.start()
         await self._start_components()
         self.notifier.start_watchdog(lambda: self.supervisor.heartbeat if self.supervisor else 0.0)
@@ -165,6 +167,11 @@ class Daemon:
         if failing:
             text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
         return text
+
+    def alerting(self) -> dict[str, Any]:
+        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        alerts = self.config.daemon.alerts
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:

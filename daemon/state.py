@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from mevwatch.collectors.base import MetricSpec
+from mevwatch.collectors.base import MetricSpec, StateError
 from mevwatch.daemon.families import CounterMetricFamily, Metric
 
 __all__ = ["STATE_METRICS", "StateDB", "StateError", "default_state_dir", "state_families"]
@@ -32,10 +32,6 @@ log = structlog.get_logger("mevwatch.state")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-class StateError(Exception):
-    """The state dir or DB cannot be used (unwritable, full, corrupt)."""
 
 
 def default_state_dir() -> Path:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["alert_line", "by_host", "notification_title", "plain_text", "runbook_links"]
+__all__ = ["alert_line", "notification_title", "plain_text", "runbook_links"]
 
 
-def notification_title(payload: dict[str, Any], alerts: list[dict[str, Any]] | None = None) -> str:
+def notification_title(payload: dict[str, Any]) -> str:
     """``[FIRING:2] HeadLag on mev-1``: status, count, alert name and host."""
-    alerts = payload.get("alerts", []) if alerts is None else alerts
+    alerts = payload.get("alerts", [])
     firing = [a for a in alerts if a["status"] == "firing"]
     status = "FIRING" if firing else "RESOLVED"
     first = (firing or alerts or [{"labels": {}}])[0]["labels"]
@@ -48,11 +48,3 @@ def plain_text(payload: dict[str, Any], limit: int) -> str:
         return text
     note = "\n… (cut; see the alert list in mevwatch)"
     return text[: limit - len(note)] + note
-
-
-def by_host(alerts: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Alerts by their ``host`` label ("" for none), in order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for a in alerts:
-        out.setdefault(a["labels"].get("host", ""), []).append(a)
-    return out

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
@@ -20,7 +21,6 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey

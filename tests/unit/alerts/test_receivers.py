@@ -6,6 +6,7 @@ any other 4xx is final.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ from typing import Any
 import pytest
 
 from mevwatch.alerts.cli import run_test
+from mevwatch.alerts.identity import group_key, route_key
 from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.alerts.sinks._http import retry_after_seconds
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.alerts.sinks.chat import ChatSink
-from mevwatch.alerts.sinks.pagerduty import PagerDutySink, dedup_key
+from mevwatch.alerts.sinks.pagerduty import PagerDutySink
 from mevwatch.alerts.sinks.slack import SlackSink
 from mevwatch.daemon.config import ConfigError, load_config_text
 from tests.support.services import MATRIX_TOKEN, PD_KEY, TELEGRAM_TOKEN, FakeServices, Scripted
@@ -41,7 +43,7 @@ def alert(name: str, host: str, status: str = "firing", severity: str = "critica
             "fingerprint": f"{name}-{host}", "value": 1.0}
 
 
-def payload(*alerts: dict[str, Any], group_key: str = "route0|{alertname=\"HeadLag\"}") -> dict[str, Any]:
+def payload(*alerts: dict[str, Any], group_key: str = '{}:{alertname="HeadLag"}') -> dict[str, Any]:
     return {"version": "4", "groupKey": group_key, "truncatedAlerts": 0,
             "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
             "receiver": "page", "groupLabels": {"alertname": alerts[0]["labels"]["alertname"]},
@@ -68,22 +70,25 @@ async def _send(sink: Sink, body: dict[str, Any], nid: str = "n1") -> None:
         await sink.close()
 
 
-async def test_pagerduty_triggers_one_incident_per_host_and_resolves_each_by_its_dedup_key(
+async def test_pagerduty_pages_each_hosts_group_once_and_resolves_it_by_alertmanagers_key(
         services: FakeServices) -> None:
     before = len(services.of("pagerduty"))
-    await _send(pd(services), payload(alert("HeadLag", "mev-1"), alert("HeadLag", "mev-2", severity="warning")))
+    keys = {h: group_key(route_key(None), {"alertname": "HeadLag", "host": h}) for h in ("mev-1", "mev-2")}
+    await _send(pd(services), payload(alert("HeadLag", "mev-1"), group_key=keys["mev-1"]))
+    await _send(pd(services), payload(alert("HeadLag", "mev-2", severity="warning"), group_key=keys["mev-2"]))
     a, b = services.of("pagerduty")[before:]
     assert (a.problems, b.problems) == ((), ())
-    assert {a.body["dedup_key"], b.body["dedup_key"]} == {dedup_key(payload(alert("HeadLag", "x"))["groupKey"], h)
-                                                          for h in ("mev-1", "mev-2")}
+    # Alertmanager's PagerDuty integration sends sha256(group key): the same incident either way
+    assert a.body["dedup_key"] == hashlib.sha256(keys["mev-1"].encode()).hexdigest()
+    assert b.body["dedup_key"] == hashlib.sha256(keys["mev-2"].encode()).hexdigest()
     assert a.body["payload"]["source"] == "mev-1"
     assert (a.body["payload"]["severity"], b.body["payload"]["severity"]) == ("critical", "warning")
     assert a.body["links"] == [{"href": f"{RUNBOOK}#headlag", "text": "Runbook: HeadLag"}]
-    # mev-1 recovers, mev-2 still lags: only mev-1's incident is resolved
-    await _send(pd(services), payload(alert("HeadLag", "mev-1", status="resolved"), alert("HeadLag", "mev-2")))
-    c, d = services.of("pagerduty")[before + 2:]
+    # mev-1 recovers: only its incident is resolved
+    await _send(pd(services), payload(alert("HeadLag", "mev-1", status="resolved"), group_key=keys["mev-1"]))
+    [c] = services.of("pagerduty")[before + 2:]
+    assert c.problems == ()
     assert (c.body["event_action"], c.body["dedup_key"]) == ("resolve", a.body["dedup_key"])
-    assert (d.body["event_action"], d.body["dedup_key"]) == ("trigger", b.body["dedup_key"])
     assert "payload" not in c.body
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.textfile import TextfileCollector, TextfileOptions, parse_textfile
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.exposition import render_text
 from mevwatch.daemon.families import Metric
 from tests.support.daemon import parse_metrics
