@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,8 +33,12 @@ from mevwatch.daemon.families import (
     InfoMetricFamily,
     Metric,
 )
+from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+
+if TYPE_CHECKING:
+    from mevwatch.alerts.amsilences import AlertmanagerWatch
 
 __all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 
@@ -72,6 +76,9 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
     MetricSpec("mevwatch_silences_active", "gauge", "Silences in effect", ()),
+    MetricSpec("mevwatch_alertmanager_up", "gauge",
+               "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
+               ("url",)),
 )
 
 MIGRATIONS = [
@@ -89,7 +96,21 @@ MIGRATIONS = [
         last_match_at REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE alert_history (
+        at REAL NOT NULL,
+        fingerprint TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL NOT NULL,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at)
+    """,
 ]
+HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
 
 
 class AlertEngine:
@@ -129,7 +150,18 @@ class AlertEngine:
         state.migrate("alerts_engine", MIGRATIONS)
         self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
         self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
-        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock)
+        self.am_watch: AlertmanagerWatch | None = None
+        am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.target_urls]
+        silence_source = cfg.alertmanager_silences if cfg.mode == "standalone" else None
+        if am_urls or silence_source is not None:
+            from mevwatch.alerts.amsilences import AlertmanagerWatch
+
+            self.am_watch = AlertmanagerWatch(silence_source, am_urls, clock)
+            for s in (s for ss in self.sinks.values() for s in ss):
+                if s.kind == "alertmanager":
+                    s.observer = self.am_watch.mark  # type: ignore[attr-defined]
+        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock,
+                             self.am_watch.mutes if silence_source is not None and self.am_watch else None)
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
@@ -139,6 +171,8 @@ class AlertEngine:
         self._idle = False  # the last tick found nothing that time could change
         self.evaluations = 0
         self.eval_errors = 0
+        # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
+        self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         # Bumped when the merged series of a sample name change (values, series set, a collector gone).
         self._input_version: dict[str, int] = {}
         # rule name -> (input version, time) of its last evaluation, for rules that ended it with no alert
@@ -161,6 +195,8 @@ class AlertEngine:
         restored = self._restore()
         self.started_at = self.clock()
         await self.outbox.start()
+        if self.am_watch is not None:
+            await self.am_watch.start(self._publish_soon)
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
         self._unsubscribe = self.store.subscribe(self._on_snapshot)
         loop = asyncio.get_running_loop()
@@ -179,6 +215,8 @@ class AlertEngine:
             self._tick_timer.cancel()
             self._tick_timer = None
         self.router.stop()
+        if self.am_watch is not None:
+            await self.am_watch.stop()
         await self.outbox.stop()
         self.store.drop(ALERTS_KEY)
 
@@ -298,6 +336,7 @@ class AlertEngine:
             name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
             samples = {name: self._merged(name)}
             values = evaluate_rule(rule, samples, self.histories, now)
+            self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
@@ -321,6 +360,7 @@ class AlertEngine:
         if dirty:
             self._persist(dirty)
         if changed:
+            self._record_history(changed, now)
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
@@ -357,6 +397,20 @@ class AlertEngine:
                     )
         except StateError as exc:
             log.error("alert_state_write_failed", error=str(exc))
+
+    def _record_history(self, changed: list[Alert], now: float) -> None:
+        """Append each state change (firing, resolved) to alert_history; drop rows past the retention."""
+        try:
+            with self.state.transaction() as db:
+                db.executemany(
+                    "INSERT INTO alert_history (at, fingerprint, rule, state, severity, value, labels, summary) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    [(now, a.fingerprint, a.rule, a.state, a.severity, a.value, json.dumps(a.labels),
+                      a.annotations.get("summary", "")) for a in changed],
+                )
+                db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_RETENTION,))
+        except StateError as exc:
+            log.error("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
         """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""
@@ -461,13 +515,14 @@ class AlertEngine:
             max(self.clock() - oldest, 0.0) if oldest is not None else 0.0,
             float(self.eval_errors),
             float(self.router.silences.in_effect(self.clock())),
+            tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
         )
 
     def families(self) -> list[Metric]:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences = inputs
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
         alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
                                    labels=["state", "severity"])
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
@@ -493,6 +548,11 @@ class AlertEngine:
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
         fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect", value=silences))
+        if am_up:
+            up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
+            for url, ok in am_up:
+                up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
+            fams.append(up)
         return fams
 
     def status(self) -> dict[str, Any]:
