@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from mevwatch.alerts.matchers import MatcherField, parse_matcher
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rulefiles import merge_rules
-from mevwatch.daemon.fields import Duration, SinkURL, secret_url
 from mevwatch.daemon.yamlsource import ConfigIssue
+from mevwatch.fields import Duration, SinkURL, secret_url
 
 __all__ = [
     "AlertmanagerSinkConfig",

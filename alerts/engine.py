@@ -26,15 +26,15 @@ from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 
 __all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 from mevwatch.blocking import BlockingPool  # noqa: E402
 from mevwatch.collectors.base import CollectorContext  # noqa: E402
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions  # noqa: E402
-from mevwatch.daemon.fields import parse_bytes  # noqa: E402
 from mevwatch.daemon.state import StateDB  # noqa: E402
+from mevwatch.fields import parse_bytes  # noqa: E402
 
 LARGE_FILES = 16
 THREADS = 4

@@ -19,7 +19,7 @@ import re
 from array import array
 from collections.abc import Iterable
 
-from mevwatch.daemon.families import METRIC_NAME_RE, Metric, Sample, float_to_go_string
+from mevwatch.families import METRIC_NAME_RE, Metric, Sample, float_to_go_string
 
 __all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "render_openmetrics", "render_text"]
 

@@ -12,7 +12,7 @@ import aiosmtplib
 
 from mevwatch.alerts.config import EmailConfig
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.fields import read_secret_file
+from mevwatch.fields import read_secret_file
 
 __all__ = ["MailSink", "render_mail"]
 
