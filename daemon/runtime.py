@@ -11,6 +11,7 @@ import structlog
 
 from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
+from mevwatch.daemon.exposition import exposition_families
 from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
 from mevwatch.daemon.malloc import MallocTrimmer
@@ -81,7 +82,7 @@ class Daemon:
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
         state = self.state
-        self.supervisor.extra_meta.append(lambda: state_families(state))
+        self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
                           reload=self.reload, settings=self.settings)
         try:
