@@ -37,10 +37,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	PATH="$(CURDIR)/.tools/node/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-## bench: every benchmark once (soak.py runs 30 min on its own: $(PY) bench/soak.py --minutes N)
+## bench: every benchmark once, then one summary table (measure, anchor, mevwatch, ratio, goal, met);
+## a goal not met is a figure, never a failure (soak.py runs 30 min on its own: $(PY) bench/soak.py --minutes N)
 bench: $(STAMP)
-	@for b in bench/[!_]*.py; do case $$b in */demo.py|*/soak.py) continue;; esac; \
-	  echo "== $$b"; $(PY) $$b || exit 1; done
+	@summary=$$(mktemp); crashed=""; \
+	for b in bench/[!_]*.py; do case $$b in */demo.py|*/soak.py) continue;; esac; \
+	  echo "== $$b"; MEVWATCH_BENCH_SUMMARY=$$summary $(PY) $$b || crashed="$$crashed $$b"; done; \
+	$(PY) bench/_summary.py $$summary $$crashed; rm -f $$summary
 
 ## demo: real peers, Prometheus and Alertmanager, then the runbook's incidents (DEMO_ARGS="--list")
 demo: $(STAMP) deps

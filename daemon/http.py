@@ -180,6 +180,7 @@ class HttpHooks:
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
     settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
 
 
 class HttpServer:
@@ -280,9 +281,14 @@ class HttpServer:
             f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
             for s in self.hooks.status()
         )
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
+        mode = (
+            f"<p>Alerting: {html.escape(alerting['mode'])} mode on host {html.escape(alerting['host'])}</p>"
+            if alerting else ""
+        )
         page = (
             "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
-            f'<p><a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a></p>'
+            f'<p><a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a></p>' + mode +
             "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
             f"<th>last error</th></tr>{rows}</table>"
             f"{settings_html(self.hooks.settings()) if self.hooks.settings else ''}</body></html>"
@@ -291,12 +297,14 @@ class HttpServer:
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:

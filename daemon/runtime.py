@@ -84,7 +84,7 @@ class Daemon:
         state = self.state
         self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, settings=self.settings)
+                          reload=self.reload, settings=self.settings, alerting=self.alerting)
         try:
             self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config,
                                    telemetry_path=self.config.daemon.web.telemetry_path)
@@ -167,6 +167,11 @@ class Daemon:
         if failing:
             text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
         return text
+
+    def alerting(self) -> dict[str, Any]:
+        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        alerts = self.config.daemon.alerts
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:
