@@ -17,9 +17,9 @@ from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 from mevwatch.daemon.config import Config
-from mevwatch.daemon.fields import parse_duration
-from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.fields import parse_duration
+from mevwatch.redaction import redact_sink_url
 
 __all__ = ["register", "run_test"]
 

@@ -26,16 +26,16 @@ from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.redaction import redact_sink_url
-from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.redaction import redact_sink_url
 
 if TYPE_CHECKING:
     from mevwatch.alerts.amsilences import AlertmanagerWatch

@@ -34,8 +34,8 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors._json import JsonTooDeep, loads_bounded
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact, redact_url
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",

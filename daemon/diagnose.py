@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
 from mevwatch.daemon.config import Config
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 if TYPE_CHECKING:
     from mevwatch.alerts.rules import LabelSet

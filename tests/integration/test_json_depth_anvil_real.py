@@ -19,7 +19,7 @@ from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.chain import ChainCollector, ChainOptions
 from mevwatch.collectors.mempool_stream import MempoolStreamCollector, MempoolStreamOptions
 from mevwatch.collectors.rpc import RpcCollector, RpcOptions
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - fixture
 from tests.support.families import family_value
 from tests.support.rpcproxy import Fault, RpcProxy, deep_frame
