@@ -4,13 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest deps bench demo clean
+.PHONY: run test lint typecheck pytest deps bench demo clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+## constraints: pin what the venv holds now (after a deliberate upgrade: pip install -U X, make test, this)
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## run: the daemon on the embedded default config, serving http://127.0.0.1:9717/metrics
 run: $(STAMP)
@@ -32,10 +37,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	PATH="$(CURDIR)/.tools/node/node_modules/.bin:$$PATH" $(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-## bench: every benchmark once (soak.py runs 30 min on its own: $(PY) bench/soak.py --minutes N)
+## bench: every benchmark once, then one summary table (measure, anchor, mevwatch, ratio, goal, met);
+## a goal not met is a figure, never a failure (soak.py runs 30 min on its own: $(PY) bench/soak.py --minutes N)
 bench: $(STAMP)
-	@for b in bench/[!_]*.py; do case $$b in */demo.py|*/soak.py) continue;; esac; \
-	  echo "== $$b"; $(PY) $$b || exit 1; done
+	@summary=$$(mktemp); crashed=""; \
+	for b in bench/[!_]*.py; do case $$b in */demo.py|*/soak.py) continue;; esac; \
+	  echo "== $$b"; MEVWATCH_BENCH_SUMMARY=$$summary $(PY) $$b || crashed="$$crashed $$b"; done; \
+	$(PY) bench/_summary.py $$summary $$crashed; rm -f $$summary
 
 ## demo: real peers, Prometheus and Alertmanager, then the runbook's incidents (DEMO_ARGS="--list")
 demo: $(STAMP) deps

@@ -15,13 +15,14 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from mevwatch.alerts.config import AlertsConfig, Rule
+from mevwatch.alerts.config import AlertsConfig
 from mevwatch.alerts.outbox import Outbox
 from mevwatch.alerts.router import Router
+from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
@@ -32,8 +33,12 @@ from mevwatch.daemon.families import (
     InfoMetricFamily,
     Metric,
 )
+from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+
+if TYPE_CHECKING:
+    from mevwatch.alerts.amsilences import AlertmanagerWatch
 
 __all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 
@@ -70,6 +75,9 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
     MetricSpec("mevwatch_silences_active", "gauge", "Silences in effect", ()),
+    MetricSpec("mevwatch_alertmanager_up", "gauge",
+               "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
+               ("url",)),
 )
 
 MIGRATIONS = [
@@ -116,7 +124,18 @@ class AlertEngine:
         state.migrate("alerts_engine", MIGRATIONS)
         self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
         self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
-        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock)
+        self.am_watch: AlertmanagerWatch | None = None
+        am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.target_urls]
+        silence_source = cfg.alertmanager_silences if cfg.mode == "standalone" else None
+        if am_urls or silence_source is not None:
+            from mevwatch.alerts.amsilences import AlertmanagerWatch
+
+            self.am_watch = AlertmanagerWatch(silence_source, am_urls, clock)
+            for s in (s for ss in self.sinks.values() for s in ss):
+                if s.kind == "alertmanager":
+                    s.observer = self.am_watch.mark  # type: ignore[attr-defined]
+        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock,
+                             self.am_watch.mutes if silence_source is not None and self.am_watch else None)
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
@@ -142,6 +161,8 @@ class AlertEngine:
         restored = self._restore()
         self.started_at = self.clock()
         await self.outbox.start()
+        if self.am_watch is not None:
+            await self.am_watch.start(self._publish)
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
         self._wake = self.store.watch()
         self._wake.set()  # what the store already holds is the first change set
@@ -166,6 +187,8 @@ class AlertEngine:
             self._tick_timer.cancel()
             self._tick_timer = None
         self.router.stop()
+        if self.am_watch is not None:
+            await self.am_watch.stop()
         await self.outbox.stop()
         self.store.drop(ALERTS_KEY)
 
@@ -391,13 +414,14 @@ class AlertEngine:
             max(self.clock() - oldest, 0.0) if oldest is not None else 0.0,
             float(self.eval_errors),
             float(self.router.silences.in_effect(self.clock())),
+            tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
         )
 
     def families(self) -> list[Metric]:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences = inputs
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
         alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
                                    labels=["state", "severity"])
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
@@ -423,6 +447,11 @@ class AlertEngine:
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
         fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect", value=silences))
+        if am_up:
+            up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
+            for url, ok in am_up:
+                up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
+            fams.append(up)
         return fams
 
     def status(self) -> dict[str, Any]:

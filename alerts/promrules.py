@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mevwatch.alerts.config import Rule
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 
 __all__ = ["EXPORT_NOTES", "duration", "export_rules", "promql", "register", "rules_yaml", "selector"]

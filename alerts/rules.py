@@ -14,7 +14,9 @@ from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
-from mevwatch.alerts.config import Rule, matches_all, render_template
+from mevwatch.alerts.matchers import matches_all
+from mevwatch.alerts.rule import Rule
+from mevwatch.alerts.templates import render_template
 
 __all__ = [
     "RESOLVED_RETENTION",

@@ -1,5 +1,6 @@
 """The integrity baseline in the state DB: records per collector instance, an optional HMAC, and the accept log.
 
+Paths are stored losslessly: a name that is not UTF-8 is kept as its bytes (a BLOB).
 An HMAC (key from a file the daemon can read but an attacker editing the DB should not) covers every
 baseline row, so a row changed in the DB to match a tampered file shows as ``tampered``.
 """
@@ -18,7 +19,8 @@ from hashlib import sha256
 from typing import Any
 
 from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
-from mevwatch.daemon.state import StateDB
+from mevwatch.collectors.base import StateStore
+from mevwatch.daemon.families import label_text
 
 __all__ = ["AcceptEntry", "Baseline", "BaselineStore", "Who", "who_am_i"]
 
@@ -82,13 +84,29 @@ class Baseline:
     created_at: float | None = None
 
 
+def _stored(name: str | None) -> str | bytes | None:
+    """A path as the DB holds it: text when it is UTF-8, else its bytes (a BLOB), so no name is lost."""
+    if name is None or name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+
+
+def _loaded(value: Any) -> Any:
+    """A stored path back as Python's str for it (undecodable bytes as surrogates, as os.listdir gives)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _row(rec: FileRecord) -> tuple[Any, ...]:
-    return (rec.path, rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns,
-            rec.sha256, rec.link_target)
+    return (_stored(rec.path), rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns,
+            rec.ctime_ns, rec.sha256, _stored(rec.link_target))
 
 
 def _decode(row: Sequence[Any]) -> FileRecord:
-    path, ftype, *ints, digest, target = row
+    path, ftype, *ints, digest, target = (_loaded(v) for v in row)
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError("path is not absolute")
     if ftype not in FTYPES and ftype != "unknown":
@@ -108,7 +126,7 @@ def _decode(row: Sequence[Any]) -> FileRecord:
 class BaselineStore:
     """One collector instance's baseline in the shared state DB."""
 
-    def __init__(self, db: StateDB, instance: str, key: bytes | None = None) -> None:
+    def __init__(self, db: StateStore, instance: str, key: bytes | None = None) -> None:
         self.db = db
         self.instance = instance
         self.key = key
@@ -132,7 +150,8 @@ class BaselineStore:
         assert self.key is not None
         mac = hmac.new(self.key, self.instance.encode(), sha256)
         for row in rows:
-            mac.update(json.dumps(list(row), separators=(",", ":")).encode() + b"\n")
+            # a BLOB path counts as its str (json writes its surrogates as \udcXX): the same for every read
+            mac.update(json.dumps([_loaded(v) for v in row], separators=(",", ":")).encode() + b"\n")
         return mac.hexdigest()
 
     def _raw_rows(self, db: Any = None) -> list[tuple[Any, ...]]:
@@ -158,7 +177,7 @@ class BaselineStore:
             try:
                 rec = _decode(row)
             except (ValueError, TypeError) as exc:
-                out.corrupt.append(f"{row[0]!s}: {exc}")
+                out.corrupt.append(f"{label_text(str(_loaded(row[0])))}: {exc}")
                 continue
             out.records[rec.path] = rec
         if self.key is not None:
@@ -209,7 +228,8 @@ class BaselineStore:
         """Re-baseline single paths: a record replaces the row, None removes it (the file is gone for good)."""
         with self.db.transaction() as db:
             for path, rec in changes.items():
-                db.execute("DELETE FROM integrity_baseline WHERE instance = ? AND path = ?", (self.instance, path))
+                db.execute("DELETE FROM integrity_baseline WHERE instance = ? AND path = ?",
+                           (self.instance, _stored(path)))
                 if rec is not None:
                     db.execute(_INSERT, (self.instance, *_row(rec)))
             self._write_meta(db, who, action, sorted(changes))

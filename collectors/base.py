@@ -11,20 +11,19 @@ from __future__ import annotations
 import abc
 import importlib
 import pkgutil
+import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mevwatch.blocking import BlockingCallFailed, BlockingPool
 from mevwatch.daemon.families import Metric
 from mevwatch.daemon.fields import Duration
-
-if TYPE_CHECKING:
-    from mevwatch.daemon.blocking import BlockingPool
-    from mevwatch.daemon.state import StateDB
 
 __all__ = [
     "IMPORT_ERRORS",
@@ -39,6 +38,8 @@ __all__ = [
     "NoData",
     "Paths",
     "PollCollector",
+    "StateError",
+    "StateStore",
     "StreamCollector",
     "all_kinds",
     "get_kind",
@@ -145,6 +146,31 @@ class Paths:
         return self.sysfs.joinpath(*parts)
 
 
+class StateError(Exception):
+    """The state dir or DB cannot be used (unwritable, full, corrupt)."""
+
+
+class StateStore(Protocol):
+    """What a collector may do with the daemon's state DB: its own tables, under its own component.
+
+    Every call may raise StateError; a collector keeps working without what it could not save.
+    """
+
+    def migrate(self, component: str, steps: Sequence[str]) -> int:
+        """Apply the not yet applied schema ``steps`` of ``component`` in order; return the version."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction, committed when the block ends without an exception."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement in its own transaction; returns the row count."""
+        ...
+
+
 @dataclass(slots=True)
 class CollectorContext:
     """What the daemon gives a collector: its identity, host paths, state DB and thread pool."""
@@ -154,7 +180,7 @@ class CollectorContext:
     interval: float
     timeout: float
     paths: Paths = field(default_factory=Paths)
-    state: StateDB | None = None
+    state: StateStore | None = None
     pool: BlockingPool | None = None
     log: Any = None
 
@@ -171,10 +197,11 @@ class CollectorContext:
         (default: the collector's timeout).
         """
         if self.pool is None:
-            from mevwatch.daemon.blocking import BlockingPool
-
             self.pool = BlockingPool(max_workers=4)
-        return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        try:
+            return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        except BlockingCallFailed as exc:
+            raise CollectorError(exc.reason, exc.message) from None
 
 
 OptionsT = TypeVar("OptionsT", bound=CollectorOptions)

@@ -28,10 +28,15 @@ from mevwatch.collectors.base import (
 from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from mevwatch.daemon.fields import Duration
 
-__all__ = ["ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "parse_head_block", "parse_syncing"]
+__all__ = [
+    "DEFAULT_BLOCK_TIME", "ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "block_time",
+    "parse_head_block", "parse_syncing",
+]
 
 T = TypeVar("T")
 _VERSION_MAX = 128
+DEFAULT_BLOCK_TIME = 12.0  # mainnet's slot time, until the node's recent blocks tell
+BLOCK_TIME_SPAN = 16  # blocks the block time is averaged over
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,14 @@ def parse_head_block(value: Any) -> HeadBlock:
     )
 
 
+def block_time(head: HeadBlock, older: HeadBlock) -> float | None:
+    """Mean seconds per block between two blocks; None when they cannot tell (same block, clock not moving)."""
+    blocks = head.number - older.number
+    if blocks <= 0 or head.timestamp <= older.timestamp:
+        return None
+    return (head.timestamp - older.timestamp) / blocks
+
+
 def _parse_version(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"web3_clientVersion: expected a string, got {type(value).__name__}")
@@ -98,6 +111,11 @@ class ChainOptions(CollectorOptions):
     )
     recheck_unsupported: Duration = Field(
         default=600.0, description="how long a method the node does not support is left alone before asking again"
+    )
+    block_time: Duration | None = Field(
+        default=None, gt=0, description=(
+            "seconds between blocks, to tell a stale head (HeadStale fires after a multiple of it); default: "
+            f"learned from the node's last {BLOCK_TIME_SPAN} blocks, {DEFAULT_BLOCK_TIME:g}s until learned"),
     )
 
     @field_validator("endpoints")
@@ -129,11 +147,14 @@ class _NodeReport:
     chain_id: int | None = None
     version: str | None = None
     error: RpcError | None = None
+    block_time: float | None = None
 
 
 @dataclass(slots=True)
 class _NodeState:
     client: JsonRpcClient
+    block_time: float | None = None  # learned, of the head it was learned at
+    block_time_head: int = -1
     unsupported: dict[str, float] = field(default_factory=dict)  # method -> monotonic time it was found missing
     supported: dict[str, bool] = field(default_factory=dict)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, class)
@@ -170,6 +191,12 @@ class ChainCollector(PollCollector[ChainOptions]):
                    "Unix time in the node's latest block header", ("endpoint",)),
         MetricSpec("mevwatch_chain_head_age_seconds", "gauge",
                    "Seconds since the timestamp of the node's latest block", ("endpoint",)),
+        MetricSpec("mevwatch_chain_block_time_seconds", "gauge",
+                   "Seconds between blocks: learned from the node's recent blocks, or the configured block_time",
+                   ("endpoint",)),
+        MetricSpec("mevwatch_chain_head_age_blocks", "gauge",
+                   "Head age over the block time: how many block times passed without a new head",
+                   ("endpoint",)),
         MetricSpec("mevwatch_chain_head_lag_blocks", "gauge",
                    "Blocks the node's head is behind the reference head (or the highest head of the instance)",
                    ("endpoint",)),
@@ -253,11 +280,28 @@ class ChainCollector(PollCollector[ChainOptions]):
             report.error = head
             return report
         report.up, report.head = True, head
+        if head is not None:
+            report.block_time = await self._block_time(node, head)
         report.peers = _value(peers)
         report.sync = _value(sync)
         report.chain_id = _value(chain_id)
         report.version = _value(version)
         return report
+
+    async def _block_time(self, node: _NodeState, head: HeadBlock) -> float:
+        """The configured block time, else the mean over the last BLOCK_TIME_SPAN blocks (asked again only when
+        the head moved), else the default."""
+        if self.options.block_time is not None:
+            return float(self.options.block_time)
+        if head.number != node.block_time_head and head.number > 0:
+            older = await self._ask(
+                node, "eth_getBlockByNumber", [hex(max(head.number - BLOCK_TIME_SPAN, 0)), False], parse_head_block
+            )
+            if isinstance(older, HeadBlock):
+                learned = block_time(head, older)
+                if learned is not None:
+                    node.block_time, node.block_time_head = learned, head.number
+        return node.block_time if node.block_time is not None else DEFAULT_BLOCK_TIME
 
     async def _ask(
         self, node: _NodeState, method: str, params: list[Any], parse: Callable[[Any], T]
@@ -306,6 +350,14 @@ class ChainCollector(PollCollector[ChainOptions]):
         head_age = GaugeMetricFamily(
             "mevwatch_chain_head_age_seconds", "Seconds since the timestamp of the node's latest block", labels=lbl
         )
+        btime = GaugeMetricFamily(
+            "mevwatch_chain_block_time_seconds",
+            "Seconds between blocks: learned from the node's recent blocks, or the configured block_time", labels=lbl,
+        )
+        age_blocks = GaugeMetricFamily(
+            "mevwatch_chain_head_age_blocks",
+            "Head age over the block time: how many block times passed without a new head", labels=lbl,
+        )
         lag = GaugeMetricFamily(
             "mevwatch_chain_head_lag_blocks",
             "Blocks the node's head is behind the reference head (or the highest head of the instance)",
@@ -338,7 +390,11 @@ class ChainCollector(PollCollector[ChainOptions]):
             if r.head is not None:
                 head.add_metric([name], float(r.head.number))
                 head_ts.add_metric([name], float(r.head.timestamp))
-                head_age.add_metric([name], max(now - r.head.timestamp, 0.0))
+                age = max(now - r.head.timestamp, 0.0)
+                head_age.add_metric([name], age)
+                if r.block_time is not None:
+                    btime.add_metric([name], r.block_time)
+                    age_blocks.add_metric([name], age / r.block_time)
                 if ref_head is not None:
                     lag.add_metric([name], float(max(ref_head - r.head.number, 0)))
             if r.peers is not None:
@@ -356,7 +412,7 @@ class ChainCollector(PollCollector[ChainOptions]):
             if r.version is not None:
                 version.add_metric([name], {"version": r.version})
         families: list[Metric] = [
-            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, lag,
+            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, age_blocks, lag,
             chain_id, chain_ok, version, supported, errors,
         ]
         if ref is not None and ref_report is not None:

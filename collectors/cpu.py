@@ -428,6 +428,9 @@ class CpuCollector(PollCollector[CpuOptions]):
                    "idle waiting for I/O)", ("mode",)),
         MetricSpec("mevwatch_cpu_logical_processors", "gauge",
                    "Logical CPUs the kernel knows (to read load per CPU)", ()),
+        MetricSpec("mevwatch_cpu_load_per_cpu", "gauge",
+                   "Load average over the window divided by the logical CPUs (above 1: tasks wait for a CPU)",
+                   ("window",)),
         MetricSpec("mevwatch_cpu_frequency_hertz", "gauge",
                    "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')", ("cpu",)),
         MetricSpec("mevwatch_cpu_frequency_scaling_status", "gauge",
@@ -508,11 +511,21 @@ class CpuCollector(PollCollector[CpuOptions]):
         families.extend(self._time_families(stat))
 
         layout = self._current_layout(stat.online)
+        cpus = len(layout.cpus) or os.cpu_count() or 0
         families.append(GaugeMetricFamily(
             "mevwatch_cpu_logical_processors",
             "Logical CPUs the kernel knows (to read load per CPU)",
-            value=len(layout.cpus) or os.cpu_count() or 0,
+            value=cpus,
         ))
+        if cpus:
+            per_cpu = GaugeMetricFamily(
+                "mevwatch_cpu_load_per_cpu",
+                "Load average over the window divided by the logical CPUs (above 1: tasks wait for a CPU)",
+                labels=["window"],
+            )
+            for window, value in zip(("1m", "5m", "15m"), load, strict=True):
+                per_cpu.add_metric([window], value / cpus)
+            families.append(per_cpu)
         families.extend(self._frequency_families(layout))
         sources: list[tuple[Sequence[str], str]] = [
             (["thermal_throttle"], self._throttle_families(layout, families)),

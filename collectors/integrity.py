@@ -38,7 +38,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric, label_text
 from mevwatch.daemon.fields import ByteSize, Duration, read_secret_file
 
 __all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]
@@ -430,8 +430,10 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         viol = GaugeMetricFamily(
             prefix + "violation", "1 while the file differs from its baseline in this way", labels=["path", "kind"]
         )
-        for path, kind in sorted(keep):
-            viol.add_metric([path, kind], 1.0)
+        # a name that is not UTF-8 is shown with its bytes escaped (x\xff): the label and the alert stay
+        # valid UTF-8; two names that show alike are one series
+        for label in sorted({(label_text(path), kind) for path, kind in keep}):
+            viol.add_metric(list(label), 1.0)
         per_kind = GaugeMetricFamily(
             prefix + "violations", "Violations present, by kind (not capped)", labels=["kind"]
         )

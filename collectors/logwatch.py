@@ -30,12 +30,12 @@ from mevwatch.collectors.base import (
     Emit,
     Families,
     MetricSpec,
+    StateError,
     StreamCollector,
     register,
 )
 from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.state import StateError
 
 __all__ = [
     "JournalOptions",

@@ -25,11 +25,12 @@ from mevwatch.collectors.base import (
     CollectorOptions,
     Emit,
     MetricSpec,
+    StateError,
+    StateStore,
     StreamCollector,
     register,
 )
 from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [
     "MIGRATIONS",
@@ -385,7 +386,7 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
 
     # --- persistence ------------------------------------------------------------------------
 
-    def _db(self) -> StateDB | None:
+    def _db(self) -> StateStore | None:
         db = self.ctx.state
         if db is not None:
             try:

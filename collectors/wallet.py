@@ -23,10 +23,10 @@ from mevwatch.collectors.base import (
     MetricSpec,
     NoData,
     PollCollector,
+    StateError,
     register,
 )
 from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.state import StateError
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]
 

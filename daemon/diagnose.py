@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import Config
 from mevwatch.daemon.families import Metric
 

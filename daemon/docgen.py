@@ -129,9 +129,12 @@ def configuration_md() -> str:
 def all_metric_specs() -> dict[str, tuple[str, MetricSpec]]:
     """Every declared family by name, with its owner: a collector kind, ``supervisor`` or ``alerts``."""
     from mevwatch.alerts.engine import ENGINE_METRICS
+    from mevwatch.daemon.exposition import EXPOSITION_METRICS
+    from mevwatch.daemon.state import STATE_METRICS
     from mevwatch.daemon.supervisor import SUPERVISOR_METRICS
 
-    owners: list[tuple[str, tuple[MetricSpec, ...]]] = [("supervisor", SUPERVISOR_METRICS), ("alerts", ENGINE_METRICS)]
+    owners: list[tuple[str, tuple[MetricSpec, ...]]] = [
+        ("supervisor", SUPERVISOR_METRICS + STATE_METRICS + EXPOSITION_METRICS), ("alerts", ENGINE_METRICS)]
     owners += [(kind, cls.metrics) for kind, cls in all_kinds().items()
                if cls.__module__.startswith("mevwatch.collectors.")]
     out: dict[str, tuple[str, MetricSpec]] = {}

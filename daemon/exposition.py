@@ -17,11 +17,30 @@ import math
 import operator
 import re
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from mevwatch.daemon.families import METRIC_NAME_RE, Metric, Sample, float_to_go_string
+import structlog
 
-__all__ = ["CONTENT_TYPE_OPENMETRICS", "CONTENT_TYPE_TEXT", "render_openmetrics", "render_text"]
+from mevwatch.collectors.base import MetricSpec
+from mevwatch.daemon.families import (
+    METRIC_NAME_RE,
+    CounterMetricFamily,
+    Metric,
+    Sample,
+    float_to_go_string,
+    label_text,
+)
+
+__all__ = [
+    "CONTENT_TYPE_OPENMETRICS",
+    "CONTENT_TYPE_TEXT",
+    "EXPOSITION_METRICS",
+    "exposition_families",
+    "render_openmetrics",
+    "render_text",
+]
+
+log = structlog.get_logger("mevwatch.http")
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -60,6 +79,8 @@ _om_sample_name = _label_name
 
 
 def _escape_value(v: str) -> str:
+    if not v.isascii():
+        v = label_text(v)  # a file name that is not UTF-8: its bytes shown, not a failed scrape
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -157,7 +178,17 @@ def _value_bits(samples: list[Sample]) -> bytes | None:
 
 
 def render_text(families: Iterable[Metric]) -> bytes:
-    """``families`` in the text format, exactly as prometheus-client's ``generate_latest`` renders them."""
+    """``families`` in the text format, exactly as prometheus-client's ``generate_latest`` renders them.
+    A family that cannot be rendered is left out, logged once and counted (see ``_isolated``)."""
+    return _isolated(_render_text, families)
+
+
+def render_openmetrics(families: Iterable[Metric]) -> bytes:
+    """``families`` in OpenMetrics 1.0.0, without the closing ``# EOF`` line (the caller ends the body)."""
+    return _isolated(_render_openmetrics, families)
+
+
+def _render_text(families: Iterable[Metric]) -> bytes:
     output: list[str] = []
     append = output.append
     get_header = _family_headers.get
@@ -222,8 +253,7 @@ def render_text(families: Iterable[Metric]) -> bytes:
     return "".join(output).encode("utf-8")
 
 
-def render_openmetrics(families: Iterable[Metric]) -> bytes:
-    """``families`` in OpenMetrics 1.0.0, without the closing ``# EOF`` line (the caller ends the body)."""
+def _render_openmetrics(families: Iterable[Metric]) -> bytes:
     output: list[str] = []
     for metric in families:
         output.append(_om_header(metric.name, metric.documentation, metric.type, metric.unit))
@@ -238,3 +268,42 @@ def render_openmetrics(families: Iterable[Metric]) -> bytes:
             else:
                 output.append(f"{_om_prefix(s.name, s.labels)}{value} {s.timestamp}\n")
     return "".join(output).encode("utf-8")
+
+
+# --- one family that cannot be rendered never takes the others down (node_exporter's ContinueOnError) ---
+
+EXPOSITION_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("mevwatch_exposition_family_errors", "counter",
+               "Renders of /metrics that left a metric family out because it could not be written", ("family",)),
+)
+_family_errors: dict[str, int] = {}
+
+
+def _isolated(render: Callable[[Iterable[Metric]], bytes], families: Iterable[Metric]) -> bytes:
+    """All families at once (the usual case, no cost added); after a failure, family by family."""
+    fams = families if isinstance(families, list | tuple) else list(families)
+    try:
+        return render(fams)
+    except Exception:  # whatever one family holds, the scrape goes on without it
+        pass
+    parts: list[bytes] = []
+    for metric in fams:
+        try:
+            parts.append(render((metric,)))
+        except Exception as exc:
+            name = getattr(metric, "name", type(metric).__name__)
+            if name not in _family_errors:
+                log.error("metric_family_not_rendered", family=name, error=f"{type(exc).__name__}: {exc}",
+                          action="left out of /metrics; the other families are served")
+            if name in _family_errors or len(_family_errors) < _MAX_CACHED:
+                _family_errors[name] = _family_errors.get(name, 0) + 1
+    return b"".join(parts)
+
+
+def exposition_families() -> list[Metric]:
+    fam = CounterMetricFamily("mevwatch_exposition_family_errors",
+                              "Renders of /metrics that left a metric family out because it could not be written",
+                              labels=["family"])
+    for name, n in sorted(_family_errors.items()):
+        fam.add_metric([label_text(name)], float(n))
+    return [fam]

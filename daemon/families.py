@@ -28,6 +28,7 @@ __all__ = [
     "Sample",
     "Timestamp",
     "float_to_go_string",
+    "label_text",
 ]
 
 METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"))
@@ -35,6 +36,22 @@ METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehist
 METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _MAX_REMEMBERED = 65536  # names are static in the code base; this only caps a runaway
 _valid_names: set[str] = set()
+
+
+def label_text(value: str) -> str:
+    """``value`` as valid UTF-8 text: bytes that did not decode (a file name read with Python's
+    surrogateescape, such as ``x\\udcff``) become a visible ``\\xff``; other lone surrogates ``\\udXXX``."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_metric_name(name: str) -> None:

@@ -13,7 +13,7 @@ import html
 import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mevwatch.daemon._httpd import Request, Response, Server
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
+from mevwatch.daemon.flags import Setting, settings_html
 from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 
 __all__ = ["HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile", "load_web_config", "ssl_context"]
@@ -179,6 +180,8 @@ class HttpHooks:
     status: Callable[[], list[dict[str, Any]]]
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
+    settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
 
 
 class HttpServer:
@@ -188,10 +191,11 @@ class HttpServer:
         self,
         store: SampleStore,
         hooks: HttpHooks,
-        listen: str,
+        listen: str | Sequence[str],
         enable_lifecycle: bool = False,
         web_config: WebConfigFile | None = None,
         *,
+        telemetry_path: str = "/metrics",
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         tls_handshake_timeout: float = 10.0,
@@ -199,22 +203,33 @@ class HttpServer:
     ) -> None:
         self.cache = MetricsCache(store)
         self.hooks = hooks
-        self.listen = listen
+        self.addresses: tuple[str, ...] = (listen,) if isinstance(listen, str) else tuple(listen)
+        if not self.addresses:
+            raise ValueError("no listen address")
+        self.listen = self.addresses[0]
         self.enable_lifecycle = enable_lifecycle
         self.web_config = web_config or WebConfigFile()
         self._auth = _BasicAuth(dict(self.web_config.basic_auth_users)) if self.web_config.basic_auth_users else None
-        self.server = Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
-                             tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections)
+        # one server per listen address (--web.listen-address repeated), all answering the same routes
+        self.servers = [
+            Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
+                   tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections)
+            for _ in self.addresses
+        ]
+        self.server = self.servers[0]
+        self.telemetry_path = telemetry_path
         self._started = False
         self.scrapes_total = 0
         self._routes: dict[str, dict[str, Callable[[Request], Response | Awaitable[Response]]]] = {
-            "/metrics": {"GET": self.metrics},
             "/": {"GET": self.landing},
             "/health": {"GET": self.health},
             "/-/healthy": {"GET": self.healthy},
             "/-/ready": {"GET": self.ready},
             "/-/reload": {"POST": self.reload, "PUT": self.reload},
         }
+        if telemetry_path in self._routes:
+            raise ValueError(f"telemetry path {telemetry_path} is taken by another endpoint")
+        self._routes[telemetry_path] = {"GET": self.metrics}
 
     @property
     def port(self) -> int:
@@ -234,17 +249,23 @@ class HttpServer:
         return handler(request)
 
     async def start(self) -> None:
-        host, _, port = self.listen.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        await self.server.start(host, int(port), ssl_context(self.web_config))
-        self._started = True
-        log.info("http_listening", address=self.listen, tls=self.web_config.tls_server_config is not None,
-                 basic_auth=self._auth is not None)
+        tls = ssl_context(self.web_config)
+        try:
+            for address, server in zip(self.addresses, self.servers, strict=True):
+                host, _, port = address.rpartition(":")
+                await server.start(host.strip("[]") or "127.0.0.1", int(port), tls)
+                self._started = True
+        except OSError:
+            await self.stop()
+            raise
+        log.info("http_listening", address=", ".join(self.addresses),
+                 tls=self.web_config.tls_server_config is not None, basic_auth=self._auth is not None)
 
     async def stop(self) -> None:
         if self._started:
             self._started = False
-            await self.server.stop()
+            for server in self.servers:
+                await server.stop()
 
     def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
@@ -261,22 +282,30 @@ class HttpServer:
             f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
             for s in self.hooks.status()
         )
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
+        mode = (
+            f"<p>Alerting: {html.escape(alerting['mode'])} mode on host {html.escape(alerting['host'])}</p>"
+            if alerting else ""
+        )
         page = (
             "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
-            '<p><a href="/metrics">Metrics</a> · <a href="/health">Health</a></p>'
+            f'<p><a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a></p>' + mode +
             "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
-            f"<th>last error</th></tr>{rows}</table></body></html>"
+            f"<th>last error</th></tr>{rows}</table>"
+            f"{settings_html(self.hooks.settings()) if self.hooks.settings else ''}</body></html>"
         )
         return Response(200, page.encode(), "text/html; charset=utf-8")
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:

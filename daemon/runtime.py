@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import structlog
 
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
+from mevwatch.daemon.exposition import exposition_families
+from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
 from mevwatch.daemon.malloc import MallocTrimmer
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.state import StateDB, StateError, state_families
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import HEARTBEAT_INTERVAL, Supervisor
 from mevwatch.daemon.systemd import Notifier, watchdog_interval
@@ -31,17 +34,15 @@ class Daemon:
         self,
         config: Config,
         config_path: str | None = None,
-        listen: str | None = None,
-        web_config_file: str | None = None,
-        enable_lifecycle: bool = False,
+        overrides: Overrides | None = None,
     ) -> None:
-        self.config = config
+        self.config = config  # with the command line's overrides applied
         self.config_path = config_path
-        self.listen = listen or config.daemon.web.listen_address
-        self.web_config_file = web_config_file or (
-            str(config.daemon.web.config_file) if config.daemon.web.config_file else None
-        )
-        self.enable_lifecycle = enable_lifecycle or config.daemon.web.enable_lifecycle
+        self.overrides = overrides or Overrides()
+        web = config.daemon.web
+        self.listen: tuple[str, ...] = self.overrides.listen_addresses or (web.listen_address,)
+        self.web_config_file = str(web.config_file) if web.config_file else None
+        self.enable_lifecycle = web.enable_lifecycle
         self.store = SampleStore()
         self.pool = BlockingPool(config.daemon.blocking_threads)
         self.notifier = Notifier()
@@ -58,7 +59,7 @@ class Daemon:
 
     def _open_state(self) -> StateDB:
         try:
-            return StateDB.open_dir(self.config.state_dir)
+            return StateDB.open_dir(self.config.state_dir, recover_corrupt=True)
         except StateError as exc:
             raise StartupError(f"{exc} (state_dir {self.config.state_dir}; set state_dir or STATE_DIRECTORY)") from None
 
@@ -80,17 +81,22 @@ class Daemon:
         watchdog = watchdog_interval() if self.notifier.enabled else None
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
+        state = self.state
+        self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload)
-        self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config)
+                          reload=self.reload, settings=self.settings, alerting=self.alerting)
         try:
+            self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config,
+                                   telemetry_path=self.config.daemon.web.telemetry_path)
             await self.http.start()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
-            raise StartupError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            raise StartupError(f"cannot listen on {', '.join(self.listen)}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
-        from mevwatch.daemon.cli import install_signal_handlers
-
-        install_signal_handlers(loop, self._stop.set, self._reload_in_background)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         await self.supervisor.start()
         await self._start_components()
         self.notifier.start_watchdog(lambda: self.supervisor.heartbeat if self.supervisor else 0.0)
@@ -150,6 +156,10 @@ class Daemon:
             await asyncio.sleep(10)
             self.notifier.status(self.summary())
 
+    def settings(self) -> list[Setting]:
+        """The running settings and where each came from (flag, config file, default), for the landing page."""
+        return settings(self.config, self.overrides, self.config_path)
+
     def summary(self) -> str:
         rows = self.status_rows()
         failing = [f"{r['collector']}/{r['instance']}" for r in rows if r["success"] is False]
@@ -157,6 +167,11 @@ class Daemon:
         if failing:
             text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
         return text
+
+    def alerting(self) -> dict[str, Any]:
+        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        alerts = self.config.daemon.alerts
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:
@@ -187,7 +202,7 @@ class Daemon:
                     log.info("reload_skipped", reason="running on the embedded default config")
                     return True, "no config file: embedded default stays"
                 try:
-                    new = load_config(self.config_path)
+                    new = self.overrides.apply(load_config(self.config_path))
                 except ConfigError as exc:
                     for issue in exc.issues:
                         log.error("config_reload_rejected", error=str(issue))

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from mevwatch import __version__
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     Collector,
     CollectorContext,
@@ -38,7 +39,6 @@ from mevwatch.collectors.base import (
     StreamCollector,
     get_kind,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.families import (
     CounterMetricFamily,

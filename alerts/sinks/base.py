@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mevwatch.daemon.redaction import redact
+
 __all__ = ["DeliveryError", "Sink"]
 
 
 class DeliveryError(Exception):
-    """A failed delivery. ``retry`` False means the receiver refused it for good (dead letter)."""
+    """A failed delivery. ``retry`` False means the receiver refused it for good (dead letter).
+
+    The message goes to logs and the state DB: it is redacted here, whatever the sink put in it."""
 
     def __init__(self, message: str, retry: bool = True) -> None:
-        super().__init__(message)
+        self.message = redact(message)
+        super().__init__(self.message)
         self.retry = retry
-        self.message = message
 
 
 class Sink(Protocol):

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors._integrity_baseline import BaselineStore, who_am_i
 from mevwatch.collectors._integrity_scan import verify
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions, watch_set
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.cli import main as cli_main
 from mevwatch.daemon.families import Metric
 from mevwatch.daemon.state import StateDB

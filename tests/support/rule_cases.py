@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mevwatch.alerts.config import Rule
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.config import default_config_text, load_config_text
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
@@ -61,6 +61,24 @@ def _humanize_duration(v: float) -> str:
     return f"{v:.4g}{prefix}s"
 
 
+def _humanize(v: float) -> str:
+    """Prometheus' humanize (template.go): SI prefixes, four significant digits."""
+    if v == 0 or math.isnan(v) or math.isinf(v):
+        return f"{v:.4g}"
+    prefix = ""
+    if abs(v) >= 1:
+        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
+            if abs(v) < 1000:
+                break
+            prefix, v = p, v / 1000
+    else:
+        for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+            if abs(v) >= 1:
+                break
+            prefix, v = p, v * 1000
+    return f"{v:.4g}{prefix}"
+
+
 def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
     """Render a rule template the way Prometheus does (its humanize formats, Go's float printing)."""
 
@@ -72,6 +90,8 @@ def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
             return f"{value * 100:.4g}%"
         if fn == "humanizeDuration":
             return _humanize_duration(value)
+        if fn == "humanize":
+            return _humanize(value)
         if fn is not None:
             raise ValueError(f"no Prometheus rendering for {fn} in the test generator")
         return _go_value(value)

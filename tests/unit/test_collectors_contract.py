@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mevwatch.alerts.engine import ENGINE_METRICS, AlertEngine
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     IMPORT_ERRORS,
     Collector,
@@ -25,7 +26,6 @@ from mevwatch.collectors.base import (
     StreamCollector,
     all_kinds,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.docgen import all_metric_specs, declaration_problems
 from mevwatch.daemon.state import StateDB

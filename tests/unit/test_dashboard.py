@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mevwatch.alerts.config import runbook_anchors
+from mevwatch.alerts.runbooks import runbook_anchors
 from mevwatch.daemon.dashboard import ROWS, dashboard_json, metric_names, panel_queries
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     CollectorError,
     CollectorOptions,
@@ -25,7 +26,6 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.store import SampleStore

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mevwatch.alerts.config import Rule
 from mevwatch.alerts.promrules import duration, promql, rules_yaml
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.config import default_config_text, load_config_text
 from tests.support.peers import REPO, need_binary
 from tests.support.rule_cases import RULES_FILE, TEST_FILE, default_rules, prom_render, promtool_tests_yaml

@@ -169,6 +169,7 @@ async def test_collector_on_fixture_tree() -> None:
     assert family_value(fams, "mevwatch_cpu_package_throttles_total", package="0") == 34
     assert family_value(fams, "mevwatch_cpu_load_average", window="1m") == 7.52
     assert family_value(fams, "mevwatch_cpu_logical_processors") == 4
+    assert family_value(fams, "mevwatch_cpu_load_per_cpu", window="1m") == pytest.approx(7.52 / 4)
     assert family_value(fams, "mevwatch_cpu_procs_blocked") == 2
     assert family_value(fams, "mevwatch_cpu_pressure_ratio", kind="some", window="10s") == 0.25
     assert family_value(fams, "mevwatch_cpu_seconds_total", mode="user") == pytest.approx(1000000 / 100)

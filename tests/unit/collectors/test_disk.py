@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors import disk
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
 from mevwatch.collectors.disk import (
@@ -30,7 +31,6 @@ from mevwatch.collectors.disk import (
     scan_tree,
     select_mounts,
 )
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.docgen import declaration_problems
 from mevwatch.daemon.families import Metric

@@ -1,0 +1,157 @@
+"""One alerting rule: its fields as written in YAML and what they mean (``window``, ``passes``).
+
+Rules are data: ``metric``, label matchers, ``op``/``threshold`` with an optional ``clear`` threshold
+(hysteresis), ``for``, ``keep_firing_for``, increase/rate over a window or a histogram quantile.
+Evaluation over series and time is in ``mevwatch.alerts.rules``; the meaning of one comparison is here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from mevwatch.alerts.matchers import MatcherField
+from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
+from mevwatch.alerts.templates import check_template
+from mevwatch.daemon.families import METRIC_NAME_RE
+from mevwatch.daemon.fields import Duration
+
+__all__ = ["LABEL_NAME_RE", "Op", "Rule", "RuleFile", "Severity", "compare"]
+
+LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Rule(BaseModel):
+    """One alerting rule over one metric's series (sample name as in /metrics)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(description="alert name (alertname label), unique over all rules")
+    metric: str = Field(description="sample name as exposed on /metrics, e.g. mevwatch_oom_kills_total")
+    matchers: list[MatcherField] = Field(default_factory=list, description="label matchers selecting series")
+    increase: Duration | None = Field(None, description="compare the counter's increase over this window")
+    rate: Duration | None = Field(None, description="compare the counter's per-second rate over this window")
+    quantile: float | None = Field(
+        None, gt=0, lt=1, description="histogram quantile of <metric>_bucket (over `rate` window if set)"
+    )
+    absent: bool = Field(False, description="fire when no series matches (a dead collector is an alert)")
+    op: Op = Field(">", description="comparison: > >= < <= == !=")
+    threshold: float = Field(0.0, description="value compared with op")
+    clear: float | None = Field(None, description="hysteresis: an active alert stays until the value passes this")
+    for_: Duration = Field(0.0, alias="for", description="condition must hold this long before firing")
+    keep_firing_for: Duration = Field(0.0, description="keep firing this long after the condition stopped")
+    severity: Severity = Field("warning", description="info, warning or critical")
+    labels: dict[str, str] = Field(default_factory=dict, description="extra labels on the alert")
+    summary: str = Field(description="one line; {{ $labels.x }} and {{ $value }} templates")
+    description: str = Field("", description="longer text; same templates")
+    runbook: str = Field(description="anchor in docs/runbooks.md")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not LABEL_NAME_RE.match(v):
+            raise ValueError(f"rule name {v!r} must match [A-Za-z_][A-Za-z0-9_]*")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if not METRIC_NAME_RE.fullmatch(v):
+            raise ValueError(f"metric {v!r} is not a valid Prometheus metric name")
+        return v
+
+    @field_validator("rate", "quantile", "absent")
+    @classmethod
+    def _one_function(cls, v: Any, info: ValidationInfo) -> Any:
+        if v and info.field_name == "rate" and info.data.get("increase"):
+            raise ValueError("use either increase or rate, not both")
+        if v and info.field_name == "absent" and (
+            info.data.get("increase") or info.data.get("rate") or info.data.get("quantile")
+        ):
+            raise ValueError("absent cannot be combined with increase, rate or quantile")
+        return v
+
+    @field_validator("clear")
+    @classmethod
+    def _clear(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is None:
+            return v
+        op, threshold = info.data.get("op"), info.data.get("threshold")
+        if op is None or threshold is None:
+            return v
+        if op in ("==", "!="):
+            raise ValueError(f"clear (hysteresis) needs an ordering op, not {op}")
+        if op in (">", ">=") and v > threshold:
+            raise ValueError(f"with op {op} the clear threshold must be <= threshold ({threshold:g}), got {v:g}")
+        if op in ("<", "<=") and v < threshold:
+            raise ValueError(f"with op {op} the clear threshold must be >= threshold ({threshold:g}), got {v:g}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not LABEL_NAME_RE.match(k) or k.startswith("__"):
+                raise ValueError(f"label name {k!r} is not valid")
+            if k in ("alertname", "severity"):
+                raise ValueError(f"label {k!r} is set from the rule's name/severity")
+        return v
+
+    @field_validator("summary", "description")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        return check_template(v)
+
+    @field_validator("runbook")
+    @classmethod
+    def _runbook(cls, v: str) -> str:
+        anchors = runbook_anchors()
+        if anchors is not None and v not in anchors:
+            raise ValueError(f"runbook anchor {v!r} is not in {RUNBOOKS_FILE.name} (add a section with <a id=\"{v}\">)")
+        return v
+
+    @property
+    def window(self) -> float:
+        """History a series needs for this rule (increase/rate window)."""
+        return float(self.increase or self.rate or 0.0)
+
+    def passes(self, value: float, active: bool) -> bool:
+        """Does ``value`` meet the condition? An active alert is held until it passes ``clear``.
+
+        A value exactly at ``clear`` keeps an active alert (a strict op becomes inclusive), and NaN
+        never passes.
+        """
+        if active and self.clear is not None:
+            op = {">": ">=", "<": "<="}.get(self.op, self.op)
+            return compare(value, op, self.clear)
+        return compare(value, self.op, self.threshold)
+
+
+def compare(value: float, op: str, bound: float) -> bool:
+    """``value op bound``; NaN compares false, as in PromQL."""
+    if value != value:
+        return False
+    if op == ">":
+        return value > bound
+    if op == ">=":
+        return value >= bound
+    if op == "<":
+        return value < bound
+    if op == "<=":
+        return value <= bound
+    if op == "==":
+        return value == bound
+    return value != bound
+
+
+class RuleFile(BaseModel):
+    """A rule file: ``rules: [...]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[Rule] = Field(default_factory=list)
