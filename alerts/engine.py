@@ -26,16 +26,16 @@ from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.redaction import redact_sink_url
-from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.redaction import redact_sink_url
 
 if TYPE_CHECKING:
     from mevwatch.alerts.amsilences import AlertmanagerWatch
@@ -95,7 +95,21 @@ MIGRATIONS = [
         last_match_at REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE alert_history (
+        at REAL NOT NULL,
+        fingerprint TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL NOT NULL,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at)
+    """,
 ]
+HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
 
 
 class AlertEngine:
@@ -146,6 +160,8 @@ class AlertEngine:
         self._next_tick = 0.0  # loop time of the next tick
         self.evaluations = 0
         self.eval_errors = 0
+        # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
+        self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         self._outbox_at: tuple[int, dict[str, int], float | None] | None = None  # (DB changes, depth, oldest)
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
@@ -301,6 +317,7 @@ class AlertEngine:
             name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
             samples = {name: self._merged(name)}
             values = evaluate_rule(rule, samples, self.histories, now)
+            self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
@@ -317,6 +334,7 @@ class AlertEngine:
         if dirty:
             self._persist(dirty)
         if changed:
+            self._record_history(changed, now)
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
@@ -338,6 +356,20 @@ class AlertEngine:
                     )
         except StateError as exc:
             log.error("alert_state_write_failed", error=str(exc))
+
+    def _record_history(self, changed: list[Alert], now: float) -> None:
+        """Append each state change (firing, resolved) to alert_history; drop rows past the retention."""
+        try:
+            with self.state.transaction() as db:
+                db.executemany(
+                    "INSERT INTO alert_history (at, fingerprint, rule, state, severity, value, labels, summary) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    [(now, a.fingerprint, a.rule, a.state, a.severity, a.value, json.dumps(a.labels),
+                      a.annotations.get("summary", "")) for a in changed],
+                )
+                db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_RETENTION,))
+        except StateError as exc:
+            log.error("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
         """Time-driven work: drop stale collectors' data, evaluate every rule, escalate, flush, publish."""

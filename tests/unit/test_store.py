@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, SnapshotKey
+from mevwatch.families import GaugeMetricFamily, Metric
 
 A: SnapshotKey = ("memory", "default")
 B: SnapshotKey = ("disk", "default")

@@ -27,9 +27,9 @@ from mevwatch.collectors.base import (
     register,
 )
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
+from mevwatch.families import GaugeMetricFamily
 
 pytestmark = pytest.mark.looptime
 
