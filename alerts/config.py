@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from mevwatch.alerts.matchers import MatcherField, parse_matcher
+from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rulefiles import merge_rules
-from mevwatch.daemon.fields import Duration, SinkURL, check_sink_url, secret_url
 from mevwatch.daemon.yamlsource import ConfigIssue
+from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
 
 __all__ = [
     "AlertmanagerSilencesConfig",
@@ -154,6 +155,9 @@ class Receiver(_Strict):
     webhook_configs: list[WebhookConfig] = Field(default_factory=list)
     email_configs: list[EmailConfig] = Field(default_factory=list)
     alertmanager_configs: list[AlertmanagerSinkConfig] = Field(default_factory=list)
+    pagerduty_configs: list[PagerDutyConfig] = Field(default_factory=list)
+    slack_configs: list[SlackConfig] = Field(default_factory=list)
+    chat_configs: list[ChatConfig] = Field(default_factory=list)
 
 
 class Escalation(_Strict):
