@@ -22,7 +22,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSilencesConfig
 from mevwatch.alerts.matchers import Matcher
 from mevwatch.alerts.router import Silence, rfc3339
-from mevwatch.daemon.redaction import redact, redact_sink_url
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerError", "AlertmanagerWatch", "parse_silences", "post_silence", "silence_body"]
 

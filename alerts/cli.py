@@ -17,9 +17,9 @@ from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 from mevwatch.daemon.config import Config
-from mevwatch.daemon.fields import parse_duration
-from mevwatch.daemon.redaction import redact_sink_url
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.fields import parse_duration
+from mevwatch.redaction import redact_sink_url
 
 __all__ = ["register", "run_test"]
 
@@ -204,6 +204,18 @@ def register(sub: Any) -> None:
     add_config_argument(test)
     test.add_argument("--receiver", "-r", help="only this receiver")
     test.set_defaults(func=cmd_alerts_test)
+    from mevwatch.alerts.listing import cmd_alerts_history, cmd_alerts_list
+
+    ls_alerts = asub.add_parser("list", help="pending and firing alerts, from the state DB")
+    add_config_argument(ls_alerts)
+    ls_alerts.add_argument("--all", action="store_true", help="include alerts resolved in the last 15 minutes")
+    ls_alerts.add_argument("--json", action="store_true", help="machine-readable output")
+    ls_alerts.set_defaults(func=cmd_alerts_list)
+    history = asub.add_parser("history", help="alerts that fired or resolved, from the state DB (30 days kept)")
+    add_config_argument(history)
+    history.add_argument("--since", default="24h", help="how far back, e.g. 1h, 7d (default 24h)")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.set_defaults(func=cmd_alerts_history)
 
     silence = sub.add_parser("silence", help="mute alerts matching label matchers for a while")
     ssub = silence.add_subparsers(dest="silence_command", metavar="ACTION", required=True)

@@ -17,8 +17,8 @@ from mevwatch.alerts.matchers import MatcherField, parse_matcher
 from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rulefiles import merge_rules
-from mevwatch.daemon.fields import Duration, SinkURL, check_sink_url, secret_url
 from mevwatch.daemon.yamlsource import ConfigIssue
+from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
 
 __all__ = [
     "AlertmanagerSilencesConfig",

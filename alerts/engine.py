@@ -26,16 +26,16 @@ from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.redaction import redact_sink_url
-from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.redaction import redact_sink_url
 
 if TYPE_CHECKING:
     from mevwatch.alerts.amsilences import AlertmanagerWatch
@@ -96,7 +96,21 @@ MIGRATIONS = [
         last_match_at REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE alert_history (
+        at REAL NOT NULL,
+        fingerprint TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL NOT NULL,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at)
+    """,
 ]
+HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
 
 
 class AlertEngine:
@@ -157,6 +171,8 @@ class AlertEngine:
         self._idle = False  # the last tick found nothing that time could change
         self.evaluations = 0
         self.eval_errors = 0
+        # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
+        self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         # Bumped when the merged series of a sample name change (values, series set, a collector gone).
         self._input_version: dict[str, int] = {}
         # rule name -> (input version, time) of its last evaluation, for rules that ended it with no alert
@@ -320,6 +336,7 @@ class AlertEngine:
             name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
             samples = {name: self._merged(name)}
             values = evaluate_rule(rule, samples, self.histories, now)
+            self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
@@ -343,6 +360,7 @@ class AlertEngine:
         if dirty:
             self._persist(dirty)
         if changed:
+            self._record_history(changed, now)
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
@@ -379,6 +397,20 @@ class AlertEngine:
                     )
         except StateError as exc:
             log.error("alert_state_write_failed", error=str(exc))
+
+    def _record_history(self, changed: list[Alert], now: float) -> None:
+        """Append each state change (firing, resolved) to alert_history; drop rows past the retention."""
+        try:
+            with self.state.transaction() as db:
+                db.executemany(
+                    "INSERT INTO alert_history (at, fingerprint, rule, state, severity, value, labels, summary) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    [(now, a.fingerprint, a.rule, a.state, a.severity, a.value, json.dumps(a.labels),
+                      a.annotations.get("summary", "")) for a in changed],
+                )
+                db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_RETENTION,))
+        except StateError as exc:
+            log.error("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
         """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""

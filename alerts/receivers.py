@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from mevwatch.daemon.fields import Duration, SinkURL, check_sink_url, read_secret_file
-from mevwatch.daemon.redaction import register_secret
+from mevwatch.fields import Duration, SinkURL, check_sink_url, read_secret_file
+from mevwatch.redaction import register_secret
 
 __all__ = ["CHAT_PRESETS", "ChatConfig", "PagerDutyConfig", "SlackConfig"]
 

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact, redact_url
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",

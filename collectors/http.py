@@ -20,15 +20,15 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact_url
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact_url
 
 __all__ = [
     "DEFAULT_BUCKETS",

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 __all__ = ["STALE_FACTOR", "SampleStore", "Snapshot", "SnapshotKey"]
 

@@ -40,14 +40,14 @@ from mevwatch.collectors.base import (
     get_kind,
 )
 from mevwatch.daemon.config import CollectorSpec, Config
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.state import StateDB
-from mevwatch.daemon.store import SampleStore, SnapshotKey
 
 __all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.redaction import redact
+from mevwatch.redaction import redact
 
 __all__ = ["JsonClient", "JsonSink", "retry_after_seconds"]
 

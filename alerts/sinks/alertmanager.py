@@ -20,7 +20,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSinkConfig
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.alerts.sinks.webhook import is_retryable_status
-from mevwatch.daemon.redaction import redact, redact_sink_url
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerSink", "alertmanager_alerts"]
 

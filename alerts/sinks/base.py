@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from mevwatch.daemon.redaction import redact
+from mevwatch.redaction import redact
 
 __all__ = ["DeliveryError", "Sink"]
 

@@ -13,7 +13,7 @@ import aiosmtplib
 from mevwatch.alerts.config import EmailConfig
 from mevwatch.alerts.sinks._message import notification_title
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.fields import read_secret_file
+from mevwatch.fields import read_secret_file
 
 __all__ = ["MailSink", "render_mail"]
 

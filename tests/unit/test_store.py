@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import GaugeMetricFamily, Metric
 
 KEY: SnapshotKey = ("mevwatch", "self")
 

@@ -22,9 +22,9 @@ from mevwatch.collectors.base import (
     register,
 )
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
 from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
+from mevwatch.families import GaugeMetricFamily, Metric
 
 RUNS: dict[str, list[float]] = {}
 RELEASE = threading.Event()

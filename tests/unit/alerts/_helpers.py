@@ -8,9 +8,9 @@ from typing import Any
 
 from mevwatch.alerts.engine import AlertEngine
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["RATIO_HIGH_RULE", "Clock", "Harness", "counter", "gauge"]
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
-from mevwatch.daemon.redaction import redact_sink_url, register_sink_url
+from mevwatch.redaction import redact_sink_url, register_sink_url
 
 __all__ = [
     "ByteSize",
