@@ -14,8 +14,8 @@ from mevwatch.alerts.router import is_inhibited, rfc3339
 from mevwatch.alerts.rules import Alert
 
 if TYPE_CHECKING:
-    from mevwatch.alerts.rule import Rule
     from mevwatch.alerts.engine import AlertEngine
+    from mevwatch.alerts.rule import Rule
 
 __all__ = ["SEVERITY_RANK", "alerts_json", "rule_condition", "rules_json", "silences_json", "verdict"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from mevwatch.alerts.engine import MIGRATIONS
 from mevwatch.daemon.cli import load_or_report
-from mevwatch.daemon.fields import parse_duration
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.fields import parse_duration
 
 __all__ = ["cmd_alerts_history", "cmd_alerts_list", "history_rows", "state_rows"]
 
