@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
