@@ -127,9 +127,10 @@ class AlertEngine:
         self._plan: list[tuple[Rule, str]] = []
         self._quiet_windowed: set[str] = set()
         for r in self.rules:
-            name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            name = r.inputs[0]
             self._plan.append((r, name))
-            self.by_name.setdefault(name, []).append(r)
+            for n in r.inputs:  # a `when` metric's change wakes the rule too
+                self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
                 if r.quantile is None and not r.absent and (
@@ -309,8 +310,8 @@ class AlertEngine:
         for more than a non-negative bound stays quiet; any other windowed rule is evaluated.
         """
         idle = self._idle_at.get(rule.name)
-        if idle is None or idle[0] != self._input_version.get(name, 0) or self.alerts[rule.name]:
-            return False
+        if idle is None or idle[0] != self._input_version.get(name, 0) or self.alerts[rule.name] or rule.when:
+            return False  # (the version is of one input: a rule reading two is always evaluated)
         if rule.name not in self._windowed:
             return True
         if name not in self.seen_metrics and not rule.absent:
@@ -333,8 +334,8 @@ class AlertEngine:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         for rule in rules:
-            name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
-            samples = {name: self._merged(name)}
+            name = rule.inputs[0]
+            samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]

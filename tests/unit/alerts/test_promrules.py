@@ -139,3 +139,13 @@ def test_rule_metric_is_declared(rule: Rule) -> None:
     from mevwatch.daemon.docgen import all_metric_specs
 
     assert rule.metric.removesuffix("_total") in all_metric_specs()
+
+
+def test_promql_of_when_rules_pairs_series_with_and_or_unless() -> None:
+    paired = _rule(metric="mevwatch_a", threshold=0.2,
+                   when={"metric": "mevwatch_b", "op": ">", "threshold": 1000, "ignoring": ["trigger"]})
+    assert promql(paired) == "(\nmevwatch_a > 0.2\n)\nand ignoring(trigger)\nmevwatch_b > 1000"
+    gap = _rule(absent=True, when={"metric": "mevwatch_up", "matchers": ['job="x"'], "op": "==", "threshold": 1})
+    assert promql(gap) == 'mevwatch_up{job="x"} == 1\nunless\nmevwatch_x'
+    with pytest.raises(ValueError, match=r"when\.bogus"):
+        _rule(when={"metric": "mevwatch_b", "bogus": 1})
