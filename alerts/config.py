@@ -223,9 +223,8 @@ class AlertsConfig(_Strict):
         "(only log and alertmanager sinks, no escalation, no inhibit_rules, no local silences)"))
     host: str = Field(default_factory=socket.gethostname, description="host label on every alert")
     evaluation_interval: Duration = Field(1.0, gt=0, description=(
-        "tick for for/absent/keep_firing_for/stale data; while no alert, absent rule, time-windowed rule "
-        "or queued notification exists the engine ticks every 5s instead, and a changed input brings "
-        "this tick back at once"))
+        "tick on which every rule is evaluated (for, absent, keep_firing_for, windows, stale data); "
+        "a collector's new values are evaluated at once, between ticks"))
     startup_grace: Duration = Field(
         30.0, ge=0, description="after a start, absent and stale-data alerts wait this long for collectors"
     )

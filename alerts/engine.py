@@ -1,11 +1,11 @@
-"""The alert engine: evaluates rules the moment a collector delivers a snapshot, and on a short tick.
+"""The alert engine: evaluates rules when the store changes, and all of them on a tick.
 
-Event-driven evaluation keeps breach-to-page latency at the collector's own latency; the tick
-handles what time alone changes (``for``, ``keep_firing_for``, ``absent``, stale collectors,
-escalation). While time can change nothing (no alert in any state, no absent rule, no rule whose
-window moves its result, an empty outbox, the startup grace over) the tick slows down to
-IDLE_TICK_INTERVAL; an evaluation that leaves an alert or a time-dependent rule brings it back
-at once. Alert state lives in the state DB, so a restart neither re-pages nor forgets.
+The engine's own task waits on the store's change event, reads the change set (which collector
+instances put or dropped a snapshot) and evaluates the rules whose inputs (sample names) changed:
+breach-to-page latency stays at the collector's own latency, and nothing runs on the stack of the
+collector that put or of a reader. The tick, every ``evaluation_interval``, evaluates every rule:
+it handles what time alone changes (``for``, ``keep_firing_for``, windows, ``absent``, stale
+collectors, escalation). Alert state lives in the state DB, so a restart neither re-pages nor forgets.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ SAMPLE_SUFFIXES: dict[type[Metric], tuple[str, ...]] = {
     InfoMetricFamily: ("_info",),
 }
 _MAX_FAMILIES = 65536  # family names are static in the code base; this only caps a runaway
-IDLE_TICK_INTERVAL = 5.0  # the tick's period while time alone can change nothing (see the module doc)
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
 COUNT_KEYS = tuple((st, sev) for st in STATES for sev in SEVERITIES)
@@ -123,9 +122,7 @@ class AlertEngine:
         self.rules: tuple[Rule, ...] = cfg.all_rules
         self.by_name: dict[str, list[Rule]] = {}
         self.windows: dict[str, float] = {}
-        # every rule with the sample name it reads; and the windowed rules that unchanged counters keep quiet
-        self._plan: list[tuple[Rule, str]] = []
-        self._quiet_windowed: set[str] = set()
+        self._plan: list[tuple[Rule, str]] = []  # every rule with the sample name it reads
         for r in self.rules:
             name = r.inputs[0]
             self._plan.append((r, name))
@@ -133,16 +130,7 @@ class AlertEngine:
                 self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
-                if r.quantile is None and not r.absent and (
-                    (r.op == ">" and r.threshold >= 0) or (r.op == ">=" and r.threshold > 0)
-                ):
-                    self._quiet_windowed.add(r.name)
-        self._windowed = {r.name for r in self.rules if r.window}
-        self._has_absent = any(r.absent for r in self.rules)
         self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
-        # A windowed rule on the engine's own metrics needs every point of them: then they are always put.
-        own = {spec.name + ("_total" if spec.type == "counter" else "") for spec in ENGINE_METRICS}
-        self._own_windowed = bool(own & set(self.windows))
         self.samples: dict[SnapshotKey, dict[str, dict[LabelSet, float]]] = {}
         self.seen_at: dict[SnapshotKey, float] = {}
         self.histories: dict[tuple[str, LabelSet], History] = {}
@@ -166,21 +154,15 @@ class AlertEngine:
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
-        self._unsubscribe: Callable[[], None] | None = None
+        self._since = 0  # the store's sequence number up to which changes were evaluated
+        self._wake: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._tick_timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0  # loop time of the next tick
-        self._idle = False  # the last tick found nothing that time could change
         self.evaluations = 0
         self.eval_errors = 0
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
         self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
-        # Bumped when the merged series of a sample name change (values, series set, a collector gone).
-        self._input_version: dict[str, int] = {}
-        # rule name -> (input version, time) of its last evaluation, for rules that ended it with no alert
-        self._idle_at: dict[str, tuple[int, float]] = {}
-        self._irregular: set[str] = set()  # windowed sample names that had a negative or NaN value
-        self._publish_scheduled = False
-        self._published: tuple[object, ...] | None = None  # the inputs of the last put, to skip puts of the same
         self._outbox_at: tuple[int, dict[str, int], float | None] | None = None  # (DB changes, depth, oldest)
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
@@ -197,9 +179,11 @@ class AlertEngine:
         self.started_at = self.clock()
         await self.outbox.start()
         if self.am_watch is not None:
-            await self.am_watch.start(self._publish_soon)
+            await self.am_watch.start(self._publish)
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
-        self._unsubscribe = self.store.subscribe(self._on_snapshot)
+        self._wake = self.store.watch()
+        self._wake.set()  # what the store already holds is the first change set
+        self._drain_task = asyncio.create_task(self._drain(self._wake), name="alerts:changes")
         loop = asyncio.get_running_loop()
         self._next_tick = loop.time() + self.cfg.evaluation_interval
         self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
@@ -208,10 +192,14 @@ class AlertEngine:
                  receivers=len(self.sinks))
 
     async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            with contextlib.suppress(ValueError):
-                self._unsubscribe()
-            self._unsubscribe = None
+        if self._wake is not None:
+            self.store.unwatch(self._wake)
+            self._wake = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
         if self._tick_timer is not None:
             self._tick_timer.cancel()
             self._tick_timer = None
@@ -245,19 +233,36 @@ class AlertEngine:
 
     # --- evaluation -------------------------------------------------------------------
 
-    def _on_snapshot(self, key: SnapshotKey, snap: Snapshot) -> None:
-        try:
-            self._ingest(key, snap)
-        except Exception:  # a bug here must never break the collector that published
-            self.eval_errors += 1
-            log.exception("alert_evaluation_failed", collector=key[0], instance=key[1])
+    async def _drain(self, wake: asyncio.Event) -> None:
+        """The engine's own task: woken by the store on every change, evaluates the change set."""
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                self.evaluate_changes()
+            except Exception:  # a bug here must never stop the engine
+                self.eval_errors += 1
+                log.exception("alert_evaluation_failed")
 
-    def _ingest(self, key: SnapshotKey, snap: Snapshot) -> None:
+    def evaluate_changes(self) -> None:
+        """Ingest the snapshots put or dropped since the last call; evaluate the rules whose inputs changed."""
+        self._since, keys = self.store.changes(self._since)
+        if not keys:
+            return
         now = self.clock()
+        changed: set[str] = set()
+        for key in keys:
+            changed |= self._ingest(key, self.store.get(key), now)
+        rules = {r.name: r for n in changed for r in self.by_name.get(n, ())}
+        if rules:
+            self._evaluate(rules.values(), now)
+
+    def _ingest(self, key: SnapshotKey, snap: Snapshot | None, now: float) -> set[str]:
+        """Take in ``key``'s snapshot (None: gone); the sample names whose series differ from before."""
         names: dict[str, dict[LabelSet, float]] = {}
         by_name = self.by_name
         wanted = self._wanted
-        for fam in snap.families:
+        for fam in snap.families if snap is not None else ():
             want = wanted.get((type(fam), fam.name))
             if want is None:
                 want = self._family_wanted(fam)
@@ -273,8 +278,6 @@ class AlertEngine:
                 continue
             before = prev.get(name, {}) if prev is not None else None
             for ls, v in series.items():
-                if not v >= 0:
-                    self._irregular.add(name)
                 hist = self.histories.get((name, ls))
                 if hist is None:
                     hist = self.histories[(name, ls)] = History()
@@ -283,16 +286,15 @@ class AlertEngine:
                     if before is not None and prev_at is not None and ls not in before:
                         hist.add(prev_at, 0.0, keep)
                 hist.add(now, v, keep)
-        affected = set(names) | (set(prev) if prev else set())
-        for name in affected:
-            if prev is None or names.get(name) != prev.get(name):
-                self._input_version[name] = self._input_version.get(name, 0) + 1
-        self.samples[key] = names
-        self.seen_at[key] = now
-        self.seen_metrics.update(names)
-        rules = [r for n in affected for r in self.by_name.get(n, ()) if not self._unchanged(r, n, now)]
-        if rules:
-            self._evaluate(rules, now)
+        old = prev or {}
+        if snap is None:
+            self.samples.pop(key, None)
+            self.seen_at.pop(key, None)
+        else:
+            self.samples[key] = names
+            self.seen_at[key] = now
+            self.seen_metrics.update(names)
+        return {n for n in names.keys() | old.keys() if names.get(n) != old.get(n)}
 
     def _family_wanted(self, fam: Metric) -> bool:
         suffixes = SAMPLE_SUFFIXES.get(type(fam))
@@ -300,27 +302,6 @@ class AlertEngine:
         if len(self._wanted) < _MAX_FAMILIES:
             self._wanted[(type(fam), fam.name)] = want
         return want
-
-    def _unchanged(self, rule: Rule, name: str, now: float) -> bool:
-        """Would evaluating ``rule`` now be a no-op? Only for a rule with no alert whose series are
-        those of its last evaluation, which raised nothing: the same values give the same result.
-
-        With a window, time alone moves it, but over unchanged counters an increase or rate can only
-        shrink (every delta >= 0; so not after a negative or NaN value was seen), so a rule testing
-        for more than a non-negative bound stays quiet; any other windowed rule is evaluated.
-        """
-        idle = self._idle_at.get(rule.name)
-        if idle is None or idle[0] != self._input_version.get(name, 0) or self.alerts[rule.name] or rule.when:
-            return False  # (the version is of one input: a rule reading two is always evaluated)
-        if rule.name not in self._windowed:
-            return True
-        if name not in self.seen_metrics and not rule.absent:
-            return True  # never a series of it: no history for a window to move over
-        return (
-            now >= idle[1]  # a clock stepped back moves the window back
-            and rule.name in self._quiet_windowed  # > or >= a bound >= 0, no quantile, not absent
-            and name not in self._irregular
-        )
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
         out: dict[LabelSet, float] = {}
@@ -334,7 +315,6 @@ class AlertEngine:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         for rule in rules:
-            name = rule.inputs[0]
             samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
@@ -342,13 +322,6 @@ class AlertEngine:
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
             changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
-            if per_rule:
-                self._idle_at.pop(rule.name, None)
-                self._tick_soon()
-            else:
-                self._idle_at[rule.name] = (self._input_version.get(name, 0), now)
-                if self._idle and not self._unchanged(rule, name, now):
-                    self._tick_soon()  # a window moves its result
             for fp in set(before) | set(per_rule):
                 a = per_rule.get(fp)
                 if a is None:
@@ -365,23 +338,8 @@ class AlertEngine:
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
-            self._publish_soon()
-
-    def _publish_soon(self) -> None:
-        """Refresh the alert metrics after a state change, outside the store callback that caused it."""
-        if self._publish_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._publish_scheduled = True
-
-        def run() -> None:
-            self._publish_scheduled = False
+        if dirty or changed:
             self._publish()
-
-        loop.call_soon(run)
 
     def _persist(self, dirty: dict[str, Alert | None]) -> None:
         try:
@@ -414,25 +372,19 @@ class AlertEngine:
             log.error("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
-        """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""
+        """Time-driven work: drop stale collectors' data, evaluate every rule, escalate, flush, publish."""
+        self.evaluate_changes()
         now = self.clock()
-        self.store.materialize()  # snapshots put lazily (the supervisor's metrics) are ingested at least once a tick
         for key in [k for k in self.samples if self.store.get(k) is None]:
-            for name in self.samples.pop(key):  # a dead or removed collector: its series are gone (absent fires)
-                self._input_version[name] = self._input_version.get(name, 0) + 1
+            self._ingest(key, None, now)  # a dead or removed collector: its series are gone (absent fires)
         in_grace = now - self.started_at < self.cfg.startup_grace
         if not in_grace:
             self._unconfirmed.clear()
         seen = self.seen_metrics
-        rules = [
-            r for r, name in self._plan
-            if (not in_grace or name in seen) and not self._unchanged(r, name, now)
-        ]
+        # during the startup grace only the rules with data: absent waits for the collectors' first runs
+        rules = [r for r, name in self._plan if not in_grace or name in seen]
         if rules:
             self._evaluate(rules, now)
-        self._idle = not (
-            rules or self._has_absent or any(self.alerts.values()) or self._outbox_state()[1] is not None
-        )
         if not self._pruned_at <= now < self._pruned_at + 60.0:  # histories beyond every window: once a minute
             self._pruned_at = now
             cutoff = now - self._history_horizon
@@ -449,46 +401,24 @@ class AlertEngine:
             self.eval_errors += 1
             log.exception("alert_tick_failed")
         interval = self.cfg.evaluation_interval
-        if self._idle:
-            interval = max(interval, IDLE_TICK_INTERVAL)
-            grace_left = self.started_at + self.cfg.startup_grace - self.clock()
-            if grace_left > 0:  # the first tick after the startup grace evaluates the rules it held back
-                interval = max(self.cfg.evaluation_interval, min(interval, grace_left))
         self._next_tick += interval
         now = loop.time()
         if self._next_tick < now:  # the loop was held up: skip the missed ticks instead of bursting
             self._next_tick = now + interval - ((now - self._next_tick) % interval)
         self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
 
-    def _tick_soon(self) -> None:
-        """Back to a tick every evaluation_interval: an alert exists or time can change a rule's result."""
-        self._idle = False
-        timer = self._tick_timer
-        if timer is None:
-            return  # not started (tests drive tick() themselves)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.cfg.evaluation_interval
-        if self._next_tick > due:
-            timer.cancel()
-            self._next_tick = due
-            self._tick_timer = loop.call_at(due, self._on_tick, loop)
-
     # --- self metrics -----------------------------------------------------------------
 
     def _publish(self) -> None:
+        """Put the engine's own metrics (on the tick and when an alert changed state). The engine reads
+        them back from the store like any snapshot; that puts them again only if a rule on them
+        changed an alert's state, which cannot go on: a state moves on with time, not by itself."""
         try:
-            inputs = self._metric_inputs()
+            families = self.families()
         except StateError as exc:
             log.error("alert_metrics_failed", error=str(exc))
             return
-        # Unchanged values only refresh the snapshot's age: a new one would be ingested by this engine
-        # and re-rendered on the next scrape for nothing. A windowed rule on these metrics needs
-        # every point in its history, so then they are always put.
-        if inputs == self._published and not self._own_windowed and self.store.get(ALERTS_KEY) is not None:
-            self.store.touch(ALERTS_KEY)
-            return
-        self._published = inputs
-        self.store.put(ALERTS_KEY, self._families(inputs), interval=max(self.cfg.evaluation_interval, 1.0) * 5)
+        self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
     def _outbox_state(self) -> tuple[dict[str, int], float | None]:
         """Outbox depth by sink and its oldest entry's creation time, queried again only after a write

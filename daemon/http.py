@@ -26,7 +26,7 @@ from mevwatch.daemon._httpd import Request, Response, Server
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
 from mevwatch.daemon.flags import Setting, settings_html
 from mevwatch.daemon.landing import landing_html
-from mevwatch.daemon.store import SampleStore, merge_families
+from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 
 __all__ = ["HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile", "load_web_config", "ssl_context"]
 
@@ -34,22 +34,24 @@ log = structlog.get_logger("mevwatch.http")
 
 
 class MetricsCache:
-    """Renders /metrics per collector kind and reuses the text of every kind whose snapshots did not change.
+    """The one render cache: each kind's text by the sequence numbers of its snapshots, and the body
+    (per format, plain and gzipped) by the store's sequence number and its set of fresh snapshots.
 
-    A scrape after one collector's run re-renders that collector's families only; the gzipped
-    body is cached per store state too.
+    A scrape after one collector's run renders that collector's kind only; a scrape with no change
+    since the last one renders nothing. Reading the store writes nothing to it.
     """
 
     def __init__(self, store: SampleStore) -> None:
         self.store = store
-        self._key: Any = None
+        self._key: tuple[int, frozenset[tuple[str, str]]] | None = None
         self._bodies: dict[tuple[bool, bool], bytes] = {}
         # (kind, openmetrics) -> (seq of the snapshots rendered, text)
         self._parts: dict[tuple[str, bool], tuple[tuple[int, ...], bytes]] = {}
         self.renders = 0  # kinds rendered (for tests and benchmarks)
 
     def get(self, openmetrics: bool, gzipped: bool) -> bytes:
-        key = self.store.cache_key()
+        groups = self.store.fresh_by_kind()
+        key = (self.store.seq, frozenset(k for items in groups.values() for k, _ in items))
         if key != self._key:
             self._key = key
             self._bodies = {}
@@ -58,15 +60,14 @@ class MetricsCache:
         if body is None:
             plain = self._bodies.get((openmetrics, False))
             if plain is None:
-                plain = self._render(openmetrics)
+                plain = self._render(groups, openmetrics)
                 self._bodies[(openmetrics, False)] = plain
             body = gzip.compress(plain, compresslevel=5) if gzipped else plain
             self._bodies[fmt] = body
         return body
 
-    def _render(self, openmetrics: bool) -> bytes:
+    def _render(self, groups: dict[str, list[tuple[tuple[str, str], Snapshot]]], openmetrics: bool) -> bytes:
         parts: list[bytes] = []
-        groups = self.store.fresh_by_kind()
         for kind, items in groups.items():
             ident = tuple(snap.seq for _, snap in items)
             cached = self._parts.get((kind, openmetrics))

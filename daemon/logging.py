@@ -1,4 +1,4 @@
-"""Structured logging: JSON lines off a TTY, readable console on one; secrets never logged (daemon.redaction)."""
+"""Structured logging: JSON lines off a TTY, readable console on one; secrets never logged (mevwatch.redaction)."""
 
 from __future__ import annotations
 
