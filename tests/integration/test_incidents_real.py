@@ -87,8 +87,9 @@ async def test_stale_head_pages_with_one_node_and_with_several(
         deadline = time.monotonic() + 20
         while True:
             fams_single, fams_pair = await _collect(single), await _collect(pair)
-            age = family_value(fams_single, "mevwatch_chain_head_age_blocks", endpoint="solo")
-            if (age is not None and age > 5.5) or time.monotonic() > deadline:
+            ages = [family_value(fams_single + fams_pair, "mevwatch_chain_head_age_blocks", endpoint=e)
+                     for e in ("solo", "a", "b")]
+            if all(age is not None and age > 5.5 for age in ages) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         harness.put(*fams_single, key=("chain", "single"))
