@@ -16,7 +16,6 @@ import pytest
 from mevwatch.alerts.engine import ENGINE_METRICS, AlertEngine
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
-    IMPORT_ERRORS,
     Collector,
     CollectorContext,
     CollectorError,
@@ -24,8 +23,8 @@ from mevwatch.collectors.base import (
     NoData,
     PollCollector,
     StreamCollector,
-    all_kinds,
 )
+from mevwatch.collectors.registry import IMPORT_ERRORS, all_kinds
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.docgen import all_metric_specs, declaration_problems
 from mevwatch.daemon.state import StateDB

@@ -14,7 +14,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from mevwatch.blocking import BlockingPool
-from mevwatch.collectors.base import CollectorContext, get_kind
+from mevwatch.collectors.base import CollectorContext
+from mevwatch.collectors.registry import get_kind
 from mevwatch.daemon import exposition
 from mevwatch.daemon.exposition import render_openmetrics, render_text
 from mevwatch.families import (
