@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.collectors.integrity import IntegrityOptions
 from mevwatch.daemon.config import load_config
 from tests.support.daemon import RunningDaemon
 from tests.support.peers import REPO
@@ -55,7 +56,8 @@ def test_limits_hold_the_measured_footprint_and_the_worst_case(tmp_path: Path) -
     assert peak + WORST_CASE_EXTRA <= memory_max / 1.5, (peak / MiB, memory_max / MiB)
 
     cfg = load_config(REPO / "config.example.yaml", env=dict(os.environ))
-    hash_threads = max((s.options.hash_threads for s in cfg.collectors if s.kind == "integrity"), default=0)
+    hash_threads = max((s.options.hash_threads for s in cfg.collectors if isinstance(s.options, IntegrityOptions)),
+                       default=0)
     default_executor = min(32, (os.cpu_count() or 1) + 4)
     children = 8  # systemctl show and journalctl followers
     most = 1 + cfg.daemon.blocking_threads + hash_threads + default_executor + children
