@@ -171,10 +171,6 @@ def parse_proc_cgroup(text: str) -> str:
     return "/"
 
 
-_ENUM_CACHE: dict[tuple[object, ...], GaugeMetricFamily] = {}
-_ENUM_CACHE_MAX = 4096
-
-
 def enum_family(
     spec: MetricSpec,
     rows: Sequence[tuple[Sequence[str], str]],
@@ -183,46 +179,33 @@ def enum_family(
     """An enum as node_exporter exports one: every state a 0/1 series, the current one 1.
 
     ``spec`` is a gauge whose last label is ``status``; ``rows`` are (values of the other labels,
-    current state). States rarely change: the same arguments give the same family object (families
-    are not changed once built), which the renderer then writes from its last text.
+    current state).
     """
-    key = (spec, tuple((tuple(v), c) for v, c in rows), tuple(states))
-    fam = _ENUM_CACHE.get(key)
-    if fam is not None:
-        return fam
     fam = spec.gauge()
     for values, current in rows:
         for state in states:
             fam.add_metric([*values, state], 1.0 if state == current else 0.0)
-    if len(_ENUM_CACHE) >= _ENUM_CACHE_MAX:
-        _ENUM_CACHE.clear()
-    _ENUM_CACHE[key] = fam
     return fam
 
 
 class PressureSource:
-    """One PSI file (``/proc/pressure/memory``...), read on every run; its families are built again only
-    when the file's text changed (on a quiet host the memory and io lines stay the same for long)."""
+    """One PSI file (``/proc/pressure/memory``...) and the families built from it, for memory and cpu."""
 
     def __init__(self, path: str, ratio: MetricSpec, stalled: MetricSpec) -> None:
         self.path = path
         self.ratio = ratio
         self.stalled = stalled
-        self._last: tuple[str, list[Metric]] | None = None
 
     def read(self, families: list[Metric]) -> tuple[ReadStatus, str]:
         """Append the families to ``families``; (status, detail for the log) of the file."""
         text, status, detail = read_text_status(self.path)
         if text is None:
             return status, detail
-        last = self._last
-        if last is None or last[0] != text:
-            try:
-                psi = parse_pressure(text)
-            except ValueError as exc:
-                return "invalid", str(exc)
-            last = self._last = (text, pressure_families(self.ratio, self.stalled, psi))
-        families.extend(last[1])
+        try:
+            psi = parse_pressure(text)
+        except ValueError as exc:
+            return "invalid", str(exc)
+        families.extend(pressure_families(self.ratio, self.stalled, psi))
         return "ok", ""
 
 
