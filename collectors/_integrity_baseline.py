@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
-from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
+from mevwatch.collectors._integrity_scan import FTYPES, FileRecord, RecordTable
 from mevwatch.collectors.base import StateStore
 from mevwatch.daemon.families import label_text
 
@@ -75,7 +75,7 @@ class AcceptEntry:
 
 @dataclass(slots=True)
 class Baseline:
-    records: dict[str, FileRecord] = field(default_factory=dict)
+    records: RecordTable = field(default_factory=RecordTable)
     present: bool = False
     tampered: bool = False
     #: rows that do not decode into a record (edited or damaged DB), as "path: problem"

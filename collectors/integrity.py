@@ -28,6 +28,7 @@ from mevwatch.collectors._integrity_scan import (
     compare,
     scan,
     verify,
+    verify_each,
 )
 from mevwatch.collectors.base import (
     CollectorContext,
@@ -52,6 +53,8 @@ _WATCH_MASK = (
 _DIR_CHANGE = Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
 # Events read per read(2): a burst of changes is drained in few wakeups.
 _EVENT_CACHE = 4096
+# Paths scanned at a time by a verify: only one batch of records is held beside the baseline.
+_VERIFY_BATCH = 8192
 REALTIME_STATES = ("ok", "overflow", "watch_limit", "unavailable")
 
 
@@ -160,7 +163,12 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self.ws = watch_set(options, ctx.paths.rootfs)
         self.store: BaselineStore | None = None
         self.baseline = Baseline()
-        self._current: dict[str, FileRecord] = {}
+        # What the last checks found, without holding their records (the baseline is the one copy):
+        # how many paths exist, the baseline's paths that do not (or are no longer watched), and the
+        # paths that exist without a baseline record.
+        self._files_watched = 0
+        self._absent: set[str] = set()
+        self._extra: set[str] = set()
         self._violations: dict[str, list[Violation]] = {}
         self._exported: set[tuple[str, str]] = set()
         self._pending: set[str] = set()
@@ -298,10 +306,36 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         )
         return result
 
+    def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation]]:
+        """Verify the whole set in batches (one batch of records held at a time), keeping counts only:
+        (paths that exist, baseline paths that do not or are no longer watched, paths without a
+        baseline record, violations)."""
+        base, o = self.baseline.records, self.options
+        present = in_base = 0
+        absent: set[str] = set()
+        extra: set[str] = set()
+        violations: list[Violation] = []
+        for path, rec, found in verify_each(self.ws, base, quick=not full, follow_symlinks=o.follow_symlinks,
+                                            threads=o.hash_threads, chunk=o.chunk_size, batch=_VERIFY_BATCH):
+            violations.extend(found)
+            known = path in base
+            in_base += known
+            if rec is None:
+                absent.add(path)
+            else:
+                present += 1
+                if not known:
+                    extra.add(path)
+        if in_base < len(base):
+            absent.update(p for p in base if not self.ws.covers(p))
+        return present, absent, extra, violations
+
     async def _full_check(self, full: bool) -> None:
         t0 = time.monotonic()
-        current, violations = await self._verify_blocking(full, self.baseline.records)
-        self._current = current
+        checked: tuple[int, set[str], set[str], list[Violation]] = await self.ctx.run_blocking(
+            lambda: self._check_all(full), timeout=self.options.verify_timeout
+        )
+        self._files_watched, self._absent, self._extra, violations = checked
         if not self.baseline.present:
             violations = []
         grouped: dict[str, list[Violation]] = {}
@@ -325,12 +359,19 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             lambda: scan(self.ws, todo, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size),
             timeout=o.verify_timeout,
         )
+        base = self.baseline.records
         for path in todo:
             rec = found.get(path)
-            if rec is None:
-                self._current.pop(path, None)
+            before = path in self._extra or (path in base and path not in self._absent)
+            self._files_watched += (rec is not None) - before
+            if rec is not None:
+                self._absent.discard(path)
+                if path not in base:
+                    self._extra.add(path)
             else:
-                self._current[path] = rec
+                self._extra.discard(path)
+                if path in base:
+                    self._absent.add(path)
             new = compare(path, self.baseline.records.get(path), rec) if self.baseline.present else []
             if new != self._violations.get(path, []):
                 self._changes["realtime"] += 1
@@ -466,7 +507,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
                 value=float(len(present) - len(keep)),
             ),
             GaugeMetricFamily(prefix + "files_watched", "Paths of the watched set that exist",
-                              value=float(len(self._current))),
+                              value=float(self._files_watched)),
             GaugeMetricFamily(prefix + "watched_directories", "Directories under inotify watch",
                               value=float(len(self._watches))),
             GaugeMetricFamily(prefix + "last_verify_timestamp_seconds", "Unix time the last verify ended",
