@@ -23,11 +23,11 @@ from mevwatch.collectors._integrity_scan import (
     DEFAULT_CHUNK,
     KINDS,
     FileRecord,
+    RecordTable,
     Violation,
     WatchSet,
     compare,
     scan,
-    verify,
     verify_each,
 )
 from mevwatch.collectors.base import (
@@ -276,7 +276,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         if self.baseline.corrupt:
             self.ctx.log.error("integrity_baseline_corrupt", problems=self.baseline.corrupt[:10])
         if not self.baseline.present and self.options.auto_baseline:
-            current, _ = await self._verify_blocking(full=True, baseline={})
+            current = await self.ctx.run_blocking(self._record_all, timeout=self.options.verify_timeout)
             who = Who(os.getuid(), "mevwatch", None)
             await self.ctx.run_blocking(self.store.replace_all, current, who, "auto_baseline")
             self.baseline = await self.ctx.run_blocking(self.store.load)
@@ -293,18 +293,13 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
 
     # --- checking --------------------------------------------------------------------------
 
-    async def _verify_blocking(
-        self, full: bool, baseline: dict[str, FileRecord]
-    ) -> tuple[dict[str, FileRecord], list[Violation]]:
+    def _record_all(self) -> RecordTable:
+        """Records of the whole watched set, hashed in batches and held packed: a first baseline."""
         o = self.options
-        result: tuple[dict[str, FileRecord], list[Violation]] = await self.ctx.run_blocking(
-            lambda: verify(
-                self.ws, baseline, quick=not full, follow_symlinks=o.follow_symlinks,
-                threads=o.hash_threads, chunk=o.chunk_size,
-            ),
-            timeout=o.verify_timeout,
-        )
-        return result
+        return RecordTable(rec for _, rec, _ in verify_each(
+            self.ws, {}, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size,
+            batch=_VERIFY_BATCH,
+        ) if rec is not None)
 
     def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation]]:
         """Verify the whole set in batches (one batch of records held at a time), keeping counts only:
