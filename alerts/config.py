@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from mevwatch.alerts.matchers import MatcherField, parse_matcher
+from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rulefiles import merge_rules
-from mevwatch.daemon.fields import Duration, SinkURL, secret_url
 from mevwatch.daemon.yamlsource import ConfigIssue
+from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
 
 __all__ = [
+    "AlertmanagerSilencesConfig",
     "AlertmanagerSinkConfig",
     "AlertsConfig",
     "EmailConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "Route",
     "RuleLoading",
     "WebhookConfig",
+    "alertmanager_urls",
 ]
 
 
@@ -107,6 +110,11 @@ class EmailConfig(_Strict):
         return self
 
 
+def alertmanager_urls(urls: list[str]) -> list[str]:
+    """Alertmanager base URLs, checked (and kept out of logs, as every sink URL), without a trailing slash."""
+    return [check_sink_url(u, "urls").rstrip("/") for u in urls]
+
+
 class AlertmanagerSinkConfig(_Strict):
     urls: list[str] = Field(default_factory=list, repr=False,
                             description="Alertmanager base URLs; alerts go to <url>/api/v2/alerts")
@@ -129,12 +137,27 @@ class AlertmanagerSinkConfig(_Strict):
         return self._target_urls
 
 
+class AlertmanagerSilencesConfig(_Strict):
+    urls: list[str] = Field(min_length=1, description=(
+        "Alertmanager base URLs (peers of one cluster); silences are read from the first that answers"))
+    refresh_interval: Duration = Field(15.0, gt=0, description="how often the silences are read again")
+    timeout: Duration = Field(5.0, gt=0, description="per request")
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return alertmanager_urls(v)
+
+
 class Receiver(_Strict):
     name: str
     log_configs: list[LogSinkConfig] = Field(default_factory=list)
     webhook_configs: list[WebhookConfig] = Field(default_factory=list)
     email_configs: list[EmailConfig] = Field(default_factory=list)
     alertmanager_configs: list[AlertmanagerSinkConfig] = Field(default_factory=list)
+    pagerduty_configs: list[PagerDutyConfig] = Field(default_factory=list)
+    slack_configs: list[SlackConfig] = Field(default_factory=list)
+    chat_configs: list[ChatConfig] = Field(default_factory=list)
 
 
 class Escalation(_Strict):
@@ -185,15 +208,23 @@ def _default_inhibit() -> list[InhibitRule]:
     ]
 
 
+#: the sinks a fleet-mode mevwatch may keep: everything else is Alertmanager's to route
+FLEET_SINKS = ("log_configs", "alertmanager_configs")
+_FLEET = "alerts.mode is fleet: Alertmanager owns routing, grouping, inhibition, silences and escalation"
+
+
 class AlertsConfig(_Strict):
     """The ``alerts:`` section."""
 
     enabled: bool = Field(True, description="run the alert engine")
+    mode: Literal["standalone", "fleet"] = Field("standalone", description=(
+        "standalone: mevwatch routes, silences, escalates and pages itself; fleet: it sends its alerts to an "
+        "Alertmanager cluster, which owns routing, grouping, inhibition, silences and escalation "
+        "(only log and alertmanager sinks, no escalation, no inhibit_rules, no local silences)"))
     host: str = Field(default_factory=socket.gethostname, description="host label on every alert")
     evaluation_interval: Duration = Field(1.0, gt=0, description=(
-        "tick for for/absent/keep_firing_for/stale data; while no alert, absent rule, time-windowed rule "
-        "or queued notification exists the engine ticks every 5s instead, and a changed input brings "
-        "this tick back at once"))
+        "tick on which every rule is evaluated (for, absent, keep_firing_for, windows, stale data); "
+        "a collector's new values are evaluated at once, between ticks"))
     startup_grace: Duration = Field(
         30.0, ge=0, description="after a start, absent and stale-data alerts wait this long for collectors"
     )
@@ -204,7 +235,8 @@ class AlertsConfig(_Strict):
     external_url: str = Field("", description="externalURL in webhook payloads")
     receivers: list[Receiver] = Field(default_factory=_default_receivers)
     receiver: str = Field("log", description="default receiver of the top-level route")
-    group_by: list[str] = Field(default_factory=lambda: ["alertname"])
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "host"], description=(
+        "labels a notification groups alerts by; host is always one of them, so two hosts never share a group"))
     group_wait: Duration = Field(30.0, ge=0)
     group_interval: Duration = Field(300.0, gt=0)
     repeat_interval: Duration = Field(14400.0, gt=0)
@@ -212,6 +244,9 @@ class AlertsConfig(_Strict):
     escalation: list[Escalation] = Field(default_factory=list, description="escalation of the default route")
     inhibit_rules: list[InhibitRule] = Field(default_factory=_default_inhibit)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    alertmanager_silences: AlertmanagerSilencesConfig | None = Field(None, description=(
+        "standalone mode: the direct sinks also honour this Alertmanager cluster's silences (API v2); "
+        "while it cannot be read, its silences do not mute anything"))
 
     _rules: tuple[Rule, ...] = PrivateAttr(default=())
 
@@ -245,7 +280,34 @@ class AlertsConfig(_Strict):
             if rule.name in seen:
                 raise ValueError(f"rules[{i}].name: duplicate rule name {rule.name!r} (also rules[{seen[rule.name]}])")
             seen[rule.name] = i
+        if self.mode == "fleet" and not any(rc.alertmanager_configs for rc in self.receivers):
+            raise ValueError(f"receivers: {_FLEET}; add a receiver with alertmanager_configs")
         return self
+
+    @field_validator("escalation", "routes", "inhibit_rules", "alertmanager_silences", "receivers")
+    @classmethod
+    def _fleet_mode(cls, v: Any, info: ValidationInfo) -> Any:
+        """What fleet mode leaves to Alertmanager is refused where it is written."""
+        if info.data.get("mode") != "fleet" or not v:
+            return v
+        field = info.field_name
+        if field == "escalation":
+            raise ValueError(f"{_FLEET}; escalate in Alertmanager's route tree and remove alerts.escalation")
+        if field == "routes":
+            for i, r in enumerate(v):
+                if r.escalation:
+                    raise ValueError(f"routes[{i}].escalation: {_FLEET}; escalate in Alertmanager's route tree")
+        if field == "inhibit_rules":
+            raise ValueError(f"{_FLEET}; put inhibit_rules in Alertmanager's config")
+        if field == "alertmanager_silences":
+            raise ValueError(f"{_FLEET}; this filters mevwatch's own pages, of which fleet mode has none")
+        if field == "receivers":
+            for i, rc in enumerate(v):
+                for name in type(rc).model_fields:
+                    if name.endswith("_configs") and name not in FLEET_SINKS and getattr(rc, name):
+                        raise ValueError(f"receivers[{i}].{name}: {_FLEET}; only log_configs and "
+                                         "alertmanager_configs may be used: configure this receiver in Alertmanager")
+        return v
 
     @property
     def all_rules(self) -> tuple[Rule, ...]:

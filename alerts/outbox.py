@@ -191,7 +191,7 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:
-            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry)
+            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry, exc.retry_after)
             return
         except Exception as exc:  # a sink bug must not stop delivery to the others
             log.exception("sink_bug", sink=sink.name)
@@ -203,7 +203,8 @@ class Outbox:
         if attempts:
             log.info("notification_delivered", sink=sink.name, id=nid, attempts=attempts + 1)
 
-    def _failure(self, sink: Sink, nid: str, attempts: int, created: float, error: str, retry: bool) -> None:
+    def _failure(self, sink: Sink, nid: str, attempts: int, created: float, error: str, retry: bool,
+                 retry_after: float | None = None) -> None:
         self.failed[sink.name] += 1
         now = self.clock()
         if not retry:
@@ -215,6 +216,8 @@ class Outbox:
             self._dead_letter(nid, f"undeliverable for {self.config.give_up_after:g}s: {error}")
             return
         delay = backoff_delay(attempts, self.config.retry_initial, self.config.retry_max)
+        if retry_after is not None:  # the receiver said when (429/503 Retry-After): not sooner
+            delay = max(delay, retry_after)
         log.warning("notification_retry", sink=sink.name, id=nid, attempts=attempts, retry_in_s=round(delay, 2),
                     error=error)
         self.state.execute(

@@ -32,8 +32,17 @@ EXPORT_NOTES = """\
 #     ALERTS series)`, matched on every label but alertname, alertstate and the rule's own labels.
 #   - a quantile rule without a rate window reads mevwatch's buckets since start; here it takes the
 #     rate over 5m, since a cumulative quantile over Prometheus' retention would hardly move.
-#   - the `host` label comes from the scrape target (see prometheus.yml), not from alerts.host.
+#   - labels: an alert carries the same label set on both paths, so an Alertmanager that gets it from
+#     mevwatch and from Prometheus holds it once (docs/fleet.md, the label contract). `host` comes
+#     from the scrape target and must equal the host's alerts.host; deploy/prometheus/prometheus.yml
+#     gives mevwatch's `instance` label back its name and drops the target's `instance`, `job` and
+#     the HA replica label from the alerts it sends.
+#   - an `absent` rule fires per host, as on the host: on every host that reports mevwatch_build_info
+#     but no matching series, labelled with the host and the rule's `=` matchers.
 """
+
+#: a series every mevwatch exposes: the hosts an absent rule is evaluated for
+PRESENCE_METRIC = "mevwatch_build_info"
 
 _NEGATE_FOR_CLEAR = {">": ">", ">=": ">", "<": "<", "<=": "<"}
 
@@ -71,7 +80,8 @@ def _value_expr(rule: Rule) -> str:
         buckets = selector(rule.metric + "_bucket", rule)
         return f"histogram_quantile({_number(rule.quantile)}, rate({buckets}[{window}]))"
     if rule.absent:
-        return f"absent({selector(rule.metric, rule)})"
+        return (f"group by (host) ({PRESENCE_METRIC})\nunless on (host)\n"
+                f"group by (host) ({selector(rule.metric, rule)})")
     if rule.increase:
         return f"increase({selector(rule.metric, rule)}[{duration(rule.increase)}])"
     if rule.rate:
@@ -99,7 +109,9 @@ def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
         out["for"] = duration(rule.for_)
     if rule.keep_firing_for:
         out["keep_firing_for"] = duration(rule.keep_firing_for)
-    out["labels"] = {"severity": rule.severity, **rule.labels}
+    # mevwatch labels an absent alert with the rule's `=` matchers; PromQL cannot take them from no series
+    given = {m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"} if rule.absent else {}
+    out["labels"] = {"severity": rule.severity, **given, **rule.labels}
     annotations = {"summary": rule.summary}
     if rule.description:
         annotations["description"] = rule.description

@@ -9,7 +9,6 @@ An alert still firing ``after`` an escalation level's delay is also routed to th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 import uuid
@@ -21,6 +20,7 @@ from typing import Any
 import structlog
 
 from mevwatch.alerts.config import AlertsConfig, Escalation, InhibitRule
+from mevwatch.alerts.identity import group_key, group_labels, notification_id, route_key
 from mevwatch.alerts.matchers import Matcher, matches_all, parse_matcher
 from mevwatch.alerts.outbox import Outbox, OutboxEntry
 from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert
@@ -212,12 +212,15 @@ class RouteSpec:
     repeat_interval: float
     cont: bool
     escalation: tuple[Escalation, ...]
+    key: str  # Alertmanager's route key (identity.route_key)
 
 
 @dataclass(slots=True)
 class Group:
-    key: str
+    key: str  # the router's own key: receiver, route, escalation level and group key
+    group_key: str  # Alertmanager's group key (identity.group_key), in payloads and ids
     receiver: str
+    level: int
     spec: RouteSpec
     labels: dict[str, str]
     alertmanager: bool  # Alertmanager receivers: flush on every change, resend every resend_delay
@@ -239,10 +242,10 @@ def route_specs(cfg: AlertsConfig) -> list[RouteSpec]:
             cfg.group_wait if r.group_wait is None else r.group_wait,
             cfg.group_interval if r.group_interval is None else r.group_interval,
             cfg.repeat_interval if r.repeat_interval is None else r.repeat_interval,
-            r.continue_, tuple(r.escalation),
+            r.continue_, tuple(r.escalation), route_key(r.matchers),
         ))
     specs.append(RouteSpec(-1, cfg.receiver, (), tuple(cfg.group_by), cfg.group_wait, cfg.group_interval,
-                           cfg.repeat_interval, False, tuple(cfg.escalation)))
+                           cfg.repeat_interval, False, tuple(cfg.escalation), route_key(None)))
     return specs
 
 
@@ -270,8 +273,13 @@ class Router:
         sinks: Mapping[str, Sequence[Sink]],
         alerts: Callable[[], Iterable[Alert]],
         clock: Callable[[], float] = time.time,
+        external_silences: Callable[[Mapping[str, str], float], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        # fleet mode: silences and inhibition are Alertmanager's; it gets every alert
+        self.standalone = cfg.mode == "standalone"
+        self.inhibit_rules: Sequence[InhibitRule] = cfg.inhibit_rules if self.standalone else ()
+        self.external_silences = external_silences
         self.state = state
         self.outbox = outbox
         self.sinks = sinks
@@ -302,33 +310,38 @@ class Router:
         return out
 
     def _group(self, spec: RouteSpec, level: int, receiver: str, a: Alert, now: float, create: bool) -> Group | None:
-        glabels = {k: a.labels.get(k, "") for k in spec.group_by}
-        key = f"{receiver}|{spec.index}|{level}|{json.dumps(sorted(glabels.items()))}"
+        glabels = group_labels(a.labels, spec.group_by)
+        gkey = group_key(spec.key, glabels)
+        key = f"{receiver}|{spec.index}|{level}|{gkey}"
         g = self.groups.get(key)
         if g is not None or not create:
             if g is None and key in self._persisted:
-                return self._restore(key, spec, receiver, glabels)
+                return self._restore(key, gkey, level, spec, receiver, glabels)
             return g
         if key in self._persisted:
-            return self._restore(key, spec, receiver, glabels)
+            return self._restore(key, gkey, level, spec, receiver, glabels)
         am = self._is_am(receiver)
         if am:
-            resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
-            spec = RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, ())
-        g = Group(key, receiver, spec, glabels, am)
+            spec = self._am_spec(spec, receiver)
+        g = Group(key, gkey, receiver, level, spec, glabels, am)
         g.next_flush = now + spec.group_wait
         self.groups[key] = g
         return g
 
-    def _restore(self, key: str, spec: RouteSpec, receiver: str, glabels: dict[str, str]) -> Group:
+    def _am_spec(self, spec: RouteSpec, receiver: str) -> RouteSpec:
+        resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
+        return RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, (),
+                         spec.key)
+
+    def _restore(self, key: str, gkey: str, level: int, spec: RouteSpec, receiver: str,
+                 glabels: dict[str, str]) -> Group:
         sent, last, seq = self._persisted.pop(key)
         if not sent:
             last = 0.0  # an emptied group starts over (group_wait), keeping its sequence for unique ids
         am = self._is_am(receiver)
         if am:
-            resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
-            spec = RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, ())
-        g = Group(key, receiver, spec, glabels, am, sent_firing=sent, last_flush=last, seq=seq)
+            spec = self._am_spec(spec, receiver)
+        g = Group(key, gkey, receiver, level, spec, glabels, am, sent_firing=sent, last_flush=last, seq=seq)
         g.next_flush = last + spec.repeat_interval if last else self.clock() + spec.group_wait
         self.groups[key] = g
         return g
@@ -406,12 +419,17 @@ class Router:
             return  # driven by tick() in tests without a loop
         self._timer = loop.call_later(max(min(pending) - now, 0.0), self.run_due)
 
-    def _muted(self, a: Alert, firing: list[Alert], now: float) -> bool:
-        return self.silences.mutes(a.labels, now) or is_inhibited(a, firing, self.cfg.inhibit_rules)
+    def _muted(self, g: Group, a: Alert, firing: list[Alert], now: float) -> bool:
+        if not self.standalone:
+            return False
+        if self.silences.mutes(a.labels, now) or is_inhibited(a, firing, self.inhibit_rules):
+            return True
+        # Alertmanager applies its own silences to what it is sent; the direct sinks ask it here
+        return not g.alertmanager and self.external_silences is not None and self.external_silences(a.labels, now)
 
     def _flush(self, g: Group, now: float) -> None:
         everything = [a for a in self.all_alerts() if a.state == "firing"]
-        firing = [a for a in g.alerts.values() if a.state == "firing" and not self._muted(a, everything, now)]
+        firing = [a for a in g.alerts.values() if a.state == "firing" and not self._muted(g, a, everything, now)]
         resolved = [a for a in g.alerts.values() if a.state == "resolved" and a.fingerprint in g.sent_firing]
         if g.alertmanager:
             resolved = [a for a in g.alerts.values() if a.state == "resolved"
@@ -430,11 +448,11 @@ class Router:
                 if not g.alerts:
                     self._forget(g)
             return
-        payload = notification_payload(g.receiver, g.key, g.labels, sorted(firing, key=lambda a: a.active_at),
+        payload = notification_payload(g.receiver, g.group_key, g.labels, sorted(firing, key=lambda a: a.active_at),
                                        resolved, self.cfg.external_url)
         g.seq += 1
         entries = [
-            OutboxEntry(hashlib.sha256(f"{g.key}|{g.seq}|{s.name}".encode()).hexdigest()[:32], s.name, payload)
+            OutboxEntry(notification_id(g.group_key, g.receiver, g.level, g.seq, s.name), s.name, payload)
             for s in self.sinks.get(g.receiver, ())
         ]
         self.outbox.enqueue(entries)

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from mevwatch.alerts.matchers import MatcherField
 from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
 from mevwatch.alerts.templates import check_template
-from mevwatch.daemon.families import METRIC_NAME_RE
-from mevwatch.daemon.fields import Duration
+from mevwatch.families import METRIC_NAME_RE
+from mevwatch.fields import Duration
 
 __all__ = ["LABEL_NAME_RE", "Op", "Rule", "RuleFile", "Severity", "compare"]
 

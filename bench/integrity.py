@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions
-from mevwatch.daemon.fields import parse_bytes
 from mevwatch.daemon.state import StateDB
+from mevwatch.fields import parse_bytes
 
 LARGE_FILES = 16
 THREADS = 4  # set from --threads: mevwatch's hash_threads, sha256sum's processes, AIDE's workers

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "READ_STATES",

@@ -20,7 +20,7 @@ from typing import Any
 
 from mevwatch.collectors._integrity_scan import FTYPES, FileRecord, RecordTable
 from mevwatch.collectors.base import StateStore
-from mevwatch.daemon.families import label_text
+from mevwatch.families import label_text
 
 __all__ = ["AcceptEntry", "Baseline", "BaselineStore", "Who", "who_am_i"]
 

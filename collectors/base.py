@@ -2,7 +2,7 @@
 
 A collector never touches a Prometheus registry, never sleeps between runs, never retries
 and never logs its own failure streak: the supervisor does all of that. A collector returns
-metric families (``mevwatch.daemon.families``' ``*MetricFamily`` objects, built fresh each run) or
+metric families (``mevwatch.families``' ``*MetricFamily`` objects, built fresh each run) or
 raises :class:`CollectorError` for an expected failure.
 """
 
@@ -22,8 +22,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.blocking import BlockingCallFailed, BlockingPool
-from mevwatch.daemon.families import Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
 __all__ = [
     "IMPORT_ERRORS",

@@ -25,8 +25,8 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from mevwatch.fields import Duration
 
 __all__ = [
     "DEFAULT_BLOCK_TIME", "ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "block_time",

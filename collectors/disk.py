@@ -33,8 +33,8 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.families import GaugeMetricFamily, Metric
+from mevwatch.fields import Duration
 
 __all__ = [
     "DEFAULT_FS_TYPES_EXCLUDE",

@@ -25,7 +25,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
+from mevwatch.families import GaugeMetricFamily, Metric
 
 __all__ = [
     "BID_STATUSES",

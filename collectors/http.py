@@ -19,16 +19,17 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mevwatch.collectors._json import JsonTooDeep, loads_bounded
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact_url
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact_url
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -388,7 +389,9 @@ class HttpCollector(PollCollector[HttpOptions]):
         if check is None:
             return ProbeResult(True, status, seconds, "", None)
         try:
-            doc = json.loads(body)
+            doc = loads_bounded(body)
+        except JsonTooDeep as exc:
+            return ProbeResult(False, status, seconds, "invalid_json", False, f"body {exc}")
         except (ValueError, UnicodeDecodeError):
             return ProbeResult(False, status, seconds, "invalid_json", False, "body is not JSON")
         ok, why = check.evaluate(doc)

@@ -39,8 +39,8 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric, label_text
-from mevwatch.daemon.fields import ByteSize, Duration, read_secret_file
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric, label_text
+from mevwatch.fields import ByteSize, Duration, read_secret_file
 
 __all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]
 

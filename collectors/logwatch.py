@@ -34,8 +34,8 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import ByteSize, Duration
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import ByteSize, Duration
 
 __all__ = [
     "JournalOptions",

@@ -31,7 +31,7 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "CgroupLayout",

@@ -22,8 +22,8 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import Duration
 
 __all__ = ["MempoolCollector", "MempoolOptions", "parse_filter_changes", "parse_txpool_status"]
 

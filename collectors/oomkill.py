@@ -30,7 +30,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "MIGRATIONS",

@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mevwatch.collectors import _pgqueries as q
 from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration, read_secret_file
-from mevwatch.daemon.logging import redact
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import Duration, read_secret_file
+from mevwatch.redaction import redact
 
 __all__ = [
     "CONNECTION_STATES",

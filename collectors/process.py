@@ -10,7 +10,7 @@ import time
 from typing import ClassVar
 
 from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]
 

@@ -30,13 +30,13 @@ from mevwatch.collectors.base import (
     register,
 )
 from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from mevwatch.daemon.fields import Duration
+from mevwatch.fields import Duration
 
 __all__ = [
     "BreakerState",

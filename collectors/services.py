@@ -29,9 +29,9 @@ from mevwatch.collectors.base import (
     PollCollector,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
-from mevwatch.daemon.logging import redact
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import Duration
+from mevwatch.redaction import redact
 
 __all__ = [
     "ACTIVE_STATES",

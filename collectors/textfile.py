@@ -19,7 +19,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
+from mevwatch.families import GaugeMetricFamily, Metric
 
 __all__ = ["FileResult", "TextfileCollector", "TextfileOptions", "merge_files", "parse_textfile", "read_directories"]
 

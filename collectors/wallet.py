@@ -26,7 +26,7 @@ from mevwatch.collectors.base import (
     StateError,
     register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]
 

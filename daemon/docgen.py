@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from mevwatch.collectors.base import CollectorOptions, MetricSpec, all_kinds
 from mevwatch.daemon.config import DaemonConfig
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 __all__ = ["all_metric_specs", "configuration_md", "declaration_problems", "main", "metrics_md", "write_all"]
 

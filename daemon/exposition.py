@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import structlog
 
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     METRIC_NAME_RE,
     CounterMetricFamily,
     Metric,

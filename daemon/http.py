@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mevwatch.daemon._httpd import Request, Response, Server
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
 from mevwatch.daemon.flags import Setting, settings_html
-from mevwatch.daemon.store import SampleStore, merge_families
+from mevwatch.daemon.landing import landing_html
+from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 
 __all__ = ["HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile", "load_web_config", "ssl_context"]
 
@@ -33,22 +34,24 @@ log = structlog.get_logger("mevwatch.http")
 
 
 class MetricsCache:
-    """Renders /metrics per collector kind and reuses the text of every kind whose snapshots did not change.
+    """The one render cache: each kind's text by the sequence numbers of its snapshots, and the body
+    (per format, plain and gzipped) by the store's sequence number and its set of fresh snapshots.
 
-    A scrape after one collector's run re-renders that collector's families only; the gzipped
-    body is cached per store state too.
+    A scrape after one collector's run renders that collector's kind only; a scrape with no change
+    since the last one renders nothing. Reading the store writes nothing to it.
     """
 
     def __init__(self, store: SampleStore) -> None:
         self.store = store
-        self._key: Any = None
+        self._key: tuple[int, frozenset[tuple[str, str]]] | None = None
         self._bodies: dict[tuple[bool, bool], bytes] = {}
         # (kind, openmetrics) -> (seq of the snapshots rendered, text)
         self._parts: dict[tuple[str, bool], tuple[tuple[int, ...], bytes]] = {}
         self.renders = 0  # kinds rendered (for tests and benchmarks)
 
     def get(self, openmetrics: bool, gzipped: bool) -> bytes:
-        key = self.store.cache_key()
+        groups = self.store.fresh_by_kind()
+        key = (self.store.seq, frozenset(k for items in groups.values() for k, _ in items))
         if key != self._key:
             self._key = key
             self._bodies = {}
@@ -57,15 +60,14 @@ class MetricsCache:
         if body is None:
             plain = self._bodies.get((openmetrics, False))
             if plain is None:
-                plain = self._render(openmetrics)
+                plain = self._render(groups, openmetrics)
                 self._bodies[(openmetrics, False)] = plain
             body = gzip.compress(plain, compresslevel=5) if gzipped else plain
             self._bodies[fmt] = body
         return body
 
-    def _render(self, openmetrics: bool) -> bytes:
+    def _render(self, groups: dict[str, list[tuple[tuple[str, str], Snapshot]]], openmetrics: bool) -> bytes:
         parts: list[bytes] = []
-        groups = self.store.fresh_by_kind()
         for kind, items in groups.items():
             ident = tuple(snap.seq for _, snap in items)
             cached = self._parts.get((kind, openmetrics))
@@ -180,6 +182,9 @@ class HttpHooks:
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
     settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
+    #: the alert engine's verdicts (alerts, rules, silences, verdict; see alerts/api.py), None without one
+    alerts: Callable[[], dict[str, Any] | None] | None = None
 
 
 class HttpServer:
@@ -220,6 +225,8 @@ class HttpServer:
         self.scrapes_total = 0
         self._routes: dict[str, dict[str, Callable[[Request], Response | Awaitable[Response]]]] = {
             "/": {"GET": self.landing},
+            "/api/v1/alerts": {"GET": self.api_alerts},
+            "/api/v1/rules": {"GET": self.api_rules},
             "/health": {"GET": self.health},
             "/-/healthy": {"GET": self.healthy},
             "/-/ready": {"GET": self.ready},
@@ -274,29 +281,44 @@ class HttpServer:
         return Response(200, body, ctype, _GZIP if gzipped else ())
 
     def landing(self, _: Request) -> Response:
-        rows = "".join(
-            f"<tr><td>{html.escape(s['collector'])}</td><td>{html.escape(s['instance'])}</td>"
-            f"<td>{'ok' if s['success'] else ('pending' if s['success'] is None else 'FAILING')}</td>"
-            f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
-            for s in self.hooks.status()
-        )
-        page = (
-            "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
-            f'<p><a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a></p>'
-            "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
-            f"<th>last error</th></tr>{rows}</table>"
-            f"{settings_html(self.hooks.settings()) if self.hooks.settings else ''}</body></html>"
-        )
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
+        links = (f'<a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a> · '
+                 '<a href="/api/v1/alerts">Alerts (JSON)</a> · <a href="/api/v1/rules">Rules (JSON)</a>')
+        if alerting:
+            links += (f"<br>Alerting: {html.escape(alerting['mode'])} mode on host "
+                      f"{html.escape(alerting['host'])}")
+        page = landing_html(self.hooks.status(), self._alerts_view(), links,
+                            settings_html(self.hooks.settings()) if self.hooks.settings else "")
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+    def _alerts_view(self) -> dict[str, Any] | None:
+        return self.hooks.alerts() if self.hooks.alerts is not None else None
+
+    def _api(self, key: str) -> Response:
+        view = self._alerts_view()
+        body: dict[str, Any] = {"status": "success", "data": {key: view[key] if view is not None else []}}
+        if view is None:
+            body["warnings"] = ["the alert engine does not run (alerts.enabled: false)"]
+        return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
+
+    def api_alerts(self, _: Request) -> Response:
+        """Pending and firing alerts, Prometheus' /api/v1/alerts envelope with Alertmanager's alert fields."""
+        return self._api("alerts")
+
+    def api_rules(self, _: Request) -> Response:
+        """Every rule with its state and last values (what `mevwatch diagnose` shows from a running daemon)."""
+        return self._api("rules")
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:

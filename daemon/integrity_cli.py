@@ -21,8 +21,8 @@ from mevwatch.collectors._integrity_scan import Violation, WatchSet, compare, sc
 from mevwatch.collectors.integrity import IntegrityOptions, read_hmac_key, watch_set
 from mevwatch.daemon.cli import add_config_argument, load_or_default
 from mevwatch.daemon.config import ConfigError
-from mevwatch.daemon.families import label_text as shown
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.families import label_text as shown
 
 __all__ = ["register"]
 

@@ -1,4 +1,4 @@
-"""Structured logging: JSON lines off a TTY, readable console on one; secrets never logged (daemon.redaction)."""
+"""Structured logging: JSON lines off a TTY, readable console on one; secrets never logged (mevwatch.redaction)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import structlog
 
-from mevwatch.daemon.redaction import has_registered_secret, redact, redact_url
+from mevwatch.redaction import has_registered_secret, redact, redact_url
 
 __all__ = ["configure_logging", "redact", "redact_url"]
 

@@ -84,7 +84,8 @@ class Daemon:
         state = self.state
         self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, settings=self.settings)
+                          reload=self.reload, settings=self.settings, alerting=self.alerting,
+                          alerts=self.alerts_view)
         try:
             self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config,
                                    telemetry_path=self.config.daemon.web.telemetry_path)
@@ -156,6 +157,20 @@ class Daemon:
             await asyncio.sleep(10)
             self.notifier.status(self.summary())
 
+    def alerts_view(self) -> dict[str, Any] | None:
+        """The alert engine's verdicts for the landing page and /api/v1/*; None when no engine runs."""
+        from mevwatch.alerts.api import alerts_json, rules_json, silences_json, verdict
+        from mevwatch.alerts.engine import AlertEngine
+
+        engine = next((c for c in self.components if isinstance(c, AlertEngine)), None)
+        if engine is None:
+            return None
+        alerts = alerts_json(engine)
+        rules = rules_json(engine)
+        failing = sum(1 for r in self.status_rows() if r["success"] is False)
+        return {"alerts": alerts, "rules": rules, "silences": silences_json(engine),
+                "verdict": verdict(alerts, failing), "host": engine.cfg.host}
+
     def settings(self) -> list[Setting]:
         """The running settings and where each came from (flag, config file, default), for the landing page."""
         return settings(self.config, self.overrides, self.config_path)
@@ -167,6 +182,11 @@ class Daemon:
         if failing:
             text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
         return text
+
+    def alerting(self) -> dict[str, Any]:
+        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        alerts = self.config.daemon.alerts
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from mevwatch.collectors.base import MetricSpec, StateError
-from mevwatch.daemon.families import CounterMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, Metric
 
 __all__ = ["STATE_METRICS", "StateDB", "StateError", "default_state_dir", "state_families"]
 

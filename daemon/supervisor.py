@@ -40,14 +40,14 @@ from mevwatch.collectors.base import (
     get_kind,
 )
 from mevwatch.daemon.config import CollectorSpec, Config
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.state import StateDB
-from mevwatch.daemon.store import SampleStore, SnapshotKey
 
 __all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 
@@ -181,7 +181,7 @@ class Supervisor:
         self.reload_ok = True
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
-        self._meta_memo: dict[str, tuple[object, list[Metric]]] = {}
+        self._meta_pending = False  # a put of the self-metrics is scheduled (_meta_changed)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -359,9 +359,7 @@ class Supervisor:
         self.store.put(key, families, status.interval)
         if flipped:
             self._check_first_round()
-            self._publish_meta()
-        else:
-            self._meta_changed()
+        self._meta_changed()
 
     def _failed(
         self, key: SnapshotKey, status: InstanceStatus, reason: str, message: str, started: float | None
@@ -378,31 +376,21 @@ class Supervisor:
         status.last_error_wall = time.time()
         if flipped:
             self._check_first_round()
-            self._publish_meta()
-        else:
-            self._meta_changed()
+        self._meta_changed()
 
     # --- self metrics -----------------------------------------------------------------
 
     def _publish_meta(self) -> None:
-        """Put the self-metrics now: the alert engine sees a run's success flipping at once."""
+        """Put the self-metrics now (start, reload)."""
+        self._meta_pending = False
         self.store.put(META_KEY, self.meta_families(), interval=3600.0)
 
     def _meta_changed(self) -> None:
-        """The self-metrics changed in a way nothing waits for (a duration, a timestamp, one more error
-        of a failing collector): they are built when /metrics or the alert engine next reads the store,
-        once for all the runs in between, not once per run."""
-        self.store.put_lazy(META_KEY, self.meta_families, interval=3600.0)
-
-    def _memo(self, name: str, key: object, build: Callable[[], list[Metric]]) -> list[Metric]:
-        """``build()``, or the families it gave for the same ``key`` the last time (shared, never changed):
-        the renderer writes an unchanged family object from its last text."""
-        last = self._meta_memo.get(name)
-        if last is not None and last[0] == key:
-            return last[1]
-        families = build()
-        self._meta_memo[name] = (key, families)
-        return families
+        """The self-metrics changed: put them once at the end of this loop iteration, so that runs
+        ending together (collectors of one interval share a wake-up) make one snapshot."""
+        if not self._meta_pending:
+            self._meta_pending = True
+            asyncio.get_running_loop().call_soon(self._publish_meta)
 
     def meta_families(self) -> list[Metric]:
         labels = ["collector", "instance"]
@@ -411,42 +399,35 @@ class Supervisor:
         def family(
             cls: type[GaugeMetricFamily | CounterMetricFamily], name: str, documentation: str,
             rows: list[tuple[list[str], float]], names: list[str] = labels,
-        ) -> list[Metric]:
+        ) -> Metric:
             fam = cls(name, documentation, labels=names)
             for lv, v in rows:
                 fam.add_metric(lv, v)
-            return [fam]
+            return fam
 
-        success_rows = [([k, i], 1.0 if st.success else 0.0) for (k, i), st in items if st.success is not None]
-        interval_rows = [([k, i], st.interval) for (k, i), st in items]
-        error_rows = [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())]
+        ran = [(k, i, st) for (k, i), st in items if st.success is not None]
         families: list[Metric] = [
-            *self._memo("success", success_rows, lambda: family(
-                GaugeMetricFamily, "mevwatch_collector_success",
-                "1 if the collector's last run succeeded, 0 if it failed", success_rows)),
-            *family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
-                    [([k, i], st.duration) for (k, i), st in items if st.success is not None]),
-            *family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
-                    "Unix time of the collector's last successful run",
-                    [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
-            *self._memo("errors", error_rows, lambda: family(
-                CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason", error_rows,
-                [*labels, "reason"])),
-            *self._memo("interval", interval_rows, lambda: family(
-                GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
-                interval_rows)),
+            family(GaugeMetricFamily, "mevwatch_collector_success",
+                   "1 if the collector's last run succeeded, 0 if it failed",
+                   [([k, i], 1.0 if st.success else 0.0) for k, i, st in ran]),
+            family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
+                   [([k, i], st.duration) for k, i, st in ran]),
+            family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
+                   "Unix time of the collector's last successful run",
+                   [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
+            family(CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason",
+                   [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())],
+                   [*labels, "reason"]),
+            family(GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
+                   [([k, i], st.interval) for (k, i), st in items]),
+            *self._process_families(),
         ]
-        write_errors = self.state.write_errors_total if self.state is not None else None
-        families.extend(self._memo(
-            "process",
-            (self.pool.abandoned, self.pool.abandoned_total, self.reload_ok, self.reload_wall, write_errors),
-            lambda: self._process_families(write_errors),
-        ))
         for extra in self.extra_meta:
             families.extend(extra())
         return families
 
-    def _process_families(self, write_errors: int | None) -> list[Metric]:
+    def _process_families(self) -> list[Metric]:
+        write_errors = self.state.write_errors_total if self.state is not None else None
         build = InfoMetricFamily(
             "mevwatch_build", "mevwatch version and Python runtime", value={
                 "version": __version__,

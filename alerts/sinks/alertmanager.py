@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSinkConfig
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.alerts.sinks.webhook import is_retryable_status
-from mevwatch.daemon.redaction import redact, redact_sink_url
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerSink", "alertmanager_alerts"]
 
@@ -54,6 +55,7 @@ class AlertmanagerSink:
         self.config = config
         self.ends_in = 4 * max(eval_interval, config.resend_delay)
         self._session: aiohttp.ClientSession | None = None
+        self.observer: Callable[[str, bool], None] | None = None  # told whether each Alertmanager answered
 
     def wants(self, payload: dict[str, Any]) -> bool:
         return True
@@ -81,7 +83,11 @@ class AlertmanagerSink:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         body = json.dumps(alertmanager_alerts(payload, time.time(), self.ends_in)).encode()
-        results = await asyncio.gather(*(self._post(u, body) for u in self.config.target_urls), return_exceptions=True)
+        urls = self.config.target_urls
+        results = await asyncio.gather(*(self._post(u, body) for u in urls), return_exceptions=True)
+        if self.observer is not None:
+            for url, res in zip(urls, results, strict=True):
+                self.observer(url, not isinstance(res, BaseException))
         errors = [r for r in results if isinstance(r, BaseException)]
         for err in errors:
             if len(errors) < len(results):

@@ -12,8 +12,8 @@ import aiohttp
 
 from mevwatch.alerts.config import WebhookConfig
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.fields import read_secret_file
-from mevwatch.daemon.redaction import redact, redact_sink_url
+from mevwatch.fields import read_secret_file
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["NOTIFICATION_ID_HEADER", "WebhookSink", "is_retryable_status", "sign"]
 

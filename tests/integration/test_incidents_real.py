@@ -14,7 +14,7 @@ import pytest
 from mevwatch.collectors.base import CollectorContext, CollectorError
 from mevwatch.collectors.chain import ChainCollector, ChainOptions
 from mevwatch.collectors.rpc import RpcCollector, RpcOptions
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.anvil import Anvil, start_anvil
 from tests.support.families import family_value
 from tests.support.peers import free_port

@@ -22,8 +22,8 @@ from mevwatch.collectors._integrity_scan import verify
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions, watch_set
 from mevwatch.daemon.cli import main as cli_main
-from mevwatch.daemon.families import Metric
 from mevwatch.daemon.state import StateDB
+from mevwatch.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import need_binary, need_root
 

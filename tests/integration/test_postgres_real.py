@@ -16,7 +16,7 @@ import structlog
 from mevwatch.collectors import _pgqueries as pgq
 from mevwatch.collectors.base import CollectorContext, CollectorError
 from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import free_port
 from tests.support.pgcluster import (

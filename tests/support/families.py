@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 __all__ = ["family_labels", "family_value"]
 

@@ -176,11 +176,12 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
     n = eval_min + 10
     if rule.absent:
         present = _selector(rule.metric, labels)
-        fired = {m.name: m.value for m in rule.matchers if m.op == "="}
+        # fires per host: the host reports mevwatch but not the series
+        fired = {"host": HOST, **{m.name: m.value for m in rule.matchers if m.op == "="}}
+        alive = {"series": _selector("mevwatch_build_info", {"host": HOST, "version": "x"}), "values": f"1x{n}"}
         return [
-            _case(rule, [{"series": _selector("mevwatch_build_info", {"version": "x"}), "values": f"1x{n}"}],
-                  eval_min, [_expected(rule, fired, 1.0, runbook_url)]),
-            _case(rule, [{"series": present, "values": f"1x{n}"}], eval_min, []),
+            _case(rule, [alive], eval_min, [_expected(rule, fired, 1.0, runbook_url)]),
+            _case(rule, [alive, {"series": present, "values": f"1x{n}"}], eval_min, []),
         ]
     if rule.quantile is not None:
         le_hi = _go_value(rule.threshold * 2)

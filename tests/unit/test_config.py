@@ -11,7 +11,7 @@ import pytest
 
 from mevwatch.daemon.cli import main
 from mevwatch.daemon.config import ConfigError, default_config_text, load_config, load_config_text
-from mevwatch.daemon.fields import parse_bytes, parse_duration, read_secret_file
+from mevwatch.fields import parse_bytes, parse_duration, read_secret_file
 from tests.support.peers import REPO
 
 GOOD = """\

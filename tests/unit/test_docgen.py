@@ -6,7 +6,7 @@ import pytest
 
 from mevwatch.collectors.base import MetricSpec
 from mevwatch.daemon.docgen import all_metric_specs, configuration_md, declaration_problems, metrics_md
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from tests.support.peers import REPO
 
 REGENERATE = "regenerate with `.venv/bin/python -m mevwatch.daemon.docgen`"

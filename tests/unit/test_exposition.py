@@ -17,7 +17,7 @@ from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext, get_kind
 from mevwatch.daemon import exposition
 from mevwatch.daemon.exposition import render_openmetrics, render_text
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import structlog
 
-from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile
 from mevwatch.daemon.store import SampleStore
+from mevwatch.families import GaugeMetricFamily
 
 WAIT = 5.0  # upper bound for any single read; every test ends well within it
 

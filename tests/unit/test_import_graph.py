@@ -108,3 +108,20 @@ def test_the_cycle_finder_finds_a_circle_drawn_through_a_function_level_import(t
 
 def test_no_import_circle() -> None:
     assert cycles(import_graph()) == []
+
+
+def test_no_collector_imports_the_daemon() -> None:
+    """Collectors see the daemon only through their context (options, blocking pool, state store)."""
+    graph = import_graph()
+    reaching = {(mod, dep) for mod, deps in graph.items() if mod.startswith("mevwatch.collectors")
+                for dep in deps if dep.startswith("mevwatch.daemon")}
+    assert reaching == set()
+
+
+def test_the_shared_modules_import_no_part_of_mevwatch() -> None:
+    """mevwatch/*.py (families, fields, redaction, blocking) sit under all three packages."""
+    graph = import_graph()
+    shared = [m for m in graph if m.count(".") == 1 and m.split(".")[1] not in {*PACKAGES, "__main__"}]
+    assert "mevwatch.families" in shared
+    assert {m: sorted(d for d in graph[m] if d.count(".") > 1 or d.split(".")[1] in PACKAGES)
+            for m in shared} == {m: [] for m in shared}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mevwatch.alerts.config import AlertmanagerSinkConfig, WebhookConfig
-from mevwatch.daemon.redaction import redact, redact_sink_url, register_sink_url
+from mevwatch.redaction import redact, redact_sink_url, register_sink_url
 
 
 @pytest.mark.parametrize(

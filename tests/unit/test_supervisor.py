@@ -1,11 +1,16 @@
-"""The supervisor keeps every collector on schedule when one hangs, raises or blocks a thread."""
+"""The supervisor keeps every collector on schedule when one hangs, raises or blocks a thread.
+
+The tests run on a virtual clock (looptime): the loop's time jumps to its next timer when nothing
+else is ready, so schedules are checked to the microsecond and a second of schedule takes
+milliseconds. The store reads the loop clock for staleness.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
@@ -22,12 +27,19 @@ from mevwatch.collectors.base import (
     register,
 )
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
+from mevwatch.families import GaugeMetricFamily
+
+pytestmark = pytest.mark.looptime
 
 RUNS: dict[str, list[float]] = {}
 RELEASE = threading.Event()
+EPS = 1e-6
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _family(name: str, value: float) -> GaugeMetricFamily:
@@ -41,7 +53,7 @@ class TickCollector(PollCollector[CollectorOptions]):
     default_timeout = 0.05
 
     async def collect(self) -> Families:
-        RUNS.setdefault(self.ctx.instance, []).append(time.monotonic())
+        RUNS.setdefault(self.ctx.instance, []).append(_now())
         return [_family("t_tick_value", 1.0)]
 
 
@@ -52,7 +64,7 @@ class HangCollector(PollCollector[CollectorOptions]):
     default_timeout = 0.2
 
     async def collect(self) -> Families:
-        RUNS.setdefault("hang", []).append(time.monotonic())
+        RUNS.setdefault("hang", []).append(_now())
         await asyncio.Event().wait()  # forever
         return []
 
@@ -90,11 +102,11 @@ class BlockThreadCollector(PollCollector[CollectorOptions]):
 class DyingStream(StreamCollector[CollectorOptions]):
     kind: ClassVar[str] = "t_stream"
     default_interval = 0.1
-    starts = 0
+    starts: ClassVar[list[float]] = []
 
     async def run(self, emit: Emit) -> None:
-        DyingStream.starts += 1
-        emit([_family("t_stream_value", float(DyingStream.starts))])
+        DyingStream.starts.append(_now())
+        emit([_family("t_stream_value", float(len(DyingStream.starts)))])
         await asyncio.sleep(0.05)
         raise CollectorError("reset", "connection reset")
 
@@ -111,16 +123,6 @@ class QuietStream(StreamCollector[CollectorOptions]):
         await asyncio.Event().wait()
 
 
-CONFIG = """\
-collectors:
-  - t_tick: {instance: a}
-  - t_tick: {instance: b, interval: 0.05}
-  - t_hang: {}
-  - t_flaky: {}
-  - t_block: {}
-"""
-
-
 def value(store: SampleStore, name: str, **labels: str) -> float | None:
     for fam in store.families():
         for s in fam.samples:
@@ -129,22 +131,36 @@ def value(store: SampleStore, name: str, **labels: str) -> float | None:
     return None
 
 
-async def test_failing_collectors_do_not_disturb_the_others() -> None:
-    RUNS.clear()
-    RELEASE.clear()
-    store = SampleStore()
-    pool = BlockingPool(max_workers=4)
-    sup = Supervisor(load_config_text(CONFIG, "t", {}), store, pool=pool)
+@contextlib.asynccontextmanager
+async def _running(config: str, pool: BlockingPool | None = None) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
+    """A started supervisor over ``config`` and a store on the loop clock, shut down after the block."""
+    store = SampleStore(clock=asyncio.get_running_loop().time)
+    sup = Supervisor(load_config_text(config, "t", {}), store, pool=pool)
     await sup.start()
     try:
-        await asyncio.sleep(1.0)
-        # The healthy collectors kept their schedule (measured): ~10 and ~20 runs in 1 s.
+        yield sup, store
+    finally:
+        await sup.shutdown()
+
+
+async def test_failing_collectors_do_not_disturb_the_others() -> None:
+    RUNS.clear()
+    FlakyCollector.calls = 0
+    config = "collectors:\n  - t_tick: {instance: a}\n  - t_tick: {instance: b, interval: 0.05}\n" \
+             "  - t_hang: {}\n  - t_flaky: {}\n"
+    async with _running(config) as (sup, store):
+        await asyncio.sleep(1.0 + EPS)
+        # The healthy collectors kept their schedule to the microsecond: a run every interval.
         for inst, interval in (("a", 0.1), ("b", 0.05)):
             gaps = [b - a for a, b in zip(RUNS[inst], RUNS[inst][1:], strict=False)]
-            assert len(RUNS[inst]) >= 0.8 / interval, (inst, len(RUNS[inst]))
-            assert max(gaps) < interval + 0.08, (inst, max(gaps))
-        # The hung collector is cancelled at its timeout, and retried: never overlapping.
-        assert 3 <= len(RUNS["hang"]) <= 6
+            assert len(RUNS[inst]) == round(1.0 / interval) + 1, (inst, RUNS[inst])
+            assert all(abs(g - interval) < EPS for g in gaps), (inst, gaps)
+        # The hung collector is cancelled at its timeout and retried on the next slot, never overlapping.
+        hang, status = RUNS["hang"], sup.status[("t_hang", "default")]
+        assert status.timeout == 0.1  # its default 0.2, capped at the interval
+        assert all(b - a >= status.timeout - EPS for a, b in itertools.pairwise(hang)), hang
+        assert len(hang) == 11, hang
+        assert status.errors["timeout"] == len(hang) - 1
         assert value(store, "mevwatch_collector_success", collector="t_hang") == 0.0
         assert value(store, "mevwatch_collector_errors_total", collector="t_hang", reason="timeout")
         # Raising collectors: expected errors by reason, bugs as "exception"; samples gone after 2x interval.
@@ -152,30 +168,35 @@ async def test_failing_collectors_do_not_disturb_the_others() -> None:
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused")
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="exception")
         assert value(store, "t_flaky_value") is None
-        # The thread-blocking collector: timeouts, abandoned threads counted, loop never blocked.
-        assert value(store, "mevwatch_collector_success", collector="t_block") == 0.0
-        assert pool.abandoned >= 1
-        assert value(store, "mevwatch_blocking_threads_abandoned") is not None
         assert value(store, "t_tick_value") == 1.0
+
+
+async def test_a_collector_blocked_in_a_thread_times_out_and_the_others_keep_running() -> None:
+    RUNS.clear()
+    RELEASE.clear()
+    pool = BlockingPool(max_workers=4)
+    try:
+        async with _running("collectors:\n  - t_tick: {instance: a}\n  - t_block: {}\n", pool) as (sup, store):
+            await asyncio.sleep(0.5)
+            assert len(RUNS["a"]) >= 5
+            status = sup.status[("t_block", "default")]
+            assert status.errors["timeout"] >= 1
+            assert value(store, "mevwatch_collector_success", collector="t_block") == 0.0
+            assert pool.abandoned >= 1
+            assert value(store, "mevwatch_blocking_threads_abandoned") is not None
     finally:
         RELEASE.set()
-        await sup.shutdown()
 
 
 async def test_stale_samples_vanish_after_twice_the_interval() -> None:
     FlakyCollector.calls = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_flaky: {interval: 0.2}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await asyncio.sleep(0.05)
+    async with _running("collectors:\n  - t_flaky: {interval: 0.2}\n") as (_, store):
+        await asyncio.sleep(EPS)
         assert value(store, "t_flaky_value") == 7.0
-        await asyncio.sleep(0.3)  # 0.35 s < 2x0.2: still served
+        await asyncio.sleep(0.4 - 2 * EPS)  # just under 2x0.2 after the run: still served
         assert value(store, "t_flaky_value") == 7.0
-        await asyncio.sleep(0.15)  # 0.5 s > 0.4 s
+        await asyncio.sleep(2 * EPS)  # just over
         assert value(store, "t_flaky_value") is None
-    finally:
-        await sup.shutdown()
 
 
 async def test_stream_collector_restarts_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,89 +204,66 @@ async def test_stream_collector_restarts_with_backoff(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(supmod, "STREAM_BACKOFF_MIN", 0.1)
     monkeypatch.setattr(supmod, "STREAM_BACKOFF_MAX", 0.4)
-    DyingStream.starts = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_stream: {}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await asyncio.sleep(1.5)
-        # backoff 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.2-0.4...: between 4 and 8 starts in 1.5 s, not hundreds
-        assert 4 <= DyingStream.starts <= 9, DyingStream.starts
+    DyingStream.starts.clear()
+    async with _running("collectors:\n  - t_stream: {}\n") as (_, store):
+        await asyncio.sleep(3.0)
+        starts = DyingStream.starts
+        # each run lasts 0.05 s, then waits a random share (1/2 to 1) of a backoff that doubles up to 0.4
+        waits = [b - a - 0.05 for a, b in itertools.pairwise(starts)]
+        bounds = [min(0.1 * 2**i, 0.4) for i in range(len(waits))]
+        assert all(b / 2 - EPS <= w <= b + EPS for w, b in zip(waits, bounds, strict=True)), (waits, bounds)
+        assert len(starts) >= 3.0 / (0.4 + 0.05)
         assert value(store, "mevwatch_collector_errors_total", collector="t_stream", reason="reset")
-    finally:
-        await sup.shutdown()
 
 
 async def test_ready_after_first_round_and_meta_always_present() -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 5}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_tick: {interval: 5}\n") as (sup, store):
         assert await sup.wait_first_round(2.0)
         assert store.get(META_KEY) is not None
         assert value(store, "mevwatch_build_info") == 1.0
-    finally:
-        await sup.shutdown()
 
 
-async def test_self_metrics_are_built_per_read_not_per_run_and_flips_are_put_at_once() -> None:
+async def test_runs_ending_together_make_one_self_metrics_snapshot_and_a_read_builds_nothing() -> None:
     FlakyCollector.calls = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 0.02}\n  - t_flaky: {interval: 0.05}\n",
-                                      "t", {}), store)
-    builds = 0
-    build = sup.meta_families
-
-    def counting() -> list[Metric]:
-        nonlocal builds
-        builds += 1
-        return build()
-
-    sup.meta_families = counting  # type: ignore[method-assign]
-    success: dict[str, list[float]] = {"t_tick": [], "t_flaky": []}
-    def seen(key: SnapshotKey, snap: Snapshot) -> None:
-        for f in snap.families:
-            for s in f.samples:
-                if key == META_KEY and s.name == "mevwatch_collector_success":
-                    success[s.labels["collector"]].append(s.value)
-
-    store.subscribe(seen)
-    await sup.start()
-    try:
-        await asyncio.sleep(0.5)
-        runs = sup.status[("t_tick", "default")].runs
-        assert runs >= 10
-        assert sup.status[("t_flaky", "default")].runs >= 5
-        # Before any read, only start() and the flips were put (and seen by listeners such as the
-        # alert engine): t_tick's first success, t_flaky's first success and its first failure.
-        assert success == {"t_tick": [1.0, 1.0, 1.0], "t_flaky": [1.0, 0.0]}
-        assert builds == 4
-        before = builds
-        first = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
-        assert builds == before + 1  # one read, one build, whatever the number of runs since the last
-        assert first == sup.status[("t_tick", "default")].last_success_wall
+    config = "collectors:\n  - t_tick: {instance: a, interval: 0.1}\n  - t_tick: {instance: b, interval: 0.1}\n" \
+             "  - t_flaky: {interval: 0.1}\n"
+    async with _running(config) as (sup, store):
+        await asyncio.sleep(0.25)  # runs at 0, 0.1 and 0.2: three collectors on one grid each time
+        meta = store.get(META_KEY)
+        assert meta is not None
+        # start() put one; each of the three rounds one more (not one per run)
+        assert sup.status[("t_tick", "a")].runs == 3
+        seqs = store.changes(meta.seq - 1)
+        assert seqs[1] == [META_KEY]
+        seq = store.seq
+        for _ in range(5):
+            assert value(store, "mevwatch_collector_success", collector="t_tick") == 1.0
+            assert value(store, "mevwatch_collector_success", collector="t_flaky") == 0.0
+        assert store.seq == seq  # reading wrote nothing
+        last = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick", instance="a")
+        assert last == sup.status[("t_tick", "a")].last_success_wall
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused") == float(
             sup.status[("t_flaky", "default")].errors["refused"])
+
+
+async def test_self_metrics_snapshots_count_one_per_round() -> None:
+    config = "collectors:\n  - t_tick: {instance: a, interval: 0.1}\n  - t_tick: {instance: b, interval: 0.1}\n"
+    async with _running(config) as (_, store):
+        await asyncio.sleep(EPS)
+        first = store.get(META_KEY)
         assert first is not None
-        await asyncio.sleep(0.1)
-        later = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
-        assert later is not None
-        assert later > first
-        assert value(store, "mevwatch_collector_duration_seconds", collector="t_tick") is not None
-    finally:
-        await sup.shutdown()
+        await asyncio.sleep(0.5)
+        last = store.get(META_KEY)
+        assert last is not None
+        # per round: two collector snapshots and one self-metrics snapshot; five rounds
+        assert last.seq - first.seq == 5 * 3
 
 
 async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_quiet: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_quiet: {}\n") as (_, store):
         for _ in range(8):  # 0.8 s: 4x the 0.2 s after which an untouched snapshot is stale
             await asyncio.sleep(0.1)
             assert value(store, "t_quiet_value") == 1.0
-    finally:
-        await sup.shutdown()
 
 
 # --- schedule grid ---------------------------------------------------------------------------
@@ -299,6 +297,7 @@ def test_collectors_of_one_interval_land_on_the_same_instant() -> None:
         assert a == b
 
 
+@pytest.mark.looptime(False)  # counts real loop iterations: a callback ready in each stops the virtual clock
 async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     from mevwatch.daemon.supervisor import sleep_until
 
@@ -324,36 +323,3 @@ async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     spinning = False
     assert len(set(woke)) == 1, woke
     assert loop.time() >= when
-
-
-@contextlib.asynccontextmanager
-async def _running(config: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
-    """A started supervisor over ``config``, shut down after the block."""
-    store = SampleStore()
-    sup = Supervisor(load_config_text(config, "t", {}), store)
-    await sup.start()
-    try:
-        yield sup, store
-    finally:
-        await sup.shutdown()
-
-
-async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
-    async with _running("collectors:\n  - t_tick: {interval: 5}\n") as (sup, _):
-        assert await sup.wait_first_round(2.0)
-
-        def by_name() -> dict[str, Metric]:
-            return {f.name: f for f in sup.meta_families()}
-
-        first, second = by_name(), by_name()
-        for name in ("mevwatch_collector_success", "mevwatch_collector_interval_seconds",
-                     "mevwatch_collector_errors", "mevwatch_build"):
-            assert second[name] is first[name], name
-        status = sup.status[("t_tick", "default")]
-        status.errors["refused"] += 1
-        status.success = False
-        third = by_name()
-        assert third["mevwatch_collector_success"] is not first["mevwatch_collector_success"]
-        assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
-        assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
-        assert third["mevwatch_build"] is first["mevwatch_build"]

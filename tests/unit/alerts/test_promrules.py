@@ -79,7 +79,8 @@ def test_promql_of_each_rule_shape() -> None:
         "rate(mevwatch_c_total[1m30s]) < 1")
     assert promql(_rule(metric="mevwatch_h_seconds", quantile=0.5, threshold=0.2)) == (
         "histogram_quantile(0.5, rate(mevwatch_h_seconds_bucket[5m])) > 0.2")
-    assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == 'absent(mevwatch_x{collector="rpc"})'
+    assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == (
+        'group by (host) (mevwatch_build_info)\nunless on (host)\ngroup by (host) (mevwatch_x{collector="rpc"})')
     held = promql(_rule(op="<", threshold=10, clear=15, labels={"team": "mev"}))
     assert held == ("mevwatch_x < 10\nor\n(mevwatch_x < 15 and ignoring(alertname, alertstate, severity, team) "
                     'ALERTS{alertname="T"})')
@@ -139,3 +140,28 @@ def test_rule_metric_is_declared(rule: Rule) -> None:
     from mevwatch.daemon.docgen import all_metric_specs
 
     assert rule.metric.removesuffix("_total") in all_metric_specs()
+
+
+def test_absent_fires_per_host_with_the_label_set_mevwatch_gives_it(tmp_path: Path) -> None:
+    from mevwatch.alerts.rules import alert_labels, labelset
+
+    rule = _rule(name="RpcCollectorGone", metric="mevwatch_collector_success", absent=True,
+                 matchers=['collector="rpc"'], severity="critical")
+    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
+    ours = alert_labels(rule, labelset({"collector": "rpc"}), "mev-b")  # what mevwatch on mev-b raises
+    ours.pop("alertname")
+    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'mevwatch_build_info{host="mev-a", version="1"}', "values": "1x5"},
+            {"series": 'mevwatch_build_info{host="mev-b", version="1"}', "values": "1x5"},
+            {"series": 'mevwatch_collector_success{collector="rpc", host="mev-a", instance="default"}',
+             "values": "1x5"},
+        ],
+        "alert_rule_test": [{"eval_time": "3m", "alertname": "RpcCollectorGone", "exp_alerts": [
+            {"exp_labels": ours, "exp_annotations": {"summary": "s", "runbook_url": "rb#memory-high"}}]}],
+    }]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ours == {"collector": "rpc", "host": "mev-b", "severity": "critical"}

@@ -28,7 +28,7 @@ from mevwatch.collectors.cpu import (
     read_cpufreq,
     read_throttle,
 )
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.families import family_labels, family_value
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures"

@@ -33,7 +33,7 @@ from mevwatch.collectors.disk import (
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.docgen import declaration_problems
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.peers import need_root
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "disk"

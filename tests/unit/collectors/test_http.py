@@ -17,7 +17,7 @@ from mevwatch.collectors.http import (
     parse_check,
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.engine import EngineStub
 from tests.support.peers import free_port

@@ -36,7 +36,7 @@ from mevwatch.collectors.memory import (
     top_processes,
     vmstat_oom_kills,
 )
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.families import family_labels, family_value
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures"

@@ -18,7 +18,7 @@ from mevwatch.collectors.rpc import (
     parse_proc_net_tcp,
     read_tcp_sockets,
 )
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.collect import collect_anyway
 from tests.support.families import family_value
 from tests.support.peers import free_port

@@ -15,7 +15,7 @@ from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.textfile import TextfileCollector, TextfileOptions, parse_textfile
 from mevwatch.daemon.exposition import render_text
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.daemon import parse_metrics
 from tests.support.peers import free_port, need_binary, start_process, stop_process
 

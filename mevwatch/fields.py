@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
-from mevwatch.daemon.redaction import redact_sink_url, register_sink_url
+from mevwatch.redaction import redact_sink_url, register_sink_url
 
 __all__ = [
     "ByteSize",
@@ -103,7 +103,7 @@ _HTTP_URL = re.compile(r"https?://[^/\s?#]+(?:[/?#]\S*)?")
 
 
 def check_sink_url(text: str, where: str = "url") -> str:
-    """``text`` stripped, when it is an http(s) URL, registered as a secret (daemon.redaction) so no
+    """``text`` stripped, when it is an http(s) URL, registered as a secret (mevwatch.redaction) so no
     output shows more of it than scheme, host and port; ValueError (never quoting its path) if not."""
     text = text.strip()
     if not _HTTP_URL.fullmatch(text):
@@ -127,7 +127,7 @@ class SinkURL(BaseModel):
     """A sink's ``url`` or ``url_file`` (Alertmanager's names): a chat webhook URL is its own credential.
 
     ``target_url`` is the URL to call; everything shown (logs, errors, the state DB, check-config)
-    goes through daemon.redaction, which masks its path and query.
+    goes through mevwatch.redaction, which masks its path and query.
     """
 
     url: str | None = Field(None, repr=False, description="target URL (its path and query are never shown)")

@@ -1,0 +1,109 @@
+"""What is firing, told the same way everywhere: a dead RPC endpoint (a refused port) seen by a real daemon,
+then read from /api/v1/alerts, the landing page in headless chromium (JavaScript off), `mevwatch diagnose`
+asking the daemon, and `mevwatch alerts list|history` reading the state DB."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.daemon import RunningDaemon
+from tests.support.peers import REPO, free_port
+
+CONFIG = """collectors:
+  - rpc: {{interval: 500ms, endpoints: [{{name: dead, url: "http://127.0.0.1:{port}"}}]}}
+  - process: {{interval: 1s}}
+alerts:
+  startup_grace: 0s
+  group_wait: 0s
+  rules:
+    - name: RpcEndpointDown        # the default rule, without its 30s `for`
+      metric: mevwatch_rpc_up
+      op: "=="
+      threshold: 0
+      severity: critical
+      summary: "RPC endpoint {{{{ $labels.endpoint }}}} does not answer on {{{{ $labels.host }}}}"
+      runbook: rpc-down
+"""
+
+
+def _cli(daemon: RunningDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mevwatch", *args, "--config", str(daemon.config)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO, env=daemon.env)
+
+
+def _firing(daemon: RunningDaemon, name: str, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = json.loads(daemon.get("/api/v1/alerts"))
+        hits = [a for a in doc["data"]["alerts"] if a["labels"]["alertname"] == name and a["state"] == "firing"]
+        if hits:
+            return dict(hits[0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} not firing: {doc}")
+        time.sleep(0.2)
+
+
+def test_a_dead_endpoint_is_firing_on_every_screen(tmp_path: Path) -> None:
+    with RunningDaemon(tmp_path, CONFIG.format(port=free_port())) as d:
+        alert = _firing(d, "RpcEndpointDown")
+        assert alert["labels"]["endpoint"] == "dead"
+        assert alert["labels"]["severity"] == "critical"
+        assert alert["annotations"]["runbook_url"].endswith("#rpc-down")
+        assert alert["status"] == {"state": "active", "silencedBy": [], "inhibitedBy": []}
+        assert alert["startsAt"].endswith("Z")
+
+        page = d.get("/")
+        assert "<script" not in page
+        assert page.index('id="verdict">CRIT<') < page.index("RpcEndpointDown") < page.index("<h2>Collectors")
+        assert "#rpc-down" in page
+
+        rules = json.loads(d.get("/api/v1/rules"))["data"]["rules"]
+        [rule] = [r for r in rules if r["name"] == "RpcEndpointDown"]
+        assert rule["state"] == "firing"
+        [nodata] = [r for r in rules if r["name"] == "HeadStale"]
+        assert nodata["state"] == "nodata"
+        assert "mevwatch_chain_head_age_blocks" in nodata["reason"]
+
+        diag = _cli(d, "diagnose", "--json", "--url", d.url)
+        assert diag.returncode == 2, diag.stdout + diag.stderr
+        lines = json.loads(diag.stdout)["lines"]
+        assert any(ln["value"] == f"the running daemon at {d.url}" for ln in lines)
+        [line] = [ln for ln in lines if ln["check"].startswith("RpcEndpointDown")]
+        assert line["status"] == "CRIT"
+        assert line["value"] == "firing: !endpoint=dead=0"
+        assert any(ln["check"].startswith("recent errors") for ln in lines)
+        assert any(ln["check"] == "top memory #1" for ln in lines)
+
+        listed = _cli(d, "alerts", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert any(ln.startswith("firing") and "RpcEndpointDown" in ln and "endpoint=dead" in ln
+                   for ln in listed.stdout.splitlines()), listed.stdout
+        history = json.loads(_cli(d, "alerts", "history", "--since", "1h", "--json").stdout)
+        assert [(h["alertname"], h["state"]) for h in history if h["alertname"] == "RpcEndpointDown"] == [
+            ("RpcEndpointDown", "firing")]
+
+        chromium = shutil.which("chromium")
+        if chromium is None:
+            pytest.skip("chromium is not installed (.ci/install-deps installs it)")
+        shot = tmp_path / "landing.png"
+        # JavaScript off through the profile's content setting (--blink-settings=scriptEnabled=false also
+        # stops --dump-dom and --screenshot from producing anything)
+        profile = tmp_path / "chromium"
+        (profile / "Default").mkdir(parents=True)
+        (profile / "Default" / "Preferences").write_text(
+            json.dumps({"profile": {"default_content_setting_values": {"javascript": 2}}}))
+        argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                f"--user-data-dir={profile}"]
+        dom = subprocess.run([*argv, "--dump-dom", d.url + "/"], capture_output=True, text=True, timeout=60)
+        assert 'id="verdict">CRIT<' in dom.stdout, dom.stderr[-2000:]
+        assert "RPC endpoint dead does not answer" in dom.stdout
+        subprocess.run([*argv, f"--screenshot={shot}", d.url + "/"], capture_output=True, timeout=60, check=True)
+        assert shot.stat().st_size > 5000
