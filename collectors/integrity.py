@@ -277,10 +277,12 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             self.ctx.log.error("integrity_baseline_corrupt", problems=self.baseline.corrupt[:10])
         if not self.baseline.present and self.options.auto_baseline:
             current = await self.ctx.run_blocking(self._record_all, timeout=self.options.verify_timeout)
+            files = len(current)
             who = Who(os.getuid(), "mevwatch", None)
             await self.ctx.run_blocking(self.store.replace_all, current, who, "auto_baseline")
+            del current  # not beside the copy loaded next: two at once would stay in the RSS
             self.baseline = await self.ctx.run_blocking(self.store.load)
-            self.ctx.log.info("integrity_baseline_created", files=len(current))
+            self.ctx.log.info("integrity_baseline_created", files=files)
 
     async def _reload_if_changed(self) -> bool:
         """Pick up a baseline written by ``mevwatch integrity accept`` while the daemon runs."""
