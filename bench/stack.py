@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from demo import Watcher
 
-from mevwatch.collectors.base import get_kind
+from mevwatch.collectors.registry import get_kind
 from tests.support.daemon import RunningDaemon
 from tests.support.peers import need_binary, start_process, stop_process
 from tests.support.rpcproxy import Fault
