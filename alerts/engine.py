@@ -124,9 +124,10 @@ class AlertEngine:
         self.windows: dict[str, float] = {}
         self._plan: list[tuple[Rule, str]] = []  # every rule with the sample name it reads
         for r in self.rules:
-            name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            name = r.inputs[0]
             self._plan.append((r, name))
-            self.by_name.setdefault(name, []).append(r)
+            for n in r.inputs:  # a `when` metric's change wakes the rule too
+                self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
         self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
@@ -162,7 +163,8 @@ class AlertEngine:
         self.eval_errors = 0
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
         self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
-        self._outbox_at: tuple[int, dict[str, int], float | None] | None = None  # (DB changes, depth, oldest)
+        # ((DB changes, outbox memory changes), depth, oldest)
+        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None] | None = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
@@ -314,8 +316,7 @@ class AlertEngine:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         for rule in rules:
-            name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
-            samples = {name: self._merged(name)}
+            samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]
@@ -354,8 +355,8 @@ class AlertEngine:
                         (fp, a.rule, json.dumps(a.labels), json.dumps(a.annotations), a.state, a.value,
                          a.active_at, a.fired_at, a.resolved_at, a.last_match_at),
                     )
-        except StateError as exc:
-            log.error("alert_state_write_failed", error=str(exc))
+        except StateError as exc:  # the state DB logs a failing streak once; the alerts live on in memory
+            log.debug("alert_state_write_failed", error=str(exc))
 
     def _record_history(self, changed: list[Alert], now: float) -> None:
         """Append each state change (firing, resolved) to alert_history; drop rows past the retention."""
@@ -368,8 +369,8 @@ class AlertEngine:
                       a.annotations.get("summary", "")) for a in changed],
                 )
                 db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_RETENTION,))
-        except StateError as exc:
-            log.error("alert_history_write_failed", error=str(exc))
+        except StateError as exc:  # logged once per failing streak by the state DB
+            log.debug("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
         """Time-driven work: drop stale collectors' data, evaluate every rule, escalate, flush, publish."""
@@ -423,7 +424,7 @@ class AlertEngine:
     def _outbox_state(self) -> tuple[dict[str, int], float | None]:
         """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
         to the state DB (only this daemon's connection writes the outbox)."""
-        changes = self.state.total_changes
+        changes = (self.state.total_changes, self.outbox.changes)  # the outbox may hold rows in memory
         if self._outbox_at is None or self._outbox_at[0] != changes:
             self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
         return self._outbox_at[1], self._outbox_at[2]

@@ -25,7 +25,7 @@ from mevwatch.alerts.matchers import Matcher, matches_all, parse_matcher
 from mevwatch.alerts.outbox import Outbox, OutboxEntry
 from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert
 from mevwatch.alerts.sinks.base import Sink
-from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [
     "MIGRATIONS",
@@ -477,6 +477,13 @@ class Router:
                 del g.alerts[fp]
 
     def _persist(self, g: Group) -> None:
+        try:
+            self._write_group(g)
+        except StateError:
+            # a full disk: the state DB logs the streak once; the group is written with its next change
+            log.debug("alert_group_write_failed", group=g.key)
+
+    def _write_group(self, g: Group) -> None:
         self.state.execute(
             "INSERT INTO alert_groups (key, sent_firing, last_flush, seq) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET sent_firing = excluded.sent_firing, last_flush = excluded.last_flush, "

@@ -18,12 +18,42 @@ from mevwatch.alerts.templates import check_template
 from mevwatch.families import METRIC_NAME_RE
 from mevwatch.fields import Duration
 
-__all__ = ["LABEL_NAME_RE", "Op", "Rule", "RuleFile", "Severity", "compare"]
+__all__ = ["LABEL_NAME_RE", "Condition", "Op", "Rule", "RuleFile", "Severity", "compare"]
 
 LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
+
+
+def metric_name(v: str) -> str:
+    if not METRIC_NAME_RE.fullmatch(v):
+        raise ValueError(f"metric {v!r} is not a valid Prometheus metric name")
+    return v
+
+
+class Condition(BaseModel):
+    """A second metric that must hold for the same series (PromQL ``and``), e.g. dead tuples above 1,000
+    beside the dead-tuple ratio; with ``absent``, the series that must each have one of the rule's metric
+    (PromQL ``unless``), e.g. every node that is up must report its peer count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(description="sample name of the other metric")
+    matchers: list[MatcherField] = Field(default_factory=list, description="label matchers on it")
+    op: Op = Field(">", description="comparison: > >= < <= == !=")
+    threshold: float = Field(0.0, description="value compared with op")
+    ignoring: list[str] = Field(
+        default_factory=list, description="labels left out when pairing its series with the rule's (PromQL ignoring)"
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        return metric_name(v)
+
+    def passes(self, value: float) -> bool:
+        return compare(value, self.op, self.threshold)
 
 
 class Rule(BaseModel):
@@ -39,7 +69,11 @@ class Rule(BaseModel):
     quantile: float | None = Field(
         None, gt=0, lt=1, description="histogram quantile of <metric>_bucket (over `rate` window if set)"
     )
-    absent: bool = Field(False, description="fire when no series matches (a dead collector is an alert)")
+    absent: bool = Field(False, description=(
+        "fire when no series matches (a dead collector is an alert); with `when`: fire for each series of "
+        "`when` that has no series of `metric` (a check that cannot be made)"))
+    when: Condition | None = Field(None, description=(
+        "another metric's series must pass their own op/threshold too, paired by labels (PromQL and/unless)"))
     op: Op = Field(">", description="comparison: > >= < <= == !=")
     threshold: float = Field(0.0, description="value compared with op")
     clear: float | None = Field(None, description="hysteresis: an active alert stays until the value passes this")
@@ -61,9 +95,7 @@ class Rule(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if not METRIC_NAME_RE.fullmatch(v):
-            raise ValueError(f"metric {v!r} is not a valid Prometheus metric name")
-        return v
+        return metric_name(v)
 
     @field_validator("rate", "quantile", "absent")
     @classmethod
@@ -114,6 +146,12 @@ class Rule(BaseModel):
         if anchors is not None and v not in anchors:
             raise ValueError(f"runbook anchor {v!r} is not in {RUNBOOKS_FILE.name} (add a section with <a id=\"{v}\">)")
         return v
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The sample names the rule reads."""
+        main = self.metric + "_bucket" if self.quantile is not None else self.metric
+        return (main, self.when.metric) if self.when is not None else (main,)
 
     @property
     def window(self) -> float:

@@ -139,7 +139,8 @@ def daemons(
 async def _in_process(calls: int, options: dict[str, dict[str, Any]]) -> dict[str, tuple[float, float]]:
     sys.path.insert(0, str(REPO))
     from mevwatch.blocking import BlockingPool
-    from mevwatch.collectors.base import CollectorContext, get_kind
+    from mevwatch.collectors.base import CollectorContext
+    from mevwatch.collectors.registry import get_kind
 
     pool = BlockingPool(4)
     out = {}

@@ -171,10 +171,6 @@ def parse_proc_cgroup(text: str) -> str:
     return "/"
 
 
-_ENUM_CACHE: dict[tuple[object, ...], GaugeMetricFamily] = {}
-_ENUM_CACHE_MAX = 4096
-
-
 def enum_family(
     name: str,
     documentation: str,
@@ -184,47 +180,33 @@ def enum_family(
 ) -> GaugeMetricFamily:
     """An enum as node_exporter exports one: every state a 0/1 series, the current one 1.
 
-    ``rows`` are (label values, current state); the ``status`` label is appended. States rarely
-    change: the same arguments give the same family object (families are not changed once built),
-    which the renderer then writes from its last text.
+    ``rows`` are (label values, current state); the ``status`` label is appended.
     """
-    key = (name, documentation, tuple(labels), tuple((tuple(v), c) for v, c in rows), tuple(states))
-    fam = _ENUM_CACHE.get(key)
-    if fam is not None:
-        return fam
     fam = GaugeMetricFamily(name, documentation, labels=[*labels, "status"])
     for values, current in rows:
         for state in states:
             fam.add_metric([*values, state], 1.0 if state == current else 0.0)
-    if len(_ENUM_CACHE) >= _ENUM_CACHE_MAX:
-        _ENUM_CACHE.clear()
-    _ENUM_CACHE[key] = fam
     return fam
 
 
 class PressureSource:
-    """One PSI file (``/proc/pressure/memory``...), read on every run; its families are built again only
-    when the file's text changed (on a quiet host the memory and io lines stay the same for long)."""
+    """One PSI file (``/proc/pressure/memory``...) and the families built from it, for memory and cpu."""
 
     def __init__(self, path: str, prefix: str, what: str) -> None:
         self.path = path
         self.prefix = prefix
         self.what = what
-        self._last: tuple[str, list[Metric]] | None = None
 
     def read(self, families: list[Metric]) -> tuple[ReadStatus, str]:
         """Append the families to ``families``; (status, detail for the log) of the file."""
         text, status, detail = read_text_status(self.path)
         if text is None:
             return status, detail
-        last = self._last
-        if last is None or last[0] != text:
-            try:
-                psi = parse_pressure(text)
-            except ValueError as exc:
-                return "invalid", str(exc)
-            last = self._last = (text, pressure_families(self.prefix, self.what, psi))
-        families.extend(last[1])
+        try:
+            psi = parse_pressure(text)
+        except ValueError as exc:
+            return "invalid", str(exc)
+        families.extend(pressure_families(self.prefix, self.what, psi))
         return "ok", ""
 
 

@@ -1,4 +1,4 @@
-"""The collector API: poll and stream collectors, their options, and the registry by kind.
+"""The collector contract: poll and stream collectors, their options, context, errors and state store.
 
 A collector never touches a Prometheus registry, never sleeps between runs, never retries
 and never logs its own failure streak: the supervisor does all of that. A collector returns
@@ -9,8 +9,6 @@ raises :class:`CollectorError` for an expected failure.
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -26,7 +24,6 @@ from mevwatch.families import Metric
 from mevwatch.fields import Duration
 
 __all__ = [
-    "IMPORT_ERRORS",
     "METRIC_TYPES",
     "Collector",
     "CollectorContext",
@@ -41,9 +38,6 @@ __all__ = [
     "StateError",
     "StateStore",
     "StreamCollector",
-    "all_kinds",
-    "get_kind",
-    "register",
 ]
 
 Families = Sequence[Metric]
@@ -252,66 +246,3 @@ class StreamCollector(Collector[OptionsT]):
 
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None: ...
-
-
-_REGISTRY: dict[str, type[Collector[Any]]] = {}
-#: collector modules that failed to import, by module name (== kind), with the error
-IMPORT_ERRORS: dict[str, str] = {}
-_DISCOVERED = False
-
-C = TypeVar("C", bound=type[Collector[Any]])
-
-
-def register(cls: C) -> C:
-    """Class decorator: make a collector available under its ``kind``."""
-    kind = cls.kind
-    existing = _REGISTRY.get(kind)
-    if existing is not None and existing is not cls:
-        raise RuntimeError(f"collector kind {kind!r} registered twice: {existing!r} and {cls!r}")
-    _REGISTRY[kind] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    import mevwatch.collectors as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("_") or mod.name == "base":
-            continue
-        try:
-            importlib.import_module(f"mevwatch.collectors.{mod.name}")
-        except Exception as exc:  # one broken collector module must not take the others down
-            IMPORT_ERRORS[mod.name] = f"{type(exc).__name__}: {exc}"
-            structlog.get_logger("mevwatch.collectors").error(
-                "collector_import_failed", module=mod.name, error=IMPORT_ERRORS[mod.name]
-            )
-
-
-def all_kinds() -> dict[str, type[Collector[Any]]]:
-    """Every registered collector class by kind (imports each collector module once)."""
-    _discover()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_kind(kind: str) -> type[Collector[Any]] | None:
-    """The collector class of ``kind``, importing only its own module (kind == module name)."""
-    cls = _REGISTRY.get(kind)
-    if cls is not None or kind in IMPORT_ERRORS:
-        return cls
-    if kind.isidentifier() and not kind.startswith("_") and kind != "base":
-        try:
-            importlib.import_module(f"mevwatch.collectors.{kind}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mevwatch.collectors.{kind}":
-                IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a broken module: reported where the config uses it
-            IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
-        cls = _REGISTRY.get(kind)
-        if cls is not None:
-            return cls
-    _discover()  # a kind registered under another module name
-    return _REGISTRY.get(kind)

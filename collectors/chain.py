@@ -23,8 +23,8 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from mevwatch.fields import Duration
 

@@ -26,8 +26,8 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
@@ -476,8 +476,6 @@ class CpuCollector(PollCollector[CpuOptions]):
         # the layout, /proc/cpuinfo's clocks and its VM flag, when those clocks cannot change
         # (cpuinfo_clock_is_fixed): read once per layout, not on every run
         self._fixed_cpuinfo: tuple[_Layout, dict[int, float], bool] | None = None
-        # the frequency families of a layout without cpufreq whose cpuinfo clock is fixed (a VM)
-        self._static_frequency: tuple[_Layout, list[Metric]] | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
 
     def _current_layout(self, online: tuple[int, ...]) -> _Layout:
@@ -574,9 +572,6 @@ class CpuCollector(PollCollector[CpuOptions]):
         return out
 
     def _frequency_families(self, layout: _Layout) -> list[Metric]:
-        static = self._static_frequency
-        if static is not None and static[0] is layout:
-            return static[1]  # no cpufreq and a fixed cpuinfo clock: nothing here changes with the layout
         freqs: dict[int, CpuFreq] = {}
         unreadable = False
         for c in layout.cpus:
@@ -591,11 +586,10 @@ class CpuCollector(PollCollector[CpuOptions]):
         need_virtual = not freqs and not unreadable and not layout.hypervisor_type
         cpuinfo_hz: dict[int, float] = {}
         virtual = layout.hypervisor_type
-        fixed = False
         if need_clock or need_virtual:
             info = self._cpuinfo(layout)
             if info is not None:
-                cpuinfo_hz, flag, fixed = info
+                cpuinfo_hz, flag = info
                 virtual = virtual or flag
         status = frequency_status(bool(freqs), unreadable, virtual)
 
@@ -648,25 +642,21 @@ class CpuCollector(PollCollector[CpuOptions]):
             [([], status)],
             states=FREQUENCY_STATES,
         )
-        out: list[Metric] = [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
-        if not freqs and not unreadable and fixed:
-            self._static_frequency = (layout, out)
-        return out
+        return [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
 
-    def _cpuinfo(self, layout: _Layout) -> tuple[dict[int, float], bool, bool] | None:
-        """/proc/cpuinfo's (clocks, VM flag, whether the clocks are fixed); None when unreadable. Fixed
-        clocks (cpuinfo_clock_is_fixed) are kept with the layout instead of read again on every run."""
+    def _cpuinfo(self, layout: _Layout) -> tuple[dict[int, float], bool] | None:
+        """/proc/cpuinfo's (clocks, VM flag); None when unreadable. Fixed clocks (cpuinfo_clock_is_fixed)
+        are kept with the layout instead of read again on every run."""
         kept = self._fixed_cpuinfo
         if kept is not None and kept[0] is layout:
-            return kept[1], kept[2], True
+            return kept[1], kept[2]
         text, _, _ = read_text_status(self._cpuinfo_path)
         if text is None:
             return None
         mhz, flag = parse_cpuinfo(text)
-        fixed = cpuinfo_clock_is_fixed(text, mhz)
-        if fixed:
+        if cpuinfo_clock_is_fixed(text, mhz):
             self._fixed_cpuinfo = (layout, mhz, flag)
-        return mhz, flag, fixed
+        return mhz, flag
 
     def _throttle_families(self, layout: _Layout, families: list[Metric]) -> str:
         core = CounterMetricFamily(

@@ -31,8 +31,8 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import GaugeMetricFamily, Metric
 from mevwatch.fields import Duration
 

@@ -20,7 +20,8 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.collectors._json import JsonTooDeep, loads_bounded
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,

@@ -36,8 +36,8 @@ from mevwatch.collectors.base import (
     Emit,
     MetricSpec,
     StreamCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric, label_text
 from mevwatch.fields import ByteSize, Duration, read_secret_file
 

@@ -32,8 +32,8 @@ from mevwatch.collectors.base import (
     MetricSpec,
     StateError,
     StreamCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.fields import ByteSize, Duration
 

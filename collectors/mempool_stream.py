@@ -18,15 +18,8 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
-from mevwatch.collectors.base import (
-    CollectorContext,
-    CollectorOptions,
-    Emit,
-    Families,
-    MetricSpec,
-    StreamCollector,
-    register,
-)
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Emit, Families, MetricSpec, StreamCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.fields import Duration
 

@@ -28,8 +28,8 @@ from mevwatch.collectors.base import (
     StateError,
     StateStore,
     StreamCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [

@@ -21,7 +21,8 @@ import asyncpg  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors import _pgqueries as q
-from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.fields import Duration, read_secret_file
 from mevwatch.redaction import redact

@@ -9,7 +9,8 @@ import resource
 import time
 from typing import ClassVar
 
-from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]

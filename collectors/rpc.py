@@ -27,9 +27,9 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
 from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
+from mevwatch.collectors.registry import register
 from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,

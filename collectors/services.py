@@ -27,8 +27,8 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.fields import Duration
 from mevwatch.redaction import redact

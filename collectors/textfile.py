@@ -18,7 +18,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
 from mevwatch.families import GaugeMetricFamily, Metric
 
 __all__ = ["FileResult", "TextfileCollector", "TextfileOptions", "merge_files", "parse_textfile", "read_directories"]

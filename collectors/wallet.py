@@ -24,8 +24,8 @@ from mevwatch.collectors.base import (
     NoData,
     PollCollector,
     StateError,
-    register,
 )
+from mevwatch.collectors.registry import register
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]

@@ -23,7 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mevwatch.alerts.config import AlertsConfig, RuleLoading
-from mevwatch.collectors.base import IMPORT_ERRORS, CollectorOptions, Paths, all_kinds, get_kind
+from mevwatch.collectors.base import CollectorOptions, Paths
+from mevwatch.collectors.registry import IMPORT_ERRORS, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 from mevwatch.daemon.yamlsource import ConfigError, ConfigIssue, Loc, format_loc, read_yaml
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mevwatch.blocking import BlockingPool
-from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
+from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector
+from mevwatch.collectors.registry import all_kinds
 from mevwatch.daemon.config import Config
 from mevwatch.families import Metric
 
@@ -354,7 +355,7 @@ def _metric_from(metric: str, ran: set[str], samples: Mapping[str, Any]) -> bool
 
 def _section_of_kind(kind: str) -> str:
     """The runbook anchor a collector kind declares (``Collector.runbook_section``)."""
-    from mevwatch.collectors.base import get_kind
+    from mevwatch.collectors.registry import get_kind
 
     cls = get_kind(kind)
     return (cls.runbook_section if cls is not None else "") or COLLECTOR_SECTION

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mevwatch.collectors.base import CollectorOptions, MetricSpec, all_kinds
+from mevwatch.collectors.base import CollectorOptions, MetricSpec
+from mevwatch.collectors.registry import all_kinds
 from mevwatch.daemon.config import DaemonConfig
 from mevwatch.families import Metric
 

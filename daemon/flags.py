@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import html
 import os
-import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mevwatch.collectors.registry import kind_names
 from mevwatch.daemon.config import CollectorSpec, Config, WebConfig, validate_telemetry_path
 
 __all__ = [
     "Overrides",
     "Setting",
     "add_run_flags",
-    "collector_kind_names",
     "overrides_from_args",
     "settings",
     "settings_html",
@@ -30,14 +29,6 @@ __all__ = [
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
-
-
-def collector_kind_names() -> list[str]:
-    """Every collector kind, from the module names alone (kind == module name): no collector is imported,
-    so ``mevwatch run`` does not carry the modules of collectors it does not run."""
-    import mevwatch.collectors as pkg
-
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "base")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +48,7 @@ class Overrides:
 
     def apply(self, config: Config) -> Config:
         """``config`` with the flags laid over it (the file's own values stay where no flag is given)."""
-        from mevwatch.collectors.base import get_kind
+        from mevwatch.collectors.registry import get_kind
 
         d = config.daemon
         web: dict[str, Any] = {}
@@ -126,7 +117,7 @@ def add_run_flags(p: argparse.ArgumentParser, kinds: Sequence[str] | None = None
                                "not list runs with its default options when enabled by flag")
     col.add_argument("--collector.disable-defaults", dest="disable_defaults", action="store_true",
                      help="run only the collectors enabled with --collector.<kind>")
-    for kind in collector_kind_names() if kinds is None else kinds:
+    for kind in kind_names() if kinds is None else kinds:
         # both spellings: node_exporter's kinds have no underscores, ours may (mempool_stream)
         names = sorted({f"--collector.{kind}", f"--collector.{_kinds_argument(kind)}"})
         col.add_argument(*names, dest="collector_switch", action="append_const", const=("+", kind),

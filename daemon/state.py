@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from mevwatch.collectors.base import MetricSpec, StateError
-from mevwatch.families import CounterMetricFamily, Metric
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["STATE_METRICS", "StateDB", "StateError", "default_state_dir", "state_families"]
 
@@ -74,6 +74,9 @@ class StateDB:
         self.last_error: str = ""
         #: where a corrupt DB found at open was moved to (None: it was not)
         self.moved_aside: Path | None = None
+        #: wall time of the first failed write of the current streak (None: writes work)
+        self.failing_since: float | None = None
+        self._streak_start = 0
         try:
             self._prepare_dir(path.parent)
             try:
@@ -199,9 +202,26 @@ class StateDB:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self.write_errors_total += 1
-                self.last_error = str(exc)
+                self._write_failed(exc)
                 raise StateError(f"state DB write failed: {exc}") from None
+            self._write_ok()
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        """Count it; log the first failure of a streak only (a full disk fails every write until freed)."""
+        self.write_errors_total += 1
+        self.last_error = str(exc)
+        if self.failing_since is None:
+            self.failing_since = time.time()
+            self._streak_start = self.write_errors_total - 1
+            log.error("state_db_write_failing", path=str(self.path), error=str(exc),
+                      action="notifications are held in memory and sent; written once the DB writes again")
+
+    def _write_ok(self) -> None:
+        if self.failing_since is not None:
+            log.info("state_db_write_recovered", path=str(self.path),
+                     failed_writes=self.write_errors_total - self._streak_start,
+                     after_s=round(time.time() - self.failing_since, 1))
+            self.failing_since = None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -233,6 +253,8 @@ def _split_sql(script: str) -> list[str]:
 STATE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_state_db_moved_aside", "counter",
                "Corrupt state DBs moved aside at start and replaced by an empty one", ()),
+    MetricSpec("mevwatch_state_db_writable", "gauge",
+               "0 while writes to the state DB fail (full or unwritable disk), else 1", ()),
 )
 
 
@@ -240,4 +262,7 @@ def state_families(db: StateDB) -> list[Metric]:
     """The state DB's own series (its write errors are the supervisor's)."""
     return [CounterMetricFamily("mevwatch_state_db_moved_aside",
                                 "Corrupt state DBs moved aside at start and replaced by an empty one",
-                                value=float(db.moved_aside is not None))]
+                                value=float(db.moved_aside is not None)),
+            GaugeMetricFamily("mevwatch_state_db_writable",
+                              "0 while writes to the state DB fail (full or unwritable disk), else 1",
+                              value=0.0 if db.failing_since is not None else 1.0)]

@@ -37,8 +37,8 @@ from mevwatch.collectors.base import (
     Paths,
     PollCollector,
     StreamCollector,
-    get_kind,
 )
+from mevwatch.collectors.registry import get_kind
 from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey

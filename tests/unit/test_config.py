@@ -152,7 +152,7 @@ def test_check_config_as_a_process_exits_2(tmp_path: Path) -> None:
 
 
 def test_example_config_validates_and_names_every_collector_kind() -> None:
-    from mevwatch.collectors.base import all_kinds
+    from mevwatch.collectors.registry import all_kinds
 
     cfg = load_config(REPO / "config.example.yaml", env=dict(os.environ))
     kinds = {s.kind for s in cfg.collectors}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mevwatch.collectors.base import all_kinds
+from mevwatch.collectors.registry import all_kinds, kind_names
 from mevwatch.daemon.buildinfo import BuildInfo, version_text
 from mevwatch.daemon.cli import build_parser
 from mevwatch.daemon.config import Config, load_config_text
-from mevwatch.daemon.flags import Overrides, collector_kind_names, overrides_from_args, settings
+from mevwatch.daemon.flags import Overrides, overrides_from_args, settings
 from tests.support.daemon import RunningDaemon
 from tests.support.peers import free_port
 
@@ -45,7 +45,7 @@ def _enabled(cfg: Config) -> dict[str, bool]:
 def test_collector_flags_list_every_registered_kind() -> None:
     # (other tests register kinds of their own; the flags are for the shipped modules)
     shipped = [k for k, cls in all_kinds().items() if cls.__module__ == f"mevwatch.collectors.{k}"]
-    assert collector_kind_names() == shipped
+    assert kind_names() == shipped
 
 
 def test_no_collector_disables_a_configured_collector_and_collector_enables_one() -> None:

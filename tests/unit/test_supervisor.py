@@ -17,15 +17,8 @@ from typing import ClassVar
 import pytest
 
 from mevwatch.blocking import BlockingPool
-from mevwatch.collectors.base import (
-    CollectorError,
-    CollectorOptions,
-    Emit,
-    Families,
-    PollCollector,
-    StreamCollector,
-    register,
-)
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Emit, Families, PollCollector, StreamCollector
+from mevwatch.collectors.registry import register
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
