@@ -249,6 +249,7 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#engine-down"
         assert alert["annotations"]["summary"] == "Engine probe engine fails on mev-1"
         assert took < PAGE_WITHIN
+        print(f"incident to page: {took:.1f}s")
 
         # -- the same incident on a second host: a second, distinct notification
         f.engine_fails("mev-2")
@@ -316,6 +317,7 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         took = _waits("HostDown paged", lambda: f.notifications("MevwatchHostDown", "mev-2"),
                       HOST_DOWN_FOR + PAGE_WITHIN)
         assert took < HOST_DOWN_FOR + PAGE_WITHIN
+        print(f"mevwatch killed to MevwatchHostDown page: {took:.1f}s (for: {HOST_DOWN_FOR:g}s)")
         [down] = f.notifications("MevwatchHostDown", "mev-2")
         assert down["alerts"][0]["annotations"]["runbook_url"] == "docs/runbooks.md#host-down"
 
