@@ -67,8 +67,10 @@ def silences_json(engine: AlertEngine, now: float | None = None) -> list[dict[st
 
 def rule_condition(rule: Rule) -> str:
     """The rule's test in one line, e.g. ``increase(mevwatch_oom_kills_total[10m]) > 0``."""
+    cond = rule.when
+    paired = f"{cond.metric} {cond.op} {cond.threshold:g}" if cond is not None else ""
     if rule.absent:
-        return f"absent({rule.metric})"
+        return f"{paired} without {rule.metric}" if paired else f"absent({rule.metric})"
     value = rule.metric
     if rule.quantile is not None:
         value = f"p{rule.quantile * 100:g}({rule.metric})"
@@ -76,7 +78,7 @@ def rule_condition(rule: Rule) -> str:
         value = f"increase({rule.metric}[{rule.increase:g}s])"
     elif rule.rate:
         value = f"rate({rule.metric}[{rule.rate:g}s])"
-    return f"{value} {rule.op} {rule.threshold:g}"
+    return f"{value} {rule.op} {rule.threshold:g}" + (f" and {paired}" if paired else "")
 
 
 def rules_json(engine: AlertEngine) -> list[dict[str, Any]]:

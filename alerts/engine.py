@@ -124,9 +124,10 @@ class AlertEngine:
         self.windows: dict[str, float] = {}
         self._plan: list[tuple[Rule, str]] = []  # every rule with the sample name it reads
         for r in self.rules:
-            name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            name = r.inputs[0]
             self._plan.append((r, name))
-            self.by_name.setdefault(name, []).append(r)
+            for n in r.inputs:  # a `when` metric's change wakes the rule too
+                self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
         self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
@@ -315,8 +316,7 @@ class AlertEngine:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         for rule in rules:
-            name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
-            samples = {name: self._merged(name)}
+            samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]

@@ -89,11 +89,31 @@ def _value_expr(rule: Rule) -> str:
     return selector(rule.metric, rule)
 
 
+def _condition(rule: Rule) -> tuple[str, str]:
+    """(``on``-clause keyword with its labels, the condition's filtered selector) of a rule with ``when``."""
+    cond = rule.when
+    assert cond is not None
+    matchers = ",".join(f"{m.name}{m.op}{_quote(m.value)}" for m in cond.matchers)
+    sel = f"{cond.metric}{{{matchers}}}" if matchers else cond.metric
+    ignoring = f" ignoring({', '.join(cond.ignoring)})" if cond.ignoring else ""
+    return ignoring, f"{sel} {cond.op} {_number(cond.threshold)}"
+
+
 def promql(rule: Rule) -> str:
-    """The alerting expression of ``rule``, with its hysteresis when it has a clear threshold."""
-    value = _value_expr(rule)
+    """The alerting expression of ``rule``, with its hysteresis when it has a clear threshold and its
+    ``when`` condition as ``and`` (``unless`` for an absent rule)."""
+    if rule.when is not None:
+        ignoring, cond = _condition(rule)
+        if rule.absent:
+            return f"{cond}\nunless{ignoring}\n{selector(rule.metric, rule)}"
+        return f"(\n{_compared(rule)}\n)\nand{ignoring}\n{cond}"
     if rule.absent:
-        return value
+        return _value_expr(rule)
+    return _compared(rule)
+
+
+def _compared(rule: Rule) -> str:
+    value = _value_expr(rule)
     main = f"{value} {rule.op} {_number(rule.threshold)}"
     if rule.clear is None:
         return main

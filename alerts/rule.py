@@ -8,9 +8,9 @@ Evaluation over series and time is in ``mevwatch.alerts.rules``; the meaning of 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from mevwatch.alerts.matchers import MatcherField
 from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
@@ -18,12 +18,42 @@ from mevwatch.alerts.templates import check_template
 from mevwatch.families import METRIC_NAME_RE
 from mevwatch.fields import Duration
 
-__all__ = ["LABEL_NAME_RE", "Op", "Rule", "RuleFile", "Severity", "compare"]
+__all__ = ["LABEL_NAME_RE", "Condition", "Op", "Rule", "RuleFile", "RuleOverride", "Severity", "compare"]
 
 LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
+
+
+def metric_name(v: str) -> str:
+    if not METRIC_NAME_RE.fullmatch(v):
+        raise ValueError(f"metric {v!r} is not a valid Prometheus metric name")
+    return v
+
+
+class Condition(BaseModel):
+    """A second metric that must hold for the same series (PromQL ``and``), e.g. dead tuples above 1,000
+    beside the dead-tuple ratio; with ``absent``, the series that must each have one of the rule's metric
+    (PromQL ``unless``), e.g. every node that is up must report its peer count."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(description="sample name of the other metric")
+    matchers: list[MatcherField] = Field(default_factory=list, description="label matchers on it")
+    op: Op = Field(">", description="comparison: > >= < <= == !=")
+    threshold: float = Field(0.0, description="value compared with op")
+    ignoring: list[str] = Field(
+        default_factory=list, description="labels left out when pairing its series with the rule's (PromQL ignoring)"
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        return metric_name(v)
+
+    def passes(self, value: float) -> bool:
+        return compare(value, self.op, self.threshold)
 
 
 class Rule(BaseModel):
@@ -39,7 +69,11 @@ class Rule(BaseModel):
     quantile: float | None = Field(
         None, gt=0, lt=1, description="histogram quantile of <metric>_bucket (over `rate` window if set)"
     )
-    absent: bool = Field(False, description="fire when no series matches (a dead collector is an alert)")
+    absent: bool = Field(False, description=(
+        "fire when no series matches (a dead collector is an alert); with `when`: fire for each series of "
+        "`when` that has no series of `metric` (a check that cannot be made)"))
+    when: Condition | None = Field(None, description=(
+        "another metric's series must pass their own op/threshold too, paired by labels (PromQL and/unless)"))
     op: Op = Field(">", description="comparison: > >= < <= == !=")
     threshold: float = Field(0.0, description="value compared with op")
     clear: float | None = Field(None, description="hysteresis: an active alert stays until the value passes this")
@@ -61,9 +95,7 @@ class Rule(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if not METRIC_NAME_RE.fullmatch(v):
-            raise ValueError(f"metric {v!r} is not a valid Prometheus metric name")
-        return v
+        return metric_name(v)
 
     @field_validator("rate", "quantile", "absent")
     @classmethod
@@ -116,6 +148,12 @@ class Rule(BaseModel):
         return v
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """The sample names the rule reads."""
+        main = self.metric + "_bucket" if self.quantile is not None else self.metric
+        return (main, self.when.metric) if self.when is not None else (main,)
+
+    @property
     def window(self) -> float:
         """History a series needs for this rule (increase/rate window)."""
         return float(self.increase or self.rate or 0.0)
@@ -155,3 +193,30 @@ class RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rules: list[Rule] = Field(default_factory=list)
+
+
+def _override_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in Rule.model_fields.items():
+        if name == "name":
+            continue
+        base: Any = info.annotation
+        kind = Annotated[base | None, *info.metadata] if info.metadata else base | None
+        fields[name] = (kind, Field(None, alias=info.alias, description=info.description))
+    return fields
+
+
+#: ``alerts.rule_overrides.<RuleName>``: any field of a rule but its name; the ones given replace the rule's
+RuleOverride: type[BaseModel] = create_model(
+    "RuleOverride",
+    __config__=ConfigDict(extra="forbid", frozen=True, populate_by_name=True),
+    __doc__="Fields replacing those of the rule of that name (default, rule file or inline); the rest stay.",
+    **_override_fields(),
+)
+
+
+def override_rule(rule: Rule, override: BaseModel) -> Rule:
+    """``rule`` with the fields ``override`` sets, validated again as a whole (ValidationError if it breaks)."""
+    values: dict[str, Any] = {k: getattr(rule, k) for k in Rule.model_fields}
+    values.update({k: getattr(override, k) for k in override.model_fields_set})
+    return Rule.model_validate(values)

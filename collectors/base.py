@@ -20,11 +20,10 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.blocking import BlockingCallFailed, BlockingPool
-from mevwatch.families import Metric
+from mevwatch.families import Metric, MetricSpec
 from mevwatch.fields import Duration
 
 __all__ = [
-    "METRIC_TYPES",
     "Collector",
     "CollectorContext",
     "CollectorError",
@@ -43,48 +42,6 @@ __all__ = [
 Families = Sequence[Metric]
 Emit = Callable[[Families], None]
 T = TypeVar("T")
-
-
-METRIC_TYPES = frozenset({"gauge", "counter", "histogram", "info", "stateset", "summary"})
-# Base units a family name may end in, so docs and dashboards know the unit without a second declaration.
-_UNIT_SUFFIXES = ("seconds", "bytes", "ratio", "hertz", "wei", "ether", "blocks", "celsius")
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A metric family a collector (or the supervisor, or the alert engine) may emit.
-
-    ``name`` is the family name as built (counters without ``_total``, info without ``_info``);
-    ``labels`` are every label of its samples, for info families including the info keys.
-    ``unit`` defaults to the base unit the name ends in.
-    """
-
-    name: str
-    type: str
-    help: str
-    labels: tuple[str, ...] = ()
-    unit: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type not in METRIC_TYPES:
-            raise ValueError(f"{self.name}: unknown metric type {self.type!r}")
-        if not self.unit:
-            unit = next((u for u in _UNIT_SUFFIXES if self.name.endswith("_" + u)), "")
-            object.__setattr__(self, "unit", unit)
-
-    @property
-    def sample_names(self) -> tuple[str, ...]:
-        """Series names this family exposes in the Prometheus text format."""
-        match self.type:
-            case "counter":
-                return (self.name + "_total",)
-            case "info":
-                return (self.name + "_info",)
-            case "histogram":
-                return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
-            case "summary":
-                return (self.name, self.name + "_count", self.name + "_sum")
-        return (self.name,)
 
 
 class CollectorError(Exception):
@@ -159,6 +116,10 @@ class StateStore(Protocol):
         ...
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def each_row(self, sql: str, params: Sequence[Any], handle: Callable[[tuple[Any, ...]], None]) -> int:
+        """Call ``handle`` with each row of one query without holding every row at once; the row count."""
+        ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One write statement in its own transaction; returns the row count."""

@@ -25,7 +25,7 @@ from mevwatch.collectors.base import (
     PollCollector,
 )
 from mevwatch.collectors.registry import register
-from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from mevwatch.families import Metric
 from mevwatch.fields import Duration
 
 __all__ = [
@@ -169,6 +169,101 @@ _METHODS: tuple[tuple[str, list[Any]], ...] = (
 )
 
 
+CHAIN_UP = MetricSpec("mevwatch_chain_up", "gauge", "1 if the node answered its head block this run", ("endpoint",))
+
+CHAIN_PEERS = MetricSpec("mevwatch_chain_peers", "gauge", "Connected peers (net_peerCount)", ("endpoint",))
+
+CHAIN_SYNCING = MetricSpec("mevwatch_chain_syncing", "gauge", "1 while the node reports it is syncing", ("endpoint",))
+
+CHAIN_SYNC_CURRENT_BLOCK = MetricSpec(
+    "mevwatch_chain_sync_current_block", "gauge",
+    "Block the syncing node has reached (eth_syncing)",
+    ("endpoint",),
+)
+
+CHAIN_SYNC_HIGHEST_BLOCK = MetricSpec(
+    "mevwatch_chain_sync_highest_block", "gauge",
+    "Highest block the syncing node knows of (eth_syncing)",
+    ("endpoint",),
+)
+
+CHAIN_SYNC_REMAINING_BLOCKS = MetricSpec(
+    "mevwatch_chain_sync_remaining_blocks", "gauge",
+    "Blocks left to sync (0 when not syncing)",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_BLOCK = MetricSpec("mevwatch_chain_head_block", "gauge", "Number of the node's latest block", ("endpoint",))
+
+CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_chain_head_block_timestamp_seconds", "gauge",
+    "Unix time in the node's latest block header",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_AGE_SECONDS = MetricSpec(
+    "mevwatch_chain_head_age_seconds", "gauge",
+    "Seconds since the timestamp of the node's latest block",
+    ("endpoint",),
+)
+
+CHAIN_BLOCK_TIME_SECONDS = MetricSpec(
+    "mevwatch_chain_block_time_seconds", "gauge",
+    "Seconds between blocks: learned from the node's recent blocks, or the configured block_time",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_AGE_BLOCKS = MetricSpec(
+    "mevwatch_chain_head_age_blocks", "gauge",
+    "Head age over the block time: how many block times passed without a new head",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_LAG_BLOCKS = MetricSpec(
+    "mevwatch_chain_head_lag_blocks", "gauge",
+    "Blocks the node's head is behind the reference head (or the highest head of the instance)",
+    ("endpoint",),
+)
+
+CHAIN_ID = MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",))
+
+CHAIN_ID_MATCH = MetricSpec(
+    "mevwatch_chain_id_match", "gauge",
+    "1 if the node's chain id is the configured expected_chain_id",
+    ("endpoint",),
+)
+
+CHAIN_CLIENT = MetricSpec(
+    "mevwatch_chain_client", "info",
+    "Node client version (web3_clientVersion)",
+    ("endpoint", "version"),
+)
+
+RPC_METHOD_SUPPORTED = MetricSpec(
+    "mevwatch_rpc_method_supported", "gauge",
+    "0 if the node answered 'method not found' for a method mevwatch uses",
+    ("endpoint", "method"),
+)
+
+CHAIN_ERRORS = MetricSpec(
+    "mevwatch_chain_errors", "counter",
+    "Failed node calls by method and error class",
+    ("endpoint", "method", "class"),
+)
+
+CHAIN_REFERENCE_UP = MetricSpec(
+    "mevwatch_chain_reference_up", "gauge",
+    "1 if the head-lag reference endpoint answered",
+    ("reference",),
+)
+
+CHAIN_REFERENCE_HEAD_BLOCK = MetricSpec(
+    "mevwatch_chain_reference_head_block", "gauge",
+    "Head block of the head-lag reference endpoint",
+    ("reference",),
+)
+
+
 @register
 class ChainCollector(PollCollector[ChainOptions]):
     kind: ClassVar[str] = "chain"
@@ -177,42 +272,25 @@ class ChainCollector(PollCollector[ChainOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "peer-loss"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_chain_up", "gauge", "1 if the node answered its head block this run", ("endpoint",)),
-        MetricSpec("mevwatch_chain_peers", "gauge", "Connected peers (net_peerCount)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_syncing", "gauge", "1 while the node reports it is syncing", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_current_block", "gauge",
-                   "Block the syncing node has reached (eth_syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_highest_block", "gauge",
-                   "Highest block the syncing node knows of (eth_syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_remaining_blocks", "gauge",
-                   "Blocks left to sync (0 when not syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_block", "gauge", "Number of the node's latest block", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_block_timestamp_seconds", "gauge",
-                   "Unix time in the node's latest block header", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_age_seconds", "gauge",
-                   "Seconds since the timestamp of the node's latest block", ("endpoint",)),
-        MetricSpec("mevwatch_chain_block_time_seconds", "gauge",
-                   "Seconds between blocks: learned from the node's recent blocks, or the configured block_time",
-                   ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_age_blocks", "gauge",
-                   "Head age over the block time: how many block times passed without a new head",
-                   ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_lag_blocks", "gauge",
-                   "Blocks the node's head is behind the reference head (or the highest head of the instance)",
-                   ("endpoint",)),
-        MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_id_match", "gauge",
-                   "1 if the node's chain id is the configured expected_chain_id", ("endpoint",)),
-        MetricSpec("mevwatch_chain_client", "info",
-                   "Node client version (web3_clientVersion)", ("endpoint", "version")),
-        MetricSpec("mevwatch_rpc_method_supported", "gauge",
-                   "0 if the node answered 'method not found' for a method mevwatch uses", ("endpoint", "method")),
-        MetricSpec("mevwatch_chain_errors", "counter",
-                   "Failed node calls by method and error class", ("endpoint", "method", "class")),
-        MetricSpec("mevwatch_chain_reference_up", "gauge",
-                   "1 if the head-lag reference endpoint answered", ("reference",)),
-        MetricSpec("mevwatch_chain_reference_head_block", "gauge",
-                   "Head block of the head-lag reference endpoint", ("reference",)),
+        CHAIN_UP,
+        CHAIN_PEERS,
+        CHAIN_SYNCING,
+        CHAIN_SYNC_CURRENT_BLOCK,
+        CHAIN_SYNC_HIGHEST_BLOCK,
+        CHAIN_SYNC_REMAINING_BLOCKS,
+        CHAIN_HEAD_BLOCK,
+        CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS,
+        CHAIN_HEAD_AGE_SECONDS,
+        CHAIN_BLOCK_TIME_SECONDS,
+        CHAIN_HEAD_AGE_BLOCKS,
+        CHAIN_HEAD_LAG_BLOCKS,
+        CHAIN_ID,
+        CHAIN_ID_MATCH,
+        CHAIN_CLIENT,
+        RPC_METHOD_SUPPORTED,
+        CHAIN_ERRORS,
+        CHAIN_REFERENCE_UP,
+        CHAIN_REFERENCE_HEAD_BLOCK,
     )
 
     def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
@@ -331,51 +409,23 @@ class ChainCollector(PollCollector[ChainOptions]):
         ref_report: _NodeReport | None, ref_head: int | None,
     ) -> list[Metric]:
         lbl = ["endpoint"]
-        up = GaugeMetricFamily("mevwatch_chain_up", "1 if the node answered its head block this run", labels=lbl)
-        peers = GaugeMetricFamily("mevwatch_chain_peers", "Connected peers (net_peerCount)", labels=lbl)
-        syncing = GaugeMetricFamily("mevwatch_chain_syncing", "1 while the node reports it is syncing", labels=lbl)
-        current = GaugeMetricFamily(
-            "mevwatch_chain_sync_current_block", "Block the syncing node has reached (eth_syncing)", labels=lbl
-        )
-        highest = GaugeMetricFamily(
-            "mevwatch_chain_sync_highest_block", "Highest block the syncing node knows of (eth_syncing)", labels=lbl
-        )
-        remaining = GaugeMetricFamily(
-            "mevwatch_chain_sync_remaining_blocks", "Blocks left to sync (0 when not syncing)", labels=lbl
-        )
-        head = GaugeMetricFamily("mevwatch_chain_head_block", "Number of the node's latest block", labels=lbl)
-        head_ts = GaugeMetricFamily(
-            "mevwatch_chain_head_block_timestamp_seconds", "Unix time in the node's latest block header", labels=lbl
-        )
-        head_age = GaugeMetricFamily(
-            "mevwatch_chain_head_age_seconds", "Seconds since the timestamp of the node's latest block", labels=lbl
-        )
-        btime = GaugeMetricFamily(
-            "mevwatch_chain_block_time_seconds",
-            "Seconds between blocks: learned from the node's recent blocks, or the configured block_time", labels=lbl,
-        )
-        age_blocks = GaugeMetricFamily(
-            "mevwatch_chain_head_age_blocks",
-            "Head age over the block time: how many block times passed without a new head", labels=lbl,
-        )
-        lag = GaugeMetricFamily(
-            "mevwatch_chain_head_lag_blocks",
-            "Blocks the node's head is behind the reference head (or the highest head of the instance)",
-            labels=lbl,
-        )
-        chain_id = GaugeMetricFamily("mevwatch_chain_id", "Chain id the node reports (eth_chainId)", labels=lbl)
-        chain_ok = GaugeMetricFamily(
-            "mevwatch_chain_id_match", "1 if the node's chain id is the configured expected_chain_id", labels=lbl
-        )
-        version = InfoMetricFamily("mevwatch_chain_client", "Node client version (web3_clientVersion)", labels=lbl)
-        supported = GaugeMetricFamily(
-            "mevwatch_rpc_method_supported", "0 if the node answered 'method not found' for a method mevwatch uses",
-            labels=["endpoint", "method"],
-        )
-        errors = CounterMetricFamily(
-            "mevwatch_chain_errors", "Failed node calls by method and error class",
-            labels=["endpoint", "method", "class"],
-        )
+        up = CHAIN_UP.gauge()
+        peers = CHAIN_PEERS.gauge()
+        syncing = CHAIN_SYNCING.gauge()
+        current = CHAIN_SYNC_CURRENT_BLOCK.gauge()
+        highest = CHAIN_SYNC_HIGHEST_BLOCK.gauge()
+        remaining = CHAIN_SYNC_REMAINING_BLOCKS.gauge()
+        head = CHAIN_HEAD_BLOCK.gauge()
+        head_ts = CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS.gauge()
+        head_age = CHAIN_HEAD_AGE_SECONDS.gauge()
+        btime = CHAIN_BLOCK_TIME_SECONDS.gauge()
+        age_blocks = CHAIN_HEAD_AGE_BLOCKS.gauge()
+        lag = CHAIN_HEAD_LAG_BLOCKS.gauge()
+        chain_id = CHAIN_ID.gauge()
+        chain_ok = CHAIN_ID_MATCH.gauge()
+        version = CHAIN_CLIENT.info(labels=lbl)
+        supported = RPC_METHOD_SUPPORTED.gauge()
+        errors = CHAIN_ERRORS.counter()
         now = time.time()
         for ep, r in pairs:
             name = ep.name
@@ -416,16 +466,11 @@ class ChainCollector(PollCollector[ChainOptions]):
             chain_id, chain_ok, version, supported, errors,
         ]
         if ref is not None and ref_report is not None:
-            ref_up = GaugeMetricFamily(
-                "mevwatch_chain_reference_up", "1 if the head-lag reference endpoint answered", labels=["reference"]
-            )
+            ref_up = CHAIN_REFERENCE_UP.gauge()
             ref_up.add_metric([ref.name], 1.0 if ref_report.up else 0.0)
             families.append(ref_up)
             if ref_report.head is not None:
-                ref_block = GaugeMetricFamily(
-                    "mevwatch_chain_reference_head_block", "Head block of the head-lag reference endpoint",
-                    labels=["reference"],
-                )
+                ref_block = CHAIN_REFERENCE_HEAD_BLOCK.gauge()
                 ref_block.add_metric([ref.name], float(ref_report.head.number))
                 families.append(ref_block)
         return families

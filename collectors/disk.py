@@ -33,7 +33,7 @@ from mevwatch.collectors.base import (
     PollCollector,
 )
 from mevwatch.collectors.registry import register
-from mevwatch.families import GaugeMetricFamily, Metric
+from mevwatch.families import Metric
 from mevwatch.fields import Duration
 
 __all__ = [
@@ -77,6 +77,7 @@ DIR_STATUSES = ("ok", "truncated", "partial", "missing", "permission_denied", "s
 BACKUP_STATUSES = ("ok", "missing", "permission_denied", "stalled", "error")
 MIN_FIT_POINTS = 3
 FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
+RECENT_FIT_POINTS = 5  # the latest samples, fitted on their own so a sudden fill shows at once
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -204,27 +205,37 @@ def linear_slope(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 class FillTrend:
-    """Available bytes of one filesystem over a sliding window, and the time until they reach zero."""
+    """Available bytes of one filesystem over a sliding window, and the time until they reach zero.
+
+    Two fits: over the window (at most ``max_points`` points, spaced evenly) and over the last
+    RECENT_FIT_POINTS samples as they came. The sooner of the two is reported: a disk that starts
+    filling fast shows it at once instead of after the window's flat past has been outweighed.
+    """
 
     def __init__(self, window: float, max_points: int = FIT_MAX_POINTS) -> None:
         self.window = window
         self.min_step = window / max_points
         self.points: deque[tuple[float, float]] = deque()
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT_FIT_POINTS)
 
     def add(self, t: float, avail: float) -> None:
         while self.points and self.points[0][0] < t - self.window:
             self.points.popleft()
         if not self.points or t - self.points[-1][0] >= self.min_step:
             self.points.append((t, avail))
+        if not self.recent or t > self.recent[-1][0]:
+            self.recent.append((t, avail))
 
     def time_to_full(self, avail_now: float) -> float | None:
         """Seconds until no space is left at the fitted rate; None when the filesystem is not filling."""
-        if len(self.points) < MIN_FIT_POINTS:
-            return None
-        slope = linear_slope(self.points)
-        if slope is None or slope >= 0.0:
-            return None
-        return max(avail_now, 0.0) / -slope
+        estimates = []
+        for points in (self.points, self.recent):
+            if len(points) < MIN_FIT_POINTS:
+                continue
+            slope = linear_slope(points)
+            if slope is not None and slope < 0.0:
+                estimates.append(max(avail_now, 0.0) / -slope)
+        return min(estimates, default=None)
 
 
 # --- watched directories -----------------------------------------------------------------
@@ -504,6 +515,136 @@ class _Inflight:
             self.keys.discard(key)
 
 
+FILESYSTEM_SIZE_BYTES = MetricSpec(
+    "mevwatch_filesystem_size_bytes", "gauge",
+    "Filesystem size",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_FREE_BYTES = MetricSpec(
+    "mevwatch_filesystem_free_bytes", "gauge",
+    "Free space, including blocks reserved for root",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_AVAIL_BYTES = MetricSpec(
+    "mevwatch_filesystem_avail_bytes", "gauge",
+    "Space available to unprivileged users",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_INODES = MetricSpec(
+    "mevwatch_filesystem_inodes", "gauge",
+    "Inodes in total",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_INODES_FREE = MetricSpec(
+    "mevwatch_filesystem_inodes_free", "gauge",
+    "Free inodes, including those reserved for root",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_INODES_AVAIL = MetricSpec(
+    "mevwatch_filesystem_inodes_avail", "gauge",
+    "Inodes available to unprivileged users",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_USED_RATIO = MetricSpec(
+    "mevwatch_filesystem_used_ratio", "gauge",
+    "Used space over space usable by unprivileged users (df Use%)",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_INODES_USED_RATIO = MetricSpec(
+    "mevwatch_filesystem_inodes_used_ratio", "gauge",
+    "Used inodes over inodes usable by unprivileged users",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_READONLY = MetricSpec(
+    "mevwatch_filesystem_readonly", "gauge",
+    "1 if the filesystem is mounted read-only",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_TIME_TO_FULL_SECONDS = MetricSpec(
+    "mevwatch_filesystem_time_to_full_seconds", "gauge",
+    "Time until no space is available at the rate fitted over the fill window; absent when not filling",
+    ("device", "fstype", "mountpoint"),
+)
+
+FILESYSTEM_STATUS = MetricSpec(
+    "mevwatch_filesystem_status", "gauge",
+    "1 for the filesystem's state: ok, stalled (statvfs hung; not retried until it returns) or error",
+    ("device", "fstype", "mountpoint", "status"),
+)
+
+DIR_DISK_USAGE_BYTES = MetricSpec(
+    "mevwatch_dir_disk_usage_bytes", "gauge",
+    "Allocated bytes of the regular files under a watched directory (du)",
+    ("path",),
+)
+
+DIR_FILES = MetricSpec("mevwatch_dir_files", "gauge", "Regular files under a watched directory", ("path",))
+
+DIR_MATCHED_PATHS = MetricSpec(
+    "mevwatch_dir_matched_paths", "gauge",
+    "Paths a watched directory or glob resolved to",
+    ("path",),
+)
+
+DIR_UNREADABLE_ENTRIES = MetricSpec(
+    "mevwatch_dir_unreadable_entries", "gauge",
+    "Entries under a watched directory that could not be read",
+    ("path",),
+)
+
+DIR_LARGEST_FILE_BYTES = MetricSpec(
+    "mevwatch_dir_largest_file_bytes", "gauge",
+    "Size of the N largest files under a watched directory by rank (ls -S); their paths are in mevwatch diagnose",
+    ("path", "rank"),
+)
+
+DIR_SCAN_DURATION_SECONDS = MetricSpec(
+    "mevwatch_dir_scan_duration_seconds", "gauge",
+    "Wall time of the last walk of a watched directory",
+    ("path",),
+)
+
+DIR_SCAN_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_dir_scan_timestamp_seconds", "gauge",
+    "Unix time the figures of a watched directory were taken",
+    ("path",),
+)
+
+DIR_STATUS = MetricSpec(
+    "mevwatch_dir_status", "gauge",
+    "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable entries), missing, "
+    "permission_denied, stalled (walk hung) or error",
+    ("path", "status"),
+)
+
+BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_backup_last_modified_timestamp_seconds", "gauge",
+    "Modification time of the newest backup file",
+    ("pattern",),
+)
+
+BACKUP_AGE_SECONDS = MetricSpec("mevwatch_backup_age_seconds", "gauge", "Age of the newest backup file", ("pattern",))
+
+BACKUP_SIZE_BYTES = MetricSpec("mevwatch_backup_size_bytes", "gauge", "Size of the newest backup file", ("pattern",))
+
+BACKUP_FILES = MetricSpec("mevwatch_backup_files", "gauge", "Backup files matching the pattern", ("pattern",))
+
+BACKUP_STATUS = MetricSpec(
+    "mevwatch_backup_status", "gauge",
+    "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
+    ("pattern", "status"),
+)
+
+
 @register
 class DiskCollector(PollCollector[DiskOptions]):
     kind: ClassVar[str] = "disk"
@@ -512,52 +653,30 @@ class DiskCollector(PollCollector[DiskOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "disk-full"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_filesystem_size_bytes", "gauge", "Filesystem size", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_free_bytes", "gauge",
-                   "Free space, including blocks reserved for root", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_avail_bytes", "gauge",
-                   "Space available to unprivileged users", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_inodes", "gauge", "Inodes in total", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_inodes_free", "gauge",
-                   "Free inodes, including those reserved for root", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_inodes_avail", "gauge",
-                   "Inodes available to unprivileged users", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_used_ratio", "gauge",
-                   "Used space over space usable by unprivileged users (df Use%)", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_inodes_used_ratio", "gauge",
-                   "Used inodes over inodes usable by unprivileged users", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_readonly", "gauge",
-                   "1 if the filesystem is mounted read-only", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_time_to_full_seconds", "gauge",
-                   "Time until no space is available at the rate fitted over the fill window; absent when not "
-                   "filling", ("device", "fstype", "mountpoint")),
-        MetricSpec("mevwatch_filesystem_status", "gauge",
-                   "1 for the filesystem's state: ok, stalled (statvfs hung; not retried until it returns) or error",
-                   ("device", "fstype", "mountpoint", "status")),
-        MetricSpec("mevwatch_dir_disk_usage_bytes", "gauge",
-                   "Allocated bytes of the regular files under a watched directory (du)", ("path",)),
-        MetricSpec("mevwatch_dir_files", "gauge", "Regular files under a watched directory", ("path",)),
-        MetricSpec("mevwatch_dir_matched_paths", "gauge", "Paths a watched directory or glob resolved to", ("path",)),
-        MetricSpec("mevwatch_dir_unreadable_entries", "gauge",
-                   "Entries under a watched directory that could not be read", ("path",)),
-        MetricSpec("mevwatch_dir_largest_file_bytes", "gauge",
-                   "Size of the N largest files under a watched directory by rank (ls -S); "
-                   "their paths are in mevwatch diagnose", ("path", "rank")),
-        MetricSpec("mevwatch_dir_scan_duration_seconds", "gauge",
-                   "Wall time of the last walk of a watched directory", ("path",)),
-        MetricSpec("mevwatch_dir_scan_timestamp_seconds", "gauge",
-                   "Unix time the figures of a watched directory were taken", ("path",)),
-        MetricSpec("mevwatch_dir_status", "gauge",
-                   "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable "
-                   "entries), missing, permission_denied, stalled (walk hung) or error", ("path", "status")),
-        MetricSpec("mevwatch_backup_last_modified_timestamp_seconds", "gauge",
-                   "Modification time of the newest backup file", ("pattern",)),
-        MetricSpec("mevwatch_backup_age_seconds", "gauge", "Age of the newest backup file", ("pattern",)),
-        MetricSpec("mevwatch_backup_size_bytes", "gauge", "Size of the newest backup file", ("pattern",)),
-        MetricSpec("mevwatch_backup_files", "gauge", "Backup files matching the pattern", ("pattern",)),
-        MetricSpec("mevwatch_backup_status", "gauge",
-                   "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
-                   ("pattern", "status")),
+        FILESYSTEM_SIZE_BYTES,
+        FILESYSTEM_FREE_BYTES,
+        FILESYSTEM_AVAIL_BYTES,
+        FILESYSTEM_INODES,
+        FILESYSTEM_INODES_FREE,
+        FILESYSTEM_INODES_AVAIL,
+        FILESYSTEM_USED_RATIO,
+        FILESYSTEM_INODES_USED_RATIO,
+        FILESYSTEM_READONLY,
+        FILESYSTEM_TIME_TO_FULL_SECONDS,
+        FILESYSTEM_STATUS,
+        DIR_DISK_USAGE_BYTES,
+        DIR_FILES,
+        DIR_MATCHED_PATHS,
+        DIR_UNREADABLE_ENTRIES,
+        DIR_LARGEST_FILE_BYTES,
+        DIR_SCAN_DURATION_SECONDS,
+        DIR_SCAN_TIMESTAMP_SECONDS,
+        DIR_STATUS,
+        BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS,
+        BACKUP_AGE_SECONDS,
+        BACKUP_SIZE_BYTES,
+        BACKUP_FILES,
+        BACKUP_STATUS,
     )
 
     def __init__(self, ctx: CollectorContext, options: DiskOptions) -> None:
@@ -767,29 +886,17 @@ class DiskCollector(PollCollector[DiskOptions]):
         return [find_newest_backup(self._host(p)) for p in self.options.backups]
 
     def _mount_families(self, mounts: list[Mount], stats: Sequence[object], now: float) -> list[Metric]:
-        labels = ["device", "fstype", "mountpoint"]
-
-        def fam(name: str, doc: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=labels)
-
-        size = fam("mevwatch_filesystem_size_bytes", "Filesystem size")
-        free = fam("mevwatch_filesystem_free_bytes", "Free space, including blocks reserved for root")
-        avail = fam("mevwatch_filesystem_avail_bytes", "Space available to unprivileged users")
-        files = fam("mevwatch_filesystem_inodes", "Inodes in total")
-        files_free = fam("mevwatch_filesystem_inodes_free", "Free inodes, including those reserved for root")
-        files_avail = fam("mevwatch_filesystem_inodes_avail", "Inodes available to unprivileged users")
-        used = fam("mevwatch_filesystem_used_ratio", "Used space over space usable by unprivileged users (df Use%)")
-        iused = fam("mevwatch_filesystem_inodes_used_ratio", "Used inodes over inodes usable by unprivileged users")
-        ro = fam("mevwatch_filesystem_readonly", "1 if the filesystem is mounted read-only")
-        ttf = fam(
-            "mevwatch_filesystem_time_to_full_seconds",
-            "Time until no space is available at the rate fitted over the fill window; absent when not filling",
-        )
-        status = GaugeMetricFamily(
-            "mevwatch_filesystem_status",
-            "1 for the filesystem's state: ok, stalled (statvfs hung; not retried until it returns) or error",
-            labels=[*labels, "status"],
-        )
+        size = FILESYSTEM_SIZE_BYTES.gauge()
+        free = FILESYSTEM_FREE_BYTES.gauge()
+        avail = FILESYSTEM_AVAIL_BYTES.gauge()
+        files = FILESYSTEM_INODES.gauge()
+        files_free = FILESYSTEM_INODES_FREE.gauge()
+        files_avail = FILESYSTEM_INODES_AVAIL.gauge()
+        used = FILESYSTEM_USED_RATIO.gauge()
+        iused = FILESYSTEM_INODES_USED_RATIO.gauge()
+        ro = FILESYSTEM_READONLY.gauge()
+        ttf = FILESYSTEM_TIME_TO_FULL_SECONDS.gauge()
+        status = FILESYSTEM_STATUS.gauge()
         seen: set[tuple[str, str]] = set()
         for m, st in zip(mounts, stats, strict=True):
             lv = [m.device, m.fstype, m.mountpoint]
@@ -825,37 +932,14 @@ class DiskCollector(PollCollector[DiskOptions]):
         return [size, free, avail, files, files_free, files_avail, used, iused, ro, ttf, status]
 
     def _dir_families(self) -> list[Metric]:
-        usage = GaugeMetricFamily(
-            "mevwatch_dir_disk_usage_bytes", "Allocated bytes of the regular files under a watched directory (du)",
-            labels=["path"],
-        )
-        nfiles = GaugeMetricFamily("mevwatch_dir_files", "Regular files under a watched directory", labels=["path"])
-        matched = GaugeMetricFamily(
-            "mevwatch_dir_matched_paths", "Paths a watched directory or glob resolved to", labels=["path"]
-        )
-        unreadable = GaugeMetricFamily(
-            "mevwatch_dir_unreadable_entries", "Entries under a watched directory that could not be read",
-            labels=["path"],
-        )
-        largest = GaugeMetricFamily(
-            "mevwatch_dir_largest_file_bytes",
-            "Size of the N largest files under a watched directory by rank (ls -S); "
-            "their paths are in mevwatch diagnose",
-            labels=["path", "rank"],
-        )
-        duration = GaugeMetricFamily(
-            "mevwatch_dir_scan_duration_seconds", "Wall time of the last walk of a watched directory", labels=["path"]
-        )
-        when = GaugeMetricFamily(
-            "mevwatch_dir_scan_timestamp_seconds", "Unix time the figures of a watched directory were taken",
-            labels=["path"],
-        )
-        status = GaugeMetricFamily(
-            "mevwatch_dir_status",
-            "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable entries), "
-            "missing, permission_denied, stalled (walk hung) or error",
-            labels=["path", "status"],
-        )
+        usage = DIR_DISK_USAGE_BYTES.gauge()
+        nfiles = DIR_FILES.gauge()
+        matched = DIR_MATCHED_PATHS.gauge()
+        unreadable = DIR_UNREADABLE_ENTRIES.gauge()
+        largest = DIR_LARGEST_FILE_BYTES.gauge()
+        duration = DIR_SCAN_DURATION_SECONDS.gauge()
+        when = DIR_SCAN_TIMESTAMP_SECONDS.gauge()
+        status = DIR_STATUS.gauge()
         for p in self.options.watch_dirs:
             scan = self._scans.get(p)
             if scan is None:
@@ -883,19 +967,11 @@ def _human_bytes(n: float) -> str:
 
 
 def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: float) -> list[Metric]:
-    labels = ["pattern"]
-    mtime = GaugeMetricFamily(
-        "mevwatch_backup_last_modified_timestamp_seconds", "Modification time of the newest backup file",
-        labels=labels,
-    )
-    age = GaugeMetricFamily("mevwatch_backup_age_seconds", "Age of the newest backup file", labels=labels)
-    size = GaugeMetricFamily("mevwatch_backup_size_bytes", "Size of the newest backup file", labels=labels)
-    files = GaugeMetricFamily("mevwatch_backup_files", "Backup files matching the pattern", labels=labels)
-    status = GaugeMetricFamily(
-        "mevwatch_backup_status",
-        "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
-        labels=[*labels, "status"],
-    )
+    mtime = BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS.gauge()
+    age = BACKUP_AGE_SECONDS.gauge()
+    size = BACKUP_SIZE_BYTES.gauge()
+    files = BACKUP_FILES.gauge()
+    status = BACKUP_STATUS.gauge()
     for p, info in zip(patterns, infos, strict=True):
         for s in BACKUP_STATUSES:
             status.add_metric([p, s], 1.0 if s == info.status else 0.0)

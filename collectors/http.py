@@ -23,10 +23,6 @@ from mevwatch.collectors._json import JsonTooDeep, loads_bounded
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
 from mevwatch.collectors.registry import register
 from mevwatch.families import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
     Metric,
 )
 from mevwatch.fields import ByteSize, Duration
@@ -315,6 +311,41 @@ class ProbeResult:
     message: str = ""
 
 
+HTTP_UP = MetricSpec(
+    "mevwatch_http_up", "gauge",
+    "1 when the probe got an expected status and passed its JSON check",
+    ("target",),
+)
+
+HTTP_STATUS_CODE = MetricSpec(
+    "mevwatch_http_status_code", "gauge",
+    "HTTP status of the last probe (0: no response)",
+    ("target",),
+)
+
+HTTP_PROBE_DURATION_SECONDS = MetricSpec(
+    "mevwatch_http_probe_duration_seconds", "gauge",
+    "Time of the last probe to the full response body",
+    ("target",),
+)
+
+HTTP_REQUEST_DURATION_SECONDS = MetricSpec(
+    "mevwatch_http_request_duration_seconds", "histogram",
+    "Time to the full response body of every probe that got a response",
+    ("target",),
+)
+
+HTTP_ERRORS = MetricSpec("mevwatch_http_errors", "counter", "Failed probes by reason", ("target", "reason"))
+
+HTTP_TARGET = MetricSpec(
+    "mevwatch_http_target", "info",
+    "Probed URL (secrets redacted) and method",
+    ("target", "method", "url"),
+)
+
+HTTP_CHECK_OK = MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check"))
+
+
 @register
 class HttpCollector(PollCollector[HttpOptions]):
     kind: ClassVar[str] = "http"
@@ -323,17 +354,13 @@ class HttpCollector(PollCollector[HttpOptions]):
     default_timeout: ClassVar[float] = 4.0
     runbook_section = "engine-down"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_http_up", "gauge",
-                   "1 when the probe got an expected status and passed its JSON check", ("target",)),
-        MetricSpec("mevwatch_http_status_code", "gauge", "HTTP status of the last probe (0: no response)", ("target",)),
-        MetricSpec("mevwatch_http_probe_duration_seconds", "gauge",
-                   "Time of the last probe to the full response body", ("target",)),
-        MetricSpec("mevwatch_http_request_duration_seconds", "histogram",
-                   "Time to the full response body of every probe that got a response", ("target",)),
-        MetricSpec("mevwatch_http_errors", "counter", "Failed probes by reason", ("target", "reason")),
-        MetricSpec("mevwatch_http_target", "info",
-                   "Probed URL (secrets redacted) and method", ("target", "method", "url")),
-        MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check")),
+        HTTP_UP,
+        HTTP_STATUS_CODE,
+        HTTP_PROBE_DURATION_SECONDS,
+        HTTP_REQUEST_DURATION_SECONDS,
+        HTTP_ERRORS,
+        HTTP_TARGET,
+        HTTP_CHECK_OK,
     )
 
     def __init__(self, ctx: CollectorContext, options: HttpOptions) -> None:
@@ -403,20 +430,13 @@ class HttpCollector(PollCollector[HttpOptions]):
     async def collect(self) -> Families:
         targets = self.options.targets
         results = await asyncio.gather(*(self.probe(t) for t in targets))
-        up = GaugeMetricFamily("mevwatch_http_up", "1 when the probe got an expected status and passed its "
-                               "JSON check", labels=["target"])
-        status = GaugeMetricFamily("mevwatch_http_status_code", "HTTP status of the last probe (0: no response)",
-                                   labels=["target"])
-        last = GaugeMetricFamily("mevwatch_http_probe_duration_seconds",
-                                 "Time of the last probe to the full response body", labels=["target"])
-        hist = HistogramMetricFamily("mevwatch_http_request_duration_seconds",
-                                     "Time to the full response body of every probe that got a response",
-                                     labels=["target"])
-        check_ok = GaugeMetricFamily("mevwatch_http_check_ok", "1 when the JSON field check passed",
-                                     labels=["target", "check"])
-        errors = CounterMetricFamily("mevwatch_http_errors", "Failed probes by reason", labels=["target", "reason"])
-        info = InfoMetricFamily("mevwatch_http_target", "Probed URL (secrets redacted) and method",
-                                labels=["target"])
+        up = HTTP_UP.gauge()
+        status = HTTP_STATUS_CODE.gauge()
+        last = HTTP_PROBE_DURATION_SECONDS.gauge()
+        hist = HTTP_REQUEST_DURATION_SECONDS.histogram()
+        check_ok = HTTP_CHECK_OK.gauge()
+        errors = HTTP_ERRORS.counter()
+        info = HTTP_TARGET.info(labels=["target"])
         for target, res in zip(targets, results, strict=True):
             name = target.name
             up.add_metric([name], 1.0 if res.up else 0.0)

@@ -34,7 +34,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
 )
 from mevwatch.collectors.registry import register
-from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import Metric
 from mevwatch.fields import ByteSize, Duration
 
 __all__ = [
@@ -217,31 +217,14 @@ def build_sources(opts: LogwatchOptions) -> tuple[list[FileSource], list[LinePat
 
 
 def families_from_stats(stats: dict[str, SourceStats]) -> list[Metric]:
-    labels = ["source"]
-    matches = CounterMetricFamily(
-        "mevwatch_log_matches", "Log lines that matched a named pattern", labels=["source", "pattern"]
-    )
-    lines = CounterMetricFamily("mevwatch_log_lines_read", "Log lines read", labels=labels)
-    size = CounterMetricFamily("mevwatch_log_read_bytes", "Bytes of complete log lines read", labels=labels)
-    truncated = CounterMetricFamily(
-        "mevwatch_log_lines_truncated", "Log lines longer than max_line_length, matched on their start only",
-        labels=labels,
-    )
-    errors = CounterMetricFamily(
-        "mevwatch_log_read_errors", "Files that became unreadable, failed reads and journalctl failures",
-        labels=labels,
-    )
-    rotations = CounterMetricFamily(
-        "mevwatch_log_rotations",
-        "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
-        labels=["source", "mode"],
-    )
-    status = GaugeMetricFamily(
-        "mevwatch_log_source_status",
-        "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current state",
-        labels=["source", "status"],
-    )
-    files = GaugeMetricFamily("mevwatch_log_source_files", "Files (or journal streams) followed", labels=labels)
+    matches = LOG_MATCHES.counter()
+    lines = LOG_LINES_READ.counter()
+    size = LOG_READ_BYTES.counter()
+    truncated = LOG_LINES_TRUNCATED.counter()
+    errors = LOG_READ_ERRORS.counter()
+    rotations = LOG_ROTATIONS.counter()
+    status = LOG_SOURCE_STATUS.gauge()
+    files = LOG_SOURCE_FILES.gauge()
     for name, st in sorted(stats.items()):
         for pattern, n in sorted(st.matches.items()):
             matches.add_metric([name, pattern], n)
@@ -258,6 +241,43 @@ def families_from_stats(stats: dict[str, SourceStats]) -> list[Metric]:
     return [matches, lines, size, truncated, errors, rotations, status, files]
 
 
+LOG_MATCHES = MetricSpec(
+    "mevwatch_log_matches", "counter",
+    "Log lines that matched a named pattern",
+    ("source", "pattern"),
+)
+
+LOG_LINES_READ = MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",))
+
+LOG_READ_BYTES = MetricSpec("mevwatch_log_read_bytes", "counter", "Bytes of complete log lines read", ("source",))
+
+LOG_LINES_TRUNCATED = MetricSpec(
+    "mevwatch_log_lines_truncated", "counter",
+    "Log lines longer than max_line_length, matched on their start only",
+    ("source",),
+)
+
+LOG_READ_ERRORS = MetricSpec(
+    "mevwatch_log_read_errors", "counter",
+    "Files that became unreadable, failed reads and journalctl failures",
+    ("source",),
+)
+
+LOG_ROTATIONS = MetricSpec(
+    "mevwatch_log_rotations", "counter",
+    "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
+    ("source", "mode"),
+)
+
+LOG_SOURCE_STATUS = MetricSpec(
+    "mevwatch_log_source_status", "gauge",
+    "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current state",
+    ("source", "status"),
+)
+
+LOG_SOURCE_FILES = MetricSpec("mevwatch_log_source_files", "gauge", "Files (or journal streams) followed", ("source",))
+
+
 @register
 class LogwatchCollector(StreamCollector[LogwatchOptions]):
     kind: ClassVar[str] = "logwatch"
@@ -267,20 +287,14 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
     default_timeout: ClassVar[float] = 30.0
     runbook_section = "strategy-errors"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_log_matches", "counter", "Log lines that matched a named pattern", ("source", "pattern")),
-        MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",)),
-        MetricSpec("mevwatch_log_read_bytes", "counter", "Bytes of complete log lines read", ("source",)),
-        MetricSpec("mevwatch_log_lines_truncated", "counter",
-                   "Log lines longer than max_line_length, matched on their start only", ("source",)),
-        MetricSpec("mevwatch_log_read_errors", "counter",
-                   "Files that became unreadable, failed reads and journalctl failures", ("source",)),
-        MetricSpec("mevwatch_log_rotations", "counter",
-                   "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
-                   ("source", "mode")),
-        MetricSpec("mevwatch_log_source_status", "gauge",
-                   "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current "
-                   "state", ("source", "status")),
-        MetricSpec("mevwatch_log_source_files", "gauge", "Files (or journal streams) followed", ("source",)),
+        LOG_MATCHES,
+        LOG_LINES_READ,
+        LOG_READ_BYTES,
+        LOG_LINES_TRUNCATED,
+        LOG_READ_ERRORS,
+        LOG_ROTATIONS,
+        LOG_SOURCE_STATUS,
+        LOG_SOURCE_FILES,
     )
 
     def __init__(self, ctx: CollectorContext, options: LogwatchOptions) -> None:

@@ -30,7 +30,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
 )
 from mevwatch.collectors.registry import register
-from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import Metric
 
 __all__ = [
     "MIGRATIONS",
@@ -258,6 +258,34 @@ class _State:
     last_wall: float = 0.0
 
 
+OOM_KILLS = MetricSpec(
+    "mevwatch_oom_kills", "counter",
+    "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from the kernel log",
+    ("comm", "unit"),
+)
+
+OOM_KMSG_OVERRUNS = MetricSpec(
+    "mevwatch_oom_kmsg_overruns", "counter",
+    "Times kernel log records were overwritten before mevwatch read them (kills may be missed)",
+)
+
+OOM_LAST_VICTIM_INFO = MetricSpec(
+    "mevwatch_oom_last_victim_info", "gauge",
+    "The last process the OOM killer killed (always 1)",
+    ("pid", "comm", "unit", "cgroup", "constraint"),
+)
+
+OOM_LAST_KILL_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_oom_last_kill_timestamp_seconds", "gauge",
+    "Unix time of the last OOM kill",
+)
+
+OOM_LAST_VICTIM_RESIDENT_BYTES = MetricSpec(
+    "mevwatch_oom_last_victim_resident_bytes", "gauge",
+    "Resident memory of the last OOM victim when it was killed",
+)
+
+
 @register
 class OomKillCollector(StreamCollector[OomKillOptions]):
     kind: ClassVar[str] = "oomkill"
@@ -265,17 +293,11 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     default_interval: ClassVar[float] = 30.0
     runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_oom_kills", "counter",
-                   "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from "
-                   "the kernel log", ("comm", "unit")),
-        MetricSpec("mevwatch_oom_kmsg_overruns", "counter",
-                   "Times kernel log records were overwritten before mevwatch read them (kills may be missed)", ()),
-        MetricSpec("mevwatch_oom_last_victim_info", "gauge",
-                   "The last process the OOM killer killed (always 1)",
-                   ("pid", "comm", "unit", "cgroup", "constraint")),
-        MetricSpec("mevwatch_oom_last_kill_timestamp_seconds", "gauge", "Unix time of the last OOM kill", ()),
-        MetricSpec("mevwatch_oom_last_victim_resident_bytes", "gauge",
-                   "Resident memory of the last OOM victim when it was killed", ()),
+        OOM_KILLS,
+        OOM_KMSG_OVERRUNS,
+        OOM_LAST_VICTIM_INFO,
+        OOM_LAST_KILL_TIMESTAMP_SECONDS,
+        OOM_LAST_VICTIM_RESIDENT_BYTES,
     )
 
     def __init__(self, ctx: CollectorContext, options: OomKillOptions) -> None:
@@ -461,45 +483,24 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     # --- output -----------------------------------------------------------------------------
 
     def _families(self, state: _State) -> list[Metric]:
-        kills = CounterMetricFamily(
-            "mevwatch_oom_kills",
-            "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), "
-            "from the kernel log",
-            labels=["comm", "unit"],
-        )
+        kills = OOM_KILLS.counter()
         for (comm, unit), n in sorted(state.counts.items()):
             kills.add_metric([comm, unit], float(n))
         out: list[Metric] = [
             kills,
-            CounterMetricFamily(
-                "mevwatch_oom_kmsg_overruns",
-                "Times kernel log records were overwritten before mevwatch read them (kills may be missed)",
-                value=float(state.overruns),
-            ),
+            OOM_KMSG_OVERRUNS.counter(float(state.overruns)),
         ]
         if state.last is not None:
             ev = state.last
-            info = GaugeMetricFamily(
-                "mevwatch_oom_last_victim_info",
-                "The last process the OOM killer killed (always 1)",
-                labels=["pid", "comm", "unit", "cgroup", "constraint"],
-            )
+            info = OOM_LAST_VICTIM_INFO.gauge()
             info.add_metric([str(ev.pid), ev.comm, ev.unit, ev.cgroup, ev.constraint], 1.0)
             out.append(info)
             out.append(
-                GaugeMetricFamily(
-                    "mevwatch_oom_last_kill_timestamp_seconds",
-                    "Unix time of the last OOM kill",
-                    value=state.last_wall,
-                )
+                OOM_LAST_KILL_TIMESTAMP_SECONDS.gauge(state.last_wall)
             )
             if ev.resident_bytes is not None:
                 out.append(
-                    GaugeMetricFamily(
-                        "mevwatch_oom_last_victim_resident_bytes",
-                        "Resident memory of the last OOM victim when it was killed",
-                        value=float(ev.resident_bytes),
-                    )
+                    OOM_LAST_VICTIM_RESIDENT_BYTES.gauge(float(ev.resident_bytes))
                 )
         return out
 

@@ -31,9 +31,6 @@ from mevwatch.collectors.base import (
 from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
 from mevwatch.collectors.registry import register
 from mevwatch.families import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from mevwatch.fields import Duration
@@ -235,6 +232,53 @@ class _EndpointState:
     last_error: RpcError | None = None
 
 
+RPC_ENDPOINT_INFO = MetricSpec(
+    "mevwatch_rpc_endpoint_info", "gauge",
+    "Probed JSON-RPC endpoint (URL with secrets redacted)",
+    ("endpoint", "url", "transport"),
+)
+
+RPC_UP = MetricSpec("mevwatch_rpc_up", "gauge", "1 if the endpoint's last probe succeeded", ("endpoint",))
+
+RPC_REQUEST_DURATION_SECONDS = MetricSpec(
+    "mevwatch_rpc_request_duration_seconds", "histogram",
+    "Latency of answered JSON-RPC probe calls",
+    ("endpoint", "method"),
+)
+
+RPC_REQUESTS = MetricSpec("mevwatch_rpc_requests", "counter", "JSON-RPC probe calls sent", ("endpoint", "method"))
+
+RPC_ERRORS = MetricSpec(
+    "mevwatch_rpc_errors", "counter",
+    "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
+    ("endpoint", "method", "class", "code"),
+)
+
+RPC_ESTABLISHED_CONNECTIONS = MetricSpec(
+    "mevwatch_rpc_established_connections", "gauge",
+    "Established TCP connections from this host to the endpoint",
+    ("endpoint",),
+)
+
+RPC_CIRCUIT_BREAKER_STATE = MetricSpec(
+    "mevwatch_rpc_circuit_breaker_state", "gauge",
+    "Circuit breaker state of the endpoint (1 for the current state)",
+    ("endpoint", "state"),
+)
+
+RPC_CIRCUIT_BREAKER_TRANSITIONS = MetricSpec(
+    "mevwatch_rpc_circuit_breaker_transitions", "counter",
+    "Circuit breaker state changes by new state",
+    ("endpoint", "state"),
+)
+
+RPC_PROBES_SKIPPED = MetricSpec(
+    "mevwatch_rpc_probes_skipped", "counter",
+    "Probes not sent because the circuit breaker was open",
+    ("endpoint",),
+)
+
+
 @register
 class RpcCollector(PollCollector[RpcOptions]):
     kind: ClassVar[str] = "rpc"
@@ -243,23 +287,15 @@ class RpcCollector(PollCollector[RpcOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "rpc-timeouts"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_rpc_endpoint_info", "gauge",
-                   "Probed JSON-RPC endpoint (URL with secrets redacted)", ("endpoint", "url", "transport")),
-        MetricSpec("mevwatch_rpc_up", "gauge", "1 if the endpoint's last probe succeeded", ("endpoint",)),
-        MetricSpec("mevwatch_rpc_request_duration_seconds", "histogram",
-                   "Latency of answered JSON-RPC probe calls", ("endpoint", "method")),
-        MetricSpec("mevwatch_rpc_requests", "counter", "JSON-RPC probe calls sent", ("endpoint", "method")),
-        MetricSpec("mevwatch_rpc_errors", "counter",
-                   "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
-                   ("endpoint", "method", "class", "code")),
-        MetricSpec("mevwatch_rpc_established_connections", "gauge",
-                   "Established TCP connections from this host to the endpoint", ("endpoint",)),
-        MetricSpec("mevwatch_rpc_circuit_breaker_state", "gauge",
-                   "Circuit breaker state of the endpoint (1 for the current state)", ("endpoint", "state")),
-        MetricSpec("mevwatch_rpc_circuit_breaker_transitions", "counter",
-                   "Circuit breaker state changes by new state", ("endpoint", "state")),
-        MetricSpec("mevwatch_rpc_probes_skipped", "counter",
-                   "Probes not sent because the circuit breaker was open", ("endpoint",)),
+        RPC_ENDPOINT_INFO,
+        RPC_UP,
+        RPC_REQUEST_DURATION_SECONDS,
+        RPC_REQUESTS,
+        RPC_ERRORS,
+        RPC_ESTABLISHED_CONNECTIONS,
+        RPC_CIRCUIT_BREAKER_STATE,
+        RPC_CIRCUIT_BREAKER_TRANSITIONS,
+        RPC_PROBES_SKIPPED,
     )
 
     def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
@@ -331,38 +367,15 @@ class RpcCollector(PollCollector[RpcOptions]):
         return None
 
     def _families(self, states: list[_EndpointState], sockets: list[TcpSocket] | None) -> list[Metric]:
-        info = GaugeMetricFamily(
-            "mevwatch_rpc_endpoint_info", "Probed JSON-RPC endpoint (URL with secrets redacted)",
-            labels=["endpoint", "url", "transport"],
-        )
-        up = GaugeMetricFamily("mevwatch_rpc_up", "1 if the endpoint's last probe succeeded", labels=["endpoint"])
-        latency = HistogramMetricFamily(
-            "mevwatch_rpc_request_duration_seconds", "Latency of answered JSON-RPC probe calls",
-            labels=["endpoint", "method"],
-        )
-        requests = CounterMetricFamily(
-            "mevwatch_rpc_requests", "JSON-RPC probe calls sent", labels=["endpoint", "method"]
-        )
-        errors = CounterMetricFamily(
-            "mevwatch_rpc_errors", "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
-            labels=["endpoint", "method", "class", "code"],
-        )
-        conns = GaugeMetricFamily(
-            "mevwatch_rpc_established_connections", "Established TCP connections from this host to the endpoint",
-            labels=["endpoint"],
-        )
-        state = GaugeMetricFamily(
-            "mevwatch_rpc_circuit_breaker_state", "Circuit breaker state of the endpoint (1 for the current state)",
-            labels=["endpoint", "state"],
-        )
-        transitions = CounterMetricFamily(
-            "mevwatch_rpc_circuit_breaker_transitions", "Circuit breaker state changes by new state",
-            labels=["endpoint", "state"],
-        )
-        skipped = CounterMetricFamily(
-            "mevwatch_rpc_probes_skipped", "Probes not sent because the circuit breaker was open",
-            labels=["endpoint"],
-        )
+        info = RPC_ENDPOINT_INFO.gauge()
+        up = RPC_UP.gauge()
+        latency = RPC_REQUEST_DURATION_SECONDS.histogram()
+        requests = RPC_REQUESTS.counter()
+        errors = RPC_ERRORS.counter()
+        conns = RPC_ESTABLISHED_CONNECTIONS.gauge()
+        state = RPC_CIRCUIT_BREAKER_STATE.gauge()
+        transitions = RPC_CIRCUIT_BREAKER_TRANSITIONS.counter()
+        skipped = RPC_PROBES_SKIPPED.counter()
         for st in states:
             ep = st.endpoint
             name = ep.name

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
 from mevwatch.collectors.registry import register
-from mevwatch.families import GaugeMetricFamily, Metric
+from mevwatch.families import Metric
 
 __all__ = ["FileResult", "TextfileCollector", "TextfileOptions", "merge_files", "parse_textfile", "read_directories"]
 
@@ -165,6 +165,24 @@ def merge_files(files: Iterable[FileResult]) -> tuple[list[Metric], dict[str, st
     return list(merged.values()), clashes
 
 
+TEXTFILE_MTIME_SECONDS = MetricSpec(
+    "mevwatch_textfile_mtime_seconds", "gauge",
+    "Unix mtime of each textfile whose metrics are served",
+    ("file",),
+)
+
+TEXTFILE_FILE_ERROR = MetricSpec(
+    "mevwatch_textfile_file_error", "gauge",
+    "1 when a textfile was invalid and skipped, 0 when it was read",
+    ("file",),
+)
+
+TEXTFILE_SCRAPE_ERROR = MetricSpec(
+    "mevwatch_textfile_scrape_error", "gauge",
+    "1 when a directory could not be read or any textfile was skipped",
+)
+
+
 @register
 class TextfileCollector(PollCollector[TextfileOptions]):
     """Serves the ``*.prom`` files of its directories, with each file's mtime and validity."""
@@ -176,12 +194,9 @@ class TextfileCollector(PollCollector[TextfileOptions]):
     default_timeout: ClassVar[float] = 5.0
     runbook_section = "collector-failing"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_textfile_mtime_seconds", "gauge",
-                   "Unix mtime of each textfile whose metrics are served", ("file",)),
-        MetricSpec("mevwatch_textfile_file_error", "gauge",
-                   "1 when a textfile was invalid and skipped, 0 when it was read", ("file",)),
-        MetricSpec("mevwatch_textfile_scrape_error", "gauge",
-                   "1 when a directory could not be read or any textfile was skipped", ()),
+        TEXTFILE_MTIME_SECONDS,
+        TEXTFILE_FILE_ERROR,
+        TEXTFILE_SCRAPE_ERROR,
     )
 
     def __init__(self, ctx: CollectorContext, options: TextfileOptions) -> None:
@@ -198,19 +213,15 @@ class TextfileCollector(PollCollector[TextfileOptions]):
             if self._errors.get(path) != reason:  # once per new problem, not on every run
                 self.ctx.log.warning("textfile_skipped", file=path, reason=reason)
         self._errors = errors
-        mtime = GaugeMetricFamily("mevwatch_textfile_mtime_seconds",
-                                  "Unix mtime of each textfile whose metrics are served", labels=("file",))
-        bad = GaugeMetricFamily("mevwatch_textfile_file_error",
-                                "1 when a textfile was invalid and skipped, 0 when it was read", labels=("file",))
+        mtime = TEXTFILE_MTIME_SECONDS.gauge()
+        bad = TEXTFILE_FILE_ERROR.gauge()
         for f in got.files:
             if f.path in errors:
                 bad.add_metric((f.path,), 1.0)
             else:
                 bad.add_metric((f.path,), 0.0)
                 mtime.add_metric((f.path,), f.mtime)
-        scrape_error = GaugeMetricFamily("mevwatch_textfile_scrape_error",
-                                         "1 when a directory could not be read or any textfile was skipped",
-                                         value=1.0 if errors else 0.0)
+        scrape_error = TEXTFILE_SCRAPE_ERROR.gauge(1.0 if errors else 0.0)
         return [*families, mtime, bad, scrape_error]
 
     async def details(self) -> list[tuple[str, str]]:

@@ -148,7 +148,7 @@ def all_metric_specs() -> dict[str, tuple[str, MetricSpec]]:
 
 
 def declaration_problems(families: typing.Iterable[Metric], specs: typing.Iterable[MetricSpec]) -> list[str]:
-    """What in ``families`` is not declared in ``specs`` as emitted: name, type, label names."""
+    """What in ``families`` is not declared in ``specs`` as emitted: name, type, help text, label names."""
     by_name = {s.name: s for s in specs}
     problems = []
     for fam in families:
@@ -158,6 +158,8 @@ def declaration_problems(families: typing.Iterable[Metric], specs: typing.Iterab
             continue
         if spec.type != fam.type:
             problems.append(f"{fam.name}: emitted as {fam.type}, declared {spec.type}")
+        if spec.help != fam.documentation:
+            problems.append(f"{fam.name}: emitted with help {fam.documentation!r}, declared {spec.help!r}")
         for sample in fam.samples:
             names = set(sample.labels) - {"le", "quantile"}
             if names != set(spec.labels):

@@ -87,8 +87,9 @@ async def test_stale_head_pages_with_one_node_and_with_several(
         deadline = time.monotonic() + 20
         while True:
             fams_single, fams_pair = await _collect(single), await _collect(pair)
-            age = family_value(fams_single, "mevwatch_chain_head_age_blocks", endpoint="solo")
-            if (age is not None and age > 5.5) or time.monotonic() > deadline:
+            ages = [family_value(fams_single + fams_pair, "mevwatch_chain_head_age_blocks", endpoint=e)
+                     for e in ("solo", "a", "b")]
+            if all(age is not None and age > 5.5 for age in ages) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         harness.put(*fams_single, key=("chain", "single"))
@@ -136,3 +137,87 @@ async def test_refused_rpc_port_is_critical_in_the_engine_and_in_diagnose(harnes
     [line] = [ln for ln in lines if ln.check.startswith("RpcEndpointDown")]
     assert line.status == "CRIT"
     assert "dead" in line.value
+
+
+async def test_a_node_without_net_peer_count_is_a_visible_monitoring_gap(
+    two_mining_nodes: tuple[Anvil, Anvil], harness: Harness
+) -> None:
+    a, _ = two_mining_nodes
+    c = chain("gap", ("anvil", a))  # anvil over HTTP answers net_peerCount with 'method not found'
+    try:
+        fams = await _collect(c)
+        assert family_value(fams, "mevwatch_rpc_method_supported", endpoint="anvil", method="net_peerCount") == 0
+        harness.put(*fams, key=("chain", "gap"))
+        harness.advance(1)
+        assert firing(harness, "MonitoringGapPeerCount") == []  # for: 10m
+        harness.advance(600)
+        harness.put(*await _collect(c), key=("chain", "gap"))
+        harness.advance(1)
+    finally:
+        await c.close()
+    [labels] = firing(harness, "MonitoringGapPeerCount")
+    assert labels["endpoint"] == "anvil"
+    assert firing(harness, "MonitoringGapSyncStatus") == []  # anvil serves eth_syncing
+    [alert] = [x for x in harness.engine.all_alerts() if x.rule == "MonitoringGapPeerCount"]
+    assert alert.annotations["summary"] == (
+        "Peer count of node anvil cannot be read on mev-host-1: PeersLow cannot fire")
+
+
+@pytest.mark.peer("postgresql")
+async def test_dead_tuples_page_only_for_tables_past_the_runbooks_1000(harness: Harness) -> None:
+    from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
+    from tests.support.pgcluster import LOCAL_DSN, local_psql, need_local_server, scratch_database
+
+    need_local_server()
+    with scratch_database() as db:
+        for table, rows, keep in (("hot", 3000, 1000), ("tiny", 100, 40)):
+            local_psql(f"CREATE TABLE {table} (id int) WITH (autovacuum_enabled = false);"
+                       f"INSERT INTO {table} SELECT generate_series(1, {rows});"
+                       f"DELETE FROM {table} WHERE id > {keep};", db)
+        opts = PostgresOptions.model_validate({"targets": [{"dsn": LOCAL_DSN.rsplit("/", 1)[0] + f"/{db}"}]})
+        c = PostgresCollector(CollectorContext("postgres", "dead", 1.0, 5.0), opts)
+        try:
+            fams = await _collect(c)
+            assert family_value(fams, "mevwatch_postgres_table_dead_tuple_ratio", table="tiny") == 1.5
+            assert family_value(fams, "mevwatch_postgres_table_dead_tuple_ratio", table="hot") == 2.0
+            harness.put(*fams, key=("postgres", "dead"))
+            harness.advance(901)  # for: 15m
+            harness.put(*await _collect(c), key=("postgres", "dead"))
+            harness.advance(1)
+        finally:
+            await c.close()
+    [labels] = firing(harness, "PostgresDeadTuplesHigh")
+    assert labels["table"] == "hot"  # "tiny" is 1.5 dead per live too, with 60 dead tuples: no page
+    [alert] = [x for x in harness.engine.all_alerts() if x.rule == "PostgresDeadTuplesHigh"]
+    assert alert.annotations["summary"].startswith("Table public.hot has 2 dead tuples per live tuple on ")
+
+
+@pytest.mark.peer("postgresql")
+async def test_postgres_down_names_its_reason_and_recovery_is_seen_at_the_next_run(harness: Harness) -> None:
+    from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
+    from tests.support.pgcluster import pg_cluster
+
+    with pg_cluster() as cluster:
+        # a production interval: with a reconnect back-off the first attempts after a restart would be skipped
+        opts = PostgresOptions.model_validate({"targets": [{"dsn": cluster.dsn()}], "interval": 60})
+        c = PostgresCollector(CollectorContext("postgres", "restart", 60.0, 5.0), opts)
+        try:
+            assert family_value(await _collect(c), "mevwatch_postgres_up") == 1.0
+            await asyncio.to_thread(cluster.stop)
+            for _ in range(3):  # three runs down: each one tries again
+                fams = await _collect(c)
+                harness.put(*fams, key=("postgres", "restart"))
+                harness.advance(31)
+            assert family_value(fams, "mevwatch_postgres_up") == 0.0
+            [labels] = firing(harness, "PostgresDown")
+            assert labels["reason"] == "refused"
+            [alert] = [x for x in harness.engine.all_alerts() if x.rule == "PostgresDown" and x.state == "firing"]
+            assert alert.annotations["summary"].endswith(": refused")
+            await asyncio.to_thread(cluster.start)
+            fams = await _collect(c)  # the very next run
+            assert family_value(fams, "mevwatch_postgres_up") == 1.0
+            harness.put(*fams, key=("postgres", "restart"))
+            harness.advance(1)
+            assert firing(harness, "PostgresDown") == []
+        finally:
+            await c.close()

@@ -142,6 +142,16 @@ def test_rule_metric_is_declared(rule: Rule) -> None:
     assert rule.metric.removesuffix("_total") in all_metric_specs()
 
 
+def test_promql_of_when_rules_pairs_series_with_and_or_unless() -> None:
+    paired = _rule(metric="mevwatch_a", threshold=0.2,
+                   when={"metric": "mevwatch_b", "op": ">", "threshold": 1000, "ignoring": ["trigger"]})
+    assert promql(paired) == "(\nmevwatch_a > 0.2\n)\nand ignoring(trigger)\nmevwatch_b > 1000"
+    gap = _rule(absent=True, when={"metric": "mevwatch_up", "matchers": ['job="x"'], "op": "==", "threshold": 1})
+    assert promql(gap) == 'mevwatch_up{job="x"} == 1\nunless\nmevwatch_x'
+    with pytest.raises(ValueError, match=r"when\.bogus"):
+        _rule(when={"metric": "mevwatch_b", "bogus": 1})
+
+
 def test_absent_fires_per_host_with_the_label_set_mevwatch_gives_it(tmp_path: Path) -> None:
     from mevwatch.alerts.rules import alert_labels, labelset
 
