@@ -735,3 +735,19 @@ def test_bad_options_are_config_errors_with_field_path(body: str, path: str, mes
     text = str(err.value)
     assert path in text, text
     assert message in text, text
+
+
+def test_fill_trend_reports_a_sudden_fill_at_once_not_diluted_by_the_flat_window() -> None:
+    trend = FillTrend(window=3600.0)  # points 30 s apart over the hour
+    for t in range(0, 1800, 30):
+        trend.add(float(t), 10_000.0)
+    avail = 10_000.0
+    for t in range(1800, 1805):  # then 500 bytes a second, sampled every second
+        avail -= 500.0
+        trend.add(float(t), avail)
+    ttf = trend.time_to_full(avail)
+    assert ttf == pytest.approx(avail / 500.0)  # 15 s, as the disk really goes (the hour's fit said minutes)
+    flat_again = FillTrend(window=3600.0)
+    for t in range(0, 1800, 30):
+        flat_again.add(float(t), 10_000.0 - (500.0 if t > 900 else 0.0))
+    assert flat_again.time_to_full(9_500.0) is not None  # the window's fit still sees the earlier drop
