@@ -1,6 +1,6 @@
-"""CPU and wall time per collection: mevwatch's memory, disk and cpu collectors vs node_exporter, in one run.
+"""CPU and wall time per collection: mevwatch's memory, filesystems and cpu collectors vs node_exporter, in one run.
 
-1. Daemons: mevwatch with only memory, disk and cpu (interval = the scrape period) and
+1. Daemons: mevwatch with only memory, filesystems and cpu (interval = the scrape period) and
    prometheus-node-exporter with only meminfo, filesystem, cpufreq, loadavg and stat, each on a
    free loopback port, both scraped --scrapes times at the same period, after WARMUP_SCRAPES that
    are not measured. CPU per collection is each process's time on CPU over the run (the sum of its
@@ -36,13 +36,13 @@ NE_FLAGS = [
     "--collector.loadavg", "--collector.stat",
 ]
 # The parts of mevwatch's collectors that node_exporter's set also computes: no per-unit cgroups,
-# no top-N process scan, no directory walks or backup globs (those have no node_exporter equivalent).
+# no top-N process scan (the directories and backups kinds have no node_exporter equivalent and are not run).
 EQUIVALENT: dict[str, dict[str, Any]] = {
     "memory": {"units": [], "cgroups": [], "top_processes": 0},
-    "disk": {"watch_dirs": [], "backups": []},
+    "filesystems": {},
     "cpu": {},
 }
-DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "disk": {}, "cpu": {}}
+DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "filesystems": {}, "cpu": {}}
 WARMUP_SCRAPES = 6
 
 
