@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest deps bench demo clean constraints
+.PHONY: run test lint typecheck pytest deps bench demo clean constraints deb wheel
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,27 @@ constraints: $(STAMP)
 ## run: the daemon on the embedded default config, serving http://127.0.0.1:9717/metrics
 run: $(STAMP)
 	$(VENV)/bin/mevwatch run
+
+## deb: the Debian package (debhelper + dh-virtualenv, from .ci/install-deps) as ./mevwatch_<version>_<arch>.deb,
+## built from a copy of the tree (uncommitted files included) so the checkout stays clean
+DEB_BUILD ?= build/deb
+DEB_OUT   ?= .
+deb:
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src
+	git ls-files -z --cached --others --exclude-standard \
+	  | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C $(DEB_BUILD)/src
+	cd $(DEB_BUILD)/src && \
+	  MEVWATCH_BUILD_BRANCH="$$(git -C $(CURDIR) rev-parse --abbrev-ref HEAD)" \
+	  MEVWATCH_BUILD_REVISION="$$(git -C $(CURDIR) rev-parse HEAD)$$(git -C $(CURDIR) diff --quiet HEAD || echo -dirty)" \
+	  MEVWATCH_BUILD_USER="$$(id -un)@$$(hostname)" \
+	  dpkg-buildpackage -b -us -uc
+	rm -f $(DEB_OUT)/mevwatch_*.deb && mv $(DEB_BUILD)/mevwatch_*.deb $(DEB_OUT)/
+	@ls -l $(DEB_OUT)/mevwatch_*.deb
+
+## wheel: the wheel (with its build information) into dist/; pipx install dist/mevwatch-*.whl works anywhere
+wheel: $(STAMP)
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps -w dist .
+	@ls -l dist/*.whl
 
 ## deps: every peer the tests talk to (Debian packages when root, anvil via npm); idempotent
 deps: $(STAMP)
@@ -50,4 +71,4 @@ demo: $(STAMP) deps
 	$(PY) bench/demo.py $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .tools .mevwatch .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mevwatch .mypy_cache .ruff_cache .pytest_cache build dist mevwatch_*.deb

@@ -7,6 +7,7 @@ is merged by ``mevwatch.alerts.rulefiles`` when the section is read from a confi
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 
 from mevwatch.alerts.matchers import MatcherField, parse_matcher
 from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
-from mevwatch.alerts.rule import Rule
+from mevwatch.alerts.rule import Rule, RuleOverride
 from mevwatch.alerts.rulefiles import merge_rules
 from mevwatch.daemon.yamlsource import ConfigIssue
 from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
@@ -51,6 +52,8 @@ class RuleLoading:
 
     base: Path
     issues: list[ConfigIssue] = field(default_factory=list)
+    #: places an issue at a key path of the config file (file and line); without it only the path is named
+    locate: Callable[[tuple[str, ...], str], ConfigIssue] | None = None
 
 
 # --- receivers ---------------------------------------------------------------------------
@@ -231,6 +234,9 @@ class AlertsConfig(_Strict):
     default_rules: bool = Field(True, description="include alerts/default_rules.yaml")
     rule_files: list[Path] = Field(default_factory=list, description="extra rule files (relative to the config)")
     rules: list[Rule] = Field(default_factory=list, description="inline rules; same name overrides a default")
+    rule_overrides: dict[str, RuleOverride] = Field(
+        default_factory=dict, description=(
+            "rule name -> fields replacing that rule's (e.g. HeadStale: {threshold: 10}); the others stay"))
     runbook_url: str = Field("docs/runbooks.md", description="base of runbook links; '#anchor' is appended")
     external_url: str = Field("", description="externalURL in webhook payloads")
     receivers: list[Receiver] = Field(default_factory=_default_receivers)
@@ -254,8 +260,13 @@ class AlertsConfig(_Strict):
         # Read from a config file (context RuleLoading): the rule set is merged from the default rules,
         # the rule files and the inline rules, once, here. Built in code: the inline rules alone.
         if isinstance(context, RuleLoading) and self.enabled:
-            rules, issues = merge_rules(self.default_rules, self.rule_files, self.rules, context.base)
-            context.issues.extend(issues)
+            rules, issues = merge_rules(self.default_rules, self.rule_files, self.rules, context.base,
+                                        self.rule_overrides)
+            locate = context.locate
+            context.issues.extend(
+                locate(tuple(i.path.split(".")), i.message) if locate is not None and not i.file else i
+                for i in issues
+            )
             self._rules = rules
         else:
             self._rules = tuple(self.rules)

@@ -8,9 +8,9 @@ Evaluation over series and time is in ``mevwatch.alerts.rules``; the meaning of 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from mevwatch.alerts.matchers import MatcherField
 from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
@@ -18,7 +18,7 @@ from mevwatch.alerts.templates import check_template
 from mevwatch.families import METRIC_NAME_RE
 from mevwatch.fields import Duration
 
-__all__ = ["LABEL_NAME_RE", "Condition", "Op", "Rule", "RuleFile", "Severity", "compare"]
+__all__ = ["LABEL_NAME_RE", "Condition", "Op", "Rule", "RuleFile", "RuleOverride", "Severity", "compare"]
 
 LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -193,3 +193,30 @@ class RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rules: list[Rule] = Field(default_factory=list)
+
+
+def _override_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in Rule.model_fields.items():
+        if name == "name":
+            continue
+        base: Any = info.annotation
+        kind = Annotated[base | None, *info.metadata] if info.metadata else base | None
+        fields[name] = (kind, Field(None, alias=info.alias, description=info.description))
+    return fields
+
+
+#: ``alerts.rule_overrides.<RuleName>``: any field of a rule but its name; the ones given replace the rule's
+RuleOverride: type[BaseModel] = create_model(
+    "RuleOverride",
+    __config__=ConfigDict(extra="forbid", frozen=True, populate_by_name=True),
+    __doc__="Fields replacing those of the rule of that name (default, rule file or inline); the rest stay.",
+    **_override_fields(),
+)
+
+
+def override_rule(rule: Rule, override: BaseModel) -> Rule:
+    """``rule`` with the fields ``override`` sets, validated again as a whole (ValidationError if it breaks)."""
+    values: dict[str, Any] = {k: getattr(rule, k) for k in Rule.model_fields}
+    values.update({k: getattr(override, k) for k in override.model_fields_set})
+    return Rule.model_validate(values)

@@ -6,12 +6,13 @@ line and the field path, as config errors do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from mevwatch.alerts.rule import Rule, RuleFile
+from mevwatch.alerts.rule import Rule, RuleFile, override_rule
 from mevwatch.daemon.yamlsource import ConfigError, ConfigIssue, read_yaml
 
 __all__ = ["DEFAULT_RULES_FILE", "load_rule_file", "merge_rules"]
@@ -49,12 +50,14 @@ def load_rule_file(path: Path, label: str | None = None) -> tuple[list[Rule], li
 
 
 def merge_rules(
-    default_rules: bool, rule_files: Iterable[Path], inline: Iterable[Rule], base: Path
+    default_rules: bool, rule_files: Iterable[Path], inline: Iterable[Rule], base: Path,
+    overrides: Mapping[str, BaseModel] | None = None,
 ) -> tuple[tuple[Rule, ...], list[ConfigIssue]]:
-    """The rule set: default rules, then rule files (relative to ``base``), then inline rules.
+    """The rule set: default rules, then rule files (relative to ``base``), then inline rules, then the
+    ``overrides`` of single fields by rule name.
 
     An inline rule replaces a rule of the same name; a rule file may replace a default rule but not
-    a rule of another file. Returns the rules and every problem found in the files.
+    a rule of another file. Returns the rules and every problem found in the files and overrides.
     """
     issues: list[ConfigIssue] = []
     by_name: dict[str, Rule] = {}
@@ -74,4 +77,18 @@ def merge_rules(
             origin[r.name] = label
     for r in inline:
         by_name[r.name] = r
+    for name, override in (overrides or {}).items():
+        where = f"alerts.rule_overrides.{name}"
+        if name not in by_name:
+            close = difflib.get_close_matches(name, by_name, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else " (see docs/runbooks.md for the names)"
+            issues.append(ConfigIssue("", None, where, f"no rule named {name!r} to override{hint}"))
+            continue
+        try:
+            by_name[name] = override_rule(by_name[name], override)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                issues.append(ConfigIssue("", None, f"{where}.{field}" if field else where,
+                                          err["msg"].removeprefix("Value error, ")))
     return tuple(by_name.values()), issues

@@ -70,6 +70,7 @@ DEFAULT_STATVFS_INLINE_FS_TYPES = r"^(ext[234]|xfs|btrfs|f2fs|tmpfs|ramfs|overla
 MOUNT_STATUSES = ("ok", "stalled", "error")
 MIN_FIT_POINTS = 3
 FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
+RECENT_FIT_POINTS = 5  # the latest samples, fitted on their own so a sudden fill shows at once
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 # Indirection so a test can make one mount's statvfs hang, as a dead NFS server does.
@@ -193,27 +194,37 @@ def linear_slope(points: Sequence[tuple[float, float]]) -> float | None:
 
 
 class FillTrend:
-    """Available bytes of one filesystem over a sliding window, and the time until they reach zero."""
+    """Available bytes of one filesystem over a sliding window, and the time until they reach zero.
+
+    Two fits: over the window (at most ``max_points`` points, spaced evenly) and over the last
+    RECENT_FIT_POINTS samples as they came. The sooner of the two is reported: a disk that starts
+    filling fast shows it at once instead of after the window's flat past has been outweighed.
+    """
 
     def __init__(self, window: float, max_points: int = FIT_MAX_POINTS) -> None:
         self.window = window
         self.min_step = window / max_points
         self.points: deque[tuple[float, float]] = deque()
+        self.recent: deque[tuple[float, float]] = deque(maxlen=RECENT_FIT_POINTS)
 
     def add(self, t: float, avail: float) -> None:
         while self.points and self.points[0][0] < t - self.window:
             self.points.popleft()
         if not self.points or t - self.points[-1][0] >= self.min_step:
             self.points.append((t, avail))
+        if not self.recent or t > self.recent[-1][0]:
+            self.recent.append((t, avail))
 
     def time_to_full(self, avail_now: float) -> float | None:
         """Seconds until no space is left at the fitted rate; None when the filesystem is not filling."""
-        if len(self.points) < MIN_FIT_POINTS:
-            return None
-        slope = linear_slope(self.points)
-        if slope is None or slope >= 0.0:
-            return None
-        return max(avail_now, 0.0) / -slope
+        estimates = []
+        for points in (self.points, self.recent):
+            if len(points) < MIN_FIT_POINTS:
+                continue
+            slope = linear_slope(points)
+            if slope is not None and slope < 0.0:
+                estimates.append(max(avail_now, 0.0) / -slope)
+        return min(estimates, default=None)
 
 
 def _compile(value: str) -> str:

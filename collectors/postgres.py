@@ -92,7 +92,9 @@ class PostgresOptions(CollectorOptions):
     statement_timeout: Duration = Field(default=5.0, gt=0, description="server-side limit of each query")
     lock_timeout: Duration = Field(default=1.0, gt=0, description="server-side limit of each lock wait")
     reconnect_backoff_max: Duration = Field(
-        default=60.0, ge=0, description="longest pause between connection attempts to a failing server"
+        default=0.0, ge=0, description=(
+            "longest pause between connection attempts to a failing server; 0: one attempt every run, so a "
+            "recovery is seen at the next run (a pause is reported as down until it ends)"),
     )
     top_tables: int = Field(
         default=50, ge=0, le=1000, description="tables with the most dead tuples, and the largest ones, per target"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass
@@ -40,11 +41,14 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def collect_build_info(repo: Path, *, user: str, date: str) -> BuildInfo:
-    """What a build from the checkout at ``repo`` records (used by setup.py and by a checkout at run time)."""
+    """What a build from the checkout at ``repo`` records (used by setup.py and by a checkout at run time).
+
+    A build from a copy without git (``make deb``) gets branch and revision from MEVWATCH_BUILD_BRANCH
+    and MEVWATCH_BUILD_REVISION."""
     return BuildInfo(
         version=__version__,
-        branch=_git(repo, "rev-parse", "--abbrev-ref", "HEAD"),
-        revision=_git(repo, "rev-parse", "HEAD"),
+        branch=os.environ.get("MEVWATCH_BUILD_BRANCH") or _git(repo, "rev-parse", "--abbrev-ref", "HEAD"),
+        revision=os.environ.get("MEVWATCH_BUILD_REVISION") or _git(repo, "rev-parse", "HEAD"),
         build_user=user,
         build_date=date,
     )

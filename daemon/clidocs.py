@@ -16,11 +16,11 @@ from mevwatch import __version__
 __all__ = ["OUTPUTS", "bash_completion", "man_page", "outputs", "write_all", "zsh_completion"]
 
 REPO = Path(__file__).resolve().parents[1]
-#: generated file -> where it is installed
+#: generated file -> where the Debian package installs it (debian/mevwatch.install, .manpages)
 OUTPUTS = {
-    "deploy/completion/mevwatch.bash": "/usr/share/bash-completion/completions/mevwatch",
-    "deploy/completion/_mevwatch": "/usr/share/zsh/vendor-completions/_mevwatch",
-    "docs/mevwatch.1": "/usr/share/man/man1/mevwatch.1",
+    "deploy/completion/bash/mevwatch": "/usr/share/bash-completion/completions/mevwatch",
+    "deploy/completion/zsh/_mevwatch": "/usr/share/zsh/vendor-completions/_mevwatch",
+    "docs/mevwatch.1": "/usr/share/man/man1/mevwatch.1.gz",
 }
 
 _FILES = {"bash": "_shtab_compgen_files", "zsh": "_files"}  # shtab.FILE
@@ -98,8 +98,8 @@ def man_page() -> str:
 
 def outputs() -> dict[str, str]:
     return {
-        "deploy/completion/mevwatch.bash": bash_completion(),
-        "deploy/completion/_mevwatch": zsh_completion(),
+        "deploy/completion/bash/mevwatch": bash_completion(),
+        "deploy/completion/zsh/_mevwatch": zsh_completion(),
         "docs/mevwatch.1": man_page(),
     }
 

@@ -155,7 +155,7 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
         if key in data:
             issues.append(doc.issue((key,), message))
     base = Path(file).parent if file and not file.startswith("<") else Path.cwd()
-    rule_loading = RuleLoading(base)
+    rule_loading = RuleLoading(base, locate=doc.issue)
     daemon: DaemonConfig | None = None
     try:
         # an absent section is validated too, so that its default rules are loaded with the rest

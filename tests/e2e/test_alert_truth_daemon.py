@@ -23,14 +23,8 @@ CONFIG = """collectors:
 alerts:
   startup_grace: 0s
   group_wait: 0s
-  rules:
-    - name: RpcEndpointDown        # the default rule, without its 30s `for`
-      metric: mevwatch_rpc_up
-      op: "=="
-      threshold: 0
-      severity: critical
-      summary: "RPC endpoint {{{{ $labels.endpoint }}}} does not answer on {{{{ $labels.host }}}}"
-      runbook: rpc-down
+  rule_overrides:
+    RpcEndpointDown: {{for: 0s}}     # the default rule, without its 30s `for`
 """
 
 
@@ -107,3 +101,49 @@ def test_a_dead_endpoint_is_firing_on_every_screen(tmp_path: Path) -> None:
         assert "RPC endpoint dead does not answer" in dom.stdout
         subprocess.run([*argv, f"--screenshot={shot}", d.url + "/"], capture_output=True, timeout=60, check=True)
         assert shot.stat().st_size > 5000
+
+
+DEAD_LETTER = """collectors:
+  - rpc: {{interval: 500ms, endpoints: [{{name: dead, url: "http://127.0.0.1:{port}"}}]}}
+alerts:
+  startup_grace: 0s
+  group_wait: 0s
+  group_interval: 1s
+  outbox: {{retry_initial: 200ms, retry_max: 500ms}}
+  rule_overrides:
+    RpcEndpointDown: {{for: 0s}}
+  receivers:
+    - name: pager
+      webhook_configs: [{{url: "{pager}", timeout: 2s}}]
+    - name: backup
+      webhook_configs: [{{url: "{backup}", timeout: 2s}}]
+  receiver: backup
+  routes:
+    - {{receiver: pager, continue: true}}
+    - {{receiver: backup}}
+"""
+
+
+def test_a_notification_refused_with_400_raises_its_own_alert_through_the_other_receivers(tmp_path: Path) -> None:
+    from tests.support.webhook import WebhookReceiver
+
+    pager, backup = WebhookReceiver(), WebhookReceiver()
+    pager.statuses.append(400)  # the pager refuses the first notification: it is dead-lettered
+    pager.start()
+    backup.start()
+    try:
+        text = DEAD_LETTER.format(port=free_port(), pager=pager.url, backup=backup.url)
+        with RunningDaemon(tmp_path, text) as d:
+            alert = _firing(d, "NotificationDeadLettered")
+            assert alert["labels"]["sink"].startswith("pager")
+            assert alert["labels"]["severity"] == "critical"
+            deadline = time.monotonic() + 15
+            while True:
+                names = {a["labels"]["alertname"] for r in backup.delivered() for a in r.json()["alerts"]}
+                if "NotificationDeadLettered" in names or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert {"RpcEndpointDown", "NotificationDeadLettered"} <= names
+    finally:
+        pager.stop()
+        backup.stop()

@@ -190,3 +190,34 @@ async def test_dead_tuples_page_only_for_tables_past_the_runbooks_1000(harness: 
     assert labels["table"] == "hot"  # "tiny" is 1.5 dead per live too, with 60 dead tuples: no page
     [alert] = [x for x in harness.engine.all_alerts() if x.rule == "PostgresDeadTuplesHigh"]
     assert alert.annotations["summary"].startswith("Table public.hot has 2 dead tuples per live tuple on ")
+
+
+@pytest.mark.peer("postgresql")
+async def test_postgres_down_names_its_reason_and_recovery_is_seen_at_the_next_run(harness: Harness) -> None:
+    from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
+    from tests.support.pgcluster import pg_cluster
+
+    with pg_cluster() as cluster:
+        # a production interval: with a reconnect back-off the first attempts after a restart would be skipped
+        opts = PostgresOptions.model_validate({"targets": [{"dsn": cluster.dsn()}], "interval": 60})
+        c = PostgresCollector(CollectorContext("postgres", "restart", 60.0, 5.0), opts)
+        try:
+            assert family_value(await _collect(c), "mevwatch_postgres_up") == 1.0
+            await asyncio.to_thread(cluster.stop)
+            for _ in range(3):  # three runs down: each one tries again
+                fams = await _collect(c)
+                harness.put(*fams, key=("postgres", "restart"))
+                harness.advance(31)
+            assert family_value(fams, "mevwatch_postgres_up") == 0.0
+            [labels] = firing(harness, "PostgresDown")
+            assert labels["reason"] == "refused"
+            [alert] = [x for x in harness.engine.all_alerts() if x.rule == "PostgresDown" and x.state == "firing"]
+            assert alert.annotations["summary"].endswith(": refused")
+            await asyncio.to_thread(cluster.start)
+            fams = await _collect(c)  # the very next run
+            assert family_value(fams, "mevwatch_postgres_up") == 1.0
+            harness.put(*fams, key=("postgres", "restart"))
+            harness.advance(1)
+            assert firing(harness, "PostgresDown") == []
+        finally:
+            await c.close()

@@ -21,7 +21,7 @@ def test_the_committed_file_is_what_the_parser_generates(rel: str) -> None:
 
 def _bash_complete(line: str) -> list[str]:
     words = line.split(" ")
-    script = (f"source {REPO / 'deploy/completion/mevwatch.bash'}\n"
+    script = (f"source {REPO / 'deploy/completion/bash/mevwatch'}\n"
               f"COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
               f"COMP_LINE={line!r}; COMP_POINT=${{#COMP_LINE}}\n"
               f"_shtab_mevwatch mevwatch {words[-1]!r} {words[-2]!r}\n"

@@ -435,3 +435,19 @@ def test_the_old_disk_kind_is_refused_with_where_each_option_went() -> None:
     assert (issue.file, issue.line, issue.path) == ("m.yaml", 3, "collectors[1].disk")
     for named in ("filesystems", "directories", "backups", "watch_dirs (renamed paths)", "backups (renamed patterns)"):
         assert named in issue.message
+
+
+def test_fill_trend_reports_a_sudden_fill_at_once_not_diluted_by_the_flat_window() -> None:
+    trend = FillTrend(window=3600.0)  # points 30 s apart over the hour
+    for t in range(0, 1800, 30):
+        trend.add(float(t), 10_000.0)
+    avail = 10_000.0
+    for t in range(1800, 1805):  # then 500 bytes a second, sampled every second
+        avail -= 500.0
+        trend.add(float(t), avail)
+    ttf = trend.time_to_full(avail)
+    assert ttf == pytest.approx(avail / 500.0)  # 15 s, as the disk really goes (the hour's fit said minutes)
+    flat_again = FillTrend(window=3600.0)
+    for t in range(0, 1800, 30):
+        flat_again.add(float(t), 10_000.0 - (500.0 if t > 900 else 0.0))
+    assert flat_again.time_to_full(9_500.0) is not None  # the window's fit still sees the earlier drop
