@@ -120,7 +120,8 @@ SHIPPED = UNIT.read_text()
 @pytest.mark.parametrize(
     ("unit", "expected"),
     [
-        (SHIPPED.replace("PrivateTmp=no", "PrivateTmp=yes"), "collectors[0].directories.paths[0]: /tmp/mev_* is hidden"),
+        (SHIPPED.replace("PrivateTmp=no", "PrivateTmp=yes"),
+         "collectors[0].directories.paths[0]: /tmp/mev_* is hidden"),
         (SHIPPED, "collectors[1].textfile.directories[0]: /root/prom is hidden"),  # ProtectHome=yes
         (SHIPPED.replace("[Service]\n", "[Service]\nInaccessiblePaths=-/etc/mev\n"),
          "collectors[2].integrity.globs[0]: /etc/mev/** is hidden"),
