@@ -120,7 +120,8 @@ SHIPPED = UNIT.read_text()
 @pytest.mark.parametrize(
     ("unit", "expected"),
     [
-        (SHIPPED.replace("PrivateTmp=no", "PrivateTmp=yes"), "collectors[0].disk.watch_dirs[0]: /tmp/mev_* is hidden"),
+        (SHIPPED.replace("PrivateTmp=no", "PrivateTmp=yes"),
+         "collectors[0].directories.paths[0]: /tmp/mev_* is hidden"),
         (SHIPPED, "collectors[1].textfile.directories[0]: /root/prom is hidden"),  # ProtectHome=yes
         (SHIPPED.replace("[Service]\n", "[Service]\nInaccessiblePaths=-/etc/mev\n"),
          "collectors[2].integrity.globs[0]: /etc/mev/** is hidden"),
@@ -130,7 +131,7 @@ SHIPPED = UNIT.read_text()
 def test_the_check_sees_each_sandbox_option_hide_a_path(unit: str, expected: str) -> None:
     cfg = load_config_text(
         "collectors:\n"
-        '  - disk: {watch_dirs: ["/tmp/mev_*"]}\n'
+        '  - directories: {paths: ["/tmp/mev_*"]}\n'
         "  - textfile: {directories: [/root/prom]}\n"
         '  - integrity: {files: [], globs: ["/etc/mev/**"]}\n', "c.yaml")
     problems = sandbox_problems(unit, cfg)
