@@ -13,12 +13,12 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
-from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
+from mevwatch.collectors._integrity_scan import FTYPES, FileRecord, RecordTable
 from mevwatch.collectors.base import StateStore
 from mevwatch.families import label_text
 
@@ -42,6 +42,7 @@ MIGRATIONS = [
     """,
 ]
 _COLS = "path, ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, sha256, link_target"
+_SELECT = f"SELECT {_COLS} FROM integrity_baseline WHERE instance = ? ORDER BY path"
 _INSERT = f"INSERT INTO integrity_baseline(instance, {_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -75,7 +76,7 @@ class AcceptEntry:
 
 @dataclass(slots=True)
 class Baseline:
-    records: dict[str, FileRecord] = field(default_factory=dict)
+    records: RecordTable = field(default_factory=RecordTable)
     present: bool = False
     tampered: bool = False
     #: rows that do not decode into a record (edited or damaged DB), as "path: problem"
@@ -98,6 +99,11 @@ def _stored(name: str | None) -> str | bytes | None:
 def _loaded(value: Any) -> Any:
     """A stored path back as Python's str for it (undecodable bytes as surrogates, as os.listdir gives)."""
     return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _mac_row(mac: hmac.HMAC, row: Sequence[Any]) -> None:
+    # a BLOB path counts as its str (json writes its surrogates as \udcXX): the same for every read
+    mac.update(json.dumps([_loaded(v) for v in row], separators=(",", ":")).encode() + b"\n")
 
 
 def _row(rec: FileRecord) -> tuple[Any, ...]:
@@ -146,24 +152,35 @@ class BaselineStore:
         except ValueError:
             return -1
 
-    def _mac(self, rows: Sequence[Sequence[Any]]) -> str:
-        assert self.key is not None
-        mac = hmac.new(self.key, self.instance.encode(), sha256)
+    def _mac(self, rows: Iterable[Sequence[Any]]) -> str:
+        mac = self._new_mac()
         for row in rows:
-            # a BLOB path counts as its str (json writes its surrogates as \udcXX): the same for every read
-            mac.update(json.dumps([_loaded(v) for v in row], separators=(",", ":")).encode() + b"\n")
+            _mac_row(mac, row)
         return mac.hexdigest()
 
-    def _raw_rows(self, db: Any = None) -> list[tuple[Any, ...]]:
-        sql = f"SELECT {_COLS} FROM integrity_baseline WHERE instance = ? ORDER BY path"
-        if db is not None:
-            return [tuple(r) for r in db.execute(sql, (self.instance,)).fetchall()]
-        return self.db.query(sql, (self.instance,))
+    def _new_mac(self) -> hmac.HMAC:
+        assert self.key is not None
+        return hmac.new(self.key, self.instance.encode(), sha256)
 
     def load(self) -> Baseline:
+        """The baseline, read row by row: 100,000 rows are never all in memory at once beside the records."""
         meta = self._meta()
-        rows = self._raw_rows()
-        out = Baseline(present="created_at" in meta or bool(rows))
+        out = Baseline()
+        problems: list[str] = []
+        mac = self._new_mac() if self.key is not None else None
+
+        def take(row: tuple[Any, ...]) -> None:
+            if mac is not None:
+                _mac_row(mac, row)
+            try:
+                rec = _decode(row)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{label_text(str(_loaded(row[0])))}: {exc}")
+                return
+            out.records[rec.path] = rec
+
+        rows = self.db.each_row(_SELECT, (self.instance,), take)
+        out.present = "created_at" in meta or rows > 0
         if not out.present:
             return out
         try:
@@ -173,16 +190,10 @@ class BaselineStore:
             out.corrupt.append("meta: generation or created_at is not a number")
         if "created_at" not in meta:
             out.corrupt.append("meta: baseline rows without their metadata")
-        for row in rows:
-            try:
-                rec = _decode(row)
-            except (ValueError, TypeError) as exc:
-                out.corrupt.append(f"{label_text(str(_loaded(row[0])))}: {exc}")
-                continue
-            out.records[rec.path] = rec
-        if self.key is not None:
+        out.corrupt.extend(problems)
+        if mac is not None:
             stored = meta.get("hmac")
-            out.tampered = stored is None or not hmac.compare_digest(stored, self._mac(rows))
+            out.tampered = stored is None or not hmac.compare_digest(stored, mac.hexdigest())
         return out
 
     def _write_meta(self, db: Any, who: Who, action: str, paths: Sequence[str]) -> None:
@@ -200,7 +211,7 @@ class BaselineStore:
         ).fetchone():
             values["created_at"] = repr(now)
         if self.key is not None:
-            values["hmac"] = self._mac(self._raw_rows(db))
+            values["hmac"] = self._mac(db.execute(_SELECT, (self.instance,)))
         else:
             db.execute("DELETE FROM integrity_meta WHERE instance = ? AND key = 'hmac'", (self.instance,))
         db.executemany(
@@ -218,10 +229,7 @@ class BaselineStore:
         """Make ``records`` the whole baseline (``integrity baseline``, or ``accept`` with no path)."""
         with self.db.transaction() as db:
             db.execute("DELETE FROM integrity_baseline WHERE instance = ?", (self.instance,))
-            db.executemany(
-                _INSERT,
-                [(self.instance, *_row(r)) for r in records.values()],
-            )
+            db.executemany(_INSERT, ((self.instance, *_row(r)) for r in records.values()))
             self._write_meta(db, who, action, ["*"] if action != "baseline" else [])
 
     def update(self, changes: Mapping[str, FileRecord | None], who: Who, action: str = "accept") -> None:

@@ -117,6 +117,10 @@ class StateStore(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
+    def each_row(self, sql: str, params: Sequence[Any], handle: Callable[[tuple[Any, ...]], None]) -> int:
+        """Call ``handle`` with each row of one query without holding every row at once; the row count."""
+        ...
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One write statement in its own transaction; returns the row count."""
         ...

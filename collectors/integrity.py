@@ -23,11 +23,12 @@ from mevwatch.collectors._integrity_scan import (
     DEFAULT_CHUNK,
     KINDS,
     FileRecord,
+    RecordTable,
     Violation,
     WatchSet,
     compare,
     scan,
-    verify,
+    verify_each,
 )
 from mevwatch.collectors.base import (
     CollectorContext,
@@ -52,6 +53,8 @@ _WATCH_MASK = (
 _DIR_CHANGE = Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
 # Events read per read(2): a burst of changes is drained in few wakeups.
 _EVENT_CACHE = 4096
+# Paths scanned at a time by a verify: only one batch of records is held beside the baseline.
+_VERIFY_BATCH = 8192
 REALTIME_STATES = ("ok", "overflow", "watch_limit", "unavailable")
 
 
@@ -225,7 +228,12 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self.ws = watch_set(options, ctx.paths.rootfs)
         self.store: BaselineStore | None = None
         self.baseline = Baseline()
-        self._current: dict[str, FileRecord] = {}
+        # What the last checks found, without holding their records (the baseline is the one copy):
+        # how many paths exist, the baseline's paths that do not (or are no longer watched), and the
+        # paths that exist without a baseline record.
+        self._files_watched = 0
+        self._absent: set[str] = set()
+        self._extra: set[str] = set()
         self._violations: dict[str, list[Violation]] = {}
         self._exported: set[tuple[str, str]] = set()
         self._pending: set[str] = set()
@@ -333,11 +341,13 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         if self.baseline.corrupt:
             self.ctx.log.error("integrity_baseline_corrupt", problems=self.baseline.corrupt[:10])
         if not self.baseline.present and self.options.auto_baseline:
-            current, _ = await self._verify_blocking(full=True, baseline={})
+            current = await self.ctx.run_blocking(self._record_all, timeout=self.options.verify_timeout)
+            files = len(current)
             who = Who(os.getuid(), "mevwatch", None)
             await self.ctx.run_blocking(self.store.replace_all, current, who, "auto_baseline")
+            del current  # not beside the copy loaded next: two at once would stay in the RSS
             self.baseline = await self.ctx.run_blocking(self.store.load)
-            self.ctx.log.info("integrity_baseline_created", files=len(current))
+            self.ctx.log.info("integrity_baseline_created", files=files)
 
     async def _reload_if_changed(self) -> bool:
         """Pick up a baseline written by ``mevwatch integrity accept`` while the daemon runs."""
@@ -350,23 +360,44 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
 
     # --- checking --------------------------------------------------------------------------
 
-    async def _verify_blocking(
-        self, full: bool, baseline: dict[str, FileRecord]
-    ) -> tuple[dict[str, FileRecord], list[Violation]]:
+    def _record_all(self) -> RecordTable:
+        """Records of the whole watched set, hashed in batches and held packed: a first baseline."""
         o = self.options
-        result: tuple[dict[str, FileRecord], list[Violation]] = await self.ctx.run_blocking(
-            lambda: verify(
-                self.ws, baseline, quick=not full, follow_symlinks=o.follow_symlinks,
-                threads=o.hash_threads, chunk=o.chunk_size,
-            ),
-            timeout=o.verify_timeout,
-        )
-        return result
+        return RecordTable(rec for _, rec, _ in verify_each(
+            self.ws, {}, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size,
+            batch=_VERIFY_BATCH,
+        ) if rec is not None)
+
+    def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation]]:
+        """Verify the whole set in batches (one batch of records held at a time), keeping counts only:
+        (paths that exist, baseline paths that do not or are no longer watched, paths without a
+        baseline record, violations)."""
+        base, o = self.baseline.records, self.options
+        present = in_base = 0
+        absent: set[str] = set()
+        extra: set[str] = set()
+        violations: list[Violation] = []
+        for path, rec, found in verify_each(self.ws, base, quick=not full, follow_symlinks=o.follow_symlinks,
+                                            threads=o.hash_threads, chunk=o.chunk_size, batch=_VERIFY_BATCH):
+            violations.extend(found)
+            known = path in base
+            in_base += known
+            if rec is None:
+                absent.add(path)
+            else:
+                present += 1
+                if not known:
+                    extra.add(path)
+        if in_base < len(base):
+            absent.update(p for p in base if not self.ws.covers(p))
+        return present, absent, extra, violations
 
     async def _full_check(self, full: bool) -> None:
         t0 = time.monotonic()
-        current, violations = await self._verify_blocking(full, self.baseline.records)
-        self._current = current
+        checked: tuple[int, set[str], set[str], list[Violation]] = await self.ctx.run_blocking(
+            lambda: self._check_all(full), timeout=self.options.verify_timeout
+        )
+        self._files_watched, self._absent, self._extra, violations = checked
         if not self.baseline.present:
             violations = []
         grouped: dict[str, list[Violation]] = {}
@@ -390,12 +421,19 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             lambda: scan(self.ws, todo, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size),
             timeout=o.verify_timeout,
         )
+        base = self.baseline.records
         for path in todo:
             rec = found.get(path)
-            if rec is None:
-                self._current.pop(path, None)
+            before = path in self._extra or (path in base and path not in self._absent)
+            self._files_watched += (rec is not None) - before
+            if rec is not None:
+                self._absent.discard(path)
+                if path not in base:
+                    self._extra.add(path)
             else:
-                self._current[path] = rec
+                self._extra.discard(path)
+                if path in base:
+                    self._absent.add(path)
             new = compare(path, self.baseline.records.get(path), rec) if self.baseline.present else []
             if new != self._violations.get(path, []):
                 self._changes["realtime"] += 1
@@ -517,7 +555,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             viol,
             per_kind,
             INTEGRITY_VIOLATION_SERIES_OVERFLOW.gauge(float(len(present) - len(keep))),
-            INTEGRITY_FILES_WATCHED.gauge(float(len(self._current))),
+            INTEGRITY_FILES_WATCHED.gauge(float(self._files_watched)),
             INTEGRITY_WATCHED_DIRECTORIES.gauge(float(len(self._watches))),
             INTEGRITY_LAST_VERIFY_TIMESTAMP_SECONDS.gauge(self._last_verify_ts),
             INTEGRITY_LAST_VERIFY_DURATION_SECONDS.gauge(self._last_verify_s),

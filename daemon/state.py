@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,22 @@ class StateDB:
         with self._lock:
             try:
                 return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                self.last_error = str(exc)
+                raise StateError(f"state DB read failed: {exc}") from None
+
+    def each_row(self, sql: str, params: Sequence[Any], handle: Callable[[tuple[Any, ...]], None]) -> int:
+        """Call ``handle`` with each row of one query, in order, without holding every row at once (one
+        statement: a consistent snapshot); returns the row count. For tables of 100,000 rows."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(sql, params)
+                n = 0
+                while batch := cursor.fetchmany(1024):
+                    for row in batch:
+                        handle(row)
+                    n += len(batch)
+                return n
             except sqlite3.Error as exc:
                 self.last_error = str(exc)
                 raise StateError(f"state DB read failed: {exc}") from None

@@ -29,8 +29,9 @@ _KV_SECRET_RE = re.compile(r"(?P<key>\b(?:password|passwd|pwd|secret|token)\s*=\
                            re.IGNORECASE)
 # The chat services' webhook paths carry the token itself: Telegram /bot<id>:<token>/, Slack
 # /services/T../B../<secret>, Discord (and Slack-compatible) /api/webhooks/<id>/<token>.
+# Their shapes are specific enough that a file path (/etc/services/...) is left alone.
 _WEBHOOK_PATH_RE = re.compile(
-    r"(?P<pre>/)(?:bot\d+:[A-Za-z0-9_-]+|services/[^\s\"'<>?#]+|api/webhooks/[^\s\"'<>?#]+)"
+    r"(?P<pre>/)(?:bot\d+:[A-Za-z0-9_-]+|services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+|api/webhooks/\d+/[A-Za-z0-9_-]+)"
 )
 
 _lock = threading.Lock()

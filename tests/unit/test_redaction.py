@@ -41,6 +41,11 @@ def test_chat_webhook_paths_are_redacted_without_registration(text: str, secret:
     assert "***" in out
 
 
+def test_file_paths_that_merely_look_alike_are_left_alone() -> None:
+    for text in ("/etc/mev/services/engine.yaml", "/srv/api/webhooks/README", "/home/bot/notes"):
+        assert redact(text) == text
+
+
 def test_a_registered_sink_url_is_scrubbed_wherever_it_is_quoted() -> None:
     url = "https://chat.example/hooks/plain-looking-path?sig=abc123def"
     assert register_sink_url(url) == "https://chat.example/***"
