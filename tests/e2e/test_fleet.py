@@ -240,6 +240,10 @@ def _firing_labels(prom: Prometheus, alertname: str, host: str) -> list[dict[str
 def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watched(tmp_path: Path) -> None:
     with fleet(tmp_path) as f:
         am_a, am_b = (url for url, _ in f.am)
+        # the mode shows on the landing page and in /health
+        assert "Alerting: fleet mode on host mev-1" in f.hosts["mev-1"].get("/")
+        assert json.loads(f.hosts["mev-3"].get("/health"))["alerting"] == {
+            "enabled": True, "mode": "standalone", "host": "mev-3"}
 
         # -- one incident on one host: exactly one notification, naming the host, with the runbook link
         f.engine_fails("mev-1")
