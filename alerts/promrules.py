@@ -129,8 +129,10 @@ def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
         out["for"] = duration(rule.for_)
     if rule.keep_firing_for:
         out["keep_firing_for"] = duration(rule.keep_firing_for)
-    # mevwatch labels an absent alert with the rule's `=` matchers; PromQL cannot take them from no series
-    given = {m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"} if rule.absent else {}
+    # mevwatch labels an absent alert with the rule's `=` matchers (with `when`: the condition's series'
+    # labels, which the PromQL keeps too); PromQL cannot take them from no series
+    given = ({m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"}
+             if rule.absent and rule.when is None else {})
     out["labels"] = {"severity": rule.severity, **given, **rule.labels}
     annotations = {"summary": rule.summary}
     if rule.description:

@@ -1,9 +1,9 @@
-"""CPU per hour and per collection: mevwatch's memory, disk and cpu collectors vs node_exporter, in one run.
+"""CPU per hour and per collection: mevwatch's memory, filesystems and cpu collectors vs node_exporter, in one run.
 
 At Prometheus' default scrape interval (15 s) by default: what a host pays over an hour, idle
 work between scrapes included (mevwatch's heartbeat and alert engine, node_exporter's runtime).
 
-1. Daemons: mevwatch with only memory, disk and cpu (interval = the scrape period) and
+1. Daemons: mevwatch with only memory, filesystems and cpu (interval = the scrape period) and
    prometheus-node-exporter with only meminfo, filesystem, cpufreq, loadavg and stat, each on a
    free loopback port, both scraped --scrapes times at the same period, after WARMUP_SCRAPES that
    are not measured. CPU per collection is each process's time on CPU over the run (the sum of its
@@ -39,13 +39,13 @@ NE_FLAGS = [
     "--collector.loadavg", "--collector.stat",
 ]
 # The parts of mevwatch's collectors that node_exporter's set also computes: no per-unit cgroups,
-# no top-N process scan, no directory walks or backup globs (those have no node_exporter equivalent).
+# no top-N process scan (the directories and backups kinds have no node_exporter equivalent and are not run).
 EQUIVALENT: dict[str, dict[str, Any]] = {
     "memory": {"units": [], "cgroups": [], "top_processes": 0},
-    "disk": {"watch_dirs": [], "backups": []},
+    "filesystems": {},
     "cpu": {},
 }
-DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "disk": {}, "cpu": {}}
+DEFAULTS: dict[str, dict[str, Any]] = {"memory": {}, "filesystems": {}, "cpu": {}}
 WARMUP_SCRAPES = 6
 
 

@@ -217,6 +217,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="each run of part 2 (600: the RSS flatness run)")
     ap.add_argument("--runs", type=int, default=3, help="runs of part 2")
     ap.add_argument("--skip-overhead", action="store_true", help="part 2 only")
+    ap.add_argument("--growth", default="", help="endpoint counts for the growth table, one 30 s run each (10,50,200)")
     ap.add_argument("--serve-stub", nargs=2, metavar=("PORTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_stub:
@@ -227,6 +228,8 @@ def main() -> None:
     if not args.skip_overhead:
         overhead_part(args)
     scale_part(args)
+    if args.growth:
+        growth_part([int(n) for n in args.growth.split(",")])
 
 
 def overhead_part(args: argparse.Namespace) -> None:
@@ -248,6 +251,23 @@ def overhead_part(args: argparse.Namespace) -> None:
     print(f"mevwatch / bare aiohttp: mean {ratio_mean:.2f}x, p50 {ratio_p50:.2f}x (target <= 1.2x)")
     record("rpc probe wall time p50 vs a bare aiohttp POST", mevwatch=pct(times["mevwatch"], 0.5) * 1e3, unit="ms",
            anchor_name="aiohttp", anchor=pct(times["aiohttp"], 0.5) * 1e3, goal="<= 1.2x", met=ratio_p50 <= 1.2)
+
+
+def growth_part(counts: list[int]) -> None:
+    """The daemon's CPU and RSS against the number of endpoints probed every second."""
+    print("\ngrowth: one 30 s run per endpoint count")
+    for n in counts:
+        ports, stub, arrivals_file = start_stub(n)
+        try:
+            r = scale(ports, 30.0, arrivals_file)
+        finally:
+            stub.terminate()
+            stub.wait(10)
+        j = jitter([(p, t) for p, t in json.loads(arrivals_file.read_text())], r["window"], n)
+        shutil.rmtree(arrivals_file.parent, ignore_errors=True)
+        print(f"{n:>5} endpoints: CPU {r['cpu_cores']:.3f} cores, RSS {r['rss'][-1][1] / 2**20:.1f} MiB, jitter p99 "
+              f"{j['p99_ms']:.1f} ms, probes {j['received']}/{j['expected']}; load average {load_average()}")
+        record(f"rpc daemon CPU, {n} endpoints at 1 s", mevwatch=r["cpu_cores"], unit="cores")
 
 
 def scale_part(args: argparse.Namespace) -> None:

@@ -46,7 +46,7 @@ from tests.support.daemon import RunningDaemon
 from tests.support.peers import need_binary, start_process, stop_process
 from tests.support.rpcproxy import Fault
 
-KINDS = ("memory", "cpu", "disk", "oomkill", "http", "rpc", "postgres")
+KINDS = ("memory", "cpu", "filesystems", "directories", "backups", "oomkill", "http", "rpc", "postgres")
 INCIDENTS = ("EngineHealthDown", "RpcEndpointDown", "PostgresDown")
 RPC_BODY = '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
 
@@ -76,7 +76,9 @@ alerts:
 collectors:
   - memory: {{}}
   - cpu: {{}}
-  - disk: {{}}
+  - filesystems: {{}}
+  - directories: {{}}
+  - backups: {{}}
   - oomkill: {{}}
   - http:
       targets: [{{name: health, url: '{p.engine.url("/health")}', json_check: 'status == "ok"', timeout: 1s}}]

@@ -63,18 +63,25 @@ class FieldCheck:
     op: str | None
     value: Any
 
-    def evaluate(self, doc: Any) -> tuple[bool, str]:
-        """(passed, why not) for one decoded JSON document."""
+    def value_in(self, doc: Any) -> tuple[Any, str]:
+        """(the value at the path, "") or (_MISSING, why not) in one decoded JSON document."""
         current: Any = doc
         for seg in self.path:
             if isinstance(seg, int):
                 if not isinstance(current, list) or seg >= len(current):
-                    return False, f"{_fmt_path(self.path)}: no element [{seg}]"
+                    return _MISSING, f"{_fmt_path(self.path)}: no element [{seg}]"
                 current = current[seg]
             else:
                 if not isinstance(current, dict) or seg not in current:
-                    return False, f"{_fmt_path(self.path)}: field {seg!r} missing"
+                    return _MISSING, f"{_fmt_path(self.path)}: field {seg!r} missing"
                 current = current[seg]
+        return current, ""
+
+    def evaluate(self, doc: Any) -> tuple[bool, str]:
+        """(passed, why not) for one decoded JSON document."""
+        current, why = self.value_in(doc)
+        if current is _MISSING:
+            return False, why
         if self.op is None:
             ok = bool(current)  # JSON's falsy values (null, false, 0, "", [], {}) are Python's too
             return ok, "" if ok else f"{_fmt_path(self.path)} is {json.dumps(current)[:80]}"
@@ -221,6 +228,11 @@ class HttpTarget(BaseModel):
     )
     timeout: Duration = Field(2.0, description="whole-request timeout of one probe (connect + body)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
+    latency_field: str | None = Field(None, description=(
+        "JSON path of a latency the target reports about itself, e.g. the engine's detection latency "
+        "(`latency.detection_ms`); exported as mevwatch_http_reported_latency_seconds and judged by the "
+        "runbook's 15 ms budget (EngineLatencyHigh), unlike the probe's own round trip"))
+    latency_unit: Literal["s", "ms", "us"] = Field("ms", description="unit of latency_field's number")
 
     @field_validator("name")
     @classmethod
@@ -251,6 +263,13 @@ class HttpTarget(BaseModel):
     def _check(cls, v: str | None) -> str | None:
         if v is not None:
             parse_check(v)
+        return v
+
+    @field_validator("latency_field")
+    @classmethod
+    def _latency_field(cls, v: str | None) -> str | None:
+        if v is not None and parse_check(v).op is not None:
+            raise ValueError(f"latency_field {v!r} is a JSON path (e.g. latency.detection_ms), not a check")
         return v
 
     @field_validator("timeout")
@@ -309,6 +328,7 @@ class ProbeResult:
     reason: str  # "" when up
     check_ok: bool | None  # None when no check is configured or no body was read
     message: str = ""
+    reported_latency: float | None = None  # seconds, from latency_field of the body
 
 
 HTTP_UP = MetricSpec(
@@ -345,6 +365,14 @@ HTTP_TARGET = MetricSpec(
 
 HTTP_CHECK_OK = MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check"))
 
+HTTP_REPORTED_LATENCY_SECONDS = MetricSpec(
+    "mevwatch_http_reported_latency_seconds", "gauge",
+    "Latency the target reports about itself in its JSON body (latency_field), e.g. the engine's detection "
+    "latency; absent when not configured or not in the body",
+    ("target",),
+)
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
 
 @register
 class HttpCollector(PollCollector[HttpOptions]):
@@ -361,11 +389,13 @@ class HttpCollector(PollCollector[HttpOptions]):
         HTTP_ERRORS,
         HTTP_TARGET,
         HTTP_CHECK_OK,
+        HTTP_REPORTED_LATENCY_SECONDS,
     )
 
     def __init__(self, ctx: CollectorContext, options: HttpOptions) -> None:
         super().__init__(ctx, options)
         self._checks = {t.name: parse_check(t.json_check) for t in options.targets if t.json_check}
+        self._latency_fields = {t.name: parse_check(t.latency_field) for t in options.targets if t.latency_field}
         self._hist = {t.name: LatencyHistogram(options.buckets) for t in options.targets}
         self._errors: dict[tuple[str, str], int] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -414,18 +444,28 @@ class HttpCollector(PollCollector[HttpOptions]):
             return ProbeResult(False, status, None, reason, None, redact_url(f"{type(exc).__name__}: {exc}"))
         if status not in target.expect_status:
             return ProbeResult(False, status, seconds, "http_status", None, f"HTTP {status}")
-        if check is None:
+        latency_field = self._latency_fields.get(target.name)
+        if check is None and latency_field is None:
             return ProbeResult(True, status, seconds, "", None)
         try:
             doc = loads_bounded(body)
         except JsonTooDeep as exc:
-            return ProbeResult(False, status, seconds, "invalid_json", False, f"body {exc}")
+            return ProbeResult(check is None, status, seconds, "" if check is None else "invalid_json",
+                               None if check is None else False, f"body {exc}")
         except (ValueError, UnicodeDecodeError):
-            return ProbeResult(False, status, seconds, "invalid_json", False, "body is not JSON")
+            return ProbeResult(check is None, status, seconds, "" if check is None else "invalid_json",
+                               None if check is None else False, "body is not JSON")
+        reported = None
+        if latency_field is not None:
+            value, _ = latency_field.value_in(doc)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                reported = float(value) * _UNIT_SECONDS[target.latency_unit]
+        if check is None:
+            return ProbeResult(True, status, seconds, "", None, reported_latency=reported)
         ok, why = check.evaluate(doc)
         if not ok:
-            return ProbeResult(False, status, seconds, "check_failed", False, why)
-        return ProbeResult(True, status, seconds, "", True)
+            return ProbeResult(False, status, seconds, "check_failed", False, why, reported)
+        return ProbeResult(True, status, seconds, "", True, reported_latency=reported)
 
     async def collect(self) -> Families:
         targets = self.options.targets
@@ -435,6 +475,7 @@ class HttpCollector(PollCollector[HttpOptions]):
         last = HTTP_PROBE_DURATION_SECONDS.gauge()
         hist = HTTP_REQUEST_DURATION_SECONDS.histogram()
         check_ok = HTTP_CHECK_OK.gauge()
+        reported = HTTP_REPORTED_LATENCY_SECONDS.gauge()
         errors = HTTP_ERRORS.counter()
         info = HTTP_TARGET.info(labels=["target"])
         for target, res in zip(targets, results, strict=True):
@@ -454,6 +495,8 @@ class HttpCollector(PollCollector[HttpOptions]):
             self._last_reason[name] = res.reason
             if name in self._checks:
                 check_ok.add_metric([name, self._checks[name].text], 1.0 if res.check_ok else 0.0)
+            if res.reported_latency is not None:
+                reported.add_metric([name], res.reported_latency)
             h = self._hist[name]
             hist.add_metric([name], buckets=h.buckets(), sum_value=h.sum)
             info.add_metric([name], {"url": redact_url(target.url), "method": target.method})
@@ -462,6 +505,8 @@ class HttpCollector(PollCollector[HttpOptions]):
         families: list[Metric] = [up, status, last, hist, errors, info]
         if self._checks:
             families.append(check_ok)
+        if self._latency_fields:
+            families.append(reported)
         return families
 
 

@@ -74,6 +74,17 @@ class _Model(BaseModel):
 class LogSourceOptions(_Model):
     name: str = Field(description="value of the `source` label")
     paths: list[str] = Field(description="absolute globs of the files to follow (`**` recurses)")
+    patterns: list[str] | None = Field(None, description=(
+        "built-in patterns counted in this source (e.g. [error, warning, no_space_left] for a service log "
+        "named anything); default: those whose built-in sources name this source (auth, nginx_access, mev, syslog)"))
+
+    @field_validator("patterns")
+    @classmethod
+    def _known_patterns(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [n for n in v or () if n not in BUILTIN_NAMES]
+        if unknown:
+            raise ValueError(f"unknown built-in pattern(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_NAMES)}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -204,7 +215,10 @@ def build_sources(opts: LogwatchOptions) -> tuple[list[FileSource], list[LinePat
     """File sources with the patterns each one counts, and the journal's patterns."""
     enabled = [p for p in BUILTIN_PATTERNS if p.name in opts.builtin_patterns]
     globs: dict[str, list[str]] = {s.name: list(s.paths) for s in opts.sources}
-    pats: dict[str, list[LinePattern]] = {s.name: [p for p in enabled if s.name in p.sources] for s in opts.sources}
+    pats: dict[str, list[LinePattern]] = {
+        s.name: [p for p in enabled if (p.name in s.patterns if s.patterns is not None else s.name in p.sources)]
+        for s in opts.sources
+    }
     journal = [p for p in enabled if JOURNAL_SOURCE in p.sources]
     for p in opts.patterns:
         pattern = LinePattern(p.name, compile_user_regex(p.regex, p.ignore_case))

@@ -31,6 +31,7 @@ from mevwatch.collectors.base import (
 )
 from mevwatch.collectors.registry import register
 from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
 __all__ = [
     "MIGRATIONS",
@@ -87,6 +88,9 @@ MIGRATIONS = [
 
 
 class OomKillOptions(CollectorOptions):
+    interval: Duration | None = Field(default=None, gt=0, description=(
+        "not a polling period: kills are reported as the kernel logs them; the stream's samples are marked "
+        "fresh this often and vanish 2x this after the stream died (default 30s)"))
     max_series: int = Field(
         200, ge=1, le=10000,
         description="distinct (comm, unit) counters kept; later new victims count under comm/unit '_other'",

@@ -15,10 +15,19 @@ import structlog
 
 from mevwatch.collectors.base import Collector
 
-__all__ = ["IMPORT_ERRORS", "NOT_KINDS", "all_kinds", "get_kind", "kind_names", "register"]
+__all__ = ["IMPORT_ERRORS", "NOT_KINDS", "REMOVED_KINDS", "all_kinds", "get_kind", "kind_names", "register"]
 
 #: modules of the collectors package that are not collector kinds (the contract and this registry)
 NOT_KINDS = frozenset({"base", "registry"})
+
+#: kinds older versions had, with how to write their entries now (a config naming one is an error)
+REMOVED_KINDS: dict[str, str] = {
+    "disk": "the disk kind is split into three kinds with the same metrics: put mount_points_exclude, "
+    "fs_types_exclude, statvfs_timeout, statvfs_inline_fs_types and fill_window under `- filesystems:`; "
+    "watch_dirs (renamed paths), top_files, scan_max_files and scan_time_budget under `- directories:` "
+    "(scan_interval becomes its interval); backups (renamed patterns) under `- backups:`. "
+    "`- disk: {}` becomes `- filesystems: {}`, `- directories: {}` and `- backups: {}`",
+}
 
 _REGISTRY: dict[str, type[Collector[Any]]] = {}
 #: collector modules that failed to import, by module name (== kind), with the error

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
@@ -157,7 +159,69 @@ def count_established(sockets: Iterable[TcpSocket], host: str, port: int) -> int
     )
 
 
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h): the established TCP sockets as binary records.
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_DIAG_REQ = struct.Struct("=BBBBI48x")  # family, protocol, ext, pad, states, an empty inet_diag_sockid
+_DIAG_MSG = struct.Struct("=BBBB2H16s16s")  # family, state, timer, retrans, sport, dport (both big-endian), src, dst
+
+
+def _netlink_established(remote_ports: frozenset[int] | None) -> list[TcpSocket]:
+    """Established TCP sockets of this network namespace from the kernel's sock_diag interface.
+
+    /proc/net/tcp has the kernel format a text line for every socket, TIME_WAIT ones included:
+    59 ms for 4,800 sockets on a busy test host, most of the rpc collector's cost and a fifth of
+    the idle default config's. Asking for established sockets only, in binary, costs ~1 ms.
+    """
+    out: list[TcpSocket] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2.0)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << int(_TCP_ESTABLISHED, 16))
+            nl.send(_NLMSG.pack(_NLMSG.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+                    + body)
+            done = False
+            while not done:
+                data = nl.recv(1 << 16)
+                off = 0
+                while off + _NLMSG.size <= len(data):
+                    length, kind, _, _, _ = _NLMSG.unpack_from(data, off)
+                    if length < _NLMSG.size:
+                        raise OSError("sock_diag: malformed message")
+                    if kind == _NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == _NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        raise OSError(code, f"sock_diag: {code}")
+                    fam, state, _, _, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, off + _NLMSG.size)
+                    dport, sport = socket.ntohs(dport), socket.ntohs(sport)
+                    if remote_ports is None or dport in remote_ports:
+                        out.append(TcpSocket((_diag_addr(fam, src), sport), (_diag_addr(fam, dst), dport),
+                                             f"{state:02X}"))
+                    off += (length + 3) & ~3
+    return out
+
+
+def _diag_addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw)
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
+
+
 def read_tcp_sockets(procfs: Path, remote_ports: frozenset[int] | None = None) -> list[TcpSocket]:
+    """TCP sockets of the host, to ``remote_ports`` if given: established ones from sock_diag when
+    ``procfs`` is this process's own /proc, else (or when netlink is refused) every socket of
+    procfs/net/tcp{,6}."""
+    if procfs == Path("/proc"):
+        try:
+            return _netlink_established(remote_ports)
+        except OSError:
+            pass  # no netlink here (a seccomp profile, an old kernel): the text files say the same
     sockets: list[TcpSocket] = []
     for name in ("tcp", "tcp6"):
         try:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mevwatch.alerts.config import AlertsConfig, RuleLoading
 from mevwatch.collectors.base import CollectorOptions, Paths
-from mevwatch.collectors.registry import IMPORT_ERRORS, all_kinds, get_kind
+from mevwatch.collectors.registry import IMPORT_ERRORS, REMOVED_KINDS, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 from mevwatch.daemon.yamlsource import ConfigError, ConfigIssue, Loc, format_loc, read_yaml
 
@@ -175,6 +175,9 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
                 issues.append(doc.issue(loc, "each collector entry must be a one-key mapping `- <kind>: {options}`"))
                 continue
             kind, body = next(iter(entry.items()))
+            if kind in REMOVED_KINDS:  # at the line of the kind, not of its options
+                issues.append(ConfigIssue(file, doc.line(loc), format_loc((*loc, kind)), REMOVED_KINDS[kind]))
+                continue
             cls = get_kind(kind)
             if cls is None and kind in IMPORT_ERRORS:
                 issues.append(doc.issue((*loc, kind), f"collector {kind!r} cannot be loaded: {IMPORT_ERRORS[kind]}"))

@@ -62,6 +62,22 @@ ROWS: tuple[Row, ...] = (
         P("Hosts reporting", (f"count({_HOSTS})", "hosts"), kind="stat",
           description="Hosts whose mevwatch Prometheus scrapes now; MevwatchHostDown pages for the others."),
     )),
+    Row("Alerts and notifications", "alertmanager-unreachable", (
+        P("Firing alerts per host (Prometheus)",
+          (f'count by (host) (ALERTS{{alertstate="firing"}} * on (host) group_left () {_HOSTS})', "{{host}}"),
+          description="Prometheus' ALERTS series: the exported rules and the watcher rules, evaluated centrally."),
+        P("Alerts per host (mevwatch)", ("sum by (host, state) (mevwatch_alerts{I})", "{{host}} {{state}}"),
+          description="mevwatch's own rule engine on each host: pending and firing."),
+        P("Notifications per sink", ("sum by (host, sink) (increase(mevwatch_notifications_sent_total{I}[R]))",
+                                     "{{host}} {{sink}} sent"),
+          ("sum by (host, sink) (increase(mevwatch_notifications_failed_total{I}[R]))", "{{host}} {{sink}} failed"),
+          ("sum by (host, sink) (increase(mevwatch_notifications_dead_lettered_total{I}[R]))",
+           "{{host}} {{sink}} dead-lettered"),
+          description="Acknowledged deliveries, failed attempts (each retry), and notifications given up on."),
+        P("Outbox waiting", ("sum by (host) (mevwatch_alert_outbox_depth{I})", "{{host}}"),
+          ("max by (host) (mevwatch_alert_outbox_oldest_pending_age_seconds{I})", "{{host}} oldest (s)"),
+          description="Notifications not yet acknowledged by their sink, and the age of the oldest."),
+    )),
     Row("Host memory and OOM kills", "memory-high", (
         P("Memory used", ("mevwatch_memory_used_ratio{I}", "{{host}}"), unit="percentunit", max=1),
         P("Memory and swap", ("mevwatch_memory_available_bytes{I}", "available"),
@@ -221,7 +237,8 @@ def _panel_json(p: Panel, pid: int, x: int, y: int, w: int) -> dict[str, Any]:
     if p.description:
         out["description"] = p.description
     if p.kind == "timeseries":
-        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
+        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+                          "tooltip": {"mode": "multi", "sort": "none"}}
     elif p.kind == "stat":
         out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}
     elif p.kind == "table":
@@ -242,7 +259,9 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
         w = 24 // per_line
         for i, p in enumerate(row.panels):
             panel = _panel_json(p, pid, (i % per_line) * w, y + (i // per_line) * 8, w)
-            panel["links"] = [{"title": "Runbook", "url": f"${{runbook_url}}#{row.runbook}", "targetBlank": True}]
+            panel["links"] = [{"title": "Runbook", "url": f"${{runbook_url}}#{row.runbook}", "targetBlank": True,
+                               "type": "link", "tooltip": f"Runbook: {row.title}", "icon": "doc", "tags": [],
+                               "asDropdown": False, "includeVars": False, "keepTime": False}]
             panels.append(panel)
             pid += 1
         y += ((len(row.panels) + per_line - 1) // per_line) * 8
@@ -266,11 +285,11 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
         }]},
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+             "current": {"text": "", "value": ""}, "hide": 0, "refresh": 1, "regex": "", "options": []},
             {"name": "host", "label": "Host", "type": "query", "datasource": DATASOURCE,
-             "definition": "label_values(mevwatch_build_info, host)",
              "query": {"query": "label_values(mevwatch_build_info, host)", "refId": "PrometheusVariableQuery"},
-             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
+             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
+             "current": {"text": "All", "value": "$__all"}, "hide": 0,
              "sort": 1, "regex": "", "options": []},
             # where docs/runbooks.md is served: the panels' runbook links append the section anchor
             {"name": "runbook_url", "label": "Runbook base URL", "type": "textbox", "query": runbook_url,

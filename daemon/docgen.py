@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from mevwatch.collectors.base import CollectorOptions, MetricSpec
-from mevwatch.collectors.registry import all_kinds
+from mevwatch.collectors.registry import REMOVED_KINDS, all_kinds
 from mevwatch.daemon.config import DaemonConfig
 from mevwatch.families import Metric
 
@@ -124,6 +124,10 @@ def configuration_md() -> str:
             "",
             *_model_table(cls.Options, "", skip=common),
         ]
+    lines += ["## Removed collector kinds", "",
+              "A config naming one of these kinds is refused (exit 2, with its file, line and field path) "
+              "with this message:", ""]
+    lines += [f"- `{kind}`: {message}" for kind, message in sorted(REMOVED_KINDS.items())]
     return "\n".join(lines).rstrip() + "\n"
 
 

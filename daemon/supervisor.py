@@ -39,6 +39,7 @@ from mevwatch.collectors.base import (
     StreamCollector,
 )
 from mevwatch.collectors.registry import get_kind
+from mevwatch.daemon.buildinfo import build_info
 from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey
@@ -70,7 +71,9 @@ SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
                "Failed collector runs by reason", ("collector", "instance", "reason")),
     MetricSpec("mevwatch_collector_interval_seconds", "gauge",
                "Configured interval of the collector", ("collector", "instance")),
-    MetricSpec("mevwatch_build", "info", "mevwatch version and Python runtime", ("python", "version")),
+    MetricSpec("mevwatch_build", "info",
+               "mevwatch version, the branch and revision it was built from, and Python runtime",
+               ("branch", "python", "revision", "version")),
     MetricSpec("mevwatch_blocking_threads_abandoned", "gauge",
                "Blocking calls that timed out and whose thread has not returned (hung I/O)", ()),
     MetricSpec("mevwatch_blocking_calls_abandoned", "counter",
@@ -428,9 +431,13 @@ class Supervisor:
 
     def _process_families(self) -> list[Metric]:
         write_errors = self.state.write_errors_total if self.state is not None else None
+        info = build_info()  # as node_exporter_build_info: what `mevwatch --version` prints
         build = InfoMetricFamily(
-            "mevwatch_build", "mevwatch version and Python runtime", value={
+            "mevwatch_build", "mevwatch version, the branch and revision it was built from, and Python runtime",
+            value={
                 "version": __version__,
+                "branch": info.branch,
+                "revision": info.revision,
                 "python": ".".join(map(str, sys.version_info[:3])),
             }
         )

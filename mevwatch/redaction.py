@@ -35,21 +35,21 @@ _WEBHOOK_PATH_RE = re.compile(
 )
 
 _lock = threading.Lock()
-_secrets: set[str] = set()
+_secrets: dict[str, str] = {}  # secret -> what is shown instead
 _secrets_re: re.Pattern[str] | None = None
 _MAX_SECRETS = 4096  # a config holds a few dozen sink URLs; this only caps a runaway
 _MIN_SECRET = 6  # shorter strings ("/", "/hook") are too common to mean anything alone
 
 
-def register_secret(text: str) -> None:
-    """Remove ``text`` from every string :func:`redact` sees from now on (a sink URL, its path)."""
+def register_secret(text: str, shown: str = MASK) -> None:
+    """Show ``shown`` instead of ``text`` in every string :func:`redact` sees from now on."""
     global _secrets_re
     if len(text) < _MIN_SECRET or text in _secrets:
         return
     with _lock:
         if len(_secrets) >= _MAX_SECRETS:
             return
-        _secrets.add(text)
+        _secrets[text] = shown
         # longest first: a URL is replaced whole before its own path is
         _secrets_re = re.compile("|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True)))
 
@@ -63,7 +63,7 @@ def redact(text: str) -> str:
     """Remove passwords, tokens, API keys and registered sink URLs from any string."""
     pattern = _secrets_re
     if pattern is not None:
-        text = pattern.sub(MASK, text)
+        text = pattern.sub(lambda m: _secrets.get(m.group(0), MASK), text)
     text = _USERINFO_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user') and MASK}@", text)
     text = _QUERY_SECRET_RE.sub(lambda m: f"{m.group('key')}{MASK}", text)
     text = _WEBHOOK_PATH_RE.sub(lambda m: f"{m.group('pre')}{MASK}", text)
@@ -95,12 +95,14 @@ def redact_sink_url(url: str) -> str:
 
 
 def register_sink_url(url: str) -> str:
-    """Register a sink URL (whole, and its path and query) as a secret; returns it as it may be shown."""
-    register_secret(url)
+    """Register a sink URL (whole, and its path and query) as a secret; returns it as it may be shown.
+    Quoted whole, it reads as that (the host stays visible); its path or query alone reads ``/***``."""
+    shown = redact_sink_url(url)
+    register_secret(url, shown)
     parts = urllib.parse.urlsplit(url)
     tail = url.split(parts.netloc, 1)[1] if parts.netloc else ""
     if tail.strip("/"):
-        register_secret(tail)  # the path with its query, as an error message may quote it
+        register_secret(tail, "/" + MASK)  # the path with its query, as an error message may quote it
     if parts.query:
         register_secret(parts.query)
-    return redact_sink_url(url)
+    return shown

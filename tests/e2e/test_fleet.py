@@ -80,6 +80,7 @@ class Fleet:
     am: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     prom: list[Prometheus] = field(default_factory=list)
     central: Prometheus | None = None
+    federator: Prometheus | None = None
 
     def engine_fails(self, host: str, failing: bool = True) -> None:
         self.engine.behaviours[f"/{host}"] = Behaviour(status=500 if failing else 200, body={"status": "ok"})
@@ -138,8 +139,8 @@ def _prometheus_config(fleet: Fleet, replica: str, rule_files: list[Path], am_ur
     return yaml.safe_dump(doc)
 
 
-def _start_prometheus(tmp: Path, name: str, config: str, *flags: str) -> Prometheus:
-    port = free_port()
+def _start_prometheus(tmp: Path, name: str, config: str, *flags: str, port: int | None = None) -> Prometheus:
+    port = port or free_port()
     (tmp / f"{name}.yml").write_text(config)
     proc = start_process([need_binary("prometheus"), f"--config.file={tmp / f'{name}.yml'}",
                           f"--storage.tsdb.path={tmp / f'{name}-data'}", f"--web.listen-address=127.0.0.1:{port}",
@@ -198,9 +199,17 @@ def fleet(tmp: Path) -> Iterator[Fleet]:
                                       "--web.enable-remote-write-receiver")
         stack.callback(stop_process, f.central.proc)
         central = f"http://127.0.0.1:{f.central.port}"
-        for replica in ("prometheus-a", "prometheus-b"):
+        site_ports = [free_port(), free_port()]
+        # the pull alternative: the shipped central.yml federating both members of the pair
+        federate = yaml.safe_load((REPO / "deploy" / "prometheus" / "central.yml").read_text())
+        [job] = federate["scrape_configs"]
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{p}" for p in site_ports]}]
+        f.federator = _start_prometheus(tmp, "federator", yaml.safe_dump(federate))
+        stack.callback(stop_process, f.federator.proc)
+        for replica, port in zip(("prometheus-a", "prometheus-b"), site_ports, strict=True):
             config = _prometheus_config(f, replica, [rules, tmp / "fleet-rules.yml"], am_urls, central)
-            prom = _start_prometheus(tmp, replica, config, "--rules.alert.resend-delay=1s")
+            prom = _start_prometheus(tmp, replica, config, "--rules.alert.resend-delay=1s", port=port)
             stack.callback(stop_process, prom.proc)
             f.prom.append(prom)
         for prom in f.prom:
@@ -231,6 +240,10 @@ def _firing_labels(prom: Prometheus, alertname: str, host: str) -> list[dict[str
 def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watched(tmp_path: Path) -> None:
     with fleet(tmp_path) as f:
         am_a, am_b = (url for url, _ in f.am)
+        # the mode shows on the landing page and in /health
+        assert "Alerting: fleet mode on host mev-1" in f.hosts["mev-1"].get("/")
+        assert json.loads(f.hosts["mev-3"].get("/health"))["alerting"] == {
+            "enabled": True, "mode": "standalone", "host": "mev-3"}
 
         # -- one incident on one host: exactly one notification, naming the host, with the runbook link
         f.engine_fails("mev-1")
@@ -249,6 +262,7 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#engine-down"
         assert alert["annotations"]["summary"] == "Engine probe engine fails on mev-1"
         assert took < PAGE_WITHIN
+        print(f"incident to page: {took:.1f}s")
 
         # -- the same incident on a second host: a second, distinct notification
         f.engine_fails("mev-2")
@@ -273,6 +287,14 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         assert firing["mev-3"] == 0
         wait_until("alerts remote-written", lambda: {r["metric"]["host"] for r in central.query(
             f'count by (host) (ALERTS{{alertname="{RULE}",alertstate="firing"}})')} == {"mev-1", "mev-2"}, 20)
+        # federation, the alternative, answers the same questions from both members of the pair
+        federator = f.federator
+        assert federator is not None
+        wait_until("federated hosts and alerts", lambda: {r["metric"]["host"] for r in federator.query(
+            f'count by (host) (ALERTS{{alertname="{RULE}",alertstate="firing"}})')} == {"mev-1", "mev-2"}, 20)
+        replicas = {(r["metric"]["host"], r["metric"]["replica"])
+                    for r in federator.query("group by (host, replica) (mevwatch_build_info)")}
+        assert replicas == {(h, r) for h in HOSTS for r in ("prometheus-a", "prometheus-b")}
 
         # -- one Alertmanager silence mutes every path, mev-3's direct webhook in standalone mode included
         added = _cli("silence", "add", "--config", str(f.hosts["mev-3"].config), "--alertmanager",
@@ -280,7 +302,8 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         assert added.returncode == 0, added.stderr
         silence_id = added.stdout.split()[0]
         wait_until("silence gossiped", lambda: _silences(am_b) >= 1, 10)
-        time.sleep(1.5)  # mev-3 reads silences every 500 ms
+        wait_until("mev-3 read the silence", lambda: sample_value(
+            f.hosts["mev-3"].get(), "mevwatch_silences_active") == 1, 10)
         f.engine_fails("mev-3")
         wait_until("mev-3 firing in mevwatch", lambda: sample_value(
             f.hosts["mev-3"].get(), "mevwatch_alerts", state="firing", severity="critical") == 1, 10)
@@ -316,6 +339,7 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         took = _waits("HostDown paged", lambda: f.notifications("MevwatchHostDown", "mev-2"),
                       HOST_DOWN_FOR + PAGE_WITHIN)
         assert took < HOST_DOWN_FOR + PAGE_WITHIN
+        print(f"mevwatch killed to MevwatchHostDown page: {took:.1f}s (for: {HOST_DOWN_FOR:g}s)")
         [down] = f.notifications("MevwatchHostDown", "mev-2")
         assert down["alerts"][0]["annotations"]["runbook_url"] == "docs/runbooks.md#host-down"
 

@@ -22,7 +22,7 @@ from tests.support.peers import need_binary
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 GOLDEN = Path(__file__).parent / "fixtures" / "e2e-output.txt"
-HOST_COLLECTORS = ("memory", "cpu", "disk")
+HOST_COLLECTORS = ("memory", "cpu", "filesystems", "directories", "backups")
 # samples whose value is a time, a duration or the interpreter's version: they change between runs
 VOLATILE = re.compile(r"^mevwatch_(\w+_(duration|timestamp)_seconds|build_info)[{ ].*\n", re.M)
 

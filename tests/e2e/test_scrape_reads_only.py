@@ -51,7 +51,7 @@ async def test_scrapes_run_no_collector_and_write_nothing(tmp_path: Path, monkey
         f"state_dir: {tmp_path / 'state'}\n"
         f"web: {{listen_address: '127.0.0.1:{port}'}}\n"
         "alerts: {evaluation_interval: 1h}\n"
-        "collectors:\n" + "".join(f"  - {k}: {{interval: 1h}}\n" for k in ("memory", "cpu", "disk", "process")),
+        "collectors:\n" + "".join(f"  - {k}: {{interval: 1h}}\n" for k in ("memory", "cpu", "filesystems", "process")),
         str(tmp_path / "mevwatch.yaml"),
     )
     daemon = Daemon(config)

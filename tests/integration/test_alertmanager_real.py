@@ -206,9 +206,52 @@ alerts:
         await asyncio.sleep(2.0)  # several evaluation ticks and silence refreshes
         assert receiver.delivered() == []  # muted by Alertmanager's silence
         assert next(f for f in engine.families() if f.name == "mevwatch_alertmanager_up").samples[0].value == 1.0
+        assert next(f for f in engine.families() if f.name == "mevwatch_silences_active").samples[0].value == 1.0
 
         stop_process(proc)  # Alertmanager gone: fail-safe, the page goes out
         [got] = await receiver.wait_delivered_async(1, timeout=10)
         assert got.json()["alerts"][0]["labels"]["alertname"] == "HeadLag"
         [up] = [f for f in engine.families() if f.name == "mevwatch_alertmanager_up"]
         assert [(s.labels["url"], s.value) for s in up.samples] == [(alertmanager, 0.0)]
+
+
+async def test_an_unreachable_alertmanager_is_a_metric_and_an_alert_through_the_sink_that_works(
+    tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    text = f"""collectors: []
+alerts:
+  mode: fleet
+  default_rules: false
+  host: mev-host-1
+  startup_grace: 0s
+  outbox: {{retry_initial: 200ms, retry_max: 500ms}}
+  receivers:
+    - name: fleet
+      alertmanager_configs: [{{urls: ["{dead}"], timeout: 1s}}]
+      log_configs: [{{}}]
+  receiver: fleet
+  rules:
+    - {{name: AlertmanagerUnreachable, metric: mevwatch_alertmanager_up, op: "==", threshold: 0,
+       summary: "{{{{ $labels.url }}}} down", runbook: alertmanager-unreachable}}
+"""
+    async with engine_on(text, tmp_path) as (engine, _, _db):
+        def counters() -> tuple[float, float, float]:
+            fams = {f.name: f for f in engine.families()}
+            if "mevwatch_alertmanager_up" not in fams:  # not asked yet
+                return -1.0, 0.0, 0.0
+            sent = {s.labels["sink"]: s.value for s in fams["mevwatch_notifications_sent"].samples}
+            failed = {s.labels["sink"]: s.value for s in fams["mevwatch_notifications_failed"].samples}
+            [up] = fams["mevwatch_alertmanager_up"].samples
+            return up.value, sent["fleet/log/0"], failed["fleet/alertmanager/0"]
+
+        for _ in range(100):
+            up, logged, failed = counters()
+            if logged >= 1 and failed >= 1:
+                break
+            await asyncio.sleep(0.1)
+        assert (up, logged >= 1, failed >= 1) == (0.0, True, True)
+        [alert] = [a for a in engine.all_alerts() if a.state == "firing"]
+        assert alert.labels["alertname"] == "AlertmanagerUnreachable"
+        assert alert.labels["url"] == dead
+        assert engine.outbox.depth()["fleet/alertmanager/0"] >= 1  # kept for when it answers again

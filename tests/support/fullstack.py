@@ -77,12 +77,15 @@ collectors:
   - memory: {{interval: 1s, cgroups: {cgroups}}}
   - oomkill: {{interval: 1s}}
   - cpu: {{interval: 1s}}
-  - disk:
+  - filesystems:
       interval: 1s
-      watch_dirs: ['{tmp / 'watched'}']
-      scan_interval: 1s
       fill_window: 10s
-      backups: ['{tmp / 'backup'}/mev-full-*']
+  - directories:
+      interval: 1s
+      paths: ['{tmp / 'watched'}']
+  - backups:
+      interval: 1s
+      patterns: ['{tmp / 'backup'}/mev-full-*']
   - services: {{interval: 2s}}
   - logwatch:
       interval: 1s

@@ -125,7 +125,8 @@ def _never() -> bool:
 #: and the files they watch (a missing file is a reported state, not nothing); the node kinds need
 #: the JSON-RPC node of their default endpoint. A new kind must say here what its peer is.
 PEERS: dict[str, Callable[[], bool]] = {
-    "cpu": _always, "memory": _always, "disk": _always, "process": _always, "oomkill": _always,
+    "cpu": _always, "memory": _always, "filesystems": _always, "directories": _always, "backups": _always,
+    "process": _always, "oomkill": _always,
     "services": _always, "integrity": _always, "logwatch": _always, "textfile": _always,
     "http": _always, "postgres": _always,  # a probe that cannot connect reports the target down
     "chain": _listening(8545), "gas": _listening(8545), "mempool": _listening(8545), "rpc": _listening(8545),

@@ -13,8 +13,8 @@ from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
 
 FILE = REPO / "deploy" / "grafana" / "mevwatch.json"
-SECTIONS = ("fleet", "memory", "disk", "services", "cpu governor", "rpc", "peers", "mempool", "gas", "wallets",
-            "engine latency", "postgresql", "integrity", "logs", "mevwatch itself")
+SECTIONS = ("fleet", "alerts", "memory", "disk", "services", "cpu governor", "rpc", "peers", "mempool", "gas",
+            "wallets", "engine latency", "postgresql", "integrity", "logs", "mevwatch itself")
 
 
 def _doc() -> dict[str, Any]:

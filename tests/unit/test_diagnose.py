@@ -86,9 +86,8 @@ def test_largest_files_are_named_in_diagnose_not_in_metrics(tmp_path: Path) -> N
     watched = tmp_path / "logs"
     watched.mkdir()
     (watched / "runaway.log").write_bytes(b"x" * 5000)
-    text = (f"state_dir: {tmp_path / 's'}\ncollectors:\n  - disk:\n      mount_points_exclude: '.*'\n"
-            f"      watch_dirs: ['{watched}']\n")
-    proc = run(tmp_path, text, "--section", "disk", "--json")
+    text = f"state_dir: {tmp_path / 's'}\ncollectors:\n  - directories:\n      paths: ['{watched}']\n"
+    proc = run(tmp_path, text, "--section", "directories", "--json")
     lines = json.loads(proc.stdout)["lines"]
     named = [ln for ln in lines if ln["check"] == f"largest file 1 under {watched}"]
     assert named, lines

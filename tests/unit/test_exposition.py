@@ -281,7 +281,7 @@ def test_the_host_collectors_families_render_identically() -> None:
         pool = BlockingPool(2)
         families: list[Metric] = []
         try:
-            for kind in ("memory", "disk", "cpu", "process"):
+            for kind in ("memory", "filesystems", "cpu", "process"):
                 cls = get_kind(kind)
                 assert cls is not None
                 collector = cls(CollectorContext(kind, "t", 15.0, 10.0, pool=pool), cls.Options.model_validate({}))

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from mevwatch.collectors.registry import all_kinds, kind_names
-from mevwatch.daemon.buildinfo import BuildInfo, version_text
+from mevwatch.daemon.buildinfo import BuildInfo, build_info, version_text
 from mevwatch.daemon.cli import build_parser
 from mevwatch.daemon.config import Config, load_config_text
 from mevwatch.daemon.flags import Overrides, overrides_from_args, settings
-from tests.support.daemon import RunningDaemon
+from tests.support.daemon import RunningDaemon, parse_metrics
 from tests.support.peers import free_port
 
 CONFIG = """\
@@ -140,6 +140,9 @@ def test_a_daemon_serves_every_listen_address_on_the_telemetry_path_and_shows_so
         for port in (d.port, second):
             body = _wait_body(f"http://127.0.0.1:{port}/m", "mevwatch_process_threads")
             assert "mevwatch_memory_" not in body
+        # the build information --version prints is exported too, as node_exporter_build_info is
+        [labels] = [dict(lbl) for (name, lbl) in parse_metrics(body) if name == "mevwatch_build_info"]
+        assert (labels["revision"], labels["branch"]) == (build_info().revision, build_info().branch)
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{d.url}/metrics", timeout=5)
         assert err.value.code == 404

@@ -49,10 +49,9 @@ def test_file_paths_that_merely_look_alike_are_left_alone() -> None:
 def test_a_registered_sink_url_is_scrubbed_wherever_it_is_quoted() -> None:
     url = "https://chat.example/hooks/plain-looking-path?sig=abc123def"
     assert register_sink_url(url) == "https://chat.example/***"
-    for quoted in (url, "/hooks/plain-looking-path?sig=abc123def", "sig=abc123def"):
-        out = redact(f"error: {quoted} refused")
-        assert "plain-looking-path" not in out
-        assert "abc123def" not in out
+    for quoted, shown in ((url, "https://chat.example/***"), ("/hooks/plain-looking-path?sig=abc123def", "/***"),
+                          ("sig=abc123def", "***")):
+        assert redact(f"error: {quoted} refused") == f"error: {shown} refused"
 
 
 def test_url_file_is_read_checked_and_registered(tmp_path: Path) -> None:

@@ -41,8 +41,8 @@ def test_limits_hold_the_measured_footprint_and_the_worst_case(tmp_path: Path) -
     """The example config (every collector) run for real: its peak RSS plus the worst case fits under
     MemoryMax= with room to spare; its threads at their configured maximum fit under TasksMax=."""
     example = (REPO / "config.example.yaml").read_text()
-    assert "state_dir: ./.mevwatch" in example
-    example = example.replace("state_dir: ./.mevwatch", f"state_dir: {tmp_path / 'state'}")
+    # the state in this test's dir, whatever the example says
+    example = re.sub(r"^state_dir:.*$", f"state_dir: {tmp_path / 'state'}", example, flags=re.M)
     with RunningDaemon(tmp_path, example) as d:
         d.wait_for("mevwatch_collector_success", timeout=20)
         for _ in range(20):  # scrapes, so the render caches are in the peak

@@ -1,28 +1,27 @@
-"""Disk space: per-mount bytes, inodes and time-to-full, watched directory sizes, backup freshness.
+"""Filesystems: per-mount bytes and inodes used, read-only flag and time-to-full from a linear fit.
 
-Every filesystem call runs in the blocking pool with its own timeout: a dead NFS mount is
-reported as ``stalled`` and not called again until its hung call has returned.
+Mounts come from /proc/self/mountinfo (node_exporter's default excludes). statvfs of a local
+filesystem runs inline; any other runs in the blocking pool with its own timeout, so a dead NFS
+mount is reported as ``stalled`` and not called again until its hung call has returned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
-import heapq
 import os
 import re
 import select
-import stat
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import Field, field_validator
 
+from mevwatch.collectors._fscalls import STALLED, InFlight, call_timeout, consume
 from mevwatch.collectors._host import read_bytes, read_fd
 from mevwatch.collectors.base import (
     CollectorContext,
@@ -40,18 +39,14 @@ __all__ = [
     "DEFAULT_FS_TYPES_EXCLUDE",
     "DEFAULT_MOUNT_POINTS_EXCLUDE",
     "DEFAULT_STATVFS_INLINE_FS_TYPES",
-    "BackupInfo",
-    "DirScan",
-    "DiskCollector",
-    "DiskOptions",
+    "FilesystemsCollector",
+    "FilesystemsOptions",
     "FillTrend",
     "FsStats",
     "Mount",
-    "find_newest_backup",
     "fs_stats",
     "linear_slope",
     "parse_mountinfo",
-    "scan_tree",
     "select_mounts",
 ]
 
@@ -73,19 +68,13 @@ DEFAULT_FS_TYPES_EXCLUDE = (
 DEFAULT_STATVFS_INLINE_FS_TYPES = r"^(ext[234]|xfs|btrfs|f2fs|tmpfs|ramfs|overlay|squashfs|erofs)$"
 
 MOUNT_STATUSES = ("ok", "stalled", "error")
-DIR_STATUSES = ("ok", "truncated", "partial", "missing", "permission_denied", "stalled", "error")
-BACKUP_STATUSES = ("ok", "missing", "permission_denied", "stalled", "error")
 MIN_FIT_POINTS = 3
 FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
 RECENT_FIT_POINTS = 5  # the latest samples, fitted on their own so a sudden fill shows at once
-_GLOB_CHARS = re.compile(r"[*?\[]")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 # Indirection so a test can make one mount's statvfs hang, as a dead NFS server does.
 _statvfs: Callable[[str], os.statvfs_result] = os.statvfs
-
-
-# --- mounts ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,202 +227,6 @@ class FillTrend:
         return min(estimates, default=None)
 
 
-# --- watched directories -----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class DirScan:
-    status: str
-    disk_usage: int = 0  # allocated bytes of regular files, like du
-    files: int = 0
-    dirs: int = 0
-    unreadable: int = 0
-    matched: int = 0  # paths the watched entry (or its glob) resolved to
-    largest: list[tuple[int, str]] = field(default_factory=list)  # (apparent size, path), largest first
-    duration: float = 0.0
-    finished_wall: float = 0.0
-    message: str = ""
-
-
-def _has_glob(path: str) -> bool:
-    return _GLOB_CHARS.search(path) is not None
-
-
-def _literal_parent(pattern: str) -> str:
-    parts = pattern.split("/")
-    for i, part in enumerate(parts):
-        if _has_glob(part):
-            return "/".join(parts[:i]) or "/"
-    return pattern
-
-
-def _probe_missing(path: str) -> tuple[str, str]:
-    """Why a path (or a glob's literal parent) yields nothing: missing or permission_denied."""
-    try:
-        with os.scandir(path):
-            pass
-    except FileNotFoundError:
-        return "missing", f"{path} does not exist"
-    except NotADirectoryError:
-        return "ok", ""
-    except PermissionError:
-        return "permission_denied", f"permission denied reading {path}"
-    except OSError as exc:
-        return "error", f"{path}: {exc.strerror or exc}"
-    return "ok", ""
-
-
-def scan_tree(
-    pattern: str,
-    top_n: int = 5,
-    max_files: int = 1_000_000,
-    time_budget: float = 5.0,
-    clock: Callable[[], float] = time.monotonic,
-) -> DirScan:
-    """Walk a directory (or every match of a glob) without following links, within a file and time budget.
-
-    Hard-linked files count once. ``status`` is ``truncated`` when a budget ran out (the figures
-    are then lower bounds) and ``partial`` when some subdirectories could not be read.
-    """
-    started = clock()
-    deadline = started + time_budget
-    if _has_glob(pattern):
-        roots = sorted(glob.glob(pattern))
-        if not roots:
-            status, message = _probe_missing(_literal_parent(pattern))
-            # An empty glob (no /tmp/mev_* right now) is normal; only an unreadable parent is news.
-            if status == "missing":
-                status, message = "ok", ""
-            return DirScan(status, message=message, duration=clock() - started, finished_wall=time.time())
-    else:
-        roots = [pattern]
-    result = DirScan("ok", matched=0)
-    heap: list[tuple[int, str]] = []
-    seen_inodes: set[tuple[int, int]] = set()
-    stack: list[str] = []
-    truncated = False
-
-    def add_file(path: str, st: os.stat_result) -> None:
-        if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
-            if key in seen_inodes:
-                return
-            seen_inodes.add(key)
-        result.files += 1
-        result.disk_usage += st.st_blocks * 512
-        if top_n:
-            if len(heap) < top_n:
-                heapq.heappush(heap, (st.st_size, path))
-            elif st.st_size > heap[0][0]:
-                heapq.heapreplace(heap, (st.st_size, path))
-
-    for root in roots:
-        try:
-            st = os.lstat(root)
-        except FileNotFoundError:
-            if len(roots) == 1:
-                return DirScan(
-                    "missing", message=f"{root} does not exist", duration=clock() - started, finished_wall=time.time()
-                )
-            continue  # a glob match that vanished meanwhile
-        except PermissionError:
-            if len(roots) == 1:
-                return DirScan(
-                    "permission_denied", message=f"permission denied on {root}", duration=clock() - started,
-                    finished_wall=time.time(),
-                )
-            result.unreadable += 1
-            continue
-        result.matched += 1
-        if stat.S_ISDIR(st.st_mode):
-            stack.append(root)
-        elif stat.S_ISREG(st.st_mode):
-            add_file(root, st)
-    if len(roots) == 1 and stack:
-        # The root itself must be listable; anything below it that is not only makes the figures partial.
-        status, message = _probe_missing(roots[0])
-        if status != "ok":
-            return DirScan(status, message=message, duration=clock() - started, finished_wall=time.time())
-
-    visited = 0
-    while stack and not truncated:
-        top = stack.pop()
-        try:
-            it = os.scandir(top)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            result.unreadable += 1
-            continue
-        result.dirs += 1
-        with it:
-            for entry in it:
-                visited += 1
-                if visited & 255 == 0 and clock() > deadline:
-                    truncated = True
-                    break
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        add_file(entry.path, entry.stat(follow_symlinks=False))
-                        if result.files >= max_files:
-                            truncated = True
-                            break
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    result.unreadable += 1
-    if truncated:
-        result.status = "truncated"
-        result.message = f"stopped after {result.files} files / {clock() - started:.2f}s (budget reached)"
-    elif result.unreadable:
-        result.status = "partial"
-        result.message = f"{result.unreadable} entries could not be read"
-    result.largest = sorted(heap, reverse=True)
-    result.duration = clock() - started
-    result.finished_wall = time.time()
-    return result
-
-
-# --- backups -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BackupInfo:
-    status: str
-    files: int = 0
-    newest_path: str = ""
-    newest_mtime: float = 0.0
-    newest_size: int = 0
-    message: str = ""
-
-
-def find_newest_backup(pattern: str) -> BackupInfo:
-    """The most recently modified regular file matching ``pattern`` (links followed, like ``ls -t``)."""
-    newest: tuple[float, int, str] | None = None
-    files = 0
-    for path in glob.glob(pattern):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        files += 1
-        if newest is None or st.st_mtime > newest[0]:
-            newest = (st.st_mtime, st.st_size, path)
-    if newest is None:
-        status, message = _probe_missing(_literal_parent(pattern) if _has_glob(pattern) else pattern)
-        if status == "ok":
-            status, message = "missing", f"no file matches {pattern}"
-        return BackupInfo(status, message=message)
-    return BackupInfo("ok", files=files, newest_path=newest[2], newest_mtime=newest[0], newest_size=newest[1])
-
-
-# --- the collector -----------------------------------------------------------------------
-
-
 def _compile(value: str) -> str:
     try:
         re.compile(value)
@@ -442,7 +235,7 @@ def _compile(value: str) -> str:
     return value
 
 
-class DiskOptions(CollectorOptions):
+class FilesystemsOptions(CollectorOptions):
     mount_points_exclude: str = Field(
         DEFAULT_MOUNT_POINTS_EXCLUDE, description="regex of mount points not reported (node_exporter's default)"
     )
@@ -461,58 +254,11 @@ class DiskOptions(CollectorOptions):
     fill_window: Duration = Field(
         3600.0, gt=0, description="window of the linear fit of available bytes behind time-to-full"
     )
-    watch_dirs: list[str] = Field(
-        default_factory=lambda: ["/var/log/mev", "/data/blockchain", "/tmp/mev_*"],
-        description="directories (or globs) whose total size and largest files are reported",
-    )
-    top_files: int = Field(5, ge=0, le=50, description="largest files reported per watched directory")
-    scan_interval: Duration = Field(
-        300.0, ge=0, description="minimum time between two walks of a watched directory"
-    )
-    scan_max_files: int = Field(1_000_000, ge=1, description="a walk stops after this many files (truncated)")
-    scan_time_budget: Duration = Field(5.0, gt=0, description="a walk stops after this long (truncated)")
-    backups: list[str] = Field(
-        default_factory=lambda: ["/backup/mev-full-*"],
-        description="globs of backup files; the newest match's age and size are reported",
-    )
 
     @field_validator("mount_points_exclude", "fs_types_exclude", "statvfs_inline_fs_types")
     @classmethod
     def _regex(cls, v: str) -> str:
         return _compile(v)
-
-    @field_validator("watch_dirs", "backups")
-    @classmethod
-    def _absolute(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not p.startswith("/"):
-                raise ValueError(f"{p!r} is not an absolute path")
-        if len(set(v)) != len(v):
-            raise ValueError("duplicate path")
-        return v
-
-
-@dataclass(slots=True)
-class _Inflight:
-    """Keys whose blocking call has not returned yet (possibly long after its timeout)."""
-
-    keys: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __contains__(self, key: str) -> bool:
-        with self.lock:
-            return key in self.keys
-
-    def claim(self, key: str) -> bool:
-        with self.lock:
-            if key in self.keys:
-                return False
-            self.keys.add(key)
-            return True
-
-    def release(self, key: str) -> None:
-        with self.lock:
-            self.keys.discard(key)
 
 
 FILESYSTEM_SIZE_BYTES = MetricSpec(
@@ -581,74 +327,10 @@ FILESYSTEM_STATUS = MetricSpec(
     ("device", "fstype", "mountpoint", "status"),
 )
 
-DIR_DISK_USAGE_BYTES = MetricSpec(
-    "mevwatch_dir_disk_usage_bytes", "gauge",
-    "Allocated bytes of the regular files under a watched directory (du)",
-    ("path",),
-)
-
-DIR_FILES = MetricSpec("mevwatch_dir_files", "gauge", "Regular files under a watched directory", ("path",))
-
-DIR_MATCHED_PATHS = MetricSpec(
-    "mevwatch_dir_matched_paths", "gauge",
-    "Paths a watched directory or glob resolved to",
-    ("path",),
-)
-
-DIR_UNREADABLE_ENTRIES = MetricSpec(
-    "mevwatch_dir_unreadable_entries", "gauge",
-    "Entries under a watched directory that could not be read",
-    ("path",),
-)
-
-DIR_LARGEST_FILE_BYTES = MetricSpec(
-    "mevwatch_dir_largest_file_bytes", "gauge",
-    "Size of the N largest files under a watched directory by rank (ls -S); their paths are in mevwatch diagnose",
-    ("path", "rank"),
-)
-
-DIR_SCAN_DURATION_SECONDS = MetricSpec(
-    "mevwatch_dir_scan_duration_seconds", "gauge",
-    "Wall time of the last walk of a watched directory",
-    ("path",),
-)
-
-DIR_SCAN_TIMESTAMP_SECONDS = MetricSpec(
-    "mevwatch_dir_scan_timestamp_seconds", "gauge",
-    "Unix time the figures of a watched directory were taken",
-    ("path",),
-)
-
-DIR_STATUS = MetricSpec(
-    "mevwatch_dir_status", "gauge",
-    "1 for the watched directory's state: ok, truncated (budget reached), partial (unreadable entries), missing, "
-    "permission_denied, stalled (walk hung) or error",
-    ("path", "status"),
-)
-
-BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS = MetricSpec(
-    "mevwatch_backup_last_modified_timestamp_seconds", "gauge",
-    "Modification time of the newest backup file",
-    ("pattern",),
-)
-
-BACKUP_AGE_SECONDS = MetricSpec("mevwatch_backup_age_seconds", "gauge", "Age of the newest backup file", ("pattern",))
-
-BACKUP_SIZE_BYTES = MetricSpec("mevwatch_backup_size_bytes", "gauge", "Size of the newest backup file", ("pattern",))
-
-BACKUP_FILES = MetricSpec("mevwatch_backup_files", "gauge", "Backup files matching the pattern", ("pattern",))
-
-BACKUP_STATUS = MetricSpec(
-    "mevwatch_backup_status", "gauge",
-    "1 for the backup pattern's state: ok, missing (no file), permission_denied, stalled or error",
-    ("pattern", "status"),
-)
-
-
 @register
-class DiskCollector(PollCollector[DiskOptions]):
-    kind: ClassVar[str] = "disk"
-    Options = DiskOptions
+class FilesystemsCollector(PollCollector[FilesystemsOptions]):
+    kind: ClassVar[str] = "filesystems"
+    Options = FilesystemsOptions
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "disk-full"
@@ -664,75 +346,20 @@ class DiskCollector(PollCollector[DiskOptions]):
         FILESYSTEM_READONLY,
         FILESYSTEM_TIME_TO_FULL_SECONDS,
         FILESYSTEM_STATUS,
-        DIR_DISK_USAGE_BYTES,
-        DIR_FILES,
-        DIR_MATCHED_PATHS,
-        DIR_UNREADABLE_ENTRIES,
-        DIR_LARGEST_FILE_BYTES,
-        DIR_SCAN_DURATION_SECONDS,
-        DIR_SCAN_TIMESTAMP_SECONDS,
-        DIR_STATUS,
-        BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS,
-        BACKUP_AGE_SECONDS,
-        BACKUP_SIZE_BYTES,
-        BACKUP_FILES,
-        BACKUP_STATUS,
     )
 
-    def __init__(self, ctx: CollectorContext, options: DiskOptions) -> None:
+    def __init__(self, ctx: CollectorContext, options: FilesystemsOptions) -> None:
         super().__init__(ctx, options)
         self._mp_exclude = re.compile(options.mount_points_exclude)
         self._fs_exclude = re.compile(options.fs_types_exclude)
-        self._inflight = _Inflight()
+        self._inflight = InFlight()
         self._trends: dict[tuple[str, str], FillTrend] = {}
-        self._scans: dict[str, DirScan] = {}
-        self._scan_due: dict[str, float] = {}
-        root = str(ctx.paths.rootfs).rstrip("/")
-        self._root = root
+        self._root = str(ctx.paths.rootfs).rstrip("/")
         self._mountinfo: tuple[bytes, list[Mount]] = (b"", [])
         self._mountinfo_path = os.fspath(ctx.paths.proc("self", "mountinfo"))
         self._watch: _MountinfoWatch | None = None
         self._inline_re = re.compile(options.statvfs_inline_fs_types) if options.statvfs_inline_fs_types else None
         self._inline: frozenset[str] = frozenset()  # stat paths of the mounts statted without the pool
-
-    def _host(self, path: str) -> str:
-        return self._root + path if self._root else path
-
-    def _label(self, path: str) -> str:
-        return path[len(self._root):] or "/" if self._root and path.startswith(self._root) else path
-
-    async def details(self) -> list[tuple[str, str]]:
-        """The largest files of each watched directory, by path: diagnose only, file names churn as labels."""
-        lines = []
-        for p in self.options.watch_dirs:
-            scan = self._scans.get(p)
-            for rank, (nbytes, path) in enumerate(scan.largest if scan else [], 1):
-                lines.append((f"largest file {rank} under {p}", f"{_human_bytes(nbytes)}  {self._label(path)}"))
-        return lines
-
-    def _call_timeout(self, wanted: float) -> float:
-        # A blocking call must give up before the supervisor cancels the whole run.
-        return max(min(wanted, self.ctx.timeout * 0.8), 0.01)
-
-    async def _guarded(self, key: str, fn: Callable[..., object], *args: object, timeout: float) -> object:
-        """Run ``fn`` in the pool unless its previous call under ``key`` still hangs (then ``_STALLED``)."""
-        if not self._inflight.claim(key):
-            return _STALLED
-        inflight = self._inflight
-
-        def call() -> object:
-            try:
-                return fn(*args)
-            finally:
-                inflight.release(key)
-
-        try:
-            return await self.ctx.run_blocking(call, timeout=timeout)
-        except CollectorError as exc:
-            if exc.reason == "timeout":
-                return _STALLED
-            inflight.release(key)  # never started (pool exhausted)
-            return _STALLED
 
     def _read_mountinfo(self) -> bytes:
         if self._watch is not None:
@@ -792,11 +419,11 @@ class DiskCollector(PollCollector[DiskOptions]):
                 todo.append(p)
         if not todo:
             return out
-        per_mount = self._call_timeout(self.options.statvfs_timeout)
+        per_mount = call_timeout(self.ctx, self.options.statvfs_timeout)
         while todo:
             batch = _StatBatch(todo, self._inflight)
             task = asyncio.ensure_future(
-                self.ctx.run_blocking(batch.run, timeout=self._call_timeout(per_mount * len(todo)))
+                self.ctx.run_blocking(batch.run, timeout=call_timeout(self.ctx, per_mount * len(todo)))
             )
             stuck: str | None = None
             try:
@@ -810,11 +437,11 @@ class DiskCollector(PollCollector[DiskOptions]):
             finally:
                 if not task.done():
                     batch.cancel()  # when it comes back from the hung call it stops there
-                    task.add_done_callback(_consume)
+                    task.add_done_callback(consume)
             out.update(batch.results())
             if task.done():
                 batch.cancel()  # it may have been abandoned in a hung call: stop it there too
-                _consume(task)
+                consume(task)
                 break  # every mount was tried (or the pool refused: those left count as stalled)
             attempted = set(out) | batch.skipped() | {stuck}
             todo = [p for p in todo if p not in attempted]
@@ -837,53 +464,9 @@ class DiskCollector(PollCollector[DiskOptions]):
             if self._watch is None:
                 self._watch_mountinfo(text)
         mounts = self._mountinfo[1]
-
-        now = time.monotonic()
-        scan_timeout = self._call_timeout(self.options.scan_time_budget + 1.0)
-        due = [p for p in self.options.watch_dirs if self._scan_due.get(p, 0.0) <= now]
-        if due or self.options.backups:
-            results = await asyncio.gather(
-                self._stat_mounts([m.stat_path for m in mounts]),
-                *(
-                    self._guarded(
-                        "dir:" + p, scan_tree, self._host(p), self.options.top_files, self.options.scan_max_files,
-                        self.options.scan_time_budget, timeout=scan_timeout,
-                    )
-                    for p in due
-                ),
-                self._guarded("backups", self._backups, timeout=self._call_timeout(self.options.statvfs_timeout))
-                if self.options.backups else _none(),
-            )
-        else:  # the common run between directory walks without backups: no gather to schedule
-            results = [await self._stat_mounts([m.stat_path for m in mounts]), None]
-        by_path = results[0]
-        assert isinstance(by_path, dict)
-        stats = [by_path.get(m.stat_path, _STALLED) for m in mounts]
-        scans = results[1: 1 + len(due)]
-        backups = results[-1]
-        for p, scan in zip(due, scans, strict=True):
-            if isinstance(scan, DirScan):
-                self._scans[p] = scan
-                self._scan_due[p] = now + self.options.scan_interval
-            else:
-                old = self._scans.get(p)
-                self._scans[p] = DirScan(
-                    "stalled", message="the previous walk has not returned",
-                    finished_wall=old.finished_wall if old else 0.0,
-                )
-        families: list[Metric] = []
-        families.extend(self._mount_families(mounts, stats, now))
-        families.extend(self._dir_families())
-        if isinstance(backups, list):
-            families.extend(_backup_families(self.options.backups, backups, time.time()))
-        elif self.options.backups:
-            families.extend(
-                _backup_families(self.options.backups, [BackupInfo("stalled")] * len(self.options.backups), 0.0)
-            )
-        return families
-
-    def _backups(self) -> list[BackupInfo]:
-        return [find_newest_backup(self._host(p)) for p in self.options.backups]
+        by_path = await self._stat_mounts([m.stat_path for m in mounts])
+        stats = [by_path.get(m.stat_path, STALLED) for m in mounts]
+        return self._mount_families(mounts, stats, time.monotonic())
 
     def _mount_families(self, mounts: list[Mount], stats: Sequence[object], now: float) -> list[Metric]:
         size = FILESYSTEM_SIZE_BYTES.gauge()
@@ -921,7 +504,7 @@ class DiskCollector(PollCollector[DiskOptions]):
                 if t is not None:
                     ttf.add_metric(lv, t)
             else:
-                state = "stalled" if st is _STALLED else "error"
+                state = "stalled" if st is STALLED else "error"
                 if (m.mountpoint, m.device) in self._trends:
                     seen.add((m.mountpoint, m.device))
             for s in MOUNT_STATUSES:
@@ -931,59 +514,7 @@ class DiskCollector(PollCollector[DiskOptions]):
                 del self._trends[key]
         return [size, free, avail, files, files_free, files_avail, used, iused, ro, ttf, status]
 
-    def _dir_families(self) -> list[Metric]:
-        usage = DIR_DISK_USAGE_BYTES.gauge()
-        nfiles = DIR_FILES.gauge()
-        matched = DIR_MATCHED_PATHS.gauge()
-        unreadable = DIR_UNREADABLE_ENTRIES.gauge()
-        largest = DIR_LARGEST_FILE_BYTES.gauge()
-        duration = DIR_SCAN_DURATION_SECONDS.gauge()
-        when = DIR_SCAN_TIMESTAMP_SECONDS.gauge()
-        status = DIR_STATUS.gauge()
-        for p in self.options.watch_dirs:
-            scan = self._scans.get(p)
-            if scan is None:
-                continue
-            for s in DIR_STATUSES:
-                status.add_metric([p, s], 1.0 if s == scan.status else 0.0)
-            if scan.status in ("ok", "truncated", "partial"):
-                usage.add_metric([p], float(scan.disk_usage))
-                nfiles.add_metric([p], float(scan.files))
-                matched.add_metric([p], float(scan.matched))
-                unreadable.add_metric([p], float(scan.unreadable))
-                duration.add_metric([p], scan.duration)
-                when.add_metric([p], scan.finished_wall)
-                for rank, (nbytes, _) in enumerate(scan.largest, 1):
-                    largest.add_metric([p, str(rank)], float(nbytes))
-        return [usage, nfiles, matched, unreadable, largest, duration, when, status]
 
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _backup_families(patterns: list[str], infos: list[BackupInfo], now_wall: float) -> list[Metric]:
-    mtime = BACKUP_LAST_MODIFIED_TIMESTAMP_SECONDS.gauge()
-    age = BACKUP_AGE_SECONDS.gauge()
-    size = BACKUP_SIZE_BYTES.gauge()
-    files = BACKUP_FILES.gauge()
-    status = BACKUP_STATUS.gauge()
-    for p, info in zip(patterns, infos, strict=True):
-        for s in BACKUP_STATUSES:
-            status.add_metric([p, s], 1.0 if s == info.status else 0.0)
-        if info.status == "ok":
-            mtime.add_metric([p], info.newest_mtime)
-            age.add_metric([p], max(now_wall - info.newest_mtime, 0.0))
-            size.add_metric([p], float(info.newest_size))
-            files.add_metric([p], float(info.files))
-    return [mtime, age, size, files, status]
-
-
-_STALLED = object()
 _MOUNT_CHANGED = select.POLLPRI | select.POLLERR
 MOUNTINFO_MAX_AGE = 60.0  # seconds a mountinfo read is trusted even without a change event
 
@@ -1019,7 +550,7 @@ class _MountinfoWatch:
 class _StatBatch:
     """statvfs of several mounts, one after the other in one thread, telling which one it is in."""
 
-    def __init__(self, paths: list[str], inflight: _Inflight) -> None:
+    def __init__(self, paths: list[str], inflight: InFlight) -> None:
         self._paths = paths
         self._inflight = inflight
         self._lock = threading.Lock()
@@ -1064,17 +595,8 @@ class _StatBatch:
             self._cancelled = True
 
 
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 def _stat_mount(path: str) -> FsStats | OSError:
     try:
         return fs_stats(_statvfs(path))
     except OSError as exc:
         return exc
-
-
-async def _none() -> None:
-    return None
