@@ -125,3 +125,20 @@ def test_the_shared_modules_import_no_part_of_mevwatch() -> None:
     assert "mevwatch.families" in shared
     assert {m: sorted(d for d in graph[m] if d.count(".") > 1 or d.split(".")[1] in PACKAGES)
             for m in shared} == {m: [] for m in shared}
+
+
+def test_a_checkout_maps_the_three_folders_as_installing_does() -> None:
+    """mevwatch/<part> links to <part>/, as package-dir maps mevwatch.<part> to <part>: an editor or checker
+    that does not install the package resolves the same modules from the repository root."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    package_dir = project["tool"]["setuptools"]["package-dir"]
+    for folder in ("daemon", "collectors", "alerts"):
+        link = REPO / "mevwatch" / folder
+        assert link.is_symlink(), link
+        assert link.resolve() == (REPO / folder).resolve()
+        assert package_dir[f"mevwatch.{folder}"] == folder
+    pyright = project["tool"]["pyright"]
+    assert {"daemon", "collectors", "alerts", "mevwatch"} <= set(pyright["include"])
+    assert pyright["reportMissingImports"] == "error"
