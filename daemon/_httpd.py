@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 import structlog
@@ -106,6 +107,16 @@ def _head(resp: Response, length: int, connection: str | None, extra: tuple[tupl
     return "".join(lines).encode("latin-1")
 
 
+class _Closed:
+    """Stands in for llhttp after RequestParser.close(): it parses nothing more."""
+
+    def feed_data(self, data: memoryview) -> None:
+        raise httptools.HttpParserError("the parser is closed")
+
+
+_CLOSED: Any = _Closed()
+
+
 class RequestParser:
     """Bytes in, requests out: llhttp's framing plus the checks of h11 that llhttp leaves out.
 
@@ -121,11 +132,11 @@ class RequestParser:
     )
 
     def __init__(self) -> None:
-        self._p = httptools.HttpRequestParser(self)
+        self._p: Any = httptools.HttpRequestParser(self)
         self._buf: bytes = b""
         self._pos = 0
         self._ready: deque[tuple[Request, bool]] = deque()
-        self._error: _HttpError | None = None
+        self._error: tuple[int, str] | None = None  # (status, message); no exception kept: no traceback cycle
         self._in_head = True  # between requests or inside a head (not inside a body)
         self.head_bytes = 0  # bytes fed since the last head ended (or the connection began)
         self._url: list[bytes] = []
@@ -137,6 +148,13 @@ class RequestParser:
         self.continue_wanted = False  # a complete head asked for "100 Continue" and its body is not here yet
 
     # --- the caller's side ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop llhttp, which holds this object for its callbacks: the pair is freed at once, not by a
+        later cyclic garbage collection (under a flood of short connections that is most of the heap)."""
+        self._p = _CLOSED
+        self._buf, self._pos = b"", 0
+        self._ready.clear()
 
     def push(self, data: bytes) -> None:
         if self._pos >= len(self._buf):
@@ -160,7 +178,7 @@ class RequestParser:
         complete request before it was returned)."""
         while not self._ready:
             if self._error is not None:
-                raise self._error
+                raise _HttpError(*self._error)
             left = len(self._buf) - self._pos
             if left <= 0:
                 self._buf, self._pos = b"", 0
@@ -177,7 +195,7 @@ class RequestParser:
             if was_in_head and self._in_head and self.head_bytes == before and not self._ready:
                 self.head_bytes += take  # no head ended within the slice: every byte of it was head
                 if self.head_bytes > MAX_HEAD and self._error is None:
-                    self._error = _HttpError(431, f"request head over {MAX_HEAD} bytes")
+                    self._error = (431, f"request head over {MAX_HEAD} bytes")
         return self._ready.popleft()
 
     def _feed(self, chunk: memoryview) -> None:
@@ -191,10 +209,10 @@ class RequestParser:
             self._buf, self._pos = b"", 0
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._error = cause if isinstance(cause, _HttpError) else _HttpError(400, "malformed request")
+            self._error = (cause.status, str(cause)) if isinstance(cause, _HttpError) else (400, "malformed request")
             self._buf, self._pos = b"", 0
         except httptools.HttpParserError as exc:
-            self._error = _HttpError(400, f"malformed request: {exc}")
+            self._error = (400, f"malformed request: {exc}")
             self._buf, self._pos = b"", 0
 
     # --- llhttp callbacks -----------------------------------------------------------------------
@@ -340,7 +358,7 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.parser = RequestParser()  # drop what was buffered; an async handler in flight finishes
+        self.parser.close()  # drop what was buffered; an async handler in flight finishes
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
@@ -444,7 +462,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         """An error that ends the connection: answer, then close."""
-        self.parser = RequestParser()
+        self.parser.close()
         self._write(_head(Response(status), len(message) + 1, "close", self.server.extra_headers)
                     + message.encode() + b"\n")
         self._close()
@@ -457,7 +475,7 @@ class _Connection(asyncio.Protocol):
     def _close(self) -> None:
         """Close after the write buffer drains; half-close first so unread client bytes cannot reset the answer."""
         self.closing = True
-        self.parser = RequestParser()
+        self.parser.close()
         t = self.transport
         if t is None or t.is_closing():
             return
@@ -637,6 +655,7 @@ class Server:
                 req, _ = item
                 req.peer = peer
                 result = call_app(self.app, req)
+                parser.close()
                 if not isinstance(result, Response):
                     self._adopt(sock, peer, awaiting=(req, result))
                     return
@@ -654,6 +673,7 @@ class Server:
                 self.answered_at_accept += 1
                 sock.close()  # the whole request was read: closing cannot reset the answer
                 return
+            parser.close()
             parser = RequestParser()  # the connection parses from the start again
             parser.push(data)
         self._adopt(sock, peer, parser=parser)
@@ -706,6 +726,7 @@ class Server:
         if unsent or awaiting is not None:
             conn.served = 1  # its request is complete: it never counts as incomplete
         if not self._register(conn):
+            conn.parser.close()
             if awaiting is not None and isinstance(awaiting[1], Coroutine):
                 awaiting[1].close()
             self._refuse(sock)
@@ -726,6 +747,7 @@ class Server:
                 self._forget(conn)
                 if conn.timer is not None:
                     conn.timer.cancel()
+                conn.parser.close()
                 sock.close()
                 return
             if conn.closing:

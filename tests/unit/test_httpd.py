@@ -675,3 +675,100 @@ async def test_keep_alive_bad_and_partial_first_reads_go_on_as_connections(start
     partial.sendall(b"Connection: close\r\n\r\n")
     assert (await read_to_eof(partial)).body == b"mevwatch is Healthy.\n"
     assert srv.server.answered_at_accept == 0
+
+
+# --- the front door under attack (small, fast forms; the full attacks run in tests/e2e/test_http_attacks.py) ---
+
+
+async def test_padding_before_the_request_line_counts_toward_the_head_limit(start: Start) -> None:
+    srv = await start()
+    assert (await request(srv, b"\r\n" * 8 + get("/-/healthy"))).status == 200  # a few blank lines are fine
+    reader, writer = await connect(srv)
+    sent = 0
+
+    async def pad() -> None:
+        nonlocal sent
+        for _ in range(100):  # at most 800 KiB: far past the 8 KiB limit if nothing stopped it
+            writer.write(b"\r\n" * 4096)
+            await writer.drain()
+            sent += 8192
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(pad())
+    reply = await read_reply(reader)
+    task.cancel()
+    assert reply.status == 431
+    assert sent <= 16 * 8192  # refused after a few writes, not after the whole stream
+    writer.close()
+
+
+async def test_a_request_has_one_deadline_that_more_bytes_do_not_move(start: Start) -> None:
+    srv = await start(header_timeout=0.5, idle_timeout=60)
+    reader, writer = await connect(srv)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    drip = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
+
+    async def dribble() -> None:
+        for byte in drip:  # one byte every 50 ms: each would re-arm a per-read timeout forever
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(dribble())
+    reply = await read_reply(reader)
+    elapsed = loop.time() - began
+    task.cancel()
+    assert reply.status == 408
+    assert 0.4 < elapsed < 2.0  # the deadline from the first byte, not from the last
+    writer.close()
+
+
+async def test_one_source_address_holds_a_bounded_number_of_incomplete_connections(start: Start) -> None:
+    srv = await start(max_incomplete_per_source=3)
+
+    async def partial(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, local_addr=(source, 0))
+        writer.write(b"GET /-/healthy HTTP/1.1\r\n")
+        return reader, writer
+
+    held = [await partial("127.0.0.2") for _ in range(3)]
+    other = await partial("127.0.0.3")
+    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    newest = await partial("127.0.0.2")  # the fourth from that source: its oldest is closed for it
+    assert await closed_by_server(held[0][0])
+    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    newest[1].write(b"Host: t\r\n\r\n")
+    assert (await read_reply(newest[0])).status == 200
+    other[1].write(b"Host: t\r\n\r\n")
+    assert (await read_reply(other[0])).status == 200  # another source is not touched
+    assert srv.server.incomplete == {"127.0.0.2": 2}
+    for _, writer in [*held, other, newest]:
+        writer.close()
+
+
+def auth_header(user: str, password: bytes) -> str:
+    return "Authorization: Basic " + base64.b64encode(user.encode() + b":" + password).decode()
+
+
+async def test_basic_auth_caches_successes_and_recent_failures_and_refuses_long_passwords(
+    start: Start, loop_errors: LoopErrors
+) -> None:
+    import bcrypt
+
+    long_password = b"p" * 72
+    hashed = bcrypt.hashpw(long_password, bcrypt.gensalt(rounds=4)).decode()
+    srv = await start(web_config=WebConfigFile.model_validate({"basic_auth_users": {"prom": hashed}}))
+    assert srv._auth is not None
+    with structlog.testing.capture_logs() as logs:
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password)))).status == 200
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password)))).status == 200
+        assert srv._auth.bcrypt_runs == 1  # the success was cached
+        # bcrypt reads 72 bytes: a longer password that starts with the right ones must still fail
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password + b"x")))).status == 401
+        assert srv._auth.bcrypt_runs == 1  # refused without bcrypt
+        for _ in range(3):
+            assert (await request(srv, get("/-/healthy", auth_header("prom", b"wrong")))).status == 401
+        assert (await request(srv, get("/-/healthy", auth_header("nobody", b"wrong")))).status == 401
+        assert srv._auth.bcrypt_runs == 3  # one run for the wrong password, then its cached failure
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert loop_errors.all() == []
