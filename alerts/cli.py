@@ -10,13 +10,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from mevwatch.alerts.config import alertmanager_urls
+from mevwatch.alerts.matchers import parse_matcher
 from mevwatch.alerts.router import Silences, notification_payload
 from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 from mevwatch.daemon.config import Config
-from mevwatch.daemon.fields import parse_duration
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.fields import parse_duration
+from mevwatch.redaction import redact_sink_url
 
 __all__ = ["register", "run_test"]
 
@@ -72,8 +75,8 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     return 0 if all(e is None for _, e in results) else 1
 
 
-def _silences(args: argparse.Namespace) -> tuple[Silences, StateDB] | None:
-    cfg = load_or_report(args.config)
+def _silences(args: argparse.Namespace, cfg: Config | None = None) -> tuple[Silences, StateDB] | None:
+    cfg = cfg or load_or_report(args.config)
     if cfg is None:
         return None
     try:
@@ -88,13 +91,63 @@ def _ts(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _alertmanager_urls(cfg: Config, given: str) -> list[str]:
+    """--alertmanager URL, or (given as "") the silence source's, then the alertmanager sinks' URLs."""
+    if given:
+        return alertmanager_urls([given])
+    alerts = cfg.daemon.alerts
+    urls = list(alerts.alertmanager_silences.urls) if alerts.alertmanager_silences else []
+    urls += [u for rc in alerts.receivers for c in rc.alertmanager_configs for u in c.target_urls]
+    return list(dict.fromkeys(urls))
+
+
+def _silence_alertmanager(args: argparse.Namespace, duration: float) -> int:
+    cfg = load_or_report(args.config)
+    if cfg is None:
+        return 2
+    try:
+        urls = _alertmanager_urls(cfg, args.alertmanager)
+        matchers = [parse_matcher(m) for m in args.matcher]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not urls:
+        print("error: --alertmanager needs a URL: none given and none in alerts.alertmanager_silences or "
+              "an alertmanager receiver", file=sys.stderr)
+        return 2
+    from mevwatch.alerts.amsilences import AlertmanagerError, post_silence, silence_body
+
+    now = time.time()
+    body = silence_body(matchers, now, now + duration, args.author or getpass.getuser(), args.comment or "")
+    try:
+        url, sid = asyncio.run(post_silence(urls, body))
+    except AlertmanagerError as exc:
+        print(f"error: Alertmanager did not take the silence: {exc}", file=sys.stderr)
+        return 1
+    where = redact_sink_url(url)
+    print(f"{sid} silences {', '.join(str(m) for m in matchers)} until {_ts(now + duration)} in Alertmanager {where}")
+    return 0
+
+
 def cmd_silence_add(args: argparse.Namespace) -> int:
     try:
         duration = parse_duration(args.duration)
     except ValueError as exc:
         print(f"error: --duration: {exc}", file=sys.stderr)
         return 2
-    opened = _silences(args)
+    if duration <= 0:
+        print("error: --duration: a silence needs a positive duration", file=sys.stderr)
+        return 2
+    if args.alertmanager is not None:
+        return _silence_alertmanager(args, duration)
+    cfg = load_or_report(args.config)
+    if cfg is None:
+        return 2
+    if cfg.daemon.alerts.mode == "fleet":
+        print("error: alerts.mode is fleet: silences belong to Alertmanager, a local one would mute nothing; "
+              "use `mevwatch silence add --alertmanager` (or amtool silence add)", file=sys.stderr)
+        return 2
+    opened = _silences(args, cfg)
     if opened is None:
         return 2
     silences, db = opened
@@ -151,6 +204,18 @@ def register(sub: Any) -> None:
     add_config_argument(test)
     test.add_argument("--receiver", "-r", help="only this receiver")
     test.set_defaults(func=cmd_alerts_test)
+    from mevwatch.alerts.listing import cmd_alerts_history, cmd_alerts_list
+
+    ls_alerts = asub.add_parser("list", help="pending and firing alerts, from the state DB")
+    add_config_argument(ls_alerts)
+    ls_alerts.add_argument("--all", action="store_true", help="include alerts resolved in the last 15 minutes")
+    ls_alerts.add_argument("--json", action="store_true", help="machine-readable output")
+    ls_alerts.set_defaults(func=cmd_alerts_list)
+    history = asub.add_parser("history", help="alerts that fired or resolved, from the state DB (30 days kept)")
+    add_config_argument(history)
+    history.add_argument("--since", default="24h", help="how far back, e.g. 1h, 7d (default 24h)")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.set_defaults(func=cmd_alerts_history)
 
     silence = sub.add_parser("silence", help="mute alerts matching label matchers for a while")
     ssub = silence.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
@@ -161,6 +226,9 @@ def register(sub: Any) -> None:
     add.add_argument("--duration", "-d", required=True, help="how long, e.g. 2h, 30m")
     add.add_argument("--comment", default="", help="why")
     add.add_argument("--author", default="", help="who (default: the current user)")
+    add.add_argument("--alertmanager", nargs="?", const="", default=None, metavar="URL",
+                     help="write the silence to Alertmanager (API v2) instead of the local state DB; without URL: "
+                          "alerts.alertmanager_silences, then the alertmanager receivers' URLs")
     add.set_defaults(func=cmd_silence_add)
     ls = ssub.add_parser("list", help="list silences")
     add_config_argument(ls)

@@ -1,11 +1,11 @@
-"""The alert engine: evaluates rules the moment a collector delivers a snapshot, and on a short tick.
+"""The alert engine: evaluates rules when the store changes, and all of them on a tick.
 
-Event-driven evaluation keeps breach-to-page latency at the collector's own latency; the tick
-handles what time alone changes (``for``, ``keep_firing_for``, ``absent``, stale collectors,
-escalation). While time can change nothing (no alert in any state, no absent rule, no rule whose
-window moves its result, an empty outbox, the startup grace over) the tick slows down to
-IDLE_TICK_INTERVAL; an evaluation that leaves an alert or a time-dependent rule brings it back
-at once. Alert state lives in the state DB, so a restart neither re-pages nor forgets.
+The engine's own task waits on the store's change event, reads the change set (which collector
+instances put or dropped a snapshot) and evaluates the rules whose inputs (sample names) changed:
+breach-to-page latency stays at the collector's own latency, and nothing runs on the stack of the
+collector that put or of a reader. The tick, every ``evaluation_interval``, evaluates every rule:
+it handles what time alone changes (``for``, ``keep_firing_for``, windows, ``absent``, stale
+collectors, escalation). Alert state lives in the state DB, so a restart neither re-pages nor forgets.
 """
 
 from __future__ import annotations
@@ -15,25 +15,30 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from mevwatch.alerts.config import AlertsConfig, Rule
+from mevwatch.alerts.config import AlertsConfig
 from mevwatch.alerts.outbox import Outbox
 from mevwatch.alerts.router import Router
+from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.redaction import redact_sink_url
+
+if TYPE_CHECKING:
+    from mevwatch.alerts.amsilences import AlertmanagerWatch
 
 __all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
 
@@ -48,7 +53,6 @@ SAMPLE_SUFFIXES: dict[type[Metric], tuple[str, ...]] = {
     InfoMetricFamily: ("_info",),
 }
 _MAX_FAMILIES = 65536  # family names are static in the code base; this only caps a runaway
-IDLE_TICK_INTERVAL = 5.0  # the tick's period while time alone can change nothing (see the module doc)
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
 COUNT_KEYS = tuple((st, sev) for st in STATES for sev in SEVERITIES)
@@ -70,8 +74,14 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
     MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
-    MetricSpec("mevwatch_silences_active", "gauge", "Silences in effect", ()),
+    MetricSpec("mevwatch_silences_active", "gauge",
+               "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
+    MetricSpec("mevwatch_alertmanager_up", "gauge",
+               "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
+               ("url",)),
 )
+
+_SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
 
 MIGRATIONS = [
     """
@@ -88,7 +98,21 @@ MIGRATIONS = [
         last_match_at REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE alert_history (
+        at REAL NOT NULL,
+        fingerprint TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        value REAL NOT NULL,
+        labels TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX alert_history_at ON alert_history (at)
+    """,
 ]
+HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
 
 
 class AlertEngine:
@@ -101,25 +125,15 @@ class AlertEngine:
         self.rules: tuple[Rule, ...] = cfg.all_rules
         self.by_name: dict[str, list[Rule]] = {}
         self.windows: dict[str, float] = {}
-        # every rule with the sample name it reads; and the windowed rules that unchanged counters keep quiet
-        self._plan: list[tuple[Rule, str]] = []
-        self._quiet_windowed: set[str] = set()
+        self._plan: list[tuple[Rule, str]] = []  # every rule with the sample name it reads
         for r in self.rules:
-            name = r.metric + "_bucket" if r.quantile is not None else r.metric
+            name = r.inputs[0]
             self._plan.append((r, name))
-            self.by_name.setdefault(name, []).append(r)
+            for n in r.inputs:  # a `when` metric's change wakes the rule too
+                self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
-                if r.quantile is None and not r.absent and (
-                    (r.op == ">" and r.threshold >= 0) or (r.op == ">=" and r.threshold > 0)
-                ):
-                    self._quiet_windowed.add(r.name)
-        self._windowed = {r.name for r in self.rules if r.window}
-        self._has_absent = any(r.absent for r in self.rules)
         self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
-        # A windowed rule on the engine's own metrics needs every point of them: then they are always put.
-        own = {spec.name + ("_total" if spec.type == "counter" else "") for spec in ENGINE_METRICS}
-        self._own_windowed = bool(own & set(self.windows))
         self.samples: dict[SnapshotKey, dict[str, dict[LabelSet, float]]] = {}
         self.seen_at: dict[SnapshotKey, float] = {}
         self.histories: dict[tuple[str, LabelSet], History] = {}
@@ -128,24 +142,32 @@ class AlertEngine:
         state.migrate("alerts_engine", MIGRATIONS)
         self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
         self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
-        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock)
+        self.am_watch: AlertmanagerWatch | None = None
+        am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.target_urls]
+        silence_source = cfg.alertmanager_silences if cfg.mode == "standalone" else None
+        if am_urls or silence_source is not None:
+            from mevwatch.alerts.amsilences import AlertmanagerWatch
+
+            self.am_watch = AlertmanagerWatch(silence_source, am_urls, clock)
+            for s in (s for ss in self.sinks.values() for s in ss):
+                if s.kind == "alertmanager":
+                    s.observer = self.am_watch.mark  # type: ignore[attr-defined]
+        self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock,
+                             self.am_watch.mutes if silence_source is not None and self.am_watch else None)
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
-        self._unsubscribe: Callable[[], None] | None = None
+        self._since = 0  # the store's sequence number up to which changes were evaluated
+        self._wake: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._tick_timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0  # loop time of the next tick
-        self._idle = False  # the last tick found nothing that time could change
         self.evaluations = 0
         self.eval_errors = 0
-        # Bumped when the merged series of a sample name change (values, series set, a collector gone).
-        self._input_version: dict[str, int] = {}
-        # rule name -> (input version, time) of its last evaluation, for rules that ended it with no alert
-        self._idle_at: dict[str, tuple[int, float]] = {}
-        self._irregular: set[str] = set()  # windowed sample names that had a negative or NaN value
-        self._publish_scheduled = False
-        self._published: tuple[object, ...] | None = None  # the inputs of the last put, to skip puts of the same
-        self._outbox_at: tuple[int, dict[str, int], float | None] | None = None  # (DB changes, depth, oldest)
+        # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
+        self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
+        # ((DB changes, outbox memory changes), depth, oldest)
+        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None] | None = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
@@ -160,8 +182,12 @@ class AlertEngine:
         restored = self._restore()
         self.started_at = self.clock()
         await self.outbox.start()
+        if self.am_watch is not None:
+            await self.am_watch.start(self._publish)
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
-        self._unsubscribe = self.store.subscribe(self._on_snapshot)
+        self._wake = self.store.watch()
+        self._wake.set()  # what the store already holds is the first change set
+        self._drain_task = asyncio.create_task(self._drain(self._wake), name="alerts:changes")
         loop = asyncio.get_running_loop()
         self._next_tick = loop.time() + self.cfg.evaluation_interval
         self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
@@ -170,14 +196,20 @@ class AlertEngine:
                  receivers=len(self.sinks))
 
     async def stop(self) -> None:
-        if self._unsubscribe is not None:
-            with contextlib.suppress(ValueError):
-                self._unsubscribe()
-            self._unsubscribe = None
+        if self._wake is not None:
+            self.store.unwatch(self._wake)
+            self._wake = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain_task
+            self._drain_task = None
         if self._tick_timer is not None:
             self._tick_timer.cancel()
             self._tick_timer = None
         self.router.stop()
+        if self.am_watch is not None:
+            await self.am_watch.stop()
         await self.outbox.stop()
         self.store.drop(ALERTS_KEY)
 
@@ -205,19 +237,36 @@ class AlertEngine:
 
     # --- evaluation -------------------------------------------------------------------
 
-    def _on_snapshot(self, key: SnapshotKey, snap: Snapshot) -> None:
-        try:
-            self._ingest(key, snap)
-        except Exception:  # a bug here must never break the collector that published
-            self.eval_errors += 1
-            log.exception("alert_evaluation_failed", collector=key[0], instance=key[1])
+    async def _drain(self, wake: asyncio.Event) -> None:
+        """The engine's own task: woken by the store on every change, evaluates the change set."""
+        while True:
+            await wake.wait()
+            wake.clear()
+            try:
+                self.evaluate_changes()
+            except Exception:  # a bug here must never stop the engine
+                self.eval_errors += 1
+                log.exception("alert_evaluation_failed")
 
-    def _ingest(self, key: SnapshotKey, snap: Snapshot) -> None:
+    def evaluate_changes(self) -> None:
+        """Ingest the snapshots put or dropped since the last call; evaluate the rules whose inputs changed."""
+        self._since, keys = self.store.changes(self._since)
+        if not keys:
+            return
         now = self.clock()
+        changed: set[str] = set()
+        for key in keys:
+            changed |= self._ingest(key, self.store.get(key), now)
+        rules = {r.name: r for n in changed for r in self.by_name.get(n, ())}
+        if rules:
+            self._evaluate(rules.values(), now)
+
+    def _ingest(self, key: SnapshotKey, snap: Snapshot | None, now: float) -> set[str]:
+        """Take in ``key``'s snapshot (None: gone); the sample names whose series differ from before."""
         names: dict[str, dict[LabelSet, float]] = {}
         by_name = self.by_name
         wanted = self._wanted
-        for fam in snap.families:
+        for fam in snap.families if snap is not None else ():
             want = wanted.get((type(fam), fam.name))
             if want is None:
                 want = self._family_wanted(fam)
@@ -233,8 +282,6 @@ class AlertEngine:
                 continue
             before = prev.get(name, {}) if prev is not None else None
             for ls, v in series.items():
-                if not v >= 0:
-                    self._irregular.add(name)
                 hist = self.histories.get((name, ls))
                 if hist is None:
                     hist = self.histories[(name, ls)] = History()
@@ -243,16 +290,15 @@ class AlertEngine:
                     if before is not None and prev_at is not None and ls not in before:
                         hist.add(prev_at, 0.0, keep)
                 hist.add(now, v, keep)
-        affected = set(names) | (set(prev) if prev else set())
-        for name in affected:
-            if prev is None or names.get(name) != prev.get(name):
-                self._input_version[name] = self._input_version.get(name, 0) + 1
-        self.samples[key] = names
-        self.seen_at[key] = now
-        self.seen_metrics.update(names)
-        rules = [r for n in affected for r in self.by_name.get(n, ()) if not self._unchanged(r, n, now)]
-        if rules:
-            self._evaluate(rules, now)
+        old = prev or {}
+        if snap is None:
+            self.samples.pop(key, None)
+            self.seen_at.pop(key, None)
+        else:
+            self.samples[key] = names
+            self.seen_at[key] = now
+            self.seen_metrics.update(names)
+        return {n for n in names.keys() | old.keys() if names.get(n) != old.get(n)}
 
     def _family_wanted(self, fam: Metric) -> bool:
         suffixes = SAMPLE_SUFFIXES.get(type(fam))
@@ -260,27 +306,6 @@ class AlertEngine:
         if len(self._wanted) < _MAX_FAMILIES:
             self._wanted[(type(fam), fam.name)] = want
         return want
-
-    def _unchanged(self, rule: Rule, name: str, now: float) -> bool:
-        """Would evaluating ``rule`` now be a no-op? Only for a rule with no alert whose series are
-        those of its last evaluation, which raised nothing: the same values give the same result.
-
-        With a window, time alone moves it, but over unchanged counters an increase or rate can only
-        shrink (every delta >= 0; so not after a negative or NaN value was seen), so a rule testing
-        for more than a non-negative bound stays quiet; any other windowed rule is evaluated.
-        """
-        idle = self._idle_at.get(rule.name)
-        if idle is None or idle[0] != self._input_version.get(name, 0) or self.alerts[rule.name]:
-            return False
-        if rule.name not in self._windowed:
-            return True
-        if name not in self.seen_metrics and not rule.absent:
-            return True  # never a series of it: no history for a window to move over
-        return (
-            now >= idle[1]  # a clock stepped back moves the window back
-            and rule.name in self._quiet_windowed  # > or >= a bound >= 0, no quantile, not absent
-            and name not in self._irregular
-        )
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
         out: dict[LabelSet, float] = {}
@@ -294,20 +319,13 @@ class AlertEngine:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         for rule in rules:
-            name = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
-            samples = {name: self._merged(name)}
+            samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
+            self.last_values[rule.name] = (now, values)
             per_rule = self.alerts[rule.name]
             before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
             hold = self._unconfirmed if self._unconfirmed else frozenset()
             changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
-            if per_rule:
-                self._idle_at.pop(rule.name, None)
-                self._tick_soon()
-            else:
-                self._idle_at[rule.name] = (self._input_version.get(name, 0), now)
-                if self._idle and not self._unchanged(rule, name, now):
-                    self._tick_soon()  # a window moves its result
             for fp in set(before) | set(per_rule):
                 a = per_rule.get(fp)
                 if a is None:
@@ -320,26 +338,12 @@ class AlertEngine:
         if dirty:
             self._persist(dirty)
         if changed:
+            self._record_history(changed, now)
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
-            self._publish_soon()
-
-    def _publish_soon(self) -> None:
-        """Refresh the alert metrics after a state change, outside the store callback that caused it."""
-        if self._publish_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._publish_scheduled = True
-
-        def run() -> None:
-            self._publish_scheduled = False
+        if dirty or changed:
             self._publish()
-
-        loop.call_soon(run)
 
     def _persist(self, dirty: dict[str, Alert | None]) -> None:
         try:
@@ -354,29 +358,37 @@ class AlertEngine:
                         (fp, a.rule, json.dumps(a.labels), json.dumps(a.annotations), a.state, a.value,
                          a.active_at, a.fired_at, a.resolved_at, a.last_match_at),
                     )
-        except StateError as exc:
-            log.error("alert_state_write_failed", error=str(exc))
+        except StateError as exc:  # the state DB logs a failing streak once; the alerts live on in memory
+            log.debug("alert_state_write_failed", error=str(exc))
+
+    def _record_history(self, changed: list[Alert], now: float) -> None:
+        """Append each state change (firing, resolved) to alert_history; drop rows past the retention."""
+        try:
+            with self.state.transaction() as db:
+                db.executemany(
+                    "INSERT INTO alert_history (at, fingerprint, rule, state, severity, value, labels, summary) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    [(now, a.fingerprint, a.rule, a.state, a.severity, a.value, json.dumps(a.labels),
+                      a.annotations.get("summary", "")) for a in changed],
+                )
+                db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_RETENTION,))
+        except StateError as exc:  # logged once per failing streak by the state DB
+            log.debug("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
-        """Time-driven work: drop stale collectors' data, re-evaluate, escalate, flush, publish."""
+        """Time-driven work: drop stale collectors' data, evaluate every rule, escalate, flush, publish."""
+        self.evaluate_changes()
         now = self.clock()
-        self.store.materialize()  # snapshots put lazily (the supervisor's metrics) are ingested at least once a tick
         for key in [k for k in self.samples if self.store.get(k) is None]:
-            for name in self.samples.pop(key):  # a dead or removed collector: its series are gone (absent fires)
-                self._input_version[name] = self._input_version.get(name, 0) + 1
+            self._ingest(key, None, now)  # a dead or removed collector: its series are gone (absent fires)
         in_grace = now - self.started_at < self.cfg.startup_grace
         if not in_grace:
             self._unconfirmed.clear()
         seen = self.seen_metrics
-        rules = [
-            r for r, name in self._plan
-            if (not in_grace or name in seen) and not self._unchanged(r, name, now)
-        ]
+        # during the startup grace only the rules with data: absent waits for the collectors' first runs
+        rules = [r for r, name in self._plan if not in_grace or name in seen]
         if rules:
             self._evaluate(rules, now)
-        self._idle = not (
-            rules or self._has_absent or any(self.alerts.values()) or self._outbox_state()[1] is not None
-        )
         if not self._pruned_at <= now < self._pruned_at + 60.0:  # histories beyond every window: once a minute
             self._pruned_at = now
             cutoff = now - self._history_horizon
@@ -393,51 +405,29 @@ class AlertEngine:
             self.eval_errors += 1
             log.exception("alert_tick_failed")
         interval = self.cfg.evaluation_interval
-        if self._idle:
-            interval = max(interval, IDLE_TICK_INTERVAL)
-            grace_left = self.started_at + self.cfg.startup_grace - self.clock()
-            if grace_left > 0:  # the first tick after the startup grace evaluates the rules it held back
-                interval = max(self.cfg.evaluation_interval, min(interval, grace_left))
         self._next_tick += interval
         now = loop.time()
         if self._next_tick < now:  # the loop was held up: skip the missed ticks instead of bursting
             self._next_tick = now + interval - ((now - self._next_tick) % interval)
         self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
 
-    def _tick_soon(self) -> None:
-        """Back to a tick every evaluation_interval: an alert exists or time can change a rule's result."""
-        self._idle = False
-        timer = self._tick_timer
-        if timer is None:
-            return  # not started (tests drive tick() themselves)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self.cfg.evaluation_interval
-        if self._next_tick > due:
-            timer.cancel()
-            self._next_tick = due
-            self._tick_timer = loop.call_at(due, self._on_tick, loop)
-
     # --- self metrics -----------------------------------------------------------------
 
     def _publish(self) -> None:
+        """Put the engine's own metrics (on the tick and when an alert changed state). The engine reads
+        them back from the store like any snapshot; that puts them again only if a rule on them
+        changed an alert's state, which cannot go on: a state moves on with time, not by itself."""
         try:
-            inputs = self._metric_inputs()
+            families = self.families()
         except StateError as exc:
             log.error("alert_metrics_failed", error=str(exc))
             return
-        # Unchanged values only refresh the snapshot's age: a new one would be ingested by this engine
-        # and re-rendered on the next scrape for nothing. A windowed rule on these metrics needs
-        # every point in its history, so then they are always put.
-        if inputs == self._published and not self._own_windowed and self.store.get(ALERTS_KEY) is not None:
-            self.store.touch(ALERTS_KEY)
-            return
-        self._published = inputs
-        self.store.put(ALERTS_KEY, self._families(inputs), interval=max(self.cfg.evaluation_interval, 1.0) * 5)
+        self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
     def _outbox_state(self) -> tuple[dict[str, int], float | None]:
         """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
         to the state DB (only this daemon's connection writes the outbox)."""
-        changes = self.state.total_changes
+        changes = (self.state.total_changes, self.outbox.changes)  # the outbox may hold rows in memory
         if self._outbox_at is None or self._outbox_at[0] != changes:
             self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
         return self._outbox_at[1], self._outbox_at[2]
@@ -459,14 +449,22 @@ class AlertEngine:
             tuple(float(depth.get(s, 0)) for s in sinks),
             max(self.clock() - oldest, 0.0) if oldest is not None else 0.0,
             float(self.eval_errors),
-            float(self.router.silences.in_effect(self.clock())),
+            float(self.router.silences.in_effect(self.clock()) + self._alertmanager_silences()),
+            tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
         )
+
+    def _alertmanager_silences(self) -> int:
+        """Silences read from the silence source that mute the direct sinks now (0 while it is unreadable)."""
+        if self.am_watch is None or self.router.external_silences is None:
+            return 0
+        now = self.clock()
+        return sum(1 for s in self.am_watch.silences if s.active(now))
 
     def families(self) -> list[Metric]:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences = inputs
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
         alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
                                    labels=["state", "severity"])
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
@@ -491,7 +489,12 @@ class AlertEngine:
         fams.append(GaugeMetricFamily("mevwatch_alert_rules", "Alerting rules loaded", value=float(len(self.rules))))
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
-        fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect", value=silences))
+        fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
+        if am_up:
+            up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
+            for url, ok in am_up:
+                up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
+            fams.append(up)
         return fams
 
     def status(self) -> dict[str, Any]:

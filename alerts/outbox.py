@@ -3,7 +3,8 @@
 One worker per sink sends in order (a resolve never overtakes its firing), retries 5xx, timeouts
 and connection errors with capped exponential backoff and jitter, and dead-letters what the
 receiver refused (4xx) or what stayed undeliverable for ``give_up_after``. Notification ids are
-stable, so an entry written twice (restart in the middle of a flush) is stored once.
+stable, so an entry written twice (restart in the middle of a flush) is stored once. While the
+state DB cannot be written (a full disk) notifications are held in memory and still sent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -67,7 +69,23 @@ def backoff_delay(attempts: int, initial: float, cap: float, rand: Callable[[flo
     return rand(base / 2, base)
 
 
+@dataclass(slots=True)
+class _Row:
+    """An outbox row held in memory while the state DB cannot be written."""
+
+    sink: str
+    payload: dict[str, Any]
+    created: float
+    attempts: int
+    next_at: float
+    last_error: str = ""
+
+
 class Outbox:
+    """The outbox. While the state DB cannot be written (a full disk), what it could not write is held
+    in memory and sent from there; it is written (or deleted, or dead-lettered) in one transaction
+    once the DB writes again, so nothing is lost or sent twice. StateDB logs the streak once."""
+
     def __init__(self, state: StateDB, sinks: Iterable[Sink], config: OutboxConfig,
                  clock: Callable[[], float] = time.time) -> None:
         self.state = state
@@ -79,40 +97,153 @@ class Outbox:
         self.dead: Counter[str] = Counter()
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # what the DB does not know yet: new rows, retry schedules of its rows, rows gone from the
+        # outbox (delivered: None; dead-lettered: the error, with the row when it never reached the DB)
+        self._held: dict[str, _Row] = {}
+        self._updates: dict[str, tuple[int, float, str]] = {}
+        self._gone: dict[str, tuple[_Row | None, str | None]] = {}
+        self._next_sync = 0.0
+        #: bumped by every change of what is held in memory (the DB's total_changes does not see them)
+        self.changes = 0
         state.migrate("alerts_outbox", MIGRATIONS)
 
     # --- writing ----------------------------------------------------------------------
 
     def enqueue(self, entries: Iterable[OutboxEntry]) -> int:
-        """Persist entries (one transaction) and wake their workers; returns how many were new."""
+        """Persist entries (one transaction; held in memory if the DB cannot be written) and wake their
+        workers; returns how many were new."""
         now = self.clock()
         new = 0
         rows = list(entries)
         if not rows:
             return 0
-        with self.state.transaction() as db:
+        self._sync(force=True)  # what is held goes first, in order
+        try:
+            with self.state.transaction() as db:
+                for e in rows:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO alert_outbox (id, sink, payload, created_at, next_attempt_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (e.id, e.sink, json.dumps(e.payload), now, now),
+                    )
+                    new += cur.rowcount
+        except StateError:
+            new = 0
+            known = self._in_db([e.id for e in rows])
             for e in rows:
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO alert_outbox (id, sink, payload, created_at, next_attempt_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (e.id, e.sink, json.dumps(e.payload), now, now),
-                )
-                new += cur.rowcount
+                if e.id not in known and e.id not in self._held and e.id not in self._gone:
+                    self._held[e.id] = _Row(e.sink, e.payload, now, 0, now)
+                    new += 1
+            self.changes += 1
         for e in rows:
             ev = self._wake.get(e.sink)
             if ev is not None:
                 ev.set()
         return new
 
+    def _in_db(self, ids: list[str]) -> set[str]:
+        rows = self.state.query(f"SELECT id FROM alert_outbox WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return {str(r[0]) for r in rows}
+
+    def _sync(self, force: bool = False) -> None:
+        """Write what is held in memory, in one transaction; kept for the next try if the DB still fails."""
+        if not (self._held or self._updates or self._gone):
+            return
+        now = time.monotonic()
+        if not force and now < self._next_sync:
+            return
+        self._next_sync = now + 1.0
+        try:
+            with self.state.transaction() as db:
+                for nid, r in self._held.items():
+                    db.execute(
+                        "INSERT OR IGNORE INTO alert_outbox (id, sink, payload, created_at, attempts, "
+                        "next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (nid, r.sink, json.dumps(r.payload), r.created, r.attempts, r.next_at, r.last_error),
+                    )
+                for nid, (attempts, next_at, last_error) in self._updates.items():
+                    db.execute("UPDATE alert_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? "
+                               "WHERE id = ?", (attempts, next_at, last_error, nid))
+                for nid, (row, error) in self._gone.items():
+                    self._remove_in(db, nid, row, error)
+        except StateError:
+            return
+        self._held.clear()
+        self._updates.clear()
+        self._gone.clear()
+        self.changes += 1
+
+    def _remove_in(self, db: sqlite3.Connection, nid: str, row: _Row | None, error: str | None) -> None:
+        """Delete ``nid`` from the outbox (delivered, ``error`` None) or move it to the dead letters."""
+        if error is not None:
+            if row is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO alert_dead_letters (id, sink, payload, created_at, dead_at, attempts, "
+                    "error) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (nid, row.sink, json.dumps(row.payload), row.created, self.clock(), row.attempts + 1, error),
+                )
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO alert_dead_letters (id, sink, payload, created_at, dead_at, attempts, "
+                    "error) SELECT id, sink, payload, created_at, ?, attempts + 1, ? FROM alert_outbox WHERE id = ?",
+                    (self.clock(), error, nid),
+                )
+        db.execute("DELETE FROM alert_outbox WHERE id = ?", (nid,))
+
+    def _remove(self, nid: str, error: str | None) -> None:
+        row = self._held.pop(nid, None)
+        self._updates.pop(nid, None)
+        if row is not None and error is None:
+            self.changes += 1
+            return  # delivered from memory: the DB never had it
+        try:
+            with self.state.transaction() as db:
+                self._remove_in(db, nid, row, error)
+        except StateError:
+            self._gone[nid] = (row, error)
+            self.changes += 1
+
+    def _schedule(self, nid: str, attempts: int, next_at: float, error: str) -> None:
+        row = self._held.get(nid)
+        if row is not None:
+            row.attempts, row.next_at, row.last_error = attempts, next_at, error
+            self.changes += 1
+            return
+        try:
+            self.state.execute(
+                "UPDATE alert_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                (attempts, next_at, error, nid),
+            )
+        except StateError:
+            self._updates[nid] = (attempts, next_at, error)
+            self.changes += 1
+
     # --- reading ----------------------------------------------------------------------
 
+    def held(self) -> int:
+        """Notifications (or their deliveries) held in memory because the state DB cannot be written."""
+        return len(self._held) + len(self._updates) + len(self._gone)
+
     def depth(self) -> dict[str, int]:
-        return {str(s): int(n) for s, n in self.state.query("SELECT sink, COUNT(*) FROM alert_outbox GROUP BY sink")}
+        out = {str(s): int(n) for s, n in self.state.query("SELECT sink, COUNT(*) FROM alert_outbox GROUP BY sink")}
+        if self._gone:
+            gone = [nid for nid, (row, _) in self._gone.items() if row is None]
+            for (sink,) in self.state.query(
+                f"SELECT sink FROM alert_outbox WHERE id IN ({','.join('?' * len(gone))})", gone
+            ) if gone else []:
+                out[str(sink)] -= 1
+        for row in self._held.values():
+            out[row.sink] = out.get(row.sink, 0) + 1
+        return {s: n for s, n in out.items() if n}
 
     def oldest_created(self) -> float | None:
         """Creation time of the oldest notification not yet acknowledged, None when the outbox is empty."""
-        row = self.state.query("SELECT MIN(created_at) FROM alert_outbox")
-        return float(row[0][0]) if row and row[0][0] is not None else None
+        gone = list(self._gone)
+        rows = self.state.query(
+            f"SELECT MIN(created_at) FROM alert_outbox WHERE id NOT IN ({','.join('?' * len(gone))})", gone)
+        times = [float(rows[0][0])] if rows and rows[0][0] is not None else []
+        times += [r.created for r in self._held.values()]
+        return min(times) if times else None
 
     def oldest_age(self) -> float:
         oldest = self.oldest_created()
@@ -127,10 +258,10 @@ class Outbox:
     async def start(self) -> None:
         known = list(self.sinks)
         orphans = self.state.query(
-            f"SELECT id FROM alert_outbox WHERE sink NOT IN ({','.join('?' * len(known))})", known
-        ) if known else self.state.query("SELECT id FROM alert_outbox")
-        for (oid,) in orphans:
-            self._dead_letter(str(oid), "the sink is no longer configured")
+            f"SELECT id, sink FROM alert_outbox WHERE sink NOT IN ({','.join('?' * len(known))})", known
+        ) if known else self.state.query("SELECT id, sink FROM alert_outbox")
+        for oid, osink in orphans:
+            self._dead_letter(str(oid), str(osink), "the sink is no longer configured")
         for name, sink in self.sinks.items():
             self._wake[name] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._worker(sink), name=f"outbox:{name}"))
@@ -142,24 +273,40 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        self._sync(force=True)
         for sink in self.sinks.values():
             with contextlib.suppress(Exception):
                 await sink.close()
 
     def _next(self, sink: str) -> tuple[str, dict[str, Any], int, float, float] | None:
+        """The sink's oldest notification, from the DB or from memory, as memory says it is now."""
+        skip = len(self._gone)
         rows = self.state.query(
             "SELECT id, payload, attempts, created_at, next_attempt_at FROM alert_outbox "
-            "WHERE sink = ? ORDER BY created_at, id LIMIT 1",
-            (sink,),
+            "WHERE sink = ? ORDER BY created_at, id LIMIT ?",
+            (sink, skip + 1),
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return str(r[0]), json.loads(r[1]), int(r[2]), float(r[3]), float(r[4])
+        best: tuple[str, dict[str, Any], int, float, float] | None = None
+        for r in rows:
+            nid = str(r[0])
+            if nid in self._gone:
+                continue
+            attempts, due = int(r[2]), float(r[4])
+            if nid in self._updates:
+                attempts, due, _ = self._updates[nid]
+            best = (nid, json.loads(r[1]), attempts, float(r[3]), due)
+            break
+        for nid, row in self._held.items():
+            if row.sink == sink and (best is None or (row.created, nid) < (best[3], best[0])):
+                best = (nid, row.payload, row.attempts, row.created, row.next_at)
+        return best
 
     async def _worker(self, sink: Sink) -> None:
         wake = self._wake[sink.name]
         while True:
+            self._sync()
+            # while something is held in memory, look again every second to write it
+            patience = 1.0 if self.held() else None
             try:
                 item = self._next(sink.name)
             except StateError as exc:
@@ -168,20 +315,17 @@ class Outbox:
                 continue
             if item is None:
                 wake.clear()
-                await wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), patience)
                 continue
             nid, payload, attempts, created, due = item
             wait = due - self.clock()
             if wait > 0:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait)
+                    await asyncio.wait_for(wake.wait(), min(wait, patience or wait))
                 continue
-            try:
-                await self._attempt(sink, nid, payload, attempts, created)
-            except StateError as exc:  # a full disk must not kill the worker: retry once the DB writes again
-                log.error("outbox_write_failed", sink=sink.name, id=nid, error=str(exc))
-                await asyncio.sleep(1.0)
+            await self._attempt(sink, nid, payload, attempts, created)
 
     async def _attempt(self, sink: Sink, nid: str, payload: dict[str, Any], attempts: int, created: float) -> None:
         wanted = sink.wants(payload)
@@ -191,51 +335,40 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:
-            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry)
+            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry, exc.retry_after)
             return
         except Exception as exc:  # a sink bug must not stop delivery to the others
             log.exception("sink_bug", sink=sink.name)
             self._failure(sink, nid, attempts + 1, created, f"{type(exc).__name__}: {exc}", True)
             return
-        self.state.execute("DELETE FROM alert_outbox WHERE id = ?", (nid,))
+        self._remove(nid, None)
         if wanted:
             self.sent[sink.name] += 1
         if attempts:
             log.info("notification_delivered", sink=sink.name, id=nid, attempts=attempts + 1)
 
-    def _failure(self, sink: Sink, nid: str, attempts: int, created: float, error: str, retry: bool) -> None:
+    def _failure(self, sink: Sink, nid: str, attempts: int, created: float, error: str, retry: bool,
+                 retry_after: float | None = None) -> None:
         self.failed[sink.name] += 1
         now = self.clock()
         if not retry:
             log.error("notification_rejected", sink=sink.name, id=nid, error=error)
-            self._dead_letter(nid, error)
+            self._dead_letter(nid, sink.name, error)
             return
         if now - created > self.config.give_up_after:
             log.error("notification_expired", sink=sink.name, id=nid, attempts=attempts, error=error)
-            self._dead_letter(nid, f"undeliverable for {self.config.give_up_after:g}s: {error}")
+            self._dead_letter(nid, sink.name, f"undeliverable for {self.config.give_up_after:g}s: {error}")
             return
         delay = backoff_delay(attempts, self.config.retry_initial, self.config.retry_max)
+        if retry_after is not None:  # the receiver said when (429/503 Retry-After): not sooner
+            delay = max(delay, retry_after)
         log.warning("notification_retry", sink=sink.name, id=nid, attempts=attempts, retry_in_s=round(delay, 2),
                     error=error)
-        self.state.execute(
-            "UPDATE alert_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            (attempts, now + delay, error, nid),
-        )
+        self._schedule(nid, attempts, now + delay, error)
 
-    def _dead_letter(self, nid: str, error: str) -> None:
-        with self.state.transaction() as db:
-            row = db.execute(
-                "SELECT sink, payload, created_at, attempts FROM alert_outbox WHERE id = ?", (nid,)
-            ).fetchone()
-            if row is None:
-                return
-            db.execute(
-                "INSERT OR REPLACE INTO alert_dead_letters (id, sink, payload, created_at, dead_at, attempts, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (nid, row[0], row[1], row[2], self.clock(), row[3] + 1, error),
-            )
-            db.execute("DELETE FROM alert_outbox WHERE id = ?", (nid,))
-        self.dead[str(row[0])] += 1
+    def _dead_letter(self, nid: str, sink: str, error: str) -> None:
+        self._remove(nid, error)
+        self.dead[sink] += 1
 
     def counters(self) -> Mapping[str, Counter[str]]:
         return {"sent": self.sent, "failed": self.failed, "dead_lettered": self.dead}

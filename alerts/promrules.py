@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mevwatch.alerts.config import Rule
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.cli import add_config_argument, load_or_report
 
 __all__ = ["EXPORT_NOTES", "duration", "export_rules", "promql", "register", "rules_yaml", "selector"]
@@ -32,8 +32,17 @@ EXPORT_NOTES = """\
 #     ALERTS series)`, matched on every label but alertname, alertstate and the rule's own labels.
 #   - a quantile rule without a rate window reads mevwatch's buckets since start; here it takes the
 #     rate over 5m, since a cumulative quantile over Prometheus' retention would hardly move.
-#   - the `host` label comes from the scrape target (see prometheus.yml), not from alerts.host.
+#   - labels: an alert carries the same label set on both paths, so an Alertmanager that gets it from
+#     mevwatch and from Prometheus holds it once (docs/fleet.md, the label contract). `host` comes
+#     from the scrape target and must equal the host's alerts.host; deploy/prometheus/prometheus.yml
+#     gives mevwatch's `instance` label back its name and drops the target's `instance`, `job` and
+#     the HA replica label from the alerts it sends.
+#   - an `absent` rule fires per host, as on the host: on every host that reports mevwatch_build_info
+#     but no matching series, labelled with the host and the rule's `=` matchers.
 """
+
+#: a series every mevwatch exposes: the hosts an absent rule is evaluated for
+PRESENCE_METRIC = "mevwatch_build_info"
 
 _NEGATE_FOR_CLEAR = {">": ">", ">=": ">", "<": "<", "<=": "<"}
 
@@ -71,7 +80,8 @@ def _value_expr(rule: Rule) -> str:
         buckets = selector(rule.metric + "_bucket", rule)
         return f"histogram_quantile({_number(rule.quantile)}, rate({buckets}[{window}]))"
     if rule.absent:
-        return f"absent({selector(rule.metric, rule)})"
+        return (f"group by (host) ({PRESENCE_METRIC})\nunless on (host)\n"
+                f"group by (host) ({selector(rule.metric, rule)})")
     if rule.increase:
         return f"increase({selector(rule.metric, rule)}[{duration(rule.increase)}])"
     if rule.rate:
@@ -79,11 +89,31 @@ def _value_expr(rule: Rule) -> str:
     return selector(rule.metric, rule)
 
 
+def _condition(rule: Rule) -> tuple[str, str]:
+    """(``on``-clause keyword with its labels, the condition's filtered selector) of a rule with ``when``."""
+    cond = rule.when
+    assert cond is not None
+    matchers = ",".join(f"{m.name}{m.op}{_quote(m.value)}" for m in cond.matchers)
+    sel = f"{cond.metric}{{{matchers}}}" if matchers else cond.metric
+    ignoring = f" ignoring({', '.join(cond.ignoring)})" if cond.ignoring else ""
+    return ignoring, f"{sel} {cond.op} {_number(cond.threshold)}"
+
+
 def promql(rule: Rule) -> str:
-    """The alerting expression of ``rule``, with its hysteresis when it has a clear threshold."""
-    value = _value_expr(rule)
+    """The alerting expression of ``rule``, with its hysteresis when it has a clear threshold and its
+    ``when`` condition as ``and`` (``unless`` for an absent rule)."""
+    if rule.when is not None:
+        ignoring, cond = _condition(rule)
+        if rule.absent:
+            return f"{cond}\nunless{ignoring}\n{selector(rule.metric, rule)}"
+        return f"(\n{_compared(rule)}\n)\nand{ignoring}\n{cond}"
     if rule.absent:
-        return value
+        return _value_expr(rule)
+    return _compared(rule)
+
+
+def _compared(rule: Rule) -> str:
+    value = _value_expr(rule)
     main = f"{value} {rule.op} {_number(rule.threshold)}"
     if rule.clear is None:
         return main
@@ -99,7 +129,11 @@ def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
         out["for"] = duration(rule.for_)
     if rule.keep_firing_for:
         out["keep_firing_for"] = duration(rule.keep_firing_for)
-    out["labels"] = {"severity": rule.severity, **rule.labels}
+    # mevwatch labels an absent alert with the rule's `=` matchers (with `when`: the condition's series'
+    # labels, which the PromQL keeps too); PromQL cannot take them from no series
+    given = ({m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"}
+             if rule.absent and rule.when is None else {})
+    out["labels"] = {"severity": rule.severity, **given, **rule.labels}
     annotations = {"summary": rule.summary}
     if rule.description:
         annotations["description"] = rule.description

@@ -9,8 +9,8 @@ An alert still firing ``after`` an escalation level's delay is also routed to th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,11 +20,13 @@ from typing import Any
 
 import structlog
 
-from mevwatch.alerts.config import AlertsConfig, Escalation, InhibitRule, Matcher, matches_all, parse_matcher
+from mevwatch.alerts.config import AlertsConfig, Escalation, InhibitRule
+from mevwatch.alerts.identity import group_key, group_labels, notification_id, route_key
+from mevwatch.alerts.matchers import Matcher, matches_all, parse_matcher
 from mevwatch.alerts.outbox import Outbox, OutboxEntry
 from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert
 from mevwatch.alerts.sinks.base import Sink
-from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [
     "MIGRATIONS",
@@ -158,23 +160,39 @@ def is_inhibited(target: Alert, firing: Iterable[Alert], rules: Sequence[Inhibit
 # --- notifications -----------------------------------------------------------------------
 
 
-def _alert_json(a: Alert, status: str) -> dict[str, Any]:
+def generator_url(external_url: str, fingerprint: str) -> str:
+    """The alert's row on mevwatch's landing page (``external_url`` is where that page is reached)."""
+    return f"{external_url.rstrip('/')}/#alert-{fingerprint}" if external_url else ""
+
+
+def silence_command(labels: Mapping[str, str], mode: str = "standalone") -> str:
+    """The command that silences exactly this alert for 2 hours (amtool in fleet mode)."""
+    matchers = [shlex.quote(f'{k}="{v}"') for k, v in labels.items() if k != "severity"]
+    if mode == "fleet":
+        return "amtool silence add --duration=2h --comment='...' " + " ".join(matchers)
+    return "mevwatch silence add -d 2h --comment '...' " + " ".join(f"-m {m}" for m in matchers)
+
+
+def _alert_json(a: Alert, status: str, external_url: str = "", mode: str = "standalone") -> dict[str, Any]:
     return {
         "status": status,
         "labels": dict(a.labels),
-        "annotations": dict(a.annotations),
+        "annotations": {**a.annotations, "silence": silence_command(a.labels, mode)},
         "startsAt": rfc3339(a.fired_at or a.active_at),
         "endsAt": rfc3339(a.resolved_at) if status == "resolved" and a.resolved_at else ZERO_TIME,
-        "generatorURL": "",
+        "generatorURL": generator_url(external_url, a.fingerprint),
         "fingerprint": a.fingerprint,
         "value": a.value,
     }
 
 
 def notification_payload(receiver: str, group_key: str, group_labels: Mapping[str, str],
-                         firing: Sequence[Alert], resolved: Sequence[Alert], external_url: str) -> dict[str, Any]:
-    """Alertmanager's webhook message (version 4) for one group flush."""
-    alerts = [_alert_json(a, "firing") for a in firing] + [_alert_json(a, "resolved") for a in resolved]
+                         firing: Sequence[Alert], resolved: Sequence[Alert], external_url: str,
+                         mode: str = "standalone") -> dict[str, Any]:
+    """Alertmanager's webhook message (version 4) for one group flush; each alert links back to its row on
+    the landing page (generatorURL) and carries the command that silences it (annotation ``silence``)."""
+    alerts = [_alert_json(a, "firing", external_url, mode) for a in firing]
+    alerts += [_alert_json(a, "resolved", external_url, mode) for a in resolved]
     common_labels: dict[str, str] = {}
     common_ann: dict[str, str] = {}
     if alerts:
@@ -211,12 +229,15 @@ class RouteSpec:
     repeat_interval: float
     cont: bool
     escalation: tuple[Escalation, ...]
+    key: str  # Alertmanager's route key (identity.route_key)
 
 
 @dataclass(slots=True)
 class Group:
-    key: str
+    key: str  # the router's own key: receiver, route, escalation level and group key
+    group_key: str  # Alertmanager's group key (identity.group_key), in payloads and ids
     receiver: str
+    level: int
     spec: RouteSpec
     labels: dict[str, str]
     alertmanager: bool  # Alertmanager receivers: flush on every change, resend every resend_delay
@@ -238,10 +259,10 @@ def route_specs(cfg: AlertsConfig) -> list[RouteSpec]:
             cfg.group_wait if r.group_wait is None else r.group_wait,
             cfg.group_interval if r.group_interval is None else r.group_interval,
             cfg.repeat_interval if r.repeat_interval is None else r.repeat_interval,
-            r.continue_, tuple(r.escalation),
+            r.continue_, tuple(r.escalation), route_key(r.matchers),
         ))
     specs.append(RouteSpec(-1, cfg.receiver, (), tuple(cfg.group_by), cfg.group_wait, cfg.group_interval,
-                           cfg.repeat_interval, False, tuple(cfg.escalation)))
+                           cfg.repeat_interval, False, tuple(cfg.escalation), route_key(None)))
     return specs
 
 
@@ -269,8 +290,13 @@ class Router:
         sinks: Mapping[str, Sequence[Sink]],
         alerts: Callable[[], Iterable[Alert]],
         clock: Callable[[], float] = time.time,
+        external_silences: Callable[[Mapping[str, str], float], bool] | None = None,
     ) -> None:
         self.cfg = cfg
+        # fleet mode: silences and inhibition are Alertmanager's; it gets every alert
+        self.standalone = cfg.mode == "standalone"
+        self.inhibit_rules: Sequence[InhibitRule] = cfg.inhibit_rules if self.standalone else ()
+        self.external_silences = external_silences
         self.state = state
         self.outbox = outbox
         self.sinks = sinks
@@ -301,33 +327,38 @@ class Router:
         return out
 
     def _group(self, spec: RouteSpec, level: int, receiver: str, a: Alert, now: float, create: bool) -> Group | None:
-        glabels = {k: a.labels.get(k, "") for k in spec.group_by}
-        key = f"{receiver}|{spec.index}|{level}|{json.dumps(sorted(glabels.items()))}"
+        glabels = group_labels(a.labels, spec.group_by)
+        gkey = group_key(spec.key, glabels)
+        key = f"{receiver}|{spec.index}|{level}|{gkey}"
         g = self.groups.get(key)
         if g is not None or not create:
             if g is None and key in self._persisted:
-                return self._restore(key, spec, receiver, glabels)
+                return self._restore(key, gkey, level, spec, receiver, glabels)
             return g
         if key in self._persisted:
-            return self._restore(key, spec, receiver, glabels)
+            return self._restore(key, gkey, level, spec, receiver, glabels)
         am = self._is_am(receiver)
         if am:
-            resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
-            spec = RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, ())
-        g = Group(key, receiver, spec, glabels, am)
+            spec = self._am_spec(spec, receiver)
+        g = Group(key, gkey, receiver, level, spec, glabels, am)
         g.next_flush = now + spec.group_wait
         self.groups[key] = g
         return g
 
-    def _restore(self, key: str, spec: RouteSpec, receiver: str, glabels: dict[str, str]) -> Group:
+    def _am_spec(self, spec: RouteSpec, receiver: str) -> RouteSpec:
+        resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
+        return RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, (),
+                         spec.key)
+
+    def _restore(self, key: str, gkey: str, level: int, spec: RouteSpec, receiver: str,
+                 glabels: dict[str, str]) -> Group:
         sent, last, seq = self._persisted.pop(key)
         if not sent:
             last = 0.0  # an emptied group starts over (group_wait), keeping its sequence for unique ids
         am = self._is_am(receiver)
         if am:
-            resend = max(c.resend_delay for c in self.cfg.receiver_named(receiver).alertmanager_configs)
-            spec = RouteSpec(spec.index, receiver, spec.matchers, spec.group_by, 0.0, 0.0, resend, spec.cont, ())
-        g = Group(key, receiver, spec, glabels, am, sent_firing=sent, last_flush=last, seq=seq)
+            spec = self._am_spec(spec, receiver)
+        g = Group(key, gkey, receiver, level, spec, glabels, am, sent_firing=sent, last_flush=last, seq=seq)
         g.next_flush = last + spec.repeat_interval if last else self.clock() + spec.group_wait
         self.groups[key] = g
         return g
@@ -405,12 +436,17 @@ class Router:
             return  # driven by tick() in tests without a loop
         self._timer = loop.call_later(max(min(pending) - now, 0.0), self.run_due)
 
-    def _muted(self, a: Alert, firing: list[Alert], now: float) -> bool:
-        return self.silences.mutes(a.labels, now) or is_inhibited(a, firing, self.cfg.inhibit_rules)
+    def _muted(self, g: Group, a: Alert, firing: list[Alert], now: float) -> bool:
+        if not self.standalone:
+            return False
+        if self.silences.mutes(a.labels, now) or is_inhibited(a, firing, self.inhibit_rules):
+            return True
+        # Alertmanager applies its own silences to what it is sent; the direct sinks ask it here
+        return not g.alertmanager and self.external_silences is not None and self.external_silences(a.labels, now)
 
     def _flush(self, g: Group, now: float) -> None:
         everything = [a for a in self.all_alerts() if a.state == "firing"]
-        firing = [a for a in g.alerts.values() if a.state == "firing" and not self._muted(a, everything, now)]
+        firing = [a for a in g.alerts.values() if a.state == "firing" and not self._muted(g, a, everything, now)]
         resolved = [a for a in g.alerts.values() if a.state == "resolved" and a.fingerprint in g.sent_firing]
         if g.alertmanager:
             resolved = [a for a in g.alerts.values() if a.state == "resolved"
@@ -429,11 +465,11 @@ class Router:
                 if not g.alerts:
                     self._forget(g)
             return
-        payload = notification_payload(g.receiver, g.key, g.labels, sorted(firing, key=lambda a: a.active_at),
-                                       resolved, self.cfg.external_url)
+        payload = notification_payload(g.receiver, g.group_key, g.labels, sorted(firing, key=lambda a: a.active_at),
+                                       resolved, self.cfg.external_url, self.cfg.mode)
         g.seq += 1
         entries = [
-            OutboxEntry(hashlib.sha256(f"{g.key}|{g.seq}|{s.name}".encode()).hexdigest()[:32], s.name, payload)
+            OutboxEntry(notification_id(g.group_key, g.receiver, g.level, g.seq, s.name), s.name, payload)
             for s in self.sinks.get(g.receiver, ())
         ]
         self.outbox.enqueue(entries)
@@ -458,6 +494,13 @@ class Router:
                 del g.alerts[fp]
 
     def _persist(self, g: Group) -> None:
+        try:
+            self._write_group(g)
+        except StateError:
+            # a full disk: the state DB logs the streak once; the group is written with its next change
+            log.debug("alert_group_write_failed", group=g.key)
+
+    def _write_group(self, g: Group) -> None:
         self.state.execute(
             "INSERT INTO alert_groups (key, sent_firing, last_flush, seq) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(key) DO UPDATE SET sent_firing = excluded.sent_firing, last_flush = excluded.last_flush, "

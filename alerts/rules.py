@@ -14,7 +14,9 @@ from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
-from mevwatch.alerts.config import Rule, matches_all, render_template
+from mevwatch.alerts.matchers import matches_all
+from mevwatch.alerts.rule import Rule
+from mevwatch.alerts.templates import render_template
 
 __all__ = [
     "RESOLVED_RETENTION",
@@ -217,11 +219,33 @@ def evaluate_rule(
                 continue
             v = inc / window if rule.rate else inc
         selected[ls] = v
+    if rule.when is not None:
+        return _paired(rule, selected, samples)
     if rule.absent:
         if selected:
             return {}
         return {labelset({m.name: m.value for m in rule.matchers if m.op == "="}): 1.0}
     return selected
+
+
+def _paired(rule: Rule, selected: dict[LabelSet, float], samples: Mapping[str, Series]) -> dict[LabelSet, float]:
+    """``when``: the selected series whose pair (same labels but the ignored ones) passes the condition (PromQL
+    ``and ignoring(...)``); for an absent rule, the passing condition series without a pair (``unless``)."""
+    cond = rule.when
+    assert cond is not None
+    ignored = set(cond.ignoring)
+
+    def key(ls: LabelSet) -> LabelSet:
+        return tuple((k, v) for k, v in ls if k not in ignored and k != "__name__")
+
+    passing = {
+        key(ls): (ls, v) for ls, v in samples.get(cond.metric, {}).items()
+        if cond.passes(v) and matches_all(cond.matchers, dict(ls))
+    }
+    if rule.absent:  # each passing series without a pair, with its own labels and value, as `unless` keeps them
+        have = {key(ls) for ls in selected}
+        return {tuple(kv for kv in ls if kv[0] != "__name__"): v for k, (ls, v) in passing.items() if k not in have}
+    return {ls: v for ls, v in selected.items() if key(ls) in passing}
 
 
 def alert_labels(rule: Rule, series: LabelSet, host: str) -> dict[str, str]:

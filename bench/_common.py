@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REPO", "ProcStats", "free_port", "machine", "proc_stats", "start", "stop", "wait_port"]
+__all__ = [
+    "REPO", "ProcStats", "free_port", "load_average", "machine", "mevwatch_daemon", "proc_stats", "record", "spread",
+    "start", "stop", "wait_port",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -96,3 +101,46 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {platform.machine()}, {cpu}, Python {sys.version.split()[0]}"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average: the machine is shared, so every figure is printed with it."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(min, median, max) of repeated runs."""
+    return min(values), statistics.median(values), max(values)
+
+
+def record(measure: str, *, mevwatch: float, unit: str, anchor_name: str = "", anchor: float | None = None,
+           goal: str = "", met: bool | None = None) -> None:
+    """One row of the summary table `make bench` prints: printed here, and appended (JSON) to the file
+    named by MEVWATCH_BENCH_SUMMARY when it is set. A goal that is not met is a figure, never a failure."""
+    row = {"bench": Path(sys.argv[0]).stem, "measure": measure, "unit": unit, "mevwatch": mevwatch,
+           "anchor_name": anchor_name, "anchor": anchor, "goal": goal, "met": met}
+    verdict = "-" if met is None else ("met" if met else "NOT met")
+    versus = f" vs {anchor_name} {anchor:.4g} {unit}" if anchor is not None else ""
+    print(f"summary: {measure}: mevwatch {mevwatch:.4g} {unit}{versus}; goal {goal or '-'}: {verdict}")
+    path = os.environ.get("MEVWATCH_BENCH_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def mevwatch_daemon(config: str | None, tmp: str | Path, env: dict[str, str] | None = None
+                    ) -> tuple[subprocess.Popen[bytes], int]:
+    """`mevwatch run` as a user runs it (HTTP server, alert engine with the default rules unless the
+    config says otherwise) on a free loopback port; config None: the embedded default config."""
+    port = free_port()
+    argv = [str(REPO / ".venv/bin/mevwatch"), "run", "--web.listen-address", f"127.0.0.1:{port}"]
+    if config is not None:
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+        cfg = Path(tmp) / "mevwatch.yaml"
+        cfg.write_text(config)
+        argv += ["--config", str(cfg)]
+    proc = start(argv, port, env={"STATE_DIRECTORY": f"{tmp}/state", **(env or {})})
+    return proc, port

@@ -147,13 +147,16 @@ collectors:
   - memory: {{interval: {interval}, units: [], cgroups: {cgroups}, top_processes: 5}}
   - oomkill: {{interval: {interval}}}
   - cpu: {{interval: {interval}}}
-  - disk:
+  - filesystems:
       interval: {interval}
       mount_points_exclude: {exclude}
-      watch_dirs: ['{watch_dir}']
-      scan_interval: {interval}
       fill_window: 30s
-      backups: ['{p.backup_dir}/mev-full-*']
+  - directories:
+      interval: {interval}
+      paths: ['{watch_dir}']
+  - backups:
+      interval: {interval}
+      patterns: ['{p.backup_dir}/mev-full-*']
   - services:
       interval: {interval}
       backend: process

@@ -435,7 +435,7 @@ def wait_ready(daemon: RunningDaemon, world: World, timeout: float = 30.0) -> No
     pending: list[str] = []
     while time.monotonic() < deadline:
         text = daemon.get()
-        pending = [k for k in ("process", "memory", "disk", "integrity", "rpc", "chain", "postgres", "logwatch")
+        pending = [k for k in ("process", "memory", "filesystems", "integrity", "rpc", "chain", "postgres", "logwatch")
                    if sample_value(text, "mevwatch_collector_success", collector=k) != 1]
         with contextlib.suppress(OSError, KeyError, ValueError):
             if world.prometheus('up{job="mevwatch"}') != "1":

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from _common import free_port, machine, start, stop
+from _common import free_port, load_average, machine, record, start, stop
 
 IMPLS = ("mevwatch", "aiohttp", "websockets")
 SUB_ID = "0x9cef478923ff08bf67fde6c64013158d"
@@ -185,7 +185,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(f"machine: {machine()}; nproc {os.cpu_count()}")
+    print(f"machine: {machine()}; nproc {os.cpu_count()}; load average {load_average()}")
     print(f"{'mode':<16} {'consumer':<11} {'notif/s':>10} {'CPU cores':>10} {'dropped':>8}")
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for mode, rate in (("flood", 0.0), (f"paced {args.rate:g}/s", args.rate)):
@@ -199,6 +199,11 @@ def main() -> None:
     print(f"mevwatch flood throughput / bare aiohttp: {flood['per_second'] / bare['per_second']:.2f}")
     ok = flood["per_second"] >= 5000 and paced["cpu_cores"] < 0.5 and paced["per_second"] >= 0.95 * args.rate
     print(f"target (>= 5,000/s; < 0.5 core at {args.rate:g}/s): {'met' if ok else 'NOT met'}")
+    record("mempool stream notifications/s, flood", mevwatch=flood["per_second"], unit="/s",
+           anchor_name="bare aiohttp", anchor=bare["per_second"], goal=">= 5,000/s", met=flood["per_second"] >= 5000)
+    record(f"mempool stream CPU at {args.rate:g}/s", mevwatch=paced["cpu_cores"], unit="cores",
+           anchor_name="bare aiohttp", anchor=rows[(f"paced {args.rate:g}/s", "aiohttp")]["cpu_cores"],
+           goal="< 0.5 core", met=paced["cpu_cores"] < 0.5)
 
 
 if __name__ == "__main__":

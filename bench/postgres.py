@@ -1,23 +1,30 @@
-"""mevwatch's postgres collector vs prometheus-postgres-exporter on one database, in one run.
+"""mevwatch's postgres collector vs prometheus-postgres-exporter on one database, over HTTP on both sides.
 
-Starts a throwaway PostgreSQL 15 cluster (pg_stat_statements preloaded, planning time tracked),
-fills a database with a bloated 100,000-row table and --tables small ones, and points both at it,
-each as its own pg_monitor role. Measures per collection: wall time (mevwatch: collect + render;
-exporter: one HTTP scrape), CPU of each, and the server-side plan+exec time of each one's own
-queries from pg_stat_statements (filtered by role). Prints the ratios and what each exposes.
-Targets: mevwatch's collection time and server-side query time at or below the exporter's.
+Starts a throwaway PostgreSQL 15 cluster (pg_stat_statements preloaded, planning time tracked) per
+--tables count, fills a database with a bloated 100,000-row table and that many small ones, and points
+three daemons at it, each as its own pg_monitor role:
 
-The Debian exporter (0.11) has no built-in stat_statements or per-table collectors: it gets the
-per-table queries of its shipped example queries.yaml and upstream's stat_statements query.
+- mevwatch: ``mevwatch run`` (HTTP server, alert engine with the default rules) with the postgres
+  collector alone at --interval; its /metrics is scraped once per interval, as Prometheus would;
+- the exporter at its defaults (no extra queries): what a user gets out of the box;
+- the exporter with the per-table queries of its shipped example queries.yaml and upstream's
+  stat_statements query (--extend.query-path): the nearest to mevwatch's coverage (per-table dead
+  tuples, vacuum ages, the slowest statements), scraped once per interval too.
+
+The Debian exporter (0.11) has no built-in stat_statements or per-table collectors, hence the query
+file. Each daemon is measured in its own window of --runs collections, the three windows interleaved
+--repeat times (min/median/max printed). Per collection: wall time (mevwatch: the duration it exports
+for the run; exporter: the scrape, which is when it queries), CPU of the process (mevwatch's includes
+its HTTP server, alert engine and the scrapes), and the server's plan+exec time of the role's own
+statements (pg_stat_statements). Goals: server time at most the exporter's at its defaults, and
+flat (within 2x) from the smallest to the largest --tables count.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -26,21 +33,30 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import REPO, free_port, machine, proc_stats, start, stop
+from _common import (
+    REPO,
+    cpu_ns,
+    free_port,
+    load_average,
+    machine,
+    mevwatch_daemon,
+    record,
+    spread,
+    start,
+    stop,
+)
 
 sys.path.insert(0, str(REPO))
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mevwatch.collectors.base import CollectorContext
-from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
-from mevwatch.daemon.exposition import render_text
 from tests.support.pgcluster import PgCluster
 
 EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 EXAMPLE_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
 PASSWORD = "bench-only"
-
+ROLES = {"mevwatch": "mevwatch_bench", "exporter (defaults)": "exporter_defaults",
+         "exporter (per-table queries)": "exporter_tables"}
 # upstream postgres_exporter's stat_statements collector query for PostgreSQL 13-16
 STAT_STATEMENTS = {
     "pg_stat_statements": {
@@ -102,12 +118,10 @@ def exporter_queries(path: Path) -> None:
 
 
 def prepare(cluster: PgCluster, tables: int) -> None:
-    cluster.psql(
-        "CREATE EXTENSION pg_stat_statements;"
-        # the same grants for both: pg_monitor, and pg_read_all_data so pg_stats shows column widths
-        f"CREATE ROLE mevwatch_bench LOGIN PASSWORD '{PASSWORD}' IN ROLE pg_monitor, pg_read_all_data;"
-        f"CREATE ROLE exporter_bench LOGIN PASSWORD '{PASSWORD}' IN ROLE pg_monitor, pg_read_all_data"
-    )
+    roles = ";".join(f"CREATE ROLE {r} LOGIN PASSWORD '{PASSWORD}' IN ROLE pg_monitor, pg_read_all_data"
+                     for r in ROLES.values())
+    # the same grants for all: pg_monitor, and pg_read_all_data so pg_stats shows column widths
+    cluster.psql(f"CREATE EXTENSION pg_stat_statements; {roles}")
     cluster.psql("CREATE DATABASE mev_db")
     cluster.psql(
         "CREATE EXTENSION pg_stat_statements; CREATE EXTENSION pgstattuple;"
@@ -134,52 +148,9 @@ def prepare(cluster: PgCluster, tables: int) -> None:
         cluster.psql(f"SELECT count(*) FROM small_{i % tables + 1}", db="mev_db")
 
 
-async def run_mevwatch(dsn: str, runs: int, bloat: str) -> tuple[list[float], float, str]:
-    opts = PostgresOptions.model_validate({"targets": [{"dsn": dsn}], "interval": 15, "bloat": bloat})
-    collector = PostgresCollector(CollectorContext("postgres", "bench", 15.0, 10.0), opts)
-    try:
-        for _ in range(2):  # connect and prepare statements, as a running daemon has done long before
-            await collector.collect()
-        walls: list[float] = []
-        text = b""
-        cpu0 = time.process_time()
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            families = await collector.collect()
-            text = render_text(families)  # as /metrics renders them
-            walls.append(time.perf_counter() - t0)
-        cpu = time.process_time() - cpu0
-    finally:
-        await collector.close()
-    return walls, cpu, text.decode()
-
-
 def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    with urllib.request.urlopen(url, timeout=60) as resp:
         return str(resp.read().decode())
-
-
-def run_exporter(port: int, dsn: str, queries: Path, runs: int) -> tuple[list[float], float, str]:
-    http = free_port()
-    proc = start(
-        [EXPORTER, f"--web.listen-address=127.0.0.1:{http}", f"--extend.query-path={queries}"], http,
-        env={"DATA_SOURCE_NAME": dsn},
-    )
-    url = f"http://127.0.0.1:{http}/metrics"
-    try:
-        for _ in range(2):
-            scrape(url)
-        walls: list[float] = []
-        text = ""
-        cpu0 = proc_stats(proc.pid).cpu_seconds
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            text = scrape(url)
-            walls.append(time.perf_counter() - t0)
-        cpu = proc_stats(proc.pid).cpu_seconds - cpu0
-    finally:
-        stop(proc)
-    return walls, cpu, text
 
 
 def server_time(cluster: PgCluster, role: str) -> tuple[float, int]:
@@ -192,14 +163,23 @@ def server_time(cluster: PgCluster, role: str) -> tuple[float, int]:
     return float(ms), int(calls)
 
 
+def mevwatch_collections(cluster: PgCluster) -> int:
+    """Collections mevwatch ran since the last reset: each starts with one SERVER query."""
+    out = cluster.psql(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+        f" WHERE r.rolname = '{ROLES['mevwatch']}' AND s.query LIKE '%current_setting(''server_version'')%'"
+    )
+    return int(out)
+
+
 def top_queries(cluster: PgCluster, role: str, n: int = 5) -> list[str]:
     out = cluster.psql(
-        "SELECT round(((total_exec_time + total_plan_time) / calls)::numeric, 2), calls,"
+        "SELECT round((total_plan_time / calls)::numeric, 2), round((total_exec_time / calls)::numeric, 2), calls,"
         " left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
         f" FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = '{role}'"
         f" ORDER BY total_exec_time + total_plan_time DESC LIMIT {n}"
     )
-    return [" ".join(f"{c:>7}" if i < 2 else c for i, c in enumerate(line.split("|", 2))) for line in out.splitlines()]
+    return [" ".join(f"{c:>7}" if i < 3 else c for i, c in enumerate(line.split("|", 3))) for line in out.splitlines()]
 
 
 def families_of(text: str, prefix: str) -> dict[str, int]:
@@ -211,84 +191,168 @@ def families_of(text: str, prefix: str) -> dict[str, int]:
     return out
 
 
-def p(values: list[float], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+heaviest: dict[str, list[str]] = {}  # role -> its heaviest statements in its last window
+_DURATION = re.compile(r'^mevwatch_collector_duration_seconds\{[^}]*collector="postgres"[^}]*\} (\S+)$', re.M)
+_LAST_OK = re.compile(
+    r'^mevwatch_collector_last_success_timestamp_seconds\{[^}]*collector="postgres"[^}]*\} (\S+)$', re.M)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--tables", type=int, default=1000, help="small tables besides the bloated one")
-    ap.add_argument("--runs", type=int, default=20, help="measured collections of each")
-    ap.add_argument("--bloat", default="auto", choices=["auto", "estimate", "pgstattuple", "off"],
-                    help="mevwatch's bloat method (auto: pgstattuple_approx, installed here)")
-    args = ap.parse_args()
-    if not Path(EXPORTER).exists() or shutil.which("runuser") is None:
-        print(f"needs {EXPORTER}, PostgreSQL 15 server binaries and root", file=sys.stderr)
-        return 2
+def mevwatch_window(cluster: PgCluster, pid: int, url: str, runs: int, interval: float) -> dict[str, Any]:
+    """``runs`` collections of the running daemon, its /metrics scraped once per interval."""
+    cluster.psql("SELECT pg_stat_statements_reset()")
+    cpu0 = cpu_ns(pid)
+    walls: dict[float, float] = {}
+    text = ""
+    deadline = time.monotonic() + runs * interval * 3 + 30
+    while len(walls) < runs and time.monotonic() < deadline:
+        time.sleep(interval)
+        text = scrape(url)
+        last, dur = _LAST_OK.search(text), _DURATION.search(text)
+        if last and dur:
+            walls.setdefault(float(last.group(1)), float(dur.group(1)))
+    cpu = (cpu_ns(pid) - cpu0) / 1e9
+    n = mevwatch_collections(cluster)
+    ms, calls = server_time(cluster, ROLES["mevwatch"])
+    heaviest[ROLES["mevwatch"]] = top_queries(cluster, ROLES["mevwatch"])
+    return {"wall_ms": 1e3 * sum(walls.values()) / max(len(walls), 1), "cpu_ms": 1e3 * cpu / max(n, 1),
+            "server_ms": ms / max(n, 1), "queries": calls / max(n, 1), "text": text, "collections": n}
 
-    print(f"machine: {machine()}")
-    print(f"exporter: {EXPORTER}; {args.tables} small tables + 1 of 100,000 rows (60% deleted); {args.runs} runs")
+
+def exporter_window(cluster: PgCluster, pid: int, url: str, role: str, runs: int, interval: float
+                    ) -> dict[str, Any]:
+    cluster.psql("SELECT pg_stat_statements_reset()")
+    cpu0 = cpu_ns(pid)
+    walls = []
+    text = ""
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        text = scrape(url)
+        walls.append(time.perf_counter() - t0)
+        time.sleep(max(interval - walls[-1], 0.0))
+    cpu = (cpu_ns(pid) - cpu0) / 1e9
+    ms, calls = server_time(cluster, role)
+    heaviest[role] = top_queries(cluster, role)
+    return {"wall_ms": 1e3 * sum(walls) / runs, "cpu_ms": 1e3 * cpu / runs, "server_ms": ms / runs,
+            "queries": calls / runs, "text": text, "collections": runs}
+
+
+def measure(tables: int, runs: int, repeat: int, interval: float) -> dict[str, list[dict[str, Any]]]:
     cluster = PgCluster({
         "shared_preload_libraries": "pg_stat_statements",
         "pg_stat_statements.track_planning": "on",
         "max_connections": "50",
+        "max_locks_per_transaction": "256",
     })
+    procs = []
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in ROLES}
+    heaviest.clear()
     try:
         cluster.start()
         t0 = time.monotonic()
-        prepare(cluster, args.tables)
-        print(f"database prepared in {time.monotonic() - t0:.1f}s")
+        prepare(cluster, tables)
+        print(f"\n{tables} small tables + 1 of 100,000 rows (60% deleted): prepared in {time.monotonic() - t0:.0f}s, "
+              f"load average {load_average()}")
         with tempfile.TemporaryDirectory() as tmp:
+            dsn = {name: cluster.dsn("mev_db", role, PASSWORD) for name, role in ROLES.items()}
+            secs = f"{int(interval * 1000)}ms"
+            mw, mw_port = mevwatch_daemon(
+                f"collectors:\n  - postgres:\n      interval: {secs}\n      targets: [{{dsn: '{dsn['mevwatch']}'}}]\n",
+                tmp)
+            procs.append(mw)
             queries = Path(tmp) / "queries.yaml"
             exporter_queries(queries)
-            cluster.psql("SELECT pg_stat_statements_reset()")
-            mw_walls, mw_cpu, mw_text = asyncio.run(
-                run_mevwatch(cluster.dsn("mev_db", "mevwatch_bench", PASSWORD), args.runs, args.bloat)
-            )
-            pe_walls, pe_cpu, pe_text = run_exporter(
-                cluster.port, cluster.dsn("mev_db", "exporter_bench", PASSWORD) + "?sslmode=disable", queries,
-                args.runs,
-            )
-        # the warm-up runs of each are included on both sides alike (2 each)
-        mw_ms, mw_calls = server_time(cluster, "mevwatch_bench")
-        pe_ms, pe_calls = server_time(cluster, "exporter_bench")
-        heaviest = {role: top_queries(cluster, role) for role in ("mevwatch_bench", "exporter_bench")}
+            ports = {}
+            for name, extra in (("exporter (defaults)", []),
+                                ("exporter (per-table queries)", [f"--extend.query-path={queries}"])):
+                port = free_port()
+                procs.append(start([EXPORTER, f"--web.listen-address=127.0.0.1:{port}", *extra], port,
+                                   env={"DATA_SOURCE_NAME": dsn[name] + "?sslmode=disable"}))
+                ports[name] = (procs[-1].pid, port)
+                scrape(f"http://127.0.0.1:{port}/metrics")  # connect and prepare, as a running exporter has
+            time.sleep(max(3 * interval, 2.0))  # mevwatch's first runs: connect, prepare, first pg_stats read
+            for _ in range(repeat):
+                results["mevwatch"].append(
+                    mevwatch_window(cluster, mw.pid, f"http://127.0.0.1:{mw_port}/metrics", runs, interval))
+                for name, (pid, port) in ports.items():
+                    results[name].append(exporter_window(cluster, pid, f"http://127.0.0.1:{port}/metrics",
+                                                         ROLES[name], runs, interval))
     finally:
+        for proc in procs:
+            stop(proc)
         cluster.remove()
+    report(tables, results, heaviest)
+    return results
 
-    n = args.runs + 2
-    rows: list[tuple[str, float, float]] = [
-        ("collection wall time p50 (ms)", statistics.median(mw_walls) * 1e3, statistics.median(pe_walls) * 1e3),
-        ("collection wall time p90 (ms)", p(mw_walls, 0.9) * 1e3, p(pe_walls, 0.9) * 1e3),
-        ("CPU per collection (ms)", mw_cpu / args.runs * 1e3, pe_cpu / args.runs * 1e3),
-        ("server plan+exec time per collection (ms)", mw_ms / n, pe_ms / n),
-        ("queries per collection", mw_calls / n, pe_calls / n),
-    ]
-    mw_fams = families_of(mw_text, "mevwatch_postgres_")
-    pe_fams = families_of(pe_text, "pg_")
-    rows.append(("metric families", float(len(mw_fams)), float(len(pe_fams))))
-    rows.append(("series", float(sum(mw_fams.values())), float(sum(pe_fams.values()))))
 
-    print(f"\n{'':44} {'mevwatch':>10} {'exporter':>10} {'ratio':>7}")
-    for label, mw, pe in rows:
-        ratio = f"{mw / pe:.2f}" if pe else "-"
-        print(f"{label:44} {mw:10.2f} {pe:10.2f} {ratio:>7}")
+def _fmt(values: list[float]) -> str:
+    lo, mid, hi = spread(values)
+    return f"{lo:.1f}/{mid:.1f}/{hi:.1f}"
 
-    for role, lines in heaviest.items():
-        print(f"\nheaviest queries of {role} (ms per call, plan+exec):")
+
+def report(tables: int, results: dict[str, list[dict[str, Any]]], heaviest: dict[str, list[str]]) -> None:
+    print(f"per collection, {tables} tables, min/median/max of {len(results['mevwatch'])} windows:")
+    print(f"{'':30} {'wall ms':>17} {'CPU ms':>17} {'server ms':>17} {'queries':>8} {'series':>8}")
+    prefix = {"mevwatch": "mevwatch_postgres_"}
+    for name, rows in results.items():
+        series = sum(families_of(rows[-1]["text"], prefix.get(name, "pg_")).values())
+        print(f"{name:30} {_fmt([r['wall_ms'] for r in rows]):>17} {_fmt([r['cpu_ms'] for r in rows]):>17} "
+              f"{_fmt([r['server_ms'] for r in rows]):>17} {rows[-1]['queries']:8.1f} {series:8d}")
+    for name, role in ROLES.items():
+        lines = heaviest.get(role, [])
+        print(f"heaviest queries of {name} (ms per call: plan, exec; calls; in its last window):")
         for line in lines:
             print(f"  {line}")
 
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--tables", default="1000", help="small tables besides the bloated one; a comma list for growth")
+    ap.add_argument("--runs", type=int, default=15, help="collections per window")
+    ap.add_argument("--repeat", type=int, default=3, help="windows of each daemon, interleaved")
+    ap.add_argument("--interval", type=float, default=1.0, help="collection (and scrape) interval, seconds")
+    ap.add_argument("--concepts", action="store_true", help="print which runbook concept each side exposes")
+    args = ap.parse_args()
+    if not Path(EXPORTER).exists() or shutil.which("runuser") is None:
+        print(f"needs {EXPORTER}, PostgreSQL 15 server binaries and root", file=sys.stderr)
+        return 2
+    print(f"machine: {machine()}; load average {load_average()}")
+    counts = [int(x) for x in args.tables.split(",")]
+    by_count = {n: measure(n, args.runs, args.repeat, args.interval) for n in counts}
+
+    def med(n: int, name: str, key: str) -> float:
+        return spread([r[key] for r in by_count[n][name]])[1]
+
+    if len(counts) > 1:
+        print(f"\ngrowth, median server ms per collection: {'tables':>8} {'mevwatch':>9} {'exp. defaults':>14} "
+              f"{'exp. per-table':>15} {'mevwatch CPU ms':>16}")
+        for n in counts:
+            print(f"{'':45}{n:8d} {med(n, 'mevwatch', 'server_ms'):9.1f} "
+                  f"{med(n, 'exporter (defaults)', 'server_ms'):14.1f} "
+                  f"{med(n, 'exporter (per-table queries)', 'server_ms'):15.1f} {med(n, 'mevwatch', 'cpu_ms'):16.1f}")
+    for n in counts:
+        mw, pe = med(n, "mevwatch", "server_ms"), med(n, "exporter (defaults)", "server_ms")
+        record(f"postgres server time per collection, {n} tables", mevwatch=mw, unit="ms",
+               anchor_name="postgres_exporter defaults", anchor=pe, goal="<= exporter defaults", met=mw <= pe)
+        record(f"postgres CPU per collection, {n} tables (exporter: per-table queries)",
+               mevwatch=med(n, "mevwatch", "cpu_ms"), unit="ms", anchor_name="postgres_exporter per-table",
+               anchor=med(n, "exporter (per-table queries)", "cpu_ms"))
+    if len(counts) > 1:
+        lo, hi = counts[0], counts[-1]
+        growth = med(hi, "mevwatch", "server_ms") / med(lo, "mevwatch", "server_ms")
+        anchor_growth = med(hi, "exporter (defaults)", "server_ms") / med(lo, "exporter (defaults)", "server_ms")
+        record(f"postgres server time growth {lo} -> {hi} tables", mevwatch=growth, unit="x",
+               anchor_name="postgres_exporter defaults", anchor=anchor_growth, goal="<= 2x", met=growth <= 2.0)
+    if args.concepts:
+        concepts(by_count[counts[-1]])
+    return 0
+
+
+def concepts(results: dict[str, list[dict[str, Any]]]) -> None:
+    mw_fams = families_of(results["mevwatch"][-1]["text"], "mevwatch_postgres_")
+    pe_fams = families_of(results["exporter (per-table queries)"][-1]["text"], "pg_")
     print(f"\n{'runbook concept':40} {'exporter':28} mevwatch")
     for concept, pe_re, mw_re in CONCEPTS:
-        pe_has = _first(pe_fams, pe_re)
-        mw_has = _first(mw_fams, mw_re)
-        print(f"{concept:40} {pe_has or '-':28} {mw_has or '-'}")
-    print(f"\nexporter families: {' '.join(sorted(pe_fams))}")
-    print(f"\nmevwatch families: {' '.join(sorted(mw_fams))}")
-    ok = statistics.median(mw_walls) <= statistics.median(pe_walls) and mw_ms <= pe_ms
-    print(f"\ntargets (mevwatch collection time and server time <= exporter's): {'met' if ok else 'NOT met'}")
-    return 0
+        print(f"{concept:40} {_first(pe_fams, pe_re) or '-':28} {_first(mw_fams, mw_re) or '-'}")
 
 
 def _first(names: dict[str, Any], pattern: str | None) -> str | None:

@@ -2,14 +2,15 @@
 
 Part 1 starts anvil and sends ``eth_blockNumber`` one call after another with each client, in interleaved
 rounds against the same node, and reports the wall time per call (target: mevwatch within 1.2x of bare
-aiohttp). Part 2 runs ``mevwatch run`` with one rpc collector probing 200 endpoints (one stub process
-listening on 200 ports) every second; the stub records when each probe arrives, and the bench reports the
-p99 of each endpoint's |probe interval - 1 s| (jitter), how long after the tick probes arrive (the
-fan-out of 200 requests from one event loop), and the daemon's CPU (targets: jitter p99 < 50 ms, < 0.5 core).
+aiohttp). Part 2 runs ``mevwatch run`` as users run it (HTTP server, alert engine with the default
+rules, scraped every 15 s) with one rpc collector probing 200 endpoints (one stub process listening on
+200 ports) every second, --runs times; the stub records when each probe arrives, and the bench reports
+the p99 of each endpoint's |probe interval - 1 s| (jitter) as the node saw it, the daemon's CPU and its
+RSS over the run (goals: < 0.25 core, jitter p99 < 50 ms in every run, RSS flat over a 10-minute run).
 
-    .venv/bin/python bench/rpc.py [--probes 2000] [--curl-probes 200] [--endpoints 200] [--seconds 60]
+    .venv/bin/python bench/rpc.py [--probes 2000] [--curl-probes 200] [--endpoints 200] [--seconds 60] [--runs 3]
+    .venv/bin/python bench/rpc.py --skip-overhead --runs 1 --seconds 600     # RSS over 10 minutes
 """
-
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,24 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import REPO, free_port, machine, proc_stats, start, stop, wait_port
+from _common import (
+    REPO,
+    cpu_ns,
+    free_port,
+    load_average,
+    machine,
+    mevwatch_daemon,
+    proc_stats,
+    record,
+    start,
+    stop,
+    wait_port,
+)
 
 sys.path.insert(0, str(REPO))
 from mevwatch.collectors._jsonrpc import Endpoint, JsonRpcClient, parse_quantity
@@ -154,68 +168,45 @@ def start_stub(endpoints: int) -> tuple[list[int], subprocess.Popen[bytes], Path
     return ports, stub, arrivals_file
 
 
-async def scale(ports: list[int], seconds: float) -> dict[str, Any]:
-    """mevwatch's supervisor running one rpc collector over ``ports``, in this process (the CPU measured)."""
-    from mevwatch.collectors import rpc as rpc_collector
-    from mevwatch.daemon.config import load_config_text
-    from mevwatch.daemon.store import SampleStore
-    from mevwatch.daemon.supervisor import Supervisor
-
+def scale(ports: list[int], seconds: float, arrivals_file: Path) -> dict[str, Any]:
+    """``mevwatch run`` (HTTP server, alert engine with the default rules) with one rpc collector over
+    ``ports`` at 1 s, scraped every 15 s as Prometheus would; CPU and RSS of the daemon process, the
+    probe times as the stub node saw them."""
     lines = ["collectors:", "  - rpc:", "      interval: 1s", "      timeout: 900ms", "      endpoints:"]
     lines += [f"        - {{name: ep{i:03d}, url: 'http://127.0.0.1:{p}', timeout: 800ms}}"
               for i, p in enumerate(ports)]
-    loop = asyncio.get_running_loop()
-    # Instrumentation: when each run starts, and when each endpoint's probe call starts (loop clock).
-    run_starts: list[float] = []
-    sends: dict[str, list[float]] = {}
-    original_collect = rpc_collector.RpcCollector.collect
-    original_call = rpc_collector.RpcCollector._call
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = mevwatch_daemon("\n".join(lines) + "\n", tmp)
+        try:
+            time.sleep(5.0)  # past the first runs (connections opened) before measuring
+            t0, cpu0 = time.monotonic(), cpu_ns(proc.pid)
+            rss: list[tuple[float, int]] = []
+            next_scrape = t0
+            while (now := time.monotonic()) < t0 + seconds:
+                if now >= next_scrape:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                        r.read()
+                    rss.append((now - t0, proc_stats(proc.pid).rss_bytes))
+                    next_scrape += 15.0
+                time.sleep(min(1.0, max(t0 + seconds - now, 0.0)))
+            t1, cpu1 = time.monotonic(), cpu_ns(proc.pid)
+            rss.append((t1 - t0, proc_stats(proc.pid).rss_bytes))
+        finally:
+            stop(proc)
+    return {"window": (t0, t1), "cpu_cores": (cpu1 - cpu0) / 1e9 / (t1 - t0), "rss": rss}
 
-    async def timed_collect(self: Any) -> Any:
-        run_starts.append(loop.time())
-        return await original_collect(self)
 
-    async def timed_call(self: Any, st: Any, method: str) -> Any:
-        sends.setdefault(st.endpoint.name, []).append(loop.time())
-        return await original_call(self, st, method)
-
-    rpc_collector.RpcCollector.collect = timed_collect  # type: ignore[method-assign]
-    rpc_collector.RpcCollector._call = timed_call  # type: ignore[method-assign]
-    store = SampleStore()
-    sup = Supervisor(load_config_text("\n".join(lines) + "\n", "bench", {}), store)
-    first = loop.time()
-    await sup.start()
-    try:
-        await asyncio.sleep(3.0)  # past the first runs (connections opened) before measuring
-        cpu0, t0 = proc_stats(os.getpid()).cpu_seconds, loop.time()
-        await asyncio.sleep(seconds)
-        cpu1, t1 = proc_stats(os.getpid()).cpu_seconds, loop.time()
-        status = sup.status[("rpc", "default")]
-        errors = sum(status.errors.values())
-    finally:
-        await sup.shutdown()
-    # Scheduling jitter: each run's start after its slot on the fixed-rate 1 s schedule.
-    late_runs = [(s - first) % 1.0 for s in run_starts if t0 <= s <= t1]
-    # Per endpoint: how far the probe-to-probe interval strays from 1 s, and the fan-out (probe start after
-    # its run's slot: 200 requests leave one event loop one after another).
-    window = {name: [t for t in ts if t0 <= t <= t1] for name, ts in sends.items()}
-    jitter = [abs((b - a) - 1.0) for ts in window.values() for a, b in itertools.pairwise(ts)]
-    fan_out = [(t - first) % 1.0 for ts in window.values() for t in ts]
-    return {
-        "runs": len(late_runs),
-        "probes": sum(len(ts) for ts in window.values()),
-        "expected": int(len(ports) * round(t1 - t0)),
-        "window": (t0, t1),
-        "errors": errors,
-        "sched_p99_ms": pct(late_runs, 0.99) * 1000,
-        "sched_max_ms": max(late_runs) * 1000,
-        "jitter_p50_ms": statistics.median(jitter) * 1000,
-        "jitter_p99_ms": pct(jitter, 0.99) * 1000,
-        "jitter_max_ms": max(jitter) * 1000,
-        "fan_p50_ms": statistics.median(fan_out) * 1000,
-        "fan_p99_ms": pct(fan_out, 0.99) * 1000,
-        "cpu_cores": (cpu1 - cpu0) / (t1 - t0),
-    }
+def jitter(arrivals: list[tuple[int, float]], window: tuple[float, float], endpoints: int) -> dict[str, float]:
+    """Per endpoint, how far the interval between two probes strays from 1 s, as the node saw it."""
+    t0, t1 = window
+    by_port: dict[int, list[float]] = {}
+    for port, t in arrivals:
+        if t0 <= t <= t1:
+            by_port.setdefault(port, []).append(t)
+    gaps = [abs((b - a) - 1.0) for ts in by_port.values() for a, b in itertools.pairwise(sorted(ts))]
+    received = sum(len(ts) for ts in by_port.values())
+    return {"received": received, "expected": endpoints * round(t1 - t0), "p50_ms": statistics.median(gaps) * 1e3,
+            "p99_ms": pct(gaps, 0.99) * 1e3, "max_ms": max(gaps) * 1e3}
 
 
 def main() -> None:
@@ -223,14 +214,25 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=2000)
     ap.add_argument("--curl-probes", type=int, default=200)
     ap.add_argument("--endpoints", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=60.0, help="each run of part 2 (600: the RSS flatness run)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of part 2")
+    ap.add_argument("--skip-overhead", action="store_true", help="part 2 only")
+    ap.add_argument("--growth", default="", help="endpoint counts for the growth table, one 30 s run each (10,50,200)")
     ap.add_argument("--serve-stub", nargs=2, metavar=("PORTS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_stub:
         asyncio.run(serve_stub([int(p) for p in args.serve_stub[0].split(",")], Path(args.serve_stub[1])))
         return
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {load_average()}")
+    if not args.skip_overhead:
+        overhead_part(args)
+    scale_part(args)
+    if args.growth:
+        growth_part([int(n) for n in args.growth.split(",")])
+
+
+def overhead_part(args: argparse.Namespace) -> None:
     port = free_port()
     anvil = start([anvil_binary(), "--host", "127.0.0.1", "--port", str(port)], port=port)
     try:
@@ -247,25 +249,60 @@ def main() -> None:
     ratio_mean = statistics.fmean(times["mevwatch"]) / statistics.fmean(times["aiohttp"])
     ratio_p50 = pct(times["mevwatch"], 0.5) / pct(times["aiohttp"], 0.5)
     print(f"mevwatch / bare aiohttp: mean {ratio_mean:.2f}x, p50 {ratio_p50:.2f}x (target <= 1.2x)")
+    record("rpc probe wall time p50 vs a bare aiohttp POST", mevwatch=pct(times["mevwatch"], 0.5) * 1e3, unit="ms",
+           anchor_name="aiohttp", anchor=pct(times["aiohttp"], 0.5) * 1e3, goal="<= 1.2x", met=ratio_p50 <= 1.2)
 
-    print(f"\n{args.endpoints} endpoints probed every 1 s for {args.seconds:g} s "
-          "(mevwatch supervisor + rpc collector in this process, stub node in another)")
-    ports, stub, arrivals_file = start_stub(args.endpoints)
-    try:
-        r = asyncio.run(scale(ports, args.seconds))
-    finally:
-        stub.terminate()
-        stub.wait(10)
-    t0, t1 = r["window"]  # the loop clock is time.monotonic, the stub's clock too
-    received = sum(1 for _, t in json.loads(arrivals_file.read_text()) if t0 <= t <= t1)
-    print(f"runs {r['runs']}, probes sent {r['probes']}, received by the stub {received} "
-          f"(expected {r['expected']}), failed runs {r['errors']}")
-    print(f"run start after its 1 s slot: p99 {r['sched_p99_ms']:.1f} ms, max {r['sched_max_ms']:.1f} ms")
-    print(f"probe interval jitter per endpoint |interval - 1 s|: p50 {r['jitter_p50_ms']:.1f} ms, "
-          f"p99 {r['jitter_p99_ms']:.1f} ms (target < 50), max {r['jitter_max_ms']:.1f} ms")
-    print(f"probe start after the slot (fan-out of {args.endpoints}): p50 {r['fan_p50_ms']:.1f} ms, "
-          f"p99 {r['fan_p99_ms']:.1f} ms")
-    print(f"CPU of the mevwatch process: {r['cpu_cores']:.3f} cores (target < 0.5)")
+
+def growth_part(counts: list[int]) -> None:
+    """The daemon's CPU and RSS against the number of endpoints probed every second."""
+    print("\ngrowth: one 30 s run per endpoint count")
+    for n in counts:
+        ports, stub, arrivals_file = start_stub(n)
+        try:
+            r = scale(ports, 30.0, arrivals_file)
+        finally:
+            stub.terminate()
+            stub.wait(10)
+        j = jitter([(p, t) for p, t in json.loads(arrivals_file.read_text())], r["window"], n)
+        shutil.rmtree(arrivals_file.parent, ignore_errors=True)
+        print(f"{n:>5} endpoints: CPU {r['cpu_cores']:.3f} cores, RSS {r['rss'][-1][1] / 2**20:.1f} MiB, jitter p99 "
+              f"{j['p99_ms']:.1f} ms, probes {j['received']}/{j['expected']}; load average {load_average()}")
+        record(f"rpc daemon CPU, {n} endpoints at 1 s", mevwatch=r["cpu_cores"], unit="cores")
+
+
+def scale_part(args: argparse.Namespace) -> None:
+
+    print(f"\n{args.endpoints} endpoints probed every 1 s for {args.seconds:g} s, {args.runs} runs: `mevwatch run` "
+          "(HTTP server, alert engine) with one rpc collector, scraped every 15 s; stub node in another process")
+    runs = []
+    for i in range(args.runs):
+        ports, stub, arrivals_file = start_stub(args.endpoints)
+        try:
+            r = scale(ports, args.seconds, arrivals_file)
+        finally:
+            stub.terminate()
+            stub.wait(10)
+        j = jitter([(p, t) for p, t in json.loads(arrivals_file.read_text())], r["window"], args.endpoints)
+        shutil.rmtree(arrivals_file.parent, ignore_errors=True)
+        first = next((b for t, b in r["rss"] if t >= 60.0), r["rss"][0][1])
+        last = r["rss"][-1][1]
+        runs.append({**r, **j, "rss_first": first, "rss_last": last})
+        print(f"run {i + 1}: load average {load_average()}; probes received {j['received']} (expected "
+              f"{j['expected']}); jitter |interval - 1 s| p50 {j['p50_ms']:.1f} ms, p99 {j['p99_ms']:.1f} ms, "
+              f"max {j['max_ms']:.1f} ms; CPU {r['cpu_cores']:.3f} cores; RSS {first / 2**20:.1f} MiB at "
+              f"{'1 min' if r['rss'][-1][0] >= 60 else 'start'} -> {last / 2**20:.1f} MiB at the end")
+        if args.seconds >= 300:
+            print("  RSS every 15 s (s: MiB): " + ", ".join(f"{t:.0f}: {b / 2**20:.1f}" for t, b in r["rss"]))
+    worst = max(r["p99_ms"] for r in runs)
+    record(f"rpc {args.endpoints} endpoints at 1 s: CPU of the daemon (median of {args.runs})",
+           mevwatch=statistics.median(r["cpu_cores"] for r in runs), unit="cores", goal="< 0.25 core",
+           met=statistics.median(r["cpu_cores"] for r in runs) < 0.25)
+    record(f"rpc {args.endpoints} endpoints at 1 s: worst probe jitter p99 of {args.runs} runs", mevwatch=worst,
+           unit="ms", goal="< 50 ms in every run", met=worst < 50)
+    if args.seconds >= 300:
+        growth = max((r["rss_last"] - r["rss_first"]) / r["rss_first"] for r in runs) * 100
+        record(f"rpc {args.endpoints} endpoints: RSS growth from 1 min to {args.seconds / 60:g} min", mevwatch=growth,
+               unit="%", goal="flat (< 5 %)", met=growth < 5)
 
 
 if __name__ == "__main__":

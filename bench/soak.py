@@ -132,10 +132,10 @@ def table(samples: list[Sample], step: float) -> list[str]:
 
 
 def plot(samples: list[Sample], warmup: float, png: Path) -> None:
-    import matplotlib
+    import matplotlib  # pyright: ignore[reportMissingImports]  # the optional bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyright: ignore[reportMissingImports]
 
     minutes = [s.t / 60 for s in samples]
     fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import GaugeMetricFamily, Metric, MetricSpec
 
 __all__ = [
     "READ_STATES",
@@ -171,75 +171,48 @@ def parse_proc_cgroup(text: str) -> str:
     return "/"
 
 
-_ENUM_CACHE: dict[tuple[object, ...], GaugeMetricFamily] = {}
-_ENUM_CACHE_MAX = 4096
-
-
 def enum_family(
-    name: str,
-    documentation: str,
-    labels: Sequence[str],
+    spec: MetricSpec,
     rows: Sequence[tuple[Sequence[str], str]],
     states: Sequence[str] = READ_STATES,
 ) -> GaugeMetricFamily:
     """An enum as node_exporter exports one: every state a 0/1 series, the current one 1.
 
-    ``rows`` are (label values, current state); the ``status`` label is appended. States rarely
-    change: the same arguments give the same family object (families are not changed once built),
-    which the renderer then writes from its last text.
+    ``spec`` is a gauge whose last label is ``status``; ``rows`` are (values of the other labels,
+    current state).
     """
-    key = (name, documentation, tuple(labels), tuple((tuple(v), c) for v, c in rows), tuple(states))
-    fam = _ENUM_CACHE.get(key)
-    if fam is not None:
-        return fam
-    fam = GaugeMetricFamily(name, documentation, labels=[*labels, "status"])
+    fam = spec.gauge()
     for values, current in rows:
         for state in states:
             fam.add_metric([*values, state], 1.0 if state == current else 0.0)
-    if len(_ENUM_CACHE) >= _ENUM_CACHE_MAX:
-        _ENUM_CACHE.clear()
-    _ENUM_CACHE[key] = fam
     return fam
 
 
 class PressureSource:
-    """One PSI file (``/proc/pressure/memory``...), read on every run; its families are built again only
-    when the file's text changed (on a quiet host the memory and io lines stay the same for long)."""
+    """One PSI file (``/proc/pressure/memory``...) and the families built from it, for memory and cpu."""
 
-    def __init__(self, path: str, prefix: str, what: str) -> None:
+    def __init__(self, path: str, ratio: MetricSpec, stalled: MetricSpec) -> None:
         self.path = path
-        self.prefix = prefix
-        self.what = what
-        self._last: tuple[str, list[Metric]] | None = None
+        self.ratio = ratio
+        self.stalled = stalled
 
     def read(self, families: list[Metric]) -> tuple[ReadStatus, str]:
         """Append the families to ``families``; (status, detail for the log) of the file."""
         text, status, detail = read_text_status(self.path)
         if text is None:
             return status, detail
-        last = self._last
-        if last is None or last[0] != text:
-            try:
-                psi = parse_pressure(text)
-            except ValueError as exc:
-                return "invalid", str(exc)
-            last = self._last = (text, pressure_families(self.prefix, self.what, psi))
-        families.extend(last[1])
+        try:
+            psi = parse_pressure(text)
+        except ValueError as exc:
+            return "invalid", str(exc)
+        families.extend(pressure_families(self.ratio, self.stalled, psi))
         return "ok", ""
 
 
-def pressure_families(prefix: str, what: str, psi: dict[str, Pressure]) -> list[Metric]:
-    """``<prefix>_pressure_ratio{kind,window}`` and ``<prefix>_pressure_stalled_seconds_total{kind}``."""
-    ratio = GaugeMetricFamily(
-        f"{prefix}_pressure_ratio",
-        f"Share of wall time some (or all: full) tasks stalled on {what} (PSI), averaged over the window, 0..1",
-        labels=["kind", "window"],
-    )
-    stalled = CounterMetricFamily(
-        f"{prefix}_pressure_stalled_seconds",
-        f"Time some (or all: full) tasks stalled on {what} (PSI total)",
-        labels=["kind"],
-    )
+def pressure_families(ratio_spec: MetricSpec, stalled_spec: MetricSpec, psi: dict[str, Pressure]) -> list[Metric]:
+    """The PSI families: a ratio gauge labelled kind and window, a stalled-seconds counter labelled kind."""
+    ratio = ratio_spec.gauge()
+    stalled = stalled_spec.counter()
     for kind, p in sorted(psi.items()):
         ratio.add_metric([kind, "10s"], p.avg10)
         ratio.add_metric([kind, "60s"], p.avg60)

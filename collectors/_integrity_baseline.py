@@ -1,5 +1,6 @@
 """The integrity baseline in the state DB: records per collector instance, an optional HMAC, and the accept log.
 
+Paths are stored losslessly: a name that is not UTF-8 is kept as its bytes (a BLOB).
 An HMAC (key from a file the daemon can read but an attacker editing the DB should not) covers every
 baseline row, so a row changed in the DB to match a tampered file shows as ``tampered``.
 """
@@ -12,13 +13,14 @@ import os
 import pwd
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
-from mevwatch.collectors._integrity_scan import FTYPES, FileRecord
-from mevwatch.daemon.state import StateDB
+from mevwatch.collectors._integrity_scan import FTYPES, FileRecord, RecordTable
+from mevwatch.collectors.base import StateStore
+from mevwatch.families import label_text
 
 __all__ = ["AcceptEntry", "Baseline", "BaselineStore", "Who", "who_am_i"]
 
@@ -40,6 +42,7 @@ MIGRATIONS = [
     """,
 ]
 _COLS = "path, ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, sha256, link_target"
+_SELECT = f"SELECT {_COLS} FROM integrity_baseline WHERE instance = ? ORDER BY path"
 _INSERT = f"INSERT INTO integrity_baseline(instance, {_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
@@ -73,7 +76,7 @@ class AcceptEntry:
 
 @dataclass(slots=True)
 class Baseline:
-    records: dict[str, FileRecord] = field(default_factory=dict)
+    records: RecordTable = field(default_factory=RecordTable)
     present: bool = False
     tampered: bool = False
     #: rows that do not decode into a record (edited or damaged DB), as "path: problem"
@@ -82,13 +85,34 @@ class Baseline:
     created_at: float | None = None
 
 
+def _stored(name: str | None) -> str | bytes | None:
+    """A path as the DB holds it: text when it is UTF-8, else its bytes (a BLOB), so no name is lost."""
+    if name is None or name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+
+
+def _loaded(value: Any) -> Any:
+    """A stored path back as Python's str for it (undecodable bytes as surrogates, as os.listdir gives)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _mac_row(mac: hmac.HMAC, row: Sequence[Any]) -> None:
+    # a BLOB path counts as its str (json writes its surrogates as \udcXX): the same for every read
+    mac.update(json.dumps([_loaded(v) for v in row], separators=(",", ":")).encode() + b"\n")
+
+
 def _row(rec: FileRecord) -> tuple[Any, ...]:
-    return (rec.path, rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns,
-            rec.sha256, rec.link_target)
+    return (_stored(rec.path), rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns,
+            rec.ctime_ns, rec.sha256, _stored(rec.link_target))
 
 
 def _decode(row: Sequence[Any]) -> FileRecord:
-    path, ftype, *ints, digest, target = row
+    path, ftype, *ints, digest, target = (_loaded(v) for v in row)
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError("path is not absolute")
     if ftype not in FTYPES and ftype != "unknown":
@@ -108,7 +132,7 @@ def _decode(row: Sequence[Any]) -> FileRecord:
 class BaselineStore:
     """One collector instance's baseline in the shared state DB."""
 
-    def __init__(self, db: StateDB, instance: str, key: bytes | None = None) -> None:
+    def __init__(self, db: StateStore, instance: str, key: bytes | None = None) -> None:
         self.db = db
         self.instance = instance
         self.key = key
@@ -128,23 +152,35 @@ class BaselineStore:
         except ValueError:
             return -1
 
-    def _mac(self, rows: Sequence[Sequence[Any]]) -> str:
-        assert self.key is not None
-        mac = hmac.new(self.key, self.instance.encode(), sha256)
+    def _mac(self, rows: Iterable[Sequence[Any]]) -> str:
+        mac = self._new_mac()
         for row in rows:
-            mac.update(json.dumps(list(row), separators=(",", ":")).encode() + b"\n")
+            _mac_row(mac, row)
         return mac.hexdigest()
 
-    def _raw_rows(self, db: Any = None) -> list[tuple[Any, ...]]:
-        sql = f"SELECT {_COLS} FROM integrity_baseline WHERE instance = ? ORDER BY path"
-        if db is not None:
-            return [tuple(r) for r in db.execute(sql, (self.instance,)).fetchall()]
-        return self.db.query(sql, (self.instance,))
+    def _new_mac(self) -> hmac.HMAC:
+        assert self.key is not None
+        return hmac.new(self.key, self.instance.encode(), sha256)
 
     def load(self) -> Baseline:
+        """The baseline, read row by row: 100,000 rows are never all in memory at once beside the records."""
         meta = self._meta()
-        rows = self._raw_rows()
-        out = Baseline(present="created_at" in meta or bool(rows))
+        out = Baseline()
+        problems: list[str] = []
+        mac = self._new_mac() if self.key is not None else None
+
+        def take(row: tuple[Any, ...]) -> None:
+            if mac is not None:
+                _mac_row(mac, row)
+            try:
+                rec = _decode(row)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{label_text(str(_loaded(row[0])))}: {exc}")
+                return
+            out.records[rec.path] = rec
+
+        rows = self.db.each_row(_SELECT, (self.instance,), take)
+        out.present = "created_at" in meta or rows > 0
         if not out.present:
             return out
         try:
@@ -154,16 +190,10 @@ class BaselineStore:
             out.corrupt.append("meta: generation or created_at is not a number")
         if "created_at" not in meta:
             out.corrupt.append("meta: baseline rows without their metadata")
-        for row in rows:
-            try:
-                rec = _decode(row)
-            except (ValueError, TypeError) as exc:
-                out.corrupt.append(f"{row[0]!s}: {exc}")
-                continue
-            out.records[rec.path] = rec
-        if self.key is not None:
+        out.corrupt.extend(problems)
+        if mac is not None:
             stored = meta.get("hmac")
-            out.tampered = stored is None or not hmac.compare_digest(stored, self._mac(rows))
+            out.tampered = stored is None or not hmac.compare_digest(stored, mac.hexdigest())
         return out
 
     def _write_meta(self, db: Any, who: Who, action: str, paths: Sequence[str]) -> None:
@@ -181,7 +211,7 @@ class BaselineStore:
         ).fetchone():
             values["created_at"] = repr(now)
         if self.key is not None:
-            values["hmac"] = self._mac(self._raw_rows(db))
+            values["hmac"] = self._mac(db.execute(_SELECT, (self.instance,)))
         else:
             db.execute("DELETE FROM integrity_meta WHERE instance = ? AND key = 'hmac'", (self.instance,))
         db.executemany(
@@ -199,17 +229,15 @@ class BaselineStore:
         """Make ``records`` the whole baseline (``integrity baseline``, or ``accept`` with no path)."""
         with self.db.transaction() as db:
             db.execute("DELETE FROM integrity_baseline WHERE instance = ?", (self.instance,))
-            db.executemany(
-                _INSERT,
-                [(self.instance, *_row(r)) for r in records.values()],
-            )
+            db.executemany(_INSERT, ((self.instance, *_row(r)) for r in records.values()))
             self._write_meta(db, who, action, ["*"] if action != "baseline" else [])
 
     def update(self, changes: Mapping[str, FileRecord | None], who: Who, action: str = "accept") -> None:
         """Re-baseline single paths: a record replaces the row, None removes it (the file is gone for good)."""
         with self.db.transaction() as db:
             for path, rec in changes.items():
-                db.execute("DELETE FROM integrity_baseline WHERE instance = ? AND path = ?", (self.instance, path))
+                db.execute("DELETE FROM integrity_baseline WHERE instance = ? AND path = ?",
+                           (self.instance, _stored(path)))
                 if rec is not None:
                     db.execute(_INSERT, (self.instance, *_row(rec)))
             self._write_meta(db, who, action, sorted(changes))

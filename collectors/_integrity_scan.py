@@ -11,13 +11,15 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 __all__ = [
     "KINDS",
     "FileRecord",
+    "RecordTable",
     "Rule",
     "Violation",
     "WatchSet",
@@ -28,6 +30,7 @@ __all__ = [
     "read_record",
     "scan",
     "verify",
+    "verify_each",
 ]
 
 #: violation kinds, in the order they are reported
@@ -74,6 +77,66 @@ class FileRecord:
             and self.ctime_ns == st.st_ctime_ns
             and self.inode == st.st_ino
         )
+
+
+_KIND_NAMES = tuple(sorted(FTYPES | {"unknown"}))
+_KIND_CODES = {name: i for i, name in enumerate(_KIND_NAMES)}
+_HAS_DIGEST = 0x80
+# size, mode, uid, gid, inode, mtime_ns, ctime_ns, file type (| _HAS_DIGEST), sha256
+_PACKED = struct.Struct("<qIIIQqqB32s")
+
+
+class RecordTable(MutableMapping[str, FileRecord]):
+    """Records by path, each held as one packed bytes object while stored.
+
+    The daemon keeps its whole baseline for as long as it runs: as FileRecord objects (the
+    record, its hex digest and seven ints) a path cost ~500 bytes besides its name, packed it
+    costs ~110. A record comes back as a new FileRecord on each read. One that does not pack
+    (a link target, an error, a field out of range) is kept as it is.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, records: Iterable[FileRecord] = ()) -> None:
+        self._rows: dict[str, bytes | FileRecord] = {}
+        for rec in records:
+            self[rec.path] = rec
+
+    def __getitem__(self, path: str) -> FileRecord:
+        row = self._rows[path]
+        if isinstance(row, FileRecord):
+            return row
+        size, mode, uid, gid, inode, mtime_ns, ctime_ns, kind, digest = _PACKED.unpack(row)
+        return FileRecord(path, _KIND_NAMES[kind & ~_HAS_DIGEST], size, mode, uid, gid, inode, mtime_ns, ctime_ns,
+                          digest.hex() if kind & _HAS_DIGEST else None)
+
+    def __setitem__(self, path: str, rec: FileRecord) -> None:
+        self._rows[path] = _pack(rec) if rec.path == path else rec
+
+    def __delitem__(self, path: str) -> None:
+        del self._rows[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def _pack(rec: FileRecord) -> bytes | FileRecord:
+    if rec.link_target is not None or rec.error is not None:
+        return rec
+    try:
+        digest = bytes.fromhex(rec.sha256) if rec.sha256 is not None else bytes(32)
+        if len(digest) != 32:
+            return rec
+        kind = _KIND_CODES[rec.ftype] | (_HAS_DIGEST if rec.sha256 is not None else 0)
+        return _PACKED.pack(rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns, kind, digest)
+    except (struct.error, ValueError, KeyError):
+        return rec
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -190,6 +253,8 @@ def _stat_record(
     if fmt != stat.S_IFREG:
         return _from_stat(label, st)
     if known is not None and known.ftype == "file" and known.sha256 and known.same_stat(st):
+        if known.mode == stat.S_IMODE(st.st_mode) and (known.uid, known.gid) == (st.st_uid, st.st_gid):
+            return known  # nothing changed: no new record for the unchanged file
         return _from_stat(label, st, sha256=known.sha256)
     return st
 
@@ -495,6 +560,36 @@ def scan(
             out[path] = rec
     return out
 
+def verify_each(
+    ws: WatchSet,
+    baseline: Mapping[str, FileRecord],
+    *,
+    quick: bool = False,
+    follow_symlinks: bool = False,
+    threads: int = 4,
+    chunk: int = DEFAULT_CHUNK,
+    batch: int | None = None,
+) -> Iterator[tuple[str, FileRecord | None, list[Violation]]]:
+    """Each path of the watched set with its current record and its violations, in path order.
+
+    Baseline paths the watched set no longer covers (the config changed) are not checked. With
+    ``batch``, paths are scanned that many at a time, so only one batch of records is held at once
+    (the daemon, which keeps none of them); without, all at once (the most parallel hashing).
+    """
+    paths = set(ws.expand())
+    paths.update(p for p in baseline if p not in paths and ws.covers(p))
+    ordered = sorted(paths)
+    del paths
+    step = batch or max(len(ordered), 1)
+    for i in range(0, len(ordered), step):
+        part = ordered[i : i + step]
+        current = scan(ws, part, follow_symlinks=follow_symlinks, known=baseline if quick else None,
+                       threads=threads, chunk=chunk)
+        for p in part:
+            rec = current.get(p)
+            yield p, rec, compare(p, baseline.get(p), rec)
+
+
 def verify(
     ws: WatchSet,
     baseline: Mapping[str, FileRecord],
@@ -504,15 +599,12 @@ def verify(
     threads: int = 4,
     chunk: int = DEFAULT_CHUNK,
 ) -> tuple[dict[str, FileRecord], list[Violation]]:
-    """Scan the whole watched set and compare it with ``baseline``: (current records, violations).
-
-    Baseline paths the watched set no longer covers (the config changed) are not checked.
-    """
-    paths = set(ws.expand())
-    paths.update(p for p in baseline if p not in paths and ws.covers(p))
-    current = scan(
-        ws, sorted(paths), follow_symlinks=follow_symlinks, known=baseline if quick else None,
-        threads=threads, chunk=chunk,
-    )
-    violations = [v for p in sorted(paths) for v in compare(p, baseline.get(p), current.get(p))]
+    """Scan the whole watched set and compare it with ``baseline``: (current records, violations)."""
+    current: dict[str, FileRecord] = {}
+    violations: list[Violation] = []
+    for path, rec, found in verify_each(ws, baseline, quick=quick, follow_symlinks=follow_symlinks, threads=threads,
+                                        chunk=chunk):
+        if rec is not None:
+            current[path] = rec
+        violations.extend(found)
     return current, violations

@@ -19,7 +19,7 @@ import structlog
 
 from mevwatch.collectors._logmatch import LinePattern, limit_line_length
 from mevwatch.collectors._logtail import MIGRATIONS, STATE_COMPONENT, SourceStats, Status
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.collectors.base import StateError, StateStore
 
 __all__ = ["JOURNALD_SOCKET", "JournalFollower", "journal_available", "parse_journal_entry"]
 
@@ -73,7 +73,7 @@ class JournalFollower:
         patterns: Sequence[LinePattern],
         *,
         instance: str = "default",
-        state: StateDB | None = None,
+        state: StateStore | None = None,
         journalctl: str = "journalctl",
         units: Sequence[str] = (),
         rootfs: Path = Path("/"),

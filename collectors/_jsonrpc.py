@@ -33,8 +33,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.collectors._json import JsonTooDeep, loads_bounded
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact, redact_url
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -361,8 +362,11 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def decode_json(raw: bytes) -> Any:
+    """Parsed JSON, or invalid_response when it is not JSON or nests deeper than MAX_JSON_DEPTH."""
     try:
-        return json.loads(raw)
+        return loads_bounded(raw)
+    except JsonTooDeep as exc:
+        raise RpcError(ErrorClass.INVALID_RESPONSE, f"response {exc}") from None
     except (ValueError, UnicodeDecodeError):
         raise RpcError(ErrorClass.INVALID_RESPONSE, f"response is not JSON: {raw[:40]!r}") from None
 
@@ -418,7 +422,10 @@ class WsRpc:
         try:
             async for msg in self._ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._dispatch(msg.data)
+                    refused = self._dispatch(msg.data)
+                    if refused is not None:  # a hostile frame ends this connection, with its reason
+                        error = RpcError(refused.error_class, f"{self.endpoint.name}: {refused.message}")
+                        break
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     exc = msg.data if isinstance(msg.data, BaseException) else self._ws.exception()
                     if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
@@ -426,8 +433,14 @@ class WsRpc:
                                          f"{self.endpoint.name}: message exceeds {self.endpoint.max_response_bytes}")
                     break
         except Exception as exc:  # transport failure while reading
-            error = classify_exception(exc, self.endpoint)
+            try:
+                error = classify_exception(exc, self.endpoint)
+            except Exception:  # not a transport error: still the end of this connection, never silent
+                error = RpcError(ErrorClass.INVALID_RESPONSE,
+                                 f"{self.endpoint.name}: reading the websocket failed: {type(exc).__name__}: {exc}")
         self._closed_error = error
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._ws.close(), 1.0)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -435,21 +448,25 @@ class WsRpc:
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(error)
 
-    def _dispatch(self, text: str) -> None:
+    def _dispatch(self, text: str) -> RpcError | None:
+        """Route one frame; an RpcError when the frame must end the connection (nested too deep)."""
         try:
-            doc = json.loads(text)
+            doc = loads_bounded(text)
+        except JsonTooDeep as exc:
+            return RpcError(ErrorClass.INVALID_RESPONSE, f"frame {exc}")
         except ValueError:
-            return  # a garbage frame fails no particular call; the call it belonged to times out
+            return None  # a garbage frame fails no particular call; the call it belonged to times out
         if isinstance(doc, dict) and doc.get("method") == "eth_subscription":
             try:
                 self._queue.put_nowait(doc.get("params"))
             except asyncio.QueueFull:
                 self.dropped += 1
-            return
+            return None
         request_id = doc.get("id") if isinstance(doc, dict) else None
         fut = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
         if fut is not None and not fut.done():
             fut.set_result(doc)
+        return None
 
     async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         if self._ws is None or self._closed_error is not None:

@@ -26,7 +26,7 @@ from typing import Literal
 import structlog
 
 from mevwatch.collectors._logmatch import LinePattern, limit_line_length
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.collectors.base import StateError, StateStore
 
 __all__ = ["MIGRATIONS", "STATE_COMPONENT", "FileSource", "LogTailer", "SourceStats", "Status"]
 
@@ -118,7 +118,7 @@ class LogTailer:
         sources: Sequence[FileSource],
         *,
         instance: str = "default",
-        state: StateDB | None = None,
+        state: StateStore | None = None,
         rootfs: Path = Path("/"),
         start_at: Literal["end", "beginning"] = "end",
         max_line: int = 64 * 1024,

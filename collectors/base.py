@@ -1,34 +1,29 @@
-"""The collector API: poll and stream collectors, their options, and the registry by kind.
+"""The collector contract: poll and stream collectors, their options, context, errors and state store.
 
 A collector never touches a Prometheus registry, never sleeps between runs, never retries
 and never logs its own failure streak: the supervisor does all of that. A collector returns
-metric families (``mevwatch.daemon.families``' ``*MetricFamily`` objects, built fresh each run) or
+metric families (``mevwatch.families``' ``*MetricFamily`` objects, built fresh each run) or
 raises :class:`CollectorError` for an expected failure.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
+import sqlite3
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mevwatch.daemon.families import Metric
-from mevwatch.daemon.fields import Duration
-
-if TYPE_CHECKING:
-    from mevwatch.daemon.blocking import BlockingPool
-    from mevwatch.daemon.state import StateDB
+from mevwatch.blocking import BlockingCallFailed, BlockingPool
+from mevwatch.families import Metric, MetricSpec
+from mevwatch.fields import Duration
 
 __all__ = [
-    "IMPORT_ERRORS",
-    "METRIC_TYPES",
     "Collector",
     "CollectorContext",
     "CollectorError",
@@ -39,57 +34,14 @@ __all__ = [
     "NoData",
     "Paths",
     "PollCollector",
+    "StateError",
+    "StateStore",
     "StreamCollector",
-    "all_kinds",
-    "get_kind",
-    "register",
 ]
 
 Families = Sequence[Metric]
 Emit = Callable[[Families], None]
 T = TypeVar("T")
-
-
-METRIC_TYPES = frozenset({"gauge", "counter", "histogram", "info", "stateset", "summary"})
-# Base units a family name may end in, so docs and dashboards know the unit without a second declaration.
-_UNIT_SUFFIXES = ("seconds", "bytes", "ratio", "hertz", "wei", "ether", "blocks", "celsius")
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A metric family a collector (or the supervisor, or the alert engine) may emit.
-
-    ``name`` is the family name as built (counters without ``_total``, info without ``_info``);
-    ``labels`` are every label of its samples, for info families including the info keys.
-    ``unit`` defaults to the base unit the name ends in.
-    """
-
-    name: str
-    type: str
-    help: str
-    labels: tuple[str, ...] = ()
-    unit: str = ""
-
-    def __post_init__(self) -> None:
-        if self.type not in METRIC_TYPES:
-            raise ValueError(f"{self.name}: unknown metric type {self.type!r}")
-        if not self.unit:
-            unit = next((u for u in _UNIT_SUFFIXES if self.name.endswith("_" + u)), "")
-            object.__setattr__(self, "unit", unit)
-
-    @property
-    def sample_names(self) -> tuple[str, ...]:
-        """Series names this family exposes in the Prometheus text format."""
-        match self.type:
-            case "counter":
-                return (self.name + "_total",)
-            case "info":
-                return (self.name + "_info",)
-            case "histogram":
-                return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
-            case "summary":
-                return (self.name, self.name + "_count", self.name + "_sum")
-        return (self.name,)
 
 
 class CollectorError(Exception):
@@ -145,6 +97,35 @@ class Paths:
         return self.sysfs.joinpath(*parts)
 
 
+class StateError(Exception):
+    """The state dir or DB cannot be used (unwritable, full, corrupt)."""
+
+
+class StateStore(Protocol):
+    """What a collector may do with the daemon's state DB: its own tables, under its own component.
+
+    Every call may raise StateError; a collector keeps working without what it could not save.
+    """
+
+    def migrate(self, component: str, steps: Sequence[str]) -> int:
+        """Apply the not yet applied schema ``steps`` of ``component`` in order; return the version."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction, committed when the block ends without an exception."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def each_row(self, sql: str, params: Sequence[Any], handle: Callable[[tuple[Any, ...]], None]) -> int:
+        """Call ``handle`` with each row of one query without holding every row at once; the row count."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement in its own transaction; returns the row count."""
+        ...
+
+
 @dataclass(slots=True)
 class CollectorContext:
     """What the daemon gives a collector: its identity, host paths, state DB and thread pool."""
@@ -154,7 +135,7 @@ class CollectorContext:
     interval: float
     timeout: float
     paths: Paths = field(default_factory=Paths)
-    state: StateDB | None = None
+    state: StateStore | None = None
     pool: BlockingPool | None = None
     log: Any = None
 
@@ -171,10 +152,11 @@ class CollectorContext:
         (default: the collector's timeout).
         """
         if self.pool is None:
-            from mevwatch.daemon.blocking import BlockingPool
-
             self.pool = BlockingPool(max_workers=4)
-        return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        try:
+            return await self.pool.run(fn, *args, timeout=timeout if timeout is not None else self.timeout)
+        except BlockingCallFailed as exc:
+            raise CollectorError(exc.reason, exc.message) from None
 
 
 OptionsT = TypeVar("OptionsT", bound=CollectorOptions)
@@ -212,11 +194,6 @@ class Collector(abc.ABC, Generic[OptionsT]):
 class PollCollector(Collector[OptionsT]):
     """Runs every ``interval``; each run returns the full set of families it owns."""
 
-    #: True for kinds whose run only reads local kernel files and so takes well under a millisecond or
-    #: two: with ``align_to_scrapes`` a /metrics scrape runs them when they are due about then (the
-    #: supervisor's on_scrape). A run that has to wait anyway (a thread) finishes in the background.
-    scrape_inline: ClassVar[bool] = False
-
     @abc.abstractmethod
     async def collect(self) -> Families: ...
 
@@ -230,66 +207,3 @@ class StreamCollector(Collector[OptionsT]):
 
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None: ...
-
-
-_REGISTRY: dict[str, type[Collector[Any]]] = {}
-#: collector modules that failed to import, by module name (== kind), with the error
-IMPORT_ERRORS: dict[str, str] = {}
-_DISCOVERED = False
-
-C = TypeVar("C", bound=type[Collector[Any]])
-
-
-def register(cls: C) -> C:
-    """Class decorator: make a collector available under its ``kind``."""
-    kind = cls.kind
-    existing = _REGISTRY.get(kind)
-    if existing is not None and existing is not cls:
-        raise RuntimeError(f"collector kind {kind!r} registered twice: {existing!r} and {cls!r}")
-    _REGISTRY[kind] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    _DISCOVERED = True
-    import mevwatch.collectors as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("_") or mod.name == "base":
-            continue
-        try:
-            importlib.import_module(f"mevwatch.collectors.{mod.name}")
-        except Exception as exc:  # one broken collector module must not take the others down
-            IMPORT_ERRORS[mod.name] = f"{type(exc).__name__}: {exc}"
-            structlog.get_logger("mevwatch.collectors").error(
-                "collector_import_failed", module=mod.name, error=IMPORT_ERRORS[mod.name]
-            )
-
-
-def all_kinds() -> dict[str, type[Collector[Any]]]:
-    """Every registered collector class by kind (imports each collector module once)."""
-    _discover()
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_kind(kind: str) -> type[Collector[Any]] | None:
-    """The collector class of ``kind``, importing only its own module (kind == module name)."""
-    cls = _REGISTRY.get(kind)
-    if cls is not None or kind in IMPORT_ERRORS:
-        return cls
-    if kind.isidentifier() and not kind.startswith("_") and kind != "base":
-        try:
-            importlib.import_module(f"mevwatch.collectors.{kind}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mevwatch.collectors.{kind}":
-                IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # a broken module: reported where the config uses it
-            IMPORT_ERRORS[kind] = f"{type(exc).__name__}: {exc}"
-        cls = _REGISTRY.get(kind)
-        if cls is not None:
-            return cls
-    _discover()  # a kind registered under another module name
-    return _REGISTRY.get(kind)

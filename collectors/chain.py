@@ -23,15 +23,20 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
-__all__ = ["ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "parse_head_block", "parse_syncing"]
+__all__ = [
+    "DEFAULT_BLOCK_TIME", "ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "block_time",
+    "parse_head_block", "parse_syncing",
+]
 
 T = TypeVar("T")
 _VERSION_MAX = 128
+DEFAULT_BLOCK_TIME = 12.0  # mainnet's slot time, until the node's recent blocks tell
+BLOCK_TIME_SPAN = 16  # blocks the block time is averaged over
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,14 @@ def parse_head_block(value: Any) -> HeadBlock:
     )
 
 
+def block_time(head: HeadBlock, older: HeadBlock) -> float | None:
+    """Mean seconds per block between two blocks; None when they cannot tell (same block, clock not moving)."""
+    blocks = head.number - older.number
+    if blocks <= 0 or head.timestamp <= older.timestamp:
+        return None
+    return (head.timestamp - older.timestamp) / blocks
+
+
 def _parse_version(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"web3_clientVersion: expected a string, got {type(value).__name__}")
@@ -98,6 +111,11 @@ class ChainOptions(CollectorOptions):
     )
     recheck_unsupported: Duration = Field(
         default=600.0, description="how long a method the node does not support is left alone before asking again"
+    )
+    block_time: Duration | None = Field(
+        default=None, gt=0, description=(
+            "seconds between blocks, to tell a stale head (HeadStale fires after a multiple of it); default: "
+            f"learned from the node's last {BLOCK_TIME_SPAN} blocks, {DEFAULT_BLOCK_TIME:g}s until learned"),
     )
 
     @field_validator("endpoints")
@@ -129,11 +147,14 @@ class _NodeReport:
     chain_id: int | None = None
     version: str | None = None
     error: RpcError | None = None
+    block_time: float | None = None
 
 
 @dataclass(slots=True)
 class _NodeState:
     client: JsonRpcClient
+    block_time: float | None = None  # learned, of the head it was learned at
+    block_time_head: int = -1
     unsupported: dict[str, float] = field(default_factory=dict)  # method -> monotonic time it was found missing
     supported: dict[str, bool] = field(default_factory=dict)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, class)
@@ -148,6 +169,109 @@ _METHODS: tuple[tuple[str, list[Any]], ...] = (
 )
 
 
+CHAIN_UP = MetricSpec("mevwatch_chain_up", "gauge", "1 if the node answered its head block this run", ("endpoint",))
+
+CHAIN_PEERS = MetricSpec("mevwatch_chain_peers", "gauge", "Connected peers (net_peerCount)", ("endpoint",))
+
+CHAIN_SYNCING = MetricSpec("mevwatch_chain_syncing", "gauge", "1 while the node reports it is syncing", ("endpoint",))
+
+CHAIN_SYNC_CURRENT_BLOCK = MetricSpec(
+    "mevwatch_chain_sync_current_block", "gauge",
+    "Block the syncing node has reached (eth_syncing)",
+    ("endpoint",),
+)
+
+CHAIN_SYNC_HIGHEST_BLOCK = MetricSpec(
+    "mevwatch_chain_sync_highest_block", "gauge",
+    "Highest block the syncing node knows of (eth_syncing)",
+    ("endpoint",),
+)
+
+CHAIN_SYNC_REMAINING_BLOCKS = MetricSpec(
+    "mevwatch_chain_sync_remaining_blocks", "gauge",
+    "Blocks left to sync (0 when not syncing)",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_BLOCK = MetricSpec("mevwatch_chain_head_block", "gauge", "Number of the node's latest block", ("endpoint",))
+
+CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_chain_head_block_timestamp_seconds", "gauge",
+    "Unix time in the node's latest block header",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_AGE_SECONDS = MetricSpec(
+    "mevwatch_chain_head_age_seconds", "gauge",
+    "Seconds since the timestamp of the node's latest block",
+    ("endpoint",),
+)
+
+CHAIN_BLOCK_TIME_SECONDS = MetricSpec(
+    "mevwatch_chain_block_time_seconds", "gauge",
+    "Seconds between blocks: learned from the node's recent blocks, or the configured block_time",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_AGE_BLOCKS = MetricSpec(
+    "mevwatch_chain_head_age_blocks", "gauge",
+    "Head age over the block time: how many block times passed without a new head",
+    ("endpoint",),
+)
+
+CHAIN_HEAD_LAG_BLOCKS = MetricSpec(
+    "mevwatch_chain_head_lag_blocks", "gauge",
+    "Blocks the node's head is behind the reference head (or the highest head of the instance); "
+    "reference names the endpoint it is compared with",
+    ("endpoint", "reference"),
+)
+
+CHAIN_DOWN_REASON = MetricSpec(
+    "mevwatch_chain_down_reason", "gauge",
+    "1 for the error class of the head request while the node is down (timeout, refused, http_status, "
+    "rpc_error, ...); absent while it answers",
+    ("endpoint", "reason"),
+)
+
+CHAIN_ID = MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",))
+
+CHAIN_ID_MATCH = MetricSpec(
+    "mevwatch_chain_id_match", "gauge",
+    "1 if the node's chain id is the configured expected_chain_id",
+    ("endpoint",),
+)
+
+CHAIN_CLIENT = MetricSpec(
+    "mevwatch_chain_client", "info",
+    "Node client version (web3_clientVersion)",
+    ("endpoint", "version"),
+)
+
+RPC_METHOD_SUPPORTED = MetricSpec(
+    "mevwatch_rpc_method_supported", "gauge",
+    "0 if the node answered 'method not found' for a method mevwatch uses",
+    ("endpoint", "method"),
+)
+
+CHAIN_ERRORS = MetricSpec(
+    "mevwatch_chain_errors", "counter",
+    "Failed node calls by method and error class",
+    ("endpoint", "method", "class"),
+)
+
+CHAIN_REFERENCE_UP = MetricSpec(
+    "mevwatch_chain_reference_up", "gauge",
+    "1 if the head-lag reference endpoint answered",
+    ("reference",),
+)
+
+CHAIN_REFERENCE_HEAD_BLOCK = MetricSpec(
+    "mevwatch_chain_reference_head_block", "gauge",
+    "Head block of the head-lag reference endpoint",
+    ("reference",),
+)
+
+
 @register
 class ChainCollector(PollCollector[ChainOptions]):
     kind: ClassVar[str] = "chain"
@@ -156,36 +280,26 @@ class ChainCollector(PollCollector[ChainOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "peer-loss"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_chain_up", "gauge", "1 if the node answered its head block this run", ("endpoint",)),
-        MetricSpec("mevwatch_chain_peers", "gauge", "Connected peers (net_peerCount)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_syncing", "gauge", "1 while the node reports it is syncing", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_current_block", "gauge",
-                   "Block the syncing node has reached (eth_syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_highest_block", "gauge",
-                   "Highest block the syncing node knows of (eth_syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_sync_remaining_blocks", "gauge",
-                   "Blocks left to sync (0 when not syncing)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_block", "gauge", "Number of the node's latest block", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_block_timestamp_seconds", "gauge",
-                   "Unix time in the node's latest block header", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_age_seconds", "gauge",
-                   "Seconds since the timestamp of the node's latest block", ("endpoint",)),
-        MetricSpec("mevwatch_chain_head_lag_blocks", "gauge",
-                   "Blocks the node's head is behind the reference head (or the highest head of the instance)",
-                   ("endpoint",)),
-        MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",)),
-        MetricSpec("mevwatch_chain_id_match", "gauge",
-                   "1 if the node's chain id is the configured expected_chain_id", ("endpoint",)),
-        MetricSpec("mevwatch_chain_client", "info",
-                   "Node client version (web3_clientVersion)", ("endpoint", "version")),
-        MetricSpec("mevwatch_rpc_method_supported", "gauge",
-                   "0 if the node answered 'method not found' for a method mevwatch uses", ("endpoint", "method")),
-        MetricSpec("mevwatch_chain_errors", "counter",
-                   "Failed node calls by method and error class", ("endpoint", "method", "class")),
-        MetricSpec("mevwatch_chain_reference_up", "gauge",
-                   "1 if the head-lag reference endpoint answered", ("reference",)),
-        MetricSpec("mevwatch_chain_reference_head_block", "gauge",
-                   "Head block of the head-lag reference endpoint", ("reference",)),
+        CHAIN_UP,
+        CHAIN_PEERS,
+        CHAIN_SYNCING,
+        CHAIN_SYNC_CURRENT_BLOCK,
+        CHAIN_SYNC_HIGHEST_BLOCK,
+        CHAIN_SYNC_REMAINING_BLOCKS,
+        CHAIN_HEAD_BLOCK,
+        CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS,
+        CHAIN_HEAD_AGE_SECONDS,
+        CHAIN_BLOCK_TIME_SECONDS,
+        CHAIN_HEAD_AGE_BLOCKS,
+        CHAIN_HEAD_LAG_BLOCKS,
+        CHAIN_ID,
+        CHAIN_ID_MATCH,
+        CHAIN_CLIENT,
+        RPC_METHOD_SUPPORTED,
+        CHAIN_ERRORS,
+        CHAIN_DOWN_REASON,
+        CHAIN_REFERENCE_UP,
+        CHAIN_REFERENCE_HEAD_BLOCK,
     )
 
     def __init__(self, ctx: CollectorContext, options: ChainOptions) -> None:
@@ -205,13 +319,16 @@ class ChainCollector(PollCollector[ChainOptions]):
         reports = await asyncio.gather(*(self._report(ep) for ep in eps))
         ref_head: int | None
         ref_report: _NodeReport | None = None
+        ref_name: str
         if ref is not None:
             ref_report = await self._reference(ref)
             ref_head = ref_report.head.number if ref_report.head else None
+            ref_name = ref.name
         else:
-            heads = [r.head.number for r in reports if r.head is not None]
-            ref_head = max(heads) if heads else None
-        families = self._families(list(zip(eps, reports, strict=True)), ref, ref_report, ref_head)
+            heads = [(r.head.number, ep.name) for ep, r in zip(eps, reports, strict=True) if r.head is not None]
+            top = max(heads, key=lambda h: h[0]) if heads else None
+            ref_head, ref_name = (top[0], top[1]) if top is not None else (None, "")
+        families = self._families(list(zip(eps, reports, strict=True)), ref, ref_report, ref_head, ref_name)
         if not any(r.up for r in reports):
             err = next(r.error for r in reports if r.error is not None)
             raise CollectorError(err.reason, err.message, families)
@@ -253,11 +370,28 @@ class ChainCollector(PollCollector[ChainOptions]):
             report.error = head
             return report
         report.up, report.head = True, head
+        if head is not None:
+            report.block_time = await self._block_time(node, head)
         report.peers = _value(peers)
         report.sync = _value(sync)
         report.chain_id = _value(chain_id)
         report.version = _value(version)
         return report
+
+    async def _block_time(self, node: _NodeState, head: HeadBlock) -> float:
+        """The configured block time, else the mean over the last BLOCK_TIME_SPAN blocks (asked again only when
+        the head moved), else the default."""
+        if self.options.block_time is not None:
+            return float(self.options.block_time)
+        if head.number != node.block_time_head and head.number > 0:
+            older = await self._ask(
+                node, "eth_getBlockByNumber", [hex(max(head.number - BLOCK_TIME_SPAN, 0)), False], parse_head_block
+            )
+            if isinstance(older, HeadBlock):
+                learned = block_time(head, older)
+                if learned is not None:
+                    node.block_time, node.block_time_head = learned, head.number
+        return node.block_time if node.block_time is not None else DEFAULT_BLOCK_TIME
 
     async def _ask(
         self, node: _NodeState, method: str, params: list[Any], parse: Callable[[Any], T]
@@ -284,46 +418,27 @@ class ChainCollector(PollCollector[ChainOptions]):
 
     def _families(
         self, pairs: list[tuple[Endpoint, _NodeReport]], ref: Endpoint | None,
-        ref_report: _NodeReport | None, ref_head: int | None,
+        ref_report: _NodeReport | None, ref_head: int | None, ref_name: str = "",
     ) -> list[Metric]:
         lbl = ["endpoint"]
-        up = GaugeMetricFamily("mevwatch_chain_up", "1 if the node answered its head block this run", labels=lbl)
-        peers = GaugeMetricFamily("mevwatch_chain_peers", "Connected peers (net_peerCount)", labels=lbl)
-        syncing = GaugeMetricFamily("mevwatch_chain_syncing", "1 while the node reports it is syncing", labels=lbl)
-        current = GaugeMetricFamily(
-            "mevwatch_chain_sync_current_block", "Block the syncing node has reached (eth_syncing)", labels=lbl
-        )
-        highest = GaugeMetricFamily(
-            "mevwatch_chain_sync_highest_block", "Highest block the syncing node knows of (eth_syncing)", labels=lbl
-        )
-        remaining = GaugeMetricFamily(
-            "mevwatch_chain_sync_remaining_blocks", "Blocks left to sync (0 when not syncing)", labels=lbl
-        )
-        head = GaugeMetricFamily("mevwatch_chain_head_block", "Number of the node's latest block", labels=lbl)
-        head_ts = GaugeMetricFamily(
-            "mevwatch_chain_head_block_timestamp_seconds", "Unix time in the node's latest block header", labels=lbl
-        )
-        head_age = GaugeMetricFamily(
-            "mevwatch_chain_head_age_seconds", "Seconds since the timestamp of the node's latest block", labels=lbl
-        )
-        lag = GaugeMetricFamily(
-            "mevwatch_chain_head_lag_blocks",
-            "Blocks the node's head is behind the reference head (or the highest head of the instance)",
-            labels=lbl,
-        )
-        chain_id = GaugeMetricFamily("mevwatch_chain_id", "Chain id the node reports (eth_chainId)", labels=lbl)
-        chain_ok = GaugeMetricFamily(
-            "mevwatch_chain_id_match", "1 if the node's chain id is the configured expected_chain_id", labels=lbl
-        )
-        version = InfoMetricFamily("mevwatch_chain_client", "Node client version (web3_clientVersion)", labels=lbl)
-        supported = GaugeMetricFamily(
-            "mevwatch_rpc_method_supported", "0 if the node answered 'method not found' for a method mevwatch uses",
-            labels=["endpoint", "method"],
-        )
-        errors = CounterMetricFamily(
-            "mevwatch_chain_errors", "Failed node calls by method and error class",
-            labels=["endpoint", "method", "class"],
-        )
+        up = CHAIN_UP.gauge()
+        peers = CHAIN_PEERS.gauge()
+        syncing = CHAIN_SYNCING.gauge()
+        current = CHAIN_SYNC_CURRENT_BLOCK.gauge()
+        highest = CHAIN_SYNC_HIGHEST_BLOCK.gauge()
+        remaining = CHAIN_SYNC_REMAINING_BLOCKS.gauge()
+        head = CHAIN_HEAD_BLOCK.gauge()
+        head_ts = CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS.gauge()
+        head_age = CHAIN_HEAD_AGE_SECONDS.gauge()
+        btime = CHAIN_BLOCK_TIME_SECONDS.gauge()
+        age_blocks = CHAIN_HEAD_AGE_BLOCKS.gauge()
+        lag = CHAIN_HEAD_LAG_BLOCKS.gauge()
+        chain_id = CHAIN_ID.gauge()
+        chain_ok = CHAIN_ID_MATCH.gauge()
+        version = CHAIN_CLIENT.info(labels=lbl)
+        supported = RPC_METHOD_SUPPORTED.gauge()
+        errors = CHAIN_ERRORS.counter()
+        down = CHAIN_DOWN_REASON.gauge()
         now = time.time()
         for ep, r in pairs:
             name = ep.name
@@ -332,15 +447,21 @@ class ChainCollector(PollCollector[ChainOptions]):
             for (method, cls), n in sorted(node.errors.items()):
                 errors.add_metric([name, method, cls], float(n))
             if not r.up:
+                if r.error is not None:
+                    down.add_metric([name, r.error.reason], 1.0)
                 continue
             for method, ok in sorted(node.supported.items()):
                 supported.add_metric([name, method], 1.0 if ok else 0.0)
             if r.head is not None:
                 head.add_metric([name], float(r.head.number))
                 head_ts.add_metric([name], float(r.head.timestamp))
-                head_age.add_metric([name], max(now - r.head.timestamp, 0.0))
+                age = max(now - r.head.timestamp, 0.0)
+                head_age.add_metric([name], age)
+                if r.block_time is not None:
+                    btime.add_metric([name], r.block_time)
+                    age_blocks.add_metric([name], age / r.block_time)
                 if ref_head is not None:
-                    lag.add_metric([name], float(max(ref_head - r.head.number, 0)))
+                    lag.add_metric([name, ref_name], float(max(ref_head - r.head.number, 0)))
             if r.peers is not None:
                 peers.add_metric([name], float(r.peers))
             if r.sync is not None:
@@ -356,20 +477,15 @@ class ChainCollector(PollCollector[ChainOptions]):
             if r.version is not None:
                 version.add_metric([name], {"version": r.version})
         families: list[Metric] = [
-            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, lag,
-            chain_id, chain_ok, version, supported, errors,
+            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, age_blocks, lag,
+            chain_id, chain_ok, version, supported, errors, down,
         ]
         if ref is not None and ref_report is not None:
-            ref_up = GaugeMetricFamily(
-                "mevwatch_chain_reference_up", "1 if the head-lag reference endpoint answered", labels=["reference"]
-            )
+            ref_up = CHAIN_REFERENCE_UP.gauge()
             ref_up.add_metric([ref.name], 1.0 if ref_report.up else 0.0)
             families.append(ref_up)
             if ref_report.head is not None:
-                ref_block = GaugeMetricFamily(
-                    "mevwatch_chain_reference_head_block", "Head block of the head-lag reference endpoint",
-                    labels=["reference"],
-                )
+                ref_block = CHAIN_REFERENCE_HEAD_BLOCK.gauge()
                 ref_block.add_metric([ref.name], float(ref_report.head.number))
                 families.append(ref_block)
         return families

@@ -26,9 +26,9 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
 
 __all__ = [
     "CPU_MODES",
@@ -410,54 +410,151 @@ def frequency_status(cpufreq_present: bool, unreadable: bool, virtual: bool) -> 
 # --- the collector --------------------------------------------------------------------------
 
 
+CPU_LOAD_AVERAGE = MetricSpec(
+    "mevwatch_cpu_load_average", "gauge",
+    "Runnable and uninterruptible tasks averaged over the window",
+    ("window",),
+)
+
+CPU_PROCS_RUNNING = MetricSpec("mevwatch_cpu_procs_running", "gauge", "Tasks runnable right now (/proc/stat)")
+
+CPU_PROCS_BLOCKED = MetricSpec("mevwatch_cpu_procs_blocked", "gauge", "Tasks blocked on I/O right now (/proc/stat)")
+
+CPU_SECONDS = MetricSpec("mevwatch_cpu_seconds", "counter", "CPU time of all CPUs by mode (/proc/stat)", ("mode",))
+
+CPU_TIME_RATIO = MetricSpec(
+    "mevwatch_cpu_time_ratio", "gauge",
+    "Share of CPU time per mode since the previous run, 0..1 (steal: taken by the hypervisor; iowait: idle waiting "
+    "for I/O)",
+    ("mode",),
+)
+
+CPU_LOGICAL_PROCESSORS = MetricSpec(
+    "mevwatch_cpu_logical_processors", "gauge",
+    "Logical CPUs the kernel knows (to read load per CPU)",
+)
+
+CPU_LOAD_PER_CPU = MetricSpec(
+    "mevwatch_cpu_load_per_cpu", "gauge",
+    "Load average over the window divided by the logical CPUs (above 1: tasks wait for a CPU)",
+    ("window",),
+)
+
+CPU_FREQUENCY_HERTZ = MetricSpec(
+    "mevwatch_cpu_frequency_hertz", "gauge",
+    "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')",
+    ("cpu",),
+)
+
+CPU_FREQUENCY_SCALING_STATUS = MetricSpec(
+    "mevwatch_cpu_frequency_scaling_status", "gauge",
+    "Why cpufreq series are present or absent (1 for the current state): ok, virtual_machine (a VM has no cpufreq), "
+    "no_driver (no cpufreq driver loaded), unreadable",
+    ("status",),
+)
+
+CPU_PRESSURE_RATIO = MetricSpec(
+    "mevwatch_cpu_pressure_ratio", "gauge",
+    "Share of wall time some (or all: full) tasks stalled on CPU (PSI), averaged over the window, 0..1",
+    ("kind", "window"),
+)
+
+CPU_PRESSURE_STALLED_SECONDS = MetricSpec(
+    "mevwatch_cpu_pressure_stalled_seconds", "counter",
+    "Time some (or all: full) tasks stalled on CPU (PSI total)",
+    ("kind",),
+)
+
+CPU_SOURCE_STATUS = MetricSpec(
+    "mevwatch_cpu_source_status", "gauge",
+    "State of each optional CPU source (1 for the current state): ok, missing, disabled, unreadable, invalid",
+    ("source", "status"),
+)
+
+CPU_FREQUENCY_MIN_HERTZ = MetricSpec(
+    "mevwatch_cpu_frequency_min_hertz", "gauge",
+    "Lowest clock the CPU supports",
+    ("cpu",),
+)
+
+CPU_FREQUENCY_MAX_HERTZ = MetricSpec(
+    "mevwatch_cpu_frequency_max_hertz", "gauge",
+    "Highest clock the CPU supports",
+    ("cpu",),
+)
+
+CPU_SCALING_FREQUENCY_MIN_HERTZ = MetricSpec(
+    "mevwatch_cpu_scaling_frequency_min_hertz", "gauge",
+    "Lowest clock the cpufreq policy allows",
+    ("cpu",),
+)
+
+CPU_SCALING_FREQUENCY_MAX_HERTZ = MetricSpec(
+    "mevwatch_cpu_scaling_frequency_max_hertz", "gauge",
+    "Highest clock the cpufreq policy allows (below the hardware maximum: capped)",
+    ("cpu",),
+)
+
+CPU_FREQUENCY_GOVERNOR = MetricSpec(
+    "mevwatch_cpu_frequency_governor", "gauge",
+    "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
+    ("cpu", "governor"),
+)
+
+CPU_CORE_THROTTLES = MetricSpec(
+    "mevwatch_cpu_core_throttles", "counter",
+    "Times the core was thermally throttled",
+    ("cpu",),
+)
+
+CPU_CORE_THROTTLED_SECONDS = MetricSpec(
+    "mevwatch_cpu_core_throttled_seconds", "counter",
+    "Time the core spent thermally throttled",
+    ("cpu",),
+)
+
+CPU_PACKAGE_THROTTLES = MetricSpec(
+    "mevwatch_cpu_package_throttles", "counter",
+    "Times the package was thermally throttled",
+    ("package",),
+)
+
+CPU_PACKAGE_THROTTLED_SECONDS = MetricSpec(
+    "mevwatch_cpu_package_throttled_seconds", "counter",
+    "Time the package spent thermally throttled",
+    ("package",),
+)
+
+
 @register
 class CpuCollector(PollCollector[CpuOptions]):
     kind: ClassVar[str] = "cpu"
     Options = CpuOptions
     default_interval: ClassVar[float] = 15.0
-    scrape_inline: ClassVar[bool] = True
     default_timeout: ClassVar[float] = 5.0
     runbook_section = "cpu-governor"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_cpu_load_average", "gauge",
-                   "Runnable and uninterruptible tasks averaged over the window", ("window",)),
-        MetricSpec("mevwatch_cpu_procs_running", "gauge", "Tasks runnable right now (/proc/stat)", ()),
-        MetricSpec("mevwatch_cpu_procs_blocked", "gauge", "Tasks blocked on I/O right now (/proc/stat)", ()),
-        MetricSpec("mevwatch_cpu_seconds", "counter", "CPU time of all CPUs by mode (/proc/stat)", ("mode",)),
-        MetricSpec("mevwatch_cpu_time_ratio", "gauge",
-                   "Share of CPU time per mode since the previous run, 0..1 (steal: taken by the hypervisor; iowait: "
-                   "idle waiting for I/O)", ("mode",)),
-        MetricSpec("mevwatch_cpu_logical_processors", "gauge",
-                   "Logical CPUs the kernel knows (to read load per CPU)", ()),
-        MetricSpec("mevwatch_cpu_frequency_hertz", "gauge",
-                   "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')", ("cpu",)),
-        MetricSpec("mevwatch_cpu_frequency_scaling_status", "gauge",
-                   "Why cpufreq series are present or absent (1 for the current state): ok, virtual_machine (a VM "
-                   "has no cpufreq), no_driver (no cpufreq driver loaded), unreadable", ("status",)),
-        MetricSpec("mevwatch_cpu_pressure_ratio", "gauge",
-                   "Share of wall time some (or all: full) tasks stalled on CPU (PSI), averaged over the window, "
-                   "0..1", ("kind", "window")),
-        MetricSpec("mevwatch_cpu_pressure_stalled_seconds", "counter",
-                   "Time some (or all: full) tasks stalled on CPU (PSI total)", ("kind",)),
-        MetricSpec("mevwatch_cpu_source_status", "gauge",
-                   "State of each optional CPU source (1 for the current state): ok, missing, disabled, unreadable, "
-                   "invalid", ("source", "status")),
-        MetricSpec("mevwatch_cpu_frequency_min_hertz", "gauge", "Lowest clock the CPU supports", ("cpu",)),
-        MetricSpec("mevwatch_cpu_frequency_max_hertz", "gauge", "Highest clock the CPU supports", ("cpu",)),
-        MetricSpec("mevwatch_cpu_scaling_frequency_min_hertz", "gauge",
-                   "Lowest clock the cpufreq policy allows", ("cpu",)),
-        MetricSpec("mevwatch_cpu_scaling_frequency_max_hertz", "gauge",
-                   "Highest clock the cpufreq policy allows (below the hardware maximum: capped)", ("cpu",)),
-        MetricSpec("mevwatch_cpu_frequency_governor", "gauge",
-                   "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
-                   ("cpu", "governor")),
-        MetricSpec("mevwatch_cpu_core_throttles", "counter", "Times the core was thermally throttled", ("cpu",)),
-        MetricSpec("mevwatch_cpu_core_throttled_seconds", "counter",
-                   "Time the core spent thermally throttled", ("cpu",)),
-        MetricSpec("mevwatch_cpu_package_throttles", "counter",
-                   "Times the package was thermally throttled", ("package",)),
-        MetricSpec("mevwatch_cpu_package_throttled_seconds", "counter",
-                   "Time the package spent thermally throttled", ("package",)),
+        CPU_LOAD_AVERAGE,
+        CPU_PROCS_RUNNING,
+        CPU_PROCS_BLOCKED,
+        CPU_SECONDS,
+        CPU_TIME_RATIO,
+        CPU_LOGICAL_PROCESSORS,
+        CPU_LOAD_PER_CPU,
+        CPU_FREQUENCY_HERTZ,
+        CPU_FREQUENCY_SCALING_STATUS,
+        CPU_PRESSURE_RATIO,
+        CPU_PRESSURE_STALLED_SECONDS,
+        CPU_SOURCE_STATUS,
+        CPU_FREQUENCY_MIN_HERTZ,
+        CPU_FREQUENCY_MAX_HERTZ,
+        CPU_SCALING_FREQUENCY_MIN_HERTZ,
+        CPU_SCALING_FREQUENCY_MAX_HERTZ,
+        CPU_FREQUENCY_GOVERNOR,
+        CPU_CORE_THROTTLES,
+        CPU_CORE_THROTTLED_SECONDS,
+        CPU_PACKAGE_THROTTLES,
+        CPU_PACKAGE_THROTTLED_SECONDS,
     )
 
     def __init__(self, ctx: CollectorContext, options: CpuOptions) -> None:
@@ -468,14 +565,14 @@ class CpuCollector(PollCollector[CpuOptions]):
         self._stat_path = os.fspath(paths.proc("stat"))
         self._loadavg_path = os.fspath(paths.proc("loadavg"))
         self._cpuinfo_path = os.fspath(paths.proc("cpuinfo"))
-        self._psi = PressureSource(os.fspath(paths.proc("pressure", "cpu")), "mevwatch_cpu", "CPU")
+        self._psi = PressureSource(
+            os.fspath(paths.proc("pressure", "cpu")), CPU_PRESSURE_RATIO, CPU_PRESSURE_STALLED_SECONDS
+        )
         self._sysfs = os.fspath(paths.sysfs)
         self._layout: _Layout | None = None
         # the layout, /proc/cpuinfo's clocks and its VM flag, when those clocks cannot change
         # (cpuinfo_clock_is_fixed): read once per layout, not on every run
         self._fixed_cpuinfo: tuple[_Layout, dict[int, float], bool] | None = None
-        # the frequency families of a layout without cpufreq whose cpuinfo clock is fixed (a VM)
-        self._static_frequency: tuple[_Layout, list[Metric]] | None = None
         self._clk_tck = os.sysconf("SC_CLK_TCK")
 
     def _current_layout(self, online: tuple[int, ...]) -> _Layout:
@@ -491,41 +588,30 @@ class CpuCollector(PollCollector[CpuOptions]):
         load = self._core_file(self._loadavg_path, "loadavg", parse_loadavg)
         families: list[Metric] = []
 
-        load_fam = GaugeMetricFamily(
-            "mevwatch_cpu_load_average", "Runnable and uninterruptible tasks averaged over the window",
-            labels=["window"],
-        )
+        load_fam = CPU_LOAD_AVERAGE.gauge()
         for window, value in zip(("1m", "5m", "15m"), load, strict=True):
             load_fam.add_metric([window], value)
         families.append(load_fam)
         if stat.procs_running is not None:
-            families.append(GaugeMetricFamily(
-                "mevwatch_cpu_procs_running", "Tasks runnable right now (/proc/stat)", value=stat.procs_running
-            ))
+            families.append(CPU_PROCS_RUNNING.gauge(stat.procs_running))
         if stat.procs_blocked is not None:
-            families.append(GaugeMetricFamily(
-                "mevwatch_cpu_procs_blocked", "Tasks blocked on I/O right now (/proc/stat)", value=stat.procs_blocked
-            ))
+            families.append(CPU_PROCS_BLOCKED.gauge(stat.procs_blocked))
         families.extend(self._time_families(stat))
 
         layout = self._current_layout(stat.online)
-        families.append(GaugeMetricFamily(
-            "mevwatch_cpu_logical_processors",
-            "Logical CPUs the kernel knows (to read load per CPU)",
-            value=len(layout.cpus) or os.cpu_count() or 0,
-        ))
+        cpus = len(layout.cpus) or os.cpu_count() or 0
+        families.append(CPU_LOGICAL_PROCESSORS.gauge(cpus))
+        if cpus:
+            per_cpu = CPU_LOAD_PER_CPU.gauge()
+            for window, value in zip(("1m", "5m", "15m"), load, strict=True):
+                per_cpu.add_metric([window], value / cpus)
+            families.append(per_cpu)
         families.extend(self._frequency_families(layout))
         sources: list[tuple[Sequence[str], str]] = [
             (["thermal_throttle"], self._throttle_families(layout, families)),
             (["pressure"], self._pressure(families)),
         ]
-        families.append(enum_family(
-            "mevwatch_cpu_source_status",
-            "State of each optional CPU source (1 for the current state): ok, missing, disabled, unreadable, "
-            "invalid",
-            ["source"],
-            sources,
-        ))
+        families.append(enum_family(CPU_SOURCE_STATUS, sources))
         # A family without samples (no limit set, no cpufreq) is left out rather than rendered empty.
         return [f for f in families if f.samples]
 
@@ -540,9 +626,7 @@ class CpuCollector(PollCollector[CpuOptions]):
 
     def _time_families(self, stat: ProcStat) -> list[Metric]:
         hz = self._clk_tck
-        seconds = CounterMetricFamily(
-            "mevwatch_cpu_seconds", "CPU time of all CPUs by mode (/proc/stat)", labels=["mode"]
-        )
+        seconds = CPU_SECONDS.counter()
         for mode in CPU_MODES:
             seconds.add_metric([mode], stat.ticks[mode] / hz)
         out: list[Metric] = [seconds]
@@ -550,21 +634,13 @@ class CpuCollector(PollCollector[CpuOptions]):
         ratios = cpu_time_ratios(prev, stat) if prev is not None else None
         if ratios is not None:
             # The first run has no previous sample: a share since boot would hide a current steal burst.
-            ratio = GaugeMetricFamily(
-                "mevwatch_cpu_time_ratio",
-                "Share of CPU time per mode since the previous run, 0..1 (steal: taken by the hypervisor; "
-                "iowait: idle waiting for I/O)",
-                labels=["mode"],
-            )
+            ratio = CPU_TIME_RATIO.gauge()
             for mode in CPU_MODES:
                 ratio.add_metric([mode], ratios[mode])
             out.append(ratio)
         return out
 
     def _frequency_families(self, layout: _Layout) -> list[Metric]:
-        static = self._static_frequency
-        if static is not None and static[0] is layout:
-            return static[1]  # no cpufreq and a fixed cpuinfo clock: nothing here changes with the layout
         freqs: dict[int, CpuFreq] = {}
         unreadable = False
         for c in layout.cpus:
@@ -579,35 +655,19 @@ class CpuCollector(PollCollector[CpuOptions]):
         need_virtual = not freqs and not unreadable and not layout.hypervisor_type
         cpuinfo_hz: dict[int, float] = {}
         virtual = layout.hypervisor_type
-        fixed = False
         if need_clock or need_virtual:
             info = self._cpuinfo(layout)
             if info is not None:
-                cpuinfo_hz, flag, fixed = info
+                cpuinfo_hz, flag = info
                 virtual = virtual or flag
         status = frequency_status(bool(freqs), unreadable, virtual)
 
-        labels = ["cpu"]
-        current = GaugeMetricFamily(
-            "mevwatch_cpu_frequency_hertz",
-            "Current clock of the CPU (cpufreq, else /proc/cpuinfo 'cpu MHz')",
-            labels=labels,
-        )
-        hw_min = GaugeMetricFamily("mevwatch_cpu_frequency_min_hertz", "Lowest clock the CPU supports", labels=labels)
-        hw_max = GaugeMetricFamily("mevwatch_cpu_frequency_max_hertz", "Highest clock the CPU supports", labels=labels)
-        sc_min = GaugeMetricFamily(
-            "mevwatch_cpu_scaling_frequency_min_hertz", "Lowest clock the cpufreq policy allows", labels=labels
-        )
-        sc_max = GaugeMetricFamily(
-            "mevwatch_cpu_scaling_frequency_max_hertz",
-            "Highest clock the cpufreq policy allows (below the hardware maximum: capped)",
-            labels=labels,
-        )
-        governor = GaugeMetricFamily(
-            "mevwatch_cpu_frequency_governor",
-            "cpufreq governor of the CPU: 1 for the active one, 0 for every other available one",
-            labels=["cpu", "governor"],
-        )
+        current = CPU_FREQUENCY_HERTZ.gauge()
+        hw_min = CPU_FREQUENCY_MIN_HERTZ.gauge()
+        hw_max = CPU_FREQUENCY_MAX_HERTZ.gauge()
+        sc_min = CPU_SCALING_FREQUENCY_MIN_HERTZ.gauge()
+        sc_max = CPU_SCALING_FREQUENCY_MAX_HERTZ.gauge()
+        governor = CPU_FREQUENCY_GOVERNOR.gauge()
         for c in layout.cpus:
             lv = [c.label]
             f = freqs.get(c.cpu)
@@ -629,47 +689,31 @@ class CpuCollector(PollCollector[CpuOptions]):
             for cpu, hz in sorted(cpuinfo_hz.items()):
                 current.add_metric([str(cpu)], hz)
         scaling_status = enum_family(
-            "mevwatch_cpu_frequency_scaling_status",
-            "Why cpufreq series are present or absent (1 for the current state): ok, virtual_machine "
-            "(a VM has no cpufreq), no_driver (no cpufreq driver loaded), unreadable",
-            [],
+            CPU_FREQUENCY_SCALING_STATUS,
             [([], status)],
             states=FREQUENCY_STATES,
         )
-        out: list[Metric] = [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
-        if not freqs and not unreadable and fixed:
-            self._static_frequency = (layout, out)
-        return out
+        return [current, hw_min, hw_max, sc_min, sc_max, governor, scaling_status]
 
-    def _cpuinfo(self, layout: _Layout) -> tuple[dict[int, float], bool, bool] | None:
-        """/proc/cpuinfo's (clocks, VM flag, whether the clocks are fixed); None when unreadable. Fixed
-        clocks (cpuinfo_clock_is_fixed) are kept with the layout instead of read again on every run."""
+    def _cpuinfo(self, layout: _Layout) -> tuple[dict[int, float], bool] | None:
+        """/proc/cpuinfo's (clocks, VM flag); None when unreadable. Fixed clocks (cpuinfo_clock_is_fixed)
+        are kept with the layout instead of read again on every run."""
         kept = self._fixed_cpuinfo
         if kept is not None and kept[0] is layout:
-            return kept[1], kept[2], True
+            return kept[1], kept[2]
         text, _, _ = read_text_status(self._cpuinfo_path)
         if text is None:
             return None
         mhz, flag = parse_cpuinfo(text)
-        fixed = cpuinfo_clock_is_fixed(text, mhz)
-        if fixed:
+        if cpuinfo_clock_is_fixed(text, mhz):
             self._fixed_cpuinfo = (layout, mhz, flag)
-        return mhz, flag, fixed
+        return mhz, flag
 
     def _throttle_families(self, layout: _Layout, families: list[Metric]) -> str:
-        core = CounterMetricFamily(
-            "mevwatch_cpu_core_throttles", "Times the core was thermally throttled", labels=["cpu"]
-        )
-        core_s = CounterMetricFamily(
-            "mevwatch_cpu_core_throttled_seconds", "Time the core spent thermally throttled", labels=["cpu"]
-        )
-        pkg = CounterMetricFamily(
-            "mevwatch_cpu_package_throttles", "Times the package was thermally throttled", labels=["package"]
-        )
-        pkg_s = CounterMetricFamily(
-            "mevwatch_cpu_package_throttled_seconds", "Time the package spent thermally throttled",
-            labels=["package"],
-        )
+        core = CPU_CORE_THROTTLES.counter()
+        core_s = CPU_CORE_THROTTLED_SECONDS.counter()
+        pkg = CPU_PACKAGE_THROTTLES.counter()
+        pkg_s = CPU_PACKAGE_THROTTLED_SECONDS.counter()
         seen_packages: set[str] = set()
         found = False
         for c in layout.cpus:

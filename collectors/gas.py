@@ -23,9 +23,9 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
+from mevwatch.collectors.registry import register
+from mevwatch.families import GaugeMetricFamily, Metric
 
 __all__ = [
     "BID_STATUSES",
@@ -228,6 +228,76 @@ def _label(p: float) -> str:
     return f"{p:g}"
 
 
+GAS_NEXT_BASE_FEE_WEI = MetricSpec(
+    "mevwatch_gas_next_base_fee_wei", "gauge",
+    "Base fee of the next block, in wei",
+    ("endpoint",),
+)
+
+GAS_BASE_FEE_WEI = MetricSpec(
+    "mevwatch_gas_base_fee_wei", "gauge",
+    "Base fee of the newest block, in wei",
+    ("endpoint",),
+)
+
+GAS_USED_RATIO = MetricSpec(
+    "mevwatch_gas_used_ratio", "gauge",
+    "Mean gas used / gas limit over the window",
+    ("endpoint",),
+)
+
+GAS_LAST_BLOCK_USED_RATIO = MetricSpec(
+    "mevwatch_gas_last_block_used_ratio", "gauge",
+    "Gas used / gas limit of the newest block",
+    ("endpoint",),
+)
+
+GAS_WINDOW_BLOCKS = MetricSpec("mevwatch_gas_window_blocks", "gauge", "Blocks in the fee-history window", ("endpoint",))
+
+GAS_WINDOW_BLOCKS_WITH_TRANSACTIONS = MetricSpec(
+    "mevwatch_gas_window_blocks_with_transactions", "gauge",
+    "Blocks of the window that had transactions (the priority fees come from these)",
+    ("endpoint",),
+)
+
+GAS_PRIORITY_FEE_WEI = MetricSpec(
+    "mevwatch_gas_priority_fee_wei", "gauge",
+    "Priority fee (tip) paid at a reward percentile, in wei: mean over the window's non-empty blocks",
+    ("endpoint", "percentile"),
+)
+
+GAS_BID_CONFIG_STATUS = MetricSpec(
+    "mevwatch_gas_bid_config_status", "gauge",
+    "Where the bot's bid was read from: 1 for the current status (ok, missing, unreadable, invalid_yaml, "
+    "key_missing, not_a_number)",
+    ("endpoint", "status"),
+)
+
+GAS_BID_VALUE = MetricSpec(
+    "mevwatch_gas_bid_value", "gauge",
+    "The bot's bid as configured (unit per kind)",
+    ("endpoint", "kind"),
+)
+
+GAS_BID_WEI = MetricSpec(
+    "mevwatch_gas_bid_wei", "gauge",
+    "The bot's bid on the basis it is compared on, in wei",
+    ("endpoint", "kind", "percentile"),
+)
+
+GAS_MARKET_PRICE_WEI = MetricSpec(
+    "mevwatch_gas_market_price_wei", "gauge",
+    "What the market paid at the compared percentile on the same basis, in wei",
+    ("endpoint", "kind", "percentile"),
+)
+
+GAS_BID_COMPETITIVENESS_RATIO = MetricSpec(
+    "mevwatch_gas_bid_competitiveness_ratio", "gauge",
+    "Bot's bid / market price at the percentile (below 1: underbidding it)",
+    ("endpoint", "kind", "percentile"),
+)
+
+
 @register
 class GasCollector(PollCollector[GasOptions]):
     kind: ClassVar[str] = "gas"
@@ -237,30 +307,18 @@ class GasCollector(PollCollector[GasOptions]):
     default_enabled: ClassVar[bool] = False
     runbook_section = "gas-uncompetitive"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_gas_next_base_fee_wei", "gauge", "Base fee of the next block, in wei", ("endpoint",)),
-        MetricSpec("mevwatch_gas_base_fee_wei", "gauge", "Base fee of the newest block, in wei", ("endpoint",)),
-        MetricSpec("mevwatch_gas_used_ratio", "gauge", "Mean gas used / gas limit over the window", ("endpoint",)),
-        MetricSpec("mevwatch_gas_last_block_used_ratio", "gauge",
-                   "Gas used / gas limit of the newest block", ("endpoint",)),
-        MetricSpec("mevwatch_gas_window_blocks", "gauge", "Blocks in the fee-history window", ("endpoint",)),
-        MetricSpec("mevwatch_gas_window_blocks_with_transactions", "gauge",
-                   "Blocks of the window that had transactions (the priority fees come from these)", ("endpoint",)),
-        MetricSpec("mevwatch_gas_priority_fee_wei", "gauge",
-                   "Priority fee (tip) paid at a reward percentile, in wei: mean over the window's non-empty blocks",
-                   ("endpoint", "percentile")),
-        MetricSpec("mevwatch_gas_bid_config_status", "gauge",
-                   "Where the bot's bid was read from: 1 for the current status (ok, missing, unreadable, "
-                   "invalid_yaml, key_missing, not_a_number)", ("endpoint", "status")),
-        MetricSpec("mevwatch_gas_bid_value", "gauge",
-                   "The bot's bid as configured (unit per kind)", ("endpoint", "kind")),
-        MetricSpec("mevwatch_gas_bid_wei", "gauge",
-                   "The bot's bid on the basis it is compared on, in wei", ("endpoint", "kind", "percentile")),
-        MetricSpec("mevwatch_gas_market_price_wei", "gauge",
-                   "What the market paid at the compared percentile on the same basis, in wei",
-                   ("endpoint", "kind", "percentile")),
-        MetricSpec("mevwatch_gas_bid_competitiveness_ratio", "gauge",
-                   "Bot's bid / market price at the percentile (below 1: underbidding it)",
-                   ("endpoint", "kind", "percentile")),
+        GAS_NEXT_BASE_FEE_WEI,
+        GAS_BASE_FEE_WEI,
+        GAS_USED_RATIO,
+        GAS_LAST_BLOCK_USED_RATIO,
+        GAS_WINDOW_BLOCKS,
+        GAS_WINDOW_BLOCKS_WITH_TRANSACTIONS,
+        GAS_PRIORITY_FEE_WEI,
+        GAS_BID_CONFIG_STATUS,
+        GAS_BID_VALUE,
+        GAS_BID_WEI,
+        GAS_MARKET_PRICE_WEI,
+        GAS_BID_COMPETITIVENESS_RATIO,
     )
 
     def __init__(self, ctx: CollectorContext, options: GasOptions) -> None:
@@ -301,27 +359,22 @@ class GasCollector(PollCollector[GasOptions]):
         except ValueError as exc:
             raise CollectorError("invalid_response", str(exc)) from None
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["endpoint"])
+        def gauge(spec: MetricSpec, value: float) -> GaugeMetricFamily:
+            g = spec.gauge()
             g.add_metric([ep], value)
             return g
 
         families: list[Metric] = [
-            gauge("mevwatch_gas_next_base_fee_wei", "Base fee of the next block, in wei", float(fee.next_base_fee)),
-            gauge("mevwatch_gas_base_fee_wei", "Base fee of the newest block, in wei", float(fee.latest_base_fee)),
-            gauge("mevwatch_gas_used_ratio", "Mean gas used / gas limit over the window", fee.gas_used_ratio),
-            gauge("mevwatch_gas_last_block_used_ratio", "Gas used / gas limit of the newest block",
+            gauge(GAS_NEXT_BASE_FEE_WEI, float(fee.next_base_fee)),
+            gauge(GAS_BASE_FEE_WEI, float(fee.latest_base_fee)),
+            gauge(GAS_USED_RATIO, fee.gas_used_ratio),
+            gauge(GAS_LAST_BLOCK_USED_RATIO,
                   fee.last_gas_used_ratio),
-            gauge("mevwatch_gas_window_blocks", "Blocks in the fee-history window", float(fee.blocks)),
-            gauge("mevwatch_gas_window_blocks_with_transactions",
-                  "Blocks of the window that had transactions (the priority fees come from these)",
+            gauge(GAS_WINDOW_BLOCKS, float(fee.blocks)),
+            gauge(GAS_WINDOW_BLOCKS_WITH_TRANSACTIONS,
                   float(fee.blocks_with_transactions)),
         ]
-        tips = GaugeMetricFamily(
-            "mevwatch_gas_priority_fee_wei",
-            "Priority fee (tip) paid at a reward percentile, in wei: mean over the window's non-empty blocks",
-            labels=["endpoint", "percentile"],
-        )
+        tips = GAS_PRIORITY_FEE_WEI.gauge()
         for p, v in fee.rewards.items():
             tips.add_metric([ep, _label(p)], v)
         families.append(tips)
@@ -338,34 +391,23 @@ class GasCollector(PollCollector[GasOptions]):
             else:
                 self.ctx.log.warning("gas_bid_config_bad", status=status, error=message)
             self._last_bid_status = status
-        state = GaugeMetricFamily(
-            "mevwatch_gas_bid_config_status",
-            "Where the bot's bid was read from: 1 for the current status (ok, missing, unreadable, "
-            "invalid_yaml, key_missing, not_a_number)", labels=["endpoint", "status"],
-        )
+        state = GAS_BID_CONFIG_STATUS.gauge()
         for s in BID_STATUSES:
             state.add_metric([ep, s], 1.0 if s == status else 0.0)
         out: list[Metric] = [state]
         if value is None:
             return out
         bid_wei, market_wei, ratio = competitiveness(bid.kind, value, fee.next_base_fee, fee.rewards[bid.percentile])
-        labels = ["endpoint", "kind", "percentile"]
         lv = [ep, bid.kind, _label(bid.percentile)]
-        configured = GaugeMetricFamily("mevwatch_gas_bid_value", "The bot's bid as configured (unit per kind)",
-                                       labels=["endpoint", "kind"])
+        configured = GAS_BID_VALUE.gauge()
         configured.add_metric([ep, bid.kind], value)
-        bid_g = GaugeMetricFamily("mevwatch_gas_bid_wei", "The bot's bid on the basis it is compared on, in wei",
-                                  labels=labels)
+        bid_g = GAS_BID_WEI.gauge()
         bid_g.add_metric(lv, bid_wei)
-        market = GaugeMetricFamily("mevwatch_gas_market_price_wei",
-                                   "What the market paid at the compared percentile on the same basis, in wei",
-                                   labels=labels)
+        market = GAS_MARKET_PRICE_WEI.gauge()
         market.add_metric(lv, market_wei)
         out += [configured, bid_g, market]
         if ratio is not None:
-            comp = GaugeMetricFamily("mevwatch_gas_bid_competitiveness_ratio",
-                                     "Bot's bid / market price at the percentile (below 1: underbidding it)",
-                                     labels=labels)
+            comp = GAS_BID_COMPETITIVENESS_RATIO.gauge()
             comp.add_metric(lv, ratio)
             out.append(comp)
         return out

@@ -19,16 +19,14 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
+from mevwatch.collectors._json import JsonTooDeep, loads_bounded
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
+from mevwatch.families import (
     Metric,
 )
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.logging import redact_url
+from mevwatch.fields import ByteSize, Duration
+from mevwatch.redaction import redact_url
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -65,18 +63,25 @@ class FieldCheck:
     op: str | None
     value: Any
 
-    def evaluate(self, doc: Any) -> tuple[bool, str]:
-        """(passed, why not) for one decoded JSON document."""
+    def value_in(self, doc: Any) -> tuple[Any, str]:
+        """(the value at the path, "") or (_MISSING, why not) in one decoded JSON document."""
         current: Any = doc
         for seg in self.path:
             if isinstance(seg, int):
                 if not isinstance(current, list) or seg >= len(current):
-                    return False, f"{_fmt_path(self.path)}: no element [{seg}]"
+                    return _MISSING, f"{_fmt_path(self.path)}: no element [{seg}]"
                 current = current[seg]
             else:
                 if not isinstance(current, dict) or seg not in current:
-                    return False, f"{_fmt_path(self.path)}: field {seg!r} missing"
+                    return _MISSING, f"{_fmt_path(self.path)}: field {seg!r} missing"
                 current = current[seg]
+        return current, ""
+
+    def evaluate(self, doc: Any) -> tuple[bool, str]:
+        """(passed, why not) for one decoded JSON document."""
+        current, why = self.value_in(doc)
+        if current is _MISSING:
+            return False, why
         if self.op is None:
             ok = bool(current)  # JSON's falsy values (null, false, 0, "", [], {}) are Python's too
             return ok, "" if ok else f"{_fmt_path(self.path)} is {json.dumps(current)[:80]}"
@@ -223,6 +228,11 @@ class HttpTarget(BaseModel):
     )
     timeout: Duration = Field(2.0, description="whole-request timeout of one probe (connect + body)")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
+    latency_field: str | None = Field(None, description=(
+        "JSON path of a latency the target reports about itself, e.g. the engine's detection latency "
+        "(`latency.detection_ms`); exported as mevwatch_http_reported_latency_seconds and judged by the "
+        "runbook's 15 ms budget (EngineLatencyHigh), unlike the probe's own round trip"))
+    latency_unit: Literal["s", "ms", "us"] = Field("ms", description="unit of latency_field's number")
 
     @field_validator("name")
     @classmethod
@@ -253,6 +263,13 @@ class HttpTarget(BaseModel):
     def _check(cls, v: str | None) -> str | None:
         if v is not None:
             parse_check(v)
+        return v
+
+    @field_validator("latency_field")
+    @classmethod
+    def _latency_field(cls, v: str | None) -> str | None:
+        if v is not None and parse_check(v).op is not None:
+            raise ValueError(f"latency_field {v!r} is a JSON path (e.g. latency.detection_ms), not a check")
         return v
 
     @field_validator("timeout")
@@ -311,6 +328,50 @@ class ProbeResult:
     reason: str  # "" when up
     check_ok: bool | None  # None when no check is configured or no body was read
     message: str = ""
+    reported_latency: float | None = None  # seconds, from latency_field of the body
+
+
+HTTP_UP = MetricSpec(
+    "mevwatch_http_up", "gauge",
+    "1 when the probe got an expected status and passed its JSON check",
+    ("target",),
+)
+
+HTTP_STATUS_CODE = MetricSpec(
+    "mevwatch_http_status_code", "gauge",
+    "HTTP status of the last probe (0: no response)",
+    ("target",),
+)
+
+HTTP_PROBE_DURATION_SECONDS = MetricSpec(
+    "mevwatch_http_probe_duration_seconds", "gauge",
+    "Time of the last probe to the full response body",
+    ("target",),
+)
+
+HTTP_REQUEST_DURATION_SECONDS = MetricSpec(
+    "mevwatch_http_request_duration_seconds", "histogram",
+    "Time to the full response body of every probe that got a response",
+    ("target",),
+)
+
+HTTP_ERRORS = MetricSpec("mevwatch_http_errors", "counter", "Failed probes by reason", ("target", "reason"))
+
+HTTP_TARGET = MetricSpec(
+    "mevwatch_http_target", "info",
+    "Probed URL (secrets redacted) and method",
+    ("target", "method", "url"),
+)
+
+HTTP_CHECK_OK = MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check"))
+
+HTTP_REPORTED_LATENCY_SECONDS = MetricSpec(
+    "mevwatch_http_reported_latency_seconds", "gauge",
+    "Latency the target reports about itself in its JSON body (latency_field), e.g. the engine's detection "
+    "latency; absent when not configured or not in the body",
+    ("target",),
+)
+_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
 @register
@@ -321,22 +382,20 @@ class HttpCollector(PollCollector[HttpOptions]):
     default_timeout: ClassVar[float] = 4.0
     runbook_section = "engine-down"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_http_up", "gauge",
-                   "1 when the probe got an expected status and passed its JSON check", ("target",)),
-        MetricSpec("mevwatch_http_status_code", "gauge", "HTTP status of the last probe (0: no response)", ("target",)),
-        MetricSpec("mevwatch_http_probe_duration_seconds", "gauge",
-                   "Time of the last probe to the full response body", ("target",)),
-        MetricSpec("mevwatch_http_request_duration_seconds", "histogram",
-                   "Time to the full response body of every probe that got a response", ("target",)),
-        MetricSpec("mevwatch_http_errors", "counter", "Failed probes by reason", ("target", "reason")),
-        MetricSpec("mevwatch_http_target", "info",
-                   "Probed URL (secrets redacted) and method", ("target", "method", "url")),
-        MetricSpec("mevwatch_http_check_ok", "gauge", "1 when the JSON field check passed", ("target", "check")),
+        HTTP_UP,
+        HTTP_STATUS_CODE,
+        HTTP_PROBE_DURATION_SECONDS,
+        HTTP_REQUEST_DURATION_SECONDS,
+        HTTP_ERRORS,
+        HTTP_TARGET,
+        HTTP_CHECK_OK,
+        HTTP_REPORTED_LATENCY_SECONDS,
     )
 
     def __init__(self, ctx: CollectorContext, options: HttpOptions) -> None:
         super().__init__(ctx, options)
         self._checks = {t.name: parse_check(t.json_check) for t in options.targets if t.json_check}
+        self._latency_fields = {t.name: parse_check(t.latency_field) for t in options.targets if t.latency_field}
         self._hist = {t.name: LatencyHistogram(options.buckets) for t in options.targets}
         self._errors: dict[tuple[str, str], int] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -385,34 +444,40 @@ class HttpCollector(PollCollector[HttpOptions]):
             return ProbeResult(False, status, None, reason, None, redact_url(f"{type(exc).__name__}: {exc}"))
         if status not in target.expect_status:
             return ProbeResult(False, status, seconds, "http_status", None, f"HTTP {status}")
-        if check is None:
+        latency_field = self._latency_fields.get(target.name)
+        if check is None and latency_field is None:
             return ProbeResult(True, status, seconds, "", None)
         try:
-            doc = json.loads(body)
+            doc = loads_bounded(body)
+        except JsonTooDeep as exc:
+            return ProbeResult(check is None, status, seconds, "" if check is None else "invalid_json",
+                               None if check is None else False, f"body {exc}")
         except (ValueError, UnicodeDecodeError):
-            return ProbeResult(False, status, seconds, "invalid_json", False, "body is not JSON")
+            return ProbeResult(check is None, status, seconds, "" if check is None else "invalid_json",
+                               None if check is None else False, "body is not JSON")
+        reported = None
+        if latency_field is not None:
+            value, _ = latency_field.value_in(doc)
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                reported = float(value) * _UNIT_SECONDS[target.latency_unit]
+        if check is None:
+            return ProbeResult(True, status, seconds, "", None, reported_latency=reported)
         ok, why = check.evaluate(doc)
         if not ok:
-            return ProbeResult(False, status, seconds, "check_failed", False, why)
-        return ProbeResult(True, status, seconds, "", True)
+            return ProbeResult(False, status, seconds, "check_failed", False, why, reported)
+        return ProbeResult(True, status, seconds, "", True, reported_latency=reported)
 
     async def collect(self) -> Families:
         targets = self.options.targets
         results = await asyncio.gather(*(self.probe(t) for t in targets))
-        up = GaugeMetricFamily("mevwatch_http_up", "1 when the probe got an expected status and passed its "
-                               "JSON check", labels=["target"])
-        status = GaugeMetricFamily("mevwatch_http_status_code", "HTTP status of the last probe (0: no response)",
-                                   labels=["target"])
-        last = GaugeMetricFamily("mevwatch_http_probe_duration_seconds",
-                                 "Time of the last probe to the full response body", labels=["target"])
-        hist = HistogramMetricFamily("mevwatch_http_request_duration_seconds",
-                                     "Time to the full response body of every probe that got a response",
-                                     labels=["target"])
-        check_ok = GaugeMetricFamily("mevwatch_http_check_ok", "1 when the JSON field check passed",
-                                     labels=["target", "check"])
-        errors = CounterMetricFamily("mevwatch_http_errors", "Failed probes by reason", labels=["target", "reason"])
-        info = InfoMetricFamily("mevwatch_http_target", "Probed URL (secrets redacted) and method",
-                                labels=["target"])
+        up = HTTP_UP.gauge()
+        status = HTTP_STATUS_CODE.gauge()
+        last = HTTP_PROBE_DURATION_SECONDS.gauge()
+        hist = HTTP_REQUEST_DURATION_SECONDS.histogram()
+        check_ok = HTTP_CHECK_OK.gauge()
+        reported = HTTP_REPORTED_LATENCY_SECONDS.gauge()
+        errors = HTTP_ERRORS.counter()
+        info = HTTP_TARGET.info(labels=["target"])
         for target, res in zip(targets, results, strict=True):
             name = target.name
             up.add_metric([name], 1.0 if res.up else 0.0)
@@ -430,6 +495,8 @@ class HttpCollector(PollCollector[HttpOptions]):
             self._last_reason[name] = res.reason
             if name in self._checks:
                 check_ok.add_metric([name, self._checks[name].text], 1.0 if res.check_ok else 0.0)
+            if res.reported_latency is not None:
+                reported.add_metric([name], res.reported_latency)
             h = self._hist[name]
             hist.add_metric([name], buckets=h.buckets(), sum_value=h.sum)
             info.add_metric([name], {"url": redact_url(target.url), "method": target.method})
@@ -438,6 +505,8 @@ class HttpCollector(PollCollector[HttpOptions]):
         families: list[Metric] = [up, status, last, hist, errors, info]
         if self._checks:
             families.append(check_ok)
+        if self._latency_fields:
+            families.append(reported)
         return families
 
 

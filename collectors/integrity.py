@@ -23,11 +23,12 @@ from mevwatch.collectors._integrity_scan import (
     DEFAULT_CHUNK,
     KINDS,
     FileRecord,
+    RecordTable,
     Violation,
     WatchSet,
     compare,
     scan,
-    verify,
+    verify_each,
 )
 from mevwatch.collectors.base import (
     CollectorContext,
@@ -36,10 +37,10 @@ from mevwatch.collectors.base import (
     Emit,
     MetricSpec,
     StreamCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import ByteSize, Duration, read_secret_file
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric, label_text
+from mevwatch.fields import ByteSize, Duration, read_secret_file
 
 __all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]
 
@@ -52,6 +53,8 @@ _WATCH_MASK = (
 _DIR_CHANGE = Mask.CREATE | Mask.MOVED_TO | Mask.DELETE | Mask.MOVED_FROM
 # Events read per read(2): a burst of changes is drained in few wakeups.
 _EVENT_CACHE = 4096
+# Paths scanned at a time by a verify: only one batch of records is held beside the baseline.
+_VERIFY_BATCH = 8192
 REALTIME_STATES = ("ok", "overflow", "watch_limit", "unavailable")
 
 
@@ -126,6 +129,76 @@ def read_hmac_key(options: IntegrityOptions) -> bytes | None:
     return key.encode()
 
 
+INTEGRITY_VIOLATION = MetricSpec(
+    "mevwatch_integrity_violation", "gauge",
+    "1 while the file differs from its baseline in this way",
+    ("path", "kind"),
+)
+
+INTEGRITY_VIOLATIONS = MetricSpec(
+    "mevwatch_integrity_violations", "gauge",
+    "Violations present, by kind (not capped)",
+    ("kind",),
+)
+
+INTEGRITY_VIOLATION_SERIES_OVERFLOW = MetricSpec(
+    "mevwatch_integrity_violation_series_overflow", "gauge",
+    "Violations present but not exported as series (max_violation_series reached)",
+)
+
+INTEGRITY_FILES_WATCHED = MetricSpec("mevwatch_integrity_files_watched", "gauge", "Paths of the watched set that exist")
+
+INTEGRITY_WATCHED_DIRECTORIES = MetricSpec(
+    "mevwatch_integrity_watched_directories", "gauge",
+    "Directories under inotify watch",
+)
+
+INTEGRITY_LAST_VERIFY_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_integrity_last_verify_timestamp_seconds", "gauge",
+    "Unix time the last verify ended",
+)
+
+INTEGRITY_LAST_VERIFY_DURATION_SECONDS = MetricSpec(
+    "mevwatch_integrity_last_verify_duration_seconds", "gauge",
+    "Duration of the last verify",
+)
+
+INTEGRITY_CHANGES_DETECTED = MetricSpec(
+    "mevwatch_integrity_changes_detected", "counter",
+    "Checks that found a file's violations changed",
+    ("source",),
+)
+
+INTEGRITY_VERIFIES = MetricSpec(
+    "mevwatch_integrity_verifies", "counter",
+    "Verifies of the whole watched set",
+    ("mode",),
+)
+
+INTEGRITY_QUEUE_OVERFLOWS = MetricSpec(
+    "mevwatch_integrity_queue_overflows", "counter",
+    "inotify event queue overflows (each forces a full verify)",
+)
+
+INTEGRITY_REALTIME_STATE = MetricSpec(
+    "mevwatch_integrity_realtime_state", "gauge",
+    "Realtime (inotify) detection state, 1 for the current one",
+    ("state",),
+)
+
+INTEGRITY_BASELINE_PRESENT = MetricSpec("mevwatch_integrity_baseline_present", "gauge", "1 when a baseline exists")
+
+INTEGRITY_BASELINE_TAMPERED = MetricSpec(
+    "mevwatch_integrity_baseline_tampered", "gauge",
+    "1 when the baseline does not match its HMAC",
+)
+
+INTEGRITY_BASELINE_CORRUPT = MetricSpec(
+    "mevwatch_integrity_baseline_corrupt", "gauge",
+    "1 when baseline rows cannot be decoded",
+)
+
+
 @register
 class IntegrityCollector(StreamCollector[IntegrityOptions]):
     kind: ClassVar[str] = "integrity"
@@ -134,25 +207,20 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     default_timeout: ClassVar[float] = 30.0
     runbook_section = "integrity-violation"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_integrity_violation", "gauge",
-                   "1 while the file differs from its baseline in this way", ("path", "kind")),
-        MetricSpec("mevwatch_integrity_violations", "gauge", "Violations present, by kind (not capped)", ("kind",)),
-        MetricSpec("mevwatch_integrity_violation_series_overflow", "gauge",
-                   "Violations present but not exported as series (max_violation_series reached)", ()),
-        MetricSpec("mevwatch_integrity_files_watched", "gauge", "Paths of the watched set that exist", ()),
-        MetricSpec("mevwatch_integrity_watched_directories", "gauge", "Directories under inotify watch", ()),
-        MetricSpec("mevwatch_integrity_last_verify_timestamp_seconds", "gauge", "Unix time the last verify ended", ()),
-        MetricSpec("mevwatch_integrity_last_verify_duration_seconds", "gauge", "Duration of the last verify", ()),
-        MetricSpec("mevwatch_integrity_changes_detected", "counter",
-                   "Checks that found a file's violations changed", ("source",)),
-        MetricSpec("mevwatch_integrity_verifies", "counter", "Verifies of the whole watched set", ("mode",)),
-        MetricSpec("mevwatch_integrity_queue_overflows", "counter",
-                   "inotify event queue overflows (each forces a full verify)", ()),
-        MetricSpec("mevwatch_integrity_realtime_state", "gauge",
-                   "Realtime (inotify) detection state, 1 for the current one", ("state",)),
-        MetricSpec("mevwatch_integrity_baseline_present", "gauge", "1 when a baseline exists", ()),
-        MetricSpec("mevwatch_integrity_baseline_tampered", "gauge", "1 when the baseline does not match its HMAC", ()),
-        MetricSpec("mevwatch_integrity_baseline_corrupt", "gauge", "1 when baseline rows cannot be decoded", ()),
+        INTEGRITY_VIOLATION,
+        INTEGRITY_VIOLATIONS,
+        INTEGRITY_VIOLATION_SERIES_OVERFLOW,
+        INTEGRITY_FILES_WATCHED,
+        INTEGRITY_WATCHED_DIRECTORIES,
+        INTEGRITY_LAST_VERIFY_TIMESTAMP_SECONDS,
+        INTEGRITY_LAST_VERIFY_DURATION_SECONDS,
+        INTEGRITY_CHANGES_DETECTED,
+        INTEGRITY_VERIFIES,
+        INTEGRITY_QUEUE_OVERFLOWS,
+        INTEGRITY_REALTIME_STATE,
+        INTEGRITY_BASELINE_PRESENT,
+        INTEGRITY_BASELINE_TAMPERED,
+        INTEGRITY_BASELINE_CORRUPT,
     )
 
     def __init__(self, ctx: CollectorContext, options: IntegrityOptions) -> None:
@@ -160,7 +228,12 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self.ws = watch_set(options, ctx.paths.rootfs)
         self.store: BaselineStore | None = None
         self.baseline = Baseline()
-        self._current: dict[str, FileRecord] = {}
+        # What the last checks found, without holding their records (the baseline is the one copy):
+        # how many paths exist, the baseline's paths that do not (or are no longer watched), and the
+        # paths that exist without a baseline record.
+        self._files_watched = 0
+        self._absent: set[str] = set()
+        self._extra: set[str] = set()
         self._violations: dict[str, list[Violation]] = {}
         self._exported: set[tuple[str, str]] = set()
         self._pending: set[str] = set()
@@ -268,11 +341,13 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         if self.baseline.corrupt:
             self.ctx.log.error("integrity_baseline_corrupt", problems=self.baseline.corrupt[:10])
         if not self.baseline.present and self.options.auto_baseline:
-            current, _ = await self._verify_blocking(full=True, baseline={})
+            current = await self.ctx.run_blocking(self._record_all, timeout=self.options.verify_timeout)
+            files = len(current)
             who = Who(os.getuid(), "mevwatch", None)
             await self.ctx.run_blocking(self.store.replace_all, current, who, "auto_baseline")
+            del current  # not beside the copy loaded next: two at once would stay in the RSS
             self.baseline = await self.ctx.run_blocking(self.store.load)
-            self.ctx.log.info("integrity_baseline_created", files=len(current))
+            self.ctx.log.info("integrity_baseline_created", files=files)
 
     async def _reload_if_changed(self) -> bool:
         """Pick up a baseline written by ``mevwatch integrity accept`` while the daemon runs."""
@@ -285,23 +360,44 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
 
     # --- checking --------------------------------------------------------------------------
 
-    async def _verify_blocking(
-        self, full: bool, baseline: dict[str, FileRecord]
-    ) -> tuple[dict[str, FileRecord], list[Violation]]:
+    def _record_all(self) -> RecordTable:
+        """Records of the whole watched set, hashed in batches and held packed: a first baseline."""
         o = self.options
-        result: tuple[dict[str, FileRecord], list[Violation]] = await self.ctx.run_blocking(
-            lambda: verify(
-                self.ws, baseline, quick=not full, follow_symlinks=o.follow_symlinks,
-                threads=o.hash_threads, chunk=o.chunk_size,
-            ),
-            timeout=o.verify_timeout,
-        )
-        return result
+        return RecordTable(rec for _, rec, _ in verify_each(
+            self.ws, {}, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size,
+            batch=_VERIFY_BATCH,
+        ) if rec is not None)
+
+    def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation]]:
+        """Verify the whole set in batches (one batch of records held at a time), keeping counts only:
+        (paths that exist, baseline paths that do not or are no longer watched, paths without a
+        baseline record, violations)."""
+        base, o = self.baseline.records, self.options
+        present = in_base = 0
+        absent: set[str] = set()
+        extra: set[str] = set()
+        violations: list[Violation] = []
+        for path, rec, found in verify_each(self.ws, base, quick=not full, follow_symlinks=o.follow_symlinks,
+                                            threads=o.hash_threads, chunk=o.chunk_size, batch=_VERIFY_BATCH):
+            violations.extend(found)
+            known = path in base
+            in_base += known
+            if rec is None:
+                absent.add(path)
+            else:
+                present += 1
+                if not known:
+                    extra.add(path)
+        if in_base < len(base):
+            absent.update(p for p in base if not self.ws.covers(p))
+        return present, absent, extra, violations
 
     async def _full_check(self, full: bool) -> None:
         t0 = time.monotonic()
-        current, violations = await self._verify_blocking(full, self.baseline.records)
-        self._current = current
+        checked: tuple[int, set[str], set[str], list[Violation]] = await self.ctx.run_blocking(
+            lambda: self._check_all(full), timeout=self.options.verify_timeout
+        )
+        self._files_watched, self._absent, self._extra, violations = checked
         if not self.baseline.present:
             violations = []
         grouped: dict[str, list[Violation]] = {}
@@ -325,12 +421,19 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             lambda: scan(self.ws, todo, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size),
             timeout=o.verify_timeout,
         )
+        base = self.baseline.records
         for path in todo:
             rec = found.get(path)
-            if rec is None:
-                self._current.pop(path, None)
+            before = path in self._extra or (path in base and path not in self._absent)
+            self._files_watched += (rec is not None) - before
+            if rec is not None:
+                self._absent.discard(path)
+                if path not in base:
+                    self._extra.add(path)
             else:
-                self._current[path] = rec
+                self._extra.discard(path)
+                if path in base:
+                    self._absent.add(path)
             new = compare(path, self.baseline.records.get(path), rec) if self.baseline.present else []
             if new != self._violations.get(path, []):
                 self._changes["realtime"] += 1
@@ -415,7 +518,6 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         return "ok"
 
     def families(self) -> list[Metric]:
-        prefix = "mevwatch_integrity_"
         all_v = sorted(
             (v for vs in self._violations.values() for v in vs), key=lambda v: (KINDS.index(v.kind), v.path)
         )
@@ -427,30 +529,24 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
                 break
             keep.add((v.path, v.kind))
         self._exported = keep
-        viol = GaugeMetricFamily(
-            prefix + "violation", "1 while the file differs from its baseline in this way", labels=["path", "kind"]
-        )
-        for path, kind in sorted(keep):
-            viol.add_metric([path, kind], 1.0)
-        per_kind = GaugeMetricFamily(
-            prefix + "violations", "Violations present, by kind (not capped)", labels=["kind"]
-        )
+        viol = INTEGRITY_VIOLATION.gauge()
+        # a name that is not UTF-8 is shown with its bytes escaped (x\xff): the label and the alert stay
+        # valid UTF-8; two names that show alike are one series
+        for label in sorted({(label_text(path), kind) for path, kind in keep}):
+            viol.add_metric(list(label), 1.0)
+        per_kind = INTEGRITY_VIOLATIONS.gauge()
         counts = dict.fromkeys(KINDS, 0)
         for v in all_v:
             counts[v.kind] += 1
         for kind in KINDS:
             per_kind.add_metric([kind], float(counts[kind]))
-        changes = CounterMetricFamily(
-            prefix + "changes_detected", "Checks that found a file's violations changed", labels=["source"]
-        )
+        changes = INTEGRITY_CHANGES_DETECTED.counter()
         for source, n in self._changes.items():
             changes.add_metric([source], float(n))
-        verifies = CounterMetricFamily(prefix + "verifies", "Verifies of the whole watched set", labels=["mode"])
+        verifies = INTEGRITY_VERIFIES.counter()
         for mode, n in self._verifies.items():
             verifies.add_metric([mode], float(n))
-        realtime = GaugeMetricFamily(
-            prefix + "realtime_state", "Realtime (inotify) detection state, 1 for the current one", labels=["state"]
-        )
+        realtime = INTEGRITY_REALTIME_STATE.gauge()
         state = self._realtime_state()
         for s in REALTIME_STATES:
             realtime.add_metric([s], 1.0 if s == state else 0.0)
@@ -458,27 +554,16 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         return [
             viol,
             per_kind,
-            GaugeMetricFamily(
-                prefix + "violation_series_overflow",
-                "Violations present but not exported as series (max_violation_series reached)",
-                value=float(len(present) - len(keep)),
-            ),
-            GaugeMetricFamily(prefix + "files_watched", "Paths of the watched set that exist",
-                              value=float(len(self._current))),
-            GaugeMetricFamily(prefix + "watched_directories", "Directories under inotify watch",
-                              value=float(len(self._watches))),
-            GaugeMetricFamily(prefix + "last_verify_timestamp_seconds", "Unix time the last verify ended",
-                              value=self._last_verify_ts),
-            GaugeMetricFamily(prefix + "last_verify_duration_seconds", "Duration of the last verify",
-                              value=self._last_verify_s),
+            INTEGRITY_VIOLATION_SERIES_OVERFLOW.gauge(float(len(present) - len(keep))),
+            INTEGRITY_FILES_WATCHED.gauge(float(self._files_watched)),
+            INTEGRITY_WATCHED_DIRECTORIES.gauge(float(len(self._watches))),
+            INTEGRITY_LAST_VERIFY_TIMESTAMP_SECONDS.gauge(self._last_verify_ts),
+            INTEGRITY_LAST_VERIFY_DURATION_SECONDS.gauge(self._last_verify_s),
             changes,
             verifies,
-            CounterMetricFamily(prefix + "queue_overflows", "inotify event queue overflows (each forces a full verify)",
-                                value=float(self._overflows)),
+            INTEGRITY_QUEUE_OVERFLOWS.counter(float(self._overflows)),
             realtime,
-            GaugeMetricFamily(prefix + "baseline_present", "1 when a baseline exists", value=float(b.present)),
-            GaugeMetricFamily(prefix + "baseline_tampered", "1 when the baseline does not match its HMAC",
-                              value=float(b.tampered)),
-            GaugeMetricFamily(prefix + "baseline_corrupt", "1 when baseline rows cannot be decoded",
-                              value=float(bool(b.corrupt))),
+            INTEGRITY_BASELINE_PRESENT.gauge(float(b.present)),
+            INTEGRITY_BASELINE_TAMPERED.gauge(float(b.tampered)),
+            INTEGRITY_BASELINE_CORRUPT.gauge(float(bool(b.corrupt))),
         ]

@@ -30,12 +30,12 @@ from mevwatch.collectors.base import (
     Emit,
     Families,
     MetricSpec,
+    StateError,
     StreamCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import ByteSize, Duration
-from mevwatch.daemon.state import StateError
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
+from mevwatch.fields import ByteSize, Duration
 
 __all__ = [
     "JournalOptions",
@@ -74,6 +74,17 @@ class _Model(BaseModel):
 class LogSourceOptions(_Model):
     name: str = Field(description="value of the `source` label")
     paths: list[str] = Field(description="absolute globs of the files to follow (`**` recurses)")
+    patterns: list[str] | None = Field(None, description=(
+        "built-in patterns counted in this source (e.g. [error, warning, no_space_left] for a service log "
+        "named anything); default: those whose built-in sources name this source (auth, nginx_access, mev, syslog)"))
+
+    @field_validator("patterns")
+    @classmethod
+    def _known_patterns(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [n for n in v or () if n not in BUILTIN_NAMES]
+        if unknown:
+            raise ValueError(f"unknown built-in pattern(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_NAMES)}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -204,7 +215,10 @@ def build_sources(opts: LogwatchOptions) -> tuple[list[FileSource], list[LinePat
     """File sources with the patterns each one counts, and the journal's patterns."""
     enabled = [p for p in BUILTIN_PATTERNS if p.name in opts.builtin_patterns]
     globs: dict[str, list[str]] = {s.name: list(s.paths) for s in opts.sources}
-    pats: dict[str, list[LinePattern]] = {s.name: [p for p in enabled if s.name in p.sources] for s in opts.sources}
+    pats: dict[str, list[LinePattern]] = {
+        s.name: [p for p in enabled if (p.name in s.patterns if s.patterns is not None else s.name in p.sources)]
+        for s in opts.sources
+    }
     journal = [p for p in enabled if JOURNAL_SOURCE in p.sources]
     for p in opts.patterns:
         pattern = LinePattern(p.name, compile_user_regex(p.regex, p.ignore_case))
@@ -217,31 +231,14 @@ def build_sources(opts: LogwatchOptions) -> tuple[list[FileSource], list[LinePat
 
 
 def families_from_stats(stats: dict[str, SourceStats]) -> list[Metric]:
-    labels = ["source"]
-    matches = CounterMetricFamily(
-        "mevwatch_log_matches", "Log lines that matched a named pattern", labels=["source", "pattern"]
-    )
-    lines = CounterMetricFamily("mevwatch_log_lines_read", "Log lines read", labels=labels)
-    size = CounterMetricFamily("mevwatch_log_read_bytes", "Bytes of complete log lines read", labels=labels)
-    truncated = CounterMetricFamily(
-        "mevwatch_log_lines_truncated", "Log lines longer than max_line_length, matched on their start only",
-        labels=labels,
-    )
-    errors = CounterMetricFamily(
-        "mevwatch_log_read_errors", "Files that became unreadable, failed reads and journalctl failures",
-        labels=labels,
-    )
-    rotations = CounterMetricFamily(
-        "mevwatch_log_rotations",
-        "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
-        labels=["source", "mode"],
-    )
-    status = GaugeMetricFamily(
-        "mevwatch_log_source_status",
-        "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current state",
-        labels=["source", "status"],
-    )
-    files = GaugeMetricFamily("mevwatch_log_source_files", "Files (or journal streams) followed", labels=labels)
+    matches = LOG_MATCHES.counter()
+    lines = LOG_LINES_READ.counter()
+    size = LOG_READ_BYTES.counter()
+    truncated = LOG_LINES_TRUNCATED.counter()
+    errors = LOG_READ_ERRORS.counter()
+    rotations = LOG_ROTATIONS.counter()
+    status = LOG_SOURCE_STATUS.gauge()
+    files = LOG_SOURCE_FILES.gauge()
     for name, st in sorted(stats.items()):
         for pattern, n in sorted(st.matches.items()):
             matches.add_metric([name, pattern], n)
@@ -258,6 +255,43 @@ def families_from_stats(stats: dict[str, SourceStats]) -> list[Metric]:
     return [matches, lines, size, truncated, errors, rotations, status, files]
 
 
+LOG_MATCHES = MetricSpec(
+    "mevwatch_log_matches", "counter",
+    "Log lines that matched a named pattern",
+    ("source", "pattern"),
+)
+
+LOG_LINES_READ = MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",))
+
+LOG_READ_BYTES = MetricSpec("mevwatch_log_read_bytes", "counter", "Bytes of complete log lines read", ("source",))
+
+LOG_LINES_TRUNCATED = MetricSpec(
+    "mevwatch_log_lines_truncated", "counter",
+    "Log lines longer than max_line_length, matched on their start only",
+    ("source",),
+)
+
+LOG_READ_ERRORS = MetricSpec(
+    "mevwatch_log_read_errors", "counter",
+    "Files that became unreadable, failed reads and journalctl failures",
+    ("source",),
+)
+
+LOG_ROTATIONS = MetricSpec(
+    "mevwatch_log_rotations", "counter",
+    "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
+    ("source", "mode"),
+)
+
+LOG_SOURCE_STATUS = MetricSpec(
+    "mevwatch_log_source_status", "gauge",
+    "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current state",
+    ("source", "status"),
+)
+
+LOG_SOURCE_FILES = MetricSpec("mevwatch_log_source_files", "gauge", "Files (or journal streams) followed", ("source",))
+
+
 @register
 class LogwatchCollector(StreamCollector[LogwatchOptions]):
     kind: ClassVar[str] = "logwatch"
@@ -267,20 +301,14 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
     default_timeout: ClassVar[float] = 30.0
     runbook_section = "strategy-errors"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_log_matches", "counter", "Log lines that matched a named pattern", ("source", "pattern")),
-        MetricSpec("mevwatch_log_lines_read", "counter", "Log lines read", ("source",)),
-        MetricSpec("mevwatch_log_read_bytes", "counter", "Bytes of complete log lines read", ("source",)),
-        MetricSpec("mevwatch_log_lines_truncated", "counter",
-                   "Log lines longer than max_line_length, matched on their start only", ("source",)),
-        MetricSpec("mevwatch_log_read_errors", "counter",
-                   "Files that became unreadable, failed reads and journalctl failures", ("source",)),
-        MetricSpec("mevwatch_log_rotations", "counter",
-                   "Followed files rotated away or deleted (rename) or truncated in place (truncate)",
-                   ("source", "mode")),
-        MetricSpec("mevwatch_log_source_status", "gauge",
-                   "State of a log source: ok, missing (no file or no journald) or unreadable; 1 for the current "
-                   "state", ("source", "status")),
-        MetricSpec("mevwatch_log_source_files", "gauge", "Files (or journal streams) followed", ("source",)),
+        LOG_MATCHES,
+        LOG_LINES_READ,
+        LOG_READ_BYTES,
+        LOG_LINES_TRUNCATED,
+        LOG_READ_ERRORS,
+        LOG_ROTATIONS,
+        LOG_SOURCE_STATUS,
+        LOG_SOURCE_FILES,
     )
 
     def __init__(self, ctx: CollectorContext, options: LogwatchOptions) -> None:

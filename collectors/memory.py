@@ -29,9 +29,9 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
 
 __all__ = [
     "CgroupLayout",
@@ -313,61 +313,139 @@ class _Target:
     cgroup: str  # configured cgroup path, "" for a unit
 
 
+MEMORY_TOTAL_BYTES = MetricSpec("mevwatch_memory_total_bytes", "gauge", "Usable RAM (MemTotal)")
+
+MEMORY_AVAILABLE_BYTES = MetricSpec(
+    "mevwatch_memory_available_bytes", "gauge",
+    "Memory available to new work without swapping (MemAvailable)",
+)
+
+MEMORY_FREE_BYTES = MetricSpec("mevwatch_memory_free_bytes", "gauge", "Unused RAM (MemFree)")
+
+MEMORY_BUFFERS_BYTES = MetricSpec("mevwatch_memory_buffers_bytes", "gauge", "Block device buffers (Buffers)")
+
+MEMORY_CACHED_BYTES = MetricSpec(
+    "mevwatch_memory_cached_bytes", "gauge",
+    "Page cache and reclaimable slab (Cached + SReclaimable), what `free` shows as cache",
+)
+
+MEMORY_USED_RATIO = MetricSpec(
+    "mevwatch_memory_used_ratio", "gauge",
+    "Share of RAM not available (1 - MemAvailable / MemTotal), 0..1",
+)
+
+MEMORY_SWAP_TOTAL_BYTES = MetricSpec("mevwatch_memory_swap_total_bytes", "gauge", "Swap space (SwapTotal)")
+
+MEMORY_SWAP_FREE_BYTES = MetricSpec("mevwatch_memory_swap_free_bytes", "gauge", "Unused swap (SwapFree)")
+
+MEMORY_PRESSURE_RATIO = MetricSpec(
+    "mevwatch_memory_pressure_ratio", "gauge",
+    "Share of wall time some (or all: full) tasks stalled on memory (PSI), averaged over the window, 0..1",
+    ("kind", "window"),
+)
+
+MEMORY_PRESSURE_STALLED_SECONDS = MetricSpec(
+    "mevwatch_memory_pressure_stalled_seconds", "counter",
+    "Time some (or all: full) tasks stalled on memory (PSI total)",
+    ("kind",),
+)
+
+MEMORY_OOM_KILLS = MetricSpec(
+    "mevwatch_memory_oom_kills", "counter",
+    "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)",
+)
+
+MEMORY_TOP_PROCESS_RESIDENT_BYTES = MetricSpec(
+    "mevwatch_memory_top_process_resident_bytes", "gauge",
+    "Resident memory of the largest processes, summed over those sharing comm and unit",
+    ("comm", "unit"),
+)
+
+MEMORY_TOP_PROCESSES = MetricSpec(
+    "mevwatch_memory_top_processes", "gauge",
+    "How many of the largest processes share this comm and unit",
+    ("comm", "unit"),
+)
+
+MEMORY_SOURCE_STATUS = MetricSpec(
+    "mevwatch_memory_source_status", "gauge",
+    "State of each optional memory source (1 for the current state): ok, missing, disabled, unreadable, invalid",
+    ("source", "status"),
+)
+
+MEMORY_CGROUP_USAGE_BYTES = MetricSpec(
+    "mevwatch_memory_cgroup_usage_bytes", "gauge",
+    "Memory charged to the watched cgroup",
+    ("unit", "cgroup"),
+)
+
+MEMORY_CGROUP_LIMIT_BYTES = MetricSpec(
+    "mevwatch_memory_cgroup_limit_bytes", "gauge",
+    "Memory limit of the watched cgroup (absent when unlimited)",
+    ("unit", "cgroup"),
+)
+
+MEMORY_CGROUP_USED_RATIO = MetricSpec(
+    "mevwatch_memory_cgroup_used_ratio", "gauge",
+    "Usage of the watched cgroup over its limit, 0..1 (absent when unlimited)",
+    ("unit", "cgroup"),
+)
+
+MEMORY_CGROUP_OOM_KILLS = MetricSpec(
+    "mevwatch_memory_cgroup_oom_kills", "counter",
+    "Processes of the watched cgroup killed by the OOM killer (memory.events / memory.oom_control)",
+    ("unit", "cgroup"),
+)
+
+MEMORY_SWAP_USED_RATIO = MetricSpec(
+    "mevwatch_memory_swap_used_ratio", "gauge",
+    "Share of swap in use, 0..1 (absent without swap)",
+)
+
+MEMORY_CGROUP_STATUS = MetricSpec(
+    "mevwatch_memory_cgroup_status", "gauge",
+    "State of the watched cgroup (1 for the current state): ok, missing, unreadable, invalid",
+    ("unit", "cgroup", "status"),
+)
+
+
 @register
 class MemoryCollector(PollCollector[MemoryOptions]):
     kind: ClassVar[str] = "memory"
     Options = MemoryOptions
     default_interval: ClassVar[float] = 15.0
-    scrape_inline: ClassVar[bool] = True
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_memory_total_bytes", "gauge", "Usable RAM (MemTotal)", ()),
-        MetricSpec("mevwatch_memory_available_bytes", "gauge",
-                   "Memory available to new work without swapping (MemAvailable)", ()),
-        MetricSpec("mevwatch_memory_free_bytes", "gauge", "Unused RAM (MemFree)", ()),
-        MetricSpec("mevwatch_memory_buffers_bytes", "gauge", "Block device buffers (Buffers)", ()),
-        MetricSpec("mevwatch_memory_cached_bytes", "gauge",
-                   "Page cache and reclaimable slab (Cached + SReclaimable), what `free` shows as cache", ()),
-        MetricSpec("mevwatch_memory_used_ratio", "gauge",
-                   "Share of RAM not available (1 - MemAvailable / MemTotal), 0..1", ()),
-        MetricSpec("mevwatch_memory_swap_total_bytes", "gauge", "Swap space (SwapTotal)", ()),
-        MetricSpec("mevwatch_memory_swap_free_bytes", "gauge", "Unused swap (SwapFree)", ()),
-        MetricSpec("mevwatch_memory_pressure_ratio", "gauge",
-                   "Share of wall time some (or all: full) tasks stalled on memory (PSI), averaged over the window, "
-                   "0..1", ("kind", "window")),
-        MetricSpec("mevwatch_memory_pressure_stalled_seconds", "counter",
-                   "Time some (or all: full) tasks stalled on memory (PSI total)", ("kind",)),
-        MetricSpec("mevwatch_memory_oom_kills", "counter",
-                   "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)", ()),
-        MetricSpec("mevwatch_memory_top_process_resident_bytes", "gauge",
-                   "Resident memory of the largest processes, summed over those sharing comm and unit",
-                   ("comm", "unit")),
-        MetricSpec("mevwatch_memory_top_processes", "gauge",
-                   "How many of the largest processes share this comm and unit", ("comm", "unit")),
-        MetricSpec("mevwatch_memory_source_status", "gauge",
-                   "State of each optional memory source (1 for the current state): ok, missing, disabled, "
-                   "unreadable, invalid", ("source", "status")),
-        MetricSpec("mevwatch_memory_cgroup_usage_bytes", "gauge",
-                   "Memory charged to the watched cgroup", ("unit", "cgroup")),
-        MetricSpec("mevwatch_memory_cgroup_limit_bytes", "gauge",
-                   "Memory limit of the watched cgroup (absent when unlimited)", ("unit", "cgroup")),
-        MetricSpec("mevwatch_memory_cgroup_used_ratio", "gauge",
-                   "Usage of the watched cgroup over its limit, 0..1 (absent when unlimited)", ("unit", "cgroup")),
-        MetricSpec("mevwatch_memory_cgroup_oom_kills", "counter",
-                   "Processes of the watched cgroup killed by the OOM killer (memory.events / memory.oom_control)",
-                   ("unit", "cgroup")),
-        MetricSpec("mevwatch_memory_swap_used_ratio", "gauge", "Share of swap in use, 0..1 (absent without swap)", ()),
-        MetricSpec("mevwatch_memory_cgroup_status", "gauge",
-                   "State of the watched cgroup (1 for the current state): ok, missing, unreadable, invalid",
-                   ("unit", "cgroup", "status")),
+        MEMORY_TOTAL_BYTES,
+        MEMORY_AVAILABLE_BYTES,
+        MEMORY_FREE_BYTES,
+        MEMORY_BUFFERS_BYTES,
+        MEMORY_CACHED_BYTES,
+        MEMORY_USED_RATIO,
+        MEMORY_SWAP_TOTAL_BYTES,
+        MEMORY_SWAP_FREE_BYTES,
+        MEMORY_PRESSURE_RATIO,
+        MEMORY_PRESSURE_STALLED_SECONDS,
+        MEMORY_OOM_KILLS,
+        MEMORY_TOP_PROCESS_RESIDENT_BYTES,
+        MEMORY_TOP_PROCESSES,
+        MEMORY_SOURCE_STATUS,
+        MEMORY_CGROUP_USAGE_BYTES,
+        MEMORY_CGROUP_LIMIT_BYTES,
+        MEMORY_CGROUP_USED_RATIO,
+        MEMORY_CGROUP_OOM_KILLS,
+        MEMORY_SWAP_USED_RATIO,
+        MEMORY_CGROUP_STATUS,
     )
 
     def __init__(self, ctx: CollectorContext, options: MemoryOptions) -> None:
         super().__init__(ctx, options)
         # Path strings built once: pathlib joins on every run cost more than the reads.
         self._meminfo_path = os.fspath(ctx.paths.proc("meminfo"))
-        self._psi = PressureSource(os.fspath(ctx.paths.proc("pressure", "memory")), "mevwatch_memory", "memory")
+        self._psi = PressureSource(
+            os.fspath(ctx.paths.proc("pressure", "memory")), MEMORY_PRESSURE_RATIO, MEMORY_PRESSURE_STALLED_SECONDS
+        )
         self._vmstat_path = os.fspath(ctx.paths.proc("vmstat"))
         self._targets = [_Target(u, "") for u in options.units] + [_Target(_unit_of(c), c) for c in options.cgroups]
         self._page_size = os.sysconf("SC_PAGE_SIZE")
@@ -403,13 +481,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
                 self.ctx.log.debug("processes_unreadable", error=str(exc))
                 sources.append((["processes"], "unreadable"))
         families.append(
-            enum_family(
-                "mevwatch_memory_source_status",
-                "State of each optional memory source (1 for the current state): ok, missing, disabled, "
-                "unreadable, invalid",
-                ["source"],
-                sources,
-            )
+            enum_family(MEMORY_SOURCE_STATUS, sources)
         )
         # A family without samples (no cgroup limit set, no swap) is left out rather than rendered empty.
         return [f for f in families if f.samples]
@@ -431,11 +503,7 @@ class MemoryCollector(PollCollector[MemoryOptions]):
         if oom_kills is None:  # before Linux 4.13
             return "missing"
         families.append(
-            CounterMetricFamily(
-                "mevwatch_memory_oom_kills",
-                "Processes killed by the kernel OOM killer since boot (/proc/vmstat oom_kill)",
-                value=float(oom_kills),
-            )
+            MEMORY_OOM_KILLS.counter(float(oom_kills))
         )
         return "ok"
 
@@ -450,60 +518,28 @@ def _meminfo_families(mem: dict[str, int]) -> list[Metric]:
     # Kernels before 3.14 lack MemAvailable; free + page cache is the estimate `free` used then.
     available = mem.get("MemAvailable", mem.get("MemFree", 0) + mem.get("Buffers", 0) + mem.get("Cached", 0))
     out: list[Metric] = [
-        GaugeMetricFamily("mevwatch_memory_total_bytes", "Usable RAM (MemTotal)", value=total),
-        GaugeMetricFamily(
-            "mevwatch_memory_available_bytes",
-            "Memory available to new work without swapping (MemAvailable)",
-            value=available,
-        ),
-        GaugeMetricFamily("mevwatch_memory_free_bytes", "Unused RAM (MemFree)", value=mem.get("MemFree", 0)),
-        GaugeMetricFamily(
-            "mevwatch_memory_buffers_bytes", "Block device buffers (Buffers)", value=mem.get("Buffers", 0)
-        ),
-        GaugeMetricFamily(
-            "mevwatch_memory_cached_bytes",
-            "Page cache and reclaimable slab (Cached + SReclaimable), what `free` shows as cache",
-            value=mem.get("Cached", 0) + mem.get("SReclaimable", 0),
-        ),
-        GaugeMetricFamily(
-            "mevwatch_memory_used_ratio",
-            "Share of RAM not available (1 - MemAvailable / MemTotal), 0..1",
-            value=(1.0 - available / total) if total > 0 else 0.0,
-        ),
-        GaugeMetricFamily("mevwatch_memory_swap_total_bytes", "Swap space (SwapTotal)", value=mem.get("SwapTotal", 0)),
-        GaugeMetricFamily("mevwatch_memory_swap_free_bytes", "Unused swap (SwapFree)", value=mem.get("SwapFree", 0)),
+        MEMORY_TOTAL_BYTES.gauge(total),
+        MEMORY_AVAILABLE_BYTES.gauge(available),
+        MEMORY_FREE_BYTES.gauge(mem.get("MemFree", 0)),
+        MEMORY_BUFFERS_BYTES.gauge(mem.get("Buffers", 0)),
+        MEMORY_CACHED_BYTES.gauge(mem.get("Cached", 0) + mem.get("SReclaimable", 0)),
+        MEMORY_USED_RATIO.gauge((1.0 - available / total) if total > 0 else 0.0),
+        MEMORY_SWAP_TOTAL_BYTES.gauge(mem.get("SwapTotal", 0)),
+        MEMORY_SWAP_FREE_BYTES.gauge(mem.get("SwapFree", 0)),
     ]
     swap_total = mem.get("SwapTotal", 0)
     if swap_total > 0:
         out.append(
-            GaugeMetricFamily(
-                "mevwatch_memory_swap_used_ratio",
-                "Share of swap in use, 0..1 (absent without swap)",
-                value=1.0 - mem.get("SwapFree", 0) / swap_total,
-            )
+            MEMORY_SWAP_USED_RATIO.gauge(1.0 - mem.get("SwapFree", 0) / swap_total)
         )
     return out
 
 
 def _cgroup_families(layout: CgroupLayout | None, targets: Sequence[_Target]) -> list[Metric]:
-    labels = ["unit", "cgroup"]
-    usage = GaugeMetricFamily(
-        "mevwatch_memory_cgroup_usage_bytes", "Memory charged to the watched cgroup", labels=labels
-    )
-    limit = GaugeMetricFamily(
-        "mevwatch_memory_cgroup_limit_bytes", "Memory limit of the watched cgroup (absent when unlimited)",
-        labels=labels,
-    )
-    ratio = GaugeMetricFamily(
-        "mevwatch_memory_cgroup_used_ratio",
-        "Usage of the watched cgroup over its limit, 0..1 (absent when unlimited)",
-        labels=labels,
-    )
-    kills = CounterMetricFamily(
-        "mevwatch_memory_cgroup_oom_kills",
-        "Processes of the watched cgroup killed by the OOM killer (memory.events / memory.oom_control)",
-        labels=labels,
-    )
+    usage = MEMORY_CGROUP_USAGE_BYTES.gauge()
+    limit = MEMORY_CGROUP_LIMIT_BYTES.gauge()
+    ratio = MEMORY_CGROUP_USED_RATIO.gauge()
+    kills = MEMORY_CGROUP_OOM_KILLS.counter()
     rows: list[tuple[Sequence[str], str]] = []
     for t in targets:
         lv = [t.unit, t.cgroup]
@@ -534,9 +570,7 @@ def _cgroup_families(layout: CgroupLayout | None, targets: Sequence[_Target]) ->
         if m.oom_kills is not None:
             kills.add_metric(lv, float(m.oom_kills))
     status = enum_family(
-        "mevwatch_memory_cgroup_status",
-        "State of the watched cgroup (1 for the current state): ok, missing, unreadable, invalid",
-        labels,
+        MEMORY_CGROUP_STATUS,
         rows,
         states=("ok", "missing", "unreadable", "invalid"),
     )
@@ -544,17 +578,8 @@ def _cgroup_families(layout: CgroupLayout | None, targets: Sequence[_Target]) ->
 
 
 def _process_families(groups: Sequence[ProcessGroup]) -> list[Metric]:
-    labels = ["comm", "unit"]
-    rss = GaugeMetricFamily(
-        "mevwatch_memory_top_process_resident_bytes",
-        "Resident memory of the largest processes, summed over those sharing comm and unit",
-        labels=labels,
-    )
-    count = GaugeMetricFamily(
-        "mevwatch_memory_top_processes",
-        "How many of the largest processes share this comm and unit",
-        labels=labels,
-    )
+    rss = MEMORY_TOP_PROCESS_RESIDENT_BYTES.gauge()
+    count = MEMORY_TOP_PROCESSES.gauge()
     for g in sorted(groups, key=lambda g: -g.resident_bytes):
         rss.add_metric([g.comm, g.unit], float(g.resident_bytes))
         count.add_metric([g.comm, g.unit], float(g.processes))

@@ -20,10 +20,10 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
 __all__ = ["MempoolCollector", "MempoolOptions", "parse_filter_changes", "parse_txpool_status"]
 
@@ -80,6 +80,49 @@ class MempoolOptions(CollectorOptions):
         return v
 
 
+MEMPOOL_FILTER_LAST_HASHES = MetricSpec(
+    "mevwatch_mempool_filter_last_hashes", "gauge",
+    "Transaction hashes the last eth_getFilterChanges poll returned",
+    ("endpoint",),
+)
+
+MEMPOOL_FILTER_UP = MetricSpec(
+    "mevwatch_mempool_filter_up", "gauge",
+    "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run",
+    ("endpoint",),
+)
+
+MEMPOOL_FILTER_HASHES = MetricSpec(
+    "mevwatch_mempool_filter_hashes", "counter",
+    "Transaction hashes returned by eth_getFilterChanges since start",
+    ("endpoint",),
+)
+
+MEMPOOL_FILTER_RECREATED = MetricSpec(
+    "mevwatch_mempool_filter_recreated", "counter",
+    "Pending filters re-created because the node had forgotten them",
+    ("endpoint",),
+)
+
+MEMPOOL_TXPOOL_TRANSACTIONS = MetricSpec(
+    "mevwatch_mempool_txpool_transactions", "gauge",
+    "Transactions in the node's pool by state (txpool_status)",
+    ("endpoint", "state"),
+)
+
+MEMPOOL_METHOD_SUPPORTED = MetricSpec(
+    "mevwatch_mempool_method_supported", "gauge",
+    "0 when the node answered that it does not have the method",
+    ("endpoint", "method"),
+)
+
+MEMPOOL_ERRORS = MetricSpec(
+    "mevwatch_mempool_errors", "counter",
+    "Failed mempool calls by method and error class",
+    ("endpoint", "method", "class"),
+)
+
+
 @register
 class MempoolCollector(PollCollector[MempoolOptions]):
     kind: ClassVar[str] = "mempool"
@@ -89,20 +132,13 @@ class MempoolCollector(PollCollector[MempoolOptions]):
     default_enabled: ClassVar[bool] = False
     runbook_section = "mempool"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_mempool_filter_last_hashes", "gauge",
-                   "Transaction hashes the last eth_getFilterChanges poll returned", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_filter_up", "gauge",
-                   "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_filter_hashes", "counter",
-                   "Transaction hashes returned by eth_getFilterChanges since start", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_filter_recreated", "counter",
-                   "Pending filters re-created because the node had forgotten them", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_txpool_transactions", "gauge",
-                   "Transactions in the node's pool by state (txpool_status)", ("endpoint", "state")),
-        MetricSpec("mevwatch_mempool_method_supported", "gauge",
-                   "0 when the node answered that it does not have the method", ("endpoint", "method")),
-        MetricSpec("mevwatch_mempool_errors", "counter",
-                   "Failed mempool calls by method and error class", ("endpoint", "method", "class")),
+        MEMPOOL_FILTER_LAST_HASHES,
+        MEMPOOL_FILTER_UP,
+        MEMPOOL_FILTER_HASHES,
+        MEMPOOL_FILTER_RECREATED,
+        MEMPOOL_TXPOOL_TRANSACTIONS,
+        MEMPOOL_METHOD_SUPPORTED,
+        MEMPOOL_ERRORS,
     )
 
     def __init__(self, ctx: CollectorContext, options: MempoolOptions) -> None:
@@ -194,45 +230,29 @@ class MempoolCollector(PollCollector[MempoolOptions]):
 
         families: list[Metric] = []
         if self.options.filter:
-            works = GaugeMetricFamily(
-                "mevwatch_mempool_filter_up",
-                "1 when eth_newPendingTransactionFilter + eth_getFilterChanges worked on this run",
-                labels=["endpoint"],
-            )
+            works = MEMPOOL_FILTER_UP.gauge()
             if run_filter and isinstance(filter_res, int):
                 works.add_metric([ep], 1.0)
                 self._hashes_total += filter_res
-                last = GaugeMetricFamily(
-                    "mevwatch_mempool_filter_last_hashes",
-                    "Transaction hashes the last eth_getFilterChanges poll returned", labels=["endpoint"],
-                )
+                last = MEMPOOL_FILTER_LAST_HASHES.gauge()
                 last.add_metric([ep], float(filter_res))
                 families.append(last)
             else:
                 works.add_metric([ep], 0.0)
-            hashes = CounterMetricFamily("mevwatch_mempool_filter_hashes", "Transaction hashes returned by "
-                                         "eth_getFilterChanges since start", labels=["endpoint"])
+            hashes = MEMPOOL_FILTER_HASHES.counter()
             hashes.add_metric([ep], float(self._hashes_total))
-            recreated = CounterMetricFamily("mevwatch_mempool_filter_recreated",
-                                            "Pending filters re-created because the node had forgotten them",
-                                            labels=["endpoint"])
+            recreated = MEMPOOL_FILTER_RECREATED.counter()
             recreated.add_metric([ep], float(self._recreated))
             families += [works, hashes, recreated]
         if run_txpool and isinstance(txpool_res, tuple):
-            pool = GaugeMetricFamily("mevwatch_mempool_txpool_transactions",
-                                     "Transactions in the node's pool by state (txpool_status)",
-                                     labels=["endpoint", "state"])
+            pool = MEMPOOL_TXPOOL_TRANSACTIONS.gauge()
             pool.add_metric([ep, "pending"], float(txpool_res[0]))
             pool.add_metric([ep, "queued"], float(txpool_res[1]))
             families.append(pool)
-        supported = GaugeMetricFamily(
-            "mevwatch_mempool_method_supported", "0 when the node answered that it does not have the method",
-            labels=["endpoint", "method"],
-        )
+        supported = MEMPOOL_METHOD_SUPPORTED.gauge()
         for method, ok in sorted(self._supported.items()):
             supported.add_metric([ep, method], 1.0 if ok else 0.0)
-        errors = CounterMetricFamily("mevwatch_mempool_errors", "Failed mempool calls by method and error class",
-                                     labels=["endpoint", "method", "class"])
+        errors = MEMPOOL_ERRORS.counter()
         for (method, cls), n in sorted(self._errors.items()):
             errors.add_metric([ep, method, cls], float(n))
         families += [supported, errors]

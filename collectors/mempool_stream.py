@@ -18,17 +18,10 @@ from typing import ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
-from mevwatch.collectors.base import (
-    CollectorContext,
-    CollectorOptions,
-    Emit,
-    Families,
-    MetricSpec,
-    StreamCollector,
-    register,
-)
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
+from mevwatch.collectors.base import CollectorContext, CollectorOptions, Emit, Families, MetricSpec, StreamCollector
+from mevwatch.collectors.registry import register
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import Duration
 
 __all__ = ["MempoolStreamCollector", "MempoolStreamOptions", "RateTracker"]
 
@@ -108,6 +101,67 @@ class MempoolStreamOptions(CollectorOptions):
         return self
 
 
+MEMPOOL_STREAM_UP = MetricSpec(
+    "mevwatch_mempool_stream_up", "gauge",
+    "1 while the newPendingTransactions subscription is open",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_NOTIFICATIONS = MetricSpec(
+    "mevwatch_mempool_stream_notifications", "counter",
+    "newPendingTransactions notifications received",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_RECONNECTS = MetricSpec(
+    "mevwatch_mempool_stream_reconnects", "counter",
+    "Times the subscription was re-established after a drop",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_DROPPED_NOTIFICATIONS = MetricSpec(
+    "mevwatch_mempool_stream_dropped_notifications", "counter",
+    "Notifications dropped because mevwatch fell behind reading them",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_LAST_NOTIFICATION_AGE_SECONDS = MetricSpec(
+    "mevwatch_mempool_stream_last_notification_age_seconds", "gauge",
+    "Seconds since the last notification (or since subscribing, before the first)",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_LAST_NOTIFICATION_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_mempool_stream_last_notification_timestamp_seconds", "gauge",
+    "Unix time of the last notification",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND = MetricSpec(
+    "mevwatch_mempool_stream_notifications_per_second", "gauge",
+    "Notification rate over rate_window",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND_AVERAGE = MetricSpec(
+    "mevwatch_mempool_stream_notifications_per_second_average", "gauge",
+    "Trailing average of the notification rate (time constant baseline_window)",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_RATE_RATIO = MetricSpec(
+    "mevwatch_mempool_stream_rate_ratio", "gauge",
+    "Current notification rate divided by its trailing average (1: usual level)",
+    ("endpoint",),
+)
+
+MEMPOOL_STREAM_ERRORS = MetricSpec(
+    "mevwatch_mempool_stream_errors", "counter",
+    "Stream failures by error class",
+    ("endpoint", "class"),
+)
+
+
 @register
 class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
     kind: ClassVar[str] = "mempool_stream"
@@ -117,26 +171,16 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
     default_enabled: ClassVar[bool] = False
     runbook_section = "mempool"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_mempool_stream_up", "gauge",
-                   "1 while the newPendingTransactions subscription is open", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_notifications", "counter",
-                   "newPendingTransactions notifications received", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_reconnects", "counter",
-                   "Times the subscription was re-established after a drop", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_dropped_notifications", "counter",
-                   "Notifications dropped because mevwatch fell behind reading them", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_last_notification_age_seconds", "gauge",
-                   "Seconds since the last notification (or since subscribing, before the first)", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_last_notification_timestamp_seconds", "gauge",
-                   "Unix time of the last notification", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_notifications_per_second", "gauge",
-                   "Notification rate over rate_window", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_notifications_per_second_average", "gauge",
-                   "Trailing average of the notification rate (time constant baseline_window)", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_rate_ratio", "gauge",
-                   "Current notification rate divided by its trailing average (1: usual level)", ("endpoint",)),
-        MetricSpec("mevwatch_mempool_stream_errors", "counter",
-                   "Stream failures by error class", ("endpoint", "class")),
+        MEMPOOL_STREAM_UP,
+        MEMPOOL_STREAM_NOTIFICATIONS,
+        MEMPOOL_STREAM_RECONNECTS,
+        MEMPOOL_STREAM_DROPPED_NOTIFICATIONS,
+        MEMPOOL_STREAM_LAST_NOTIFICATION_AGE_SECONDS,
+        MEMPOOL_STREAM_LAST_NOTIFICATION_TIMESTAMP_SECONDS,
+        MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND,
+        MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND_AVERAGE,
+        MEMPOOL_STREAM_RATE_RATIO,
+        MEMPOOL_STREAM_ERRORS,
     )
 
     def __init__(self, ctx: CollectorContext, options: MempoolStreamOptions) -> None:
@@ -162,47 +206,40 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
         ep = self.options.endpoint.name
         now = time.time()
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(name, doc, labels=["endpoint"])
+        def gauge(spec: MetricSpec, value: float) -> GaugeMetricFamily:
+            g = spec.gauge()
             g.add_metric([ep], value)
             return g
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            c = CounterMetricFamily(name, doc, labels=["endpoint"])
+        def counter(spec: MetricSpec, value: float) -> CounterMetricFamily:
+            c = spec.counter()
             c.add_metric([ep], value)
             return c
 
         out: list[Metric] = [
-            gauge("mevwatch_mempool_stream_up", "1 while the newPendingTransactions subscription is open",
+            gauge(MEMPOOL_STREAM_UP,
                   1.0 if self.connected else 0.0),
-            counter("mevwatch_mempool_stream_notifications", "newPendingTransactions notifications received",
+            counter(MEMPOOL_STREAM_NOTIFICATIONS,
                     float(self.notifications)),
-            counter("mevwatch_mempool_stream_reconnects", "Times the subscription was re-established after a drop",
+            counter(MEMPOOL_STREAM_RECONNECTS,
                     float(self.reconnects)),
-            counter("mevwatch_mempool_stream_dropped_notifications",
-                    "Notifications dropped because mevwatch fell behind reading them", float(self.dropped)),
+            counter(MEMPOOL_STREAM_DROPPED_NOTIFICATIONS, float(self.dropped)),
         ]
         since = self.last_notification_wall or self.subscribed_wall
         if since is not None:
-            out.append(gauge("mevwatch_mempool_stream_last_notification_age_seconds",
-                             "Seconds since the last notification (or since subscribing, before the first)",
+            out.append(gauge(MEMPOOL_STREAM_LAST_NOTIFICATION_AGE_SECONDS,
                              max(0.0, now - since)))
         if self.last_notification_wall is not None:
-            out.append(gauge("mevwatch_mempool_stream_last_notification_timestamp_seconds",
-                             "Unix time of the last notification", self.last_notification_wall))
+            out.append(gauge(MEMPOOL_STREAM_LAST_NOTIFICATION_TIMESTAMP_SECONDS, self.last_notification_wall))
         if self.rate.rate is not None:
-            out.append(gauge("mevwatch_mempool_stream_notifications_per_second",
-                             "Notification rate over rate_window", self.rate.rate))
+            out.append(gauge(MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND, self.rate.rate))
         if self.rate.average is not None:
-            out.append(gauge("mevwatch_mempool_stream_notifications_per_second_average",
-                             "Trailing average of the notification rate (time constant baseline_window)",
+            out.append(gauge(MEMPOOL_STREAM_NOTIFICATIONS_PER_SECOND_AVERAGE,
                              self.rate.average))
         ratio = self.rate.ratio
         if ratio is not None:
-            out.append(gauge("mevwatch_mempool_stream_rate_ratio",
-                             "Current notification rate divided by its trailing average (1: usual level)", ratio))
-        errors = CounterMetricFamily("mevwatch_mempool_stream_errors", "Stream failures by error class",
-                                     labels=["endpoint", "class"])
+            out.append(gauge(MEMPOOL_STREAM_RATE_RATIO, ratio))
+        errors = MEMPOOL_STREAM_ERRORS.counter()
         for cls, n in sorted(self.errors.items()):
             errors.add_metric([ep, cls], float(n))
         out.append(errors)

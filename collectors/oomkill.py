@@ -25,11 +25,13 @@ from mevwatch.collectors.base import (
     CollectorOptions,
     Emit,
     MetricSpec,
+    StateError,
+    StateStore,
     StreamCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
 __all__ = [
     "MIGRATIONS",
@@ -86,6 +88,9 @@ MIGRATIONS = [
 
 
 class OomKillOptions(CollectorOptions):
+    interval: Duration | None = Field(default=None, gt=0, description=(
+        "not a polling period: kills are reported as the kernel logs them; the stream's samples are marked "
+        "fresh this often and vanish 2x this after the stream died (default 30s)"))
     max_series: int = Field(
         200, ge=1, le=10000,
         description="distinct (comm, unit) counters kept; later new victims count under comm/unit '_other'",
@@ -257,6 +262,34 @@ class _State:
     last_wall: float = 0.0
 
 
+OOM_KILLS = MetricSpec(
+    "mevwatch_oom_kills", "counter",
+    "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from the kernel log",
+    ("comm", "unit"),
+)
+
+OOM_KMSG_OVERRUNS = MetricSpec(
+    "mevwatch_oom_kmsg_overruns", "counter",
+    "Times kernel log records were overwritten before mevwatch read them (kills may be missed)",
+)
+
+OOM_LAST_VICTIM_INFO = MetricSpec(
+    "mevwatch_oom_last_victim_info", "gauge",
+    "The last process the OOM killer killed (always 1)",
+    ("pid", "comm", "unit", "cgroup", "constraint"),
+)
+
+OOM_LAST_KILL_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_oom_last_kill_timestamp_seconds", "gauge",
+    "Unix time of the last OOM kill",
+)
+
+OOM_LAST_VICTIM_RESIDENT_BYTES = MetricSpec(
+    "mevwatch_oom_last_victim_resident_bytes", "gauge",
+    "Resident memory of the last OOM victim when it was killed",
+)
+
+
 @register
 class OomKillCollector(StreamCollector[OomKillOptions]):
     kind: ClassVar[str] = "oomkill"
@@ -264,17 +297,11 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     default_interval: ClassVar[float] = 30.0
     runbook_section = "memory-high"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_oom_kills", "counter",
-                   "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), from "
-                   "the kernel log", ("comm", "unit")),
-        MetricSpec("mevwatch_oom_kmsg_overruns", "counter",
-                   "Times kernel log records were overwritten before mevwatch read them (kills may be missed)", ()),
-        MetricSpec("mevwatch_oom_last_victim_info", "gauge",
-                   "The last process the OOM killer killed (always 1)",
-                   ("pid", "comm", "unit", "cgroup", "constraint")),
-        MetricSpec("mevwatch_oom_last_kill_timestamp_seconds", "gauge", "Unix time of the last OOM kill", ()),
-        MetricSpec("mevwatch_oom_last_victim_resident_bytes", "gauge",
-                   "Resident memory of the last OOM victim when it was killed", ()),
+        OOM_KILLS,
+        OOM_KMSG_OVERRUNS,
+        OOM_LAST_VICTIM_INFO,
+        OOM_LAST_KILL_TIMESTAMP_SECONDS,
+        OOM_LAST_VICTIM_RESIDENT_BYTES,
     )
 
     def __init__(self, ctx: CollectorContext, options: OomKillOptions) -> None:
@@ -385,7 +412,7 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
 
     # --- persistence ------------------------------------------------------------------------
 
-    def _db(self) -> StateDB | None:
+    def _db(self) -> StateStore | None:
         db = self.ctx.state
         if db is not None:
             try:
@@ -460,45 +487,24 @@ class OomKillCollector(StreamCollector[OomKillOptions]):
     # --- output -----------------------------------------------------------------------------
 
     def _families(self, state: _State) -> list[Metric]:
-        kills = CounterMetricFamily(
-            "mevwatch_oom_kills",
-            "Processes killed by the kernel OOM killer, by command and systemd unit (or cgroup path), "
-            "from the kernel log",
-            labels=["comm", "unit"],
-        )
+        kills = OOM_KILLS.counter()
         for (comm, unit), n in sorted(state.counts.items()):
             kills.add_metric([comm, unit], float(n))
         out: list[Metric] = [
             kills,
-            CounterMetricFamily(
-                "mevwatch_oom_kmsg_overruns",
-                "Times kernel log records were overwritten before mevwatch read them (kills may be missed)",
-                value=float(state.overruns),
-            ),
+            OOM_KMSG_OVERRUNS.counter(float(state.overruns)),
         ]
         if state.last is not None:
             ev = state.last
-            info = GaugeMetricFamily(
-                "mevwatch_oom_last_victim_info",
-                "The last process the OOM killer killed (always 1)",
-                labels=["pid", "comm", "unit", "cgroup", "constraint"],
-            )
+            info = OOM_LAST_VICTIM_INFO.gauge()
             info.add_metric([str(ev.pid), ev.comm, ev.unit, ev.cgroup, ev.constraint], 1.0)
             out.append(info)
             out.append(
-                GaugeMetricFamily(
-                    "mevwatch_oom_last_kill_timestamp_seconds",
-                    "Unix time of the last OOM kill",
-                    value=state.last_wall,
-                )
+                OOM_LAST_KILL_TIMESTAMP_SECONDS.gauge(state.last_wall)
             )
             if ev.resident_bytes is not None:
                 out.append(
-                    GaugeMetricFamily(
-                        "mevwatch_oom_last_victim_resident_bytes",
-                        "Resident memory of the last OOM victim when it was killed",
-                        value=float(ev.resident_bytes),
-                    )
+                    OOM_LAST_VICTIM_RESIDENT_BYTES.gauge(float(ev.resident_bytes))
                 )
         return out
 

@@ -21,10 +21,11 @@ import asyncpg  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mevwatch.collectors import _pgqueries as q
-from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration, read_secret_file
-from mevwatch.daemon.logging import redact
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.fields import Duration, read_secret_file
+from mevwatch.redaction import redact
 
 __all__ = [
     "CONNECTION_STATES",
@@ -91,7 +92,9 @@ class PostgresOptions(CollectorOptions):
     statement_timeout: Duration = Field(default=5.0, gt=0, description="server-side limit of each query")
     lock_timeout: Duration = Field(default=1.0, gt=0, description="server-side limit of each lock wait")
     reconnect_backoff_max: Duration = Field(
-        default=60.0, ge=0, description="longest pause between connection attempts to a failing server"
+        default=0.0, ge=0, description=(
+            "longest pause between connection attempts to a failing server; 0: one attempt every run, so a "
+            "recovery is seen at the next run (a pause is reported as down until it ends)"),
     )
     top_tables: int = Field(
         default=50, ge=0, le=1000, description="tables with the most dead tuples, and the largest ones, per target"
@@ -316,6 +319,12 @@ _HELP: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _COUNTERS = frozenset({"statement_calls", "statement_seconds"})
 
+#: each metric declared once, by its name without the mevwatch_postgres_ prefix (what samples are added under)
+SPECS: dict[str, MetricSpec] = {
+    name: MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
+    for name, (text, labels) in _HELP.items()
+}
+
 
 class _Out:
     """Samples of every target, rendered as one family per metric name."""
@@ -331,9 +340,8 @@ class _Out:
         for name, labels, value in self.samples:
             fam = families.get(name)
             if fam is None:
-                text, labelnames = _HELP[name]
-                cls = CounterMetricFamily if name in _COUNTERS else GaugeMetricFamily
-                fam = families[name] = cls(f"mevwatch_postgres_{name}", text, labels=list(labelnames))
+                spec = SPECS[name]
+                fam = families[name] = spec.counter() if spec.type == "counter" else spec.gauge()
             fam.add_metric(list(labels), value)
         return list(families.values())
 
@@ -371,10 +379,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "postgres-down"
-    metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(
-        MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
-        for name, (text, labels) in _HELP.items()
-    )
+    metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(SPECS.values())
 
     def __init__(self, ctx: Any, options: PostgresOptions) -> None:
         super().__init__(ctx, options)

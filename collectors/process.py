@@ -9,8 +9,9 @@ import resource
 import time
 from typing import ClassVar
 
-from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector, register
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.collectors.base import CollectorOptions, Families, MetricSpec, PollCollector
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
 
 __all__ = ["ProcessCollector", "ProcessOptions", "parse_statm_rss_pages"]
 
@@ -24,6 +25,31 @@ def parse_statm_rss_pages(text: str) -> int:
     return int(text.split()[1])
 
 
+PROCESS_RESIDENT_MEMORY_BYTES = MetricSpec(
+    "mevwatch_process_resident_memory_bytes", "gauge",
+    "Resident memory of mevwatch",
+)
+
+PROCESS_CPU_SECONDS = MetricSpec("mevwatch_process_cpu_seconds", "counter", "User and system CPU time of mevwatch")
+
+PROCESS_THREADS = MetricSpec("mevwatch_process_threads", "gauge", "Threads of the mevwatch process")
+
+EVENT_LOOP_LAG_SECONDS = MetricSpec(
+    "mevwatch_event_loop_lag_seconds", "gauge",
+    "Delay of a zero-delay callback on the event loop",
+)
+
+PROCESS_START_TIME_SECONDS = MetricSpec("mevwatch_process_start_time_seconds", "gauge", "Unix time mevwatch started")
+
+PROCESS_OPEN_FDS = MetricSpec("mevwatch_process_open_fds", "gauge", "Open file descriptors of mevwatch")
+
+PYTHON_GC_COLLECTIONS = MetricSpec(
+    "mevwatch_python_gc_collections", "counter",
+    "Garbage collections by generation",
+    ("generation",),
+)
+
+
 @register
 class ProcessCollector(PollCollector[ProcessOptions]):
     kind: ClassVar[str] = "process"
@@ -32,13 +58,13 @@ class ProcessCollector(PollCollector[ProcessOptions]):
     default_timeout: ClassVar[float] = 2.0
     runbook_section = "collector-failing"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_process_resident_memory_bytes", "gauge", "Resident memory of mevwatch", ()),
-        MetricSpec("mevwatch_process_cpu_seconds", "counter", "User and system CPU time of mevwatch", ()),
-        MetricSpec("mevwatch_process_threads", "gauge", "Threads of the mevwatch process", ()),
-        MetricSpec("mevwatch_event_loop_lag_seconds", "gauge", "Delay of a zero-delay callback on the event loop", ()),
-        MetricSpec("mevwatch_process_start_time_seconds", "gauge", "Unix time mevwatch started", ()),
-        MetricSpec("mevwatch_process_open_fds", "gauge", "Open file descriptors of mevwatch", ()),
-        MetricSpec("mevwatch_python_gc_collections", "counter", "Garbage collections by generation", ("generation",)),
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        PROCESS_CPU_SECONDS,
+        PROCESS_THREADS,
+        EVENT_LOOP_LAG_SECONDS,
+        PROCESS_START_TIME_SECONDS,
+        PROCESS_OPEN_FDS,
+        PYTHON_GC_COLLECTIONS,
     )
 
     async def collect(self) -> Families:
@@ -60,27 +86,17 @@ class ProcessCollector(PollCollector[ProcessOptions]):
             fds = -1
         times = os.times()
         families: list[Metric] = [
-            GaugeMetricFamily("mevwatch_process_resident_memory_bytes", "Resident memory of mevwatch", value=rss),
-            CounterMetricFamily(
-                "mevwatch_process_cpu_seconds", "User and system CPU time of mevwatch", value=times.user + times.system
-            ),
-            GaugeMetricFamily(
-                "mevwatch_process_threads", "Threads of the mevwatch process", value=_thread_count(procfs, pid)
-            ),
-            GaugeMetricFamily(
-                "mevwatch_event_loop_lag_seconds", "Delay of a zero-delay callback on the event loop", value=lag
-            ),
-            GaugeMetricFamily(
-                "mevwatch_process_start_time_seconds", "Unix time mevwatch started", value=_START_WALL
-            ),
+            PROCESS_RESIDENT_MEMORY_BYTES.gauge(rss),
+            PROCESS_CPU_SECONDS.counter(times.user + times.system),
+            PROCESS_THREADS.gauge(_thread_count(procfs, pid)),
+            EVENT_LOOP_LAG_SECONDS.gauge(lag),
+            PROCESS_START_TIME_SECONDS.gauge(_START_WALL),
         ]
         if fds >= 0:
             families.append(
-                GaugeMetricFamily("mevwatch_process_open_fds", "Open file descriptors of mevwatch", value=fds)
+                PROCESS_OPEN_FDS.gauge(fds)
             )
-        gen = CounterMetricFamily(
-            "mevwatch_python_gc_collections", "Garbage collections by generation", labels=["generation"]
-        )
+        gen = PYTHON_GC_COLLECTIONS.counter()
         for i, stat in enumerate(gc.get_stats()):
             gen.add_metric([str(i)], float(stat["collections"]))
         families.append(gen)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable
@@ -27,16 +29,13 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
 from mevwatch.collectors.http import DEFAULT_BUCKETS, LatencyHistogram
-from mevwatch.daemon.families import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
+from mevwatch.collectors.registry import register
+from mevwatch.families import (
     Metric,
 )
-from mevwatch.daemon.fields import Duration
+from mevwatch.fields import Duration
 
 __all__ = [
     "BreakerState",
@@ -160,7 +159,69 @@ def count_established(sockets: Iterable[TcpSocket], host: str, port: int) -> int
     )
 
 
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h): the established TCP sockets as binary records.
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_DIAG_REQ = struct.Struct("=BBBBI48x")  # family, protocol, ext, pad, states, an empty inet_diag_sockid
+_DIAG_MSG = struct.Struct("=BBBB2H16s16s")  # family, state, timer, retrans, sport, dport (both big-endian), src, dst
+
+
+def _netlink_established(remote_ports: frozenset[int] | None) -> list[TcpSocket]:
+    """Established TCP sockets of this network namespace from the kernel's sock_diag interface.
+
+    /proc/net/tcp has the kernel format a text line for every socket, TIME_WAIT ones included:
+    59 ms for 4,800 sockets on a busy test host, most of the rpc collector's cost and a fifth of
+    the idle default config's. Asking for established sockets only, in binary, costs ~1 ms.
+    """
+    out: list[TcpSocket] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2.0)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, 1 << int(_TCP_ESTABLISHED, 16))
+            nl.send(_NLMSG.pack(_NLMSG.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+                    + body)
+            done = False
+            while not done:
+                data = nl.recv(1 << 16)
+                off = 0
+                while off + _NLMSG.size <= len(data):
+                    length, kind, _, _, _ = _NLMSG.unpack_from(data, off)
+                    if length < _NLMSG.size:
+                        raise OSError("sock_diag: malformed message")
+                    if kind == _NLMSG_DONE:
+                        done = True
+                        break
+                    if kind == _NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        raise OSError(code, f"sock_diag: {code}")
+                    fam, state, _, _, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, off + _NLMSG.size)
+                    dport, sport = socket.ntohs(dport), socket.ntohs(sport)
+                    if remote_ports is None or dport in remote_ports:
+                        out.append(TcpSocket((_diag_addr(fam, src), sport), (_diag_addr(fam, dst), dport),
+                                             f"{state:02X}"))
+                    off += (length + 3) & ~3
+    return out
+
+
+def _diag_addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    v6 = ipaddress.IPv6Address(raw)
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped is not None else str(v6)
+
+
 def read_tcp_sockets(procfs: Path, remote_ports: frozenset[int] | None = None) -> list[TcpSocket]:
+    """TCP sockets of the host, to ``remote_ports`` if given: established ones from sock_diag when
+    ``procfs`` is this process's own /proc, else (or when netlink is refused) every socket of
+    procfs/net/tcp{,6}."""
+    if procfs == Path("/proc"):
+        try:
+            return _netlink_established(remote_ports)
+        except OSError:
+            pass  # no netlink here (a seccomp profile, an old kernel): the text files say the same
     sockets: list[TcpSocket] = []
     for name in ("tcp", "tcp6"):
         try:
@@ -235,6 +296,53 @@ class _EndpointState:
     last_error: RpcError | None = None
 
 
+RPC_ENDPOINT_INFO = MetricSpec(
+    "mevwatch_rpc_endpoint_info", "gauge",
+    "Probed JSON-RPC endpoint (URL with secrets redacted)",
+    ("endpoint", "url", "transport"),
+)
+
+RPC_UP = MetricSpec("mevwatch_rpc_up", "gauge", "1 if the endpoint's last probe succeeded", ("endpoint",))
+
+RPC_REQUEST_DURATION_SECONDS = MetricSpec(
+    "mevwatch_rpc_request_duration_seconds", "histogram",
+    "Latency of answered JSON-RPC probe calls",
+    ("endpoint", "method"),
+)
+
+RPC_REQUESTS = MetricSpec("mevwatch_rpc_requests", "counter", "JSON-RPC probe calls sent", ("endpoint", "method"))
+
+RPC_ERRORS = MetricSpec(
+    "mevwatch_rpc_errors", "counter",
+    "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
+    ("endpoint", "method", "class", "code"),
+)
+
+RPC_ESTABLISHED_CONNECTIONS = MetricSpec(
+    "mevwatch_rpc_established_connections", "gauge",
+    "Established TCP connections from this host to the endpoint",
+    ("endpoint",),
+)
+
+RPC_CIRCUIT_BREAKER_STATE = MetricSpec(
+    "mevwatch_rpc_circuit_breaker_state", "gauge",
+    "Circuit breaker state of the endpoint (1 for the current state)",
+    ("endpoint", "state"),
+)
+
+RPC_CIRCUIT_BREAKER_TRANSITIONS = MetricSpec(
+    "mevwatch_rpc_circuit_breaker_transitions", "counter",
+    "Circuit breaker state changes by new state",
+    ("endpoint", "state"),
+)
+
+RPC_PROBES_SKIPPED = MetricSpec(
+    "mevwatch_rpc_probes_skipped", "counter",
+    "Probes not sent because the circuit breaker was open",
+    ("endpoint",),
+)
+
+
 @register
 class RpcCollector(PollCollector[RpcOptions]):
     kind: ClassVar[str] = "rpc"
@@ -243,23 +351,15 @@ class RpcCollector(PollCollector[RpcOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "rpc-timeouts"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_rpc_endpoint_info", "gauge",
-                   "Probed JSON-RPC endpoint (URL with secrets redacted)", ("endpoint", "url", "transport")),
-        MetricSpec("mevwatch_rpc_up", "gauge", "1 if the endpoint's last probe succeeded", ("endpoint",)),
-        MetricSpec("mevwatch_rpc_request_duration_seconds", "histogram",
-                   "Latency of answered JSON-RPC probe calls", ("endpoint", "method")),
-        MetricSpec("mevwatch_rpc_requests", "counter", "JSON-RPC probe calls sent", ("endpoint", "method")),
-        MetricSpec("mevwatch_rpc_errors", "counter",
-                   "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
-                   ("endpoint", "method", "class", "code")),
-        MetricSpec("mevwatch_rpc_established_connections", "gauge",
-                   "Established TCP connections from this host to the endpoint", ("endpoint",)),
-        MetricSpec("mevwatch_rpc_circuit_breaker_state", "gauge",
-                   "Circuit breaker state of the endpoint (1 for the current state)", ("endpoint", "state")),
-        MetricSpec("mevwatch_rpc_circuit_breaker_transitions", "counter",
-                   "Circuit breaker state changes by new state", ("endpoint", "state")),
-        MetricSpec("mevwatch_rpc_probes_skipped", "counter",
-                   "Probes not sent because the circuit breaker was open", ("endpoint",)),
+        RPC_ENDPOINT_INFO,
+        RPC_UP,
+        RPC_REQUEST_DURATION_SECONDS,
+        RPC_REQUESTS,
+        RPC_ERRORS,
+        RPC_ESTABLISHED_CONNECTIONS,
+        RPC_CIRCUIT_BREAKER_STATE,
+        RPC_CIRCUIT_BREAKER_TRANSITIONS,
+        RPC_PROBES_SKIPPED,
     )
 
     def __init__(self, ctx: CollectorContext, options: RpcOptions) -> None:
@@ -331,38 +431,15 @@ class RpcCollector(PollCollector[RpcOptions]):
         return None
 
     def _families(self, states: list[_EndpointState], sockets: list[TcpSocket] | None) -> list[Metric]:
-        info = GaugeMetricFamily(
-            "mevwatch_rpc_endpoint_info", "Probed JSON-RPC endpoint (URL with secrets redacted)",
-            labels=["endpoint", "url", "transport"],
-        )
-        up = GaugeMetricFamily("mevwatch_rpc_up", "1 if the endpoint's last probe succeeded", labels=["endpoint"])
-        latency = HistogramMetricFamily(
-            "mevwatch_rpc_request_duration_seconds", "Latency of answered JSON-RPC probe calls",
-            labels=["endpoint", "method"],
-        )
-        requests = CounterMetricFamily(
-            "mevwatch_rpc_requests", "JSON-RPC probe calls sent", labels=["endpoint", "method"]
-        )
-        errors = CounterMetricFamily(
-            "mevwatch_rpc_errors", "Failed JSON-RPC probe calls by error class (code: HTTP status or RPC error code)",
-            labels=["endpoint", "method", "class", "code"],
-        )
-        conns = GaugeMetricFamily(
-            "mevwatch_rpc_established_connections", "Established TCP connections from this host to the endpoint",
-            labels=["endpoint"],
-        )
-        state = GaugeMetricFamily(
-            "mevwatch_rpc_circuit_breaker_state", "Circuit breaker state of the endpoint (1 for the current state)",
-            labels=["endpoint", "state"],
-        )
-        transitions = CounterMetricFamily(
-            "mevwatch_rpc_circuit_breaker_transitions", "Circuit breaker state changes by new state",
-            labels=["endpoint", "state"],
-        )
-        skipped = CounterMetricFamily(
-            "mevwatch_rpc_probes_skipped", "Probes not sent because the circuit breaker was open",
-            labels=["endpoint"],
-        )
+        info = RPC_ENDPOINT_INFO.gauge()
+        up = RPC_UP.gauge()
+        latency = RPC_REQUEST_DURATION_SECONDS.histogram()
+        requests = RPC_REQUESTS.counter()
+        errors = RPC_ERRORS.counter()
+        conns = RPC_ESTABLISHED_CONNECTIONS.gauge()
+        state = RPC_CIRCUIT_BREAKER_STATE.gauge()
+        transitions = RPC_CIRCUIT_BREAKER_TRANSITIONS.counter()
+        skipped = RPC_PROBES_SKIPPED.counter()
         for st in states:
             ep = st.endpoint
             name = ep.name

@@ -27,11 +27,11 @@ from mevwatch.collectors.base import (
     Families,
     MetricSpec,
     PollCollector,
-    register,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.fields import Duration
-from mevwatch.daemon.logging import redact
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
+from mevwatch.fields import Duration
+from mevwatch.redaction import redact
 
 __all__ = [
     "ACTIVE_STATES",
@@ -308,6 +308,57 @@ class _ProcessResult:
 # --- the collector -----------------------------------------------------------------------
 
 
+SERVICE_STATE = MetricSpec(
+    "mevwatch_service_state", "gauge",
+    "1 for the service's ActiveState (active, reloading, inactive, failed, activating, deactivating)",
+    ("unit", "state"),
+)
+
+SERVICE_UP = MetricSpec("mevwatch_service_up", "gauge", "1 if the service is active (or reloading)", ("unit",))
+
+SERVICE_RESTARTS = MetricSpec(
+    "mevwatch_service_restarts", "counter",
+    "Automatic restarts (systemd NRestarts), or main-PID changes seen by the process backend",
+    ("unit",),
+)
+
+SERVICE_STATE_CHANGE_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_service_state_change_timestamp_seconds", "gauge",
+    "Unix time the service entered its current state (process backend: when mevwatch saw the change, or the process "
+    "start time when first seen running)",
+    ("unit",),
+)
+
+SERVICE_START_TIME_SECONDS = MetricSpec(
+    "mevwatch_service_start_time_seconds", "gauge",
+    "Unix time the service's main process started",
+    ("unit",),
+)
+
+SERVICE_PROCESSES = MetricSpec(
+    "mevwatch_service_processes", "gauge",
+    "Processes matched for the service (process backend)",
+    ("unit",),
+)
+
+SERVICES_BACKEND = MetricSpec(
+    "mevwatch_services_backend", "gauge",
+    "1 for the backend the service states come from",
+    ("backend",),
+)
+
+SERVICES_SYSTEMD_AVAILABLE = MetricSpec(
+    "mevwatch_services_systemd_available", "gauge",
+    "1 if systemd is PID 1 on this host",
+)
+
+SERVICE_LOAD_STATE = MetricSpec(
+    "mevwatch_service_load_state", "gauge",
+    "1 for the unit's LoadState (not-found: no such unit)",
+    ("unit", "state"),
+)
+
+
 @register
 class ServicesCollector(PollCollector[ServicesOptions]):
     kind: ClassVar[str] = "services"
@@ -316,25 +367,15 @@ class ServicesCollector(PollCollector[ServicesOptions]):
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "service-down"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_service_state", "gauge",
-                   "1 for the service's ActiveState (active, reloading, inactive, failed, activating, deactivating)",
-                   ("unit", "state")),
-        MetricSpec("mevwatch_service_up", "gauge", "1 if the service is active (or reloading)", ("unit",)),
-        MetricSpec("mevwatch_service_restarts", "counter",
-                   "Automatic restarts (systemd NRestarts), or main-PID changes seen by the process backend",
-                   ("unit",)),
-        MetricSpec("mevwatch_service_state_change_timestamp_seconds", "gauge",
-                   "Unix time the service entered its current state (process backend: when mevwatch saw the change, "
-                   "or the process start time when first seen running)", ("unit",)),
-        MetricSpec("mevwatch_service_start_time_seconds", "gauge",
-                   "Unix time the service's main process started", ("unit",)),
-        MetricSpec("mevwatch_service_processes", "gauge",
-                   "Processes matched for the service (process backend)", ("unit",)),
-        MetricSpec("mevwatch_services_backend", "gauge",
-                   "1 for the backend the service states come from", ("backend",)),
-        MetricSpec("mevwatch_services_systemd_available", "gauge", "1 if systemd is PID 1 on this host", ()),
-        MetricSpec("mevwatch_service_load_state", "gauge",
-                   "1 for the unit's LoadState (not-found: no such unit)", ("unit", "state")),
+        SERVICE_STATE,
+        SERVICE_UP,
+        SERVICE_RESTARTS,
+        SERVICE_STATE_CHANGE_TIMESTAMP_SECONDS,
+        SERVICE_START_TIME_SECONDS,
+        SERVICE_PROCESSES,
+        SERVICES_BACKEND,
+        SERVICES_SYSTEMD_AVAILABLE,
+        SERVICE_LOAD_STATE,
     )
 
     def __init__(self, ctx: CollectorContext, options: ServicesOptions) -> None:
@@ -357,16 +398,12 @@ class ServicesCollector(PollCollector[ServicesOptions]):
             families = await self._systemd()
         else:
             families = await self._process()
-        info = GaugeMetricFamily(
-            "mevwatch_services_backend", "1 for the backend the service states come from", labels=["backend"]
-        )
+        info = SERVICES_BACKEND.gauge()
         for b in ("systemd", "process"):
             info.add_metric([b], 1.0 if b == backend else 0.0)
         families.append(info)
         families.append(
-            GaugeMetricFamily(
-                "mevwatch_services_systemd_available", "1 if systemd is PID 1 on this host", value=float(booted)
-            )
+            SERVICES_SYSTEMD_AVAILABLE.gauge(float(booted))
         )
         return families
 
@@ -477,34 +514,13 @@ class ServicesCollector(PollCollector[ServicesOptions]):
 
 class _Families:
     def __init__(self) -> None:
-        unit = ["unit"]
-        self.active = GaugeMetricFamily(
-            "mevwatch_service_state",
-            "1 for the service's ActiveState (active, reloading, inactive, failed, activating, deactivating)",
-            labels=["unit", "state"],
-        )
-        self.up = GaugeMetricFamily("mevwatch_service_up", "1 if the service is active (or reloading)", labels=unit)
-        self.load = GaugeMetricFamily(
-            "mevwatch_service_load_state", "1 for the unit's LoadState (not-found: no such unit)",
-            labels=["unit", "state"],
-        )
-        self.restarts = CounterMetricFamily(
-            "mevwatch_service_restarts",
-            "Automatic restarts (systemd NRestarts), or main-PID changes seen by the process backend",
-            labels=unit,
-        )
-        self.since = GaugeMetricFamily(
-            "mevwatch_service_state_change_timestamp_seconds",
-            "Unix time the service entered its current state (process backend: when mevwatch saw the change, "
-            "or the process start time when first seen running)",
-            labels=unit,
-        )
-        self.start = GaugeMetricFamily(
-            "mevwatch_service_start_time_seconds", "Unix time the service's main process started", labels=unit
-        )
-        self.processes = GaugeMetricFamily(
-            "mevwatch_service_processes", "Processes matched for the service (process backend)", labels=unit
-        )
+        self.active = SERVICE_STATE.gauge()
+        self.up = SERVICE_UP.gauge()
+        self.load = SERVICE_LOAD_STATE.gauge()
+        self.restarts = SERVICE_RESTARTS.counter()
+        self.since = SERVICE_STATE_CHANGE_TIMESTAMP_SECONDS.gauge()
+        self.start = SERVICE_START_TIME_SECONDS.gauge()
+        self.processes = SERVICE_PROCESSES.gauge()
 
     def state(self, unit: str, state: str) -> None:
         for s in ACTIVE_STATES:

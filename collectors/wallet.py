@@ -23,10 +23,10 @@ from mevwatch.collectors.base import (
     MetricSpec,
     NoData,
     PollCollector,
-    register,
+    StateError,
 )
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
-from mevwatch.daemon.state import StateError
+from mevwatch.collectors.registry import register
+from mevwatch.families import Metric
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]
 
@@ -134,6 +134,67 @@ _CURSOR_SCHEMA = [
 ]
 
 
+WALLET_BALANCE_ETHER = MetricSpec(
+    "mevwatch_wallet_balance_ether", "gauge",
+    "Balance of the watched wallet, in ether",
+    ("address", "wallet"),
+)
+
+WALLET_NONCE = MetricSpec(
+    "mevwatch_wallet_nonce", "gauge",
+    "Nonce of the wallet at the head block",
+    ("address", "wallet"),
+)
+
+WALLET_NONCE_GAP = MetricSpec(
+    "mevwatch_wallet_nonce_gap", "gauge",
+    "Pending minus mined nonce: transactions sent but not yet mined (stuck)",
+    ("address", "wallet"),
+)
+
+WALLET_TRANSACTIONS = MetricSpec(
+    "mevwatch_wallet_transactions", "counter",
+    "Mined transactions sent by the wallet, by outcome (failed: receipt status 0)",
+    ("address", "wallet", "status"),
+)
+
+WALLET_FAILED_GAS_ETHER = MetricSpec(
+    "mevwatch_wallet_failed_gas_ether", "counter",
+    "Gas paid for failed transactions of the wallet, in ether",
+    ("address", "wallet"),
+)
+
+WALLET_FOLLOWED_BLOCK = MetricSpec(
+    "mevwatch_wallet_followed_block", "gauge",
+    "Last block scanned for wallet transactions",
+    ("endpoint",),
+)
+
+WALLET_BLOCKS_BEHIND = MetricSpec(
+    "mevwatch_wallet_blocks_behind", "gauge",
+    "Blocks between the head and the last scanned",
+    ("endpoint",),
+)
+
+WALLET_UNEXPECTED_TRANSACTIONS = MetricSpec(
+    "mevwatch_wallet_unexpected_transactions", "counter",
+    "Transactions of the wallet to a destination not on the allow list",
+    ("address", "wallet"),
+)
+
+WALLET_LAST_UNEXPECTED_TRANSACTION_INFO = MetricSpec(
+    "mevwatch_wallet_last_unexpected_transaction_info", "gauge",
+    "The latest unexpected transaction of the wallet (one series per wallet)",
+    ("address", "wallet", "to", "tx"),
+)
+
+WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", "gauge",
+    "Block time of the latest unexpected transaction of the wallet",
+    ("address", "wallet"),
+)
+
+
 @register
 class WalletCollector(PollCollector[WalletOptions]):
     kind: ClassVar[str] = "wallet"
@@ -143,27 +204,16 @@ class WalletCollector(PollCollector[WalletOptions]):
     default_enabled: ClassVar[bool] = False
     runbook_section = "wallet-failures"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
-        MetricSpec("mevwatch_wallet_balance_ether", "gauge",
-                   "Balance of the watched wallet, in ether", ("address", "wallet")),
-        MetricSpec("mevwatch_wallet_nonce", "gauge", "Nonce of the wallet at the head block", ("address", "wallet")),
-        MetricSpec("mevwatch_wallet_nonce_gap", "gauge",
-                   "Pending minus mined nonce: transactions sent but not yet mined (stuck)", ("address", "wallet")),
-        MetricSpec("mevwatch_wallet_transactions", "counter",
-                   "Mined transactions sent by the wallet, by outcome (failed: receipt status 0)",
-                   ("address", "wallet", "status")),
-        MetricSpec("mevwatch_wallet_failed_gas_ether", "counter",
-                   "Gas paid for failed transactions of the wallet, in ether", ("address", "wallet")),
-        MetricSpec("mevwatch_wallet_followed_block", "gauge",
-                   "Last block scanned for wallet transactions", ("endpoint",)),
-        MetricSpec("mevwatch_wallet_blocks_behind", "gauge",
-                   "Blocks between the head and the last scanned", ("endpoint",)),
-        MetricSpec("mevwatch_wallet_unexpected_transactions", "counter",
-                   "Transactions of the wallet to a destination not on the allow list", ("address", "wallet")),
-        MetricSpec("mevwatch_wallet_last_unexpected_transaction_info", "gauge",
-                   "The latest unexpected transaction of the wallet (one series per wallet)",
-                   ("address", "wallet", "to", "tx")),
-        MetricSpec("mevwatch_wallet_last_unexpected_transaction_timestamp_seconds", "gauge",
-                   "Block time of the latest unexpected transaction of the wallet", ("address", "wallet")),
+        WALLET_BALANCE_ETHER,
+        WALLET_NONCE,
+        WALLET_NONCE_GAP,
+        WALLET_TRANSACTIONS,
+        WALLET_FAILED_GAS_ETHER,
+        WALLET_FOLLOWED_BLOCK,
+        WALLET_BLOCKS_BEHIND,
+        WALLET_UNEXPECTED_TRANSACTIONS,
+        WALLET_LAST_UNEXPECTED_TRANSACTION_INFO,
+        WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS,
     )
 
     def __init__(self, ctx: CollectorContext, options: WalletOptions) -> None:
@@ -294,24 +344,14 @@ class WalletCollector(PollCollector[WalletOptions]):
         return self._families(balances, nonces, head)
 
     def _families(self, balances: dict[str, int], nonces: dict[str, tuple[int, int]], head: int) -> list[Metric]:
-        labels = ["address", "wallet"]
-        bal = GaugeMetricFamily("mevwatch_wallet_balance_ether", "Balance of the watched wallet, in ether",
-                                labels=labels)
-        nonce = GaugeMetricFamily("mevwatch_wallet_nonce", "Nonce of the wallet at the head block", labels=labels)
-        gap = GaugeMetricFamily("mevwatch_wallet_nonce_gap",
-                                "Pending minus mined nonce: transactions sent but not yet mined (stuck)", labels=labels)
-        txs = CounterMetricFamily("mevwatch_wallet_transactions", "Mined transactions sent by the wallet, by outcome "
-                                  "(failed: receipt status 0)", labels=[*labels, "status"])
-        burned = CounterMetricFamily("mevwatch_wallet_failed_gas_ether",
-                                     "Gas paid for failed transactions of the wallet, in ether", labels=labels)
-        unexpected = CounterMetricFamily("mevwatch_wallet_unexpected_transactions",
-                                         "Transactions of the wallet to a destination not on the allow list",
-                                         labels=labels)
-        last_info = GaugeMetricFamily("mevwatch_wallet_last_unexpected_transaction_info",
-                                      "The latest unexpected transaction of the wallet (one series per wallet)",
-                                      labels=[*labels, "to", "tx"])
-        last_ts = GaugeMetricFamily("mevwatch_wallet_last_unexpected_transaction_timestamp_seconds",
-                                    "Block time of the latest unexpected transaction of the wallet", labels=labels)
+        bal = WALLET_BALANCE_ETHER.gauge()
+        nonce = WALLET_NONCE.gauge()
+        gap = WALLET_NONCE_GAP.gauge()
+        txs = WALLET_TRANSACTIONS.counter()
+        burned = WALLET_FAILED_GAS_ETHER.counter()
+        unexpected = WALLET_UNEXPECTED_TRANSACTIONS.counter()
+        last_info = WALLET_LAST_UNEXPECTED_TRANSACTION_INFO.gauge()
+        last_ts = WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS.gauge()
         for a in self.options.addresses:
             lv = [a.address, a.name]
             latest, pending = nonces[a.address]
@@ -328,10 +368,8 @@ class WalletCollector(PollCollector[WalletOptions]):
                 to, tx_hash, ts = t.last_unexpected
                 last_info.add_metric([*lv, to, tx_hash], 1.0)
                 last_ts.add_metric(lv, ts)
-        followed = GaugeMetricFamily("mevwatch_wallet_followed_block", "Last block scanned for wallet transactions",
-                                     labels=["endpoint"])
-        behind = GaugeMetricFamily("mevwatch_wallet_blocks_behind", "Blocks between the head and the last scanned",
-                                   labels=["endpoint"])
+        followed = WALLET_FOLLOWED_BLOCK.gauge()
+        behind = WALLET_BLOCKS_BEHIND.gauge()
         ep = self.options.endpoint.name
         followed.add_metric([ep], float(self.cursor if self.cursor is not None else head))
         behind.add_metric([ep], float(head - (self.cursor if self.cursor is not None else head)))

@@ -9,14 +9,13 @@ import argparse
 import asyncio
 import importlib
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
-from mevwatch import __version__
+from mevwatch.daemon.buildinfo import version_text
 from mevwatch.daemon.config import Config, ConfigError, default_config_text, load_config, load_config_text
 from mevwatch.daemon.logging import configure_logging
 
@@ -77,16 +76,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return 2
+    from mevwatch.daemon.flags import overrides_from_args
+
+    overrides = overrides_from_args(args)
+    cfg = overrides.apply(cfg)
     configure_logging(cfg.daemon.log.level, cfg.daemon.log.format)
     from mevwatch.daemon.runtime import Daemon, StartupError
 
-    daemon = Daemon(
-        cfg,
-        config_path=args.config,
-        listen=args.listen_address,
-        web_config_file=args.web_config_file,
-        enable_lifecycle=args.enable_lifecycle,
-    )
+    daemon = Daemon(cfg, config_path=args.config, overrides=overrides)
     try:
         code = asyncio.run(daemon.main())
     except StartupError as exc:
@@ -106,6 +103,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 BUILTIN_COMMANDS = ("run", "check-config")
 
 
+class _VersionAction(argparse.Action):
+    """``--version`` as Prometheus and its exporters print it (build details read only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stdout.write(version_text())
+        parser.exit()
+
+
 def requested_command(argv: Sequence[str]) -> str | None:
     """The subcommand ``argv`` names (its first argument that is not an option), if any."""
     for arg in argv:
@@ -123,17 +132,14 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mevwatch", description="Monitoring daemon for Ethereum MEV hosts (metrics and alerts)."
     )
-    parser.add_argument("--version", action="version", version=f"mevwatch {__version__}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and build information, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
     add_config_argument(run)
-    run.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
-                     help="address of /metrics (default from config, 127.0.0.1:9717)")
-    run.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                     help="exporter-toolkit web config (TLS, basic auth)")
-    run.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
-                     help="allow POST /-/reload")
+    from mevwatch.daemon.flags import add_run_flags
+
+    add_run_flags(run)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
@@ -161,12 +167,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result: int = args.func(args)
     return result
-
-
-def install_signal_handlers(
-    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None], on_reload: Callable[[], None]
-) -> None:
-    loop.add_signal_handler(signal.SIGTERM, on_stop)
-    loop.add_signal_handler(signal.SIGINT, on_stop)
-    loop.add_signal_handler(signal.SIGHUP, on_reload)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["ROWS", "Panel", "Row", "dashboard", "main", "metric_names", "panel_queries"]
 
-I = 'instance=~"$instance"'  # noqa: E741 - the instance matcher every query carries
+I = 'host=~"$host"'  # noqa: E741 - the host matcher every query carries (docs/fleet.md, the label contract)
 RATE = "$__rate_interval"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -46,9 +46,40 @@ def P(title: str, *targets: tuple[str, str], **kw: Any) -> Panel:
     return Panel(title, tuple((_q(e), legend) for e, legend in targets), **kw)
 
 
+#: the hosts a query is about: every panel of the fleet row joins its series on them
+_HOSTS = "group by (host) (mevwatch_build_info{I})"
+
 ROWS: tuple[Row, ...] = (
+    Row("Fleet overview", "host-down", (
+        P("Firing alerts by host", ('sum by (host) (mevwatch_alerts{I,state="firing"})', "{{host}}"),
+          kind="bargauge", description="mevwatch's own count on each host (0: nothing firing)."),
+        P("Firing alerts by severity", ('sum by (severity) (mevwatch_alerts{I,state="firing"})', "{{severity}}"),
+          kind="stat"),
+        P("What fires where", (f'ALERTS{{alertstate="firing"}} * on (host) group_left () {_HOSTS}',
+                               "{{host}} {{alertname}}"), kind="table",
+          description="Prometheus' view of the exported rules and the fleet's watcher rules, one line per "
+                      "alert and host."),
+        P("Hosts reporting", (f"count({_HOSTS})", "hosts"), kind="stat",
+          description="Hosts whose mevwatch Prometheus scrapes now; MevwatchHostDown pages for the others."),
+    )),
+    Row("Alerts and notifications", "alertmanager-unreachable", (
+        P("Firing alerts per host (Prometheus)",
+          (f'count by (host) (ALERTS{{alertstate="firing"}} * on (host) group_left () {_HOSTS})', "{{host}}"),
+          description="Prometheus' ALERTS series: the exported rules and the watcher rules, evaluated centrally."),
+        P("Alerts per host (mevwatch)", ("sum by (host, state) (mevwatch_alerts{I})", "{{host}} {{state}}"),
+          description="mevwatch's own rule engine on each host: pending and firing."),
+        P("Notifications per sink", ("sum by (host, sink) (increase(mevwatch_notifications_sent_total{I}[R]))",
+                                     "{{host}} {{sink}} sent"),
+          ("sum by (host, sink) (increase(mevwatch_notifications_failed_total{I}[R]))", "{{host}} {{sink}} failed"),
+          ("sum by (host, sink) (increase(mevwatch_notifications_dead_lettered_total{I}[R]))",
+           "{{host}} {{sink}} dead-lettered"),
+          description="Acknowledged deliveries, failed attempts (each retry), and notifications given up on."),
+        P("Outbox waiting", ("sum by (host) (mevwatch_alert_outbox_depth{I})", "{{host}}"),
+          ("max by (host) (mevwatch_alert_outbox_oldest_pending_age_seconds{I})", "{{host}} oldest (s)"),
+          description="Notifications not yet acknowledged by their sink, and the age of the oldest."),
+    )),
     Row("Host memory and OOM kills", "memory-high", (
-        P("Memory used", ("mevwatch_memory_used_ratio{I}", "{{instance}}"), unit="percentunit", max=1),
+        P("Memory used", ("mevwatch_memory_used_ratio{I}", "{{host}}"), unit="percentunit", max=1),
         P("Memory and swap", ("mevwatch_memory_available_bytes{I}", "available"),
           ("mevwatch_memory_total_bytes{I}", "total"),
           ("mevwatch_memory_swap_total_bytes{I} - mevwatch_memory_swap_free_bytes{I}", "swap used"), unit="bytes"),
@@ -77,7 +108,7 @@ ROWS: tuple[Row, ...] = (
     Row("CPU governor and frequency", "cpu-governor", (
         P("Governor (1 = active)", ('mevwatch_cpu_frequency_governor{I} == 1', "cpu{{cpu}} {{governor}}"),
           kind="table"),
-        P("Frequency vs max", ("mevwatch_cpu_frequency_hertz{I} / on(instance, cpu) "
+        P("Frequency vs max", ("mevwatch_cpu_frequency_hertz{I} / on(host, cpu) "
                                "mevwatch_cpu_frequency_max_hertz{I}", "cpu{{cpu}}"), unit="percentunit", max=1),
         P("Thermal throttling", ("rate(mevwatch_cpu_core_throttles_total{I}[R])", "cpu{{cpu}}"),
           ("rate(mevwatch_cpu_package_throttles_total{I}[R])", "package {{package}}"), unit="ops"),
@@ -85,12 +116,12 @@ ROWS: tuple[Row, ...] = (
           ('mevwatch_cpu_time_ratio{I,mode="steal"}', "steal")),
     )),
     Row("RPC latency and circuit breaker", "rpc-timeouts", (
-        P("RPC p99 latency", ("histogram_quantile(0.99, sum by (instance, endpoint, method, le) "
+        P("RPC p99 latency", ("histogram_quantile(0.99, sum by (host, endpoint, method, le) "
                               "(rate(mevwatch_rpc_request_duration_seconds_bucket{I}[R])))", "{{endpoint}} {{method}}"),
           unit="s"),
         P("Circuit breaker open", ('mevwatch_rpc_circuit_breaker_state{I,state="open"}', "{{endpoint}}"),
           kind="stat"),
-        P("RPC errors", ("sum by (instance, endpoint, class) (rate(mevwatch_rpc_errors_total{I}[R]))",
+        P("RPC errors", ("sum by (host, endpoint, class) (rate(mevwatch_rpc_errors_total{I}[R]))",
                          "{{endpoint}} {{class}}"), unit="reqps"),
         P("RPC endpoint up", ("mevwatch_rpc_up{I}", "{{endpoint}}"), kind="stat"),
     )),
@@ -125,9 +156,9 @@ ROWS: tuple[Row, ...] = (
           kind="stat"),
     )),
     Row("Engine latency", "engine-latency", (
-        P("Engine p50 / p99", ("histogram_quantile(0.5, sum by (instance, target, le) "
+        P("Engine p50 / p99", ("histogram_quantile(0.5, sum by (host, target, le) "
                                "(rate(mevwatch_http_request_duration_seconds_bucket{I}[R])))", "p50 {{target}}"),
-          ("histogram_quantile(0.99, sum by (instance, target, le) "
+          ("histogram_quantile(0.99, sum by (host, target, le) "
            "(rate(mevwatch_http_request_duration_seconds_bucket{I}[R])))", "p99 {{target}}"), unit="s"),
         P("Engine probe up", ("mevwatch_http_up{I}", "{{target}}"), kind="stat"),
         P("Engine HTTP status", ("mevwatch_http_status_code{I}", "{{target}}"), kind="stat"),
@@ -152,7 +183,7 @@ ROWS: tuple[Row, ...] = (
         P("Changes detected", ("increase(mevwatch_integrity_changes_detected_total{I}[R])", "{{source}}")),
     )),
     Row("Logs", "strategy-errors", (
-        P("Pattern matches", ("sum by (instance, source, pattern) (increase(mevwatch_log_matches_total{I}[R]))",
+        P("Pattern matches", ("sum by (host, source, pattern) (increase(mevwatch_log_matches_total{I}[R]))",
                               "{{source}} {{pattern}}")),
         P("Lines read / s", ("rate(mevwatch_log_lines_read_total{I}[R])", "{{source}}"), unit="ops"),
         P("Log source status", ('mevwatch_log_source_status{I,status!="ok"} == 1', "{{source}} {{status}}"),
@@ -161,8 +192,8 @@ ROWS: tuple[Row, ...] = (
     Row("mevwatch itself", "collector-failing", (
         P("Collector success", ("mevwatch_collector_success{I}", "{{collector}}/{{instance}}"), kind="stat"),
         P("Collector duration", ("mevwatch_collector_duration_seconds{I}", "{{collector}}"), unit="s"),
-        P("Resident memory", ("mevwatch_process_resident_memory_bytes{I}", "{{instance}}"), unit="bytes"),
-        P("Event loop lag", ("mevwatch_event_loop_lag_seconds{I}", "{{instance}}"), unit="s"),
+        P("Resident memory", ("mevwatch_process_resident_memory_bytes{I}", "{{host}}"), unit="bytes"),
+        P("Event loop lag", ("mevwatch_event_loop_lag_seconds{I}", "{{host}}"), unit="s"),
         P("Alerts", ("mevwatch_alerts{I}", "{{state}} {{severity}}")),
         P("Outbox", ("mevwatch_alert_outbox_depth{I}", "{{sink}}"),
           ("mevwatch_alert_outbox_oldest_pending_age_seconds{I}", "oldest age (s)")),
@@ -206,7 +237,8 @@ def _panel_json(p: Panel, pid: int, x: int, y: int, w: int) -> dict[str, Any]:
     if p.description:
         out["description"] = p.description
     if p.kind == "timeseries":
-        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}
+        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+                          "tooltip": {"mode": "multi", "sort": "none"}}
     elif p.kind == "stat":
         out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}
     elif p.kind == "table":
@@ -227,7 +259,9 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
         w = 24 // per_line
         for i, p in enumerate(row.panels):
             panel = _panel_json(p, pid, (i % per_line) * w, y + (i // per_line) * 8, w)
-            panel["links"] = [{"title": "Runbook", "url": f"${{runbook_url}}#{row.runbook}", "targetBlank": True}]
+            panel["links"] = [{"title": "Runbook", "url": f"${{runbook_url}}#{row.runbook}", "targetBlank": True,
+                               "type": "link", "tooltip": f"Runbook: {row.title}", "icon": "doc", "tags": [],
+                               "asDropdown": False, "includeVars": False, "keepTime": False}]
             panels.append(panel)
             pid += 1
         y += ((len(row.panels) + per_line - 1) // per_line) * 8
@@ -251,11 +285,11 @@ def dashboard(runbook_url: str = "docs/runbooks.md") -> dict[str, Any]:
         }]},
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
-            {"name": "instance", "label": "Instance", "type": "query", "datasource": DATASOURCE,
-             "definition": "label_values(mevwatch_build_info, instance)",
-             "query": {"query": "label_values(mevwatch_build_info, instance)", "refId": "PrometheusVariableQuery"},
-             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*", "current": {}, "hide": 0,
+             "current": {"text": "", "value": ""}, "hide": 0, "refresh": 1, "regex": "", "options": []},
+            {"name": "host", "label": "Host", "type": "query", "datasource": DATASOURCE,
+             "query": {"query": "label_values(mevwatch_build_info, host)", "refId": "PrometheusVariableQuery"},
+             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
+             "current": {"text": "All", "value": "$__all"}, "hide": 0,
              "sort": 1, "regex": "", "options": []},
             # where docs/runbooks.md is served: the panels' runbook links append the section anchor
             {"name": "runbook_url", "label": "Runbook base URL", "type": "textbox", "query": runbook_url,

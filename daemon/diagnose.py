@@ -1,8 +1,11 @@
 """``mevwatch diagnose``: the runbook's quick diagnostic script as one command.
 
-Runs every configured collector once (no daemon, with timeouts), judges the values with the
-alert rules' thresholds, and prints OK/WARN/CRIT lines grouped by runbook section, with the
-value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT.
+When a daemon runs it shows the daemon's own verdicts (its live alert states, windowed values and
+collector states, read from its local read-only ``/api/v1/rules`` and ``/health``). Without one it runs
+every configured collector once (with timeouts), judges the values with the rules that need no history,
+and marks the others UNKNOWN with the reason. Either way it adds the runbook's "recent errors (last 10
+minutes)" and the largest processes. Lines are OK/INFO/UNKNOWN/WARN/CRIT grouped by runbook section,
+with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT.
 """
 
 from __future__ import annotations
@@ -21,17 +24,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector, all_kinds
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
+from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector
+from mevwatch.collectors.registry import all_kinds
 from mevwatch.daemon.config import Config
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 if TYPE_CHECKING:
     from mevwatch.alerts.rules import LabelSet
 
 __all__ = ["Line", "evaluate", "register", "run_collectors"]
 
-STATUS_RANK = {"OK": 0, "INFO": 0, "WARN": 1, "CRIT": 2}
+STATUS_RANK = {"OK": 0, "INFO": 0, "UNKNOWN": 0, "WARN": 1, "CRIT": 2}
+RECENT_ERRORS_SECTION = "service-down"
+RECENT_ERRORS_WINDOW = 600.0  # the runbook's "Recent Errors (last 10 minutes)"
+#: labels that name a series best, when one series is shown alone
+_NAMING_LABELS = ("endpoint", "mountpoint", "unit", "target", "server", "datname", "table", "wallet", "path",
+                  "source", "pattern", "cpu", "reference", "collector")
 SEVERITY_STATUS = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 COLLECTOR_SECTION = "collector-failing"
 _PERMISSION_RE = re.compile(r"permission|EACCES|EPERM|not permitted|denied", re.IGNORECASE)
@@ -136,8 +145,12 @@ def _fmt_value(v: float) -> str:
     return f"{v:.4g}"
 
 
-def evaluate(results: list[RunResult], cfg: Config) -> list[Line]:
-    """Judge the collected values with the non-windowed alert rules; add collector and detail lines."""
+def evaluate(results: list[RunResult], cfg: Config, no_daemon: str = "") -> list[Line]:
+    """Judge the collected values with the alert rules that need no history; add collector and detail lines.
+
+    Rules over a window, and rules whose metric a configured collector did not deliver, are UNKNOWN with
+    the reason (``no_daemon`` says why no daemon's history could be used).
+    """
     from mevwatch.alerts.rules import evaluate_rule
 
     lines: list[Line] = []
@@ -158,27 +171,179 @@ def evaluate(results: list[RunResult], cfg: Config) -> list[Line]:
     ran = {r.kind for r in results}
     now = time.time()
     for rule in cfg.daemon.alerts.all_rules:
-        if rule.window:  # increase/rate need history a single run does not have
+        produced = _metric_from(rule.metric, ran, samples)
+        if not rule.metric.startswith("mevwatch_collector_") and not produced:
             continue
-        if not rule.metric.startswith("mevwatch_collector_") and not _metric_from(rule.metric, ran, samples):
+        check = f"{rule.name} ({_condition(rule)})"
+        if rule.window:  # increase/rate need history a single run does not have
+            why = f"needs {rule.window:g}s of history; {no_daemon or 'no daemon was asked'}"
+            lines.append(Line(rule.runbook, check, "UNKNOWN", why, rule.runbook))
             continue
         values = evaluate_rule(rule, samples, {}, now)
-        if rule.absent and not _metric_from(rule.metric, ran, samples):
-            continue
-        status = "OK"
-        shown: list[str] = []
-        for labels, value in sorted(values.items()):
-            label_text = ",".join(f"{k}={v}" for k, v in labels if k not in ("le",))
-            hit = rule.absent or rule.passes(value, False)
-            if hit:
-                status = max(status, SEVERITY_STATUS.get(rule.severity, "WARN"), key=STATUS_RANK.__getitem__)
-            shown.append(("!" if hit else "") + (f"{label_text}=" if label_text else "") + _fmt_value(value))
+        if not values and rule.metric.startswith("mevwatch_collector_"):
+            continue  # the supervisor's series exist only in a daemon; the collector lines above say the same
         if not values and not rule.absent:
+            metric = rule.metric + ("_bucket" if rule.quantile is not None else "")
+            why = (f"no series of {rule.metric} from the collectors that ran" if metric not in samples
+                   else f"no series of {rule.metric} matches {', '.join(map(str, rule.matchers))}")
+            lines.append(Line(rule.runbook, check, "UNKNOWN", why, rule.runbook))
             continue
-        value_text = "; ".join(shown[:8]) + (f"; ... {len(shown) - 8} more" if len(shown) > 8 else "")
-        check = f"{rule.name} ({rule.metric} {rule.op} {_fmt_value(rule.threshold)})"
-        lines.append(Line(rule.runbook, check, status, value_text or "absent", rule.runbook))
+        hits = {labels: bool(rule.absent or rule.passes(value, False)) for labels, value in values.items()}
+        status = "OK"
+        if any(hits.values()):
+            status = SEVERITY_STATUS.get(rule.severity, "WARN")
+        lines.append(Line(rule.runbook, check, status, series_text(values, hits) or "absent", rule.runbook))
     return lines
+
+
+def _condition(rule: Any) -> str:
+    from mevwatch.alerts.api import rule_condition
+
+    return str(rule_condition(rule))
+
+
+def series_text(values: Mapping[LabelSet, float], hits: Mapping[LabelSet, bool], limit: int = 8) -> str:
+    """``label=value`` per series, breaching ones first and marked ``!``, with only the labels that tell the
+    series apart (one series alone: the label that names it best)."""
+    sets = [dict(ls) for ls in values]
+    keys: list[str] = []
+    if len(sets) > 1:
+        every = sorted({k for d in sets for k in d if k != "le"})
+        keys = [k for k in every if len({d.get(k) for d in sets}) > 1]
+    elif sets:
+        keys = [k for k in _NAMING_LABELS if k in sets[0]][:1]
+    ordered = sorted(values.items(), key=lambda kv: (not hits.get(kv[0], False), kv[0]))
+    shown = []
+    for labels, value in ordered:
+        d = dict(labels)
+        name = ",".join(f"{k}={d[k]}" for k in keys if k in d)
+        shown.append(("!" if hits.get(labels) else "") + (f"{name}=" if name else "") + _fmt_value(value))
+    text = "; ".join(shown[:limit])
+    return text + (f"; ... {len(shown) - limit} more" if len(shown) > limit else "")
+
+
+# --- the running daemon's verdicts ---------------------------------------------------------
+
+
+def daemon_url(cfg: Config) -> str:
+    """Where this config's daemon listens (a wildcard address is asked on loopback)."""
+    host, _, port = cfg.daemon.web.listen_address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def fetch_daemon(url: str, timeout: float) -> tuple[dict[str, Any] | None, str]:
+    """(the daemon's rules and health, "") or (None, why not)."""
+    import urllib.error
+    import urllib.request
+
+    docs: dict[str, Any] = {}
+    for key, path in (("rules", "/api/v1/rules"), ("health", "/health")):
+        try:
+            with urllib.request.urlopen(url + path, timeout=timeout) as resp:
+                docs[key] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return None, f"the daemon at {url} answered {path} with HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            return None, f"no daemon answered at {url} ({reason})"
+    if docs["rules"].get("warnings"):
+        return None, f"the daemon at {url} runs no alert engine"
+    return {"rules": docs["rules"]["data"]["rules"], "health": docs["health"]}, ""
+
+
+def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list[Line]:
+    """The daemon's verdicts as lines: its collectors, then every rule it evaluates (rules of collectors that
+    are not configured are left out, as in a local run)."""
+    lines = [Line(COLLECTOR_SECTION, "verdicts from", "INFO", f"the running daemon at {url}", COLLECTOR_SECTION)]
+    for c in doc["health"].get("collectors", []):
+        name = f"collector {c['collector']}/{c['instance']}"
+        section = _section_of_kind(c["collector"])
+        if c["success"] is False:
+            lines.append(Line(section, name, "WARN", c.get("last_error") or "failing", COLLECTOR_SECTION))
+        else:
+            lines.append(Line(section, name, "OK" if c["success"] else "UNKNOWN",
+                              "ok" if c["success"] else "no run finished yet", COLLECTOR_SECTION))
+    for r in doc["rules"]:
+        check = f"{r['name']} ({r['condition']})"
+        if r["state"] == "nodata" and not _metric_configured(r["condition"], configured):
+            continue
+        if r["state"] in ("firing", "pending"):
+            status = SEVERITY_STATUS.get(r["severity"], "WARN") if r["state"] == "firing" else "INFO"
+            values = {_labelset(a["labels"]): _float(a["value"]) for a in r["alerts"]}
+            text = r["state"] + ": " + series_text(values, dict.fromkeys(values, True))
+        elif r["state"] == "nodata":
+            status, text = "UNKNOWN", r["reason"]
+        else:
+            values = {_labelset(x["labels"]): _float(x["value"]) for x in r["series"]}
+            hits = {_labelset(x["labels"]): bool(x["breach"]) for x in r["series"]}
+            status, text = "OK", series_text(values, hits) or "present"
+        lines.append(Line(r["runbook"], check, status, text, r["runbook"]))
+    return lines
+
+
+def _labelset(labels: Mapping[str, str]) -> LabelSet:
+    return tuple(sorted((k, v) for k, v in labels.items() if k not in ("alertname", "severity", "host")))
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _metric_configured(condition: str, configured: set[str]) -> bool:
+    m = re.search(r"mevwatch_[a-z0-9_]+", condition)
+    return m is not None and _metric_from(m.group(0), configured, {})
+
+
+# --- the runbook's extra lines ---------------------------------------------------------------
+
+
+def recent_errors(rootfs: Path, window: float = RECENT_ERRORS_WINDOW, limit: int = 20) -> list[Line]:
+    """``journalctl --since "10 minutes ago" -p err``: the runbook's recent errors, or UNKNOWN and why."""
+    import subprocess
+
+    from mevwatch.collectors._journal import journal_available
+
+    check = f"recent errors (last {window / 60:g} min, journal -p err)"
+    exe, why = journal_available("journalctl", rootfs)
+    if exe is None:
+        return [Line(RECENT_ERRORS_SECTION, check, "UNKNOWN", why, RECENT_ERRORS_SECTION)]
+    try:
+        proc = subprocess.run([exe, "--since", f"-{int(window)}s", "-p", "err", "--no-pager", "-q", "-o", "short-iso"],
+                              capture_output=True, text=True, timeout=10, errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Line(RECENT_ERRORS_SECTION, check, "UNKNOWN", f"journalctl failed: {exc}", RECENT_ERRORS_SECTION)]
+    if proc.returncode != 0:
+        text = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return [Line(RECENT_ERRORS_SECTION, check, "UNKNOWN", f"journalctl: {text[0]}", RECENT_ERRORS_SECTION)]
+    entries = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    lines = [Line(RECENT_ERRORS_SECTION, check, "INFO", f"{len(entries)} line(s)", RECENT_ERRORS_SECTION)]
+    lines += [Line(RECENT_ERRORS_SECTION, "  error", "INFO", e[:200], RECENT_ERRORS_SECTION) for e in entries[-limit:]]
+    return lines
+
+
+def top_memory(procfs: Path, n: int = 5) -> list[Line]:
+    """The runbook's ``ps aux --sort=-%mem | head``: the largest processes by RSS."""
+    from mevwatch.collectors.memory import top_processes
+
+    try:
+        groups = top_processes(procfs, n, os.sysconf("SC_PAGE_SIZE"))
+    except OSError as exc:
+        return [Line("memory-high", "top memory processes", "UNKNOWN", f"cannot list {procfs}: {exc.strerror}",
+                     "memory-high")]
+    return [
+        Line("memory-high", f"top memory #{i}", "INFO",
+             f"{g.comm}{f' ({g.unit})' if g.unit else ''}: {g.resident_bytes / 2**20:.0f} MiB"
+             + (f" in {g.processes} processes" if g.processes > 1 else ""), "memory-high")
+        for i, g in enumerate(groups, 1)
+    ]
 
 
 def _metric_from(metric: str, ran: set[str], samples: Mapping[str, Any]) -> bool:
@@ -190,7 +355,7 @@ def _metric_from(metric: str, ran: set[str], samples: Mapping[str, Any]) -> bool
 
 def _section_of_kind(kind: str) -> str:
     """The runbook anchor a collector kind declares (``Collector.runbook_section``)."""
-    from mevwatch.collectors.base import get_kind
+    from mevwatch.collectors.registry import get_kind
 
     cls = get_kind(kind)
     return (cls.runbook_section if cls is not None else "") or COLLECTOR_SECTION
@@ -209,7 +374,7 @@ def _section_titles() -> dict[str, str]:
 def render_table(lines: list[Line], color: bool) -> str:
     titles = _section_titles()
     order = list(dict.fromkeys([*titles, *(ln.section for ln in lines)]))
-    colors = {"OK": "\x1b[32m", "INFO": "\x1b[36m", "WARN": "\x1b[33m", "CRIT": "\x1b[31;1m"}
+    colors = {"OK": "\x1b[32m", "INFO": "\x1b[36m", "UNKNOWN": "\x1b[35m", "WARN": "\x1b[33m", "CRIT": "\x1b[31;1m"}
     out = []
     width = min(max((len(ln.check) for ln in lines), default=20), 70)
     for section in order:
@@ -217,13 +382,13 @@ def render_table(lines: list[Line], color: bool) -> str:
         if not group:
             continue
         out.append(f"\n[{titles.get(section, section)}]  docs/runbooks.md#{section}")
-        for ln in sorted(group, key=lambda x: (-STATUS_RANK[x.status], x.check)):
-            status = f"{colors[ln.status]}{ln.status:4}\x1b[0m" if color else f"{ln.status:4}"
+        for ln in sorted(group, key=lambda x: (-STATUS_RANK[x.status], x.status != "UNKNOWN")):
+            status = f"{colors[ln.status]}{ln.status:7}\x1b[0m" if color else f"{ln.status:7}"
             out.append(f"  {status}  {ln.check[:width]:<{width}}  {ln.value}")
     worst = max((STATUS_RANK[ln.status] for ln in lines), default=0)
-    counts = {s: sum(1 for ln in lines if ln.status == s) for s in ("CRIT", "WARN", "OK", "INFO")}
-    out.append(f"\n{counts['CRIT']} CRIT, {counts['WARN']} WARN, {counts['OK']} OK, {counts['INFO']} INFO"
-               f" -> {['OK', 'WARN', 'CRIT'][worst]}")
+    counts = {s: sum(1 for ln in lines if ln.status == s) for s in ("CRIT", "WARN", "UNKNOWN", "OK", "INFO")}
+    out.append(f"\n{counts['CRIT']} CRIT, {counts['WARN']} WARN, {counts['UNKNOWN']} UNKNOWN, {counts['OK']} OK,"
+               f" {counts['INFO']} INFO -> {['OK', 'WARN', 'CRIT'][worst]}")
     return "\n".join(out).lstrip("\n")
 
 
@@ -243,8 +408,20 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
             known = sorted(set(shipped) | {_section_of_kind(k) for k in shipped})
             print(f"error: unknown section {args.section!r}; known: {', '.join(known)}", file=sys.stderr)
             return 2
-    results = asyncio.run(run_collectors(cfg, kinds, args.stream_window, args.timeout))
-    lines = evaluate(results, cfg)  # with --section, only that section's collectors ran
+    url = args.url or daemon_url(cfg)
+    doc, why = (None, "--no-daemon given") if args.no_daemon else fetch_daemon(url, min(args.timeout, 3.0))
+    paths = cfg.daemon.paths
+    if doc is not None:
+        configured = {spec.kind for spec in cfg.collectors if spec.options.enabled}
+        lines = daemon_lines(doc, url, configured)
+    else:
+        results = asyncio.run(run_collectors(cfg, kinds, args.stream_window, args.timeout))
+        lines = evaluate(results, cfg, why)  # with --section, only that section's collectors ran
+    if kinds is not None:
+        sections = {args.section} if args.section not in kinds else {_section_of_kind(k) for k in kinds}
+        lines = [ln for ln in lines if ln.section in sections or (args.section in kinds and doc is None)]
+    else:
+        lines += recent_errors(paths.rootfs) + top_memory(paths.procfs)
     worst = max((STATUS_RANK[ln.status] for ln in lines), default=0)
     if args.json:
         print(json.dumps({"status": ["OK", "WARN", "CRIT"][worst], "lines": [asdict(ln) for ln in lines]}, indent=1))
@@ -260,6 +437,9 @@ def register(sub: Any) -> None:
                        description=__doc__)
     add_config_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--url", help="the running daemon to ask (default: http:// + web.listen_address)")
+    p.add_argument("--no-daemon", action="store_true",
+                   help="do not ask a running daemon: run the collectors once here")
     p.add_argument("--section", metavar="NAME", help="only one runbook section (anchor) or collector kind")
     p.add_argument("--timeout", type=float, default=10.0, help="per-collector timeout, seconds (default 10)")
     p.add_argument("--stream-window", type=float, default=2.0,

@@ -16,9 +16,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mevwatch.collectors.base import CollectorOptions, MetricSpec, all_kinds
+from mevwatch.collectors.base import CollectorOptions, MetricSpec
+from mevwatch.collectors.registry import REMOVED_KINDS, all_kinds
 from mevwatch.daemon.config import DaemonConfig
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 __all__ = ["all_metric_specs", "configuration_md", "declaration_problems", "main", "metrics_md", "write_all"]
 
@@ -123,6 +124,10 @@ def configuration_md() -> str:
             "",
             *_model_table(cls.Options, "", skip=common),
         ]
+    lines += ["## Removed collector kinds", "",
+              "A config naming one of these kinds is refused (exit 2, with its file, line and field path) "
+              "with this message:", ""]
+    lines += [f"- `{kind}`: {message}" for kind, message in sorted(REMOVED_KINDS.items())]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -130,11 +135,14 @@ def all_metric_specs() -> dict[str, tuple[str, MetricSpec]]:
     """Every declared family by name, with its owner: a collector kind, ``supervisor``, ``web`` (the HTTP
     server) or ``alerts``."""
     from mevwatch.alerts.engine import ENGINE_METRICS
+    from mevwatch.daemon.exposition import EXPOSITION_METRICS
     from mevwatch.daemon.http import HTTP_METRICS
+    from mevwatch.daemon.state import STATE_METRICS
     from mevwatch.daemon.supervisor import SUPERVISOR_METRICS
 
     owners: list[tuple[str, tuple[MetricSpec, ...]]] = [
-        ("supervisor", SUPERVISOR_METRICS), ("web", HTTP_METRICS), ("alerts", ENGINE_METRICS)]
+        ("supervisor", SUPERVISOR_METRICS + STATE_METRICS + EXPOSITION_METRICS), ("web", HTTP_METRICS),
+        ("alerts", ENGINE_METRICS)]
     owners += [(kind, cls.metrics) for kind, cls in all_kinds().items()
                if cls.__module__.startswith("mevwatch.collectors.")]
     out: dict[str, tuple[str, MetricSpec]] = {}
@@ -147,7 +155,7 @@ def all_metric_specs() -> dict[str, tuple[str, MetricSpec]]:
 
 
 def declaration_problems(families: typing.Iterable[Metric], specs: typing.Iterable[MetricSpec]) -> list[str]:
-    """What in ``families`` is not declared in ``specs`` as emitted: name, type, label names."""
+    """What in ``families`` is not declared in ``specs`` as emitted: name, type, help text, label names."""
     by_name = {s.name: s for s in specs}
     problems = []
     for fam in families:
@@ -157,6 +165,8 @@ def declaration_problems(families: typing.Iterable[Metric], specs: typing.Iterab
             continue
         if spec.type != fam.type:
             problems.append(f"{fam.name}: emitted as {fam.type}, declared {spec.type}")
+        if spec.help != fam.documentation:
+            problems.append(f"{fam.name}: emitted with help {fam.documentation!r}, declared {spec.help!r}")
         for sample in fam.samples:
             names = set(sample.labels) - {"le", "quantile"}
             if names != set(spec.labels):

@@ -15,7 +15,7 @@ import hashlib
 import html
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,14 @@ from typing import Any
 import bcrypt
 import structlog
 
-from mevwatch.collectors.base import MetricSpec
 from mevwatch.daemon._httpd import Request, Response, Server
-from mevwatch.daemon.config import ConfigError
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
-from mevwatch.daemon.store import SampleStore, merge_families
+from mevwatch.daemon.flags import Setting, settings_html
+from mevwatch.daemon.landing import landing_html
+from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 from mevwatch.daemon.webconfig import WebConfigFile, WebSettings, web_settings
+from mevwatch.daemon.yamlsource import ConfigError
+from mevwatch.families import GaugeMetricFamily, Metric, MetricSpec
 
 __all__ = ["HTTP_METRICS", "BasicAuth", "HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile"]
 
@@ -38,22 +39,23 @@ log = structlog.get_logger("mevwatch.http")
 
 
 class MetricsCache:
-    """Renders /metrics per collector kind and reuses the text of every kind whose snapshots did not change.
+    """The one render cache: each kind's text by the sequence numbers of its snapshots, and the body
+    (per format, plain and gzipped) by the store's sequence number and its set of fresh snapshots.
 
-    A scrape after one collector's run re-renders that collector's families only; the gzipped
-    body is cached per store state too.
+    A scrape after one collector's run renders that collector's kind only; a scrape with no change
+    since the last one renders nothing. Reading the store writes nothing to it.
     """
 
     def __init__(self, store: SampleStore) -> None:
         self.store = store
-        self._key: Any = None
+        self._key: tuple[int, frozenset[tuple[str, str]]] | None = None
         self._bodies: dict[tuple[bool, bool], bytes] = {}
         # (kind, openmetrics) -> (seq of the snapshots rendered, text)
         self._parts: dict[tuple[str, bool], tuple[tuple[int, ...], bytes]] = {}
         self.renders = 0  # kinds rendered (for tests and benchmarks)
 
     def get(self, openmetrics: bool, gzipped: bool) -> bytes:
-        key = self.store.cache_key()
+        key = (self.store.seq, frozenset(k for k, _ in self.store.fresh_items()))
         if key != self._key:
             self._key = key
             self._bodies = {}
@@ -62,15 +64,14 @@ class MetricsCache:
         if body is None:
             plain = self._bodies.get((openmetrics, False))
             if plain is None:
-                plain = self._render(openmetrics)
+                plain = self._render(self.store.fresh_by_kind(), openmetrics)
                 self._bodies[(openmetrics, False)] = plain
             body = gzip.compress(plain, compresslevel=5) if gzipped else plain
             self._bodies[fmt] = body
         return body
 
-    def _render(self, openmetrics: bool) -> bytes:
+    def _render(self, groups: dict[str, list[tuple[tuple[str, str], Snapshot]]], openmetrics: bool) -> bytes:
         parts: list[bytes] = []
-        groups = self.store.fresh_by_kind()
         for kind, items in groups.items():
             ident = tuple(snap.seq for _, snap in items)
             cached = self._parts.get((kind, openmetrics))
@@ -208,7 +209,10 @@ class HttpHooks:
     status: Callable[[], list[dict[str, Any]]]
     ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
-    scrape: Callable[[], None] | None = None  # called before /metrics is rendered (Supervisor.on_scrape)
+    settings: Callable[[], Sequence[Setting]] | None = None  # running settings and their sources (landing page)
+    alerting: Callable[[], dict[str, Any]] | None = None  # the alerting mode and host, for / and /health
+    #: the alert engine's verdicts (alerts, rules, silences, verdict; see alerts/api.py), None without one
+    alerts: Callable[[], dict[str, Any] | None] | None = None
 
 
 class HttpServer:
@@ -218,11 +222,12 @@ class HttpServer:
         self,
         store: SampleStore,
         hooks: HttpHooks,
-        listen: str,
+        listen: str | Sequence[str],
         enable_lifecycle: bool = False,
         web_config: WebConfigFile | WebSettings | None = None,
         *,
         web_config_file: str | Path | None = None,
+        telemetry_path: str = "/metrics",
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         tls_handshake_timeout: float = 10.0,
@@ -231,12 +236,21 @@ class HttpServer:
     ) -> None:
         self.cache = MetricsCache(store)
         self.hooks = hooks
-        self.listen = listen
+        self.addresses: tuple[str, ...] = (listen,) if isinstance(listen, str) else tuple(listen)
+        if not self.addresses:
+            raise ValueError("no listen address")
+        self.listen = self.addresses[0]
         self.enable_lifecycle = enable_lifecycle
         self.web_config_file = Path(web_config_file) if web_config_file else None
-        self.server = Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
-                             tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections,
-                             max_incomplete_per_source=max_incomplete_per_source)
+        # one server per listen address (--web.listen-address repeated), all answering the same routes
+        self.servers = [
+            Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
+                   tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections,
+                   max_incomplete_per_source=max_incomplete_per_source)
+            for _ in self.addresses
+        ]
+        self.server = self.servers[0]
+        self.telemetry_path = telemetry_path
         self._bcrypt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevwatch-bcrypt")
         self._auth: BasicAuth | None = None
         self._limiter: RateLimiter | None = None
@@ -253,14 +267,18 @@ class HttpServer:
         self._started = False
         self.scrapes_total = 0
         # path -> method -> handler; HEAD is served by the GET handler
-        self.routes: dict[str, dict[str, Handler]] = {
-            "/metrics": {"GET": self.metrics},
+        self._routes: dict[str, dict[str, Handler]] = {
             "/": {"GET": self.landing},
+            "/api/v1/alerts": {"GET": self.api_alerts},
+            "/api/v1/rules": {"GET": self.api_rules},
             "/health": {"GET": self.health},
             "/-/healthy": {"GET": self.healthy},
             "/-/ready": {"GET": self.ready},
             "/-/reload": {"POST": self.reload, "PUT": self.reload},
         }
+        if telemetry_path in self._routes:
+            raise ValueError(f"telemetry path {telemetry_path} is taken by another endpoint")
+        self._routes[telemetry_path] = {"GET": self.metrics}
 
     @property
     def port(self) -> int:
@@ -278,9 +296,10 @@ class HttpServer:
             self._auth = BasicAuth(users, self._bcrypt_pool)  # new users: no cached verdict carries over
         rl = cfg.rate_limit
         self._limiter = RateLimiter(rl.burst, rl.interval) if rl.interval > 0 else None
-        self.server.ssl_context = settings.ssl_context
-        self.server.peer_check = settings.peer_check
-        self.server.extra_headers = settings.headers
+        for server in self.servers:
+            server.ssl_context = settings.ssl_context
+            server.peer_check = settings.peer_check
+            server.extra_headers = settings.headers
         self.web_config = cfg
 
     def reload_web_config(self) -> tuple[bool, str]:
@@ -330,7 +349,7 @@ class HttpServer:
         return result if isinstance(result, Response) else await result
 
     def route(self, request: Request) -> Response | Awaitable[Response]:
-        methods = self.routes.get(request.path)
+        methods = self._routes.get(request.path)
         if methods is None:
             return Response.text(404, "404: Not Found\n")
         handler = methods.get("GET" if request.method == "HEAD" else request.method)
@@ -340,23 +359,26 @@ class HttpServer:
         return handler(request)
 
     async def start(self) -> None:
-        host, _, port = self.listen.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        await self.server.start(host, int(port), self.server.ssl_context)
-        self._started = True
-        log.info("http_listening", address=self.listen, tls=self.server.ssl_context is not None,
+        try:
+            for address, server in zip(self.addresses, self.servers, strict=True):
+                host, _, port = address.rpartition(":")
+                await server.start(host.strip("[]") or "127.0.0.1", int(port), server.ssl_context)
+                self._started = True
+        except OSError:
+            await self.stop()
+            raise
+        log.info("http_listening", address=", ".join(self.addresses), tls=self.server.ssl_context is not None,
                  basic_auth=self._auth is not None)
 
     async def stop(self) -> None:
         if self._started:
             self._started = False
-            await self.server.stop()
+            for server in self.servers:
+                await server.stop()
         self._bcrypt_pool.shutdown(wait=False, cancel_futures=True)
 
     def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
-        if self.hooks.scrape is not None:
-            self.hooks.scrape()
         openmetrics = "application/openmetrics-text" in request.headers.get("accept", "")
         gzipped = "gzip" in request.headers.get("accept-encoding", "")
         body = self.cache.get(openmetrics, gzipped)
@@ -364,28 +386,44 @@ class HttpServer:
         return Response(200, body, ctype, _GZIP if gzipped else ())
 
     def landing(self, _: Request) -> Response:
-        rows = "".join(
-            f"<tr><td>{html.escape(s['collector'])}</td><td>{html.escape(s['instance'])}</td>"
-            f"<td>{'ok' if s['success'] else ('pending' if s['success'] is None else 'FAILING')}</td>"
-            f"<td>{html.escape(s['last_error'] or '')}</td></tr>"
-            for s in self.hooks.status()
-        )
-        page = (
-            "<!doctype html><html><head><title>mevwatch</title></head><body><h1>mevwatch</h1>"
-            '<p><a href="/metrics">Metrics</a> · <a href="/health">Health</a></p>'
-            "<table border=1 cellpadding=4><tr><th>collector</th><th>instance</th><th>status</th>"
-            f"<th>last error</th></tr>{rows}</table></body></html>"
-        )
+        alerting = self.hooks.alerting() if self.hooks.alerting is not None else None
+        links = (f'<a href="{html.escape(self.telemetry_path)}">Metrics</a> · <a href="/health">Health</a> · '
+                 '<a href="/api/v1/alerts">Alerts (JSON)</a> · <a href="/api/v1/rules">Rules (JSON)</a>')
+        if alerting:
+            links += (f"<br>Alerting: {html.escape(alerting['mode'])} mode on host "
+                      f"{html.escape(alerting['host'])}")
+        page = landing_html(self.hooks.status(), self._alerts_view(), links,
+                            settings_html(self.hooks.settings()) if self.hooks.settings else "")
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+    def _alerts_view(self) -> dict[str, Any] | None:
+        return self.hooks.alerts() if self.hooks.alerts is not None else None
+
+    def _api(self, key: str) -> Response:
+        view = self._alerts_view()
+        body: dict[str, Any] = {"status": "success", "data": {key: view[key] if view is not None else []}}
+        if view is None:
+            body["warnings"] = ["the alert engine does not run (alerts.enabled: false)"]
+        return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
+
+    def api_alerts(self, _: Request) -> Response:
+        """Pending and firing alerts, Prometheus' /api/v1/alerts envelope with Alertmanager's alert fields."""
+        return self._api("alerts")
+
+    def api_rules(self, _: Request) -> Response:
+        """Every rule with its state and last values (what `mevwatch diagnose` shows from a running daemon)."""
+        return self._api("rules")
 
     def health(self, _: Request) -> Response:
         collectors = self.hooks.status()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if all(c["success"] is not False for c in collectors) else "degraded",
             "ready": self.hooks.ready(),
             "time": time.time(),
             "collectors": collectors,
         }
+        if self.hooks.alerting is not None:
+            body["alerting"] = self.hooks.alerting()
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")
 
     def healthy(self, _: Request) -> Response:

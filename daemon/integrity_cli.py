@@ -6,11 +6,14 @@ Exit codes: 0 clean (or done), 1 a violation or a tampered baseline, 2 an error 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, who_am_i
@@ -19,6 +22,7 @@ from mevwatch.collectors.integrity import IntegrityOptions, read_hmac_key, watch
 from mevwatch.daemon.cli import add_config_argument, load_or_default
 from mevwatch.daemon.config import ConfigError
 from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.families import label_text as shown
 
 __all__ = ["register"]
 
@@ -58,7 +62,7 @@ def register(subparsers: Any) -> None:
     lg.set_defaults(func=cmd_log)
 
 
-def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore]:
+def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore, Path]:
     try:
         cfg = load_or_default(args.config)
     except ConfigError as exc:
@@ -77,10 +81,29 @@ def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, Baseli
         store = BaselineStore(db, opts.instance, key)
     except (ValueError, StateError) as exc:
         raise _Fail(str(exc)) from None
-    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store
+    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store, db.path
+
+
+def _shown_path_to_name(path: str) -> str:
+    """A path as labels and this command show it (``x\\xff``) back to the name it stands for."""
+    if "\\x" not in path:
+        return path
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), os.fsencode(path))
+    return os.fsdecode(raw)
+
+
+def _name_for(path: str, base: Baseline) -> str:
+    """``path``, or the name it shows (``x\\xff`` as a label writes it) when only that one exists."""
+    if path in base.records or os.path.lexists(path):
+        return path
+    name = _shown_path_to_name(path)
+    return name if name in base.records or os.path.lexists(name) else path
 
 
 def _run(args: argparse.Namespace, fn: Any) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a name that is not UTF-8 must not end the command
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code: int = fn(args)
     except _Fail as exc:
@@ -107,7 +130,7 @@ def _load(store: BaselineStore) -> Baseline:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, db_path = _setup(args)
         existing = store.load()
         if existing.present and not args.force:
             raise _Fail("a baseline exists already; accept intended changes with `mevwatch integrity accept`, "
@@ -116,12 +139,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
                             chunk=opts.chunk_size)
         for path in ws.files:
             if path not in records:
-                print(f"warning: {path} does not exist; it is not in the baseline", file=sys.stderr)
+                print(f"warning: {shown(path)} does not exist; it is not in the baseline", file=sys.stderr)
         unreadable = [r.path for r in records.values() if r.error]
         for path in unreadable:
-            print(f"warning: {path} is unreadable; its content is not in the baseline", file=sys.stderr)
+            print(f"warning: {shown(path)} is unreadable; its content is not in the baseline", file=sys.stderr)
         store.replace_all(records, who_am_i(), "baseline")
-        print(f"baseline of {len(records)} path(s) written to {store.db.path} (instance {store.instance})")
+        print(f"baseline of {len(records)} path(s) written to {db_path} (instance {store.instance})")
         return 0
 
     return _run(args, go)
@@ -133,7 +156,7 @@ def _violation_json(v: Violation) -> dict[str, str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, _ = _setup(args)
         base = _load(store)
         t0 = time.monotonic()
         current, violations = verify(ws, base.records, quick=args.quick, follow_symlinks=opts.follow_symlinks,
@@ -154,7 +177,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if base.tampered:
                 print("BASELINE TAMPERED: the baseline does not match its HMAC; its records cannot be trusted")
             for v in violations:
-                print(f"{v.path}\t{v.kind}\texpected: {v.expected}\tfound: {v.found}")
+                print(f"{shown(v.path)}\t{v.kind}\texpected: {shown(v.expected)}\tfound: {shown(v.found)}")
             state = "clean" if not violations else f"{len(violations)} violation(s)"
             print(f"{state}: {len(current)} path(s) checked in {elapsed:.2f}s", file=sys.stderr)
         return 1 if violations or base.tampered else 0
@@ -164,7 +187,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_accept(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store = _setup(args)
+        opts, ws, store, _ = _setup(args)
         base = store.load()
         if not base.present:
             raise _Fail("no baseline to accept into; create it with `mevwatch integrity baseline`")
@@ -176,7 +199,8 @@ def cmd_accept(args: argparse.Namespace) -> int:
             print(f"accepted the whole watched set ({len(records)} path(s), {len(violations)} difference(s))")
             return 0
         paths = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
-        unknown = [p for p in paths if p not in base.records and not ws.covers(p)]
+        paths = [_name_for(p, base) for p in paths]
+        unknown = [shown(p) for p in paths if p not in base.records and not ws.covers(p)]
         if unknown:
             raise _Fail(f"not in the watched set or the baseline: {', '.join(unknown)}")
         found = scan(ws, paths, follow_symlinks=opts.follow_symlinks, threads=opts.hash_threads,
@@ -186,7 +210,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
         for p in paths:
             diffs = compare(p, base.records.get(p), found.get(p))
             kinds = ", ".join(v.kind for v in diffs) or "no difference"
-            print(f"accepted {p} ({kinds})")
+            print(f"accepted {shown(p)} ({kinds})")
         by = f"{who.user} (uid {who.uid}" + (f", sudo by {who.sudo_user})" if who.sudo_user else ")")
         print(f"{len(paths)} path(s) re-baselined by {by}")
         return 0
@@ -196,11 +220,11 @@ def cmd_accept(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        _, _, store = _setup(args)
+        _, _, store, _ = _setup(args)
         for e in store.accept_log(args.limit):
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.at))
             sudo = f" sudo_user={e.sudo_user}" if e.sudo_user else ""
-            print(f"{when} {e.action} by {e.user} (uid {e.uid}){sudo}: {' '.join(e.paths) or '(all)'}")
+            print(f"{when} {e.action} by {e.user} (uid {e.uid}){sudo}: {' '.join(map(shown, e.paths)) or '(all)'}")
         return 0
 
     return _run(args, go)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 import structlog
 
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
+from mevwatch.daemon.exposition import exposition_families
+from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer
 from mevwatch.daemon.malloc import MallocTrimmer
-from mevwatch.daemon.state import StateDB, StateError
+from mevwatch.daemon.state import StateDB, StateError, state_families
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import HEARTBEAT_INTERVAL, Supervisor
 from mevwatch.daemon.systemd import Notifier, watchdog_interval
@@ -31,17 +34,15 @@ class Daemon:
         self,
         config: Config,
         config_path: str | None = None,
-        listen: str | None = None,
-        web_config_file: str | None = None,
-        enable_lifecycle: bool = False,
+        overrides: Overrides | None = None,
     ) -> None:
-        self.config = config
+        self.config = config  # with the command line's overrides applied
         self.config_path = config_path
-        self.listen = listen or config.daemon.web.listen_address
-        self.web_config_file = web_config_file or (
-            str(config.daemon.web.config_file) if config.daemon.web.config_file else None
-        )
-        self.enable_lifecycle = enable_lifecycle or config.daemon.web.enable_lifecycle
+        self.overrides = overrides or Overrides()
+        web = config.daemon.web
+        self.listen: tuple[str, ...] = self.overrides.listen_addresses or (web.listen_address,)
+        self.web_config_file = str(web.config_file) if web.config_file else None
+        self.enable_lifecycle = web.enable_lifecycle
         self.store = SampleStore()
         self.pool = BlockingPool(config.daemon.blocking_threads)
         self.notifier = Notifier()
@@ -58,7 +59,7 @@ class Daemon:
 
     def _open_state(self) -> StateDB:
         try:
-            return StateDB.open_dir(self.config.state_dir)
+            return StateDB.open_dir(self.config.state_dir, recover_corrupt=True)
         except StateError as exc:
             raise StartupError(f"{exc} (state_dir {self.config.state_dir}; set state_dir or STATE_DIRECTORY)") from None
 
@@ -69,22 +70,30 @@ class Daemon:
         watchdog = watchdog_interval() if self.notifier.enabled else None
         beat = min(HEARTBEAT_INTERVAL, watchdog) if watchdog else HEARTBEAT_INTERVAL
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
+        state = self.state
+        self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
-                          reload=self.reload, scrape=self.supervisor.on_scrape)
+                          reload=self.reload, settings=self.settings, alerting=self.alerting,
+                          alerts=self.alerts_view)
         try:
             self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle,
-                                   web_config_file=self.web_config_file)
+                                   web_config_file=self.web_config_file,
+                                   telemetry_path=self.config.daemon.web.telemetry_path)
         except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        except ValueError as exc:
             raise StartupError(str(exc)) from None
         self.supervisor.extra_meta.append(self.http.meta_families)
         try:
             await self.http.start()
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         except OSError as exc:
-            raise StartupError(f"cannot listen on {self.listen}: {exc.strerror or exc}") from None
+            raise StartupError(f"cannot listen on {', '.join(self.listen)}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
-        from mevwatch.daemon.cli import install_signal_handlers
-
-        install_signal_handlers(loop, self._stop.set, self._reload_in_background)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         await self.supervisor.start()
         await self._start_components()
         self.notifier.start_watchdog(lambda: self.supervisor.heartbeat if self.supervisor else 0.0)
@@ -144,6 +153,24 @@ class Daemon:
             await asyncio.sleep(10)
             self.notifier.status(self.summary())
 
+    def alerts_view(self) -> dict[str, Any] | None:
+        """The alert engine's verdicts for the landing page and /api/v1/*; None when no engine runs."""
+        from mevwatch.alerts.api import alerts_json, rules_json, silences_json, verdict
+        from mevwatch.alerts.engine import AlertEngine
+
+        engine = next((c for c in self.components if isinstance(c, AlertEngine)), None)
+        if engine is None:
+            return None
+        alerts = alerts_json(engine)
+        rules = rules_json(engine)
+        failing = sum(1 for r in self.status_rows() if r["success"] is False)
+        return {"alerts": alerts, "rules": rules, "silences": silences_json(engine),
+                "verdict": verdict(alerts, failing), "host": engine.cfg.host}
+
+    def settings(self) -> list[Setting]:
+        """The running settings and where each came from (flag, config file, default), for the landing page."""
+        return settings(self.config, self.overrides, self.config_path)
+
     def summary(self) -> str:
         rows = self.status_rows()
         failing = [f"{r['collector']}/{r['instance']}" for r in rows if r["success"] is False]
@@ -151,6 +178,11 @@ class Daemon:
         if failing:
             text += "; failing: " + ", ".join(failing[:5]) + (" ..." if len(failing) > 5 else "")
         return text
+
+    def alerting(self) -> dict[str, Any]:
+        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        alerts = self.config.daemon.alerts
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:
@@ -177,12 +209,13 @@ class Daemon:
             assert self.supervisor is not None
             self.notifier.reloading()
             try:
+                # the web config first: a revoked password or certificate stops working at once
                 web_ok, web_message = self.http.reload_web_config() if self.http is not None else (True, "")
                 if not web_ok:
                     self.supervisor._publish_meta()
                 ok, message = await self._reload_config()
                 if not web_ok:
-                    return False, (web_message + "\n" + message) if not ok else web_message
+                    return False, web_message if ok else web_message + "\n" + message
                 return ok, message
             finally:
                 self.notifier.ready(self.summary())
@@ -195,7 +228,7 @@ class Daemon:
             self.supervisor._publish_meta()
             return True, "no config file: embedded default stays"
         try:
-            new = load_config(self.config_path)
+            new = self.overrides.apply(load_config(self.config_path))
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("config_reload_rejected", error=str(issue))

@@ -1,22 +1,23 @@
 """The sample store: the latest snapshot of every collector instance, and nothing stale.
 
-/metrics and the alert engine both read from here; there is no second copy of any value.
-A snapshot older than 2x its collector's interval is dropped from every reader's view.
+/metrics and the alert engine both read from here. A snapshot older than 2x its collector's
+interval is dropped from every reader's view. The store records which keys changed (put or
+dropped) by sequence number; the alert engine reads that change set in its own task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 
 __all__ = ["STALE_FACTOR", "SampleStore", "Snapshot", "SnapshotKey"]
 
 SnapshotKey = tuple[str, str]  # (kind, instance)
 STALE_FACTOR = 2.0
-Listener = Callable[[SnapshotKey, "Snapshot"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class Snapshot:
     collected_at: float  # time.monotonic()
     wall_time: float  # time.time()
     max_age: float  # seconds after which the snapshot is stale (2x interval)
-    seq: int = 0  # unique per put(): renderers cache a snapshot's text by it
+    seq: int = 0  # unique per put(): the render cache keeps a kind's text by its snapshots' seq
 
     def fresh(self, now: float) -> bool:
         return now - self.collected_at <= self.max_age
@@ -47,77 +48,77 @@ def merge_families(snapshots: Iterable[Snapshot]) -> list[Metric]:
 
 
 class SampleStore:
+    """The latest snapshot per collector instance, and what changed, by key and sequence number.
+
+    Writers (the supervisor, the alert engine's own metrics) put; nothing runs on their stack
+    but the bookkeeping. A consumer that acts on changes (the alert engine) waits on its event
+    from watch() in its own task and reads changes() there; readers (/metrics, the landing page,
+    diagnose) only read.
+    """
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._snapshots: dict[SnapshotKey, Snapshot] = {}
-        self._listeners: list[Listener] = []
-        self._lazy: dict[SnapshotKey, tuple[Callable[[], Iterable[Metric]], float]] = {}
-        self.version = 0  # bumped on every change; renderers cache on (version, fresh keys)
+        self._changed_at: dict[SnapshotKey, int] = {}  # seq of each key's last put or drop
+        self._watchers: list[asyncio.Event] = []
+        self.seq = 0  # bumped on every put and drop
 
     def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float) -> Snapshot:
-        self._lazy.pop(key, None)
-        self.version += 1
-        snap = Snapshot(
-            families if type(families) is tuple else tuple(families),
-            self._clock(), time.time(), STALE_FACTOR * interval, self.version,
-        )
+        self.seq += 1
+        snap = Snapshot(tuple(families), self._clock(), time.time(), STALE_FACTOR * interval, self.seq)
         self._snapshots[key] = snap
-        if self._listeners:
-            for listener in tuple(self._listeners):
-                listener(key, snap)
+        self._changed(key)
         return snap
 
-    def put_lazy(self, key: SnapshotKey, build: Callable[[], Iterable[Metric]], interval: float) -> None:
-        """Replace ``key``'s snapshot by what ``build()`` returns, called only when the snapshot is next
-        read (get, fresh_items and everything built on them, or materialize()), and then only once.
-
-        For values that change on every collector run but are read far less often (the supervisor's
-        own metrics): many changes between two reads cost one build and one notification. Every
-        reader builds pending snapshots first, so none sees the families from before the change.
-        """
-        self._lazy[key] = (build, interval)
-
-    def materialize(self) -> None:
-        """Build every pending lazy snapshot now (put them, listeners notified)."""
-        while self._lazy:
-            key, (build, interval) = next(iter(self._lazy.items()))
-            del self._lazy[key]
-            self.put(key, build(), interval)
+    def _changed(self, key: SnapshotKey) -> None:
+        self._changed_at[key] = self.seq
+        for event in self._watchers:
+            event.set()
 
     def touch(self, key: SnapshotKey) -> None:
-        """Keep a live stream collector's last snapshot current without new data."""
+        """Keep a live stream collector's last snapshot current without new data (not a change)."""
         snap = self._snapshots.get(key)
         if snap is not None:
             self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age, snap.seq)
 
     def drop(self, key: SnapshotKey) -> None:
-        self._lazy.pop(key, None)
         if self._snapshots.pop(key, None) is not None:
-            self.version += 1
+            self.seq += 1
+            self._changed(key)
 
     def retain(self, keys: Iterable[SnapshotKey]) -> None:
         """Forget every snapshot whose collector no longer exists (after a reload)."""
         keep = set(keys)
-        for key in [k for k in (*self._snapshots, *self._lazy) if k not in keep]:
+        for key in [k for k in self._snapshots if k not in keep]:
             self.drop(key)
 
+    def changes(self, since: int) -> tuple[int, list[SnapshotKey]]:
+        """The keys put or dropped after sequence number ``since``, and the sequence number now
+        (pass it as ``since`` next time). Read each key's snapshot with get(): None when dropped."""
+        if since >= self.seq:
+            return self.seq, []
+        return self.seq, [k for k, at in self._changed_at.items() if at > since]
+
+    def watch(self) -> asyncio.Event:
+        """An event set on every put and drop, for one consumer: it waits on it in its own task,
+        clears it and reads changes(). The writer only sets a flag."""
+        event = asyncio.Event()
+        self._watchers.append(event)
+        return event
+
+    def unwatch(self, event: asyncio.Event) -> None:
+        if event in self._watchers:
+            self._watchers.remove(event)
+
     def get(self, key: SnapshotKey) -> Snapshot | None:
-        if key in self._lazy:
-            self.materialize()
         snap = self._snapshots.get(key)
         if snap is None or not snap.fresh(self._clock()):
             return None
         return snap
 
     def fresh_items(self) -> list[tuple[SnapshotKey, Snapshot]]:
-        if self._lazy:
-            self.materialize()
         now = self._clock()
         return [(k, s) for k, s in self._snapshots.items() if s.fresh(now)]
-
-    def cache_key(self) -> tuple[int, frozenset[SnapshotKey]]:
-        fresh = frozenset(k for k, _ in self.fresh_items())  # first: it builds pending snapshots (version moves)
-        return self.version, fresh
 
     def families(self) -> Iterator[Metric]:
         """Every family of every fresh snapshot, families of the same name merged."""
@@ -129,8 +130,3 @@ class SampleStore:
         for key, snap in sorted(self.fresh_items(), key=lambda item: item[0]):
             groups.setdefault(key[0], []).append((key, snap))
         return groups
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(key, snapshot)`` on every new snapshot; returns an unsubscribe function."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)

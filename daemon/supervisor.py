@@ -1,9 +1,9 @@
 """The supervisor: runs every collector instance on its own schedule and reports on each.
 
 Poll collectors run every interval (first run after a random jitter), never overlapping
-their previous run; a run longer than the timeout is cancelled and counts as failed. With
-``align_to_scrapes``, a /metrics scrape runs the host collectors that are due about then
-inside the scrape, and their schedule follows the scrapes (on_scrape).
+their previous run; a run longer than the timeout is cancelled and counts as failed. Each
+instance has one scheduler, its own task; nothing else runs a collector (a /metrics scrape
+only reads the store).
 Stream collectors run forever and are restarted with capped exponential backoff and jitter.
 For every instance the supervisor exports success, duration, last success time and errors by
 reason; collectors report nothing about their own health. Failure streaks are logged once
@@ -19,13 +19,14 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from mevwatch import __version__
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     Collector,
     CollectorContext,
@@ -36,18 +37,18 @@ from mevwatch.collectors.base import (
     Paths,
     PollCollector,
     StreamCollector,
-    get_kind,
 )
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.collectors.registry import get_kind
+from mevwatch.daemon.buildinfo import build_info
 from mevwatch.daemon.config import CollectorSpec, Config
-from mevwatch.daemon.families import (
+from mevwatch.daemon.state import StateDB
+from mevwatch.daemon.store import SampleStore, SnapshotKey
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
     Metric,
 )
-from mevwatch.daemon.state import StateDB
-from mevwatch.daemon.store import SampleStore, SnapshotKey
 
 __all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 
@@ -58,9 +59,6 @@ STREAM_BACKOFF_MAX = 60.0
 #: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
 #: when no systemd watchdog asks for a faster one
 HEARTBEAT_INTERVAL = 5.0
-#: with ``align_to_scrapes``: a scrape runs a collector whose next run is due within this share of its
-#: interval, and the timer waits as long past the due time for the scrape before it runs it itself
-SCRAPE_WINDOW = 0.1
 #: the self-metrics the supervisor adds to every scrape (docs/metrics.md, dashboards, contract test)
 SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_collector_success", "gauge",
@@ -73,7 +71,9 @@ SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
                "Failed collector runs by reason", ("collector", "instance", "reason")),
     MetricSpec("mevwatch_collector_interval_seconds", "gauge",
                "Configured interval of the collector", ("collector", "instance")),
-    MetricSpec("mevwatch_build", "info", "mevwatch version and Python runtime", ("python", "version")),
+    MetricSpec("mevwatch_build", "info",
+               "mevwatch version, the branch and revision it was built from, and Python runtime",
+               ("branch", "python", "revision", "version")),
     MetricSpec("mevwatch_blocking_threads_abandoned", "gauge",
                "Blocking calls that timed out and whose thread has not returned (hung I/O)", ()),
     MetricSpec("mevwatch_blocking_calls_abandoned", "counter",
@@ -102,15 +102,7 @@ class InstanceStatus:
     runs: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     alive: bool = False  # stream collectors: run() is executing
-    scrape_inline: bool = False  # a scrape may run it (PollCollector.scrape_inline)
-    # poll collectors, while their task sleeps: when the next run is planned, and how long after
-    # that the timer waits for a scrape to run it (see Supervisor.on_scrape)
-    due: float = 0.0
-    grace: float = 0.0
-    wake: asyncio.Future[None] | None = None  # set while the task sleeps (sleep_until_due)
-    timer: asyncio.TimerHandle | None = None
-    # a run a scrape started that has to wait: its coroutine, what it awaits, and its start
-    handover: tuple[Coroutine[Any, Any, Families], Any, float] | None = None
+    due: float = 0.0  # poll collectors: loop time of the next run
 
 
 def build_collector(
@@ -132,10 +124,7 @@ def build_collector(
         pool=pool,
     )
     collector = cls(ctx, spec.options)
-    status = InstanceStatus(
-        spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector),
-        scrape_inline=isinstance(collector, PollCollector) and collector.scrape_inline,
-    )
+    status = InstanceStatus(spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector))
     return collector, status
 
 
@@ -159,68 +148,17 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def sleep_until_due(loop: asyncio.AbstractEventLoop, status: InstanceStatus) -> None:
-    """Until the timer fires at ``due + grace``, or a scrape hands over a run it started.
-
-    A scrape that runs the collector inline (on_scrape) moves the timer on; the task sleeps on.
-    """
-    if status.due + status.grace <= loop.time():
-        status.next_run_wall = time.time()
+async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Until loop time ``when``: call_at on the planned instant, so that collectors due at the same
+    instant (one grid, see next_slot) wake in one loop iteration (asyncio.sleep adds its own now)."""
+    if when <= loop.time():
         return
     fut: asyncio.Future[None] = loop.create_future()
-    status.wake = fut
-    arm_timer(loop, status, fut)
+    timer = loop.call_at(when, _wake, fut)
     try:
         await fut
     finally:
-        if status.timer is not None:
-            status.timer.cancel()
-        status.wake = status.timer = None
-
-
-def arm_timer(loop: asyncio.AbstractEventLoop, status: InstanceStatus, fut: asyncio.Future[None]) -> None:
-    """(Re)set the timer that wakes a sleeping collector task at ``due + grace``, and the next-run time
-    the landing page shows. call_at on the planned instant: runs due at the same time share one loop
-    wake-up."""
-    if status.timer is not None:
-        status.timer.cancel()
-    when = status.due + status.grace
-    status.timer = loop.call_at(when, _wake, fut)
-    status.next_run_wall = time.time() + max(when - loop.time(), 0.0)
-
-
-class _Resume:
-    """Awaitable that finishes a coroutine whose first step ran outside any task: a run a scrape
-    started inline (Supervisor.on_scrape) that has to wait for something (a thread, a socket).
-
-    Forwards what the awaiting task sends or throws (a cancellation, a timeout) into it, as
-    ``await`` would have done from the start.
-    """
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Families], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Generator[Any, Any, Families]:
-        coro, value = self._coro, self._first
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+        timer.cancel()
 
 
 class Supervisor:
@@ -246,9 +184,7 @@ class Supervisor:
         self.reload_ok = True
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
-        self.align_to_scrapes = config.daemon.align_to_scrapes
-        self._last_scrape: float | None = None  # loop time of the last /metrics scrape (on_scrape)
-        self._meta_memo: dict[str, tuple[object, list[Metric]]] = {}
+        self._meta_pending = False  # a put of the self-metrics is scheduled (_meta_changed)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -300,7 +236,6 @@ class Supervisor:
         """Replace the running collector set by the one of ``config`` (after it validated)."""
         await self.stop()
         self.config = config
-        self.align_to_scrapes = config.daemon.align_to_scrapes
         self._first_round = asyncio.Event()
         self.store.retain([META_KEY, *(s.key for s in config.collectors if s.options.enabled)])
         await self.start()
@@ -340,89 +275,22 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         jitter = collector.options.jitter
         offset = random.uniform(0, jitter) if jitter else 0.0
-        status.due, status.grace = loop.time() + offset, 0.0
+        status.due = loop.time() + offset
         while True:
-            await sleep_until_due(loop, status)
-            handover, status.handover = status.handover, None
-            started = handover[2] if handover is not None else loop.time()
+            status.next_run_wall = time.time() + max(status.due - loop.time(), 0.0)
+            await sleep_until(loop, status.due)
+            started = loop.time()
             try:
                 # timeout() runs collect() in this task: wait_for would create a task per run.
                 async with asyncio.timeout_at(started + status.timeout):
-                    if handover is not None:
-                        families = await _Resume(handover[0], handover[1])
-                    else:
-                        families = await collector.collect()
+                    families = await collector.collect()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._settle_error(key, status, exc, started)
             else:
                 self._succeeded(key, status, families, started)
-            self._plan(loop, status, offset)
-
-    def _plan(self, loop: asyncio.AbstractEventLoop, status: InstanceStatus, offset: float) -> None:
-        """Set ``due`` (and ``grace``) for the next run after the one that just ended.
-
-        Scraped within the last interval: one interval after that scrape, where the next scrape of a
-        scraper with this period will run it. Else the next point of the fixed grid (next_slot).
-        """
-        now = loop.time()
-        interval = status.interval
-        last = self._last_scrape
-        if self.align_to_scrapes and status.scrape_inline and last is not None and now - last < interval:
-            due = last + interval
-            # after a run the timer made (the scrape came late or not at all): not sooner than 3/4 of an
-            # interval, so a scrape can run it no sooner than 0.65 of one; and the timer's fallback stays
-            # within 1.85 intervals, inside the 2 after which its values would be stale
-            if due < now + interval * 0.75:
-                due += interval
-            status.due, status.grace = due, SCRAPE_WINDOW * interval
-        else:
-            status.due, status.grace = next_slot(status.due, now, interval, offset), 0.0
-
-    def on_scrape(self) -> None:
-        """A /metrics scrape is about to be answered: run the collectors due about now in it.
-
-        Only kinds that read local kernel files (``scrape_inline``) and only when
-        ``align_to_scrapes`` is on. A run due within SCRAPE_WINDOW of its interval (or overdue
-        within the grace) runs here, before the body is rendered, so the scrape gets values read
-        now and the daemon wakes once per scrape instead of once for the run and once for the
-        scrape. The next run is planned one interval after this scrape. A run that has to wait
-        (a thread, a socket) is handed to the collector's task and finishes after the answer.
-        """
-        if not self.align_to_scrapes:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._last_scrape = now
-        for key, status in self.status.items():
-            wake = status.wake
-            if (
-                not status.scrape_inline
-                or wake is None  # the task is not sleeping: it is running the collector
-                # the timer fired (or an earlier scrape of this loop pass handed a run over): the task
-                # runs it next
-                or wake.done()
-                or status.due - now > SCRAPE_WINDOW * status.interval
-            ):
-                continue
-            collector = self.collectors.get(key)
-            if not isinstance(collector, PollCollector):
-                continue
-            started = loop.time()
-            coro = collector.collect()
-            try:
-                first = coro.send(None)
-            except StopIteration as stop:
-                self._succeeded(key, status, stop.value, started)
-            except (Exception, asyncio.CancelledError) as exc:
-                self._settle_error(key, status, exc, started)
-            else:  # it waits for something: its task finishes it, this scrape gets the previous values
-                status.handover = (coro, first, started)
-                _wake(wake)
-                continue
-            self._plan(loop, status, 0.0)  # just scraped: planned after this scrape, not on the grid
-            arm_timer(loop, status, wake)
+            status.due = next_slot(status.due, loop.time(), status.interval, offset)
 
     def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float) -> None:
         """The end of a run that raised: failed with a reason, or succeeded empty (NoData)."""
@@ -494,9 +362,7 @@ class Supervisor:
         self.store.put(key, families, status.interval)
         if flipped:
             self._check_first_round()
-            self._publish_meta()
-        else:
-            self._meta_changed()
+        self._meta_changed()
 
     def _failed(
         self, key: SnapshotKey, status: InstanceStatus, reason: str, message: str, started: float | None
@@ -513,31 +379,21 @@ class Supervisor:
         status.last_error_wall = time.time()
         if flipped:
             self._check_first_round()
-            self._publish_meta()
-        else:
-            self._meta_changed()
+        self._meta_changed()
 
     # --- self metrics -----------------------------------------------------------------
 
     def _publish_meta(self) -> None:
-        """Put the self-metrics now: the alert engine sees a run's success flipping at once."""
+        """Put the self-metrics now (start, reload)."""
+        self._meta_pending = False
         self.store.put(META_KEY, self.meta_families(), interval=3600.0)
 
     def _meta_changed(self) -> None:
-        """The self-metrics changed in a way nothing waits for (a duration, a timestamp, one more error
-        of a failing collector): they are built when /metrics or the alert engine next reads the store,
-        once for all the runs in between, not once per run."""
-        self.store.put_lazy(META_KEY, self.meta_families, interval=3600.0)
-
-    def _memo(self, name: str, key: object, build: Callable[[], list[Metric]]) -> list[Metric]:
-        """``build()``, or the families it gave for the same ``key`` the last time (shared, never changed):
-        the renderer writes an unchanged family object from its last text."""
-        last = self._meta_memo.get(name)
-        if last is not None and last[0] == key:
-            return last[1]
-        families = build()
-        self._meta_memo[name] = (key, families)
-        return families
+        """The self-metrics changed: put them once at the end of this loop iteration, so that runs
+        ending together (collectors of one interval share a wake-up) make one snapshot."""
+        if not self._meta_pending:
+            self._meta_pending = True
+            asyncio.get_running_loop().call_soon(self._publish_meta)
 
     def meta_families(self) -> list[Metric]:
         labels = ["collector", "instance"]
@@ -546,45 +402,42 @@ class Supervisor:
         def family(
             cls: type[GaugeMetricFamily | CounterMetricFamily], name: str, documentation: str,
             rows: list[tuple[list[str], float]], names: list[str] = labels,
-        ) -> list[Metric]:
+        ) -> Metric:
             fam = cls(name, documentation, labels=names)
             for lv, v in rows:
                 fam.add_metric(lv, v)
-            return [fam]
+            return fam
 
-        success_rows = [([k, i], 1.0 if st.success else 0.0) for (k, i), st in items if st.success is not None]
-        interval_rows = [([k, i], st.interval) for (k, i), st in items]
-        error_rows = [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())]
+        ran = [(k, i, st) for (k, i), st in items if st.success is not None]
         families: list[Metric] = [
-            *self._memo("success", success_rows, lambda: family(
-                GaugeMetricFamily, "mevwatch_collector_success",
-                "1 if the collector's last run succeeded, 0 if it failed", success_rows)),
-            *family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
-                    [([k, i], st.duration) for (k, i), st in items if st.success is not None]),
-            *family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
-                    "Unix time of the collector's last successful run",
-                    [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
-            *self._memo("errors", error_rows, lambda: family(
-                CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason", error_rows,
-                [*labels, "reason"])),
-            *self._memo("interval", interval_rows, lambda: family(
-                GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
-                interval_rows)),
+            family(GaugeMetricFamily, "mevwatch_collector_success",
+                   "1 if the collector's last run succeeded, 0 if it failed",
+                   [([k, i], 1.0 if st.success else 0.0) for k, i, st in ran]),
+            family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
+                   [([k, i], st.duration) for k, i, st in ran]),
+            family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
+                   "Unix time of the collector's last successful run",
+                   [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
+            family(CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason",
+                   [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())],
+                   [*labels, "reason"]),
+            family(GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
+                   [([k, i], st.interval) for (k, i), st in items]),
+            *self._process_families(),
         ]
-        write_errors = self.state.write_errors_total if self.state is not None else None
-        families.extend(self._memo(
-            "process",
-            (self.pool.abandoned, self.pool.abandoned_total, self.reload_ok, self.reload_wall, write_errors),
-            lambda: self._process_families(write_errors),
-        ))
         for extra in self.extra_meta:
             families.extend(extra())
         return families
 
-    def _process_families(self, write_errors: int | None) -> list[Metric]:
+    def _process_families(self) -> list[Metric]:
+        write_errors = self.state.write_errors_total if self.state is not None else None
+        info = build_info()  # as node_exporter_build_info: what `mevwatch --version` prints
         build = InfoMetricFamily(
-            "mevwatch_build", "mevwatch version and Python runtime", value={
+            "mevwatch_build", "mevwatch version, the branch and revision it was built from, and Python runtime",
+            value={
                 "version": __version__,
+                "branch": info.branch,
+                "revision": info.revision,
                 "python": ".".join(map(str, sys.version_info[:3])),
             }
         )

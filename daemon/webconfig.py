@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mevwatch.daemon.config import ConfigError, ConfigIssue, _Builder, _fmt, _line_for, _pydantic_issues
-from mevwatch.daemon.fields import Duration
+from mevwatch.daemon.yamlsource import ConfigError, ConfigIssue, read_yaml
+from mevwatch.fields import Duration
 
 __all__ = ["WebConfigFile", "WebSettings", "load_web_config", "web_settings"]
 
@@ -167,30 +166,21 @@ def web_settings(path: str | Path) -> WebSettings:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError([ConfigIssue(file, line, "", "the file is not valid UTF-8")]) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise ConfigError([ConfigIssue(file, mark.line + 1 if mark else None, "",
-                                       f"YAML syntax error: {exc.problem or exc.context}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(file, None, "", f"YAML error: {exc}")]) from None
-    builder = _Builder(file, {})
-    data = {} if root is None else builder.build(root, ())
-    issues = list(builder.issues)
+    doc = read_yaml(text, file)
+    data = {} if doc.data is None else doc.data
+    issues = list(doc.issues)
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "the top level must be a mapping")])
     try:
         cfg = WebConfigFile.model_validate(data)
     except ValidationError as exc:
-        issues.extend(_pydantic_issues(exc, (), file, builder.lines))
+        issues.extend(doc.validation_issues(exc))
         raise ConfigError(sorted(issues, key=lambda i: (i.line or 0, i.path))) from None
     if issues:
         raise ConfigError(issues)
 
     def issue(field: str, message: str) -> ConfigError:
-        loc = ("tls_server_config", field) if field else ("tls_server_config",)
-        return ConfigError([ConfigIssue(file, _line_for(builder.lines, loc), _fmt(loc), message)])
+        return ConfigError([doc.issue(("tls_server_config", field) if field else ("tls_server_config",), message)])
 
     tls = cfg.tls_server_config
     ctx = None

@@ -1,4 +1,4 @@
-"""Notification sinks: log, webhook, mail, alertmanager.
+"""Notification sinks: log, webhook, mail, alertmanager, pagerduty, slack, chat.
 
 Each sink module is imported when a receiver uses it, so a daemon that only logs its alerts never
 loads the HTTP client or the SMTP library.
@@ -31,4 +31,16 @@ def build_sinks(receiver: Receiver, eval_interval: float) -> list[Sink]:
         sinks += [
             AlertmanagerSink(receiver.name, i, c, eval_interval) for i, c in enumerate(receiver.alertmanager_configs)
         ]
+    if receiver.pagerduty_configs:
+        from mevwatch.alerts.sinks.pagerduty import PagerDutySink
+
+        sinks += [PagerDutySink(receiver.name, i, c) for i, c in enumerate(receiver.pagerduty_configs)]
+    if receiver.slack_configs:
+        from mevwatch.alerts.sinks.slack import SlackSink
+
+        sinks += [SlackSink(receiver.name, i, c) for i, c in enumerate(receiver.slack_configs)]
+    if receiver.chat_configs:
+        from mevwatch.alerts.sinks.chat import ChatSink
+
+        sinks += [ChatSink(receiver.name, i, c) for i, c in enumerate(receiver.chat_configs)]
     return sinks

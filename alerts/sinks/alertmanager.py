@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSinkConfig
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.alerts.sinks.webhook import is_retryable_status
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerSink", "alertmanager_alerts"]
 
@@ -37,7 +38,8 @@ def alertmanager_alerts(payload: dict[str, Any], now: float, ends_in: float) -> 
         ends = a["endsAt"] if a["status"] == "resolved" else _rfc3339(now + ends_in)
         out.append({
             "labels": a["labels"],
-            "annotations": {k: v for k, v in a["annotations"].items() if v},
+            # as Prometheus sends them: the silence command is for people reading a page, Alertmanager has its own
+            "annotations": {k: v for k, v in a["annotations"].items() if v and k != "silence"},
             "startsAt": a["startsAt"],
             "endsAt": ends,
             "generatorURL": a.get("generatorURL", ""),
@@ -54,6 +56,7 @@ class AlertmanagerSink:
         self.config = config
         self.ends_in = 4 * max(eval_interval, config.resend_delay)
         self._session: aiohttp.ClientSession | None = None
+        self.observer: Callable[[str, bool], None] | None = None  # told whether each Alertmanager answered
 
     def wants(self, payload: dict[str, Any]) -> bool:
         return True
@@ -69,19 +72,23 @@ class AlertmanagerSink:
                 if resp.status < 300:
                     return
                 text = (await resp.text(errors="replace"))[:500].strip()
-                raise DeliveryError(f"{redact_url(target)} answered HTTP {resp.status}: {redact(text)}",
+                raise DeliveryError(f"{redact_sink_url(target)} answered HTTP {resp.status}: {redact(text)}",
                                     retry=is_retryable_status(resp.status))
         except TimeoutError:
-            raise DeliveryError(f"{redact_url(target)}: no answer within {self.config.timeout:g}s") from None
+            raise DeliveryError(f"{redact_sink_url(target)}: no answer within {self.config.timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise DeliveryError(f"{redact_url(target)}: {redact(str(exc)) or type(exc).__name__}") from None
+            raise DeliveryError(f"{redact_sink_url(target)}: {redact(str(exc)) or type(exc).__name__}") from None
 
     async def send(self, payload: dict[str, Any], notification_id: str) -> None:
         """Acknowledged when at least one Alertmanager took it; they dedupe among themselves."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         body = json.dumps(alertmanager_alerts(payload, time.time(), self.ends_in)).encode()
-        results = await asyncio.gather(*(self._post(u, body) for u in self.config.urls), return_exceptions=True)
+        urls = self.config.target_urls
+        results = await asyncio.gather(*(self._post(u, body) for u in urls), return_exceptions=True)
+        if self.observer is not None:
+            for url, res in zip(urls, results, strict=True):
+                self.observer(url, not isinstance(res, BaseException))
         errors = [r for r in results if isinstance(r, BaseException)]
         for err in errors:
             if len(errors) < len(results):

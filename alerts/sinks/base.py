@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mevwatch.redaction import redact
+
 __all__ = ["DeliveryError", "Sink"]
 
 
 class DeliveryError(Exception):
-    """A failed delivery. ``retry`` False means the receiver refused it for good (dead letter)."""
+    """A failed delivery. ``retry`` False means the receiver refused it for good (dead letter).
 
-    def __init__(self, message: str, retry: bool = True) -> None:
-        super().__init__(message)
+    The message goes to logs and the state DB: it is redacted here, whatever the sink put in it.
+    ``retry_after`` is the receiver's own wait before the next try (HTTP Retry-After), in seconds."""
+
+    def __init__(self, message: str, retry: bool = True, retry_after: float | None = None) -> None:
+        self.message = redact(message)
+        super().__init__(self.message)
         self.retry = retry
-        self.message = message
+        self.retry_after = retry_after
 
 
 class Sink(Protocol):

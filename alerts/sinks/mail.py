@@ -11,27 +11,17 @@ from typing import Any
 import aiosmtplib
 
 from mevwatch.alerts.config import EmailConfig
+from mevwatch.alerts.sinks._message import notification_title
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.fields import read_secret_file
+from mevwatch.fields import read_secret_file
 
 __all__ = ["MailSink", "render_mail"]
-
-
-def _subject(payload: dict[str, Any]) -> str:
-    alerts = payload.get("alerts", [])
-    firing = [a for a in alerts if a["status"] == "firing"]
-    status = "FIRING" if firing else "RESOLVED"
-    first = (firing or alerts or [{"labels": {}}])[0]["labels"]
-    name = payload.get("groupLabels", {}).get("alertname") or first.get("alertname", "alert")
-    host = first.get("host", "")
-    count = len(firing) if firing else len(alerts)
-    return f"[{status}:{count}] {name}" + (f" on {host}" if host else "")
 
 
 def render_mail(payload: dict[str, Any], sender: str, to: list[str], notification_id: str) -> EmailMessage:
     """The mail of one notification: subject names incident and host; body has value and runbook link."""
     msg = EmailMessage()
-    msg["Subject"] = _subject(payload)
+    msg["Subject"] = notification_title(payload)
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     msg["Date"] = formatdate(localtime=False)

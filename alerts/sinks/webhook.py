@@ -12,8 +12,8 @@ import aiohttp
 
 from mevwatch.alerts.config import WebhookConfig
 from mevwatch.alerts.sinks.base import DeliveryError
-from mevwatch.daemon.fields import read_secret_file
-from mevwatch.daemon.logging import redact, redact_url
+from mevwatch.fields import read_secret_file
+from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["NOTIFICATION_ID_HEADER", "WebhookSink", "is_retryable_status", "sign"]
 
@@ -59,7 +59,7 @@ class WebhookSink:
             headers[self.config.signature_header] = sign(secret, body)
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        url = self.config.url
+        url = self.config.target_url
         try:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.timeout)
@@ -68,13 +68,13 @@ class WebhookSink:
                 if resp.status < 300:
                     return
                 raise DeliveryError(
-                    f"{redact_url(url)} answered HTTP {resp.status}: {redact(text.strip())}",
+                    f"{redact_sink_url(url)} answered HTTP {resp.status}: {redact(text.strip())}",
                     retry=is_retryable_status(resp.status),
                 )
         except TimeoutError:
-            raise DeliveryError(f"{redact_url(url)}: no answer within {self.config.timeout:g}s") from None
+            raise DeliveryError(f"{redact_sink_url(url)}: no answer within {self.config.timeout:g}s") from None
         except aiohttp.ClientError as exc:
-            raise DeliveryError(f"{redact_url(url)}: {redact(str(exc)) or type(exc).__name__}") from None
+            raise DeliveryError(f"{redact_sink_url(url)}: {redact(str(exc)) or type(exc).__name__}") from None
         except asyncio.CancelledError:
             raise
 

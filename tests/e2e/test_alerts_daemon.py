@@ -94,7 +94,7 @@ alerts:
         assert got.json()["alerts"][0]["labels"]["alertname"] == "MevwatchTestNotification"
         bad = _cli("alerts", "test", "--config", str(cfg), cwd=tmp_path)
         assert bad.returncode == 1
-        assert "bad/webhook/0: FAILED: http://127.0.0.1:1/hook: Cannot connect to host 127.0.0.1:1" in bad.stdout
+        assert "bad/webhook/0: FAILED: http://127.0.0.1:1/***: Cannot connect to host 127.0.0.1:1" in bad.stdout
         unknown = _cli("alerts", "test", "--config", str(cfg), "--receiver", "nope", cwd=tmp_path)
         assert unknown.returncode == 2
         assert "unknown receiver 'nope'; known: good, bad" in unknown.stderr

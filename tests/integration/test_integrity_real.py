@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors._integrity_baseline import BaselineStore, who_am_i
 from mevwatch.collectors._integrity_scan import verify
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions, watch_set
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.cli import main as cli_main
-from mevwatch.daemon.families import Metric
 from mevwatch.daemon.state import StateDB
+from mevwatch.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import need_binary, need_root
 
@@ -144,6 +144,22 @@ async def test_clean_start_exports_status(harness: Harness, tree: Path) -> None:
     assert harness.value("mevwatch_integrity_watched_directories") == 2.0
     assert harness.value("mevwatch_integrity_realtime_state", state="ok") == 1.0
     assert (harness.value("mevwatch_integrity_last_verify_timestamp_seconds") or 0) > time.time() - 60
+
+
+async def test_files_watched_follows_files_created_and_deleted(harness: Harness, tree: Path) -> None:
+    def watched(n: float) -> Callable[[], bool]:
+        return lambda: harness.value("mevwatch_integrity_files_watched") == n
+
+    (tree / "extra.yaml").write_text("x: 1\n")
+    await harness.wait(watched(7.0), 5.0, "a new file counted")
+    (tree / "wallets.json").unlink()
+    await harness.wait(watched(6.0), 5.0, "a deleted baseline file not counted")
+    (tree / "extra.yaml").unlink()
+    await harness.wait(watched(5.0), 5.0, "a deleted new file not counted")
+    (tree / "wallets.json").write_text('{"hot": "0xabc"}\n')
+    await harness.wait(watched(6.0), 5.0, "a baseline file back")
+    await harness.collector._full_check(full=False)
+    assert harness.collector._files_watched == 6
 
 
 async def test_write_in_place(harness: Harness, tree: Path) -> None:
@@ -349,9 +365,9 @@ async def test_hashing_a_2gib_file_never_blocks_the_loop(harness: Harness, tree:
     finally:
         done = True
         await tick
-    rec = harness.collector._current[str(big)]
+    (new,) = harness.collector._violations[str(big)]
     # sha256 of 2 GiB of zeros
-    assert rec.sha256 == "a7c744c13cc101ed66c29f672f92455547889cc586ce6d44fe76ae824958ea51"
+    assert "sha256=a7c744c13cc101ed66c29f672f92455547889cc586ce6d44fe76ae824958ea51" in new.found
     # The hash ran in the pool: the loop kept its 10 ms ticks (a blocking hash would stall it for seconds).
     assert worst < 0.5, f"event loop stalled {worst:.3f}s while hashing"
     print(f"worst event-loop stall while hashing 2 GiB: {worst * 1000:.1f} ms")

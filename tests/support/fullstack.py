@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mevwatch.collectors.memory import detect_memory_cgroup
 from tests.support.anvil import Anvil, start_anvil
 from tests.support.daemon import RunningDaemon
 from tests.support.engine import EngineStub
-from tests.support.peers import free_port, need_binary, start_process, stop_process
+from tests.support.peers import REPO, free_port, need_binary, start_process, stop_process
 from tests.support.pgcluster import PgCluster, pg_cluster
 from tests.support.rpcproxy import Fault, ThreadedRpcProxy
 
@@ -75,12 +77,15 @@ collectors:
   - memory: {{interval: 1s, cgroups: {cgroups}}}
   - oomkill: {{interval: 1s}}
   - cpu: {{interval: 1s}}
-  - disk:
+  - filesystems:
       interval: 1s
-      watch_dirs: ['{tmp / 'watched'}']
-      scan_interval: 1s
       fill_window: 10s
-      backups: ['{tmp / 'backup'}/mev-full-*']
+  - directories:
+      interval: 1s
+      paths: ['{tmp / 'watched'}']
+  - backups:
+      interval: 1s
+      patterns: ['{tmp / 'backup'}/mev-full-*']
   - services: {{interval: 2s}}
   - logwatch:
       interval: 1s
@@ -240,8 +245,11 @@ class Prometheus:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            doc = json.loads(resp.read())
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                doc = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # 400/422: the query's error is in the body
+            raise AssertionError(f"query {expr!r}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
         if doc.get("status") != "success":
             raise AssertionError(f"query {expr!r}: {doc}")
         result: list[dict[str, Any]] = doc["data"]["result"]
@@ -254,13 +262,18 @@ def prometheus_scraping(tmp: Path, target_ports: list[int], rules: Path | None =
     binary = need_binary("prometheus")
     port = free_port()
     cfg = tmp / "prometheus.yml"
-    cfg.write_text(f"""\
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-rule_files: {[str(rules)] if rules else []}
-scrape_configs:
-  - job_name: mevwatch
-    static_configs: [{{targets: {[f"127.0.0.1:{p}" for p in target_ports]}, labels: {{host: mev-host-1}}}}]
-""")
+    # the shipped scrape job's relabelling (deploy/prometheus/prometheus.yml), one host per target
+    shipped = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
+    cfg.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)] if rules else [],
+        "scrape_configs": [{
+            "job_name": "mevwatch",
+            "static_configs": [{"targets": [f"127.0.0.1:{p}"], "labels": {"host": f"mev-host-{i}"}}
+                               for i, p in enumerate(target_ports, start=1)],
+            "metric_relabel_configs": shipped["metric_relabel_configs"],
+        }],
+    }))
     data = tmp / "prometheus-data"
     proc = start_process([binary, f"--config.file={cfg}", f"--storage.tsdb.path={data}",
                           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],

@@ -7,8 +7,9 @@ In an async test, on the test's loop::
         proxy.set("eth_blockNumber", Fault(hang=True))  # or delay=, http_status=429, non_json=True,
         ...                                            # wrong_id=True, oversized=True,
         proxy.clear("eth_blockNumber")                 # close_mid_response=True, drop_ws=True,
-        proxy.calls["eth_blockNumber"]                 # rpc_error=(-32000, "msg")
+        proxy.calls["eth_blockNumber"]                 # rpc_error=(-32000, "msg"), deep_json=100_000
         await proxy.drop_websockets()
+        await proxy.push_websockets(deep_frame(100_000))  # a frame the node never sent, to every client
 
 In a sync test (e.g. with a mevwatch subprocess), ``with ThreadedRpcProxy(anvil.url) as proxy:``
 runs the same proxy on its own loop in a thread; ``set``/``clear``/``calls`` work the same.
@@ -30,7 +31,7 @@ from aiohttp import web
 
 from tests.support.peers import free_port
 
-__all__ = ["OVERSIZED_BYTES", "Fault", "RpcProxy", "ThreadedRpcProxy"]
+__all__ = ["OVERSIZED_BYTES", "Fault", "RpcProxy", "ThreadedRpcProxy", "deep_answer", "deep_frame"]
 
 OVERSIZED_BYTES = 10 * 1024 * 1024
 _UNSET: Any = object()
@@ -38,6 +39,17 @@ _UNSET: Any = object()
 _IdSet = set[Any]
 _WsSet = set[web.WebSocketResponse]
 _TaskSet = set[asyncio.Task[None]]
+
+
+def deep_answer(request_id: Any, depth: int) -> str:
+    """A JSON-RPC answer whose result is ``depth`` nested arrays (built as text: json.dumps would recurse)."""
+    return json.dumps({"jsonrpc": "2.0", "id": request_id})[:-1] + ',"result":' + "[" * depth + "]" * depth + "}"
+
+
+def deep_frame(depth: int) -> str:
+    """An eth_subscription notification whose result nests ``depth`` arrays deep."""
+    return ('{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0x1","result":'
+            + "[" * depth + "]" * depth + "}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,7 @@ class Fault:
     close_mid_response: bool = False  # send headers and part of the body, then close the socket
     drop_ws: bool = False  # close the WebSocket connection on this call (WS only)
     rpc_error: tuple[int, str] | None = None  # answer with this JSON-RPC error (code, message)
+    deep_json: int = 0  # answer with a result of arrays nested this deep (the text is built, never parsed)
 
 
 class RpcProxy:
@@ -123,6 +136,12 @@ class RpcProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY), 1.0)
 
+    async def push_websockets(self, text: str) -> None:
+        """Send ``text`` as one frame to every proxied WebSocket client, as if the node had sent it."""
+        for ws in list(self._websockets):
+            with contextlib.suppress(Exception):
+                await ws.send_str(text)
+
     # --- HTTP ---------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -162,6 +181,8 @@ class RpcProxy:
         if fault.rpc_error is not None:
             code, message = fault.rpc_error
             return web.json_response({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}})
+        if fault.deep_json:
+            return web.Response(text=deep_answer(request_id, fault.deep_json), content_type="application/json")
         if fault.result is not _UNSET:
             return web.json_response({"jsonrpc": "2.0", "id": request_id, "result": fault.result})
         if fault.wrong_id:
@@ -278,6 +299,8 @@ class RpcProxy:
             elif fault.oversized:
                 await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": request_id,
                                               "result": "0x" + "f" * OVERSIZED_BYTES}))
+            elif fault.deep_json:
+                await ws.send_str(deep_answer(request_id, fault.deep_json))
             elif fault.rpc_error is not None:
                 code, message = fault.rpc_error
                 await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": request_id,
@@ -322,6 +345,9 @@ class ThreadedRpcProxy:
 
     def drop_websockets(self) -> None:
         asyncio.run_coroutine_threadsafe(self.proxy.drop_websockets(), self._loop).result(5)
+
+    def push_websockets(self, text: str) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.push_websockets(text), self._loop).result(5)
 
     def __enter__(self) -> ThreadedRpcProxy:
         self._thread.start()

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mevwatch.alerts.config import Rule
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.config import default_config_text, load_config_text
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
@@ -61,6 +61,24 @@ def _humanize_duration(v: float) -> str:
     return f"{v:.4g}{prefix}s"
 
 
+def _humanize(v: float) -> str:
+    """Prometheus' humanize (template.go): SI prefixes, four significant digits."""
+    if v == 0 or math.isnan(v) or math.isinf(v):
+        return f"{v:.4g}"
+    prefix = ""
+    if abs(v) >= 1:
+        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
+            if abs(v) < 1000:
+                break
+            prefix, v = p, v / 1000
+    else:
+        for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
+            if abs(v) >= 1:
+                break
+            prefix, v = p, v * 1000
+    return f"{v:.4g}{prefix}"
+
+
 def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
     """Render a rule template the way Prometheus does (its humanize formats, Go's float printing)."""
 
@@ -72,6 +90,8 @@ def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
             return f"{value * 100:.4g}%"
         if fn == "humanizeDuration":
             return _humanize_duration(value)
+        if fn == "humanize":
+            return _humanize(value)
         if fn is not None:
             raise ValueError(f"no Prometheus rendering for {fn} in the test generator")
         return _go_value(value)
@@ -93,14 +113,46 @@ def _label_value(name: str, rule: Rule) -> str:
     return f"{name}-a"
 
 
-def _series_labels(rule: Rule) -> dict[str, str]:
+def _series_labels(rule: Rule, metric: str | None = None, matchers: Any = None) -> dict[str, str]:
     specs = all_metric_specs()
-    base = rule.metric.removesuffix("_total")
+    metric = metric or rule.metric
+    base = metric.removesuffix("_total")
     if base not in specs:
-        raise ValueError(f"rule {rule.name}: metric {rule.metric} is not declared by any collector")
-    labels = {name: _label_value(name, rule) for name in specs[base][1].labels}
+        raise ValueError(f"rule {rule.name}: metric {metric} is not declared by any collector")
+    source = rule if matchers is None else rule.model_copy(update={"matchers": matchers})
+    labels = {name: _label_value(name, source) for name in specs[base][1].labels}
     labels["host"] = HOST
     return labels
+
+
+def _when_cases(rule: Rule, runbook_url: str, eval_min: int, n: int) -> list[dict[str, Any]]:
+    """Cases of a rule with ``when``: the condition's series decides (and, or unless for an absent rule)."""
+    cond = rule.when
+    assert cond is not None
+    cond_labels = _series_labels(rule, cond.metric, cond.matchers)
+    as_rule = rule.model_copy(update={"op": cond.op, "threshold": cond.threshold, "clear": None})
+    cond_pass, cond_fail, _ = _gauge_values(as_rule)
+    csel = _selector(cond.metric, cond_labels)
+    labels = _series_labels(rule)
+    sel = _selector(rule.metric, labels)
+    if rule.absent:
+        return [
+            _case(rule, [{"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min,
+                  [_expected(rule, cond_labels, cond_pass, runbook_url)]),
+            _case(rule, [{"series": csel, "values": f"{_go_value(cond_pass)}x{n}"},
+                         {"series": sel, "values": f"1x{n}"}], eval_min, []),
+            _case(rule, [{"series": csel, "values": f"{_go_value(cond_fail)}x{n}"}], eval_min, []),
+        ]
+    fire, quiet, _ = _gauge_values(rule)
+    return [
+        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
+                     {"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min,
+              [_expected(rule, labels, fire, runbook_url)]),
+        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
+                     {"series": csel, "values": f"{_go_value(cond_fail)}x{n}"}], eval_min, []),
+        _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"},
+                     {"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min, []),
+    ]
 
 
 def _selector(name: str, labels: Mapping[str, str]) -> str:
@@ -154,13 +206,16 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
     window = rule.increase or rule.rate or (300.0 if rule.quantile is not None else 0.0)
     eval_min = _minutes(rule.for_) + _minutes(window) + 3
     n = eval_min + 10
+    if rule.when is not None:
+        return _when_cases(rule, runbook_url, eval_min, n)
     if rule.absent:
         present = _selector(rule.metric, labels)
-        fired = {m.name: m.value for m in rule.matchers if m.op == "="}
+        # fires per host: the host reports mevwatch but not the series
+        fired = {"host": HOST, **{m.name: m.value for m in rule.matchers if m.op == "="}}
+        alive = {"series": _selector("mevwatch_build_info", {"host": HOST, "version": "x"}), "values": f"1x{n}"}
         return [
-            _case(rule, [{"series": _selector("mevwatch_build_info", {"version": "x"}), "values": f"1x{n}"}],
-                  eval_min, [_expected(rule, fired, 1.0, runbook_url)]),
-            _case(rule, [{"series": present, "values": f"1x{n}"}], eval_min, []),
+            _case(rule, [alive], eval_min, [_expected(rule, fired, 1.0, runbook_url)]),
+            _case(rule, [alive, {"series": present, "values": f"1x{n}"}], eval_min, []),
         ]
     if rule.quantile is not None:
         le_hi = _go_value(rule.threshold * 2)

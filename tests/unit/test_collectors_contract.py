@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mevwatch.alerts.engine import ENGINE_METRICS, AlertEngine
+from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
-    IMPORT_ERRORS,
     Collector,
     CollectorContext,
     CollectorError,
@@ -23,9 +25,8 @@ from mevwatch.collectors.base import (
     NoData,
     PollCollector,
     StreamCollector,
-    all_kinds,
 )
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.collectors.registry import IMPORT_ERRORS, all_kinds
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.docgen import all_metric_specs, declaration_problems
 from mevwatch.daemon.state import StateDB
@@ -61,7 +62,9 @@ def test_collector_contract(kind: str) -> None:
         assert field.description or name in EXAMPLE, f"{kind}.{name} has neither a description nor an example"
 
 
-async def _families_of(cls: type[Collector[Any]], state: StateDB) -> list[Any]:
+async def _families_of(cls: type[Collector[Any]], state: StateDB, peer_here: bool = False) -> list[Any]:
+    """The families of one run (a stream: of its first second) with default options. Without a peer
+    a kind may fail or have nothing to report; with ``peer_here`` that is an error."""
     opts = cls.Options()
     ctx = CollectorContext(kind=cls.kind, instance="contract", interval=cls.default_interval,
                            timeout=min(cls.default_timeout, 5.0), state=state, pool=BlockingPool(4))
@@ -76,7 +79,9 @@ async def _families_of(cls: type[Collector[Any]], state: StateDB) -> list[Any]:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     except (CollectorError, NoData, TimeoutError):
-        pass  # no peer on this host for this kind (node, engine): families checked where it runs
+        if peer_here:
+            raise
+        # no peer on this host for this kind (node, engine): families checked where it runs
     finally:
         await collector.close()
     return out
@@ -95,6 +100,48 @@ async def test_families_on_the_live_host_are_named_documented_and_declared(kind:
             assert not fam.name.endswith("_total"), f"{fam.name}: the _total suffix is added on exposition"
         for s in fam.samples:
             assert "pid" not in s.labels, f"{fam.name} has a pid label (unbounded cardinality)"
+
+
+def _listening(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    return check
+
+
+def _always() -> bool:
+    return True
+
+
+def _never() -> bool:
+    return False
+
+
+#: whether this host has the peer a kind reads with its default options. Host kinds read the kernel
+#: and the files they watch (a missing file is a reported state, not nothing); the node kinds need
+#: the JSON-RPC node of their default endpoint. A new kind must say here what its peer is.
+PEERS: dict[str, Callable[[], bool]] = {
+    "cpu": _always, "memory": _always, "filesystems": _always, "directories": _always, "backups": _always,
+    "process": _always, "oomkill": _always,
+    "services": _always, "integrity": _always, "logwatch": _always, "textfile": _always,
+    "http": _always, "postgres": _always,  # a probe that cannot connect reports the target down
+    "chain": _listening(8545), "gas": _listening(8545), "mempool": _listening(8545), "rpc": _listening(8545),
+    "mempool_stream": _always,  # reports the stream down while it reconnects
+    "wallet": _never,  # nothing to report until addresses are configured (the default has none)
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHIPPED))
+async def test_a_collector_whose_peer_is_here_produces_samples(kind: str, state_db: StateDB) -> None:
+    assert kind in PEERS, f"{kind}: add it to PEERS (when does this host have its peer?)"
+    if not PEERS[kind]():
+        pytest.skip(f"no peer for {kind} on this host")
+    families = await _families_of(SHIPPED[kind], state_db, peer_here=True)
+    assert any(f.samples for f in families), f"{kind} produced no samples on a host that has its peer"
 
 
 @pytest.mark.parametrize("kind", sorted(SHIPPED))

@@ -11,7 +11,7 @@ import pytest
 
 from mevwatch.daemon.cli import main
 from mevwatch.daemon.config import ConfigError, default_config_text, load_config, load_config_text
-from mevwatch.daemon.fields import parse_bytes, parse_duration, read_secret_file
+from mevwatch.fields import parse_bytes, parse_duration, read_secret_file
 from tests.support.peers import REPO
 
 GOOD = """\
@@ -107,6 +107,18 @@ def test_all_errors_are_listed_at_once() -> None:
     assert [i.split(":")[1] for i in issues] == ["1", "3", "6", "7"]
 
 
+def test_a_removed_key_is_named_as_removed_by_check_config_and_run(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text("collectors:\n  - process: {}\nalign_to_scrapes: true\nbogus: 1\n")
+    for command in (["check-config", str(cfg)], ["run", "--config", str(cfg)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"{cfg}:3: align_to_scrapes: removed: collectors run on their own schedule only" in err, err
+        assert "align_to_scrapes: unknown key" not in err
+        assert f"{cfg}:4: bogus: unknown key" in err  # the other errors of the file still listed
+
+
 def test_unreadable_and_binary_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
@@ -140,7 +152,7 @@ def test_check_config_as_a_process_exits_2(tmp_path: Path) -> None:
 
 
 def test_example_config_validates_and_names_every_collector_kind() -> None:
-    from mevwatch.collectors.base import all_kinds
+    from mevwatch.collectors.registry import all_kinds
 
     cfg = load_config(REPO / "config.example.yaml", env=dict(os.environ))
     kinds = {s.kind for s in cfg.collectors}

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from mevwatch.alerts.config import runbook_anchors
+from mevwatch.alerts.runbooks import runbook_anchors
 from mevwatch.daemon.dashboard import ROWS, dashboard_json, metric_names, panel_queries
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
 
 FILE = REPO / "deploy" / "grafana" / "mevwatch.json"
-SECTIONS = ("memory", "disk", "services", "cpu governor", "rpc", "peers", "mempool", "gas", "wallets",
-            "engine latency", "postgresql", "integrity", "logs", "mevwatch itself")
+SECTIONS = ("fleet", "alerts", "memory", "disk", "services", "cpu governor", "rpc", "peers", "mempool", "gas",
+            "wallets", "engine latency", "postgresql", "integrity", "logs", "mevwatch itself")
 
 
 def _doc() -> dict[str, Any]:
@@ -32,8 +32,8 @@ def test_schema_and_variables() -> None:
     variables = {v["name"]: v for v in doc["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    inst = variables["instance"]
-    assert inst["query"]["query"] == "label_values(mevwatch_build_info, instance)"
+    inst = variables["host"]
+    assert inst["query"]["query"] == "label_values(mevwatch_build_info, host)"
     assert inst["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
     assert inst["includeAll"] is True
 
@@ -59,13 +59,13 @@ def test_panels_use_the_datasource_variable_and_fit_the_grid() -> None:
 
 
 @pytest.mark.parametrize(("row", "panel", "expr"), panel_queries(), ids=lambda v: str(v)[:60])
-def test_every_query_uses_declared_metrics_of_the_chosen_instance(row: str, panel: str, expr: str) -> None:
+def test_every_query_uses_declared_metrics_of_the_chosen_host(row: str, panel: str, expr: str) -> None:
     declared = {name for _, spec in all_metric_specs().values() for name in spec.sample_names}
     names = metric_names(expr)
     assert names, f"{row} / {panel}: no mevwatch metric in {expr}"
     assert names <= declared, f"{row} / {panel}: undeclared {sorted(names - declared)}"
     for name in names:
-        assert expr.count(name + '{instance=~"$instance"') >= 1, f"{name} not filtered by $instance in {expr}"
+        assert expr.count(name + '{host=~"$host"') >= 1, f"{name} not filtered by $host in {expr}"
 
 
 def test_metric_names_finds_every_name() -> None:

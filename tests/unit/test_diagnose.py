@@ -29,14 +29,14 @@ collectors:
 def run(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess[str]:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
-    return subprocess.run([sys.executable, "-m", "mevwatch", "diagnose", "--config", str(cfg), *args],
+    return subprocess.run([sys.executable, "-m", "mevwatch", "diagnose", "--config", str(cfg), "--no-daemon", *args],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
 def test_all_ok_exits_0(tmp_path: Path) -> None:
     proc = run(tmp_path, BASE.format(state=tmp_path / "s", fds=100000))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "OK    TooManyFds (mevwatch_process_open_fds > 100000)" in proc.stdout
+    assert "OK       TooManyFds (mevwatch_process_open_fds > 100000)" in proc.stdout
     assert "-> OK" in proc.stdout
 
 
@@ -59,7 +59,7 @@ def test_engine_down_is_critical_exit_2(tmp_path: Path) -> None:
     proc = run(tmp_path, text)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "[Engine health endpoint down]" in proc.stdout
-    assert "CRIT  EngineHealthDown" in proc.stdout
+    assert "CRIT     EngineHealthDown" in proc.stdout
 
 
 def test_section_runs_only_that_section(tmp_path: Path) -> None:
@@ -86,9 +86,8 @@ def test_largest_files_are_named_in_diagnose_not_in_metrics(tmp_path: Path) -> N
     watched = tmp_path / "logs"
     watched.mkdir()
     (watched / "runaway.log").write_bytes(b"x" * 5000)
-    text = (f"state_dir: {tmp_path / 's'}\ncollectors:\n  - disk:\n      mount_points_exclude: '.*'\n"
-            f"      watch_dirs: ['{watched}']\n")
-    proc = run(tmp_path, text, "--section", "disk", "--json")
+    text = f"state_dir: {tmp_path / 's'}\ncollectors:\n  - directories:\n      paths: ['{watched}']\n"
+    proc = run(tmp_path, text, "--section", "directories", "--json")
     lines = json.loads(proc.stdout)["lines"]
     named = [ln for ln in lines if ln["check"] == f"largest file 1 under {watched}"]
     assert named, lines

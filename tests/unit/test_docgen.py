@@ -6,7 +6,7 @@ import pytest
 
 from mevwatch.collectors.base import MetricSpec
 from mevwatch.daemon.docgen import all_metric_specs, configuration_md, declaration_problems, metrics_md
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from tests.support.peers import REPO
 
 REGENERATE = "regenerate with `.venv/bin/python -m mevwatch.daemon.docgen`"
@@ -52,3 +52,21 @@ def test_declaration_problems_name_each_mismatch() -> None:
     h = HistogramMetricFamily("mevwatch_h", "h", labels=["x"])
     h.add_metric(["1"], [("1.0", 1), ("+Inf", 2)], 3.0)
     assert declaration_problems([h], [MetricSpec("mevwatch_h", "histogram", "h", ("x",))]) == []
+
+
+def test_declaration_problems_name_a_help_text_that_differs_from_the_declaration() -> None:
+    spec = MetricSpec("mevwatch_a", "gauge", "Declared help", ("x",))
+    drifted = GaugeMetricFamily("mevwatch_a", "Other help", labels=["x"])
+    assert declaration_problems([drifted], [spec]) == [
+        "mevwatch_a: emitted with help 'Other help', declared 'Declared help'"
+    ]
+    built = spec.gauge()
+    built.add_metric(["1"], 1.0)
+    assert declaration_problems([built], [spec]) == []
+
+
+def test_a_declaration_builds_only_families_of_its_own_type() -> None:
+    spec = MetricSpec("mevwatch_c", "counter", "h")
+    assert spec.counter(2.0).samples[0].name == "mevwatch_c_total"
+    with pytest.raises(TypeError, match="declared a counter, not a gauge"):
+        spec.gauge()

@@ -13,11 +13,12 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from mevwatch.collectors.base import CollectorContext, get_kind
+from mevwatch.blocking import BlockingPool
+from mevwatch.collectors.base import CollectorContext
+from mevwatch.collectors.registry import get_kind
 from mevwatch.daemon import exposition
-from mevwatch.daemon.blocking import BlockingPool
 from mevwatch.daemon.exposition import render_openmetrics, render_text
-from mevwatch.daemon.families import (
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
@@ -190,7 +191,7 @@ def test_a_series_rendered_again_writes_each_new_value(values: list[float]) -> N
         assert render_text([fam, plain]) == reference([fam, plain])
 
 
-def test_a_family_rendered_again_is_written_from_its_last_text_only_when_nothing_changed() -> None:
+def test_a_family_rendered_again_shows_each_change_of_its_series() -> None:
     def fam(*rows: tuple[str, float]) -> GaugeMetricFamily:
         f = GaugeMetricFamily("test_block", "B", labels=["a"])
         for label, v in rows:
@@ -199,7 +200,6 @@ def test_a_family_rendered_again_is_written_from_its_last_text_only_when_nothing
 
     first = fam(("x", 1.0), ("y", 0.0))
     assert render_text([first]) == reference([first])
-    assert exposition._blocks[("test_block", "gauge", "B")][2] == reference([first]).decode()
     for changed in (fam(("x", 1.0), ("z", 0.0)), fam(("x", 1.0), ("y", -0.0)), fam(("x", 1.0)),
                     fam(("x", 1.0), ("y", 0.0), ("w", 2.0)), fam(("x", 1.0), ("y", 0.0))):
         assert render_text([changed]) == reference([changed])
@@ -238,17 +238,42 @@ def test_no_families_is_empty() -> None:
     assert render_openmetrics([]) == reference_openmetrics([]) == b""
 
 
-def test_a_non_string_label_value_fails_like_prometheus_client() -> None:
+def _family_errors(family: str) -> float:
+    for sample in exposition.exposition_families()[0].samples:
+        if sample.labels == {"family": family}:
+            return sample.value
+    return 0.0
+
+
+def test_a_family_that_cannot_render_is_left_out_and_counted() -> None:
+    """prometheus-client fails the whole exposition (as node_exporter without ContinueOnError would);
+    mevwatch leaves that one family out, serves the others, and counts it."""
     bad = _metric("test_bad", "B", "gauge", [Sample("test_bad", {"a": 1}, 1.0)])  # type: ignore[dict-item]
-    for render in (reference, render_text, reference_openmetrics, render_openmetrics):
+    good = _metric("test_good", "G", "gauge", [Sample("test_good", {"a": "1"}, 2.0)])
+    for ref in (reference, reference_openmetrics):
         with pytest.raises(AttributeError):
-            render([bad])
+            ref([bad])
+    for render, ref in ((render_text, reference), (render_openmetrics, reference_openmetrics)):
+        before = _family_errors("test_bad")
+        assert render([good, bad, good]) == ref([good]) * 2
+        assert _family_errors("test_bad") == before + 1
 
 
 def test_an_exemplar_is_refused_rather_than_dropped() -> None:
     fam = _metric("test_ex", "E", "counter", [Sample("test_ex_total", {}, 1.0, exemplar=object())])
-    with pytest.raises(ValueError, match="exemplar"):
-        render_openmetrics([fam])
+    before = _family_errors("test_ex")
+    assert render_openmetrics([fam]) == b""
+    assert _family_errors("test_ex") == before + 1
+
+
+def test_undecodable_bytes_in_a_label_value_are_shown_escaped() -> None:
+    name = "/etc/mev/x\udcff\n\"q"  # os.listdir's str for the bytes x, 0xff, newline, quote
+    fam = _metric("test_path", "P", "gauge", [Sample("test_path", {"path": name}, 1.0)])
+    for render, parse in ((render_text, parse_text), (render_openmetrics, parse_openmetrics)):
+        body = render([fam]) + (b"# EOF\n" if render is render_openmetrics else b"")
+        body.decode("utf-8")  # valid UTF-8
+        [parsed] = [f for f in parse(body.decode()) if f.name == "test_path"]
+        assert parsed.samples[0].labels["path"] == "/etc/mev/x\\xff\n\"q"
 
 
 def test_the_host_collectors_families_render_identically() -> None:
@@ -256,7 +281,7 @@ def test_the_host_collectors_families_render_identically() -> None:
         pool = BlockingPool(2)
         families: list[Metric] = []
         try:
-            for kind in ("memory", "disk", "cpu", "process"):
+            for kind in ("memory", "filesystems", "cpu", "process"):
                 cls = get_kind(kind)
                 assert cls is not None
                 collector = cls(CollectorContext(kind, "t", 15.0, 10.0, pool=pool), cls.Options.model_validate({}))

@@ -1,4 +1,4 @@
-"""mevwatch.daemon.families builds the same families as prometheus_client 0.26, without importing it."""
+"""mevwatch.families builds the same families as prometheus_client 0.26, without importing it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from prometheus_client.samples import Sample as PcSample
 from prometheus_client.samples import Timestamp as PcTimestamp
 from prometheus_client.utils import floatToGoString
 
-from mevwatch.daemon import families
-from mevwatch.daemon.families import (
+from mevwatch import families
+from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import structlog
 
-from mevwatch.daemon.families import GaugeMetricFamily
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile
 from mevwatch.daemon.store import SampleStore
+from mevwatch.families import GaugeMetricFamily
 
 WAIT = 5.0  # upper bound for any single read; every test ends well within it
 
@@ -162,33 +162,6 @@ async def test_metrics_text_openmetrics_gzip_and_query_string(start: Start) -> N
     assert gzip.decompress(gz.body) == plain.body
     assert (await request(srv, get("/metrics?x=1&y"))).body == plain.body
     assert srv.scrapes_total == 4
-
-
-async def test_the_scrape_hook_runs_before_metrics_are_rendered(start: Start) -> None:
-    store = populated_store()
-    daemon = Daemon()
-    calls: list[str] = []
-
-    def on_scrape() -> None:  # as Supervisor.on_scrape: a run put into the store now is in this answer
-        calls.append("scrape")
-        g = GaugeMetricFamily("mevwatch_test_run", "runs made by scrapes")
-        g.add_metric([], float(len(calls)))
-        store.put(("run", "default"), [g], interval=60)
-
-    hooks = daemon.hooks()
-    hooks.scrape = on_scrape
-    srv = HttpServer(store, hooks, "127.0.0.1:0")
-    await srv.start()
-    try:
-        first = await request(srv, get("/metrics"))
-        assert b"mevwatch_test_run 1.0" in first.body
-        second = await request(srv, get("/metrics", "Accept-Encoding: gzip"))
-        assert b"mevwatch_test_run 2.0" in gzip.decompress(second.body)
-        assert (await request(srv, get("/"))).status == 200
-        assert (await request(srv, get("/-/healthy"))).status == 200
-        assert calls == ["scrape", "scrape"]  # other paths do not run it
-    finally:
-        await srv.stop()
 
 
 async def test_landing_health_healthy_and_ready_until_ready(start: Start) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily
 from mevwatch.daemon.http import MetricsCache
 from mevwatch.daemon.store import SampleStore
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily
 
 
 class Clock:

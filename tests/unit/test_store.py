@@ -1,73 +1,85 @@
-"""The sample store: lazily built snapshots are built once per read, never seen stale."""
+"""The sample store: what changed, by key and sequence number; a consumer is woken, never called."""
 
 from __future__ import annotations
 
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+import asyncio
 
-KEY: SnapshotKey = ("mevwatch", "self")
+from mevwatch.daemon.store import SampleStore, SnapshotKey
+from mevwatch.families import GaugeMetricFamily, Metric
+
+A: SnapshotKey = ("memory", "default")
+B: SnapshotKey = ("disk", "default")
 
 
-class Builder:
+class Clock:
     def __init__(self) -> None:
-        self.value = 0.0
-        self.calls = 0
+        self.t = 1000.0
 
-    def __call__(self) -> list[Metric]:
-        self.calls += 1
-        return [GaugeMetricFamily("t_lazy", "lazily built", value=self.value)]
+    def __call__(self) -> float:
+        return self.t
 
 
-def _value(snap: Snapshot | None) -> float | None:
-    return None if snap is None else float(snap.families[0].samples[0].value)
+def fams(v: float) -> list[Metric]:
+    return [GaugeMetricFamily("t_value", "a value", value=v)]
 
 
-def test_lazy_snapshot_is_built_once_for_many_changes_and_never_read_stale() -> None:
+def test_changes_since_a_sequence_number_name_each_key_once_and_dropped_keys_too() -> None:
     store = SampleStore()
-    seen: list[tuple[SnapshotKey, float | None]] = []
-    store.subscribe(lambda key, snap: seen.append((key, _value(snap))))
-    build = Builder()
-    for v in (1.0, 2.0, 3.0):
-        build.value = v
-        store.put_lazy(KEY, build, 10.0)
-    assert build.calls == 0
-    assert seen == []
-    assert _value(store.get(KEY)) == 3.0
-    assert build.calls == 1
-    assert seen == [(KEY, 3.0)]
-    # read again without a change: nothing built
-    assert [k for k, _ in store.fresh_items()] == [KEY]
-    assert build.calls == 1
-    # a change after a read moves the renderers' cache key before anything is built
-    before = store.cache_key()
-    build.value = 4.0
-    store.put_lazy(KEY, build, 10.0)
-    assert store.cache_key() != before
-    assert [s.samples[0].value for s in store.families()] == [4.0]
-    assert build.calls == 2
-    assert seen[-1] == (KEY, 4.0)
-
-
-def test_materialize_builds_pending_snapshots_and_an_eager_put_replaces_a_pending_one() -> None:
-    store = SampleStore()
-    build = Builder()
-    build.value = 1.0
-    store.put_lazy(KEY, build, 10.0)
-    store.materialize()
-    assert build.calls == 1
-    store.put_lazy(KEY, build, 10.0)
-    store.put(KEY, [GaugeMetricFamily("t_lazy", "eager", value=9.0)], 10.0)
-    assert _value(store.get(KEY)) == 9.0
-    assert build.calls == 1  # the eager put superseded the pending build
-
-
-def test_drop_and_retain_forget_pending_snapshots() -> None:
-    store = SampleStore()
-    build = Builder()
-    store.put_lazy(KEY, build, 10.0)
-    store.drop(KEY)
-    assert store.get(KEY) is None
-    store.put_lazy(("other", "x"), build, 10.0)
-    store.retain([KEY])
+    seq, keys = store.changes(0)
+    assert (seq, keys) == (0, [])
+    store.put(A, fams(1), 10)
+    store.put(A, fams(2), 10)
+    store.put(B, fams(3), 10)
+    seq, keys = store.changes(0)
+    assert sorted(keys) == sorted([A, B])
+    assert store.changes(seq) == (seq, [])  # nothing new since
+    store.drop(B)
+    store.touch(A)  # keeping a snapshot fresh is not a change
+    seq2, keys = store.changes(seq)
+    assert keys == [B]
+    assert store.get(B) is None
+    store.retain([B])  # A's collector is gone after a reload
+    assert store.changes(seq2)[1] == [A]
     assert store.fresh_items() == []
-    assert build.calls == 0
+
+
+async def test_a_watcher_is_woken_in_its_own_task_not_called_by_the_writer() -> None:
+    store = SampleStore()
+    event = store.watch()
+    seen: list[list[SnapshotKey]] = []
+
+    async def consumer() -> None:
+        since = 0
+        while True:
+            await event.wait()
+            event.clear()
+            since, keys = store.changes(since)
+            seen.append(sorted(keys))
+
+    task = asyncio.create_task(consumer())
+    try:
+        await asyncio.sleep(0)
+        store.put(A, fams(1), 10)
+        store.put(B, fams(1), 10)
+        assert seen == []  # put only set a flag
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert seen == [sorted([A, B])]  # two puts, one wake-up
+        store.unwatch(event)
+        store.put(A, fams(2), 10)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(seen) == 1
+    finally:
+        task.cancel()
+
+
+def test_a_snapshot_older_than_twice_its_interval_is_not_served() -> None:
+    clock = Clock()
+    store = SampleStore(clock=clock)
+    store.put(A, fams(1), 1)
+    store.put(B, fams(2), 100)
+    clock.t += 2.5
+    assert store.get(A) is None
+    assert [k for k, _ in store.fresh_items()] == [B]
+    assert [s.value for f in store.families() for s in f.samples] == [2]

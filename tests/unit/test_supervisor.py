@@ -1,4 +1,9 @@
-"""The supervisor keeps every collector on schedule when one hangs, raises or blocks a thread."""
+"""The supervisor keeps every collector on schedule when one hangs, raises or blocks a thread.
+
+The tests run on a virtual clock (looptime): the loop's time jumps to its next timer when nothing
+else is ready, so schedules are checked to the microsecond and a second of schedule takes
+milliseconds. The store reads the loop clock for staleness.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,28 @@ import asyncio
 import contextlib
 import itertools
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
 
-from mevwatch.collectors.base import (
-    CollectorError,
-    CollectorOptions,
-    Emit,
-    Families,
-    PollCollector,
-    StreamCollector,
-    register,
-)
-from mevwatch.daemon.blocking import BlockingPool
+from mevwatch.blocking import BlockingPool
+from mevwatch.collectors.base import CollectorError, CollectorOptions, Emit, Families, PollCollector, StreamCollector
+from mevwatch.collectors.registry import register
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import GaugeMetricFamily, Metric
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
+from mevwatch.families import GaugeMetricFamily
+
+pytestmark = pytest.mark.looptime
 
 RUNS: dict[str, list[float]] = {}
-TICK_IN_SCRAPE: dict[str, list[bool]] = {}
 RELEASE = threading.Event()
+EPS = 1e-6
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _family(name: str, value: float) -> GaugeMetricFamily:
@@ -43,8 +46,7 @@ class TickCollector(PollCollector[CollectorOptions]):
     default_timeout = 0.05
 
     async def collect(self) -> Families:
-        RUNS.setdefault(self.ctx.instance, []).append(time.monotonic())
-        TICK_IN_SCRAPE.setdefault(self.ctx.instance, []).append(IN_SCRAPE)
+        RUNS.setdefault(self.ctx.instance, []).append(_now())
         return [_family("t_tick_value", 1.0)]
 
 
@@ -55,7 +57,7 @@ class HangCollector(PollCollector[CollectorOptions]):
     default_timeout = 0.2
 
     async def collect(self) -> Families:
-        RUNS.setdefault("hang", []).append(time.monotonic())
+        RUNS.setdefault("hang", []).append(_now())
         await asyncio.Event().wait()  # forever
         return []
 
@@ -93,11 +95,11 @@ class BlockThreadCollector(PollCollector[CollectorOptions]):
 class DyingStream(StreamCollector[CollectorOptions]):
     kind: ClassVar[str] = "t_stream"
     default_interval = 0.1
-    starts = 0
+    starts: ClassVar[list[float]] = []
 
     async def run(self, emit: Emit) -> None:
-        DyingStream.starts += 1
-        emit([_family("t_stream_value", float(DyingStream.starts))])
+        DyingStream.starts.append(_now())
+        emit([_family("t_stream_value", float(len(DyingStream.starts)))])
         await asyncio.sleep(0.05)
         raise CollectorError("reset", "connection reset")
 
@@ -114,16 +116,6 @@ class QuietStream(StreamCollector[CollectorOptions]):
         await asyncio.Event().wait()
 
 
-CONFIG = """\
-collectors:
-  - t_tick: {instance: a}
-  - t_tick: {instance: b, interval: 0.05}
-  - t_hang: {}
-  - t_flaky: {}
-  - t_block: {}
-"""
-
-
 def value(store: SampleStore, name: str, **labels: str) -> float | None:
     for fam in store.families():
         for s in fam.samples:
@@ -132,22 +124,36 @@ def value(store: SampleStore, name: str, **labels: str) -> float | None:
     return None
 
 
-async def test_failing_collectors_do_not_disturb_the_others() -> None:
-    RUNS.clear()
-    RELEASE.clear()
-    store = SampleStore()
-    pool = BlockingPool(max_workers=4)
-    sup = Supervisor(load_config_text(CONFIG, "t", {}), store, pool=pool)
+@contextlib.asynccontextmanager
+async def _running(config: str, pool: BlockingPool | None = None) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
+    """A started supervisor over ``config`` and a store on the loop clock, shut down after the block."""
+    store = SampleStore(clock=asyncio.get_running_loop().time)
+    sup = Supervisor(load_config_text(config, "t", {}), store, pool=pool)
     await sup.start()
     try:
-        await asyncio.sleep(1.0)
-        # The healthy collectors kept their schedule (measured): ~10 and ~20 runs in 1 s.
+        yield sup, store
+    finally:
+        await sup.shutdown()
+
+
+async def test_failing_collectors_do_not_disturb_the_others() -> None:
+    RUNS.clear()
+    FlakyCollector.calls = 0
+    config = "collectors:\n  - t_tick: {instance: a}\n  - t_tick: {instance: b, interval: 0.05}\n" \
+             "  - t_hang: {}\n  - t_flaky: {}\n"
+    async with _running(config) as (sup, store):
+        await asyncio.sleep(1.0 + EPS)
+        # The healthy collectors kept their schedule to the microsecond: a run every interval.
         for inst, interval in (("a", 0.1), ("b", 0.05)):
             gaps = [b - a for a, b in zip(RUNS[inst], RUNS[inst][1:], strict=False)]
-            assert len(RUNS[inst]) >= 0.8 / interval, (inst, len(RUNS[inst]))
-            assert max(gaps) < interval + 0.08, (inst, max(gaps))
-        # The hung collector is cancelled at its timeout, and retried: never overlapping.
-        assert 3 <= len(RUNS["hang"]) <= 6
+            assert len(RUNS[inst]) == round(1.0 / interval) + 1, (inst, RUNS[inst])
+            assert all(abs(g - interval) < EPS for g in gaps), (inst, gaps)
+        # The hung collector is cancelled at its timeout and retried on the next slot, never overlapping.
+        hang, status = RUNS["hang"], sup.status[("t_hang", "default")]
+        assert status.timeout == 0.1  # its default 0.2, capped at the interval
+        assert all(b - a >= status.timeout - EPS for a, b in itertools.pairwise(hang)), hang
+        assert len(hang) == 11, hang
+        assert status.errors["timeout"] == len(hang) - 1
         assert value(store, "mevwatch_collector_success", collector="t_hang") == 0.0
         assert value(store, "mevwatch_collector_errors_total", collector="t_hang", reason="timeout")
         # Raising collectors: expected errors by reason, bugs as "exception"; samples gone after 2x interval.
@@ -155,30 +161,35 @@ async def test_failing_collectors_do_not_disturb_the_others() -> None:
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused")
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="exception")
         assert value(store, "t_flaky_value") is None
-        # The thread-blocking collector: timeouts, abandoned threads counted, loop never blocked.
-        assert value(store, "mevwatch_collector_success", collector="t_block") == 0.0
-        assert pool.abandoned >= 1
-        assert value(store, "mevwatch_blocking_threads_abandoned") is not None
         assert value(store, "t_tick_value") == 1.0
+
+
+async def test_a_collector_blocked_in_a_thread_times_out_and_the_others_keep_running() -> None:
+    RUNS.clear()
+    RELEASE.clear()
+    pool = BlockingPool(max_workers=4)
+    try:
+        async with _running("collectors:\n  - t_tick: {instance: a}\n  - t_block: {}\n", pool) as (sup, store):
+            await asyncio.sleep(0.5)
+            assert len(RUNS["a"]) >= 5
+            status = sup.status[("t_block", "default")]
+            assert status.errors["timeout"] >= 1
+            assert value(store, "mevwatch_collector_success", collector="t_block") == 0.0
+            assert pool.abandoned >= 1
+            assert value(store, "mevwatch_blocking_threads_abandoned") is not None
     finally:
         RELEASE.set()
-        await sup.shutdown()
 
 
 async def test_stale_samples_vanish_after_twice_the_interval() -> None:
     FlakyCollector.calls = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_flaky: {interval: 0.2}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await asyncio.sleep(0.05)
+    async with _running("collectors:\n  - t_flaky: {interval: 0.2}\n") as (_, store):
+        await asyncio.sleep(EPS)
         assert value(store, "t_flaky_value") == 7.0
-        await asyncio.sleep(0.3)  # 0.35 s < 2x0.2: still served
+        await asyncio.sleep(0.4 - 2 * EPS)  # just under 2x0.2 after the run: still served
         assert value(store, "t_flaky_value") == 7.0
-        await asyncio.sleep(0.15)  # 0.5 s > 0.4 s
+        await asyncio.sleep(2 * EPS)  # just over
         assert value(store, "t_flaky_value") is None
-    finally:
-        await sup.shutdown()
 
 
 async def test_stream_collector_restarts_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,89 +197,66 @@ async def test_stream_collector_restarts_with_backoff(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(supmod, "STREAM_BACKOFF_MIN", 0.1)
     monkeypatch.setattr(supmod, "STREAM_BACKOFF_MAX", 0.4)
-    DyingStream.starts = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_stream: {}\n", "t", {}), store)
-    await sup.start()
-    try:
-        await asyncio.sleep(1.5)
-        # backoff 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.2-0.4...: between 4 and 8 starts in 1.5 s, not hundreds
-        assert 4 <= DyingStream.starts <= 9, DyingStream.starts
+    DyingStream.starts.clear()
+    async with _running("collectors:\n  - t_stream: {}\n") as (_, store):
+        await asyncio.sleep(3.0)
+        starts = DyingStream.starts
+        # each run lasts 0.05 s, then waits a random share (1/2 to 1) of a backoff that doubles up to 0.4
+        waits = [b - a - 0.05 for a, b in itertools.pairwise(starts)]
+        bounds = [min(0.1 * 2**i, 0.4) for i in range(len(waits))]
+        assert all(b / 2 - EPS <= w <= b + EPS for w, b in zip(waits, bounds, strict=True)), (waits, bounds)
+        assert len(starts) >= 3.0 / (0.4 + 0.05)
         assert value(store, "mevwatch_collector_errors_total", collector="t_stream", reason="reset")
-    finally:
-        await sup.shutdown()
 
 
 async def test_ready_after_first_round_and_meta_always_present() -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 5}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_tick: {interval: 5}\n") as (sup, store):
         assert await sup.wait_first_round(2.0)
         assert store.get(META_KEY) is not None
         assert value(store, "mevwatch_build_info") == 1.0
-    finally:
-        await sup.shutdown()
 
 
-async def test_self_metrics_are_built_per_read_not_per_run_and_flips_are_put_at_once() -> None:
+async def test_runs_ending_together_make_one_self_metrics_snapshot_and_a_read_builds_nothing() -> None:
     FlakyCollector.calls = 0
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {interval: 0.02}\n  - t_flaky: {interval: 0.05}\n",
-                                      "t", {}), store)
-    builds = 0
-    build = sup.meta_families
-
-    def counting() -> list[Metric]:
-        nonlocal builds
-        builds += 1
-        return build()
-
-    sup.meta_families = counting  # type: ignore[method-assign]
-    success: dict[str, list[float]] = {"t_tick": [], "t_flaky": []}
-    def seen(key: SnapshotKey, snap: Snapshot) -> None:
-        for f in snap.families:
-            for s in f.samples:
-                if key == META_KEY and s.name == "mevwatch_collector_success":
-                    success[s.labels["collector"]].append(s.value)
-
-    store.subscribe(seen)
-    await sup.start()
-    try:
-        await asyncio.sleep(0.5)
-        runs = sup.status[("t_tick", "default")].runs
-        assert runs >= 10
-        assert sup.status[("t_flaky", "default")].runs >= 5
-        # Before any read, only start() and the flips were put (and seen by listeners such as the
-        # alert engine): t_tick's first success, t_flaky's first success and its first failure.
-        assert success == {"t_tick": [1.0, 1.0, 1.0], "t_flaky": [1.0, 0.0]}
-        assert builds == 4
-        before = builds
-        first = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
-        assert builds == before + 1  # one read, one build, whatever the number of runs since the last
-        assert first == sup.status[("t_tick", "default")].last_success_wall
+    config = "collectors:\n  - t_tick: {instance: a, interval: 0.1}\n  - t_tick: {instance: b, interval: 0.1}\n" \
+             "  - t_flaky: {interval: 0.1}\n"
+    async with _running(config) as (sup, store):
+        await asyncio.sleep(0.25)  # runs at 0, 0.1 and 0.2: three collectors on one grid each time
+        meta = store.get(META_KEY)
+        assert meta is not None
+        # start() put one; each of the three rounds one more (not one per run)
+        assert sup.status[("t_tick", "a")].runs == 3
+        seqs = store.changes(meta.seq - 1)
+        assert seqs[1] == [META_KEY]
+        seq = store.seq
+        for _ in range(5):
+            assert value(store, "mevwatch_collector_success", collector="t_tick") == 1.0
+            assert value(store, "mevwatch_collector_success", collector="t_flaky") == 0.0
+        assert store.seq == seq  # reading wrote nothing
+        last = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick", instance="a")
+        assert last == sup.status[("t_tick", "a")].last_success_wall
         assert value(store, "mevwatch_collector_errors_total", collector="t_flaky", reason="refused") == float(
             sup.status[("t_flaky", "default")].errors["refused"])
+
+
+async def test_self_metrics_snapshots_count_one_per_round() -> None:
+    config = "collectors:\n  - t_tick: {instance: a, interval: 0.1}\n  - t_tick: {instance: b, interval: 0.1}\n"
+    async with _running(config) as (_, store):
+        await asyncio.sleep(EPS)
+        first = store.get(META_KEY)
         assert first is not None
-        await asyncio.sleep(0.1)
-        later = value(store, "mevwatch_collector_last_success_timestamp_seconds", collector="t_tick")
-        assert later is not None
-        assert later > first
-        assert value(store, "mevwatch_collector_duration_seconds", collector="t_tick") is not None
-    finally:
-        await sup.shutdown()
+        await asyncio.sleep(0.5)
+        last = store.get(META_KEY)
+        assert last is not None
+        # per round: two collector snapshots and one self-metrics snapshot; five rounds
+        assert last.seq - first.seq == 5 * 3
 
 
 async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
-    store = SampleStore()
-    sup = Supervisor(load_config_text("collectors:\n  - t_quiet: {}\n", "t", {}), store)
-    await sup.start()
-    try:
+    async with _running("collectors:\n  - t_quiet: {}\n") as (_, store):
         for _ in range(8):  # 0.8 s: 4x the 0.2 s after which an untouched snapshot is stale
             await asyncio.sleep(0.1)
             assert value(store, "t_quiet_value") == 1.0
-    finally:
-        await sup.shutdown()
 
 
 # --- schedule grid ---------------------------------------------------------------------------
@@ -302,8 +290,9 @@ def test_collectors_of_one_interval_land_on_the_same_instant() -> None:
         assert a == b
 
 
+@pytest.mark.looptime(False)  # counts real loop iterations: a callback ready in each stops the virtual clock
 async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
-    from mevwatch.daemon.supervisor import InstanceStatus, sleep_until_due
+    from mevwatch.daemon.supervisor import sleep_until
 
     loop = asyncio.get_running_loop()
     iterations = 0
@@ -318,8 +307,7 @@ async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     woke: list[int] = []
 
     async def sleeper(when: float) -> None:
-        status = InstanceStatus("k", "i", 0.5, 0.5, False, due=when)
-        await sleep_until_due(loop, status)
+        await sleep_until(loop, when)
         woke.append(iterations)
 
     spin()
@@ -328,214 +316,3 @@ async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
     spinning = False
     assert len(set(woke)) == 1, woke
     assert loop.time() >= when
-
-
-# --- runs aligned to scrapes -------------------------------------------------------------------
-
-INLINE: list[tuple[float, bool]] = []  # (monotonic time, inside a scrape) of every t_inline run
-IN_SCRAPE = False
-ACTIVE = [0, 0]  # t_inline runs in flight now, and the most ever
-
-
-@register
-class InlineCollector(PollCollector[CollectorOptions]):
-    """Reads local files (scrape_inline); ``mode`` makes it wait, hang or refuse instead."""
-
-    kind: ClassVar[str] = "t_inline"
-    default_interval = 0.2
-    default_timeout = 0.1
-    scrape_inline: ClassVar[bool] = True
-    mode = "ok"
-
-    async def collect(self) -> Families:
-        INLINE.append((time.monotonic(), IN_SCRAPE))
-        ACTIVE[0] += 1
-        ACTIVE[1] = max(ACTIVE)
-        try:
-            if InlineCollector.mode == "wait":
-                await asyncio.sleep(0.02)
-            elif InlineCollector.mode == "hang":
-                await asyncio.Event().wait()
-            elif InlineCollector.mode == "refuse":
-                raise CollectorError("refused", "node refused the connection")
-            return [_family("t_inline_value", float(len(INLINE)))]
-        finally:
-            ACTIVE[0] -= 1
-
-
-def _scrape(sup: Supervisor) -> None:
-    """What the /metrics handler does before it renders."""
-    global IN_SCRAPE
-    IN_SCRAPE = True
-    try:
-        sup.on_scrape()
-    finally:
-        IN_SCRAPE = False
-
-
-async def _scrape_every(sup: Supervisor, period: float, count: int) -> list[float]:
-    loop = asyncio.get_running_loop()
-    t0, times = loop.time(), []
-    for i in range(1, count + 1):
-        await asyncio.sleep(max(0.0, t0 + i * period - loop.time()))
-        times.append(time.monotonic())
-        _scrape(sup)
-    return times
-
-
-@contextlib.asynccontextmanager
-async def _running(config: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
-    """A started supervisor over ``config``, shut down after the block."""
-    store = SampleStore()
-    sup = Supervisor(load_config_text(config, "t", {}), store)
-    await sup.start()
-    try:
-        yield sup, store
-    finally:
-        await sup.shutdown()
-
-
-@pytest.fixture
-def inline_runs() -> None:
-    INLINE.clear()
-    InlineCollector.mode = "ok"
-    ACTIVE[:] = [0, 0]
-
-
-async def test_scrapes_at_the_interval_run_the_inline_collectors_inside_the_scrape(inline_runs: None) -> None:
-    RUNS.clear()
-    TICK_IN_SCRAPE.clear()
-    async with _running("collectors:\n  - t_inline: {}\n  - t_tick: {instance: net, interval: 0.2}\n") as (sup, store):
-        scrapes = await _scrape_every(sup, 0.2, 12)
-        # after at most three scrapes the runs follow the scrapes: every run inside one, one per scrape
-        settled = [inside for at, inside in INLINE if at > scrapes[2] + 0.001]
-        assert settled
-        assert all(settled), INLINE
-        assert len(scrapes) - 5 <= len(settled) <= len(scrapes) - 2, (len(settled), INLINE)
-        # each scrape got the run it made: the value is the count of runs so far
-        _scrape(sup)
-        assert value(store, "t_inline_value") == float(len(INLINE))
-        assert value(store, "mevwatch_collector_success", collector="t_inline") == 1.0
-        # a collector that does not read local files keeps its own schedule
-        assert len(RUNS["net"]) >= 10
-        assert TICK_IN_SCRAPE["net"]
-        assert not any(TICK_IN_SCRAPE["net"])
-        # the scrapes stop: the timer runs it again, at most a grace (10 %) later than planned
-        last = INLINE[-1][0]
-        await asyncio.sleep(0.5)
-        later = [at for at, inside in INLINE if at > last]
-        assert later
-        assert not any(inside for at, inside in INLINE if at > last)
-        assert later[0] - last <= 0.2 * 1.1 + 0.03
-        assert ACTIVE[1] == 1  # never two runs at once
-
-
-async def test_frequent_scrapes_do_not_run_it_more_often_than_its_interval(inline_runs: None) -> None:
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
-        await _scrape_every(sup, 0.04, 25)  # 1 s of scrapes five times per interval
-        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(INLINE)]
-        assert 4 <= len(INLINE) <= 7, INLINE
-        # the run at start is off the grid: the next joins it at least half an interval later (next_slot)
-        assert gaps[0] >= 0.2 / 2 - 0.01, gaps
-        # while the runs move onto the scrapes (again after a late scrape on a loaded machine) a gap can
-        # shrink to 0.65 of an interval, never less; on the scrapes a run is at most 10 % early
-        assert min(gaps[1:]) >= 0.2 * 0.65 - 0.01, gaps
-        assert sorted(gaps)[len(gaps) // 2] >= 0.2 * 0.9 - 0.01, gaps
-
-
-async def test_align_to_scrapes_false_keeps_a_fixed_schedule(inline_runs: None) -> None:
-    async with _running("align_to_scrapes: false\ncollectors:\n  - t_inline: {}\n") as (sup, _):
-        await _scrape_every(sup, 0.2, 6)
-        assert len(INLINE) >= 5
-        assert not any(inside for _, inside in INLINE)
-
-
-async def _aligned(sup: Supervisor) -> None:
-    """Scrape until a run happens inside a scrape (the runs then follow the scrapes)."""
-    for _ in range(6):
-        await _scrape_every(sup, 0.2, 1)
-        if INLINE[-1][1]:
-            return
-    raise AssertionError(f"never aligned: {INLINE}")
-
-
-@contextlib.asynccontextmanager
-async def _due_inline_run(mode: str) -> AsyncIterator[tuple[Supervisor, SampleStore]]:
-    """A supervisor whose t_inline runs follow the scrapes, at the instant its next run is due, in ``mode``."""
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, store):
-        await _aligned(sup)
-        InlineCollector.mode = mode
-        await asyncio.sleep(max(0.0, sup.status[("t_inline", "default")].due - asyncio.get_running_loop().time()))
-        yield sup, store
-
-
-async def test_an_inline_run_that_has_to_wait_finishes_in_its_task(inline_runs: None) -> None:
-    async with _due_inline_run("wait") as (sup, store):
-        n = len(INLINE)
-        _scrape(sup)
-        _scrape(sup)  # a second scrape in the same loop pass: the run it handed over is not started twice
-        assert len(INLINE) == n + 1
-        assert INLINE[-1][1]
-        assert value(store, "t_inline_value") == float(n)  # the scrape gets the previous values
-        await asyncio.sleep(0.05)
-        assert value(store, "t_inline_value") == float(n + 1)  # the task finished the run
-        assert sup.status[("t_inline", "default")].success is True
-        assert ACTIVE[1] == 1
-
-
-async def test_an_inline_run_that_hangs_times_out_from_its_start(inline_runs: None) -> None:
-    async with _due_inline_run("hang") as (sup, _):
-        _scrape(sup)
-        status = sup.status[("t_inline", "default")]
-        await asyncio.sleep(0.08)
-        assert status.errors["timeout"] == 0
-        await asyncio.sleep(0.07)  # 0.15 s after the scrape: the 0.1 s timeout counted from it has passed
-        assert status.errors["timeout"] == 1
-        InlineCollector.mode = "ok"
-        n = len(INLINE)
-        await asyncio.sleep(0.5)
-        assert len(INLINE) > n  # and it runs again
-        assert status.success is True
-
-
-async def test_an_inline_run_that_fails_is_counted_in_the_scrape(inline_runs: None) -> None:
-    async with _due_inline_run("refuse") as (sup, store):
-        _scrape(sup)
-        assert INLINE[-1][1]
-        assert sup.status[("t_inline", "default")].errors["refused"] == 1
-        assert value(store, "mevwatch_collector_success", collector="t_inline") == 0.0
-
-
-async def test_unchanged_self_metrics_are_the_same_family_objects() -> None:
-    async with _running("collectors:\n  - t_tick: {interval: 5}\n") as (sup, _):
-        assert await sup.wait_first_round(2.0)
-
-        def by_name() -> dict[str, Metric]:
-            return {f.name: f for f in sup.meta_families()}
-
-        first, second = by_name(), by_name()
-        for name in ("mevwatch_collector_success", "mevwatch_collector_interval_seconds",
-                     "mevwatch_collector_errors", "mevwatch_build"):
-            assert second[name] is first[name], name
-        status = sup.status[("t_tick", "default")]
-        status.errors["refused"] += 1
-        status.success = False
-        third = by_name()
-        assert third["mevwatch_collector_success"] is not first["mevwatch_collector_success"]
-        assert [s.value for s in third["mevwatch_collector_success"].samples] == [0.0]
-        assert [(s.labels["reason"], s.value) for s in third["mevwatch_collector_errors"].samples] == [("refused", 1.0)]
-        assert third["mevwatch_build"] is first["mevwatch_build"]
-
-
-async def test_a_scrape_in_the_loop_pass_where_the_timer_fired_does_not_run_it_twice(inline_runs: None) -> None:
-    async with _running("collectors:\n  - t_inline: {}\n") as (sup, _):
-        await asyncio.sleep(0.05)  # the first run, at start
-        status = sup.status[("t_inline", "default")]
-        loop = asyncio.get_running_loop()
-        # due with the collector's timer, after it in the same loop pass: its task has not resumed yet
-        loop.call_at(status.due + status.grace + 1e-6, _scrape, sup)
-        await asyncio.sleep(status.due + status.grace - loop.time() + 0.1)
-        times = [at for at, _ in INLINE]
-        assert len(times) == 2, INLINE
-        assert not INLINE[1][1]  # the timer's run, not the scrape's
-        assert ACTIVE[1] == 1

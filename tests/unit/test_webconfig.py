@@ -16,11 +16,11 @@ import bcrypt
 import pytest
 import structlog
 
-from mevwatch.daemon.config import ConfigError
 from mevwatch.daemon.http import HttpHooks, HttpServer
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.webconfig import web_settings
-from tests.support.peers import need_binary
+from mevwatch.daemon.yamlsource import ConfigError
+from tests.support.peers import free_port, need_binary
 
 WAIT = 5.0
 
@@ -146,7 +146,7 @@ def test_a_bad_web_config_is_exit_2_with_file_line_and_field(tmp_path: Path, pki
     import sys
 
     file = write(tmp_path, tls_head(pki, client_auth_type="RequireAndVerifyClientCert"))
-    proc = subprocess.run([sys.executable, "-m", "mevwatch", "run", "--web.listen-address", "127.0.0.1:0",
+    proc = subprocess.run([sys.executable, "-m", "mevwatch", "run", "--web.listen-address", f"127.0.0.1:{free_port()}",
                            "--web.config.file", str(file)], capture_output=True, text=True, timeout=60,
                           env={"STATE_DIRECTORY": str(tmp_path / "state"), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2, proc.stderr

@@ -1,4 +1,7 @@
-"""Driving the alert engine in-process with a hand-moved clock, reading what reached the outbox."""
+"""Driving the alert engine in-process with a hand-moved clock, reading what reached the outbox.
+
+The harness does by hand what the engine's task and tick do when started: evaluate the store's
+changes after a put, and tick when the clock moves."""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ from typing import Any
 
 from mevwatch.alerts.engine import AlertEngine
 from mevwatch.daemon.config import load_config_text
-from mevwatch.daemon.families import CounterMetricFamily, GaugeMetricFamily, Metric
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
+from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = ["RATIO_HIGH_RULE", "Clock", "Harness", "counter", "gauge"]
 
@@ -59,9 +62,7 @@ class Harness:
 
     def _engine(self) -> AlertEngine:
         cfg = load_config_text("collectors: []\nalerts:\n" + self.yaml, str(self.tmp / "mevwatch.yaml"))
-        engine = AlertEngine(cfg.daemon.alerts, self.store, self.db, clock=self.clock)
-        self.store.subscribe(engine._on_snapshot)
-        return engine
+        return AlertEngine(cfg.daemon.alerts, self.store, self.db, clock=self.clock)
 
     def restart(self) -> None:
         self.store = SampleStore()
@@ -72,6 +73,7 @@ class Harness:
 
     def put(self, *families: Metric, key: tuple[str, str] = ("test", "default"), interval: float = 3600.0) -> None:
         self.store.put(key, families, interval)
+        self.engine.evaluate_changes()  # what the engine's task does when the store wakes it
 
     def advance(self, seconds: float) -> None:
         self.clock.t += seconds

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mevwatch.alerts.rules import History, histogram_quantile, increase
-from mevwatch.daemon.families import HistogramMetricFamily
+from mevwatch.families import HistogramMetricFamily
 from tests.unit.alerts._helpers import Harness, counter, gauge
 
 BASE = """

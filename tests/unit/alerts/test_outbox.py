@@ -117,3 +117,18 @@ async def test_entries_of_a_removed_sink_are_dead_lettered_at_start(state_db: St
     await box.stop()
     assert box.dead_letters()[0]["error"] == "the sink is no longer configured"
     assert box.oldest_age() == 0.0
+
+
+async def test_a_receivers_retry_after_is_waited_out_before_the_next_try(state_db: StateDB) -> None:
+    now = [1000.0]
+    sink = ScriptedSink("s", [DeliveryError("HTTP 429", retry_after=30.0)])
+    box = Outbox(state_db, [sink], FAST, clock=lambda: now[0])
+    await box.start()
+    try:
+        box.enqueue([OutboxEntry("n1", "s", {})])
+        await wait_until(lambda: box.failed["s"] == 1)
+        # the backoff alone (at most 0.05 s here) would retry at once; the receiver asked for 30 s
+        [(next_at,)] = state_db.query("SELECT next_attempt_at FROM alert_outbox WHERE id = 'n1'")
+        assert next_at == 1030.0
+    finally:
+        await box.stop()

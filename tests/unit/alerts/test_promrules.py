@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mevwatch.alerts.config import Rule
 from mevwatch.alerts.promrules import duration, promql, rules_yaml
+from mevwatch.alerts.rule import Rule
 from mevwatch.daemon.config import default_config_text, load_config_text
 from tests.support.peers import REPO, need_binary
 from tests.support.rule_cases import RULES_FILE, TEST_FILE, default_rules, prom_render, promtool_tests_yaml
@@ -79,7 +79,8 @@ def test_promql_of_each_rule_shape() -> None:
         "rate(mevwatch_c_total[1m30s]) < 1")
     assert promql(_rule(metric="mevwatch_h_seconds", quantile=0.5, threshold=0.2)) == (
         "histogram_quantile(0.5, rate(mevwatch_h_seconds_bucket[5m])) > 0.2")
-    assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == 'absent(mevwatch_x{collector="rpc"})'
+    assert promql(_rule(absent=True, matchers=['collector="rpc"'])) == (
+        'group by (host) (mevwatch_build_info)\nunless on (host)\ngroup by (host) (mevwatch_x{collector="rpc"})')
     held = promql(_rule(op="<", threshold=10, clear=15, labels={"team": "mev"}))
     assert held == ("mevwatch_x < 10\nor\n(mevwatch_x < 15 and ignoring(alertname, alertstate, severity, team) "
                     'ALERTS{alertname="T"})')
@@ -139,3 +140,38 @@ def test_rule_metric_is_declared(rule: Rule) -> None:
     from mevwatch.daemon.docgen import all_metric_specs
 
     assert rule.metric.removesuffix("_total") in all_metric_specs()
+
+
+def test_promql_of_when_rules_pairs_series_with_and_or_unless() -> None:
+    paired = _rule(metric="mevwatch_a", threshold=0.2,
+                   when={"metric": "mevwatch_b", "op": ">", "threshold": 1000, "ignoring": ["trigger"]})
+    assert promql(paired) == "(\nmevwatch_a > 0.2\n)\nand ignoring(trigger)\nmevwatch_b > 1000"
+    gap = _rule(absent=True, when={"metric": "mevwatch_up", "matchers": ['job="x"'], "op": "==", "threshold": 1})
+    assert promql(gap) == 'mevwatch_up{job="x"} == 1\nunless\nmevwatch_x'
+    with pytest.raises(ValueError, match=r"when\.bogus"):
+        _rule(when={"metric": "mevwatch_b", "bogus": 1})
+
+
+def test_absent_fires_per_host_with_the_label_set_mevwatch_gives_it(tmp_path: Path) -> None:
+    from mevwatch.alerts.rules import alert_labels, labelset
+
+    rule = _rule(name="RpcCollectorGone", metric="mevwatch_collector_success", absent=True,
+                 matchers=['collector="rpc"'], severity="critical")
+    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
+    ours = alert_labels(rule, labelset({"collector": "rpc"}), "mev-b")  # what mevwatch on mev-b raises
+    ours.pop("alertname")
+    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            {"series": 'mevwatch_build_info{host="mev-a", version="1"}', "values": "1x5"},
+            {"series": 'mevwatch_build_info{host="mev-b", version="1"}', "values": "1x5"},
+            {"series": 'mevwatch_collector_success{collector="rpc", host="mev-a", instance="default"}',
+             "values": "1x5"},
+        ],
+        "alert_rule_test": [{"eval_time": "3m", "alertname": "RpcCollectorGone", "exp_alerts": [
+            {"exp_labels": ours, "exp_annotations": {"summary": "s", "runbook_url": "rb#memory-high"}}]}],
+    }]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ours == {"collector": "rpc", "host": "mev-b", "severity": "critical"}

@@ -42,7 +42,7 @@ def test_group_wait_batches_then_group_interval_then_repeat(tmp_path: Path) -> N
     h.advance(1)
     [first] = h.notifications()
     assert sorted(a["labels"]["mountpoint"] for a in first["alerts"]) == ["/", "/data"]
-    assert first["groupLabels"] == {"alertname": "DiskFull"}
+    assert first["groupLabels"] == {"alertname": "DiskFull", "host": "vm"}
     assert first["commonLabels"]["alertname"] == "DiskFull"
     assert "mountpoint" not in first["commonLabels"]
     h.put(gauge("disk_ratio", 0.9, mountpoint="/"), gauge("disk_ratio", 0.95, mountpoint="/data"),

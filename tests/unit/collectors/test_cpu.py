@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from mevwatch.collectors.cpu import (
     read_cpufreq,
     read_throttle,
 )
-from mevwatch.daemon.families import Metric
 from tests.support.families import family_labels, family_value
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures"
@@ -169,6 +167,7 @@ async def test_collector_on_fixture_tree() -> None:
     assert family_value(fams, "mevwatch_cpu_package_throttles_total", package="0") == 34
     assert family_value(fams, "mevwatch_cpu_load_average", window="1m") == 7.52
     assert family_value(fams, "mevwatch_cpu_logical_processors") == 4
+    assert family_value(fams, "mevwatch_cpu_load_per_cpu", window="1m") == pytest.approx(7.52 / 4)
     assert family_value(fams, "mevwatch_cpu_procs_blocked") == 2
     assert family_value(fams, "mevwatch_cpu_pressure_ratio", kind="some", window="10s") == 0.25
     assert family_value(fams, "mevwatch_cpu_seconds_total", mode="user") == pytest.approx(1000000 / 100)
@@ -291,23 +290,6 @@ async def test_a_fixed_cpuinfo_clock_is_read_once_per_layout(
     stat = (procfs / "stat").read_text()
     (procfs / "stat").write_text("".join(line for line in stat.splitlines(True) if not line.startswith("cpu3 ")))
     assert await _cpuinfo_reads(collector, 2, monkeypatch) == 1
-
-
-async def test_a_vm_without_cpufreq_reuses_its_frequency_families_until_the_layout_changes(tmp_path: Path) -> None:
-    procfs, sysfs = _vm_tree(tmp_path, VM_CPUINFO)
-    collector = _collector(procfs=procfs, sysfs=sysfs)
-
-    def freq(fams: Sequence[Metric]) -> Metric:
-        return next(f for f in fams if f.name == "mevwatch_cpu_frequency_hertz")
-
-    first, second = freq(await collector.collect()), freq(await collector.collect())
-    assert second is first
-    stat = (procfs / "stat").read_text()
-    (procfs / "stat").write_text("".join(line for line in stat.splitlines(True) if not line.startswith("cpu3 ")))
-    (procfs / "cpuinfo").write_text(VM_CPUINFO.replace("2596.126", "2000.000"))  # read with the new layout
-    third = freq(await collector.collect())
-    assert third is not first
-    assert family_value([third], "mevwatch_cpu_frequency_hertz", cpu="1") == pytest.approx(2000e6)
 
 
 async def test_a_measured_cpuinfo_clock_is_read_on_every_run(

@@ -17,7 +17,7 @@ from mevwatch.collectors.http import (
     parse_check,
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.engine import EngineStub
 from tests.support.peers import free_port
@@ -295,3 +295,26 @@ def test_daemon_exports_probe_of_a_real_engine_stub(tmp_path: Path) -> None:
 def test_default_buckets_resolve_the_15ms_budget() -> None:
     assert {0.01, 0.0125, 0.015, 0.0175, 0.02} <= set(DEFAULT_BUCKETS)
     assert list(DEFAULT_BUCKETS) == sorted(DEFAULT_BUCKETS)
+
+
+async def test_the_engines_own_latency_is_read_from_its_health_json_apart_from_the_round_trip() -> None:
+    async with EngineStub() as stub:
+        stub.set("/health", body={"status": "ok", "latency": {"detection_ms": 22.5}}, delay=0.001)
+        c = _collector(stub, latency_field="latency.detection_ms")
+        try:
+            fams = await c.collect()
+            assert _value(fams, "mevwatch_http_reported_latency_seconds", target="health") == pytest.approx(0.0225)
+            round_trip = _value(fams, "mevwatch_http_probe_duration_seconds", target="health")
+            assert round_trip is not None
+            assert round_trip != pytest.approx(0.0225, abs=1e-4)  # two measures, two series
+            stub.set("/health", body={"status": "ok", "latency": {}})  # the engine stops reporting it
+            fams = await c.collect()
+        finally:
+            await c.close()
+    assert _value(fams, "mevwatch_http_reported_latency_seconds", target="health") is None  # absent, not stale
+    assert _value(fams, "mevwatch_http_up", target="health") == 1
+
+
+def test_latency_field_is_a_path_not_a_check() -> None:
+    with pytest.raises(ValueError, match="is a JSON path"):
+        HttpOptions.model_validate({"targets": [{"name": "h", "url": "http://127.0.0.1:1/", "latency_field": "a > 1"}]})

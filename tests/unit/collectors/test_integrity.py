@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from mevwatch.collectors._integrity_baseline import BaselineStore, Who, who_am_i
 from mevwatch.collectors._integrity_scan import (
     FileRecord,
+    RecordTable,
     Rule,
     WatchSet,
     compare,
@@ -20,6 +22,7 @@ from mevwatch.collectors._integrity_scan import (
     read_record,
     scan,
     verify,
+    verify_each,
 )
 from mevwatch.collectors.integrity import IntegrityOptions, read_hmac_key
 from mevwatch.daemon.state import StateDB
@@ -184,11 +187,74 @@ def test_quick_mode_reuses_hash_only_when_stat_matches(tmp_path: Path) -> None:
     first = read_record(str(f))
     assert first is not None
     fake = FileRecord(**{**{s: getattr(first, s) for s in FileRecord.__slots__}, "sha256": "b" * 64})
-    assert read_record(str(f), known=fake) == fake  # same stat: not read again
+    assert read_record(str(f), known=fake) is fake  # same stat: not read again, no new record
     f.write_text("two")
     again = read_record(str(f), known=fake)
     assert again is not None
     assert again.sha256 not in (None, "b" * 64)
+
+
+def test_record_table_gives_back_every_record_as_it_was() -> None:
+    records = [
+        rec("/etc/a"),
+        rec("/etc/dir", ftype="dir", sha256=None, size=4096, mode=0o755),
+        rec("/etc/link", ftype="symlink", sha256=None, link_target="/etc/a"),
+        rec("/etc/secret", sha256=None, error="permission denied", mode=0),
+        rec("/etc/unknown", ftype="unknown", uid=-1, gid=-1, sha256=None, error="permission denied"),
+        rec("/etc/huge", size=2**62, inode=2**64 - 1, uid=2**32 - 2, mtime_ns=-5 * 10**18, ctime_ns=2**63 - 1),
+        rec("/etc/over", inode=2**64),  # out of the packed range: kept as it is
+        rec("/etc/named-elsewhere"),
+        rec("/etc/empty", sha256=None),
+    ]
+    table = RecordTable(records[:-2])
+    table["/etc/stored-under-another-key"] = records[-2]
+    table["/etc/empty"] = records[-1]
+    assert len(table) == len(records)
+    for r in records[:-2]:
+        assert r.path in table
+        assert table[r.path] == r
+    assert table["/etc/stored-under-another-key"] == records[-2]
+    assert table["/etc/empty"] == records[-1]
+    assert table.get("/nope") is None
+    assert "/nope" not in table
+    del table["/etc/a"]
+    assert "/etc/a" not in table
+    assert len(table) == len(records) - 1
+    assert RecordTable(records[:3]) == {r.path: r for r in records[:3]}
+
+
+def test_record_table_holds_a_file_record_in_less_than_200_bytes() -> None:
+    # As a FileRecord with its hex digest and its own ints (as loaded from the DB) a file costs ~500 bytes.
+    t0 = 1_700_000_000 * 10**9
+    made = [rec(f"/srv/tree/d{i // 100:03d}/f{i:05d}.conf", size=100 + i, inode=10**6 + i, mtime_ns=t0 + i,
+                ctime_ns=t0 + i, sha256=os.urandom(32).hex(), uid=1000, gid=1000) for i in range(2000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        table = RecordTable(made)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(table) == 2000
+    assert held / 2000 < 200, f"{held / 2000:.0f} bytes per record"
+
+
+def test_verify_in_batches_finds_what_verify_at_once_does(tree: Path) -> None:
+    ws = WatchSet.build(directories=[(str(tree), True)])
+    base, _ = verify(ws, {})
+    table = RecordTable(base.values())
+    (tree / "a.yaml").write_text("changed")
+    (tree / "b.json").unlink()
+    (tree / "new").write_text("n")
+    for quick in (False, True):
+        current, violations = verify(ws, table, quick=quick)
+        batched = list(verify_each(ws, table, quick=quick, batch=2))
+        assert {p: r for p, r, _ in batched if r is not None} == current
+        assert [v for _, _, found in batched for v in found] == violations
+        assert [p for p, _, _ in batched] == sorted(p for p, _, _ in batched)
+        assert {(v.path.rsplit("/", 1)[1], v.kind) for v in violations} == {
+            ("a.yaml", "content"), ("b.json", "missing"), ("new", "new"),
+        }
 
 
 # --- comparison -------------------------------------------------------------------------------

@@ -213,6 +213,21 @@ def test_user_patterns_join_their_sources_and_files_become_sources() -> None:
     assert [p.name for p in journal] == ["error", "warning", "no_space_left", "oom_killed_process", "reverted"]
 
 
+def test_a_source_of_any_name_can_say_which_built_in_patterns_it_counts() -> None:
+    opts = LogwatchOptions.model_validate({"sources": [
+        {"name": "engine", "paths": ["/opt/engine/*.log"], "patterns": ["error", "no_space_left"]},
+        {"name": "mev", "paths": ["/var/log/mev/*.log"], "patterns": []},
+        {"name": "syslog", "paths": ["/var/log/syslog"]},
+    ]})
+    by_name = {s.name: s for s in build_sources(opts)[0]}
+    assert [p.name for p in by_name["engine"].patterns] == ["error", "no_space_left"]  # not named 'mev', counted
+    assert by_name["mev"].patterns == ()  # an empty list turns the defaults off
+    assert [p.name for p in by_name["syslog"].patterns] == ["no_space_left", "oom_killed_process"]
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.patterns: .*unknown built-in pattern\(s\) eror"):
+        load_config_text("collectors:\n  - logwatch:\n      sources: [{name: x, paths: [/x], patterns: [eror]}]\n",
+                         "<t>")
+
+
 # --- following files ---------------------------------------------------------------------
 
 

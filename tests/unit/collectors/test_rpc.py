@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from mevwatch.collectors import rpc
 from mevwatch.collectors.base import CollectorContext, CollectorError, Paths
 from mevwatch.collectors.rpc import (
     BreakerState,
@@ -18,7 +20,7 @@ from mevwatch.collectors.rpc import (
     parse_proc_net_tcp,
     read_tcp_sockets,
 )
-from mevwatch.daemon.families import Metric
+from mevwatch.families import Metric
 from tests.support.collect import collect_anyway
 from tests.support.families import family_value
 from tests.support.peers import free_port
@@ -52,6 +54,33 @@ def test_count_established(host: str, port: int, expected: int) -> None:
     assert count_established(read_tcp_sockets(FIXTURE_PROC), host, port) == expected
     # only sockets to the endpoints' ports decoded: the same counts
     assert count_established(read_tcp_sockets(FIXTURE_PROC, frozenset({port})), host, port) == expected
+
+
+def test_sock_diag_and_proc_net_tcp_see_the_same_established_connections() -> None:
+    listeners, clients, accepted = [], [], []
+    try:
+        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            try:
+                srv = socket.socket(family)
+                srv.bind((host, 0))
+            except OSError:
+                continue  # no IPv6 loopback here
+            srv.listen(8)
+            listeners.append(srv)
+            for _ in range(3):
+                c = socket.create_connection((host, srv.getsockname()[1]))
+                clients.append(c)
+                accepted.append(srv.accept()[0])
+        ports = frozenset(s.getsockname()[1] for s in listeners)
+        from_diag = rpc._netlink_established(ports)
+        assert read_tcp_sockets(Path("/proc"), ports) == from_diag  # this process's own /proc: sock_diag
+        from_text = [s for s in read_tcp_sockets(Path("/proc/self/.."), ports) if s.state == "01"]  # the files
+        assert sorted(from_diag, key=repr) == sorted(from_text, key=repr)
+        assert len(from_diag) == 3 * len(listeners)
+        assert count_established(from_diag, "127.0.0.1", listeners[0].getsockname()[1]) == 3
+    finally:
+        for s in (*clients, *accepted, *listeners):
+            s.close()
 
 
 def test_port_filter_skips_other_sockets() -> None:

@@ -360,7 +360,7 @@ def test_daemon_serves_service_and_disk_metrics(tmp_path: Path) -> None:
     config = (
         "collectors:\n"
         "  - services: {interval: 200ms, units: [{name: mevwatch-self, cmdline: 'mevwatch run'}, nginx]}\n"
-        "  - disk: {interval: 200ms, watch_dirs: [], backups: []}\n"
+        "  - filesystems: {interval: 200ms}\n"
     )
     with RunningDaemon(tmp_path, config) as d:
         d.wait_for("mevwatch_service_up", unit="mevwatch-self")
@@ -369,4 +369,4 @@ def test_daemon_serves_service_and_disk_metrics(tmp_path: Path) -> None:
         assert sample_value(text, "mevwatch_service_state", unit="nginx", state="inactive") == 1.0
         assert sample_value(text, "mevwatch_filesystem_status", mountpoint="/", status="ok") == 1.0
         assert sample_value(text, "mevwatch_collector_success", collector="services") == 1.0
-        assert sample_value(text, "mevwatch_collector_success", collector="disk") == 1.0
+        assert sample_value(text, "mevwatch_collector_success", collector="filesystems") == 1.0

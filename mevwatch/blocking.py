@@ -1,7 +1,7 @@
 """A bounded thread pool for blocking OS calls (statvfs, hashing, psutil scans).
 
 A call that never returns (a hung NFS statvfs, a stuck D-Bus) is abandoned after its timeout:
-the awaiting coroutine gets CollectorError("timeout") at once, the thread is counted as
+the awaiting coroutine gets BlockingCallFailed("timeout") at once, the thread is counted as
 abandoned until it returns, and neither the event loop nor another collector waits on it.
 """
 
@@ -13,9 +13,21 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["BlockingPool"]
+__all__ = ["BlockingCallFailed", "BlockingPool"]
 
 T = TypeVar("T")
+
+
+class BlockingCallFailed(Exception):
+    """A blocking call did not return in time (``timeout``) or no worker is free (``pool_exhausted``).
+
+    A collector's context turns it into a CollectorError with the same reason.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class BlockingPool:
@@ -34,11 +46,9 @@ class BlockingPool:
         return self._busy
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
-        from mevwatch.collectors.base import CollectorError
-
         with self._lock:
             if self._busy >= self.max_workers and self.abandoned >= self.max_workers:
-                raise CollectorError("pool_exhausted", "every worker thread is stuck in a hung call")
+                raise BlockingCallFailed("pool_exhausted", "every worker thread is stuck in a hung call")
             self._busy += 1
         state = {"abandoned": False}
 
@@ -64,7 +74,7 @@ class BlockingPool:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             abandon()
-            raise CollectorError(
+            raise BlockingCallFailed(
                 "timeout", f"blocking call {getattr(fn, '__name__', fn)!s} hung > {timeout:g}s"
             ) from None
         except asyncio.CancelledError:

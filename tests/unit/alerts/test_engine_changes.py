@@ -1,14 +1,14 @@
-"""The engine skips rules whose evaluation cannot change anything: no alert, no window, same series."""
+"""The engine evaluates the rules whose inputs changed, every rule on the tick, and never on a writer's stack."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mevwatch.alerts.engine import ALERTS_KEY
 from mevwatch.alerts.rules import alert_labels, fingerprint
 from tests.unit.alerts._helpers import RATIO_HIGH_RULE, Harness, counter, gauge
 
@@ -29,25 +29,52 @@ def harness(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]
     h.close()
 
 
-def test_an_idle_rule_is_evaluated_again_only_when_its_series_change(harness: Harness) -> None:
+def test_a_rule_is_evaluated_when_its_series_change_and_on_every_tick(harness: Harness) -> None:
     harness.put(gauge("test_ratio", 0.5))
     assert harness.engine.evaluations == 1
-    for _ in range(5):  # same value, new snapshots and ticks: nothing to evaluate
-        harness.put(gauge("test_ratio", 0.5), gauge("other_metric", 1.0))
-        harness.advance(1)
+    harness.put(gauge("test_ratio", 0.5), gauge("other_metric", 1.0))  # its input did not change
+    harness.put(gauge("other_metric", 2.0), key=("other", "default"))
     assert harness.engine.evaluations == 1
+    for n in (2, 3, 4):  # the tick evaluates every rule
+        harness.advance(1)
+        assert harness.engine.evaluations == n
     harness.put(gauge("test_ratio", 0.5, mountpoint="/data"))  # a new series set is a change
-    assert harness.engine.evaluations == 2
+    assert harness.engine.evaluations == 5
     harness.put(gauge("test_ratio", 0.95, mountpoint="/data"))
-    assert harness.engine.evaluations == 3
+    assert harness.engine.evaluations == 6
     assert list(harness.states().values()) == ["pending"]
+
+
+async def test_evaluation_runs_in_the_engines_task_and_its_own_metrics_do_not_loop(harness: Harness) -> None:
+    await harness.engine.start()
+    try:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        n = harness.engine.evaluations
+        harness.store.put(("test", "default"), [gauge("test_ratio", 0.95)], 3600.0)
+        assert harness.engine.evaluations == n  # nothing ran on the putter's stack
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert harness.engine.evaluations == n + 1
+        assert list(harness.states().values()) == ["pending"]
+        # the state change put the engine's metrics once; reading them back evaluated nothing more
+        # and put nothing: the store stands still until the next tick or collector run
+        seq = harness.store.seq
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert harness.store.seq == seq
+        pending = [s.value for f in harness.store.families() for s in f.samples
+                   if s.name == "mevwatch_alerts" and s.labels == {"state": "pending", "severity": "warning"}]
+        assert pending == [1.0]
+    finally:
+        await harness.engine.stop()
 
 
 def test_a_rule_holding_an_alert_is_evaluated_on_every_snapshot_and_tick(harness: Harness) -> None:
     harness.put(gauge("test_ratio", 0.95))
     harness.advance(1)
     harness.put(gauge("test_ratio", 0.95))
-    assert harness.engine.evaluations == 3
+    assert harness.engine.evaluations == 2  # the same value again is no change: the tick evaluates it
     assert list(harness.states().values()) == ["pending"]
     harness.advance(1)  # unchanged value, but `for` has elapsed: the tick fires it
     assert list(harness.states().values()) == ["firing"]
@@ -108,42 +135,6 @@ def test_alert_labels_are_fresh_dicts_with_the_fingerprint_of_their_content(harn
     assert fingerprint(b) != fingerprint(a)
 
 
-def test_alert_metrics_are_put_again_only_when_their_values_change(harness: Harness) -> None:
-    harness.engine._publish()
-    first = harness.store._snapshots[ALERTS_KEY]
-    version = harness.store.version
-    time.sleep(0.01)
-    harness.advance(1)  # the tick publishes: same values, so the snapshot is only kept fresh
-    kept = harness.store._snapshots[ALERTS_KEY]
-    assert (kept.seq, harness.store.version) == (first.seq, version)
-    assert kept.collected_at > first.collected_at
-    harness.put(gauge("test_ratio", 0.95))
-    harness.advance(1)  # a pending alert: mevwatch_alerts changed
-    changed = harness.store._snapshots[ALERTS_KEY]
-    assert changed.seq > first.seq
-    pending = [s for f in changed.families for s in f.samples
-               if s.name == "mevwatch_alerts" and s.labels == {"state": "pending", "severity": "warning"}]
-    assert [s.value for s in pending] == [1.0]
-
-
-@pytest.mark.parametrize("harness", ["""
-    - name: RulesChanging
-      metric: mevwatch_alert_rules
-      increase: 10s
-      op: ">"
-      threshold: 0
-      summary: s
-      runbook: memory-high
-"""], indirect=True)
-def test_alert_metrics_read_by_a_window_rule_are_put_on_every_tick(harness: Harness) -> None:
-    harness.engine._publish()
-    seqs = {harness.store._snapshots[ALERTS_KEY].seq}
-    for _ in range(3):
-        harness.advance(1)
-        seqs.add(harness.store._snapshots[ALERTS_KEY].seq)
-    assert len(seqs) == 4
-
-
 WINDOW_RULE = """
     - name: Kills
       metric: test_kills_total
@@ -156,38 +147,36 @@ WINDOW_RULE = """
 
 
 @pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=0)], indirect=True)
-def test_an_increase_above_a_bound_over_an_unchanged_counter_is_not_re_evaluated(harness: Harness) -> None:
+def test_an_increase_fires_when_the_counter_moves_and_resolves_when_it_leaves_the_window(harness: Harness) -> None:
     harness.put(counter("test_kills", {"a": 2.0}))
-    harness.advance(1)
-    harness.put(counter("test_kills", {"a": 2.0}))  # increase 0: evaluated once more, nothing raised
-    n = harness.engine.evaluations
     for _ in range(5):
         harness.advance(1)
         harness.put(counter("test_kills", {"a": 2.0}))
-    assert harness.engine.evaluations == n
+    assert harness.states() == {}
+    n = harness.engine.evaluations
     harness.put(counter("test_kills", {"a": 3.0}))
-    assert harness.engine.evaluations == n + 1
+    assert harness.engine.evaluations == n + 1  # at once, not at the next tick
     assert list(harness.states().values()) == ["firing"]
     harness.advance(11)  # the kill leaves the window: resolved by the tick, as before
     assert list(harness.states().values()) == ["resolved"]
 
 
 @pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=-1)], indirect=True)
-def test_an_increase_above_a_negative_bound_is_evaluated_on_every_tick(harness: Harness) -> None:
-    # One point has no increase; the second point of the same value makes it 0, which is > -1.
+def test_an_increase_above_a_negative_bound_fires_on_the_tick_after_the_second_point(harness: Harness) -> None:
+    # One point has no increase; the second point of the same value makes it 0, which is > -1. The same
+    # series again is no change, so the tick evaluates it.
     harness.put(counter("test_kills", {"a": 2.0}))
     assert harness.states() == {}
     harness.advance(1)
     harness.put(counter("test_kills", {"a": 2.0}))
+    harness.advance(1)
     assert list(harness.states().values()) == ["firing"]
 
 
 @pytest.mark.parametrize("harness", [WINDOW_RULE.format(op=">", threshold=0)], indirect=True)
-def test_a_counter_that_went_negative_is_evaluated_on_every_tick(harness: Harness) -> None:
+def test_a_counter_that_went_negative_raises_nothing(harness: Harness) -> None:
     harness.put(counter("test_kills", {"a": 5.0}))
     harness.advance(1)
     harness.put(counter("test_kills", {"a": -3.0}))  # counted as a reset to -3: the increase is negative
-    n = harness.engine.evaluations
     harness.advance(1)
-    harness.advance(1)
-    assert harness.engine.evaluations == n + 2
+    assert harness.states() == {}

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
     "METRIC_NAME_RE",
+    "SPEC_TYPES",
     "CounterMetricFamily",
     "GaugeMetricFamily",
     "HistogramMetricFamily",
     "InfoMetricFamily",
     "Metric",
+    "MetricSpec",
     "Sample",
     "Timestamp",
     "float_to_go_string",
+    "label_text",
 ]
 
 METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"))
@@ -35,6 +39,22 @@ METRIC_TYPES = frozenset(("counter", "gauge", "summary", "histogram", "gaugehist
 METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _MAX_REMEMBERED = 65536  # names are static in the code base; this only caps a runaway
 _valid_names: set[str] = set()
+
+
+def label_text(value: str) -> str:
+    """``value`` as valid UTF-8 text: bytes that did not decode (a file name read with Python's
+    surrogateescape, such as ``x\\udcff``) become a visible ``\\xff``; other lone surrogates ``\\udXXX``."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_metric_name(name: str) -> None:
@@ -290,3 +310,80 @@ def float_to_go_string(d: float) -> str:
     if d == _MINUS_INF:
         return "-Inf"
     return repr(d)  # from 1e16 on repr writes an exponent, as Go does
+
+
+#: the family types a metric may be declared with
+SPEC_TYPES = frozenset({"gauge", "counter", "histogram", "info", "stateset", "summary"})
+# Base units a family name may end in, so docs and dashboards know the unit without a second declaration.
+_UNIT_SUFFIXES = ("seconds", "bytes", "ratio", "hertz", "wei", "ether", "blocks", "celsius")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """One metric, declared once: name, type, help and label names; it builds its families.
+
+    ``name`` is the family name as built (counters without ``_total``, info without ``_info``);
+    ``labels`` are every label of its samples, in the order ``add_metric`` takes their values (for
+    info families the family's labels first, then the info keys). ``unit`` defaults to the base unit
+    the name ends in. docs/metrics.md is generated from these declarations, and the contract test
+    checks that what a collector emits is what it declared, help text included.
+    """
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in SPEC_TYPES:
+            raise ValueError(f"{self.name}: unknown metric type {self.type!r}")
+        if not self.unit:
+            unit = next((u for u in _UNIT_SUFFIXES if self.name.endswith("_" + u)), "")
+            object.__setattr__(self, "unit", unit)
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """Series names this family exposes in the Prometheus text format."""
+        match self.type:
+            case "counter":
+                return (self.name + "_total",)
+            case "info":
+                return (self.name + "_info",)
+            case "histogram":
+                return (self.name + "_bucket", self.name + "_count", self.name + "_sum")
+            case "summary":
+                return (self.name, self.name + "_count", self.name + "_sum")
+        return (self.name,)
+
+    def gauge(self, value: float | None = None) -> GaugeMetricFamily:
+        """A new gauge family of this metric: empty, for ``add_metric`` with the declared labels; or, for a
+        metric without labels, with ``value`` as its one sample."""
+        self._is("gauge")
+        if value is not None:
+            return GaugeMetricFamily(self.name, self.help, value=value)
+        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+    def counter(self, value: float | None = None) -> CounterMetricFamily:
+        """A new counter family of this metric, as :meth:`gauge` builds a gauge."""
+        self._is("counter")
+        if value is not None:
+            return CounterMetricFamily(self.name, self.help, value=value)
+        return CounterMetricFamily(self.name, self.help, labels=self.labels)
+
+    def histogram(self) -> HistogramMetricFamily:
+        """A new, empty histogram family with the declared labels (``le`` is added per bucket)."""
+        self._is("histogram")
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+    def info(self, value: dict[str, str] | None = None, labels: Sequence[str] = ()) -> InfoMetricFamily:
+        """A new info family: ``value`` as its one sample, or empty for ``add_metric`` with ``labels``, the
+        declared labels that are not info keys."""
+        self._is("info")
+        if value is not None:
+            return InfoMetricFamily(self.name, self.help, value=value)
+        return InfoMetricFamily(self.name, self.help, labels=labels)
+
+    def _is(self, typ: str) -> None:
+        if self.type != typ:
+            raise TypeError(f"{self.name} is declared a {self.type}, not a {typ}")
