@@ -137,6 +137,8 @@ class AlertEngine:
                 self.by_name.setdefault(n, []).append(r)
             if r.window:
                 self.windows[name] = max(self.windows.get(name, 0.0), r.window)
+            if r.when is not None and r.when.increase:  # a `when` over a counter's increase keeps its history
+                self.windows[r.when.metric] = max(self.windows.get(r.when.metric, 0.0), float(r.when.increase))
         self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
         self.samples: dict[SnapshotKey, dict[str, dict[LabelSet, float]]] = {}
         self.seen_at: dict[SnapshotKey, float] = {}
