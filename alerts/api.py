@@ -10,7 +10,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from mevwatch.alerts.router import is_inhibited, rfc3339
+from mevwatch.alerts.router import generator_url, is_inhibited, rfc3339, silence_command
 from mevwatch.alerts.rules import Alert
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str,
             "startsAt": rfc3339(a.fired_at if a.fired_at is not None else a.active_at),
             "value": _number(a.value),
             "fingerprint": a.fingerprint,
+            "generatorURL": generator_url(engine.cfg.external_url, a.fingerprint),
+            "silence": silence_command(a.labels, engine.cfg.mode),
             "status": {
                 "state": "suppressed" if silenced_by or inhibited else "active",
                 "silencedBy": silenced_by,

@@ -238,7 +238,9 @@ class AlertsConfig(_Strict):
         default_factory=dict, description=(
             "rule name -> fields replacing that rule's (e.g. HeadStale: {threshold: 10}); the others stay"))
     runbook_url: str = Field("docs/runbooks.md", description="base of runbook links; '#anchor' is appended")
-    external_url: str = Field("", description="externalURL in webhook payloads")
+    external_url: str = Field("", description=(
+        "where this mevwatch's landing page is reached (e.g. https://mev-host-1:9717): externalURL of webhook "
+        "payloads, and each alert's generatorURL links to its row there"))
     receivers: list[Receiver] = Field(default_factory=_default_receivers)
     receiver: str = Field("log", description="default receiver of the top-level route")
     group_by: list[str] = Field(default_factory=lambda: ["alertname", "host"], description=(

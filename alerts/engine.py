@@ -74,11 +74,14 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
     MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
-    MetricSpec("mevwatch_silences_active", "gauge", "Silences in effect", ()),
+    MetricSpec("mevwatch_silences_active", "gauge",
+               "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
     MetricSpec("mevwatch_alertmanager_up", "gauge",
                "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
                ("url",)),
 )
+
+_SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
 
 MIGRATIONS = [
     """
@@ -446,9 +449,16 @@ class AlertEngine:
             tuple(float(depth.get(s, 0)) for s in sinks),
             max(self.clock() - oldest, 0.0) if oldest is not None else 0.0,
             float(self.eval_errors),
-            float(self.router.silences.in_effect(self.clock())),
+            float(self.router.silences.in_effect(self.clock()) + self._alertmanager_silences()),
             tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
         )
+
+    def _alertmanager_silences(self) -> int:
+        """Silences read from the silence source that mute the direct sinks now (0 while it is unreadable)."""
+        if self.am_watch is None or self.router.external_silences is None:
+            return 0
+        now = self.clock()
+        return sum(1 for s in self.am_watch.silences if s.active(now))
 
     def families(self) -> list[Metric]:
         return self._families(self._metric_inputs())
@@ -479,7 +489,7 @@ class AlertEngine:
         fams.append(GaugeMetricFamily("mevwatch_alert_rules", "Alerting rules loaded", value=float(len(self.rules))))
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
-        fams.append(GaugeMetricFamily("mevwatch_silences_active", "Silences in effect", value=silences))
+        fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
         if am_up:
             up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
             for url, ok in am_up:

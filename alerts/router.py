@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -159,23 +160,39 @@ def is_inhibited(target: Alert, firing: Iterable[Alert], rules: Sequence[Inhibit
 # --- notifications -----------------------------------------------------------------------
 
 
-def _alert_json(a: Alert, status: str) -> dict[str, Any]:
+def generator_url(external_url: str, fingerprint: str) -> str:
+    """The alert's row on mevwatch's landing page (``external_url`` is where that page is reached)."""
+    return f"{external_url.rstrip('/')}/#alert-{fingerprint}" if external_url else ""
+
+
+def silence_command(labels: Mapping[str, str], mode: str = "standalone") -> str:
+    """The command that silences exactly this alert for 2 hours (amtool in fleet mode)."""
+    matchers = [shlex.quote(f'{k}="{v}"') for k, v in labels.items() if k != "severity"]
+    if mode == "fleet":
+        return "amtool silence add --duration=2h --comment='...' " + " ".join(matchers)
+    return "mevwatch silence add -d 2h --comment '...' " + " ".join(f"-m {m}" for m in matchers)
+
+
+def _alert_json(a: Alert, status: str, external_url: str = "", mode: str = "standalone") -> dict[str, Any]:
     return {
         "status": status,
         "labels": dict(a.labels),
-        "annotations": dict(a.annotations),
+        "annotations": {**a.annotations, "silence": silence_command(a.labels, mode)},
         "startsAt": rfc3339(a.fired_at or a.active_at),
         "endsAt": rfc3339(a.resolved_at) if status == "resolved" and a.resolved_at else ZERO_TIME,
-        "generatorURL": "",
+        "generatorURL": generator_url(external_url, a.fingerprint),
         "fingerprint": a.fingerprint,
         "value": a.value,
     }
 
 
 def notification_payload(receiver: str, group_key: str, group_labels: Mapping[str, str],
-                         firing: Sequence[Alert], resolved: Sequence[Alert], external_url: str) -> dict[str, Any]:
-    """Alertmanager's webhook message (version 4) for one group flush."""
-    alerts = [_alert_json(a, "firing") for a in firing] + [_alert_json(a, "resolved") for a in resolved]
+                         firing: Sequence[Alert], resolved: Sequence[Alert], external_url: str,
+                         mode: str = "standalone") -> dict[str, Any]:
+    """Alertmanager's webhook message (version 4) for one group flush; each alert links back to its row on
+    the landing page (generatorURL) and carries the command that silences it (annotation ``silence``)."""
+    alerts = [_alert_json(a, "firing", external_url, mode) for a in firing]
+    alerts += [_alert_json(a, "resolved", external_url, mode) for a in resolved]
     common_labels: dict[str, str] = {}
     common_ann: dict[str, str] = {}
     if alerts:
@@ -449,7 +466,7 @@ class Router:
                     self._forget(g)
             return
         payload = notification_payload(g.receiver, g.group_key, g.labels, sorted(firing, key=lambda a: a.active_at),
-                                       resolved, self.cfg.external_url)
+                                       resolved, self.cfg.external_url, self.cfg.mode)
         g.seq += 1
         entries = [
             OutboxEntry(notification_id(g.group_key, g.receiver, g.level, g.seq, s.name), s.name, payload)

@@ -221,8 +221,16 @@ CHAIN_HEAD_AGE_BLOCKS = MetricSpec(
 
 CHAIN_HEAD_LAG_BLOCKS = MetricSpec(
     "mevwatch_chain_head_lag_blocks", "gauge",
-    "Blocks the node's head is behind the reference head (or the highest head of the instance)",
-    ("endpoint",),
+    "Blocks the node's head is behind the reference head (or the highest head of the instance); "
+    "reference names the endpoint it is compared with",
+    ("endpoint", "reference"),
+)
+
+CHAIN_DOWN_REASON = MetricSpec(
+    "mevwatch_chain_down_reason", "gauge",
+    "1 for the error class of the head request while the node is down (timeout, refused, http_status, "
+    "rpc_error, ...); absent while it answers",
+    ("endpoint", "reason"),
 )
 
 CHAIN_ID = MetricSpec("mevwatch_chain_id", "gauge", "Chain id the node reports (eth_chainId)", ("endpoint",))
@@ -289,6 +297,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         CHAIN_CLIENT,
         RPC_METHOD_SUPPORTED,
         CHAIN_ERRORS,
+        CHAIN_DOWN_REASON,
         CHAIN_REFERENCE_UP,
         CHAIN_REFERENCE_HEAD_BLOCK,
     )
@@ -310,13 +319,16 @@ class ChainCollector(PollCollector[ChainOptions]):
         reports = await asyncio.gather(*(self._report(ep) for ep in eps))
         ref_head: int | None
         ref_report: _NodeReport | None = None
+        ref_name: str
         if ref is not None:
             ref_report = await self._reference(ref)
             ref_head = ref_report.head.number if ref_report.head else None
+            ref_name = ref.name
         else:
-            heads = [r.head.number for r in reports if r.head is not None]
-            ref_head = max(heads) if heads else None
-        families = self._families(list(zip(eps, reports, strict=True)), ref, ref_report, ref_head)
+            heads = [(r.head.number, ep.name) for ep, r in zip(eps, reports, strict=True) if r.head is not None]
+            top = max(heads, key=lambda h: h[0]) if heads else None
+            ref_head, ref_name = (top[0], top[1]) if top is not None else (None, "")
+        families = self._families(list(zip(eps, reports, strict=True)), ref, ref_report, ref_head, ref_name)
         if not any(r.up for r in reports):
             err = next(r.error for r in reports if r.error is not None)
             raise CollectorError(err.reason, err.message, families)
@@ -406,7 +418,7 @@ class ChainCollector(PollCollector[ChainOptions]):
 
     def _families(
         self, pairs: list[tuple[Endpoint, _NodeReport]], ref: Endpoint | None,
-        ref_report: _NodeReport | None, ref_head: int | None,
+        ref_report: _NodeReport | None, ref_head: int | None, ref_name: str = "",
     ) -> list[Metric]:
         lbl = ["endpoint"]
         up = CHAIN_UP.gauge()
@@ -426,6 +438,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         version = CHAIN_CLIENT.info(labels=lbl)
         supported = RPC_METHOD_SUPPORTED.gauge()
         errors = CHAIN_ERRORS.counter()
+        down = CHAIN_DOWN_REASON.gauge()
         now = time.time()
         for ep, r in pairs:
             name = ep.name
@@ -434,6 +447,8 @@ class ChainCollector(PollCollector[ChainOptions]):
             for (method, cls), n in sorted(node.errors.items()):
                 errors.add_metric([name, method, cls], float(n))
             if not r.up:
+                if r.error is not None:
+                    down.add_metric([name, r.error.reason], 1.0)
                 continue
             for method, ok in sorted(node.supported.items()):
                 supported.add_metric([name, method], 1.0 if ok else 0.0)
@@ -446,7 +461,7 @@ class ChainCollector(PollCollector[ChainOptions]):
                     btime.add_metric([name], r.block_time)
                     age_blocks.add_metric([name], age / r.block_time)
                 if ref_head is not None:
-                    lag.add_metric([name], float(max(ref_head - r.head.number, 0)))
+                    lag.add_metric([name, ref_name], float(max(ref_head - r.head.number, 0)))
             if r.peers is not None:
                 peers.add_metric([name], float(r.peers))
             if r.sync is not None:
@@ -463,7 +478,7 @@ class ChainCollector(PollCollector[ChainOptions]):
                 version.add_metric([name], {"version": r.version})
         families: list[Metric] = [
             up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, age_blocks, lag,
-            chain_id, chain_ok, version, supported, errors,
+            chain_id, chain_ok, version, supported, errors, down,
         ]
         if ref is not None and ref_report is not None:
             ref_up = CHAIN_REFERENCE_UP.gauge()

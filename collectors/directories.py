@@ -219,6 +219,7 @@ DIR_STATUS = MetricSpec(
     ("path", "status"),
 )
 
+
 @register
 class DirectoriesCollector(PollCollector[DirectoriesOptions]):
     kind: ClassVar[str] = "directories"

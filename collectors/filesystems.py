@@ -327,6 +327,7 @@ FILESYSTEM_STATUS = MetricSpec(
     ("device", "fstype", "mountpoint", "status"),
 )
 
+
 @register
 class FilesystemsCollector(PollCollector[FilesystemsOptions]):
     kind: ClassVar[str] = "filesystems"

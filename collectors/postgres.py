@@ -319,6 +319,12 @@ _HELP: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _COUNTERS = frozenset({"statement_calls", "statement_seconds"})
 
+#: each metric declared once, by its name without the mevwatch_postgres_ prefix (what samples are added under)
+SPECS: dict[str, MetricSpec] = {
+    name: MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
+    for name, (text, labels) in _HELP.items()
+}
+
 
 class _Out:
     """Samples of every target, rendered as one family per metric name."""
@@ -334,9 +340,8 @@ class _Out:
         for name, labels, value in self.samples:
             fam = families.get(name)
             if fam is None:
-                text, labelnames = _HELP[name]
-                cls = CounterMetricFamily if name in _COUNTERS else GaugeMetricFamily
-                fam = families[name] = cls(f"mevwatch_postgres_{name}", text, labels=list(labelnames))
+                spec = SPECS[name]
+                fam = families[name] = spec.counter() if spec.type == "counter" else spec.gauge()
             fam.add_metric(list(labels), value)
         return list(families.values())
 
@@ -374,10 +379,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
     default_interval: ClassVar[float] = 30.0
     default_timeout: ClassVar[float] = 10.0
     runbook_section = "postgres-down"
-    metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(
-        MetricSpec(f"mevwatch_postgres_{name}", "counter" if name in _COUNTERS else "gauge", text, tuple(labels))
-        for name, (text, labels) in _HELP.items()
-    )
+    metrics: ClassVar[tuple[MetricSpec, ...]] = tuple(SPECS.values())
 
     def __init__(self, ctx: Any, options: PostgresOptions) -> None:
         super().__init__(ctx, options)

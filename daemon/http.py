@@ -50,8 +50,7 @@ class MetricsCache:
         self.renders = 0  # kinds rendered (for tests and benchmarks)
 
     def get(self, openmetrics: bool, gzipped: bool) -> bytes:
-        groups = self.store.fresh_by_kind()
-        key = (self.store.seq, frozenset(k for items in groups.values() for k, _ in items))
+        key = (self.store.seq, frozenset(k for k, _ in self.store.fresh_items()))
         if key != self._key:
             self._key = key
             self._bodies = {}
@@ -60,7 +59,7 @@ class MetricsCache:
         if body is None:
             plain = self._bodies.get((openmetrics, False))
             if plain is None:
-                plain = self._render(groups, openmetrics)
+                plain = self._render(self.store.fresh_by_kind(), openmetrics)
                 self._bodies[(openmetrics, False)] = plain
             body = gzip.compress(plain, compresslevel=5) if gzipped else plain
             self._bodies[fmt] = body

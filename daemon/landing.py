@@ -35,7 +35,9 @@ def _alert_rows(alerts: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             f'<tr id="alert-{_e(a["fingerprint"])}"><td class="{_e(sev)}">{_e(sev)}</td><td>{_e(status)}</td>'
             f'<td><b>{_e(labels.get("alertname", ""))}</b></td><td>{_e(a["annotations"].get("summary", ""))}'
-            f'<br><span class="muted">{_e(shown)}</span></td><td>{_e(a["startsAt"])}</td><td>{runbook}</td></tr>'
+            f'<br><span class="muted">{_e(shown)}</span>'
+            + (f'<br><code class="muted">{_e(a["silence"])}</code>' if a.get("silence") else "")
+            + f'</td><td>{_e(a["startsAt"])}</td><td>{runbook}</td></tr>'
         )
     return "".join(rows)
 

@@ -38,7 +38,8 @@ def alertmanager_alerts(payload: dict[str, Any], now: float, ends_in: float) -> 
         ends = a["endsAt"] if a["status"] == "resolved" else _rfc3339(now + ends_in)
         out.append({
             "labels": a["labels"],
-            "annotations": {k: v for k, v in a["annotations"].items() if v},
+            # as Prometheus sends them: the silence command is for people reading a page, Alertmanager has its own
+            "annotations": {k: v for k, v in a["annotations"].items() if v and k != "silence"},
             "startsAt": a["startsAt"],
             "endsAt": ends,
             "generatorURL": a.get("generatorURL", ""),

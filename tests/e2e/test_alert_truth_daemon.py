@@ -5,14 +5,13 @@ asking the daemon, and `mevwatch alerts list|history` reading the state DB."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.daemon import RunningDaemon
 from tests.support.peers import REPO, free_port
@@ -23,6 +22,7 @@ CONFIG = """collectors:
 alerts:
   startup_grace: 0s
   group_wait: 0s
+  external_url: "http://mev-host-1:9717"
   rule_overrides:
     RpcEndpointDown: {{for: 0s}}     # the default rule, without its 30s `for`
 """
@@ -53,11 +53,15 @@ def test_a_dead_endpoint_is_firing_on_every_screen(tmp_path: Path) -> None:
         assert alert["annotations"]["runbook_url"].endswith("#rpc-down")
         assert alert["status"] == {"state": "active", "silencedBy": [], "inhibitedBy": []}
         assert alert["startsAt"].endswith("Z")
+        assert alert["generatorURL"] == f"http://mev-host-1:9717/#alert-{alert['fingerprint']}"
+        assert alert["silence"].startswith("mevwatch silence add -d 2h ")
+        assert "-m 'alertname=\"RpcEndpointDown\"'" in alert["silence"]
 
         page = d.get("/")
         assert "<script" not in page
         assert page.index('id="verdict">CRIT<') < page.index("RpcEndpointDown") < page.index("<h2>Collectors")
         assert "#rpc-down" in page
+        assert f'id="alert-{alert["fingerprint"]}"' in page  # where generatorURL points
 
         rules = json.loads(d.get("/api/v1/rules"))["data"]["rules"]
         [rule] = [r for r in rules if r["name"] == "RpcEndpointDown"]
@@ -84,23 +88,36 @@ def test_a_dead_endpoint_is_firing_on_every_screen(tmp_path: Path) -> None:
         assert [(h["alertname"], h["state"]) for h in history if h["alertname"] == "RpcEndpointDown"] == [
             ("RpcEndpointDown", "firing")]
 
-        chromium = shutil.which("chromium")
-        if chromium is None:
-            pytest.skip("chromium is not installed (.ci/install-deps installs it)")
-        shot = tmp_path / "landing.png"
-        # JavaScript off through the profile's content setting (--blink-settings=scriptEnabled=false also
-        # stops --dump-dom and --screenshot from producing anything)
-        profile = tmp_path / "chromium"
-        (profile / "Default").mkdir(parents=True)
-        (profile / "Default" / "Preferences").write_text(
-            json.dumps({"profile": {"default_content_setting_values": {"javascript": 2}}}))
-        argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
-                f"--user-data-dir={profile}"]
-        dom = subprocess.run([*argv, "--dump-dom", d.url + "/"], capture_output=True, text=True, timeout=60)
-        assert 'id="verdict">CRIT<' in dom.stdout, dom.stderr[-2000:]
-        assert "RPC endpoint dead does not answer" in dom.stdout
-        subprocess.run([*argv, f"--screenshot={shot}", d.url + "/"], capture_output=True, timeout=60, check=True)
-        assert shot.stat().st_size > 5000
+        chromium = shutil.which("chromium")  # installed by .ci/install-deps
+        if chromium is not None:
+            shot = tmp_path / "landing.png"
+            # JavaScript off through the profile's content setting (--blink-settings=scriptEnabled=false also
+            # stops --dump-dom and --screenshot from producing anything)
+            profile = tmp_path / "chromium"
+            (profile / "Default").mkdir(parents=True)
+            (profile / "Default" / "Preferences").write_text(
+                json.dumps({"profile": {"default_content_setting_values": {"javascript": 2}}}))
+            argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+                    f"--user-data-dir={profile}"]
+            dom = subprocess.run([*argv, "--dump-dom", d.url + "/"], capture_output=True, text=True, timeout=60)
+            assert 'id="verdict">CRIT<' in dom.stdout, dom.stderr[-2000:]
+            assert "RPC endpoint dead does not answer" in dom.stdout
+            subprocess.run([*argv, f"--screenshot={shot}", d.url + "/"], capture_output=True, timeout=60, check=True)
+            assert shot.stat().st_size > 5000
+
+        # the page's silence command works as printed
+        argv = shlex.split(alert["silence"])
+        assert argv[:3] == ["mevwatch", "silence", "add"]
+        added = _cli(d, *argv[1:])
+        assert added.returncode == 0, added.stderr
+        deadline = time.monotonic() + 10
+        while True:
+            [now] = [a for a in json.loads(d.get("/api/v1/alerts"))["data"]["alerts"]
+                     if a["fingerprint"] == alert["fingerprint"]]
+            if now["status"]["silencedBy"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert now["status"]["state"] == "suppressed"
 
 
 DEAD_LETTER = """collectors:
@@ -144,6 +161,9 @@ def test_a_notification_refused_with_400_raises_its_own_alert_through_the_other_
                     break
                 time.sleep(0.2)
             assert {"RpcEndpointDown", "NotificationDeadLettered"} <= names
+            page = next(a for r in backup.delivered() for a in r.json()["alerts"]
+                        if a["labels"]["alertname"] == "RpcEndpointDown")
+            assert page["annotations"]["silence"].startswith("mevwatch silence add -d 2h ")
     finally:
         pager.stop()
         backup.stop()

@@ -302,7 +302,8 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         assert added.returncode == 0, added.stderr
         silence_id = added.stdout.split()[0]
         wait_until("silence gossiped", lambda: _silences(am_b) >= 1, 10)
-        time.sleep(1.5)  # mev-3 reads silences every 500 ms
+        wait_until("mev-3 read the silence", lambda: sample_value(
+            f.hosts["mev-3"].get(), "mevwatch_silences_active") == 1, 10)
         f.engine_fails("mev-3")
         wait_until("mev-3 firing in mevwatch", lambda: sample_value(
             f.hosts["mev-3"].get(), "mevwatch_alerts", state="firing", severity="critical") == 1, 10)

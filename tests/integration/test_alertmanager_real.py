@@ -206,6 +206,7 @@ alerts:
         await asyncio.sleep(2.0)  # several evaluation ticks and silence refreshes
         assert receiver.delivered() == []  # muted by Alertmanager's silence
         assert next(f for f in engine.families() if f.name == "mevwatch_alertmanager_up").samples[0].value == 1.0
+        assert next(f for f in engine.families() if f.name == "mevwatch_silences_active").samples[0].value == 1.0
 
         stop_process(proc)  # Alertmanager gone: fail-safe, the page goes out
         [got] = await receiver.wait_delivered_async(1, timeout=10)

@@ -115,10 +115,10 @@ async def test_head_lag_behind_highest_and_behind_reference(proxy: RpcProxy, anv
         r = make(endpoints, reference={"name": "provider", "url": reference.url})
         try:
             fams = await c.collect()
-            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="anvil") == 100.0
-            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="ahead") == 0.0
+            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="anvil", reference="ahead") == 100.0
+            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="ahead", reference="ahead") == 0.0
             fams = await r.collect()
-            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="anvil") == 250.0
+            assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="anvil", reference="provider") == 250.0
             assert family_value(fams, "mevwatch_chain_head_lag_blocks", endpoint="ahead") == 150.0
             assert family_value(fams, "mevwatch_chain_reference_up", reference="provider") == 1.0
             assert family_value(fams, "mevwatch_chain_reference_head_block", reference="provider") == head + 250

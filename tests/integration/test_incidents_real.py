@@ -72,11 +72,11 @@ async def test_stale_head_pages_with_one_node_and_with_several(
         deadline = time.monotonic() + 10
         while True:
             fams = await _collect(single) + await _collect(pair)
-            learned = family_value(fams, "mevwatch_chain_block_time_seconds", endpoint="solo")
-            if (learned is not None and learned <= 1.5) or time.monotonic() > deadline:
+            learned = [family_value(fams, "mevwatch_chain_block_time_seconds", endpoint=e) for e in ("solo", "a", "b")]
+            if all(x is not None and x <= 1.5 for x in learned) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        assert learned == pytest.approx(1.0, abs=0.5)
+        assert learned == [pytest.approx(1.0, abs=0.5)] * 3
         harness.put(*await _collect(single), key=("chain", "single"))
         harness.put(*await _collect(pair), key=("chain", "pair"))
         harness.advance(1)
@@ -221,3 +221,20 @@ async def test_postgres_down_names_its_reason_and_recovery_is_seen_at_the_next_r
             assert firing(harness, "PostgresDown") == []
         finally:
             await c.close()
+
+
+async def test_node_down_page_says_why(harness: Harness) -> None:
+    port = free_port()  # nothing listens: the head request is refused
+    ctx = CollectorContext(kind="chain", instance="down", interval=1.0, timeout=2.0)
+    c = ChainCollector(ctx, ChainOptions(endpoints=[{"name": "erigon", "url": f"http://127.0.0.1:{port}"}]))
+    try:
+        fams = await _collect(c)
+        harness.put(*fams, key=("chain", "down"))
+        harness.advance(61)  # for: 1m
+        harness.put(*await _collect(c), key=("chain", "down"))
+        harness.advance(1)
+    finally:
+        await c.close()
+    assert family_value(fams, "mevwatch_chain_down_reason", endpoint="erigon", reason="refused") == 1.0
+    [alert] = [x for x in harness.engine.all_alerts() if x.rule == "NodeDown" and x.state == "firing"]
+    assert alert.annotations["summary"] == "Node erigon does not answer on mev-host-1: refused"

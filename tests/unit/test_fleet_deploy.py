@@ -8,6 +8,7 @@ import subprocess
 import yaml
 
 from mevwatch.alerts.identity import HOST_LABEL
+from mevwatch.alerts.runbooks import runbook_anchors
 from tests.support.peers import REPO, need_binary
 
 DEPLOY = REPO / "deploy"
@@ -46,3 +47,12 @@ def test_alerts_drop_what_is_not_identity_and_keep_instance_as_mevwatch_names_it
         assert label in dropped["regex"].split("|")
     [job] = doc["scrape_configs"]
     assert [c.get("source_labels") for c in job["metric_relabel_configs"]] == [["exported_instance"], None]
+
+
+def test_every_watcher_rule_links_a_runbook_section() -> None:
+    anchors = runbook_anchors()
+    assert anchors is not None
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "fleet-rules.yml").read_text())["groups"][0]["rules"]
+    for r in rules:
+        assert r["annotations"]["runbook_url"].split("#")[1] in anchors, r["alert"]
+        assert r["alert"] in (REPO / "docs" / "runbooks.md").read_text(), r["alert"]

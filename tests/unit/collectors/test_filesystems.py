@@ -27,6 +27,7 @@ from mevwatch.collectors.filesystems import (
     parse_mountinfo,
     select_mounts,
 )
+from mevwatch.daemon.cli import main as cli_main
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.docgen import declaration_problems
 from tests.support.families import family_state, family_value
@@ -428,13 +429,20 @@ def test_bad_options_are_config_errors_with_field_path(body: str, path: str, mes
     assert message in text, text
 
 
-def test_the_old_disk_kind_is_refused_with_where_each_option_went() -> None:
+def test_the_old_disk_kind_is_refused_with_where_each_option_went(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "collectors:\n  - memory: {}\n  - disk:\n      watch_dirs: [/var/log/mev]\n"
     with pytest.raises(ConfigError) as err:
-        load_config_text("collectors:\n  - memory: {}\n  - disk:\n      watch_dirs: [/var/log/mev]\n", "m.yaml")
+        load_config_text(text, "m.yaml")
     [issue] = err.value.issues
     assert (issue.file, issue.line, issue.path) == ("m.yaml", 3, "collectors[1].disk")
     for named in ("filesystems", "directories", "backups", "watch_dirs (renamed paths)", "backups (renamed patterns)"):
         assert named in issue.message
+    old = tmp_path / "old.yaml"
+    old.write_text(text)
+    assert cli_main(["check-config", str(old)]) == 2
+    assert f"{old}:3: collectors[1].disk: the disk kind is split into three kinds" in capsys.readouterr().err
 
 
 def test_fill_trend_reports_a_sudden_fill_at_once_not_diluted_by_the_flat_window() -> None:
