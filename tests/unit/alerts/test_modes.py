@@ -52,7 +52,8 @@ def test_fleet_mode_refuses_escalation_inhibition_direct_sinks_and_a_silence_sou
     [err] = _errors("  routes: [{receiver: local}]\n", FLEET.replace(
         "  receiver: fleet\n", "    - {name: local, log_configs: [{}]}\n  receiver: fleet\n"))
     assert "routes[0].receiver: alerts.mode is fleet" in err
-    pager = FLEET.replace("      log_configs: [{}]\n", "      pagerduty_configs: [{routing_key: 0123456789abcdef0123456789abcdef}]\n")
+    key = "0123456789abcdef" * 2
+    pager = FLEET.replace("      log_configs: [{}]\n", f"      pagerduty_configs: [{{routing_key: {key}}}]\n")
     [err] = _errors("", pager)
     assert "alerts.receivers: receivers[0].pagerduty_configs: alerts.mode is fleet" in err
     no_am = FLEET.replace("      alertmanager_configs: [{urls: [\"http://127.0.0.1:1\"]}]\n", "")
