@@ -70,7 +70,10 @@ def silences_json(engine: AlertEngine, now: float | None = None) -> list[dict[st
 def rule_condition(rule: Rule) -> str:
     """The rule's test in one line, e.g. ``increase(mevwatch_oom_kills_total[10m]) > 0``."""
     cond = rule.when
-    paired = f"{cond.metric} {cond.op} {cond.threshold:g}" if cond is not None else ""
+    paired = ""
+    if cond is not None:
+        base = f"increase({cond.metric}[{cond.increase:g}s])" if cond.increase else cond.metric
+        paired = f"{base} {cond.op} {cond.threshold:g}"
     if rule.absent:
         return f"{paired} without {rule.metric}" if paired else f"absent({rule.metric})"
     value = rule.metric

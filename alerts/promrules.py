@@ -96,6 +96,8 @@ def _condition(rule: Rule) -> tuple[str, str]:
     matchers = ",".join(f"{m.name}{m.op}{_quote(m.value)}" for m in cond.matchers)
     sel = f"{cond.metric}{{{matchers}}}" if matchers else cond.metric
     ignoring = f" ignoring({', '.join(cond.ignoring)})" if cond.ignoring else ""
+    if cond.increase:
+        sel = f"increase({sel}[{duration(cond.increase)}])"
     return ignoring, f"{sel} {cond.op} {_number(cond.threshold)}"
 
 

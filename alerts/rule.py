@@ -41,6 +41,7 @@ class Condition(BaseModel):
 
     metric: str = Field(description="sample name of the other metric")
     matchers: list[MatcherField] = Field(default_factory=list, description="label matchers on it")
+    increase: Duration | None = Field(None, description="compare the counter's increase over this window")
     op: Op = Field(">", description="comparison: > >= < <= == !=")
     threshold: float = Field(0.0, description="value compared with op")
     ignoring: list[str] = Field(

@@ -220,7 +220,7 @@ def evaluate_rule(
             v = inc / window if rule.rate else inc
         selected[ls] = v
     if rule.when is not None:
-        return _paired(rule, selected, samples)
+        return _paired(rule, selected, samples, histories, now)
     if rule.absent:
         if selected:
             return {}
@@ -228,7 +228,10 @@ def evaluate_rule(
     return selected
 
 
-def _paired(rule: Rule, selected: dict[LabelSet, float], samples: Mapping[str, Series]) -> dict[LabelSet, float]:
+def _paired(
+    rule: Rule, selected: dict[LabelSet, float], samples: Mapping[str, Series],
+    histories: Mapping[tuple[str, LabelSet], History], now: float,
+) -> dict[LabelSet, float]:
     """``when``: the selected series whose pair (same labels but the ignored ones) passes the condition (PromQL
     ``and ignoring(...)``); for an absent rule, the passing condition series without a pair (``unless``)."""
     cond = rule.when
@@ -238,9 +241,17 @@ def _paired(rule: Rule, selected: dict[LabelSet, float], samples: Mapping[str, S
     def key(ls: LabelSet) -> LabelSet:
         return tuple((k, v) for k, v in ls if k not in ignored and k != "__name__")
 
+    values: dict[LabelSet, float] = {}
+    for ls, v in samples.get(cond.metric, {}).items():
+        if cond.increase:  # the counter's increase over the window, as for a rule's own `increase`
+            hist = histories.get((cond.metric, ls))
+            inc = increase(hist.points, float(cond.increase), now) if hist else None
+            if inc is None:
+                continue
+            v = inc
+        values[ls] = v
     passing = {
-        key(ls): (ls, v) for ls, v in samples.get(cond.metric, {}).items()
-        if cond.passes(v) and matches_all(cond.matchers, dict(ls))
+        key(ls): (ls, v) for ls, v in values.items() if cond.passes(v) and matches_all(cond.matchers, dict(ls))
     }
     if rule.absent:  # each passing series without a pair, with its own labels and value, as `unless` keeps them
         have = {key(ls) for ls in selected}

@@ -135,6 +135,13 @@ INTEGRITY_VIOLATION = MetricSpec(
     ("path", "kind"),
 )
 
+INTEGRITY_FILE_CHANGED = MetricSpec(
+    "mevwatch_integrity_file_changed", "gauge",
+    "1 while the file differs from its baseline; kinds lists every way it differs (content,inode,...): "
+    "one series, and one alert, per changed file",
+    ("path", "kinds"),
+)
+
 INTEGRITY_VIOLATIONS = MetricSpec(
     "mevwatch_integrity_violations", "gauge",
     "Violations present, by kind (not capped)",
@@ -208,6 +215,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     runbook_section = "integrity-violation"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         INTEGRITY_VIOLATION,
+        INTEGRITY_FILE_CHANGED,
         INTEGRITY_VIOLATIONS,
         INTEGRITY_VIOLATION_SERIES_OVERFLOW,
         INTEGRITY_FILES_WATCHED,
@@ -534,6 +542,12 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         # valid UTF-8; two names that show alike are one series
         for label in sorted({(label_text(path), kind) for path, kind in keep}):
             viol.add_metric(list(label), 1.0)
+        by_file: dict[str, set[str]] = {}
+        for path, kind in keep:
+            by_file.setdefault(label_text(path), set()).add(kind)
+        changed = INTEGRITY_FILE_CHANGED.gauge()
+        for path, kinds in sorted(by_file.items()):
+            changed.add_metric([path, ",".join(k for k in KINDS if k in kinds)], 1.0)
         per_kind = INTEGRITY_VIOLATIONS.gauge()
         counts = dict.fromkeys(KINDS, 0)
         for v in all_v:
@@ -553,6 +567,7 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         b = self.baseline
         return [
             viol,
+            changed,
             per_kind,
             INTEGRITY_VIOLATION_SERIES_OVERFLOW.gauge(float(len(present) - len(keep))),
             INTEGRITY_FILES_WATCHED.gauge(float(self._files_watched)),

@@ -21,6 +21,7 @@ import pytest
 from mevwatch import __version__
 from mevwatch.daemon.clidocs import OUTPUTS
 from tests.support.peers import REPO, free_port, missing, need_binary, need_root
+from tests.support.unitfile import unit_settings
 
 APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
 ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -33,18 +34,6 @@ def _run(argv: list[str], timeout: float = 300, **kw: object) -> subprocess.Comp
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)  # type: ignore[call-overload]
     assert out.returncode == 0, f"{' '.join(argv)} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out  # type: ignore[no-any-return]
-
-
-def unit_settings(text: str) -> dict[str, list[str]]:
-    """``key -> values`` of a systemd unit (every assignment of a repeated key, in order)."""
-    out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";", "[")) or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 @pytest.fixture(scope="module")

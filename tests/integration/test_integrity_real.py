@@ -205,6 +205,9 @@ async def test_sed_in_place(harness: Harness, tree: Path) -> None:
         harness, lambda: subprocess.run([sed, "-i", "s/0.01/0.0001/", str(cfg)], check=True),
         {(str(cfg), "content"), (str(cfg), "inode")},
     )
+    # one change, one series (and so one alert) listing every kind that changed
+    files = [s.labels for fam in harness.families if fam.name == "mevwatch_integrity_file_changed" for s in fam.samples]
+    assert [lbl for lbl in files if lbl["path"] == str(cfg)] == [{"path": str(cfg), "kinds": "content,inode"}]
 
 
 async def test_delete_then_recreate(harness: Harness, tree: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,22 @@ collectors:
                 t, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 2)
             assert sample_value(text, "mevwatch_wallet_transactions_total", wallet="bot", status="succeeded") == 2
             assert sample_value(text, "mevwatch_wallet_last_unexpected_transaction_info", to=STRANGER) == 1
+            # the page carries the responder's first facts: destination and transaction hash
+            deadline = time.monotonic() + 10
+            while True:
+                alerts = [a for a in json.loads(d.get("/api/v1/alerts"))["data"]["alerts"]
+                          if a["labels"]["alertname"] == "UnexpectedOutgoingTransaction"]
+                if alerts or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            [alert] = alerts
+            tx = alert["labels"]["tx"]
+            assert alert["labels"]["to"] == STRANGER
+            assert tx.startswith("0x")
+            assert len(tx) == 66
+            assert alert["annotations"]["summary"] == (
+                f"Wallet bot ({BOT}) sent {tx} to {STRANGER}, not on the allow list")
+            assert alert["annotations"]["description"].startswith(f"Explorer: https://etherscan.io/tx/{tx} ")
             _until(d, "gas ratio", lambda t: sample_value(t, "mevwatch_gas_bid_competitiveness_ratio") is not None)
 
             # The WebSocket drops: the stream is re-established and counted.

@@ -133,25 +133,30 @@ def _when_cases(rule: Rule, runbook_url: str, eval_min: int, n: int) -> list[dic
     as_rule = rule.model_copy(update={"op": cond.op, "threshold": cond.threshold, "clear": None})
     cond_pass, cond_fail, _ = _gauge_values(as_rule)
     csel = _selector(cond.metric, cond_labels)
+    if cond.increase:  # a counter: growing past the threshold over its window, or standing still
+        per_min = cond.threshold + 1
+        pass_values, fail_values = f"0+{_go_value(per_min)}x{n}", f"5x{n}"
+    else:
+        pass_values, fail_values = f"{_go_value(cond_pass)}x{n}", f"{_go_value(cond_fail)}x{n}"
     labels = _series_labels(rule)
     sel = _selector(rule.metric, labels)
     if rule.absent:
         return [
-            _case(rule, [{"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min,
+            _case(rule, [{"series": csel, "values": pass_values}], eval_min,
                   [_expected(rule, cond_labels, cond_pass, runbook_url)]),
-            _case(rule, [{"series": csel, "values": f"{_go_value(cond_pass)}x{n}"},
+            _case(rule, [{"series": csel, "values": pass_values},
                          {"series": sel, "values": f"1x{n}"}], eval_min, []),
-            _case(rule, [{"series": csel, "values": f"{_go_value(cond_fail)}x{n}"}], eval_min, []),
+            _case(rule, [{"series": csel, "values": fail_values}], eval_min, []),
         ]
     fire, quiet, _ = _gauge_values(rule)
     return [
         _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
-                     {"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min,
+                     {"series": csel, "values": pass_values}], eval_min,
               [_expected(rule, labels, fire, runbook_url)]),
         _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
-                     {"series": csel, "values": f"{_go_value(cond_fail)}x{n}"}], eval_min, []),
+                     {"series": csel, "values": fail_values}], eval_min, []),
         _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"},
-                     {"series": csel, "values": f"{_go_value(cond_pass)}x{n}"}], eval_min, []),
+                     {"series": csel, "values": pass_values}], eval_min, []),
     ]
 
 
@@ -204,6 +209,8 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
     """Test cases of one rule: it fires, it stays quiet, and (with a clear threshold) it holds."""
     labels = _series_labels(rule)
     window = rule.increase or rule.rate or (300.0 if rule.quantile is not None else 0.0)
+    if rule.when is not None and rule.when.increase:
+        window = max(window, float(rule.when.increase))
     eval_min = _minutes(rule.for_) + _minutes(window) + 3
     n = eval_min + 10
     if rule.when is not None:

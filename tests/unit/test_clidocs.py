@@ -48,3 +48,18 @@ def test_the_man_page_documents_every_run_flag_and_renders_cleanly() -> None:
                          text=True, timeout=30)
     assert out.returncode == 0
     assert out.stderr == ""
+
+
+def test_the_zsh_completion_loads_with_the_run_flags() -> None:
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh not installed")
+    script = REPO / "deploy/completion/zsh/_mevwatch"
+    assert subprocess.run([zsh, "-n", str(script)], capture_output=True, timeout=30).returncode == 0
+    out = subprocess.run([zsh, "-fc", f"autoload -Uz compinit && compinit -u -D; source {script} 2>/dev/null; "
+                          "whence -w _shtab_mevwatch; print -l -- ${_shtab_mevwatch_run_options[@]}"],
+                         capture_output=True, text=True, timeout=30)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "_shtab_mevwatch: function", out
+    assert "*--collector.textfile[enable the textfile collector]" in lines
+    assert any(ln.startswith("--web.telemetry-path[") for ln in lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -150,3 +151,15 @@ def test_a_daemon_serves_every_listen_address_on_the_telemetry_path_and_shows_so
         assert "<td>web.telemetry_path</td><td>/m</td><td>flag --web.telemetry-path</td>" in page
         assert "<td>collectors.memory</td><td>disabled</td><td>flag --no-collector.memory</td>" in page
         assert f"<td>config</td><td>{d.config}</td><td>flag --config</td>" in page
+
+
+def test_a_reload_lays_the_flags_over_the_new_file(tmp_path: Path) -> None:
+    with RunningDaemon(tmp_path, "collectors:\n  - process: {}\n", ["--no-collector.memory"]) as d:
+        d.wait_for("mevwatch_process_threads", timeout=20)
+        d.config.write_text("collectors:\n  - process: {}\n  - memory: {}\n  - cpu: {}\n")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("mevwatch_collector_success", timeout=20, collector="cpu")
+        body = d.get()
+        assert 'collector="memory"' not in body  # the file now lists memory; the flag still wins
+        assert "<td>collectors.memory</td><td>disabled</td><td>flag --no-collector.memory</td>" in d.get("/")

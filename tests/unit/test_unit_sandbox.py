@@ -14,21 +14,11 @@ from pydantic import BaseModel
 
 from mevwatch.daemon.config import Config, load_config, load_config_text
 from tests.support.peers import REPO
+from tests.support.unitfile import unit_settings
 
 UNIT = REPO / "deploy" / "systemd" / "mevwatch.service"
 EXAMPLE = REPO / "config.example.yaml"
 NOT_FILESYSTEM = {"telemetry_path"}  # URL paths, not file paths
-
-
-def unit_settings(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";", "[")) or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def _yes(values: list[str] | None) -> bool:
