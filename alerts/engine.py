@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -76,12 +77,16 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
     MetricSpec("mevwatch_silences_active", "gauge",
                "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
+    MetricSpec("mevwatch_alerting", "info",
+               "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
+               ("alerts_host", "mode")),
     MetricSpec("mevwatch_alertmanager_up", "gauge",
                "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
                ("url",)),
 )
 
 _SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
+_ALERTING_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_alerting")
 
 MIGRATIONS = [
     """
@@ -191,7 +196,10 @@ class AlertEngine:
         self._wake.set()  # what the store already holds is the first change set
         self._drain_task = asyncio.create_task(self._drain(self._wake), name="alerts:changes")
         loop = asyncio.get_running_loop()
-        self._next_tick = loop.time() + self.cfg.evaluation_interval
+        # On the loop clock's grid k * evaluation_interval, as the collectors' runs are (the supervisor's
+        # next_slot): a tick due with runs shares their wake-up of the process instead of one of its own.
+        interval = self.cfg.evaluation_interval
+        self._next_tick = (math.floor(loop.time() / interval) + 1) * interval
         self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
         self._publish()
         log.info("alert_engine_started", rules=len(self.rules), restored=len(restored),
@@ -492,6 +500,8 @@ class AlertEngine:
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
         fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
+        fams.append(InfoMetricFamily("mevwatch_alerting", _ALERTING_HELP,
+                                     value={"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
         if am_up:
             up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
             for url, ok in am_up:

@@ -180,3 +180,22 @@ def test_a_counter_that_went_negative_raises_nothing(harness: Harness) -> None:
     harness.put(counter("test_kills", {"a": -3.0}))  # counted as a reset to -3: the increase is negative
     harness.advance(1)
     assert harness.states() == {}
+
+
+@pytest.mark.looptime(start=12.3)
+async def test_the_tick_is_on_the_loop_clock_grid_of_its_interval(harness: Harness) -> None:
+    loop = asyncio.get_running_loop()
+    ticks: list[float] = []
+    tick = harness.engine.tick
+
+    def recording() -> None:
+        ticks.append(loop.time())
+        tick()
+
+    harness.engine.tick = recording  # type: ignore[method-assign]
+    await harness.engine.start()
+    try:
+        await asyncio.sleep(3.5)  # from 12.3: the ticks of the 1 s grid, where runs of the same grid wake too
+        assert ticks == pytest.approx([13.0, 14.0, 15.0], abs=1e-9)
+    finally:
+        await harness.engine.stop()
