@@ -77,12 +77,16 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
     MetricSpec("mevwatch_silences_active", "gauge",
                "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
+    MetricSpec("mevwatch_alerting", "info",
+               "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
+               ("alerts_host", "mode")),
     MetricSpec("mevwatch_alertmanager_up", "gauge",
                "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
                ("url",)),
 )
 
 _SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
+_ALERTING_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_alerting")
 
 MIGRATIONS = [
     """
@@ -498,6 +502,8 @@ class AlertEngine:
         fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
                                         "Rule evaluations that failed with a bug", value=eval_errors))
         fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
+        fams.append(InfoMetricFamily("mevwatch_alerting", _ALERTING_HELP,
+                                     value={"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
         if am_up:
             up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
             for url, ok in am_up:

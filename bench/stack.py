@@ -148,7 +148,7 @@ groups:
       - {alert: RpcEndpointDown, expr: 'probe_success{job="rpc"} == 0', for: 30s}
       - {alert: PostgresDown, expr: 'pg_up == 0', for: 1m}
 """)
-    host = f"{min(interval(k) for k in ('memory', 'cpu', 'disk', 'oomkill')):g}s"
+    host = f"{min(interval(k) for k in ('memory', 'cpu', 'filesystems', 'oomkill')):g}s"
     bb = f"127.0.0.1:{ports['blackbox']}"
     (tmp / "prometheus.yml").write_text(f"""\
 global: {{scrape_interval: {host}, evaluation_interval: {eval_interval:g}s}}

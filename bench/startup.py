@@ -8,6 +8,11 @@ has run once). For mevwatch the bench also prints when the port first accepted a
 collector (its exported duration): the slowest of them is what the round waited on after the
 imports. Goal: the default config ready in < 0.5 s. Figures are min/median/max of the runs.
 
+mevwatch's modules are byte-compiled first, as an installed Python package's are: with
+PYTHONDONTWRITEBYTECODE set (as in this machine's environment) or a read-only install without
+.pyc files, every start compiles every module again, about an eighth of the start-up's CPU
+(py-spy). --no-compile measures that case.
+
     .venv/bin/python bench/startup.py [--runs 3]
 """
 
@@ -78,7 +83,11 @@ def first_runs(port: int) -> list[tuple[float, str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="do not byte-compile mevwatch's modules first")
     args = ap.parse_args()
+    if not args.no_compile:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in
+                        ("mevwatch", "collectors", "daemon", "alerts"))], check=True)
     node_exporter = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     print(f"machine: {machine()}; load average {load_average()}")
     results: dict[str, list[tuple[float, float, float]]] = {"node_exporter": [], "mevwatch process only": [],

@@ -240,6 +240,12 @@ def _firing_labels(prom: Prometheus, alertname: str, host: str) -> list[dict[str
 def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watched(tmp_path: Path) -> None:
     with fleet(tmp_path) as f:
         am_a, am_b = (url for url, _ in f.am)
+        # each host labels its alerts as Prometheus knows it: the contract's check finds nothing to say
+        mismatch = ('mevwatch_alerting_info unless on (host) '
+                    'label_replace(mevwatch_alerting_info, "host", "$1", "alerts_host", "(.*)")')
+        wait_until("mevwatch_alerting_info of every host", lambda: len(f.prom[0].query("mevwatch_alerting_info")) == 3,
+                   10)
+        assert f.prom[0].query(mismatch) == []
         # the mode shows on the landing page and in /health
         assert "Alerting: fleet mode on host mev-1" in f.hosts["mev-1"].get("/")
         assert json.loads(f.hosts["mev-3"].get("/health"))["alerting"] == {
