@@ -328,23 +328,25 @@ class AlertEngine:
     def _evaluate(self, rules: Iterable[Rule], now: float) -> None:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
+        hold = self._unconfirmed if self._unconfirmed else frozenset()
         for rule in rules:
             samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
+            self.evaluations += 1
             per_rule = self.alerts[rule.name]
-            before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
-            hold = self._unconfirmed if self._unconfirmed else frozenset()
+            if not values and not per_rule:
+                continue  # nothing selected and no alert: no state to move (most rules, most of the time)
+            before = {fp: a.state for fp, a in per_rule.items()}
             changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
-            for fp in set(before) | set(per_rule):
+            for fp in before.keys() | per_rule.keys():
                 a = per_rule.get(fp)
                 if a is None:
                     dirty[fp] = None
-                elif fp not in before or before[fp][0] != a.state:
+                elif before.get(fp) != a.state:
                     dirty[fp] = a
                 if a is not None and a.last_match_at == now:
                     self._unconfirmed.discard(fp)
-            self.evaluations += 1
         if dirty:
             self._persist(dirty)
         if changed:
