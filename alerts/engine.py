@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from mevwatch.alerts.config import AlertsConfig
-from mevwatch.alerts.outbox import Outbox
+from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
@@ -70,6 +70,9 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",)),
     MetricSpec("mevwatch_notifications_dead_lettered", "counter",
                "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",)),
+    MetricSpec("mevwatch_notification_lost_timestamp_seconds", "gauge",
+               "When a notification was last given up on, by sink and what it carried (alert names and key "
+               "labels, bounded); shown for an hour", ("sink", "lost")),
     MetricSpec("mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",)),
     MetricSpec("mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
                "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
@@ -85,6 +88,7 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                ("url",)),
 )
 
+_LOST_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_notification_lost_timestamp_seconds")
 _SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
 _ALERTING_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_alerting")
 
@@ -174,7 +178,8 @@ class AlertEngine:
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
         self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         # ((DB changes, outbox memory changes), depth, oldest)
-        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None] | None = None
+        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None, list[tuple[str, str, float]]] | None \
+            = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
@@ -436,13 +441,14 @@ class AlertEngine:
             return
         self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
-    def _outbox_state(self) -> tuple[dict[str, int], float | None]:
-        """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
-        to the state DB (only this daemon's connection writes the outbox)."""
+    def _outbox_state(self) -> tuple[dict[str, int], float | None, list[tuple[str, str, float]]]:
+        """Outbox depth by sink, its oldest entry's creation time and what was lost in the last hour,
+        queried again only after a write to the state DB (only this daemon's connection writes the outbox)."""
         changes = (self.state.total_changes, self.outbox.changes)  # the outbox may hold rows in memory
         if self._outbox_at is None or self._outbox_at[0] != changes:
-            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
-        return self._outbox_at[1], self._outbox_at[2]
+            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created(),
+                               self.outbox.lost(self.clock() - LOST_WINDOW))
+        return self._outbox_at[1], self._outbox_at[2], self._outbox_at[3]
 
     def _metric_inputs(self) -> tuple[object, ...]:
         """Every value the engine's own metrics show, in the order _families() reads them."""
@@ -454,7 +460,12 @@ class AlertEngine:
                         counts[(a.state, a.severity if a.severity in SEVERITIES else "warning")] += 1
         counters = self.outbox.counters()
         sinks = self._sinks
-        depth, oldest = self._outbox_state()
+        depth, oldest, lost_rows = self._outbox_state()
+        now = self.clock()
+        lost: dict[tuple[str, str], float] = {}
+        for sink, what, at in lost_rows:
+            if at > now - LOST_WINDOW:
+                lost[(sink, what)] = max(at, lost.get((sink, what), 0.0))
         return (
             tuple(counts.values()),
             tuple(tuple(float(counters[what][s]) for s in sinks) for what, _ in NOTIFICATION_COUNTERS),
@@ -463,6 +474,7 @@ class AlertEngine:
             float(self.eval_errors),
             float(self.router.silences.in_effect(self.clock()) + self._alertmanager_silences()),
             tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
+            tuple(sorted(lost.items())),
         )
 
     def _alertmanager_silences(self) -> int:
@@ -476,7 +488,7 @@ class AlertEngine:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up, lost = inputs
         alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
                                    labels=["state", "severity"])
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
@@ -488,6 +500,10 @@ class AlertEngine:
             for s, v in zip(sinks, values, strict=True):
                 fam.add_metric([s], v)
             fams.append(fam)
+        lfam = GaugeMetricFamily("mevwatch_notification_lost_timestamp_seconds", _LOST_HELP, labels=["sink", "lost"])
+        for (s, what), at in lost:
+            lfam.add_metric([s, what], at)
+        fams.append(lfam)
         dfam = GaugeMetricFamily("mevwatch_alert_outbox_depth", "Notifications waiting in the outbox",
                                  labels=["sink"])
         for s, v in zip(sinks, depth, strict=True):
