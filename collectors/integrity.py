@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,7 @@ from mevwatch.collectors._integrity_scan import (
     scan,
     verify_each,
 )
+from mevwatch.collectors._integrity_writers import UNKNOWN, WriterLog
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -102,6 +104,10 @@ class IntegrityOptions(CollectorOptions):
     auto_baseline: bool = Field(
         False, description="create the baseline from the current files when none exists (trust on first use)"
     )
+    writers: bool = Field(
+        True, description="name the process and user that wrote a changed file (fanotify; only as root, "
+        "else the writer is unknown)"
+    )
 
     @field_validator("files", "globs")
     @classmethod
@@ -137,10 +143,13 @@ INTEGRITY_VIOLATION = MetricSpec(
 
 INTEGRITY_FILE_CHANGED = MetricSpec(
     "mevwatch_integrity_file_changed", "gauge",
-    "1 while the file differs from its baseline; kinds lists every way it differs (content,inode,...): "
-    "one series, and one alert, per changed file",
-    ("path", "kinds"),
+    "1 while the file differs from its baseline; kinds lists every way it differs (content,inode,...), "
+    "change what each was and is (sizes, sha256 prefixes, mode, owner, inode), writer the process and user "
+    "that wrote it (as root, by fanotify) or unknown; as first seen: one series, and one alert, per changed file",
+    ("path", "kinds", "change", "writer"),
 )
+_CHANGE_MAX = 300  # characters of the change label
+_SHA_TAIL = re.compile(r"(sha256=[0-9a-f]{12})[0-9a-f]+")  # a hash prefix tells the versions apart
 
 INTEGRITY_VIOLATIONS = MetricSpec(
     "mevwatch_integrity_violations", "gauge",
@@ -258,6 +267,9 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self._verifies = {"quick": 0, "full": 0}
         self._last_verify_ts = 0.0
         self._last_verify_s = 0.0
+        # what a changed file's series says (change, writer), fixed when its kinds were first seen
+        self._detail: dict[str, tuple[str, str, str]] = {}
+        self._writers: WriterLog | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -276,6 +288,13 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             self.ctx.log.warning("integrity_inotify_unavailable", error=str(exc))
             self._inotify = None
         reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
+        if self.options.writers:
+            writers = WriterLog()
+            if writers.open():
+                self._writers = writers
+                asyncio.get_running_loop().add_reader(writers.fd, writers.read)
+            else:
+                self.ctx.log.info("integrity_writers_unknown", reason=writers.error)
         try:
             await self._load_baseline()
             await self._plan_watches()
@@ -292,6 +311,10 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
                 self._inotify = None
             self._watches.clear()
             self._wd_host.clear()
+            if self._writers is not None:
+                asyncio.get_running_loop().remove_reader(self._writers.fd)
+                self._writers.close()
+                self._writers = None
 
     async def _loop(self, emit: Emit) -> None:
         loop = asyncio.get_running_loop()
@@ -473,6 +496,11 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
                 continue  # vanished or not a directory any more; the next plan sees it
             self._watches[host] = watch
             self._wd_host[watch.wd] = host
+            if self._writers is not None:
+                try:
+                    self._writers.mark(self.ws.real(host))
+                except OSError as exc:
+                    self.ctx.log.warning("integrity_writers_mark_failed", directory=host, error=str(exc))
 
     async def _read_events(self) -> None:
         assert self._inotify is not None
@@ -525,6 +553,15 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             return "watch_limit"
         return "ok"
 
+    def _describe(self, path: str, kinds: set[str]) -> tuple[str, str]:
+        """What changed (each kind: was -> is) and who wrote the file, for a newly seen change."""
+        parts = [f"{v.kind}: {v.expected} -> {v.found}" for v in self._violations.get(path, []) if v.kind in kinds]
+        change = _SHA_TAIL.sub(r"\1", "; ".join(parts))
+        if len(change) > _CHANGE_MAX:
+            change = change[:_CHANGE_MAX - 3] + "..."
+        writer = self._writers.last(self.ws.real(path)) if self._writers is not None else None
+        return label_text(change), str(writer) if writer is not None else UNKNOWN
+
     def families(self) -> list[Metric]:
         all_v = sorted(
             (v for vs in self._violations.values() for v in vs), key=lambda v: (KINDS.index(v.kind), v.path)
@@ -546,8 +583,16 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         for path, kind in keep:
             by_file.setdefault(label_text(path), set()).add(kind)
         changed = INTEGRITY_FILE_CHANGED.gauge()
+        details: dict[str, tuple[str, str, str]] = {}
+        shown = {label_text(p): p for p in self._violations}
         for path, kinds in sorted(by_file.items()):
-            changed.add_metric([path, ",".join(k for k in KINDS if k in kinds)], 1.0)
+            kind_text = ",".join(k for k in KINDS if k in kinds)
+            detail = self._detail.get(path)
+            if detail is None or detail[0] != kind_text:
+                detail = (kind_text, *self._describe(shown.get(path, path), kinds))
+            details[path] = detail
+            changed.add_metric([path, kind_text, detail[1], detail[2]], 1.0)
+        self._detail = details
         per_kind = INTEGRITY_VIOLATIONS.gauge()
         counts = dict.fromkeys(KINDS, 0)
         for v in all_v:

@@ -207,7 +207,9 @@ async def test_sed_in_place(harness: Harness, tree: Path) -> None:
     )
     # one change, one series (and so one alert) listing every kind that changed
     files = [s.labels for fam in harness.families if fam.name == "mevwatch_integrity_file_changed" for s in fam.samples]
-    assert [lbl for lbl in files if lbl["path"] == str(cfg)] == [{"path": str(cfg), "kinds": "content,inode"}]
+    [labels] = [lbl for lbl in files if lbl["path"] == str(cfg)]
+    assert labels["kinds"] == "content,inode"
+    assert labels["change"].startswith("content: sha256="), labels
 
 
 async def test_delete_then_recreate(harness: Harness, tree: Path) -> None:
@@ -668,3 +670,82 @@ def test_daemon_exports_violations_in_realtime(tree: Path, tmp_path: Path) -> No
         text = d.get()
         assert sample_value(text, "mevwatch_collector_success", collector="integrity") == 1.0
         assert sample_value(text, "mevwatch_integrity_violations", kind="content") == 1.0
+
+
+# --- who wrote it: fanotify names the writer (as root), else unknown -----------------------------
+
+_WRITER = """
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(15, b"mev-writer", 0, 0, 0)  # PR_SET_NAME: the comm the page must show
+fd = int(sys.argv[1])
+os.write(fd, b"strategy: drain-everything\\n")
+os.close(fd)
+print("written", flush=True)
+sys.stdin.read()  # stays alive until the test has read the page
+"""
+
+
+def _changed(h: Harness, path: Path) -> dict[str, str] | None:
+    for fam in h.families:
+        for s in fam.samples:
+            if s.name == "mevwatch_integrity_file_changed" and s.labels["path"] == str(path):
+                return dict(s.labels)
+    return None
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # one that another user (nobody) may run
+
+
+async def test_the_page_names_the_writer_and_what_changed(harness: Harness, tree: Path) -> None:
+    need_root()
+    cfg = tree / "config.yaml"
+    before = cfg.stat().st_size
+    fd = os.open(cfg, os.O_WRONLY | os.O_APPEND)
+    try:  # another user (nobody) appends through a descriptor it was handed
+        proc = await asyncio.create_subprocess_exec(
+            SYSTEM_PYTHON, "-c", _WRITER, str(fd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(fd,),
+            user=65534, group=65534, extra_groups=[])
+    finally:
+        os.close(fd)
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"written\n"
+        await harness.wait(lambda: _changed(harness, cfg) is not None, 5.0, "the change")
+        labels = _changed(harness, cfg)
+        assert labels is not None
+        assert labels["writer"] == f"pid {proc.pid} (mev-writer), uid 65534 (nobody)", labels
+        assert labels["kinds"] == "content"
+        after = cfg.stat().st_size
+        change = labels["change"]
+        assert change.startswith("content: sha256="), change
+        assert f"size={before} -> sha256=" in change
+        assert change.endswith(f"size={after}")
+        assert len(change) < 120
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_without_the_privilege_the_writer_is_unknown(tree: Path, tmp_path: Path) -> None:
+    h = Harness(tree, tmp_path / "state", writers=False)
+    h.baseline()
+    await h.start()
+    try:
+        cfg = tree / "config.yaml"
+        cfg.write_text("strategy: other\n")
+        await h.wait(lambda: _changed(h, cfg) is not None, 5.0, "the change")
+        assert (_changed(h, cfg) or {})["writer"] == "unknown"
+    finally:
+        await h.stop()
+    # a process that is not root cannot listen: it says why, and attributes nothing
+    module = Path(__file__).parents[2] / "collectors" / "_integrity_writers.py"
+    probe = (f"import importlib.util as u, sys; s = u.spec_from_file_location('w', {str(module)!r}); "
+             "m = sys.modules['w'] = u.module_from_spec(s); s.loader.exec_module(m); w = m.WriterLog(); "
+             "print(w.open(), w.error)")
+    root = os.geteuid() == 0
+    proc = await asyncio.create_subprocess_exec(
+        SYSTEM_PYTHON if root else sys.executable, "-c", probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        user=65534 if root else None, group=65534 if root else None, extra_groups=[] if root else None)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert out.decode().strip() == "False not root", err.decode()
