@@ -57,36 +57,45 @@ _MAX_FAMILIES = 65536  # family names are static in the code base; this only cap
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
 COUNT_KEYS = tuple((st, sev) for st in STATES for sev in SEVERITIES)
+ALERTS = MetricSpec(
+    "mevwatch_alerts", "gauge", "Active alerts by state (pending, firing) and severity", ("state", "severity"))
+NOTIFICATIONS_SENT = MetricSpec(
+    "mevwatch_notifications_sent", "counter", "Notifications a sink acknowledged", ("sink",))
+NOTIFICATIONS_FAILED = MetricSpec(
+    "mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",))
+NOTIFICATIONS_DEAD_LETTERED = MetricSpec(
+    "mevwatch_notifications_dead_lettered", "counter",
+    "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",))
+ALERT_OUTBOX_DEPTH = MetricSpec(
+    "mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",))
+ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS = MetricSpec(
+    "mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
+    "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)")
+ALERT_RULES = MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded")
+ALERT_EVALUATION_ERRORS = MetricSpec(
+    "mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug")
+SILENCES_ACTIVE = MetricSpec(
+    "mevwatch_silences_active", "gauge",
+    "Silences in effect: local ones, and those read from alerts.alertmanager_silences")
+ALERTING = MetricSpec(
+    "mevwatch_alerting", "info",
+    "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
+    ("alerts_host", "mode"))
+ALERTMANAGER_UP = MetricSpec(
+    "mevwatch_alertmanager_up", "gauge",
+    "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not", ("url",))
+#: the outbox's per-sink counters: its counter key and the metric it is exposed as
 NOTIFICATION_COUNTERS = (
-    ("sent", "Notifications a sink acknowledged"),
-    ("failed", "Failed delivery attempts (each retry counts)"),
-    ("dead_lettered", "Notifications given up on (refused with 4xx, or undeliverable too long)"),
+    ("sent", NOTIFICATIONS_SENT),
+    ("failed", NOTIFICATIONS_FAILED),
+    ("dead_lettered", NOTIFICATIONS_DEAD_LETTERED),
 )
 #: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_alerts", "gauge",
-               "Active alerts by state (pending, firing) and severity", ("state", "severity")),
-    MetricSpec("mevwatch_notifications_sent", "counter", "Notifications a sink acknowledged", ("sink",)),
-    MetricSpec("mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",)),
-    MetricSpec("mevwatch_notifications_dead_lettered", "counter",
-               "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",)),
-    MetricSpec("mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",)),
-    MetricSpec("mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
-               "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
-    MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
-    MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
-    MetricSpec("mevwatch_silences_active", "gauge",
-               "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
-    MetricSpec("mevwatch_alerting", "info",
-               "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
-               ("alerts_host", "mode")),
-    MetricSpec("mevwatch_alertmanager_up", "gauge",
-               "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
-               ("url",)),
+    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, ALERT_OUTBOX_DEPTH,
+    ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS, ALERT_RULES, ALERT_EVALUATION_ERRORS, SILENCES_ACTIVE, ALERTING,
+    ALERTMANAGER_UP,
 )
-
-_SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
-_ALERTING_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_alerting")
 
 MIGRATIONS = [
     """
@@ -477,35 +486,27 @@ class AlertEngine:
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
         counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
-        alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
-                                   labels=["state", "severity"])
+        alerts = ALERTS.gauge()
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
             alerts.add_metric([st, sev], float(n))
         sinks = self._sinks
         fams: list[Metric] = [alerts]
-        for (what, help_text), values in zip(NOTIFICATION_COUNTERS, notified, strict=True):
-            fam = CounterMetricFamily(f"mevwatch_notifications_{what}", help_text, labels=["sink"])
+        for (_, spec), values in zip(NOTIFICATION_COUNTERS, notified, strict=True):
+            fam = spec.counter()
             for s, v in zip(sinks, values, strict=True):
                 fam.add_metric([s], v)
             fams.append(fam)
-        dfam = GaugeMetricFamily("mevwatch_alert_outbox_depth", "Notifications waiting in the outbox",
-                                 labels=["sink"])
+        dfam = ALERT_OUTBOX_DEPTH.gauge()
         for s, v in zip(sinks, depth, strict=True):
             dfam.add_metric([s], v)
         fams.append(dfam)
-        fams.append(GaugeMetricFamily(
-            "mevwatch_alert_outbox_oldest_pending_age_seconds",
-            "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)",
-            value=oldest_age,
-        ))
-        fams.append(GaugeMetricFamily("mevwatch_alert_rules", "Alerting rules loaded", value=float(len(self.rules))))
-        fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
-                                        "Rule evaluations that failed with a bug", value=eval_errors))
-        fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
-        fams.append(InfoMetricFamily("mevwatch_alerting", _ALERTING_HELP,
-                                     value={"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
+        fams.append(ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS.gauge(oldest_age))
+        fams.append(ALERT_RULES.gauge(float(len(self.rules))))
+        fams.append(ALERT_EVALUATION_ERRORS.counter(eval_errors))
+        fams.append(SILENCES_ACTIVE.gauge(silences))
+        fams.append(ALERTING.info({"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
         if am_up:
-            up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
+            up = ALERTMANAGER_UP.gauge()
             for url, ok in am_up:
                 up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
             fams.append(up)

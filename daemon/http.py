@@ -31,7 +31,7 @@ from mevwatch.daemon.landing import landing_html
 from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 from mevwatch.daemon.webconfig import WebConfigFile, WebSettings, web_settings
 from mevwatch.daemon.yamlsource import ConfigError
-from mevwatch.families import GaugeMetricFamily, Metric, MetricSpec
+from mevwatch.families import Metric, MetricSpec
 
 __all__ = ["HTTP_METRICS", "BasicAuth", "HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile"]
 
@@ -192,12 +192,13 @@ class RateLimiter:
 # --- server ------------------------------------------------------------------------------------
 
 #: the HTTP server's self-metrics (docs/metrics.md)
+WEB_CONFIG_LAST_RELOAD_SUCCESSFUL = MetricSpec(
+    "mevwatch_web_config_last_reload_successful", "gauge",
+    "1 if the web config file (TLS, basic auth) last loaded, 0 if the server runs an older one")
+WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_web_config_last_reload_success_timestamp_seconds", "gauge", "Unix time the web config file last loaded")
 HTTP_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_web_config_last_reload_successful", "gauge",
-               "1 if the web config file (TLS, basic auth) last loaded, 0 if the server runs an older one", ()),
-    MetricSpec("mevwatch_web_config_last_reload_success_timestamp_seconds", "gauge",
-               "Unix time the web config file last loaded", ()),
-)
+    WEB_CONFIG_LAST_RELOAD_SUCCESSFUL, WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS)
 
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
@@ -324,9 +325,8 @@ class HttpServer:
         return True, "web config reloaded"
 
     def meta_families(self) -> list[Metric]:
-        ok, at = HTTP_METRICS
-        return [GaugeMetricFamily(ok.name, ok.help, value=1.0 if self.web_reload_ok else 0.0),
-                GaugeMetricFamily(at.name, at.help, value=self.web_reload_wall)]
+        return [WEB_CONFIG_LAST_RELOAD_SUCCESSFUL.gauge(1.0 if self.web_reload_ok else 0.0),
+                WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS.gauge(self.web_reload_wall)]
 
     # --- dispatch -------------------------------------------------------------------------------
 
