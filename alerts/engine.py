@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from mevwatch.alerts.config import AlertsConfig
-from mevwatch.alerts.outbox import Outbox
+from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
@@ -66,6 +66,10 @@ NOTIFICATIONS_FAILED = MetricSpec(
 NOTIFICATIONS_DEAD_LETTERED = MetricSpec(
     "mevwatch_notifications_dead_lettered", "counter",
     "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",))
+NOTIFICATION_LOST = MetricSpec(
+    "mevwatch_notification_lost_timestamp_seconds", "gauge",
+    "When a notification was last given up on, by sink and what it carried (alert names and key labels, "
+    "bounded); shown for an hour", ("sink", "lost"))
 ALERT_OUTBOX_DEPTH = MetricSpec(
     "mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",))
 ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS = MetricSpec(
@@ -92,8 +96,9 @@ NOTIFICATION_COUNTERS = (
 )
 #: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
-    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, ALERT_OUTBOX_DEPTH,
-    ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS, ALERT_RULES, ALERT_EVALUATION_ERRORS, SILENCES_ACTIVE, ALERTING,
+    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, NOTIFICATION_LOST,
+    ALERT_OUTBOX_DEPTH, ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS, ALERT_RULES, ALERT_EVALUATION_ERRORS,
+    SILENCES_ACTIVE, ALERTING,
     ALERTMANAGER_UP,
 )
 
@@ -183,7 +188,8 @@ class AlertEngine:
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
         self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         # ((DB changes, outbox memory changes), depth, oldest)
-        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None] | None = None
+        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None, list[tuple[str, str, float]]] | None \
+            = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
@@ -445,13 +451,14 @@ class AlertEngine:
             return
         self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
-    def _outbox_state(self) -> tuple[dict[str, int], float | None]:
-        """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
-        to the state DB (only this daemon's connection writes the outbox)."""
+    def _outbox_state(self) -> tuple[dict[str, int], float | None, list[tuple[str, str, float]]]:
+        """Outbox depth by sink, its oldest entry's creation time and what was lost in the last hour,
+        queried again only after a write to the state DB (only this daemon's connection writes the outbox)."""
         changes = (self.state.total_changes, self.outbox.changes)  # the outbox may hold rows in memory
         if self._outbox_at is None or self._outbox_at[0] != changes:
-            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
-        return self._outbox_at[1], self._outbox_at[2]
+            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created(),
+                               self.outbox.lost(self.clock() - LOST_WINDOW))
+        return self._outbox_at[1], self._outbox_at[2], self._outbox_at[3]
 
     def _metric_inputs(self) -> tuple[object, ...]:
         """Every value the engine's own metrics show, in the order _families() reads them."""
@@ -463,7 +470,12 @@ class AlertEngine:
                         counts[(a.state, a.severity if a.severity in SEVERITIES else "warning")] += 1
         counters = self.outbox.counters()
         sinks = self._sinks
-        depth, oldest = self._outbox_state()
+        depth, oldest, lost_rows = self._outbox_state()
+        now = self.clock()
+        lost: dict[tuple[str, str], float] = {}
+        for sink, what, at in lost_rows:
+            if at > now - LOST_WINDOW:
+                lost[(sink, what)] = max(at, lost.get((sink, what), 0.0))
         return (
             tuple(counts.values()),
             tuple(tuple(float(counters[what][s]) for s in sinks) for what, _ in NOTIFICATION_COUNTERS),
@@ -472,6 +484,7 @@ class AlertEngine:
             float(self.eval_errors),
             float(self.router.silences.in_effect(self.clock()) + self._alertmanager_silences()),
             tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
+            tuple(sorted(lost.items())),
         )
 
     def _alertmanager_silences(self) -> int:
@@ -485,7 +498,7 @@ class AlertEngine:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up, lost = inputs
         alerts = ALERTS.gauge()
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
             alerts.add_metric([st, sev], float(n))
@@ -496,6 +509,10 @@ class AlertEngine:
             for s, v in zip(sinks, values, strict=True):
                 fam.add_metric([s], v)
             fams.append(fam)
+        lfam = NOTIFICATION_LOST.gauge()
+        for (s, what), at in lost:
+            lfam.add_metric([s, what], at)
+        fams.append(lfam)
         dfam = ALERT_OUTBOX_DEPTH.gauge()
         for s, v in zip(sinks, depth, strict=True):
             dfam.add_metric([s], v)
