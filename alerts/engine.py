@@ -353,7 +353,7 @@ class AlertEngine:
             if not values and not per_rule:
                 continue  # nothing selected and no alert: no state to move (most rules, most of the time)
             before = {fp: a.state for fp, a in per_rule.items()}
-            changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
+            changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold, samples)
             for fp in before.keys() | per_rule.keys():
                 a = per_rule.get(fp)
                 if a is None:
