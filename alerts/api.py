@@ -74,15 +74,16 @@ def rule_condition(rule: Rule) -> str:
     if cond is not None:
         base = f"increase({cond.metric}[{cond.increase:g}s])" if cond.increase else cond.metric
         paired = f"{base} {cond.op} {cond.threshold:g}"
+    metric = rule.metric + ("{" + ",".join(map(str, rule.matchers)) + "}" if rule.matchers else "")
     if rule.absent:
-        return f"{paired} without {rule.metric}" if paired else f"absent({rule.metric})"
-    value = rule.metric
+        return f"{paired} without {metric}" if paired else f"absent({metric})"
+    value = metric
     if rule.quantile is not None:
-        value = f"p{rule.quantile * 100:g}({rule.metric})"
+        value = f"p{rule.quantile * 100:g}({metric})"
     elif rule.increase:
-        value = f"increase({rule.metric}[{rule.increase:g}s])"
+        value = f"increase({metric}[{rule.increase:g}s])"
     elif rule.rate:
-        value = f"rate({rule.metric}[{rule.rate:g}s])"
+        value = f"rate({metric}[{rule.rate:g}s])"
     return f"{value} {rule.op} {rule.threshold:g}" + (f" and {paired}" if paired else "")
 
 

@@ -293,8 +293,15 @@ class AlertsConfig(_Strict):
             if rule.name in seen:
                 raise ValueError(f"rules[{i}].name: duplicate rule name {rule.name!r} (also rules[{seen[rule.name]}])")
             seen[rule.name] = i
-        if self.mode == "fleet" and not any(rc.alertmanager_configs for rc in self.receivers):
-            raise ValueError(f"receivers: {_FLEET}; add a receiver with alertmanager_configs")
+        if self.mode == "fleet":
+            if not any(rc.alertmanager_configs for rc in self.receivers):
+                raise ValueError(f"receivers: {_FLEET}; add a receiver with alertmanager_configs")
+            # every alert must reach Alertmanager: a route to a log-only receiver would keep it from there
+            for where, name in [("receiver", self.receiver)] + [
+                    (f"routes[{i}].receiver", r.receiver) for i, r in enumerate(self.routes)]:
+                if not self.receiver_named(name).alertmanager_configs:
+                    raise ValueError(f"{where}: {_FLEET}, so every alert goes there: receiver {name!r} has no "
+                                     "alertmanager_configs (add them; a log_configs entry may stay beside them)")
         return self
 
     @field_validator("escalation", "routes", "inhibit_rules", "alertmanager_silences", "receivers")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from mevwatch.alerts.config import AlertsConfig
-from mevwatch.alerts.outbox import Outbox
+from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
@@ -57,36 +57,50 @@ _MAX_FAMILIES = 65536  # family names are static in the code base; this only cap
 STATES = ("pending", "firing")
 SEVERITIES = ("info", "warning", "critical")
 COUNT_KEYS = tuple((st, sev) for st in STATES for sev in SEVERITIES)
+ALERTS = MetricSpec(
+    "mevwatch_alerts", "gauge", "Active alerts by state (pending, firing) and severity", ("state", "severity"))
+NOTIFICATIONS_SENT = MetricSpec(
+    "mevwatch_notifications_sent", "counter", "Notifications a sink acknowledged", ("sink",))
+NOTIFICATIONS_FAILED = MetricSpec(
+    "mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",))
+NOTIFICATIONS_DEAD_LETTERED = MetricSpec(
+    "mevwatch_notifications_dead_lettered", "counter",
+    "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",))
+NOTIFICATION_LOST = MetricSpec(
+    "mevwatch_notification_lost_timestamp_seconds", "gauge",
+    "When a notification was last given up on, by sink and what it carried (alert names and key labels, "
+    "bounded); shown for an hour", ("sink", "lost"))
+ALERT_OUTBOX_DEPTH = MetricSpec(
+    "mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",))
+ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS = MetricSpec(
+    "mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
+    "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)")
+ALERT_RULES = MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded")
+ALERT_EVALUATION_ERRORS = MetricSpec(
+    "mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug")
+SILENCES_ACTIVE = MetricSpec(
+    "mevwatch_silences_active", "gauge",
+    "Silences in effect: local ones, and those read from alerts.alertmanager_silences")
+ALERTING = MetricSpec(
+    "mevwatch_alerting", "info",
+    "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
+    ("alerts_host", "mode"))
+ALERTMANAGER_UP = MetricSpec(
+    "mevwatch_alertmanager_up", "gauge",
+    "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not", ("url",))
+#: the outbox's per-sink counters: its counter key and the metric it is exposed as
 NOTIFICATION_COUNTERS = (
-    ("sent", "Notifications a sink acknowledged"),
-    ("failed", "Failed delivery attempts (each retry counts)"),
-    ("dead_lettered", "Notifications given up on (refused with 4xx, or undeliverable too long)"),
+    ("sent", NOTIFICATIONS_SENT),
+    ("failed", NOTIFICATIONS_FAILED),
+    ("dead_lettered", NOTIFICATIONS_DEAD_LETTERED),
 )
 #: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_alerts", "gauge",
-               "Active alerts by state (pending, firing) and severity", ("state", "severity")),
-    MetricSpec("mevwatch_notifications_sent", "counter", "Notifications a sink acknowledged", ("sink",)),
-    MetricSpec("mevwatch_notifications_failed", "counter", "Failed delivery attempts (each retry counts)", ("sink",)),
-    MetricSpec("mevwatch_notifications_dead_lettered", "counter",
-               "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",)),
-    MetricSpec("mevwatch_alert_outbox_depth", "gauge", "Notifications waiting in the outbox", ("sink",)),
-    MetricSpec("mevwatch_alert_outbox_oldest_pending_age_seconds", "gauge",
-               "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)", ()),
-    MetricSpec("mevwatch_alert_rules", "gauge", "Alerting rules loaded", ()),
-    MetricSpec("mevwatch_alert_evaluation_errors", "counter", "Rule evaluations that failed with a bug", ()),
-    MetricSpec("mevwatch_silences_active", "gauge",
-               "Silences in effect: local ones, and those read from alerts.alertmanager_silences", ()),
-    MetricSpec("mevwatch_alerting", "info",
-               "Alerting mode (standalone or fleet) and the host label mevwatch puts on its alerts (alerts.host)",
-               ("alerts_host", "mode")),
-    MetricSpec("mevwatch_alertmanager_up", "gauge",
-               "1 if the Alertmanager answered mevwatch's last request (alerts, silences or health), 0 if not",
-               ("url",)),
+    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, NOTIFICATION_LOST,
+    ALERT_OUTBOX_DEPTH, ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS, ALERT_RULES, ALERT_EVALUATION_ERRORS,
+    SILENCES_ACTIVE, ALERTING,
+    ALERTMANAGER_UP,
 )
-
-_SILENCES_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_silences_active")
-_ALERTING_HELP = next(s.help for s in ENGINE_METRICS if s.name == "mevwatch_alerting")
 
 MIGRATIONS = [
     """
@@ -174,7 +188,8 @@ class AlertEngine:
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
         self.last_values: dict[str, tuple[float, dict[LabelSet, float]]] = {}
         # ((DB changes, outbox memory changes), depth, oldest)
-        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None] | None = None
+        self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None, list[tuple[str, str, float]]] | None \
+            = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
@@ -328,23 +343,25 @@ class AlertEngine:
     def _evaluate(self, rules: Iterable[Rule], now: float) -> None:
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
+        hold = self._unconfirmed if self._unconfirmed else frozenset()
         for rule in rules:
             samples = {n: self._merged(n) for n in rule.inputs}
             values = evaluate_rule(rule, samples, self.histories, now)
             self.last_values[rule.name] = (now, values)
+            self.evaluations += 1
             per_rule = self.alerts[rule.name]
-            before = {fp: (a.state, a.last_match_at) for fp, a in per_rule.items()}
-            hold = self._unconfirmed if self._unconfirmed else frozenset()
-            changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold)
-            for fp in set(before) | set(per_rule):
+            if not values and not per_rule:
+                continue  # nothing selected and no alert: no state to move (most rules, most of the time)
+            before = {fp: a.state for fp, a in per_rule.items()}
+            changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold, samples)
+            for fp in before.keys() | per_rule.keys():
                 a = per_rule.get(fp)
                 if a is None:
                     dirty[fp] = None
-                elif fp not in before or before[fp][0] != a.state:
+                elif before.get(fp) != a.state:
                     dirty[fp] = a
                 if a is not None and a.last_match_at == now:
                     self._unconfirmed.discard(fp)
-            self.evaluations += 1
         if dirty:
             self._persist(dirty)
         if changed:
@@ -434,13 +451,14 @@ class AlertEngine:
             return
         self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
 
-    def _outbox_state(self) -> tuple[dict[str, int], float | None]:
-        """Outbox depth by sink and its oldest entry's creation time, queried again only after a write
-        to the state DB (only this daemon's connection writes the outbox)."""
+    def _outbox_state(self) -> tuple[dict[str, int], float | None, list[tuple[str, str, float]]]:
+        """Outbox depth by sink, its oldest entry's creation time and what was lost in the last hour,
+        queried again only after a write to the state DB (only this daemon's connection writes the outbox)."""
         changes = (self.state.total_changes, self.outbox.changes)  # the outbox may hold rows in memory
         if self._outbox_at is None or self._outbox_at[0] != changes:
-            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created())
-        return self._outbox_at[1], self._outbox_at[2]
+            self._outbox_at = (changes, self.outbox.depth(), self.outbox.oldest_created(),
+                               self.outbox.lost(self.clock() - LOST_WINDOW))
+        return self._outbox_at[1], self._outbox_at[2], self._outbox_at[3]
 
     def _metric_inputs(self) -> tuple[object, ...]:
         """Every value the engine's own metrics show, in the order _families() reads them."""
@@ -452,7 +470,12 @@ class AlertEngine:
                         counts[(a.state, a.severity if a.severity in SEVERITIES else "warning")] += 1
         counters = self.outbox.counters()
         sinks = self._sinks
-        depth, oldest = self._outbox_state()
+        depth, oldest, lost_rows = self._outbox_state()
+        now = self.clock()
+        lost: dict[tuple[str, str], float] = {}
+        for sink, what, at in lost_rows:
+            if at > now - LOST_WINDOW:
+                lost[(sink, what)] = max(at, lost.get((sink, what), 0.0))
         return (
             tuple(counts.values()),
             tuple(tuple(float(counters[what][s]) for s in sinks) for what, _ in NOTIFICATION_COUNTERS),
@@ -461,6 +484,7 @@ class AlertEngine:
             float(self.eval_errors),
             float(self.router.silences.in_effect(self.clock()) + self._alertmanager_silences()),
             tuple(sorted(self.am_watch.reachable.items())) if self.am_watch is not None else (),
+            tuple(sorted(lost.items())),
         )
 
     def _alertmanager_silences(self) -> int:
@@ -474,36 +498,32 @@ class AlertEngine:
         return self._families(self._metric_inputs())
 
     def _families(self, inputs: tuple[Any, ...]) -> list[Metric]:
-        counts, notified, depth, oldest_age, eval_errors, silences, am_up = inputs
-        alerts = GaugeMetricFamily("mevwatch_alerts", "Active alerts by state (pending, firing) and severity",
-                                   labels=["state", "severity"])
+        counts, notified, depth, oldest_age, eval_errors, silences, am_up, lost = inputs
+        alerts = ALERTS.gauge()
         for (st, sev), n in zip(COUNT_KEYS, counts, strict=True):
             alerts.add_metric([st, sev], float(n))
         sinks = self._sinks
         fams: list[Metric] = [alerts]
-        for (what, help_text), values in zip(NOTIFICATION_COUNTERS, notified, strict=True):
-            fam = CounterMetricFamily(f"mevwatch_notifications_{what}", help_text, labels=["sink"])
+        for (_, spec), values in zip(NOTIFICATION_COUNTERS, notified, strict=True):
+            fam = spec.counter()
             for s, v in zip(sinks, values, strict=True):
                 fam.add_metric([s], v)
             fams.append(fam)
-        dfam = GaugeMetricFamily("mevwatch_alert_outbox_depth", "Notifications waiting in the outbox",
-                                 labels=["sink"])
+        lfam = NOTIFICATION_LOST.gauge()
+        for (s, what), at in lost:
+            lfam.add_metric([s, what], at)
+        fams.append(lfam)
+        dfam = ALERT_OUTBOX_DEPTH.gauge()
         for s, v in zip(sinks, depth, strict=True):
             dfam.add_metric([s], v)
         fams.append(dfam)
-        fams.append(GaugeMetricFamily(
-            "mevwatch_alert_outbox_oldest_pending_age_seconds",
-            "Age of the oldest notification not yet acknowledged (0 when the outbox is empty)",
-            value=oldest_age,
-        ))
-        fams.append(GaugeMetricFamily("mevwatch_alert_rules", "Alerting rules loaded", value=float(len(self.rules))))
-        fams.append(CounterMetricFamily("mevwatch_alert_evaluation_errors",
-                                        "Rule evaluations that failed with a bug", value=eval_errors))
-        fams.append(GaugeMetricFamily("mevwatch_silences_active", _SILENCES_HELP, value=silences))
-        fams.append(InfoMetricFamily("mevwatch_alerting", _ALERTING_HELP,
-                                     value={"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
+        fams.append(ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS.gauge(oldest_age))
+        fams.append(ALERT_RULES.gauge(float(len(self.rules))))
+        fams.append(ALERT_EVALUATION_ERRORS.counter(eval_errors))
+        fams.append(SILENCES_ACTIVE.gauge(silences))
+        fams.append(ALERTING.info({"alerts_host": self.cfg.host, "mode": self.cfg.mode}))
         if am_up:
-            up = GaugeMetricFamily("mevwatch_alertmanager_up", ENGINE_METRICS[-1].help, labels=["url"])
+            up = ALERTMANAGER_UP.gauge()
             for url, ok in am_up:
                 up.add_metric([redact_sink_url(url)], 1.0 if ok else 0.0)
             fams.append(up)

@@ -26,7 +26,7 @@ from mevwatch.alerts.config import OutboxConfig
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.daemon.state import StateDB, StateError
 
-__all__ = ["MIGRATIONS", "Outbox", "OutboxEntry", "backoff_delay"]
+__all__ = ["LOST_WINDOW", "MIGRATIONS", "Outbox", "OutboxEntry", "backoff_delay", "lost_alerts"]
 
 log = structlog.get_logger("mevwatch.alerts")
 
@@ -53,6 +53,32 @@ MIGRATIONS = [
     )
     """,
 ]
+
+
+#: how long a dead-lettered notification is shown as lost (mevwatch_notification_lost)
+LOST_WINDOW = 3600.0
+_LOST_SHOWN = 20  # dead letters shown at once (the most recent)
+_LOST_NAMED = 3  # alerts named per dead letter, then "+N more"
+_LOST_VALUE = 40  # characters of a label value
+_NOT_KEY = frozenset({"alertname", "severity", "host"})  # labels every alert has: not what tells them apart
+
+
+def lost_alerts(payload: Mapping[str, Any]) -> str:
+    """What a notification carried, bounded: its firing alerts by name and key labels (the resolved ones
+    when nothing fired), e.g. ``RpcEndpointDown{endpoint="dead"}, DiskFull{mountpoint="/"} +2 more``."""
+    alerts = [a for a in payload.get("alerts", ()) if isinstance(a, Mapping)]
+    firing = [a for a in alerts if a.get("status") == "firing"]
+    shown = firing or alerts
+    parts = []
+    for a in shown[:_LOST_NAMED]:
+        labels = a.get("labels") if isinstance(a.get("labels"), Mapping) else {}
+        assert isinstance(labels, Mapping)
+        keys = ",".join(f'{k}="{str(v)[:_LOST_VALUE]}"' for k, v in sorted(labels.items()) if k not in _NOT_KEY)
+        parts.append(f"{str(labels.get('alertname', '?'))[:_LOST_VALUE]}{{{keys}}}")
+    text = ", ".join(parts) or "no alerts"
+    if len(shown) > _LOST_NAMED:
+        text += f" +{len(shown) - _LOST_NAMED} more"
+    return text if firing or not alerts else f"resolved: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +279,28 @@ class Outbox:
         rows = self.state.query("SELECT id, sink, error, attempts, dead_at FROM alert_dead_letters ORDER BY dead_at")
         return [{"id": r[0], "sink": r[1], "error": r[2], "attempts": r[3], "dead_at": r[4]} for r in rows]
 
+    def lost(self, since: float) -> list[tuple[str, str, float]]:
+        """The most recent notifications dead-lettered after ``since``: (sink, what they carried, when).
+        A notification about the refusing sink itself (its alerts carry ``sink=<that sink>``) is left
+        out: it would be raised, sent to that sink, refused and raised again."""
+        rows = self.state.query(
+            "SELECT sink, payload, dead_at FROM alert_dead_letters WHERE dead_at > ? ORDER BY dead_at DESC LIMIT ?",
+            (since, _LOST_SHOWN * 4),
+        )
+        out: list[tuple[str, str, float]] = []
+        for sink, payload, dead_at in rows:
+            try:
+                body = json.loads(payload)
+            except ValueError:
+                body = {}
+            alerts = [a for a in body.get("alerts", ()) if isinstance(a, dict)] if isinstance(body, dict) else []
+            if alerts and all(isinstance(a.get("labels"), dict) and a["labels"].get("sink") == sink for a in alerts):
+                continue
+            out.append((str(sink), lost_alerts(body if isinstance(body, dict) else {}), float(dead_at)))
+            if len(out) >= _LOST_SHOWN:
+                break
+        return out
+
     # --- delivery ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -335,11 +383,11 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:
-            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry, exc.retry_after)
+            self._failure(sink, nid, attempts + 1, created, exc.message, exc.retry, exc.retry_after, payload)
             return
         except Exception as exc:  # a sink bug must not stop delivery to the others
             log.exception("sink_bug", sink=sink.name)
-            self._failure(sink, nid, attempts + 1, created, f"{type(exc).__name__}: {exc}", True)
+            self._failure(sink, nid, attempts + 1, created, f"{type(exc).__name__}: {exc}", True, None, payload)
             return
         self._remove(nid, None)
         if wanted:
@@ -348,15 +396,17 @@ class Outbox:
             log.info("notification_delivered", sink=sink.name, id=nid, attempts=attempts + 1)
 
     def _failure(self, sink: Sink, nid: str, attempts: int, created: float, error: str, retry: bool,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, payload: Mapping[str, Any] | None = None) -> None:
         self.failed[sink.name] += 1
         now = self.clock()
+        lost = lost_alerts(payload or {})
         if not retry:
-            log.error("notification_rejected", sink=sink.name, id=nid, error=error)
+            log.error("notification_dead_lettered", sink=sink.name, id=nid, error=error, lost=lost)
             self._dead_letter(nid, sink.name, error)
             return
         if now - created > self.config.give_up_after:
-            log.error("notification_expired", sink=sink.name, id=nid, attempts=attempts, error=error)
+            log.error("notification_dead_lettered", sink=sink.name, id=nid, attempts=attempts, error=error,
+                      lost=lost)
             self._dead_letter(nid, sink.name, f"undeliverable for {self.config.give_up_after:g}s: {error}")
             return
         delay = backoff_delay(attempts, self.config.retry_initial, self.config.retry_max)

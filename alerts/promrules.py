@@ -8,6 +8,7 @@ rules mevwatch evaluates on the host. Where the two differ, the differences are 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,33 @@ def _compared(rule: Rule) -> str:
     return f"{main}\nor\n({held} and ignoring({ignoring}) {alerts})"
 
 
+_METRIC_EXPR_RE = re.compile(
+    r"\{\{\s*\$metric\.(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\s*\|\s*(?P<fn>[A-Za-z0-9]+))?\s*\}\}")
+
+
+def prom_template(text: str) -> str:
+    """``text`` for Prometheus: each ``{{ $metric.NAME }}`` becomes a ``query`` of NAME for the alert's series
+    (on the labels NAME is declared with), "unknown" without a sample, as mevwatch renders it."""
+    if "$metric." not in text:
+        return text
+    from mevwatch.daemon.docgen import all_metric_specs  # the declarations, loaded only when needed
+
+    specs = all_metric_specs()
+
+    def sub(m: re.Match[str]) -> str:
+        spec = specs.get(m.group("name"))
+        if spec is None:
+            return "unknown"
+        names = ("host", *spec[1].labels)  # host="" matches a series without one, as in PromQL
+        selector = ",".join(f"{n}=%q" for n in names)
+        args = "".join(f" $labels.{n}" for n in names)
+        fn = f" | {m.group('fn')}" if m.group("fn") else ""
+        return (f'{{{{ with query (printf "{m.group("name")}{{{selector}}}"{args}) }}}}'
+                f"{{{{ . | first | value{fn} }}}}{{{{ else }}}}unknown{{{{ end }}}}")
+
+    return _METRIC_EXPR_RE.sub(sub, text)
+
+
 def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
     out: dict[str, Any] = {"alert": rule.name, "expr": promql(rule)}
     if rule.for_:
@@ -136,9 +164,9 @@ def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
     given = ({m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"}
              if rule.absent and rule.when is None else {})
     out["labels"] = {"severity": rule.severity, **given, **rule.labels}
-    annotations = {"summary": rule.summary}
+    annotations = {"summary": prom_template(rule.summary)}
     if rule.description:
-        annotations["description"] = rule.description
+        annotations["description"] = prom_template(rule.description)
     annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
     out["annotations"] = annotations
     return out

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 
 from mevwatch.alerts.matchers import MatcherField
 from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
-from mevwatch.alerts.templates import check_template
+from mevwatch.alerts.templates import check_template, template_metrics
 from mevwatch.families import METRIC_NAME_RE
 from mevwatch.fields import Duration
 
@@ -152,7 +152,9 @@ class Rule(BaseModel):
     def inputs(self) -> tuple[str, ...]:
         """The sample names the rule reads."""
         main = self.metric + "_bucket" if self.quantile is not None else self.metric
-        return (main, self.when.metric) if self.when is not None else (main,)
+        names = (main, self.when.metric) if self.when is not None else (main,)
+        shown = template_metrics(self.summary) + template_metrics(self.description)  # {{ $metric.NAME }}
+        return names + tuple(n for n in dict.fromkeys(shown) if n not in names) if shown else names
 
     @property
     def window(self) -> float:

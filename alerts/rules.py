@@ -290,12 +290,14 @@ def step(
     host: str,
     runbook_url: str,
     hold: Container[str] = (),
+    samples: Mapping[str, Series] | None = None,
 ) -> list[Alert]:
     """Advance the state machine of ``rule``'s alerts (in ``alerts``, by fingerprint) to ``now``.
 
     Returns the alerts whose state changed (pending alerts that stop matching are removed
     silently and not returned; resolved alerts older than the retention are removed).
     Alerts in ``hold`` (restored after a restart, no fresh data yet) are not resolved for lack of data.
+    ``samples`` (the rule's inputs) fill ``{{ $metric.NAME }}`` in its texts for the alert's own series.
     """
     changed: list[Alert] = []
     seen: set[str] = set()
@@ -312,9 +314,12 @@ def step(
                 alerts[fp] = a
             a.value = value
             a.last_match_at = now
+            def lookup(name: str, series: LabelSet = series) -> float | None:
+                return None if samples is None else samples.get(name, {}).get(series)
+
             a.annotations = {
-                "summary": render_template(rule.summary, labels, value),
-                "description": render_template(rule.description, labels, value),
+                "summary": render_template(rule.summary, labels, value, lookup),
+                "description": render_template(rule.description, labels, value, lookup),
                 "runbook_url": f"{runbook_url}#{rule.runbook}",
             }
             if a.state == "pending" and now - a.active_at >= rule.for_:

@@ -21,13 +21,19 @@ from mevwatch.collectors._logmatch import LinePattern, limit_line_length
 from mevwatch.collectors._logtail import MIGRATIONS, STATE_COMPONENT, SourceStats, Status
 from mevwatch.collectors.base import StateError, StateStore
 
-__all__ = ["JOURNALD_SOCKET", "JournalFollower", "journal_available", "parse_journal_entry"]
+__all__ = [
+    "JOURNALD_SOCKET", "PRIORITY_ERR_PATTERN", "JournalFollower", "journal_available", "parse_journal_entry",
+    "parse_journal_record",
+]
 
 log = structlog.get_logger("mevwatch.collector.logwatch")
 
 JOURNALD_SOCKET = "run/systemd/journal/socket"
 STREAM_LIMIT = 16 << 20
 RETRY_SECONDS = 10.0
+PRIORITY_ERR = 3  # syslog "err"; 0-2 (emerg, alert, crit) are worse and count too
+#: the journal's entries at err priority or worse, counted whatever their words (the runbook's journalctl -p err)
+PRIORITY_ERR_PATTERN = "priority_err"
 CURSOR_SAVE_SECONDS = 1.0
 
 
@@ -36,6 +42,12 @@ def parse_journal_entry(line: bytes) -> tuple[str, bytes] | None:
 
     MESSAGE is a string, an array of byte values (binary or invalid UTF-8), or null.
     """
+    record = parse_journal_record(line)
+    return None if record is None else (record[0], record[1])
+
+
+def parse_journal_record(line: bytes) -> tuple[str, bytes, int | None] | None:
+    """(cursor, message, syslog priority 0..7 or None) of one ``journalctl -o json`` line."""
     try:
         entry = json.loads(line)
     except ValueError:
@@ -52,7 +64,9 @@ def parse_journal_entry(line: bytes) -> tuple[str, bytes] | None:
         data = bytes(msg)
     else:
         data = b""
-    return cursor, data.replace(b"\n", b" ")
+    raw = entry.get("PRIORITY")
+    priority = int(raw) if isinstance(raw, str) and raw.isdigit() and int(raw) <= 7 else None
+    return cursor, data.replace(b"\n", b" "), priority
 
 
 def journal_available(journalctl: str, rootfs: Path) -> tuple[str | None, str]:
@@ -88,7 +102,7 @@ class JournalFollower:
         self.rootfs = rootfs
         self.max_line = max_line
         self.retry = retry
-        self.stats = SourceStats(matches={p.name: 0 for p in patterns})
+        self.stats = SourceStats(matches={**{p.name: 0 for p in patterns}, PRIORITY_ERR_PATTERN: 0})
         self.cursor: str | None = None
         self._saved: str | None = None
         self._last_save = 0.0
@@ -169,10 +183,10 @@ class JournalFollower:
 
     def feed(self, line: bytes) -> None:
         """Count one ``journalctl -o json`` line."""
-        entry = parse_journal_entry(line)
+        entry = parse_journal_record(line)
         if entry is None:
             return
-        self.cursor, message = entry
+        self.cursor, message, priority = entry
         chunk, cut = limit_line_length(message + b"\n", self.max_line)
         st = self.stats
         st.lines += 1
@@ -181,6 +195,8 @@ class JournalFollower:
         for p in self.patterns:
             if p.count(chunk):
                 st.matches[p.name] += 1
+        if priority is not None and priority <= PRIORITY_ERR:  # what `journalctl -p err` shows
+            st.matches[PRIORITY_ERR_PATTERN] += 1
         self.save_cursor()
 
     def save_cursor(self, force: bool = False) -> None:

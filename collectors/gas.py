@@ -148,6 +148,19 @@ def competitiveness(
     return bid, market, (bid / market if market > 0 else None)
 
 
+#: the runbook's competitive price: the recent base fee with a 15% premium (its gas strategy), 30% when pressed
+RUNBOOK_PREMIUMS: tuple[tuple[str, float], ...] = (("base_fee_x1.15", 1.15), ("base_fee_x1.3", 1.3))
+
+
+def runbook_ratios(kind: BidKind, value: float, next_base_fee: int) -> list[tuple[str, float, float]]:
+    """(basis, the runbook's price in wei, bid / that price) per premium; none for a tip-only bid, which
+    the runbook's total-price basis cannot judge, or without a base fee."""
+    if kind == "priority_fee_gwei" or next_base_fee <= 0:
+        return []
+    bid = value * next_base_fee if kind == "multiplier" else value * GWEI
+    return [(basis, next_base_fee * k, bid / (next_base_fee * k)) for basis, k in RUNBOOK_PREMIUMS]
+
+
 # --- options -------------------------------------------------------------------------------------
 
 
@@ -291,6 +304,19 @@ GAS_MARKET_PRICE_WEI = MetricSpec(
     ("endpoint", "kind", "percentile"),
 )
 
+GAS_RUNBOOK_PRICE_WEI = MetricSpec(
+    "mevwatch_gas_runbook_price_wei", "gauge",
+    "The runbook's competitive gas price: the next base fee with its 15% or 30% premium (basis), in wei",
+    ("endpoint", "basis"),
+)
+
+GAS_BID_RUNBOOK_RATIO = MetricSpec(
+    "mevwatch_gas_bid_runbook_ratio", "gauge",
+    "Bot's total bid / the runbook's competitive price on that basis (below 1: under the runbook's premium); "
+    "absent for a tip-only bid",
+    ("endpoint", "kind", "basis"),
+)
+
 GAS_BID_COMPETITIVENESS_RATIO = MetricSpec(
     "mevwatch_gas_bid_competitiveness_ratio", "gauge",
     "Bot's bid / market price at the percentile (below 1: underbidding it)",
@@ -319,6 +345,8 @@ class GasCollector(PollCollector[GasOptions]):
         GAS_BID_WEI,
         GAS_MARKET_PRICE_WEI,
         GAS_BID_COMPETITIVENESS_RATIO,
+        GAS_RUNBOOK_PRICE_WEI,
+        GAS_BID_RUNBOOK_RATIO,
     )
 
     def __init__(self, ctx: CollectorContext, options: GasOptions) -> None:
@@ -410,4 +438,12 @@ class GasCollector(PollCollector[GasOptions]):
             comp = GAS_BID_COMPETITIVENESS_RATIO.gauge()
             comp.add_metric(lv, ratio)
             out.append(comp)
+        runbook = runbook_ratios(bid.kind, value, fee.next_base_fee)
+        if runbook:
+            price = GAS_RUNBOOK_PRICE_WEI.gauge()
+            vs = GAS_BID_RUNBOOK_RATIO.gauge()
+            for basis, wei, r in runbook:
+                price.add_metric([ep, basis], wei)
+                vs.add_metric([ep, bid.kind, basis], r)
+            out += [price, vs]
         return out

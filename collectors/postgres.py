@@ -37,6 +37,7 @@ __all__ = [
     "Widths",
     "classify_error",
     "dead_tuple_ratio",
+    "dead_tuple_share",
     "estimate_index_bloat",
     "estimate_table_bloat",
     "normalize_state",
@@ -184,6 +185,11 @@ def dead_tuple_ratio(live: float, dead: float) -> float:
     return dead / max(live, 1.0)
 
 
+def dead_tuple_share(live: float, dead: float) -> float:
+    """The share of the table's tuples that are dead, n_dead_tup / (n_live_tup + n_dead_tup); 0 when empty."""
+    return dead / (live + dead) if live + dead > 0 else 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Widths:
     """What pg_stats says about a relation's columns: the inputs of the bloat estimate that ANALYZE sets."""
@@ -282,6 +288,10 @@ _HELP: dict[str, tuple[str, tuple[str, ...]]] = {
     "table_dead_tuples": ("Estimated dead rows (n_dead_tup)", ("server", "datname", "schema", "table")),
     "table_dead_tuple_ratio": (
         "n_dead_tup / n_live_tup as in the runbook (can exceed 1)", ("server", "datname", "schema", "table")
+    ),
+    "table_dead_tuple_share": (
+        "Share of the table's tuples that are dead: n_dead_tup / (n_live_tup + n_dead_tup), 0 to 1",
+        ("server", "datname", "schema", "table"),
     ),
     "table_size_bytes": (
         "Total relation size: heap, TOAST and indexes", ("server", "datname", "schema", "table")
@@ -562,6 +572,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             out.add("table_live_tuples", tl, live)
             out.add("table_dead_tuples", tl, dead)
             out.add("table_dead_tuple_ratio", tl, dead_tuple_ratio(live, dead))
+            out.add("table_dead_tuple_share", tl, dead_tuple_share(live, dead))
             if r["size"] is not None:
                 out.add("table_size_bytes", tl, r["size"])
             else:

@@ -1,7 +1,9 @@
 """Watched wallets: balance, nonce gap (stuck transactions), and their transactions followed block by block.
 
 Failed (receipt status 0) transactions and the gas they burned are counted, and a transaction to an
-address not on the allow list is flagged (security). Blocks are followed from the last one seen,
+address not on the allow list is flagged (security). The latest failed and the latest unexpected transaction
+of each wallet are info series (one per wallet: bounded) with the responder's first facts: hash, destination,
+nonce, block and value. Blocks are followed from the last one seen,
 at most ``max_blocks_per_run`` per run; the position survives restarts in the state DB. Reorgs are
 not re-scanned: a transaction is counted in the first block it was seen in.
 """
@@ -9,6 +11,7 @@ not re-scanned: a transaction is counted in the first block it was seen in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -38,11 +41,19 @@ def wei_to_ether(wei: int) -> float:
     return wei / WEI_PER_ETHER
 
 
+def ether_text(wei: int) -> str:
+    """Exact ether amount of ``wei`` as text (no float rounding): 1 wei is 0.000000000000000001."""
+    text = format(Decimal(wei).scaleb(-18), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @dataclass(frozen=True, slots=True)
 class SentTransaction:
     hash: str
     sender: str  # lowercase
     to: str | None  # lowercase; None for a contract creation
+    nonce: int = 0
+    value_wei: int = 0
 
 
 def sent_by(block: Any, watched: set[str]) -> list[SentTransaction]:
@@ -57,7 +68,9 @@ def sent_by(block: Any, watched: set[str]) -> list[SentTransaction]:
         if not isinstance(sender, str) or not isinstance(h, str) or not (to is None or isinstance(to, str)):
             raise ValueError(f"eth_getBlockByNumber.transactions[{i}]: missing from/hash or bad to")
         if sender.lower() in watched:
-            out.append(SentTransaction(h, sender.lower(), to.lower() if to else None))
+            nonce = parse_quantity(tx.get("nonce"), f"eth_getBlockByNumber.transactions[{i}].nonce")
+            value = parse_quantity(tx.get("value"), f"eth_getBlockByNumber.transactions[{i}].value")
+            out.append(SentTransaction(h, sender.lower(), to.lower() if to else None, nonce, value))
     return out
 
 
@@ -125,7 +138,23 @@ class _Tally:
     failed: int = 0
     failed_gas_wei: int = 0
     unexpected: int = 0
-    last_unexpected: tuple[str, str, float] | None = None  # (to, tx hash, block timestamp)
+    last_unexpected: _Facts | None = None
+    last_failed: _Facts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a responder looks up first about one transaction: the labels of a last-transaction info series."""
+
+    to: str  # checksummed, or "create"
+    tx: str
+    nonce: int
+    block: int
+    value_wei: int
+    timestamp: float
+
+    def labels(self) -> list[str]:
+        return [self.to, self.tx, str(self.nonce), str(self.block), ether_text(self.value_wei)]
 
 
 _CURSOR_SCHEMA = [
@@ -185,7 +214,13 @@ WALLET_UNEXPECTED_TRANSACTIONS = MetricSpec(
 WALLET_LAST_UNEXPECTED_TRANSACTION_INFO = MetricSpec(
     "mevwatch_wallet_last_unexpected_transaction_info", "gauge",
     "The latest unexpected transaction of the wallet (one series per wallet)",
-    ("address", "wallet", "to", "tx"),
+    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether"),
+)
+
+WALLET_LAST_FAILED_TRANSACTION_INFO = MetricSpec(
+    "mevwatch_wallet_last_failed_transaction_info", "gauge",
+    "The latest failed (receipt status 0) transaction of the wallet (one series per wallet)",
+    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether"),
 )
 
 WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS = MetricSpec(
@@ -214,6 +249,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         WALLET_UNEXPECTED_TRANSACTIONS,
         WALLET_LAST_UNEXPECTED_TRANSACTION_INFO,
         WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS,
+        WALLET_LAST_FAILED_TRANSACTION_INFO,
     )
 
     def __init__(self, ctx: CollectorContext, options: WalletOptions) -> None:
@@ -294,7 +330,7 @@ class WalletCollector(PollCollector[WalletOptions]):
             # Receipts first, tallies after: a failure mid-block leaves nothing half-counted for the retry.
             outcomes = [(tx, *await self._receipt(tx)) for tx in txs]
             for tx, failed, cost in outcomes:
-                self._account(tx, failed, cost, timestamp)
+                self._account(tx, failed, cost, number, timestamp)
             self.cursor = number
         if self.cursor != start:
             await self.ctx.run_blocking(self._save_cursor)
@@ -312,19 +348,24 @@ class WalletCollector(PollCollector[WalletOptions]):
             raise CollectorError("invalid_response", str(exc)) from None
         return status == 0, gas_used * price
 
-    def _account(self, tx: SentTransaction, failed: bool, cost: int, timestamp: float) -> None:
+    def _account(self, tx: SentTransaction, failed: bool, cost: int, block: int, timestamp: float) -> None:
         tally = self._tally[tx.sender]
+        facts = _Facts(CREATE if tx.to is None else validate_address(tx.to), tx.hash, tx.nonce, block,
+                       tx.value_wei, timestamp)
         if failed:
             tally.failed += 1
             tally.failed_gas_wei += cost
+            tally.last_failed = facts
+            self.ctx.log.warning("wallet_transaction_failed", wallet=self._by_lower[tx.sender].name,
+                                 to=facts.to, tx=tx.hash, nonce=tx.nonce, block=block)
         else:
             tally.succeeded += 1
         if self._allowed is not None and ((tx.to is None and not self.options.allow_create)
                                           or (tx.to is not None and tx.to not in self._allowed)):
             tally.unexpected += 1
-            tally.last_unexpected = (CREATE if tx.to is None else validate_address(tx.to), tx.hash, timestamp)
+            tally.last_unexpected = facts
             self.ctx.log.warning("wallet_unexpected_transaction", wallet=self._by_lower[tx.sender].name,
-                                 to=tally.last_unexpected[0], tx=tx.hash)
+                                 to=facts.to, tx=tx.hash)
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -352,6 +393,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         unexpected = WALLET_UNEXPECTED_TRANSACTIONS.counter()
         last_info = WALLET_LAST_UNEXPECTED_TRANSACTION_INFO.gauge()
         last_ts = WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS.gauge()
+        last_failed = WALLET_LAST_FAILED_TRANSACTION_INFO.gauge()
         for a in self.options.addresses:
             lv = [a.address, a.name]
             latest, pending = nonces[a.address]
@@ -365,15 +407,16 @@ class WalletCollector(PollCollector[WalletOptions]):
             if self._allowed is not None:
                 unexpected.add_metric(lv, float(t.unexpected))
             if t.last_unexpected is not None:
-                to, tx_hash, ts = t.last_unexpected
-                last_info.add_metric([*lv, to, tx_hash], 1.0)
-                last_ts.add_metric(lv, ts)
+                last_info.add_metric([*lv, *t.last_unexpected.labels()], 1.0)
+                last_ts.add_metric(lv, t.last_unexpected.timestamp)
+            if t.last_failed is not None:
+                last_failed.add_metric([*lv, *t.last_failed.labels()], 1.0)
         followed = WALLET_FOLLOWED_BLOCK.gauge()
         behind = WALLET_BLOCKS_BEHIND.gauge()
         ep = self.options.endpoint.name
         followed.add_metric([ep], float(self.cursor if self.cursor is not None else head))
         behind.add_metric([ep], float(head - (self.cursor if self.cursor is not None else head)))
-        out: list[Metric] = [bal, nonce, gap, txs, burned, followed, behind]
+        out: list[Metric] = [bal, nonce, gap, txs, burned, last_failed, followed, behind]
         if self._allowed is not None:
             out += [unexpected, last_info, last_ts]
         return out

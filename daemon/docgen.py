@@ -132,14 +132,17 @@ def configuration_md() -> str:
 
 
 def all_metric_specs() -> dict[str, tuple[str, MetricSpec]]:
-    """Every declared family by name, with its owner: a collector kind, ``supervisor`` or ``alerts``."""
+    """Every declared family by name, with its owner: a collector kind, ``supervisor``, ``web`` (the HTTP
+    server) or ``alerts``."""
     from mevwatch.alerts.engine import ENGINE_METRICS
     from mevwatch.daemon.exposition import EXPOSITION_METRICS
+    from mevwatch.daemon.http import HTTP_METRICS
     from mevwatch.daemon.state import STATE_METRICS
     from mevwatch.daemon.supervisor import SUPERVISOR_METRICS
 
     owners: list[tuple[str, tuple[MetricSpec, ...]]] = [
-        ("supervisor", SUPERVISOR_METRICS + STATE_METRICS + EXPOSITION_METRICS), ("alerts", ENGINE_METRICS)]
+        ("supervisor", SUPERVISOR_METRICS + STATE_METRICS + EXPOSITION_METRICS), ("web", HTTP_METRICS),
+        ("alerts", ENGINE_METRICS)]
     owners += [(kind, cls.metrics) for kind, cls in all_kinds().items()
                if cls.__module__.startswith("mevwatch.collectors.")]
     out: dict[str, tuple[str, MetricSpec]] = {}
@@ -189,12 +192,14 @@ def metrics_md() -> str:
         f"{len(specs)} families in total.",
         "",
     ]
-    order = ["supervisor", "alerts", *sorted(k for k in by_owner if k not in ("supervisor", "alerts"))]
+    order = ["supervisor", "web", "alerts", *sorted(k for k in by_owner if k not in ("supervisor", "web", "alerts"))]
     for owner in order:
         if owner not in by_owner:
             continue
         if owner == "supervisor":
             lines += ["## mevwatch itself (supervisor)", ""]
+        elif owner == "web":
+            lines += ["## HTTP server", ""]
         elif owner == "alerts":
             lines += ["## Alert engine", ""]
         else:

@@ -22,7 +22,6 @@ import structlog
 from mevwatch.collectors.base import MetricSpec
 from mevwatch.families import (
     METRIC_NAME_RE,
-    CounterMetricFamily,
     Metric,
     float_to_go_string,
     label_text,
@@ -229,10 +228,10 @@ def _render_openmetrics(families: Iterable[Metric]) -> bytes:
 
 # --- one family that cannot be rendered never takes the others down (node_exporter's ContinueOnError) ---
 
-EXPOSITION_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_exposition_family_errors", "counter",
-               "Renders of /metrics that left a metric family out because it could not be written", ("family",)),
-)
+EXPOSITION_FAMILY_ERRORS = MetricSpec(
+    "mevwatch_exposition_family_errors", "counter",
+    "Renders of /metrics that left a metric family out because it could not be written", ("family",))
+EXPOSITION_METRICS: tuple[MetricSpec, ...] = (EXPOSITION_FAMILY_ERRORS,)
 _family_errors: dict[str, int] = {}
 
 
@@ -258,9 +257,7 @@ def _isolated(render: Callable[[Iterable[Metric]], bytes], families: Iterable[Me
 
 
 def exposition_families() -> list[Metric]:
-    fam = CounterMetricFamily("mevwatch_exposition_family_errors",
-                              "Renders of /metrics that left a metric family out because it could not be written",
-                              labels=["family"])
+    fam = EXPOSITION_FAMILY_ERRORS.counter()
     for name, n in sorted(_family_errors.items()):
         fam.add_metric([label_text(name)], float(n))
     return [fam]

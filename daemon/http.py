@@ -2,33 +2,38 @@
 
 A scrape never waits on a collector: the exposition is rendered once per store change (per
 format) and served from cache, the gzipped copy cached too, so many concurrent scrapers
-cost almost nothing. Optional TLS and bcrypt basic auth from an exporter-toolkit web-config.
+cost almost nothing. Optional TLS, bcrypt basic auth, headers and a rate limit from an
+exporter-toolkit web-config (mevwatch.daemon.webconfig), re-read on every reload.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import gzip
 import hashlib
 import html
 import json
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import structlog
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mevwatch.daemon._httpd import Request, Response, Server
 from mevwatch.daemon.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render_openmetrics, render_text
 from mevwatch.daemon.flags import Setting, settings_html
 from mevwatch.daemon.landing import landing_html
 from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
+from mevwatch.daemon.webconfig import WebConfigFile, WebSettings, web_settings
+from mevwatch.daemon.yamlsource import ConfigError
+from mevwatch.families import Metric, MetricSpec
 
-__all__ = ["HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile", "load_web_config", "ssl_context"]
+__all__ = ["HTTP_METRICS", "BasicAuth", "HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile"]
 
 log = structlog.get_logger("mevwatch.http")
 
@@ -85,92 +90,117 @@ class MetricsCache:
         return b"".join(parts)
 
 
-# --- exporter-toolkit web-config -------------------------------------------------------------
+# --- basic auth ---------------------------------------------------------------------------------
+
+#: a bcrypt hash of a random password: unknown users cost a bcrypt check too, so timing does not reveal names
+_DUMMY_HASH = "$2b$10$7a3Ymo0pCW0R5iZy3t2f6OAvlIF1gk.jMFL1BjkHy0LO0bAp1lVXa"
+_BCRYPT_MAX = 72  # bytes bcrypt reads of a password; a longer one is refused (as Go's bcrypt does)
+AUTH_CACHE_SIZE = 100  # successes kept (exporter-toolkit's cache size)
+AUTH_FAILURE_TTL = 10.0  # seconds a failed user/password pair is answered 401 without bcrypt
+AUTH_FAILURES_KEPT = 1000
 
 
-class _TLSServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None
-    client_auth_type: str = "NoClientCert"
-    min_version: str = "TLS12"
+class BasicAuth:
+    """bcrypt basic auth that never runs bcrypt on the event loop.
 
+    Checked in this order: a cached success (so a valid scrape never waits behind a flood of
+    wrong passwords), a recent failure (answered at once for AUTH_FAILURE_TTL), then bcrypt in
+    one worker thread at a time (exporter-toolkit holds a mutex around it for the same reason).
+    Cache keys are sha256 digests of user, hash and password: no password is kept in memory.
+    """
 
-class WebConfigFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tls_server_config: _TLSServerConfig | None = None
-    basic_auth_users: dict[str, str] = Field(default_factory=dict)
-    http_server_config: dict[str, Any] = Field(default_factory=dict)
+    def __init__(self, users: dict[str, str], pool: ThreadPoolExecutor) -> None:
+        self.users = users
+        self.pool = pool
+        self._ok: dict[bytes, None] = {}
+        self._failed: dict[bytes, float] = {}
+        self.bcrypt_runs = 0
 
-
-def load_web_config(path: Path) -> WebConfigFile:
-    """Parse a web-config file; ValueError with the file and field on any problem."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        cfg = WebConfigFile.model_validate(data)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read web config: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: YAML syntax error: {exc}") from None
-    except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {msgs}") from None
-    for user, h in cfg.basic_auth_users.items():
-        if not h.startswith(("$2a$", "$2b$", "$2y$")):
-            raise ValueError(f"{path}: basic_auth_users.{user}: not a bcrypt hash")
-    return cfg
-
-
-def ssl_context(cfg: WebConfigFile) -> ssl.SSLContext | None:
-    tls = cfg.tls_server_config
-    if tls is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                           "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}.get(
-        tls.min_version, ssl.TLSVersion.TLSv1_2)
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.client_ca_file is not None:
-        ctx.load_verify_locations(str(tls.client_ca_file))
-        if tls.client_auth_type == "RequireAndVerifyClientCert":
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        elif tls.client_auth_type in ("VerifyClientCertIfGiven", "RequestClientCert"):
-            ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-@dataclass
-class _BasicAuth:
-    users: dict[str, str]
-    _ok: set[str] = field(default_factory=set)  # sha256 of "user:password" that verified
-
-    def check(self, header: str | None) -> bool:
-        import base64
-
-        import bcrypt
-
+    def _parse(self, header: str | None) -> tuple[str, bytes] | None:
         if not header or not header.startswith("Basic "):
-            return False
+            return None
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+            user, sep, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
+            return None
+        return (user, password.encode()) if sep else None
+
+    def _key(self, user: str, password: bytes) -> bytes:
+        hashed = self.users.get(user, _DUMMY_HASH)
+        return hashlib.sha256(b"\0".join((user.encode(), hashed.encode(), password))).digest()
+
+    def quick(self, header: str | None) -> bool | None:
+        """True or False when known without bcrypt; None when bcrypt must decide."""
+        creds = self._parse(header)
+        if creds is None:
             return False
-        digest = hashlib.sha256(f"{user}:{password}".encode()).hexdigest()
-        if digest in self._ok:
+        user, password = creds
+        if len(password) > _BCRYPT_MAX:
+            return False
+        key = self._key(user, password)
+        if key in self._ok:
             return True
+        expiry = self._failed.get(key)
+        if expiry is not None:
+            if expiry > time.monotonic():
+                return False
+            del self._failed[key]
+        return None
+
+    async def check(self, header: str | None) -> bool:
+        verdict = self.quick(header)
+        if verdict is not None:
+            return verdict
+        creds = self._parse(header)
+        assert creds is not None
+        user, password = creds
         hashed = self.users.get(user)
-        # verify against a fixed hash for unknown users too, so timing does not reveal names
-        ok = bcrypt.checkpw(password.encode(), (hashed or _DUMMY_HASH).encode()) and hashed is not None
+        self.bcrypt_runs += 1
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(
+            self.pool, bcrypt.checkpw, password, (hashed or _DUMMY_HASH).encode()) and hashed is not None
+        key = self._key(user, password)
         if ok:
-            self._ok.add(digest)
+            if len(self._ok) >= AUTH_CACHE_SIZE:
+                del self._ok[next(iter(self._ok))]
+            self._ok[key] = None
+        else:
+            if len(self._failed) >= AUTH_FAILURES_KEPT:
+                del self._failed[next(iter(self._failed))]
+            self._failed[key] = time.monotonic() + AUTH_FAILURE_TTL
         return ok
 
 
-_DUMMY_HASH = "$2b$10$7a3Ymo0pCW0R5iZy3t2f6OAvlIF1gk.jMFL1BjkHy0LO0bAp1lVXa"
+class RateLimiter:
+    """exporter-toolkit's ``rate_limit``: a token bucket of ``burst`` requests refilled one per ``interval``."""
 
+    def __init__(self, burst: int, interval: float) -> None:
+        self.burst = burst
+        self.interval = interval
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) / self.interval)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 # --- server ------------------------------------------------------------------------------------
+
+#: the HTTP server's self-metrics (docs/metrics.md)
+WEB_CONFIG_LAST_RELOAD_SUCCESSFUL = MetricSpec(
+    "mevwatch_web_config_last_reload_successful", "gauge",
+    "1 if the web config file (TLS, basic auth) last loaded, 0 if the server runs an older one")
+WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_web_config_last_reload_success_timestamp_seconds", "gauge", "Unix time the web config file last loaded")
+HTTP_METRICS: tuple[MetricSpec, ...] = (
+    WEB_CONFIG_LAST_RELOAD_SUCCESSFUL, WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS)
+
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 @dataclass
@@ -195,13 +225,15 @@ class HttpServer:
         hooks: HttpHooks,
         listen: str | Sequence[str],
         enable_lifecycle: bool = False,
-        web_config: WebConfigFile | None = None,
+        web_config: WebConfigFile | WebSettings | None = None,
         *,
+        web_config_file: str | Path | None = None,
         telemetry_path: str = "/metrics",
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         tls_handshake_timeout: float = 10.0,
         max_connections: int = 512,
+        max_incomplete_per_source: int = 64,
     ) -> None:
         self.cache = MetricsCache(store)
         self.hooks = hooks
@@ -210,19 +242,33 @@ class HttpServer:
             raise ValueError("no listen address")
         self.listen = self.addresses[0]
         self.enable_lifecycle = enable_lifecycle
-        self.web_config = web_config or WebConfigFile()
-        self._auth = _BasicAuth(dict(self.web_config.basic_auth_users)) if self.web_config.basic_auth_users else None
+        self.web_config_file = Path(web_config_file) if web_config_file else None
         # one server per listen address (--web.listen-address repeated), all answering the same routes
         self.servers = [
             Server(self.dispatch, header_timeout=header_timeout, idle_timeout=idle_timeout,
-                   tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections)
+                   tls_handshake_timeout=tls_handshake_timeout, max_connections=max_connections,
+                   max_incomplete_per_source=max_incomplete_per_source)
             for _ in self.addresses
         ]
         self.server = self.servers[0]
         self.telemetry_path = telemetry_path
+        self._bcrypt_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mevwatch-bcrypt")
+        self._auth: BasicAuth | None = None
+        self._limiter: RateLimiter | None = None
+        self.web_config = WebConfigFile()
+        self.web_reload_ok = True
+        self.web_reload_wall = time.time()
+        self._web_error = ""  # the last rejection logged, so a failing streak logs once
+        if isinstance(web_config, WebConfigFile):
+            web_config = _settings_of(web_config)
+        if web_config is None and self.web_config_file is not None:
+            web_config = web_settings(self.web_config_file)  # ConfigError: the caller exits 2
+        if web_config is not None:
+            self._apply(web_config)
         self._started = False
         self.scrapes_total = 0
-        self._routes: dict[str, dict[str, Callable[[Request], Response | Awaitable[Response]]]] = {
+        # path -> method -> handler; HEAD is served by the GET handler
+        self._routes: dict[str, dict[str, Handler]] = {
             "/": {"GET": self.landing},
             "/api/v1/alerts": {"GET": self.api_alerts},
             "/api/v1/rules": {"GET": self.api_rules},
@@ -240,9 +286,69 @@ class HttpServer:
         """The bound port (useful with a listen address ending in ``:0``)."""
         return self.server.port
 
+    # --- web config -----------------------------------------------------------------------------
+
+    def _apply(self, settings: WebSettings) -> None:
+        cfg = settings.config
+        users = dict(cfg.basic_auth_users)
+        if not users:
+            self._auth = None
+        elif self._auth is None or self._auth.users != users:
+            self._auth = BasicAuth(users, self._bcrypt_pool)  # new users: no cached verdict carries over
+        rl = cfg.rate_limit
+        self._limiter = RateLimiter(rl.burst, rl.interval) if rl.interval > 0 else None
+        for server in self.servers:
+            server.ssl_context = settings.ssl_context
+            server.peer_check = settings.peer_check
+            server.extra_headers = settings.headers
+        self.web_config = cfg
+
+    def reload_web_config(self) -> tuple[bool, str]:
+        """Read the web config file again; a bad file keeps the running settings (logged once per streak)."""
+        if self.web_config_file is None:
+            return True, "no web config file"
+        try:
+            settings = web_settings(self.web_config_file)
+        except ConfigError as exc:
+            self.web_reload_ok = False
+            text = str(exc)
+            if text != self._web_error:
+                self._web_error = text
+                for issue in exc.issues:
+                    log.error("web_config_reload_rejected", error=str(issue))
+            return False, "web config rejected, running web config kept:\n" + text
+        self._apply(settings)
+        self.web_reload_ok = True
+        self.web_reload_wall = time.time()
+        self._web_error = ""
+        log.info("web_config_reloaded", tls=settings.ssl_context is not None, basic_auth=self._auth is not None)
+        return True, "web config reloaded"
+
+    def meta_families(self) -> list[Metric]:
+        return [WEB_CONFIG_LAST_RELOAD_SUCCESSFUL.gauge(1.0 if self.web_reload_ok else 0.0),
+                WEB_CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS.gauge(self.web_reload_wall)]
+
+    # --- dispatch -------------------------------------------------------------------------------
+
     def dispatch(self, request: Request) -> Response | Awaitable[Response]:
-        if self._auth is not None and not self._auth.check(request.headers.get("authorization")):
-            return Response.text(401, "Unauthorized\n", ("WWW-Authenticate", 'Basic realm="mevwatch"'))
+        if self._limiter is not None and not self._limiter.allow():
+            return Response.text(429, "Too Many Requests\n")
+        auth = self._auth
+        if auth is not None:
+            verdict = auth.quick(request.headers.get("authorization"))
+            if verdict is None:
+                return self._after_bcrypt(auth, request)
+            if not verdict:
+                return _UNAUTHORIZED
+        return self.route(request)
+
+    async def _after_bcrypt(self, auth: BasicAuth, request: Request) -> Response:
+        if not await auth.check(request.headers.get("authorization")):
+            return _UNAUTHORIZED
+        result = self.route(request)
+        return result if isinstance(result, Response) else await result
+
+    def route(self, request: Request) -> Response | Awaitable[Response]:
         methods = self._routes.get(request.path)
         if methods is None:
             return Response.text(404, "404: Not Found\n")
@@ -253,23 +359,23 @@ class HttpServer:
         return handler(request)
 
     async def start(self) -> None:
-        tls = ssl_context(self.web_config)
         try:
             for address, server in zip(self.addresses, self.servers, strict=True):
                 host, _, port = address.rpartition(":")
-                await server.start(host.strip("[]") or "127.0.0.1", int(port), tls)
+                await server.start(host.strip("[]") or "127.0.0.1", int(port), server.ssl_context)
                 self._started = True
         except OSError:
             await self.stop()
             raise
-        log.info("http_listening", address=", ".join(self.addresses),
-                 tls=self.web_config.tls_server_config is not None, basic_auth=self._auth is not None)
+        log.info("http_listening", address=", ".join(self.addresses), tls=self.server.ssl_context is not None,
+                 basic_auth=self._auth is not None)
 
     async def stop(self) -> None:
         if self._started:
             self._started = False
             for server in self.servers:
                 await server.stop()
+        self._bcrypt_pool.shutdown(wait=False, cancel_futures=True)
 
     def metrics(self, request: Request) -> Response:
         self.scrapes_total += 1
@@ -336,3 +442,11 @@ class HttpServer:
 
 
 _GZIP = (("Content-Encoding", "gzip"),)
+_UNAUTHORIZED = Response.text(401, "Unauthorized\n", ("WWW-Authenticate", 'Basic realm="mevwatch"'))
+
+
+def _settings_of(cfg: WebConfigFile) -> WebSettings:
+    """Settings from an already validated model (tests; no TLS files are read)."""
+    if cfg.tls_server_config.enabled:
+        raise ValueError("a web config with TLS is loaded from its file: web_settings(path)")
+    return WebSettings(cfg, None, None, tuple(sorted(cfg.http_server_config.headers.items())))

@@ -13,7 +13,7 @@ from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
 from mevwatch.daemon.exposition import exposition_families
 from mevwatch.daemon.flags import Overrides, Setting, settings
-from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile, load_web_config
+from mevwatch.daemon.http import HttpHooks, HttpServer
 from mevwatch.daemon.malloc import MallocTrimmer
 from mevwatch.daemon.state import StateDB, StateError, state_families
 from mevwatch.daemon.store import SampleStore
@@ -63,19 +63,8 @@ class Daemon:
         except StateError as exc:
             raise StartupError(f"{exc} (state_dir {self.config.state_dir}; set state_dir or STATE_DIRECTORY)") from None
 
-    def _web_config(self) -> WebConfigFile | None:
-        if not self.web_config_file:
-            return None
-        try:
-            from pathlib import Path
-
-            return load_web_config(Path(self.web_config_file))
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
-
     async def main(self) -> int:
         self.state = self._open_state()
-        web_config = self._web_config()
         # The watchdog withholds its keep-alive when the heartbeat is older than two of its periods:
         # under a watchdog the heartbeat advances once per watchdog period, otherwise rarely.
         watchdog = watchdog_interval() if self.notifier.enabled else None
@@ -87,8 +76,15 @@ class Daemon:
                           reload=self.reload, settings=self.settings, alerting=self.alerting,
                           alerts=self.alerts_view)
         try:
-            self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle, web_config,
+            self.http = HttpServer(self.store, hooks, self.listen, self.enable_lifecycle,
+                                   web_config_file=self.web_config_file,
                                    telemetry_path=self.config.daemon.web.telemetry_path)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        self.supervisor.extra_meta.append(self.http.meta_families)
+        try:
             await self.http.start()
         except ValueError as exc:
             raise StartupError(str(exc)) from None
@@ -213,29 +209,42 @@ class Daemon:
             assert self.supervisor is not None
             self.notifier.reloading()
             try:
-                if self.config_path is None:
-                    log.info("reload_skipped", reason="running on the embedded default config")
-                    return True, "no config file: embedded default stays"
-                try:
-                    new = self.overrides.apply(load_config(self.config_path))
-                except ConfigError as exc:
-                    for issue in exc.issues:
-                        log.error("config_reload_rejected", error=str(issue))
-                    self.supervisor.reload_ok = False
+                # the web config first: a revoked password or certificate stops working at once
+                web_ok, web_message = self.http.reload_web_config() if self.http is not None else (True, "")
+                if not web_ok:
                     self.supervisor._publish_meta()
-                    return False, "config rejected, running config kept:\n" + str(exc)
-                self.config = new
-                await self.supervisor.swap(new)
-                for comp in self.components:
-                    await comp.stop()
-                self.components.clear()
-                await self._start_components()
-                self.supervisor.reload_ok = True
-                import time
-
-                self.supervisor.reload_wall = time.time()
-                self.supervisor._publish_meta()
-                log.info("config_reloaded", collectors=len(self.supervisor.collectors))
-                return True, "config reloaded"
+                ok, message = await self._reload_config()
+                if not web_ok:
+                    return False, web_message if ok else web_message + "\n" + message
+                return ok, message
             finally:
                 self.notifier.ready(self.summary())
+
+    async def _reload_config(self) -> tuple[bool, str]:
+        """The main config file: a bad one is rejected and the running config stays."""
+        assert self.supervisor is not None
+        if self.config_path is None:
+            log.info("reload_skipped", reason="running on the embedded default config")
+            self.supervisor._publish_meta()
+            return True, "no config file: embedded default stays"
+        try:
+            new = self.overrides.apply(load_config(self.config_path))
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("config_reload_rejected", error=str(issue))
+            self.supervisor.reload_ok = False
+            self.supervisor._publish_meta()
+            return False, "config rejected, running config kept:\n" + str(exc)
+        self.config = new
+        await self.supervisor.swap(new)
+        for comp in self.components:
+            await comp.stop()
+        self.components.clear()
+        await self._start_components()
+        self.supervisor.reload_ok = True
+        import time
+
+        self.supervisor.reload_wall = time.time()
+        self.supervisor._publish_meta()
+        log.info("config_reloaded", collectors=len(self.supervisor.collectors))
+        return True, "config reloaded"

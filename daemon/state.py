@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from mevwatch.collectors.base import MetricSpec, StateError
-from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
+from mevwatch.families import Metric
 
 __all__ = ["STATE_METRICS", "StateDB", "StateError", "default_state_dir", "state_families"]
 
@@ -266,19 +266,14 @@ def _split_sql(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-STATE_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_state_db_moved_aside", "counter",
-               "Corrupt state DBs moved aside at start and replaced by an empty one", ()),
-    MetricSpec("mevwatch_state_db_writable", "gauge",
-               "0 while writes to the state DB fail (full or unwritable disk), else 1", ()),
-)
+STATE_DB_MOVED_ASIDE = MetricSpec(
+    "mevwatch_state_db_moved_aside", "counter", "Corrupt state DBs moved aside at start and replaced by an empty one")
+STATE_DB_WRITABLE = MetricSpec(
+    "mevwatch_state_db_writable", "gauge", "0 while writes to the state DB fail (full or unwritable disk), else 1")
+STATE_METRICS: tuple[MetricSpec, ...] = (STATE_DB_MOVED_ASIDE, STATE_DB_WRITABLE)
 
 
 def state_families(db: StateDB) -> list[Metric]:
     """The state DB's own series (its write errors are the supervisor's)."""
-    return [CounterMetricFamily("mevwatch_state_db_moved_aside",
-                                "Corrupt state DBs moved aside at start and replaced by an empty one",
-                                value=float(db.moved_aside is not None)),
-            GaugeMetricFamily("mevwatch_state_db_writable",
-                              "0 while writes to the state DB fail (full or unwritable disk), else 1",
-                              value=0.0 if db.failing_since is not None else 1.0)]
+    return [STATE_DB_MOVED_ASIDE.counter(float(db.moved_aside is not None)),
+            STATE_DB_WRITABLE.gauge(0.0 if db.failing_since is not None else 1.0)]

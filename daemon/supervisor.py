@@ -43,12 +43,7 @@ from mevwatch.daemon.buildinfo import build_info
 from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey
-from mevwatch.families import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from mevwatch.families import Metric
 
 __all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 
@@ -59,30 +54,38 @@ STREAM_BACKOFF_MAX = 60.0
 #: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
 #: when no systemd watchdog asks for a faster one
 HEARTBEAT_INTERVAL = 5.0
+COLLECTOR_SUCCESS = MetricSpec(
+    "mevwatch_collector_success", "gauge",
+    "1 if the collector's last run succeeded, 0 if it failed", ("collector", "instance"))
+COLLECTOR_DURATION_SECONDS = MetricSpec(
+    "mevwatch_collector_duration_seconds", "gauge", "Wall time of the collector's last run", ("collector", "instance"))
+COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_collector_last_success_timestamp_seconds", "gauge",
+    "Unix time of the collector's last successful run", ("collector", "instance"))
+COLLECTOR_ERRORS = MetricSpec(
+    "mevwatch_collector_errors", "counter", "Failed collector runs by reason", ("collector", "instance", "reason"))
+COLLECTOR_INTERVAL_SECONDS = MetricSpec(
+    "mevwatch_collector_interval_seconds", "gauge", "Configured interval of the collector", ("collector", "instance"))
+BUILD = MetricSpec(
+    "mevwatch_build", "info", "mevwatch version, the branch and revision it was built from, and Python runtime",
+    ("branch", "python", "revision", "version"))
+BLOCKING_THREADS_ABANDONED = MetricSpec(
+    "mevwatch_blocking_threads_abandoned", "gauge",
+    "Blocking calls that timed out and whose thread has not returned (hung I/O)")
+BLOCKING_CALLS_ABANDONED = MetricSpec(
+    "mevwatch_blocking_calls_abandoned", "counter", "Blocking calls abandoned after their timeout since start")
+CONFIG_LAST_RELOAD_SUCCESSFUL = MetricSpec(
+    "mevwatch_config_last_reload_successful", "gauge",
+    "1 if the last config (re)load succeeded, 0 if the running config is older than the file")
+CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS = MetricSpec(
+    "mevwatch_config_last_reload_success_timestamp_seconds", "gauge", "Unix time of the last successful config load")
+STATE_WRITE_ERRORS = MetricSpec(
+    "mevwatch_state_write_errors", "counter", "Failed writes to the state DB (full or unwritable disk)")
 #: the self-metrics the supervisor adds to every scrape (docs/metrics.md, dashboards, contract test)
 SUPERVISOR_METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("mevwatch_collector_success", "gauge",
-               "1 if the collector's last run succeeded, 0 if it failed", ("collector", "instance")),
-    MetricSpec("mevwatch_collector_duration_seconds", "gauge",
-               "Wall time of the collector's last run", ("collector", "instance")),
-    MetricSpec("mevwatch_collector_last_success_timestamp_seconds", "gauge",
-               "Unix time of the collector's last successful run", ("collector", "instance")),
-    MetricSpec("mevwatch_collector_errors", "counter",
-               "Failed collector runs by reason", ("collector", "instance", "reason")),
-    MetricSpec("mevwatch_collector_interval_seconds", "gauge",
-               "Configured interval of the collector", ("collector", "instance")),
-    MetricSpec("mevwatch_build", "info",
-               "mevwatch version, the branch and revision it was built from, and Python runtime",
-               ("branch", "python", "revision", "version")),
-    MetricSpec("mevwatch_blocking_threads_abandoned", "gauge",
-               "Blocking calls that timed out and whose thread has not returned (hung I/O)", ()),
-    MetricSpec("mevwatch_blocking_calls_abandoned", "counter",
-               "Blocking calls abandoned after their timeout since start", ()),
-    MetricSpec("mevwatch_config_last_reload_successful", "gauge",
-               "1 if the last config (re)load succeeded, 0 if the running config is older than the file", ()),
-    MetricSpec("mevwatch_config_last_reload_success_timestamp_seconds", "gauge",
-               "Unix time of the last successful config load", ()),
-    MetricSpec("mevwatch_state_write_errors", "counter", "Failed writes to the state DB (full or unwritable disk)", ()),
+    COLLECTOR_SUCCESS, COLLECTOR_DURATION_SECONDS, COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS, COLLECTOR_ERRORS,
+    COLLECTOR_INTERVAL_SECONDS, BUILD, BLOCKING_THREADS_ABANDONED, BLOCKING_CALLS_ABANDONED,
+    CONFIG_LAST_RELOAD_SUCCESSFUL, CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS, STATE_WRITE_ERRORS,
 )
 
 
@@ -396,33 +399,23 @@ class Supervisor:
             asyncio.get_running_loop().call_soon(self._publish_meta)
 
     def meta_families(self) -> list[Metric]:
-        labels = ["collector", "instance"]
         items = sorted(self.status.items())
 
-        def family(
-            cls: type[GaugeMetricFamily | CounterMetricFamily], name: str, documentation: str,
-            rows: list[tuple[list[str], float]], names: list[str] = labels,
-        ) -> Metric:
-            fam = cls(name, documentation, labels=names)
+        def family(spec: MetricSpec, rows: list[tuple[list[str], float]]) -> Metric:
+            fam = spec.gauge() if spec.type == "gauge" else spec.counter()
             for lv, v in rows:
                 fam.add_metric(lv, v)
             return fam
 
         ran = [(k, i, st) for (k, i), st in items if st.success is not None]
         families: list[Metric] = [
-            family(GaugeMetricFamily, "mevwatch_collector_success",
-                   "1 if the collector's last run succeeded, 0 if it failed",
-                   [([k, i], 1.0 if st.success else 0.0) for k, i, st in ran]),
-            family(GaugeMetricFamily, "mevwatch_collector_duration_seconds", "Wall time of the collector's last run",
-                   [([k, i], st.duration) for k, i, st in ran]),
-            family(GaugeMetricFamily, "mevwatch_collector_last_success_timestamp_seconds",
-                   "Unix time of the collector's last successful run",
+            family(COLLECTOR_SUCCESS, [([k, i], 1.0 if st.success else 0.0) for k, i, st in ran]),
+            family(COLLECTOR_DURATION_SECONDS, [([k, i], st.duration) for k, i, st in ran]),
+            family(COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS,
                    [([k, i], st.last_success_wall) for (k, i), st in items if st.last_success_wall]),
-            family(CounterMetricFamily, "mevwatch_collector_errors", "Failed collector runs by reason",
-                   [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())],
-                   [*labels, "reason"]),
-            family(GaugeMetricFamily, "mevwatch_collector_interval_seconds", "Configured interval of the collector",
-                   [([k, i], st.interval) for (k, i), st in items]),
+            family(COLLECTOR_ERRORS,
+                   [([k, i, reason], float(n)) for (k, i), st in items for reason, n in sorted(st.errors.items())]),
+            family(COLLECTOR_INTERVAL_SECONDS, [([k, i], st.interval) for (k, i), st in items]),
             *self._process_families(),
         ]
         for extra in self.extra_meta:
@@ -432,42 +425,18 @@ class Supervisor:
     def _process_families(self) -> list[Metric]:
         write_errors = self.state.write_errors_total if self.state is not None else None
         info = build_info()  # as node_exporter_build_info: what `mevwatch --version` prints
-        build = InfoMetricFamily(
-            "mevwatch_build", "mevwatch version, the branch and revision it was built from, and Python runtime",
-            value={
+        families: list[Metric] = [
+            BUILD.info({
                 "version": __version__,
                 "branch": info.branch,
                 "revision": info.revision,
                 "python": ".".join(map(str, sys.version_info[:3])),
-            }
-        )
-        abandoned = GaugeMetricFamily(
-            "mevwatch_blocking_threads_abandoned",
-            "Blocking calls that timed out and whose thread has not returned (hung I/O)",
-            value=float(self.pool.abandoned),
-        )
-        abandoned_total = CounterMetricFamily(
-            "mevwatch_blocking_calls_abandoned",
-            "Blocking calls abandoned after their timeout since start",
-            value=float(self.pool.abandoned_total),
-        )
-        reload_ok = GaugeMetricFamily(
-            "mevwatch_config_last_reload_successful",
-            "1 if the last config (re)load succeeded, 0 if the running config is older than the file",
-            value=1.0 if self.reload_ok else 0.0,
-        )
-        reload_ts = GaugeMetricFamily(
-            "mevwatch_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load",
-            value=self.reload_wall,
-        )
-        families: list[Metric] = [build, abandoned, abandoned_total, reload_ok, reload_ts]
+            }),
+            BLOCKING_THREADS_ABANDONED.gauge(float(self.pool.abandoned)),
+            BLOCKING_CALLS_ABANDONED.counter(float(self.pool.abandoned_total)),
+            CONFIG_LAST_RELOAD_SUCCESSFUL.gauge(1.0 if self.reload_ok else 0.0),
+            CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS.gauge(self.reload_wall),
+        ]
         if write_errors is not None:
-            families.append(
-                CounterMetricFamily(
-                    "mevwatch_state_write_errors",
-                    "Failed writes to the state DB (full or unwritable disk)",
-                    value=float(write_errors),
-                )
-            )
+            families.append(STATE_WRITE_ERRORS.counter(float(write_errors)))
         return families

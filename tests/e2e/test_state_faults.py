@@ -47,10 +47,8 @@ def test_corrupt_state_db_is_moved_aside_and_the_daemon_serves(tmp_path: Path) -
         f.write(b"\xff" * 4096)
     damaged = (state / "state.db").read_bytes()
     with _umask(0), RunningDaemon(tmp_path, CONFIG) as daemon:  # the loosest umask there is
-        daemon.wait_for("mevwatch_process_resident_memory_bytes")  # its first run is in
-        text = daemon.get()
-        assert sample_value(text, "mevwatch_state_db_moved_aside_total") == 1.0
-        assert sample_value(text, "mevwatch_collector_success", collector="process") == 1.0
+        daemon.wait_value("mevwatch_collector_success", 1.0, collector="process")  # collectors run
+        assert sample_value(daemon.get(), "mevwatch_state_db_moved_aside_total") == 1.0
     aside = list(state.glob("state.db.corrupt-*[0-9]Z"))
     assert len(aside) == 1
     assert aside[0].read_bytes() == damaged

@@ -170,7 +170,7 @@ async def test_dead_tuples_page_only_for_tables_past_the_runbooks_1000(harness: 
 
     need_local_server()
     with scratch_database() as db:
-        for table, rows, keep in (("hot", 3000, 1000), ("tiny", 100, 40)):
+        for table, rows, keep in (("hot", 2500, 1000), ("tiny", 100, 40)):
             local_psql(f"CREATE TABLE {table} (id int) WITH (autovacuum_enabled = false);"
                        f"INSERT INTO {table} SELECT generate_series(1, {rows});"
                        f"DELETE FROM {table} WHERE id > {keep};", db)
@@ -179,7 +179,8 @@ async def test_dead_tuples_page_only_for_tables_past_the_runbooks_1000(harness: 
         try:
             fams = await _collect(c)
             assert family_value(fams, "mevwatch_postgres_table_dead_tuple_ratio", table="tiny") == 1.5
-            assert family_value(fams, "mevwatch_postgres_table_dead_tuple_ratio", table="hot") == 2.0
+            assert family_value(fams, "mevwatch_postgres_table_dead_tuple_ratio", table="hot") == 1.5
+            assert family_value(fams, "mevwatch_postgres_table_dead_tuple_share", table="hot") == 0.6
             harness.put(*fams, key=("postgres", "dead"))
             harness.advance(901)  # for: 15m
             harness.put(*await _collect(c), key=("postgres", "dead"))
@@ -187,9 +188,11 @@ async def test_dead_tuples_page_only_for_tables_past_the_runbooks_1000(harness: 
         finally:
             await c.close()
     [labels] = firing(harness, "PostgresDeadTuplesHigh")
-    assert labels["table"] == "hot"  # "tiny" is 1.5 dead per live too, with 60 dead tuples: no page
+    assert labels["table"] == "hot"  # "tiny" is 60 % dead too, with 60 dead tuples: no page
     [alert] = [x for x in harness.engine.all_alerts() if x.rule == "PostgresDeadTuplesHigh"]
-    assert alert.annotations["summary"].startswith("Table public.hot has 2 dead tuples per live tuple on ")
+    # 1,500 dead and 1,000 live: the share of the table (60 %), not dead per live (150 %)
+    assert alert.annotations["summary"].startswith(
+        "Table public.hot is 60% dead (1500 dead, 1000 live tuples) on ")
 
 
 @pytest.mark.peer("postgresql")

@@ -82,7 +82,10 @@ collectors:
             assert tx.startswith("0x")
             assert len(tx) == 66
             assert alert["annotations"]["summary"] == (
-                f"Wallet bot ({BOT}) sent {tx} to {STRANGER}, not on the allow list")
+                f"Wallet bot ({BOT}) sent {tx} to {STRANGER}, not on the allow list: block "
+                f"{alert['labels']['block']}, nonce {alert['labels']['nonce']}, value 0.000000000000000001 ETH")
+            assert int(alert["labels"]["block"]) >= 1
+            assert alert["labels"]["value_ether"] == "0.000000000000000001"  # the 1 wei the test sent
             assert alert["annotations"]["description"].startswith(f"Explorer: https://etherscan.io/tx/{tx} ")
             _until(d, "gas ratio", lambda t: sample_value(t, "mevwatch_gas_bid_competitiveness_ratio") is not None)
 

@@ -78,3 +78,14 @@ class RunningDaemon:
                 return v
             time.sleep(0.1)
         raise AssertionError(f"{name}{labels} not in /metrics after {timeout}s")
+
+    def wait_value(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> None:
+        """Wait until /metrics shows ``name{labels}`` equal to ``value`` (a run that failed under load retries)."""
+        deadline = time.monotonic() + timeout
+        seen: float | None = None
+        while time.monotonic() < deadline:
+            seen = sample_value(self.get(), name, **labels)
+            if seen == value:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{name}{labels} is {seen}, not {value}, after {timeout}s")

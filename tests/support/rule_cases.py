@@ -24,7 +24,7 @@ __all__ = ["RULES_FILE", "TEST_FILE", "default_rules", "prom_render", "promtool_
 RULES_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.yml"
 TEST_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.test.yml"
 HOST = "mev-host-1"
-_TEMPLATE_RE = re.compile(r"\{\{\s*(\$labels\.(\w+)|\$value)\s*(?:\|\s*(\w+))?\s*\}\}")
+_TEMPLATE_RE = re.compile(r"\{\{\s*(\$labels\.(\w+)|\$value|\$metric\.(\w+))\s*(?:\|\s*(\w+))?\s*\}\}")
 
 
 def default_rules() -> tuple[Rule, ...]:
@@ -79,13 +79,19 @@ def _humanize(v: float) -> str:
     return f"{v:.4g}{prefix}"
 
 
-def prom_render(text: str, labels: Mapping[str, str], value: float) -> str:
-    """Render a rule template the way Prometheus does (its humanize formats, Go's float printing)."""
+def prom_render(text: str, labels: Mapping[str, str], value: float,
+                metrics: Mapping[str, float] | None = None) -> str:
+    """Render a rule template the way Prometheus does (its humanize formats, Go's float printing);
+    ``metrics``: the input series' values that a ``$metric`` query finds (others render "unknown")."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(2):
             return labels.get(m.group(2), "")
-        fn = m.group(3)
+        fn = m.group(4)
+        if m.group(3):
+            if m.group(3) not in (metrics or {}):
+                return "unknown"
+            return prom_render(f"{{{{ $value{' | ' + fn if fn else ''} }}}}", labels, (metrics or {})[m.group(3)])
         if fn == "humanizePercentage":
             return f"{value * 100:.4g}%"
         if fn == "humanizeDuration":
@@ -152,7 +158,7 @@ def _when_cases(rule: Rule, runbook_url: str, eval_min: int, n: int) -> list[dic
     return [
         _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
                      {"series": csel, "values": pass_values}], eval_min,
-              [_expected(rule, labels, fire, runbook_url)]),
+              [_expected(rule, labels, fire, runbook_url, {} if cond.increase else {cond.metric: cond_pass})]),
         _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
                      {"series": csel, "values": fail_values}], eval_min, []),
         _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"},
@@ -196,11 +202,12 @@ def _case(rule: Rule, series: list[dict[str, str]], eval_min: int, alerts: list[
             "alert_rule_test": [{"eval_time": f"{eval_min}m", "alertname": rule.name, "exp_alerts": alerts}]}
 
 
-def _expected(rule: Rule, labels: Mapping[str, str], value: float, runbook_url: str) -> dict[str, Any]:
+def _expected(rule: Rule, labels: Mapping[str, str], value: float, runbook_url: str,
+              metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
     exp_labels = {**labels, **rule.labels, "severity": rule.severity}
-    annotations = {"summary": prom_render(rule.summary, exp_labels, value)}
+    annotations = {"summary": prom_render(rule.summary, exp_labels, value, metrics)}
     if rule.description:
-        annotations["description"] = prom_render(rule.description, exp_labels, value)
+        annotations["description"] = prom_render(rule.description, exp_labels, value, metrics)
     annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
     return {"exp_labels": exp_labels, "exp_annotations": annotations}
 

@@ -93,3 +93,25 @@ def test_largest_files_are_named_in_diagnose_not_in_metrics(tmp_path: Path) -> N
     assert named, lines
     assert named[0]["value"].endswith(str(watched / "runaway.log"))
     assert named[0]["section"] == "disk-full"
+
+
+def test_nothing_to_watch_is_a_warning_not_a_green_board(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = f"""state_dir: {tmp_path / 's'}
+collectors:
+  - logwatch:
+      sources: [{{name: mev, paths: ["{empty}/mev/*.log"]}}]
+      journal: {{enabled: false}}
+  - backups:
+      patterns: ["{empty}/backup/mev-full-*"]
+  - integrity:
+      files: ["{empty}/etc/mev/config.yaml"]
+"""
+    proc = run(tmp_path, text, "--json")
+    lines = {ln["check"].split(" ")[0]: ln for ln in json.loads(proc.stdout)["lines"]}
+    for gap in ("MonitoringGapLogSource", "MonitoringGapBackupMissing", "MonitoringGapIntegrityBaseline",
+                "MonitoringGapIntegrityNothingWatched"):
+        assert lines[gap]["status"] == "WARN", (gap, lines.get(gap))
+    assert lines["MonitoringGapLogSource"]["value"].startswith("!")
+    assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -323,7 +323,6 @@ async def test_expect_100_continue_is_answered(start: Start) -> None:
     (b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000, 431),  # never ends: limit hits first
     (b"GET /metrics HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
     (b"GET /metrics\r\n\r\n", 400),
-    (b"GET  /metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     (b"GET /metrics HTTP/2.0\r\nHost: t\r\n\r\n", 505),
     (b"GET metrics HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     (b"GET /metrics HTTP/1.1\r\n\r\n", 400),  # no Host
@@ -335,7 +334,7 @@ async def test_expect_100_continue_is_answered(start: Start) -> None:
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),  # a TLS hello on the plain port
     (bytes(range(256)) + b"\r\n\r\n", 400),
     (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\n\r\n", 413),
-    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413),
+    (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
     (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", 400),
     (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
     (b"POST /-/reload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n", 411),
@@ -363,9 +362,9 @@ async def test_a_hundred_headers_are_accepted(start: Start) -> None:
     assert (await request(srv, get("/-/healthy", *headers))).status == 200
 
 
-async def test_bare_lf_line_endings_and_absolute_form_target_are_accepted(start: Start) -> None:
+async def test_absolute_form_target_is_accepted_and_bare_lf_line_endings_are_not(start: Start) -> None:
     srv = await start()
-    assert (await request(srv, b"GET /-/healthy HTTP/1.1\nHost: t\n\n")).status == 200
+    assert (await request(srv, b"GET /-/healthy HTTP/1.1\nHost: t\n\n")).status == 400  # as llhttp and Node
     assert (await request(srv, b"GET http://t:9717/-/healthy HTTP/1.1\r\nHost: t\r\n\r\n")).status == 200
 
 
@@ -383,7 +382,7 @@ async def test_a_stalled_partial_request_is_closed_after_the_header_timeout(star
     reader, writer = await connect(srv)  # a connection that never sends a byte
     assert await closed_by_server(reader)
     writer.close()
-    assert srv.server.connections == set()
+    assert not srv.server.connections
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(start: Start) -> None:
@@ -397,11 +396,12 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(st
 
 
 async def test_tls_serves_and_a_stalled_handshake_is_closed(
-    start: Start, tls_files: tuple[Path, Path], loop_errors: LoopErrors
+    start: Start, tls_files: tuple[Path, Path], loop_errors: LoopErrors, tmp_path: Path
 ) -> None:
     cert, key = tls_files
-    web = WebConfigFile.model_validate({"tls_server_config": {"cert_file": cert, "key_file": key}})
-    srv = await start(web_config=web, tls_handshake_timeout=0.3, header_timeout=60)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    srv = await start(web_config_file=web, tls_handshake_timeout=0.3, header_timeout=60)
     ctx = ssl.create_default_context(cafile=str(cert))
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, ssl=ctx)
     writer.write(get("/-/healthy") + get("/-/ready"))
@@ -413,23 +413,55 @@ async def test_tls_serves_and_a_stalled_handshake_is_closed(
     assert loop_errors.all() == []
 
 
-async def test_over_the_connection_cap_new_clients_get_503_and_accepting_goes_on(start: Start) -> None:
+async def wait_for(cond: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_at_the_connection_cap_the_oldest_incomplete_connection_makes_room(start: Start) -> None:
     srv = await start(max_connections=2)
-    held = [await connect(srv) for _ in range(2)]
-    for reader, writer in held:  # both are registered once they have been served
+    served = await connect(srv)
+    served[1].write(get("/-/healthy"))
+    assert (await read_reply(served[0])).status == 200
+    partial = await connect(srv)
+    partial[1].write(b"GET /-/healthy HTTP/1.1\r\n")  # never finishes its head
+    await wait_for(lambda: len(srv.server.connections) == 2)
+    reply = await request(srv, get("/-/healthy"))  # the cap is reached: the partial one is closed for it
+    assert reply.status == 200
+    assert await closed_by_server(partial[0])
+    assert srv.server.evicted == 1
+    served[1].write(get("/-/ready"))  # the one that completed a request stays
+    assert (await read_reply(served[0])).status == 200
+    served[1].close()
+    partial[1].close()
+
+
+async def test_at_the_cap_an_idle_connection_makes_room_and_busy_ones_get_503(start: Start) -> None:
+    gate = asyncio.Event()
+    srv = await start(Daemon(reload_gate=gate), max_connections=2, enable_lifecycle=True)
+    idle = [await connect(srv) for _ in range(2)]
+    for reader, writer in idle:
         writer.write(get("/-/healthy"))
         assert (await read_reply(reader)).status == 200
+    assert (await request(srv, get("/-/healthy"))).status == 200  # the oldest idle one was closed for it
+    assert await closed_by_server(idle[0][0])
+    idle[0][1].close()
+    idle[1][1].close()
+    await wait_for(lambda: not srv.server.connections)
+    busy = [await connect(srv) for _ in range(2)]
+    for _, writer in busy:  # both wait on a reload: nothing can be closed for a third
+        writer.write(get("/-/reload", method="POST"))
+    await wait_for(lambda: len(srv.server.tasks) == 2)
     over = await request(srv, get("/-/healthy"))
     assert (over.status, over.headers["connection"]) == (503, "close")
     assert srv.server.rejected == 1
-    held[0][1].close()
-    await held[0][1].wait_closed()
-    for _ in range(100):  # the server sees the close
-        if len(srv.server.connections) < 2:
-            break
-        await asyncio.sleep(0.01)
-    assert (await request(srv, get("/-/healthy"))).status == 200
-    held[1][1].close()
+    gate.set()
+    for reader, writer in busy:
+        assert (await read_reply(reader)).status == 200
+        writer.close()
 
 
 async def test_a_client_resetting_mid_response_never_raises_out_of_the_server(
@@ -452,7 +484,7 @@ async def test_a_client_resetting_mid_response_never_raises_out_of_the_server(
         if not srv.server.connections:
             break
         await asyncio.sleep(0.01)
-    assert srv.server.connections == set()
+    assert not srv.server.connections
 
 
 async def test_a_client_that_stops_reading_does_not_grow_the_server_buffers(start: Start) -> None:
@@ -473,7 +505,7 @@ async def test_a_client_that_stops_reading_does_not_grow_the_server_buffers(star
         if not srv.server.connections:
             break
         await asyncio.sleep(0.05)
-    assert srv.server.connections == set()
+    assert not srv.server.connections
     sock.close()
 
 
@@ -511,7 +543,7 @@ async def test_a_slow_reader_gets_the_whole_last_answer_and_a_stalled_one_is_dro
         await asyncio.sleep(0.05)
         if not srv.server.connections:
             break
-    assert srv.server.connections == set()
+    assert not srv.server.connections
     stalled.close()
 
 
@@ -573,7 +605,7 @@ async def test_a_request_sent_after_the_connect_is_still_answered_at_accept(star
     sock.settimeout(WAIT)
     sock.connect(("127.0.0.1", srv.port))
     await asyncio.sleep(0.2)
-    assert srv.server.connections == set()  # nothing accepted yet
+    assert not srv.server.connections  # nothing accepted yet
     sock.sendall(get("/metrics", "Connection: close"))
     reply = await read_to_eof(sock)
     assert reply.status == 200
@@ -616,3 +648,100 @@ async def test_keep_alive_bad_and_partial_first_reads_go_on_as_connections(start
     partial.sendall(b"Connection: close\r\n\r\n")
     assert (await read_to_eof(partial)).body == b"mevwatch is Healthy.\n"
     assert srv.server.answered_at_accept == 0
+
+
+# --- the front door under attack (small, fast forms; the full attacks run in tests/e2e/test_http_attacks.py) ---
+
+
+async def test_padding_before_the_request_line_counts_toward_the_head_limit(start: Start) -> None:
+    srv = await start()
+    assert (await request(srv, b"\r\n" * 8 + get("/-/healthy"))).status == 200  # a few blank lines are fine
+    reader, writer = await connect(srv)
+    sent = 0
+
+    async def pad() -> None:
+        nonlocal sent
+        for _ in range(100):  # at most 800 KiB: far past the 8 KiB limit if nothing stopped it
+            writer.write(b"\r\n" * 4096)
+            await writer.drain()
+            sent += 8192
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(pad())
+    reply = await read_reply(reader)
+    task.cancel()
+    assert reply.status == 431
+    assert sent <= 16 * 8192  # refused after a few writes, not after the whole stream
+    writer.close()
+
+
+async def test_a_request_has_one_deadline_that_more_bytes_do_not_move(start: Start) -> None:
+    srv = await start(header_timeout=0.5, idle_timeout=60)
+    reader, writer = await connect(srv)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    drip = b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
+
+    async def dribble() -> None:
+        for byte in drip:  # one byte every 50 ms: each would re-arm a per-read timeout forever
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(dribble())
+    reply = await read_reply(reader)
+    elapsed = loop.time() - began
+    task.cancel()
+    assert reply.status == 408
+    assert 0.4 < elapsed < 2.0  # the deadline from the first byte, not from the last
+    writer.close()
+
+
+async def test_one_source_address_holds_a_bounded_number_of_incomplete_connections(start: Start) -> None:
+    srv = await start(max_incomplete_per_source=3)
+
+    async def partial(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, local_addr=(source, 0))
+        writer.write(b"GET /-/healthy HTTP/1.1\r\n")
+        return reader, writer
+
+    held = [await partial("127.0.0.2") for _ in range(3)]
+    other = await partial("127.0.0.3")
+    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    newest = await partial("127.0.0.2")  # the fourth from that source: its oldest is closed for it
+    assert await closed_by_server(held[0][0])
+    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    newest[1].write(b"Host: t\r\n\r\n")
+    assert (await read_reply(newest[0])).status == 200
+    other[1].write(b"Host: t\r\n\r\n")
+    assert (await read_reply(other[0])).status == 200  # another source is not touched
+    assert srv.server.incomplete == {"127.0.0.2": 2}
+    for _, writer in [*held, other, newest]:
+        writer.close()
+
+
+def auth_header(user: str, password: bytes) -> str:
+    return "Authorization: Basic " + base64.b64encode(user.encode() + b":" + password).decode()
+
+
+async def test_basic_auth_caches_successes_and_recent_failures_and_refuses_long_passwords(
+    start: Start, loop_errors: LoopErrors
+) -> None:
+    import bcrypt
+
+    long_password = b"p" * 72
+    hashed = bcrypt.hashpw(long_password, bcrypt.gensalt(rounds=4)).decode()
+    srv = await start(web_config=WebConfigFile.model_validate({"basic_auth_users": {"prom": hashed}}))
+    assert srv._auth is not None
+    with structlog.testing.capture_logs() as logs:
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password)))).status == 200
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password)))).status == 200
+        assert srv._auth.bcrypt_runs == 1  # the success was cached
+        # bcrypt reads 72 bytes: a longer password that starts with the right ones must still fail
+        assert (await request(srv, get("/-/healthy", auth_header("prom", long_password + b"x")))).status == 401
+        assert srv._auth.bcrypt_runs == 1  # refused without bcrypt
+        for _ in range(3):
+            assert (await request(srv, get("/-/healthy", auth_header("prom", b"wrong")))).status == 401
+        assert (await request(srv, get("/-/healthy", auth_header("nobody", b"wrong")))).status == 401
+        assert srv._auth.bcrypt_runs == 3  # one run for the wrong password, then its cached failure
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    assert loop_errors.all() == []

@@ -45,6 +45,17 @@ def test_fleet_mode_refuses_escalation_inhibition_direct_sinks_and_a_silence_sou
     hook = FLEET.replace("      log_configs: [{}]\n", "      webhook_configs: [{url: 'http://127.0.0.1:1/x'}]\n")
     [err] = _errors("", hook)
     assert "alerts.receivers: receivers[0].webhook_configs: alerts.mode is fleet" in err
+    [err] = _errors("", FLEET.replace("  receiver: fleet\n", "  receiver: local\n").replace(
+        "  receiver: local\n", "    - {name: local, log_configs: [{}]}\n  receiver: local\n"))
+    assert "alerts: receiver: alerts.mode is fleet" in err
+    assert "receiver 'local' has no alertmanager_configs" in err
+    [err] = _errors("  routes: [{receiver: local}]\n", FLEET.replace(
+        "  receiver: fleet\n", "    - {name: local, log_configs: [{}]}\n  receiver: fleet\n"))
+    assert "routes[0].receiver: alerts.mode is fleet" in err
+    key = "0123456789abcdef" * 2
+    pager = FLEET.replace("      log_configs: [{}]\n", f"      pagerduty_configs: [{{routing_key: {key}}}]\n")
+    [err] = _errors("", pager)
+    assert "alerts.receivers: receivers[0].pagerduty_configs: alerts.mode is fleet" in err
     no_am = FLEET.replace("      alertmanager_configs: [{urls: [\"http://127.0.0.1:1\"]}]\n", "")
     [err] = _errors("", no_am)
     assert "add a receiver with alertmanager_configs" in err

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from mevwatch.alerts.config import OutboxConfig
-from mevwatch.alerts.outbox import Outbox, OutboxEntry, backoff_delay
+from mevwatch.alerts.outbox import Outbox, OutboxEntry, backoff_delay, lost_alerts
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.daemon.state import StateDB
 
@@ -90,6 +90,40 @@ async def test_refused_notification_is_dead_lettered_without_retry(state_db: Sta
         [dead] = box.dead_letters()
         assert dead["id"] == "n1"
         assert dead["error"] == "HTTP 400: bad payload"
+    finally:
+        await box.stop()
+
+
+def _alert(name: str, status: str = "firing", **labels: str) -> dict[str, Any]:
+    return {"status": status, "labels": {"alertname": name, "severity": "critical", "host": "h", **labels}}
+
+
+def test_what_a_lost_notification_carried_is_named_and_bounded() -> None:
+    one = {"alerts": [_alert("RpcEndpointDown", endpoint="dead"), _alert("DiskFull", "resolved", mountpoint="/")]}
+    assert lost_alerts(one) == 'RpcEndpointDown{endpoint="dead"}'  # the firing ones; host/severity say nothing
+    many = {"alerts": [_alert(f"A{i}", path="x" * 500) for i in range(50)]}
+    text = lost_alerts(many)
+    assert text.startswith('A0{path="' + "x" * 40 + '"}, A1{')
+    assert text.endswith(" +47 more")
+    assert len(text) < 200
+    only_resolved = {"alerts": [_alert("DiskFull", "resolved", mountpoint="/")]}
+    assert lost_alerts(only_resolved) == 'resolved: DiskFull{mountpoint="/"}'
+    assert lost_alerts({}) == "no alerts"
+
+
+async def test_a_refused_notification_says_what_it_lost_but_not_about_its_own_sink(state_db: StateDB) -> None:
+    refuse = DeliveryError("HTTP 400", retry=False)
+    sink = ScriptedSink("s", [refuse, refuse])
+    box = Outbox(state_db, [sink], FAST)
+    await box.start()
+    try:
+        box.enqueue([OutboxEntry("n1", "s", {"alerts": [_alert("RpcEndpointDown", endpoint="dead")]})])
+        # the page about the dead letter itself, refused by the same sink, is not raised again (no loop)
+        box.enqueue([OutboxEntry("n2", "s", {"alerts": [_alert("NotificationDeadLettered", sink="s")]})])
+        await wait_until(lambda: box.dead["s"] == 2)
+        [(sink_name, lost, at)] = box.lost(0.0)
+        assert (sink_name, lost) == ("s", 'RpcEndpointDown{endpoint="dead"}')
+        assert box.lost(at) == []  # only what was given up on after `since`
     finally:
         await box.stop()
 

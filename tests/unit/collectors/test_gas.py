@@ -179,6 +179,10 @@ async def test_market_and_bid_ratio_from_anvil(mined: Anvil, tmp_path: Path) -> 
     assert _value(fams, "mevwatch_gas_bid_config_status", status="missing") == 0
     ratio = _value(fams, "mevwatch_gas_bid_competitiveness_ratio", percentile="90", kind="multiplier")
     assert ratio == pytest.approx(1.1 * next_base / (next_base + 3 * GWEI))
+    # the runbook's basis beside it: the recent base fee plus 15% (or 30%)
+    assert _value(fams, "mevwatch_gas_runbook_price_wei", basis="base_fee_x1.15") == pytest.approx(next_base * 1.15)
+    assert _value(fams, "mevwatch_gas_bid_runbook_ratio", basis="base_fee_x1.15") == pytest.approx(1.1 / 1.15)
+    assert _value(fams, "mevwatch_gas_bid_runbook_ratio", basis="base_fee_x1.3") == pytest.approx(1.1 / 1.3)
 
 
 async def test_missing_bot_yaml_is_a_status_not_a_failure(mined: Anvil, tmp_path: Path) -> None:
@@ -205,6 +209,7 @@ async def test_bid_as_a_number_in_mevwatch_config(mined: Anvil) -> None:
     p50 = _value(fams, "mevwatch_gas_priority_fee_wei", percentile="50")
     assert p50 is not None
     assert _value(fams, "mevwatch_gas_bid_competitiveness_ratio", percentile="50") == pytest.approx(2 * GWEI / p50)
+    assert _value(fams, "mevwatch_gas_bid_runbook_ratio") is None  # a tip alone has no total-price basis
 
 
 @pytest.fixture

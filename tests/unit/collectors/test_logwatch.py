@@ -560,6 +560,16 @@ def test_journal_entries_are_parsed_from_json() -> None:
     assert parse_journal_entry(b"[1,2]") is None
 
 
+def test_journal_counts_entries_by_priority_as_journalctl_p_err_does(state_db: StateDB) -> None:
+    f = JournalFollower([], state=state_db, journalctl="journalctl", rootfs=Path("/"))
+    for cursor, prio, msg in (("a", "3", "disk failure"), ("b", "2", "crit"), ("c", "4", "ERROR in a warning"),
+                              ("d", "6", "info"), ("e", None, "no priority")):
+        entry = {"__CURSOR": cursor, "MESSAGE": msg, **({"PRIORITY": prio} if prio else {})}
+        f.feed(json.dumps(entry).encode())
+    assert f.stats.matches["priority_err"] == 2  # err and crit, whatever the words say
+    assert f.stats.lines == 5
+
+
 def test_journal_is_missing_on_a_host_without_journald(tmp_path: Path) -> None:
     exe, why = journal_available("journalctl", tmp_path)
     assert exe is None

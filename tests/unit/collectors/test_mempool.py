@@ -355,9 +355,14 @@ class _PacedNode:
 
     async def _push(self, ws: web.WebSocketResponse) -> None:
         n = 0
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while not ws.closed:
             await asyncio.sleep(0.01)
-            self._credit += self.rate * 0.01
+            # credit by the time that really passed: a loaded machine wakes late, and the rate must hold
+            now = loop.time()
+            self._credit += self.rate * (now - last)
+            last = now
             while self._credit >= 1:
                 self._credit -= 1
                 n += 1

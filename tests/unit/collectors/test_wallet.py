@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,13 +84,13 @@ def test_bad_options_are_rejected(body: str, field: str, message: str) -> None:
 
 def test_sent_by_picks_watched_senders() -> None:
     block = {"transactions": [
-        {"hash": "0x01", "from": BOT, "to": STRANGER},
+        {"hash": "0x01", "from": BOT, "to": STRANGER, "nonce": "0x7", "value": "0xde0b6b3a7640000"},
         {"hash": "0x02", "from": ROUTER, "to": BOT},
-        {"hash": "0x03", "from": BOT.lower(), "to": None},
+        {"hash": "0x03", "from": BOT.lower(), "to": None, "nonce": "0x8", "value": "0x0"},
     ]}
     assert sent_by(block, {BOT.lower()}) == [
-        SentTransaction("0x01", BOT.lower(), STRANGER.lower()),
-        SentTransaction("0x03", BOT.lower(), None),
+        SentTransaction("0x01", BOT.lower(), STRANGER.lower(), 7, 10**18),
+        SentTransaction("0x03", BOT.lower(), None, 8, 0),
     ]
 
 
@@ -99,6 +100,7 @@ def test_sent_by_picks_watched_senders() -> None:
         (None, "expected a block"),
         ({"transactions": ["0x" + "ab" * 32]}, "full transaction object"),
         ({"transactions": [{"hash": "0x01", "to": None}]}, "missing from/hash"),
+        ({"transactions": [{"hash": "0x01", "from": BOT, "to": None, "value": "0x0"}]}, r"transactions\[0\]\.nonce"),
     ],
 )
 def test_sent_by_rejects_malformed_blocks(block: Any, message: str) -> None:
@@ -202,6 +204,42 @@ async def test_reverting_transaction_counts_as_failed_with_its_gas(
     assert _value(fams, "mevwatch_wallet_failed_gas_ether_total", wallet="bot") == pytest.approx(cost / 1e18)
     assert cost > 0
     assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 0
+    tx = await asyncio.to_thread(node.rpc, "eth_getTransactionByHash", [h])
+    [info] = _samples(fams, "mevwatch_wallet_last_failed_transaction_info")
+    assert info.labels == {"address": BOT, "wallet": "bot", "to": reverter, "tx": h, "nonce": str(int(tx["nonce"], 16)),
+                           "block": str(int(receipt["blockNumber"], 16)), "value_ether": "0.000000000000000001"}
+
+
+async def test_a_failed_transaction_pages_with_its_facts(
+    anvil_no_mining: Anvil, reverter: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    from tests.unit.alerts._helpers import Harness
+
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url, allow_to=[ROUTER, reverter])
+    harness = Harness(tmp_path, "\n  default_rules: true\n  host: mev-host-1\n  group_wait: 0s\n  startup_grace: 0s\n")
+    try:
+        harness.put(*await c.collect(), key=("wallet", "default"), interval=15)
+        harness.advance(15)
+        h = await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000), value=hex(25 * 10**16))
+        await _mine(node)
+        harness.put(*await c.collect(), key=("wallet", "default"), interval=15)
+        harness.advance(15)
+        receipt = await asyncio.to_thread(node.rpc, "eth_getTransactionReceipt", [h])
+        tx = await asyncio.to_thread(node.rpc, "eth_getTransactionByHash", [h])
+        pages = [a for a in harness.engine.all_alerts()
+                 if a.rule == "WalletTransactionFailures" and a.state == "firing"]
+    finally:
+        await c.close()
+        harness.close()
+    assert receipt["status"] == "0x0"
+    [page] = pages
+    assert page.labels["tx"] == h  # one failed transaction, one page, its facts bounded to one series per wallet
+    assert page.annotations["summary"] == (
+        f"Transaction {h} from bot ({BOT}) to {reverter} failed (status 0) in block "
+        f"{int(receipt['blockNumber'], 16)}: nonce {int(tx['nonce'], 16)}, value 0.25 ETH")
+    assert f"https://etherscan.io/tx/{h}" in page.annotations["description"]
 
 
 async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
