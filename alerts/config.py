@@ -18,6 +18,7 @@ from mevwatch.alerts.matchers import MatcherField, parse_matcher
 from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
 from mevwatch.alerts.rule import Rule, RuleOverride
 from mevwatch.alerts.rulefiles import merge_rules
+from mevwatch.alerts.timeintervals import NamedTimeInterval, TimeInterval
 from mevwatch.daemon.yamlsource import ConfigIssue
 from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
 
@@ -166,6 +167,9 @@ class Receiver(_Strict):
 class Escalation(_Strict):
     after: Duration = Field(description="still firing this long after it fired -> also notify receiver")
     receiver: str
+    active_time_intervals: list[str] = Field(default_factory=list, description=(
+        "names in time_intervals: the level notifies only inside one of them (e.g. business hours); "
+        "an alert still firing when a window opens escalates then; empty: always"))
 
 
 class Route(_Strict):
@@ -250,6 +254,9 @@ class AlertsConfig(_Strict):
     repeat_interval: Duration = Field(14400.0, gt=0)
     routes: list[Route] = Field(default_factory=list, description="first match wins unless continue: true")
     escalation: list[Escalation] = Field(default_factory=list, description="escalation of the default route")
+    time_intervals: list[NamedTimeInterval] = Field(default_factory=list, description=(
+        "named windows in Alertmanager's time_intervals syntax (times, weekdays, days_of_month, months, "
+        "years, location), for escalation levels' active_time_intervals"))
     inhibit_rules: list[InhibitRule] = Field(default_factory=_default_inhibit)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     alertmanager_silences: AlertmanagerSilencesConfig | None = Field(None, description=(
@@ -288,6 +295,18 @@ class AlertsConfig(_Strict):
         for where, name in refs:
             if name not in known:
                 raise ValueError(f"{where}: unknown receiver {name!r}; known: {', '.join(names) or 'none'}")
+        windows = [t.name for t in self.time_intervals]
+        dup = sorted({n for n in windows if windows.count(n) > 1})
+        if dup:
+            raise ValueError(f"time_intervals: duplicate name(s): {', '.join(dup)}")
+        levels = [(f"escalation[{i}]", e) for i, e in enumerate(self.escalation)]
+        levels += [(f"routes[{i}].escalation[{j}]", e) for i, r in enumerate(self.routes)
+                   for j, e in enumerate(r.escalation)]
+        for where, e in levels:
+            for k, name in enumerate(e.active_time_intervals):
+                if name not in windows:
+                    raise ValueError(f"{where}.active_time_intervals[{k}]: unknown time interval {name!r}; "
+                                     f"known: {', '.join(windows) or 'none (add it under alerts.time_intervals)'}")
         seen: dict[str, int] = {}
         for i, rule in enumerate(self.rules):
             if rule.name in seen:
@@ -333,6 +352,9 @@ class AlertsConfig(_Strict):
     def all_rules(self) -> tuple[Rule, ...]:
         """Default rules, then rule files, then inline rules (inline ones replace defaults of the same name)."""
         return self._rules
+
+    def time_interval_named(self, name: str) -> tuple[TimeInterval, ...]:
+        return tuple(next(t for t in self.time_intervals if t.name == name).time_intervals)
 
     def receiver_named(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)

@@ -26,6 +26,7 @@ from mevwatch.alerts.matchers import Matcher, matches_all, parse_matcher
 from mevwatch.alerts.outbox import Outbox, OutboxEntry
 from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert
 from mevwatch.alerts.sinks.base import Sink
+from mevwatch.alerts.timeintervals import in_intervals
 from mevwatch.daemon.state import StateDB, StateError
 
 __all__ = [
@@ -322,9 +323,16 @@ class Router:
         for spec in matching_routes(self.specs, a.labels):
             out.append((spec, 0, spec.receiver))
             for level, esc in enumerate(spec.escalation, start=1):
-                if all_levels or (a.fired_at is not None and now - a.fired_at >= esc.after):
+                if all_levels or (a.fired_at is not None and now - a.fired_at >= esc.after
+                                  and self._level_active(esc, now)):
                     out.append((spec, level, esc.receiver))
         return out
+
+    def _level_active(self, esc: Escalation, now: float) -> bool:
+        """An escalation level limited to time windows joins only inside one of them."""
+        if not esc.active_time_intervals:
+            return True
+        return any(in_intervals(self.cfg.time_interval_named(n), now) for n in esc.active_time_intervals)
 
     def _group(self, spec: RouteSpec, level: int, receiver: str, a: Alert, now: float, create: bool) -> Group | None:
         glabels = group_labels(a.labels, spec.group_by)
