@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -209,6 +211,9 @@ def follow_rates(rates: list[int], seconds: float, tmp: Path) -> list[tuple[int,
             read = _lines_read(port)
         finally:
             stop(proc)
+            # the pipeline runs in its own session: stop the whole group, or tail -F outlives sh
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pipe.pid, signal.SIGTERM)
             stop(pipe)
         print(f"{rate:>8,} lines/s for {seconds:g}s: mevwatch {mw * 100:.2f} % of a core (read {read:,.0f} of "
               f"{written:,}), tail -F | grep {pp * 100:.2f} %; load average {load_average()}")
