@@ -12,7 +12,6 @@ Sources of the checks:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.support.peers import free_port
+from tests.support.threadedapp import ThreadedApp
 
 __all__ = ["FakeServices", "Scripted", "ServiceRequest"]
 
@@ -205,9 +205,7 @@ class FakeServices:
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
     requests: list[ServiceRequest] = field(default_factory=list)
     matrix_events: dict[str, str] = field(default_factory=dict)  # txn id -> event id
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
+    _server: ThreadedApp | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
@@ -300,33 +298,21 @@ class FakeServices:
             event = self.matrix_events.setdefault(request.match_info["txn"], f"$event{len(self.matrix_events)}")
         return web.json_response({"event_id": event})
 
-    def start(self) -> FakeServices:
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/v2/enqueue", self.pagerduty)
-            app.router.add_post("/services/{a}/{b}/{c}", self.slack)
-            app.router.add_post("/bot{token}/sendMessage", self.telegram)
-            app.router.add_post("/api/webhooks/{id}/{token}", self.discord)
-            app.router.add_put("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", self.matrix)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-            self._ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v2/enqueue", self.pagerduty)
+        app.router.add_post("/services/{a}/{b}/{c}", self.slack)
+        app.router.add_post("/bot{token}/sendMessage", self.telegram)
+        app.router.add_post("/api/webhooks/{id}/{token}", self.discord)
+        app.router.add_put("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}", self.matrix)
+        return app
 
-        self._thread = threading.Thread(target=run, name=f"services:{self.port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake services did not start")
+    def start(self) -> FakeServices:
+        self._server = ThreadedApp("fake services", self.port, self._app)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = None
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None

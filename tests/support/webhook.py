@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.support.peers import free_port
+from tests.support.threadedapp import ThreadedApp
 
 __all__ = ["Received", "WebhookReceiver"]
 
@@ -38,10 +39,7 @@ class WebhookReceiver:
     port: int = field(default_factory=free_port)
     statuses: deque[int] = field(default_factory=deque)
     requests: list[Received] = field(default_factory=list)
-    _loop: asyncio.AbstractEventLoop | None = None
-    _thread: threading.Thread | None = None
-    _runner: web.AppRunner | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
+    _server: ThreadedApp | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -55,34 +53,20 @@ class WebhookReceiver:
             self.requests.append(Received(request.path, dict(request.headers), body, status, time.monotonic()))
         return web.Response(status=status, text="ok" if status < 300 else f"refused with {status}")
 
-    def start(self) -> WebhookReceiver:
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_route("POST", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-            loop.run_until_complete(site.start())
-            self._ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        return app
 
-        self._ready.clear()
-        self._thread = threading.Thread(target=run, name=f"webhook:{self.port}", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("webhook receiver did not start")
+    def start(self) -> WebhookReceiver:
+        self._server = ThreadedApp("webhook receiver", self.port, self._app)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop = None
-        self._thread = None
+        if self._server is not None:
+            self._server.stop()
+        self._server = None
 
     def delivered(self) -> list[Received]:
         """Requests answered with success."""
