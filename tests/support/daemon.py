@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -70,22 +71,26 @@ class RunningDaemon:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return str(resp.read().decode())
 
-    def wait_for(self, name: str, timeout: float = 10.0, **labels: str) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = sample_value(self.get(), name, **labels)
-            if v is not None:
-                return v
-            time.sleep(0.1)
-        raise AssertionError(f"{name}{labels} not in /metrics after {timeout}s")
-
-    def wait_value(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> None:
-        """Wait until /metrics shows ``name{labels}`` equal to ``value`` (a run that failed under load retries)."""
+    def _poll(self, name: str, done: Callable[[float | None], bool], timeout: float,
+              labels: dict[str, str]) -> tuple[bool, float | None]:
+        """Read ``name{labels}`` from /metrics every 0.1 s until ``done(value)``: (done, last value)."""
         deadline = time.monotonic() + timeout
         seen: float | None = None
         while time.monotonic() < deadline:
             seen = sample_value(self.get(), name, **labels)
-            if seen == value:
-                return
+            if done(seen):
+                return True, seen
             time.sleep(0.1)
-        raise AssertionError(f"{name}{labels} is {seen}, not {value}, after {timeout}s")
+        return False, seen
+
+    def wait_for(self, name: str, timeout: float = 10.0, **labels: str) -> float:
+        ok, seen = self._poll(name, lambda v: v is not None, timeout, labels)
+        if not ok or seen is None:
+            raise AssertionError(f"{name}{labels} not in /metrics after {timeout}s")
+        return seen
+
+    def wait_value(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> None:
+        """Wait until /metrics shows ``name{labels}`` equal to ``value`` (a run that failed under load retries)."""
+        ok, seen = self._poll(name, lambda v: v == value, timeout, labels)
+        if not ok:
+            raise AssertionError(f"{name}{labels} is {seen}, not {value}, after {timeout}s")
