@@ -1,4 +1,5 @@
-"""setuptools hook: a built wheel records where it came from (``mevwatch --version``).
+"""setuptools hook: a built wheel records where it came from (``mevwatch --version``) and carries the
+runbooks (docs/runbooks.md as mevwatch/runbooks.md).
 
 Everything else about the package is in pyproject.toml.
 """
@@ -35,6 +36,8 @@ class BuildPyWithInfo(build_py):
         target = Path(self.build_lib) / "mevwatch" / BUILD_INFO_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(as_dict(info), indent=1) + "\n", encoding="utf-8")
+        # the runbooks the daemon serves at /runbooks and diagnose titles its sections with
+        (target.parent / "runbooks.md").write_bytes((HERE / "docs" / "runbooks.md").read_bytes())
 
 
 setup(cmdclass={"build_py": BuildPyWithInfo})

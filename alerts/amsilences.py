@@ -1,18 +1,22 @@
-"""Alertmanager as the one place to silence: its silences read (API v2) for the direct sinks, and written.
+"""Alertmanager as the one place to silence: its silences read (API v2), and written.
 
 ``AlertmanagerWatch`` polls every configured Alertmanager: the silence source's peers for their
 silences (GET /api/v2/silences, the first peer that answers wins, as they gossip the same set) and
-the alertmanager sinks' peers for reachability (GET /-/healthy). It is fail-safe: while no peer of
-the silence source answers, none of its silences mutes anything, so an unreachable Alertmanager
-means a page rather than silence. ``reachable`` feeds ``mevwatch_alertmanager_up``.
+the alertmanager sinks' peers for reachability (GET /-/healthy). In standalone mode the direct sinks
+honour those silences, fail-safe: while no peer of the silence source answers, none of them mutes
+anything, so an unreachable Alertmanager means a page rather than silence. In both modes the read,
+with its time or since when no peer answers, is what mevwatch's screens show (``last_read``,
+mevwatch.alerts.silencing). ``reachable`` feeds ``mevwatch_alertmanager_up``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +26,7 @@ import structlog
 from mevwatch.alerts.config import AlertmanagerSilencesConfig
 from mevwatch.alerts.matchers import Matcher
 from mevwatch.alerts.router import Silence, rfc3339
+from mevwatch.alerts.silencing import SilenceRead
 from mevwatch.redaction import redact, redact_sink_url
 
 __all__ = ["AlertmanagerError", "AlertmanagerWatch", "parse_silences", "post_silence", "silence_body"]
@@ -56,9 +61,14 @@ def parse_silences(doc: Any) -> list[Silence]:
             if s.get("status", {}).get("state") != "active":
                 continue
             matchers = tuple(Matcher(str(m["name"]), _op(m), str(m["value"])) for m in s["matchers"])
+            for m in matchers:
+                if m.op in ("=~", "!~"):
+                    # one Python cannot read makes the whole read unreadable (its silences unknown), where
+                    # matching would fail on every alert
+                    re.compile(m.value)
             out.append(Silence(str(s["id"]), matchers, _time(s["startsAt"]), _time(s["endsAt"]),
                                str(s.get("createdBy", "")), str(s.get("comment", ""))))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
             raise AlertmanagerError(f"unreadable silence in /api/v2/silences: {exc!r}") from None
     return out
 
@@ -112,7 +122,9 @@ class AlertmanagerWatch:
     """Polls Alertmanagers for silences and reachability; see the module doc."""
 
     def __init__(self, silences: AlertmanagerSilencesConfig | None, sink_urls: Iterable[str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, mutes: bool = True) -> None:
+        """``silences``: the source to read (None: only probe ``sink_urls``); ``mutes``: whether its
+        silences hold the direct sinks' pages (standalone) or are only shown (fleet)."""
         self.config = silences
         self.silence_urls = list(silences.urls) if silences else []
         self.probe_urls = [u for u in dict.fromkeys(sink_urls) if u not in self.silence_urls]
@@ -120,8 +132,13 @@ class AlertmanagerWatch:
         self.timeout = silences.timeout if silences else 5.0
         self.clock = clock
         self.reachable: dict[str, bool] = {}
-        self.silences: list[Silence] = []
+        self.silences: list[Silence] = []  # what mutes: empty while the source cannot be read
         self.source_ok: bool | None = None  # None: not read yet
+        # what the screens show; a poll is due every interval and takes at most the timeout, so a read older
+        # than two of those is not current
+        self.last_read: SilenceRead | None = None if silences is None else SilenceRead(
+            redact_sink_url(self.silence_urls[0]), (), None, None, None, "", 2 * (self.interval + self.timeout),
+            mutes)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._changed: Callable[[], None] | None = None
@@ -176,25 +193,38 @@ class AlertmanagerWatch:
             elif not isinstance(res, BaseException) and was is False:
                 log.info("alertmanager_reachable", url=redact_sink_url(url))
         if self.silence_urls:
-            self._take_silences(results[:len(self.silence_urls)])
+            self._take_silences(results[:len(self.silence_urls)], self.clock())
         if self._changed is not None:
             self._changed()
 
-    def _take_silences(self, results: Sequence[Any]) -> None:
-        for res in results:
+    def _take_silences(self, results: Sequence[Any], now: float) -> None:
+        errors = []
+        for url, res in zip(self.silence_urls, results, strict=True):
             if isinstance(res, BaseException):
+                errors.append(str(res))
                 continue
             try:
                 self.silences = parse_silences(res)
             except AlertmanagerError as exc:
                 log.warning("alertmanager_silences_unreadable", error=str(exc))
+                errors.append(str(exc))
                 continue
             if self.source_ok is not True:
                 log.info("alertmanager_silences_read", silences=len(self.silences))
             self.source_ok = True
+            if self.last_read is not None:
+                self.last_read = replace(self.last_read, url=redact_sink_url(url), silences=tuple(self.silences),
+                                         read_at=now, checked_at=now, unreachable_since=None, error="")
             return
         if self.source_ok is not False:
-            log.error("alertmanager_silences_unavailable",
-                      effect="its silences mute nothing until it answers again: alerts page")
+            log.error("alertmanager_silences_unavailable", effect=(
+                "its silences mute nothing until it answers again: alerts page" if self.mutes_pages else
+                "the screens show every alert's silence state as unknown until it answers again"))
         self.source_ok = False
         self.silences = []
+        if self.last_read is not None:
+            self.last_read = self.last_read.failed(now, "; ".join(errors))
+
+    @property
+    def mutes_pages(self) -> bool:
+        return self.last_read is not None and self.last_read.mutes

@@ -1,4 +1,5 @@
-"""The running engine's verdicts as JSON: alerts (Alertmanager-like fields), rules with their last values, silences.
+"""The running engine's verdicts as JSON: alerts (Alertmanager-like fields), rules with their last values, silences
+(local ones, and Alertmanager's as the engine last read them, with that read's state).
 
 Read by ``GET /api/v1/alerts`` and ``/api/v1/rules``, the landing page and ``mevwatch diagnose``; they only
 read the engine's state, never evaluate.
@@ -8,35 +9,74 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mevwatch.alerts.router import generator_url, is_inhibited, rfc3339, silence_command
+from mevwatch.alerts.identity import DETAIL_ANNOTATIONS
+from mevwatch.alerts.router import Silence, generator_url, is_inhibited, rfc3339, silence_command
 from mevwatch.alerts.rules import Alert
+from mevwatch.alerts.silencing import SilenceRead, alert_silencing, silence_json, source_json
+from mevwatch.metric_owners import METRIC_OWNERS
 
 if TYPE_CHECKING:
     from mevwatch.alerts.engine import AlertEngine
     from mevwatch.alerts.rule import Rule
 
-__all__ = ["SEVERITY_RANK", "alerts_json", "rule_condition", "rules_json", "silences_json", "verdict"]
+__all__ = ["GAP_RUNBOOK", "SEVERITY_RANK", "CollectorsRead", "alerts_json", "engine_view", "missing_reason",
+           "rule_condition", "rules_json", "silence_read", "silence_source_json", "silences_json", "verdict"]
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 MAX_SERIES = 20  # values shown per rule
+#: the runbook anchor of the rules that say a check cannot be made (MonitoringGap*)
+GAP_RUNBOOK = "monitoring-gap"
+MAX_NAMED = 3  # failing instances, gap alerts or reason gauges named in one reason
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorsRead:
+    """The supervisor's collectors as it holds them at one moment, for why a rule has no data.
+
+    ``declared``: each sample name the running kinds declare, with its kind; ``instances``: each instance's
+    status as /health shows it (``collector``, ``instance``, ``success``, ``last_error``); ``disabled``: kinds
+    configured with every instance disabled."""
+
+    declared: Mapping[str, str] = field(default_factory=dict)
+    instances: Sequence[Mapping[str, Any]] = ()
+    disabled: frozenset[str] = frozenset()
+
+    @property
+    def failing(self) -> int:
+        return sum(1 for r in self.instances if r["success"] is False)
 
 
 def _number(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)
 
 
+def _local_silences(engine: AlertEngine) -> list[Silence]:
+    """The local silences that hold anything: none in fleet mode, where the router sends every alert on."""
+    return engine.router.silences.list(include_expired=False) if engine.cfg.mode == "standalone" else []
+
+
+def silence_read(engine: AlertEngine) -> SilenceRead | None:
+    """The engine's last read of Alertmanager's silences (None: it reads none): what the screens show."""
+    return engine.am_watch.last_read if engine.am_watch is not None else None
+
+
 def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str, Any]]:
-    """Pending and firing alerts, firing first, then by severity and name; each with its silences and inhibition."""
+    """Pending and firing alerts, firing first, then by severity and name; each with its silences (local, and
+    Alertmanager's as last read: ``silencing``) and inhibition."""
     now = time.time() if now is None else now
     active = [a for a in engine.all_alerts() if a.state in ("pending", "firing")]
     firing = [a for a in active if a.state == "firing"]
-    silences = engine.router.silences.list(include_expired=False)
+    local = _local_silences(engine)
+    read = silence_read(engine)
     out = []
     for a in sorted(active, key=lambda a: (a.state != "firing", SEVERITY_RANK.get(a.severity, 1), a.rule,
                                            sorted(a.labels.items()))):
-        silenced_by = [s.id for s in silences if s.mutes(a.labels, now)]
+        silencing = alert_silencing(a.labels, local, read, now)
+        silenced_by = [s["id"] for s in silencing["by"]]
         inhibited = a.state == "firing" and is_inhibited(a, firing, engine.cfg.inhibit_rules)
         out.append({
             "labels": dict(a.labels),
@@ -53,18 +93,26 @@ def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str,
                 "silencedBy": silenced_by,
                 "inhibitedBy": ["inhibit_rules"] if inhibited else [],
             },
+            "silencing": silencing,
         })
     return out
 
 
 def silences_json(engine: AlertEngine, now: float | None = None) -> list[dict[str, Any]]:
+    """The silences that hold this host's alerts: local ones (standalone), then Alertmanager's as last read
+    (none while that read is unknown; ``silence_source_json`` says why)."""
     now = time.time() if now is None else now
-    return [
-        {"id": s.id, "matchers": [str(m) for m in s.matchers], "startsAt": rfc3339(s.starts_at),
-         "endsAt": rfc3339(s.ends_at), "createdBy": s.created_by, "comment": s.comment,
-         "status": {"state": "active" if s.active(now) else "pending"}}
-        for s in engine.router.silences.list(include_expired=False)
-    ]
+    out = [silence_json(s, "local", now) for s in _local_silences(engine)]
+    read = silence_read(engine)
+    if read is not None:
+        out += source_json(read, engine.cfg.host, now)["silences"]
+    return out
+
+
+def silence_source_json(engine: AlertEngine, now: float | None = None) -> dict[str, Any] | None:
+    """The state of the Alertmanager silences read (None when the engine reads none)."""
+    read = silence_read(engine)
+    return source_json(read, engine.cfg.host, time.time() if now is None else now) if read is not None else None
 
 
 def rule_condition(rule: Rule) -> str:
@@ -87,8 +135,10 @@ def rule_condition(rule: Rule) -> str:
     return f"{value} {rule.op} {rule.threshold:g}" + (f" and {paired}" if paired else "")
 
 
-def rules_json(engine: AlertEngine) -> list[dict[str, Any]]:
-    """Every rule with its state: firing, pending, inactive (with the values it judged) or nodata (and why)."""
+def rules_json(engine: AlertEngine, collectors: CollectorsRead | None = None) -> list[dict[str, Any]]:
+    """Every rule with its state: firing, pending, inactive (with the values it judged) or nodata (and why,
+    from what ``collectors`` says of the collector that declares its metric)."""
+    collectors = CollectorsRead() if collectors is None else collectors
     by_rule: dict[str, list[Alert]] = {}
     for a in engine.all_alerts():
         if a.state in ("pending", "firing"):
@@ -114,8 +164,7 @@ def rules_json(engine: AlertEngine) -> list[dict[str, Any]]:
             state = "nodata"
             metric = rule.metric + "_bucket" if rule.quantile is not None else rule.metric
             if metric not in engine.seen_metrics:
-                reason = (f"no series of {rule.metric}: its collector is not configured, has not run yet, "
-                          "or fails (see the collectors)")
+                reason = missing_reason(engine, rule, metric, collectors)
             elif rule.window:
                 reason = f"the {rule.window:g}s window has no two samples of {rule.metric} yet"
             else:
@@ -131,10 +180,81 @@ def rules_json(engine: AlertEngine) -> list[dict[str, Any]]:
             "reason": reason,
             "lastEvaluation": rfc3339(evaluated[0]) if evaluated is not None else None,
             "alerts": [{"labels": dict(a.labels), "state": a.state, "value": _number(a.value),
-                        "summary": a.annotations.get("summary", "")} for a in alerts],
+                        "summary": a.annotations.get("summary", ""),
+                        "details": {k: a.annotations[k] for k in DETAIL_ANNOTATIONS if a.annotations.get(k)}}
+                       for a in alerts],
             "series": series,
         })
     return out
+
+
+def missing_reason(engine: AlertEngine, rule: Rule, metric: str, collectors: CollectorsRead) -> str:
+    """Why no series of ``metric`` (the sample name ``rule`` reads) was ever seen: the collector kind that
+    declares it is not configured, has not run yet, fails (with its error), or runs without exporting it (with
+    the monitoring-gap alerts or ``*_reason``/``*_unread*`` gauges of that kind that say why, if any)."""
+    what = f"no series of {rule.metric}"
+    kind = collectors.declared.get(metric)
+    if kind is None:
+        owner = METRIC_OWNERS.get(metric)
+        if owner is None:  # only the textfile collector passes on series no kind declares
+            passes = any(r["collector"] == "textfile" for r in collectors.instances)
+            tail = (", and the textfile collector exported none" if passes
+                    else " (nor is a textfile collector configured)")
+            return f"{what}: no collector kind declares it{tail}"
+        state = "configured but disabled" if owner in collectors.disabled else "not configured"
+        return f"{what}: the {owner} collector, which exports it, is {state}"
+    rows = [r for r in collectors.instances if r["collector"] == kind]
+    failing = [r for r in rows if r["success"] is False]
+    if failing:
+        errors = "; ".join(f"{r['instance']}: {r.get('last_error') or 'failed'}" for r in failing[:MAX_NAMED])
+        return f"{what}: the {kind} collector fails ({errors})"
+    if not any(r["success"] for r in rows):
+        return f"{what}: the {kind} collector has not run yet"
+    gaps = _gap_alerts(engine, kind, collectors, rule.name)
+    if gaps:
+        return f"{what}: the {kind} collector runs but cannot make this check: " + "; ".join(gaps)
+    reasons = _reason_gauges(engine, kind, rows)
+    if reasons:
+        return f"{what}: the {kind} collector runs but exported none; it reports " + ", ".join(reasons)
+    return f"{what}: the {kind} collector runs but exported no series of it (a check it could not make)"
+
+
+def _gap_alerts(engine: AlertEngine, kind: str, collectors: CollectorsRead, blinded: str) -> list[str]:
+    """The firing or pending monitoring-gap alerts over the metrics of ``kind``, as ``name state: summary``;
+    those whose summary names the rule ``blinded`` alone when there are such."""
+    found: list[tuple[str, Alert]] = []
+    for rule in engine.rules:
+        if rule.runbook != GAP_RUNBOOK or not any(collectors.declared.get(n) == kind for n in rule.inputs):
+            continue
+        found += [(rule.name, a) for a in sorted(engine.alerts.get(rule.name, {}).values(), key=lambda a: a.fingerprint)
+                  if a.state in ("firing", "pending")]
+    naming = [(n, a) for n, a in found if blinded in a.annotations.get("summary", "")]
+    return [f"{n} {a.state}: {a.annotations.get('summary', '')}".rstrip(": ") for n, a in (naming or found)[:MAX_NAMED]]
+
+
+def _reason_gauges(engine: AlertEngine, kind: str, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The set ``*_reason`` and ``*_unread*`` series of ``kind``'s current snapshots, as ``name{labels}``: the
+    gauges a collector sets to say why it could not read something."""
+    out: list[str] = []
+    for r in rows:
+        snap = engine.store.get((kind, r["instance"]))
+        for fam in snap.families if snap is not None else ():
+            if not (fam.name.endswith("_reason") or "_unread" in fam.name):
+                continue
+            for sample in fam.samples:
+                if sample.value and len(out) < MAX_NAMED:
+                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                    out.append(f"{sample.name}{{{labels}}}")
+    return out
+
+
+def engine_view(engine: AlertEngine, collectors: CollectorsRead) -> dict[str, Any]:
+    """Everything the landing page and ``/api/v1/*`` show of the engine, read at one moment."""
+    now = engine.clock()
+    alerts = alerts_json(engine, now)
+    return {"alerts": alerts, "rules": rules_json(engine, collectors), "silences": silences_json(engine, now),
+            "silence_source": silence_source_json(engine, now), "verdict": verdict(alerts, collectors.failing),
+            "host": engine.cfg.host}
 
 
 def verdict(alerts: list[dict[str, Any]], collectors_failing: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from mevwatch.alerts.config import alertmanager_urls
 from mevwatch.alerts.matchers import parse_matcher
-from mevwatch.alerts.router import Silences, notification_payload
+from mevwatch.alerts.router import Silence, Silences, notification_payload
 from mevwatch.alerts.rules import Alert, fingerprint
 from mevwatch.alerts.sinks import DeliveryError, Sink, build_sinks
 from mevwatch.daemon.cli import add_config_argument, load_or_report
@@ -163,22 +163,39 @@ def cmd_silence_add(args: argparse.Namespace) -> int:
 
 
 def cmd_silence_list(args: argparse.Namespace) -> int:
-    opened = _silences(args)
-    if opened is None:
+    from mevwatch.alerts.engine import MIGRATIONS
+    from mevwatch.alerts.silencing import concerning, load_read, source_json
+
+    cfg = load_or_report(args.config)
+    opened = _silences(args, cfg) if cfg is not None else None
+    if cfg is None or opened is None:
         return 2
     silences, db = opened
     try:
         items = silences.list(include_expired=args.all)
+        db.migrate("alerts_engine", MIGRATIONS)  # a state dir no daemon has used yet: empty tables
+        read = load_read(db)  # Alertmanager's, as the daemon last read them
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         db.close()
     now = time.time()
-    if not items:
+    if not items and read is None:
         print("no silences")
     for s in items:
-        state = "active" if s.active(now) else ("expired" if s.ends_at <= now else "pending")
-        matchers = ", ".join(str(m) for m in s.matchers)
-        print(f"{s.id}  {state:8}  until {_ts(s.ends_at)}  {matchers}  by {s.created_by}  {s.comment}".rstrip())
+        print(_silence_line(s, now))
+    if read is not None:  # below the line that says where and when they were read; none while unknown
+        print("Alertmanager's silences: " + source_json(read, cfg.daemon.alerts.host, now)["text"])
+        for s in concerning(read.silences, cfg.daemon.alerts.host) if not read.unknown_reason(now) else ():
+            print(_silence_line(s, now))
     return 0
+
+
+def _silence_line(s: Silence, now: float) -> str:
+    state = "active" if s.active(now) else ("expired" if s.ends_at <= now else "pending")
+    matchers = ", ".join(str(m) for m in s.matchers)
+    return f"{s.id}  {state:8}  until {_ts(s.ends_at)}  {matchers}  by {s.created_by}  {s.comment}".rstrip()
 
 
 def cmd_silence_expire(args: argparse.Namespace) -> int:

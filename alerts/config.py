@@ -21,6 +21,11 @@ from mevwatch.alerts.rulefiles import merge_rules
 from mevwatch.alerts.timeintervals import NamedTimeInterval, TimeInterval
 from mevwatch.daemon.yamlsource import ConfigIssue
 from mevwatch.fields import Duration, SinkURL, check_sink_url, secret_url
+from mevwatch.runbookdoc import RUNBOOKS_PATH
+
+#: runbook link base of exported Prometheus rules when the config sets no runbook_url: the runbooks' path in
+#: mevwatch's source (set alerts.runbook_url, or `rules export --runbook-url`, to where the on-call opens them)
+EXPORT_RUNBOOK_URL = "docs/runbooks.md"
 
 __all__ = [
     "AlertmanagerSilencesConfig",
@@ -142,8 +147,9 @@ class AlertmanagerSinkConfig(_Strict):
 
 
 class AlertmanagerSilencesConfig(_Strict):
-    urls: list[str] = Field(min_length=1, description=(
-        "Alertmanager base URLs (peers of one cluster); silences are read from the first that answers"))
+    urls: list[str] = Field(default_factory=list, description=(
+        "Alertmanager base URLs (peers of one cluster); silences are read from the first that answers. "
+        "Default: the alertmanager receivers' URLs"))
     refresh_interval: Duration = Field(15.0, gt=0, description="how often the silences are read again")
     timeout: Duration = Field(5.0, gt=0, description="per request")
 
@@ -162,6 +168,11 @@ class Receiver(_Strict):
     pagerduty_configs: list[PagerDutyConfig] = Field(default_factory=list)
     slack_configs: list[SlackConfig] = Field(default_factory=list)
     chat_configs: list[ChatConfig] = Field(default_factory=list)
+    fallback: list[str] | None = Field(None, description=(
+        "receivers that get, in full, a notification this one's sinks refused for good (HTTP 4xx other than "
+        "408 and 429, SMTP 5xx, bad credentials) or could not deliver within outbox.give_up_after; default: "
+        "the default receiver (alerts.receiver), and for the default receiver itself the receivers of the "
+        "routes; [] sends it nowhere else (the log still names it)"))
 
 
 class Escalation(_Strict):
@@ -230,7 +241,8 @@ class AlertsConfig(_Strict):
         "(only log and alertmanager sinks, no escalation, no inhibit_rules, no local silences)"))
     host: str = Field(default_factory=socket.gethostname, description="host label on every alert")
     evaluation_interval: Duration = Field(1.0, gt=0, description=(
-        "tick on which every rule is evaluated (for, absent, keep_firing_for, windows, stale data); "
+        "grid of the tick that does what time alone moves (for, keep_firing_for, windows, stale data, "
+        "escalation); it runs when something is due, rounded up to this grid, and at least every 15 s; "
         "a collector's new values are evaluated at once, between ticks"))
     startup_grace: Duration = Field(
         30.0, ge=0, description="after a start, absent and stale-data alerts wait this long for collectors"
@@ -241,10 +253,13 @@ class AlertsConfig(_Strict):
     rule_overrides: dict[str, RuleOverride] = Field(
         default_factory=dict, description=(
             "rule name -> fields replacing that rule's (e.g. HeadStale: {threshold: 10}); the others stay"))
-    runbook_url: str = Field("docs/runbooks.md", description="base of runbook links; '#anchor' is appended")
+    runbook_url: str = Field(RUNBOOKS_PATH, description=(
+        "base of runbook links; '#anchor' is appended. Default: the runbooks this mevwatch serves, "
+        "external_url + '/runbooks'"))
     external_url: str = Field("", description=(
         "where this mevwatch's landing page is reached (e.g. https://mev-host-1:9717): externalURL of webhook "
-        "payloads, and each alert's generatorURL links to its row there"))
+        "payloads, and each alert's generatorURL links to its row there. Default, as Prometheus' "
+        "--web.external-url: http://<host>:<port of web.listen_address>"))
     receivers: list[Receiver] = Field(default_factory=_default_receivers)
     receiver: str = Field("log", description="default receiver of the top-level route")
     group_by: list[str] = Field(default_factory=lambda: ["alertname", "host"], description=(
@@ -260,10 +275,33 @@ class AlertsConfig(_Strict):
     inhibit_rules: list[InhibitRule] = Field(default_factory=_default_inhibit)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     alertmanager_silences: AlertmanagerSilencesConfig | None = Field(None, description=(
-        "standalone mode: the direct sinks also honour this Alertmanager cluster's silences (API v2); "
-        "while it cannot be read, its silences do not mute anything"))
+        "an Alertmanager cluster whose silences (API v2) mevwatch reads. standalone: the direct sinks also "
+        "honour them (while it cannot be read they mute nothing), and the screens show them; fleet: only "
+        "shown (which silence holds an alert, or UNKNOWN while no peer answers), Alertmanager applies them "
+        "itself; default in fleet mode: the alertmanager receivers' URLs"))
 
     _rules: tuple[Rule, ...] = PrivateAttr(default=())
+    _derived: frozenset[str] = PrivateAttr(default=frozenset())  # link fields derived from the address
+
+    def with_own_links(self, port: str) -> AlertsConfig:
+        """This config with the links back to this mevwatch filled in where the file leaves them out:
+        external_url as Prometheus derives --web.external-url (http://<host>:<port>), and runbook_url the
+        runbooks it serves there. Called again when a flag moves the listen address."""
+        given = self.model_fields_set - self._derived
+        external = self.external_url if "external_url" in given else f"http://{self.host}:{port}"
+        update = {k: v for k, v in (("external_url", external),
+                                     ("runbook_url", external.rstrip("/") + RUNBOOKS_PATH)) if k not in given}
+        if not update:
+            return self
+        out = self.model_copy(update=update)
+        out._derived = frozenset(update)
+        return out
+
+    @property
+    def export_runbook_url(self) -> str:
+        """The runbook link base of rules exported for Prometheus: the file's runbook_url, or, when that is
+        derived from this host's address, the host-independent EXPORT_RUNBOOK_URL (the rules serve a fleet)."""
+        return EXPORT_RUNBOOK_URL if "runbook_url" in self._derived else self.runbook_url
 
     def model_post_init(self, context: Any, /) -> None:
         # Read from a config file (context RuleLoading): the rule set is merged from the default rules,
@@ -292,6 +330,12 @@ class AlertsConfig(_Strict):
         for i, r in enumerate(self.routes):
             refs.append((f"routes[{i}].receiver", r.receiver))
             refs += [(f"routes[{i}].escalation[{j}].receiver", e.receiver) for j, e in enumerate(r.escalation)]
+        for i, rc in enumerate(self.receivers):
+            for j, name in enumerate(rc.fallback or ()):
+                if name == rc.name:
+                    raise ValueError(f"receivers[{i}].fallback[{j}]: {name!r} is the receiver itself; what it "
+                                     "refuses goes to other receivers")
+                refs.append((f"receivers[{i}].fallback[{j}]", name))
         for where, name in refs:
             if name not in known:
                 raise ValueError(f"{where}: unknown receiver {name!r}; known: {', '.join(names) or 'none'}")
@@ -312,6 +356,10 @@ class AlertsConfig(_Strict):
             if rule.name in seen:
                 raise ValueError(f"rules[{i}].name: duplicate rule name {rule.name!r} (also rules[{seen[rule.name]}])")
             seen[rule.name] = i
+        if self.alertmanager_silences is not None and not self.alertmanager_silences.urls and not any(
+                rc.alertmanager_configs for rc in self.receivers):
+            raise ValueError("alertmanager_silences.urls: none given, and no receiver has alertmanager_configs "
+                             "whose URLs it could default to")
         if self.mode == "fleet":
             if not any(rc.alertmanager_configs for rc in self.receivers):
                 raise ValueError(f"receivers: {_FLEET}; add a receiver with alertmanager_configs")
@@ -323,7 +371,7 @@ class AlertsConfig(_Strict):
                                      "alertmanager_configs (add them; a log_configs entry may stay beside them)")
         return self
 
-    @field_validator("escalation", "routes", "inhibit_rules", "alertmanager_silences", "receivers")
+    @field_validator("escalation", "routes", "inhibit_rules", "receivers")
     @classmethod
     def _fleet_mode(cls, v: Any, info: ValidationInfo) -> Any:
         """What fleet mode leaves to Alertmanager is refused where it is written."""
@@ -338,8 +386,6 @@ class AlertsConfig(_Strict):
                     raise ValueError(f"routes[{i}].escalation: {_FLEET}; escalate in Alertmanager's route tree")
         if field == "inhibit_rules":
             raise ValueError(f"{_FLEET}; put inhibit_rules in Alertmanager's config")
-        if field == "alertmanager_silences":
-            raise ValueError(f"{_FLEET}; this filters mevwatch's own pages, of which fleet mode has none")
         if field == "receivers":
             for i, rc in enumerate(v):
                 for name in type(rc).model_fields:
@@ -347,6 +393,27 @@ class AlertsConfig(_Strict):
                         raise ValueError(f"receivers[{i}].{name}: {_FLEET}; only log_configs and "
                                          "alertmanager_configs may be used: configure this receiver in Alertmanager")
         return v
+
+    @property
+    def silence_source(self) -> AlertmanagerSilencesConfig | None:
+        """The Alertmanager cluster whose silences are read: alertmanager_silences, or in fleet mode (where
+        every alert goes to Alertmanager) by default, so that mevwatch's screens can say which silence holds
+        an alert; its URLs default to the alertmanager receivers' peers."""
+        source = self.alertmanager_silences
+        if source is None and self.mode != "fleet":
+            return None
+        source = source or AlertmanagerSilencesConfig()
+        if not source.urls:
+            urls = [u for rc in self.receivers for c in rc.alertmanager_configs for u in c.target_urls]
+            source = source.model_copy(update={"urls": list(dict.fromkeys(urls))})
+        return source if source.urls else None
+
+    @property
+    def silences_mute(self) -> bool:
+        """Whether Alertmanager's silences hold mevwatch's own pages: standalone only; in fleet mode every
+        alert goes to Alertmanager unfiltered and its silences are only shown (a local mute would hide an
+        alert from the cluster)."""
+        return self.mode == "standalone" and self.alertmanager_silences is not None
 
     @property
     def all_rules(self) -> tuple[Rule, ...]:
@@ -358,3 +425,21 @@ class AlertsConfig(_Strict):
 
     def receiver_named(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
+
+    def fallback_receivers(self) -> dict[str, list[str]]:
+        """Receiver name -> the receivers that get a notification it gave up on (``Receiver.fallback``).
+
+        By default the default receiver, the one that sees everything no route claims; what the default
+        receiver itself refuses goes to the receivers of the routes (not to escalation levels: a broken
+        webhook must not page a director). Never the receiver itself."""
+        routed = list(dict.fromkeys(r.receiver for r in self.routes))
+        out = {}
+        for rc in self.receivers:
+            if rc.fallback is not None:
+                names = rc.fallback
+            elif rc.name != self.receiver:
+                names = [self.receiver]
+            else:
+                names = routed
+            out[rc.name] = [n for n in dict.fromkeys(names) if n != rc.name]
+        return out

@@ -1,11 +1,14 @@
-"""The alert engine: evaluates rules when the store changes, and all of them on a tick.
+"""The alert engine: evaluates rules when the store changes, and on a tick what time alone moves.
 
 The engine's own task waits on the store's change event, reads the change set (which collector
 instances put or dropped a snapshot) and evaluates the rules whose inputs (sample names) changed:
 breach-to-page latency stays at the collector's own latency, and nothing runs on the stack of the
-collector that put or of a reader. The tick, every ``evaluation_interval``, evaluates every rule:
-it handles what time alone changes (``for``, ``keep_firing_for``, windows, ``absent``, stale
-collectors, escalation). Alert state lives in the state DB, so a restart neither re-pages nor forgets.
+collector that put or of a reader. The tick does what time alone changes, and is armed at the earliest
+time something is due rather than every ``evaluation_interval``: a pending alert's ``for``, a firing
+alert's ``keep_firing_for``, a resolved alert's retention, the next edge of a rule's window, a held
+snapshot going stale (``absent`` fires), the end of the startup grace, an escalation step; rounded up
+to the ``evaluation_interval`` grid and at least every ``TICK_CAP``. Alert state lives in the state DB,
+so a restart neither re-pages nor forgets.
 """
 
 from __future__ import annotations
@@ -15,20 +18,23 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from mevwatch.alerts.config import AlertsConfig
+from mevwatch.alerts.history import History
 from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rule import Rule
-from mevwatch.alerts.rules import Alert, History, LabelSet, evaluate_rule, labelset, step
+from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert, LabelSet, bucket_of, evaluate_rule, labelset, step
+from mevwatch.alerts.silencing import MIGRATION as SILENCE_READ_MIGRATION
+from mevwatch.alerts.silencing import clear_read, save_read
 from mevwatch.alerts.sinks import Sink, build_sinks
 from mevwatch.collectors.base import MetricSpec
 from mevwatch.daemon.state import StateDB, StateError
-from mevwatch.daemon.store import SampleStore, Snapshot, SnapshotKey
+from mevwatch.daemon.store import STALE_FACTOR, SampleStore, Snapshot, SnapshotKey
 from mevwatch.families import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -41,11 +47,14 @@ from mevwatch.redaction import redact_sink_url
 if TYPE_CHECKING:
     from mevwatch.alerts.amsilences import AlertmanagerWatch
 
-__all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "AlertEngine"]
+__all__ = ["ALERTS_KEY", "ENGINE_METRICS", "MIGRATIONS", "TICK_CAP", "AlertEngine"]
 
 log = structlog.get_logger("mevwatch.alerts")
 
 ALERTS_KEY: SnapshotKey = ("mevwatch", "alerts")
+#: the longest the tick sleeps while nothing is due: the engine's own metrics are kept fresh, and silences
+#: that `mevwatch silence` wrote from another process are read, at least this often
+TICK_CAP = 15.0
 #: the sample names a family of each class has: family name + one of these (anything else: every sample is read)
 SAMPLE_SUFFIXES: dict[type[Metric], tuple[str, ...]] = {
     GaugeMetricFamily: ("",),
@@ -66,6 +75,10 @@ NOTIFICATIONS_FAILED = MetricSpec(
 NOTIFICATIONS_DEAD_LETTERED = MetricSpec(
     "mevwatch_notifications_dead_lettered", "counter",
     "Notifications given up on (refused with 4xx, or undeliverable too long)", ("sink",))
+NOTIFICATIONS_RESENT_TO_FALLBACK = MetricSpec(
+    "mevwatch_notifications_resent_to_fallback", "counter",
+    "Notifications another sink gave up on (or left behind when a reload removed it), queued in full for this "
+    "fallback sink", ("sink",))
 NOTIFICATION_LOST = MetricSpec(
     "mevwatch_notification_lost_timestamp_seconds", "gauge",
     "When a notification was last given up on, by sink and what it carried (alert names and key labels, "
@@ -93,10 +106,12 @@ NOTIFICATION_COUNTERS = (
     ("sent", NOTIFICATIONS_SENT),
     ("failed", NOTIFICATIONS_FAILED),
     ("dead_lettered", NOTIFICATIONS_DEAD_LETTERED),
+    ("resent", NOTIFICATIONS_RESENT_TO_FALLBACK),
 )
 #: the alert engine's own metrics (docs/metrics.md, dashboards, contract test)
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
-    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, NOTIFICATION_LOST,
+    ALERTS, NOTIFICATIONS_SENT, NOTIFICATIONS_FAILED, NOTIFICATIONS_DEAD_LETTERED, NOTIFICATIONS_RESENT_TO_FALLBACK,
+    NOTIFICATION_LOST,
     ALERT_OUTBOX_DEPTH, ALERT_OUTBOX_OLDEST_PENDING_AGE_SECONDS, ALERT_RULES, ALERT_EVALUATION_ERRORS,
     SILENCES_ACTIVE, ALERTING,
     ALERTMANAGER_UP,
@@ -130,8 +145,21 @@ MIGRATIONS = [
     );
     CREATE INDEX alert_history_at ON alert_history (at)
     """,
+    SILENCE_READ_MIGRATION,
 ]
 HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
+
+
+def sample_time(snap: Snapshot | None, now: float) -> float:
+    """When ``snap``'s collection was made, as far as the engine trusts it: its sample time, unless that is
+    in the future (a clock step: counting `for` from it would page late or never) or older than its
+    collector's interval (a late run or hand-over: counting from it could page before the condition was
+    seen for `for`); then, and for a snapshot without one or a dropped one (None), ``now``."""
+    if snap is None or snap.sampled_at is None:
+        return now
+    if now - snap.max_age / STALE_FACTOR <= snap.sampled_at <= now:
+        return snap.sampled_at
+    return now
 
 
 class AlertEngine:
@@ -143,38 +171,60 @@ class AlertEngine:
         self.clock = clock
         self.rules: tuple[Rule, ...] = cfg.all_rules
         self.by_name: dict[str, list[Rule]] = {}
-        self.windows: dict[str, float] = {}
-        self._plan: list[tuple[Rule, str]] = []  # every rule with the sample name it reads
+        self.windows: dict[str, float] = {}  # sample name -> the longest window over it: a history per series
+        # a quantile rule's `_bucket` sample name -> its longest window: a history per histogram series
+        self.bucket_windows: dict[str, float] = {}
+        self._inputs: dict[str, tuple[str, ...]] = {}  # rule name -> the sample names it reads
+        self._rule: dict[str, Rule] = {}
+        # rule name -> (sample name, window) of each window its value reads: it moves with time alone
+        self._windows_of: dict[str, tuple[tuple[str, float], ...]] = {}
+        # sample name -> its shortest window: a series that had left it may come back with an unchanged value
+        self._shortest: dict[str, float] = {}
         for r in self.rules:
-            name = r.inputs[0]
-            self._plan.append((r, name))
-            for n in r.inputs:  # a `when` metric's change wakes the rule too
+            self._rule[r.name] = r
+            inputs = self._inputs[r.name] = r.inputs
+            name = inputs[0]
+            for n in inputs:  # a `when` metric's change wakes the rule too
                 self.by_name.setdefault(n, []).append(r)
+            fed: list[tuple[str, float]] = [(name, r.window)] if r.window else []
             if r.window:
-                self.windows[name] = max(self.windows.get(name, 0.0), r.window)
+                windows = self.bucket_windows if r.quantile is not None else self.windows
+                windows[name] = max(windows.get(name, 0.0), r.window)
             if r.when is not None and r.when.increase:  # a `when` over a counter's increase keeps its history
                 self.windows[r.when.metric] = max(self.windows.get(r.when.metric, 0.0), float(r.when.increase))
-        self._history_horizon = max(self.windows.values(), default=0.0) * 2 + 60.0
+                fed.append((r.when.metric, float(r.when.increase)))
+            for n, w in fed:
+                self._shortest[n] = min(self._shortest.get(n, w), w)
+            if fed:
+                self._windows_of[r.name] = tuple(fed)
+        self._history_horizon = max([*self.windows.values(), *self.bucket_windows.values()], default=0.0) * 2 + 60.0
         self.samples: dict[SnapshotKey, dict[str, dict[LabelSet, float]]] = {}
+        # the same series by sample name: a rule reads only the snapshots that carry its inputs
+        self.by_input: dict[str, dict[SnapshotKey, dict[LabelSet, float]]] = {}
         self.seen_at: dict[SnapshotKey, float] = {}
         self.histories: dict[tuple[str, LabelSet], History] = {}
+        # (`_bucket` sample name, labels but `le`) -> the history of that histogram series' buckets
+        self.bucket_histories: dict[tuple[str, LabelSet], History] = {}
         self.alerts: dict[str, dict[str, Alert]] = {r.name: {} for r in self.rules}
         self.sinks: dict[str, list[Sink]] = {rc.name: build_sinks(rc, cfg.evaluation_interval) for rc in cfg.receivers}
         state.migrate("alerts_engine", MIGRATIONS)
-        self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock)
+        self.outbox = Outbox(state, [s for ss in self.sinks.values() for s in ss], cfg.outbox, clock,
+                             cfg.fallback_receivers(), orphan_fallback=[cfg.receiver])
         self._sinks = sorted(s.name for ss in self.sinks.values() for s in ss)
         self.am_watch: AlertmanagerWatch | None = None
         am_urls = [u for rc in cfg.receivers for c in rc.alertmanager_configs for u in c.target_urls]
-        silence_source = cfg.alertmanager_silences if cfg.mode == "standalone" else None
+        silence_source = cfg.silence_source
         if am_urls or silence_source is not None:
             from mevwatch.alerts.amsilences import AlertmanagerWatch
 
-            self.am_watch = AlertmanagerWatch(silence_source, am_urls, clock)
+            self.am_watch = AlertmanagerWatch(silence_source, am_urls, clock, mutes=cfg.silences_mute)
             for s in (s for ss in self.sinks.values() for s in ss):
                 if s.kind == "alertmanager":
                     s.observer = self.am_watch.mark  # type: ignore[attr-defined]
+        if silence_source is None:
+            self._keep_silence_read()  # a read kept under an earlier config is no one's now
         self.router = Router(cfg, state, self.outbox, self.sinks, self.all_alerts, clock,
-                             self.am_watch.mutes if silence_source is not None and self.am_watch else None)
+                             self.am_watch.mutes if cfg.silences_mute and self.am_watch else None)
         self.started_at = clock()
         self.seen_metrics: set[str] = set()
         self._unconfirmed: set[str] = set()  # restored alerts not yet re-evaluated on fresh data
@@ -182,7 +232,14 @@ class AlertEngine:
         self._wake: asyncio.Event | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._tick_timer: asyncio.TimerHandle | None = None
-        self._next_tick = 0.0  # loop time of the next tick
+        self._tick_when = math.inf  # loop time the tick is armed for
+        # rule name -> clock time at which time alone may next move its verdict (_set_due); absent: never
+        self._due: dict[str, float] = {}
+        self._router_due = float("-inf")  # when the router's tick has work (Router.next_due)
+        self._routed_at = float("-inf")  # clock time of the router's last tick
+        self._publish_due = float("-inf")  # when a value the engine's metrics show moves with time
+        self._published_at = float("-inf")
+        self._publish_soon = False  # a put of the engine's metrics is scheduled (the outbox changed)
         self.evaluations = 0
         self.eval_errors = 0
         # rule name -> (time, values) of its last evaluation: the daemon's verdicts for /api/v1/rules and diagnose
@@ -191,6 +248,9 @@ class AlertEngine:
         self._outbox_at: tuple[tuple[int, int], dict[str, int], float | None, list[tuple[str, str, float]]] | None \
             = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
+        self._ticked_at = float("-inf")  # clock time of the last tick
+        self._graced = False  # has a tick after the startup grace evaluated every rule?
+        self._published: tuple[object, ...] | None = None  # the values of the engine's metrics last put
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
         self._wanted: dict[tuple[type[Metric], str], bool] = {}
 
@@ -205,18 +265,14 @@ class AlertEngine:
         self.started_at = self.clock()
         await self.outbox.start()
         if self.am_watch is not None:
-            await self.am_watch.start(self._publish)
+            await self.am_watch.start(self._polled)
         self.router.update(a for a in restored if a.state in ("firing", "resolved"))
         self._wake = self.store.watch()
         self._wake.set()  # what the store already holds is the first change set
         self._drain_task = asyncio.create_task(self._drain(self._wake), name="alerts:changes")
-        loop = asyncio.get_running_loop()
-        # On the loop clock's grid k * evaluation_interval, as the collectors' runs are (the supervisor's
-        # next_slot): a tick due with runs shares their wake-up of the process instead of one of its own.
-        interval = self.cfg.evaluation_interval
-        self._next_tick = (math.floor(loop.time() / interval) + 1) * interval
-        self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
+        self.outbox.on_change = self._outbox_changed
         self._publish()
+        self._arm(asyncio.get_running_loop())
         log.info("alert_engine_started", rules=len(self.rules), restored=len(restored),
                  receivers=len(self.sinks))
 
@@ -232,11 +288,33 @@ class AlertEngine:
         if self._tick_timer is not None:
             self._tick_timer.cancel()
             self._tick_timer = None
+            self._tick_when = math.inf
+        self.outbox.on_change = None
         self.router.stop()
         if self.am_watch is not None:
             await self.am_watch.stop()
         await self.outbox.stop()
         self.store.drop(ALERTS_KEY)
+
+    def _polled(self) -> None:
+        """After each poll of the Alertmanagers: keep the silences read for readers of the state DB
+        (``mevwatch alerts list``), look again at the groups a silence held back, and publish the
+        reachability; the silences read may end or start sooner than the tick is armed for."""
+        self._keep_silence_read()
+        self._router_due = self._router_next(self.clock())
+        self.router.recheck_held()
+        self._publish()
+        self._rearm()
+
+    def _keep_silence_read(self) -> None:
+        read = self.am_watch.last_read if self.am_watch is not None else None
+        try:
+            if read is None:
+                clear_read(self.state)
+            else:
+                save_read(self.state, read)
+        except StateError as exc:  # logged once per failing streak by the state DB; a reader then sees it age
+            log.debug("silence_read_write_failed", error=str(exc))
 
     def _restore(self) -> list[Alert]:
         rows = self.state.query(
@@ -255,6 +333,9 @@ class AlertEngine:
             out.append(a)
             if a.state != "resolved":
                 self._unconfirmed.add(a.fingerprint)
+        now = self.clock()
+        for name in {a.rule for a in out}:
+            self._set_due(self._rule[name], self.alerts[name], {}, now, now)
         if gone:
             with self.state.transaction() as db:
                 db.executemany("DELETE FROM alert_state WHERE fingerprint = ?", [(fp,) for fp in gone])
@@ -263,7 +344,9 @@ class AlertEngine:
     # --- evaluation -------------------------------------------------------------------
 
     async def _drain(self, wake: asyncio.Event) -> None:
-        """The engine's own task: woken by the store on every change, evaluates the change set."""
+        """The engine's own task: woken by the store on every change, evaluates the change set (which may
+        make something due sooner: a new pending alert's ``for``, a new snapshot's staleness)."""
+        loop = asyncio.get_running_loop()
         while True:
             await wake.wait()
             wake.clear()
@@ -271,7 +354,9 @@ class AlertEngine:
                 self.evaluate_changes()
             except Exception:  # a bug here must never stop the engine
                 self.eval_errors += 1
+                self._publish_due = float("-inf")
                 log.exception("alert_evaluation_failed")
+            self._arm(loop)
 
     def evaluate_changes(self) -> None:
         """Ingest the snapshots put or dropped since the last call; evaluate the rules whose inputs changed."""
@@ -279,12 +364,20 @@ class AlertEngine:
         if not keys:
             return
         now = self.clock()
-        changed: set[str] = set()
+        changed: dict[str, float] = {}  # sample name -> sample time of its newest change
         for key in keys:
-            changed |= self._ingest(key, self.store.get(key), now)
-        rules = {r.name: r for n in changed for r in self.by_name.get(n, ())}
+            snap = self.store.get(key)
+            at = sample_time(snap, now)
+            for n in self._ingest(key, snap, now):
+                changed[n] = max(at, changed.get(n, at))
+        rules: dict[str, Rule] = {}
+        ats: dict[str, float] = {}
+        for n, at in changed.items():
+            for r in self.by_name.get(n, ()):
+                rules[r.name] = r
+                ats[r.name] = max(at, ats.get(r.name, at))
         if rules:
-            self._evaluate(rules.values(), now)
+            self._evaluate(rules.values(), now, ats)
 
     def _ingest(self, key: SnapshotKey, snap: Snapshot | None, now: float) -> set[str]:
         """Take in ``key``'s snapshot (None: gone); the sample names whose series differ from before."""
@@ -301,11 +394,18 @@ class AlertEngine:
                         names.setdefault(s.name, {})[labelset(s.labels)] = float(s.value)
         prev = self.samples.get(key)
         prev_at = self.seen_at.get(key)
+        revived: set[str] = set()
         for name, series in names.items():
+            before = prev.get(name, {}) if prev is not None else None
+            # a series with no two points in its shortest window has no increase there: a new point,
+            # even of the same value, gives it one, which is a change for its rules
+            edge = now - self._shortest.get(name, 0.0)
+            keep = self.bucket_windows.get(name)
+            if keep and self._add_buckets(name, series, before, prev_at, now, keep, edge):
+                revived.add(name)
             keep = self.windows.get(name)
             if not keep:
                 continue
-            before = prev.get(name, {}) if prev is not None else None
             for ls, v in series.items():
                 hist = self.histories.get((name, ls))
                 if hist is None:
@@ -314,8 +414,20 @@ class AlertEngine:
                     # its first kill/failure is an increase (Prometheus misses it).
                     if before is not None and prev_at is not None and ls not in before:
                         hist.add(prev_at, 0.0, keep)
+                times = hist.times
+                if len(times) - hist.start < 2 or times[-1] <= edge:
+                    revived.add(name)
                 hist.add(now, v, keep)
         old = prev or {}
+        by_input = self.by_input
+        for name in old.keys() - names.keys():
+            per_key = by_input.get(name)
+            if per_key is not None:
+                per_key.pop(key, None)
+                if not per_key:
+                    del by_input[name]
+        for name, series in names.items():
+            by_input.setdefault(name, {})[key] = series
         if snap is None:
             self.samples.pop(key, None)
             self.seen_at.pop(key, None)
@@ -323,7 +435,40 @@ class AlertEngine:
             self.samples[key] = names
             self.seen_at[key] = now
             self.seen_metrics.update(names)
-        return {n for n in names.keys() | old.keys() if names.get(n) != old.get(n)}
+        return {n for n in names.keys() | old.keys() if n in revived or names.get(n) != old.get(n)}
+
+    def _add_buckets(self, name: str, series: dict[LabelSet, float], before: dict[LabelSet, float] | None,
+                     prev_at: float | None, now: float, keep: float, edge: float) -> bool:
+        """Add a point to the history of each histogram series in ``series`` (bucket samples of ``name``); is
+        one of them one that had no two points since ``edge`` (a new point gives it an increase)?"""
+        revived = False
+        grouped: dict[LabelSet, tuple[LabelSet, dict[str, float]]] = {}
+        for ls, v in series.items():
+            split = bucket_of(ls)
+            if split is not None:
+                key, le = split
+                entry = grouped.get(key)
+                if entry is None:
+                    entry = grouped[key] = (ls, {})
+                entry[1][le] = v
+        histories = self.bucket_histories
+        for key, (first, buckets) in grouped.items():
+            hist = histories.get((name, key))
+            if hist is None or hist.columns != tuple(buckets):
+                if hist is not None and set(hist.columns) == buckets.keys():
+                    hist.add_row(now, [buckets[le] for le in hist.columns], keep)
+                    continue
+                # a new histogram series, or its buckets changed: a history of its own from here
+                new = hist is None
+                hist = histories[(name, key)] = History(tuple(buckets))
+                # A histogram series that appears on a collector already reporting started at 0, as a counter does
+                if new and before is not None and prev_at is not None and first not in before:
+                    hist.add_row(prev_at, [0.0] * len(buckets), keep)
+            times = hist.times
+            if len(times) - hist.start < 2 or times[-1] <= edge:
+                revived = True
+            hist.add_row(now, buckets.values(), keep)
+        return revived
 
     def _family_wanted(self, fam: Metric) -> bool:
         suffixes = SAMPLE_SUFFIXES.get(type(fam))
@@ -333,35 +478,44 @@ class AlertEngine:
         return want
 
     def _merged(self, name: str) -> dict[LabelSet, float]:
+        per_key = self.by_input.get(name)
+        if not per_key:
+            return {}
+        if len(per_key) == 1:
+            return next(iter(per_key.values()))  # read only: evaluation never writes its samples
         out: dict[LabelSet, float] = {}
-        for per_key in self.samples.values():
-            series = per_key.get(name)
-            if series:
-                out.update(series)
+        for series in per_key.values():
+            out.update(series)
         return out
 
-    def _evaluate(self, rules: Iterable[Rule], now: float) -> None:
+    def _evaluate(self, rules: Iterable[Rule], now: float, ats: Mapping[str, float] | None = None) -> None:
+        """Evaluate ``rules`` now and step their alerts; ``ats`` (rule name -> sample time of the change that
+        woke it) is the time their states move at: pending from the collection that first matched, not
+        from when the engine got to it. The tick's state moves at ``now``."""
         changed: list[Alert] = []
         dirty: dict[str, Alert | None] = {}
         hold = self._unconfirmed if self._unconfirmed else frozenset()
         for rule in rules:
-            samples = {n: self._merged(n) for n in rule.inputs}
-            values = evaluate_rule(rule, samples, self.histories, now)
+            samples = {n: self._merged(n) for n in self._inputs[rule.name]}
+            values = evaluate_rule(rule, samples, self.histories, now, self.bucket_histories)
             self.last_values[rule.name] = (now, values)
             self.evaluations += 1
             per_rule = self.alerts[rule.name]
             if not values and not per_rule:
+                self._set_due(rule, per_rule, samples, now, now)
                 continue  # nothing selected and no alert: no state to move (most rules, most of the time)
+            at = ats.get(rule.name, now) if ats else now
             before = {fp: a.state for fp, a in per_rule.items()}
-            changed += step(rule, values, per_rule, now, self.cfg.host, self.cfg.runbook_url, hold, samples)
+            changed += step(rule, values, per_rule, at, self.cfg.host, self.cfg.runbook_url, hold, samples)
             for fp in before.keys() | per_rule.keys():
                 a = per_rule.get(fp)
                 if a is None:
                     dirty[fp] = None
                 elif before.get(fp) != a.state:
                     dirty[fp] = a
-                if a is not None and a.last_match_at == now:
+                if a is not None and a.last_match_at == at:
                     self._unconfirmed.discard(fp)
+            self._set_due(rule, per_rule, samples, now, at)
         if dirty:
             self._persist(dirty)
         if changed:
@@ -369,6 +523,7 @@ class AlertEngine:
             for a in changed:
                 log.info("alert_" + a.state, alertname=a.rule, labels=a.labels, value=a.value)
             self.router.update(changed)
+            self._router_due = self._router_next(now)
         if dirty or changed:
             self._publish()
 
@@ -403,53 +558,200 @@ class AlertEngine:
             log.debug("alert_history_write_failed", error=str(exc))
 
     def tick(self) -> None:
-        """Time-driven work: drop stale collectors' data, evaluate every rule, escalate, flush, publish."""
+        """Time-driven work, due now: drop stale collectors' data, evaluate the rules whose due time came
+        (_set_due), escalate, publish.
+
+        A rule's verdict moves with time alone only while it holds an alert (``for``, ``keep_firing_for``,
+        the retention of a resolved alert) or reads a window whose next edge comes (a point leaves it);
+        otherwise it is a function of its inputs, evaluated when they change (evaluate_changes). The first
+        tick after the startup grace evaluates every rule (``absent`` over what never came)."""
         self.evaluate_changes()
         now = self.clock()
+        gone: set[str] = set()
         for key in [k for k in self.samples if self.store.get(k) is None]:
-            self._ingest(key, None, now)  # a dead or removed collector: its series are gone (absent fires)
+            gone |= self._ingest(key, None, now)  # a dead or removed collector: its series are gone (absent fires)
         in_grace = now - self.started_at < self.cfg.startup_grace
         if not in_grace:
             self._unconfirmed.clear()
-        seen = self.seen_metrics
-        # during the startup grace only the rules with data: absent waits for the collectors' first runs
-        rules = [r for r, name in self._plan if not in_grace or name in seen]
+        if not in_grace and not self._graced:
+            self._graced = True  # every rule not evaluated yet, and those holding an alert restored or not
+            last, due = self.last_values, self._due
+            rules = {r.name: r for r in self.rules
+                     if self.alerts[r.name] or r.name not in last or due.get(r.name, math.inf) <= now}
+        else:
+            rules = {n: self._rule[n] for n, at in self._due.items() if at <= now}
+            if in_grace:  # absent waits for the collectors' first runs
+                seen = self.seen_metrics
+                rules = {n: r for n, r in rules.items() if self._inputs[n][0] in seen}
+        for n in gone:
+            for r in self.by_name.get(n, ()):
+                rules[r.name] = r
         if rules:
-            self._evaluate(rules, now)
+            self._evaluate(rules.values(), now)
         if not self._pruned_at <= now < self._pruned_at + 60.0:  # histories beyond every window: once a minute
             self._pruned_at = now
             cutoff = now - self._history_horizon
-            for hk in [hk for hk, h in self.histories.items() if (t := h.last_time()) is None or t < cutoff]:
-                del self.histories[hk]
-        self.router.tick()
-        self._publish()
+            for histories in (self.histories, self.bucket_histories):
+                for hk in [hk for hk, h in histories.items() if (t := h.last_time()) is None or t < cutoff]:
+                    del histories[hk]
+        if self._router_due <= now or now - self._routed_at >= TICK_CAP:
+            self._routed_at = now
+            self.router.tick()
+            self._router_due = self._router_next(now)
+        else:
+            self.router.run_due()  # its own timer flushes too; without a running loop only this does
+        if self._publish_due <= now:
+            self._publish()
+        self._ticked_at = now
+
+    def _router_next(self, now: float) -> float:
+        """When the router's tick next has work (Router.next_due), or an Alertmanager silence that mutes
+        the direct sinks starts or ends."""
+        due = self.router.next_due(now)
+        return self._alertmanager_silence_change(now, due) if self.router.external_silences is not None else due
+
+    def _alertmanager_silence_change(self, now: float, due: float) -> float:
+        """The earlier of ``due`` and the next start or end of an Alertmanager silence read."""
+        for sil in self.am_watch.silences if self.am_watch is not None else ():
+            for at in (sil.starts_at, sil.ends_at):
+                if now < at < due:
+                    due = at
+        return due
+
+    def _set_due(self, rule: Rule, per_rule: Mapping[str, Alert], samples: Mapping[str, Mapping[LabelSet, float]],
+                 now: float, stepped: float) -> None:
+        """When time alone may next move ``rule``'s verdict, just evaluated at ``now`` over ``samples`` (its
+        alerts stepped at ``stepped``): a pending alert's ``active_at + for``; a firing alert's end of
+        ``keep_firing_for`` (while the condition holds, every tick: the hold runs from the last evaluation
+        that saw it); a resolved alert's end of retention; the next edge of a window over any of its series
+        (History.next_edge)."""
+        due = math.inf
+        for a in per_rule.values():
+            if a.state == "pending":
+                at = a.active_at + rule.for_
+            elif a.state == "firing":
+                if not rule.keep_firing_for:
+                    continue
+                at = now if a.last_match_at >= stepped else a.last_match_at + rule.keep_firing_for
+            else:
+                at = (a.resolved_at if a.resolved_at is not None else now) + RESOLVED_RETENTION
+            if at < due:
+                due = at
+        for name, window in self._windows_of.get(rule.name, ()):
+            if name in self.bucket_windows and rule.quantile is not None:  # a history per histogram series
+                hists: Iterable[History] = [h for (n, _), h in self.bucket_histories.items() if n == name]
+            else:
+                histories = self.histories
+                hists = [h for ls in samples.get(name, ()) if (h := histories.get((name, ls))) is not None]
+            for hist in hists:
+                edge = hist.next_edge(window, now)
+                if edge is not None and edge < due:
+                    due = edge
+        if due == math.inf:
+            self._due.pop(rule.name, None)
+        else:
+            self._due[rule.name] = due
+
+    def _rearm(self) -> None:
+        """_arm, when the engine runs (started, in its loop); a harness that ticks by hand has no timer."""
+        if self._drain_task is not None:
+            self._arm(asyncio.get_running_loop())
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arm the tick for the earliest time something is due: a rule (_set_due), a snapshot the engine
+        holds going stale, the end of the startup grace, the router's work (Router.next_due), a value of
+        the engine's metrics that moves with time; at most TICK_CAP after the last tick. On the loop
+        clock's grid k * evaluation_interval, as the collectors' runs are (the supervisor's next_slot):
+        a tick due with runs shares their wake-up of the process. Only ever moved earlier here: a tick
+        that comes before anything is due finds nothing to do and arms the next."""
+        interval = self.cfg.evaluation_interval
+        now = self.clock()
+        due = min(self._due.values(), default=math.inf)
+        due = min(due, self._router_due, self._publish_due, self._ticked_at + max(TICK_CAP, interval))
+        if not self._graced:
+            due = min(due, self.started_at + self.cfg.startup_grace)
+        delay = max(due - now, 0.0)
+        store = self.store
+        for key, names in self.samples.items():
+            if names:
+                left = store.stale_in(key)
+                if left is not None and left < delay:
+                    delay = left
+        t = loop.time()
+        when = max(math.ceil((t + delay) / interval), math.floor(t / interval) + 1) * interval
+        if when < self._tick_when:
+            if self._tick_timer is not None:
+                self._tick_timer.cancel()
+            self._tick_timer = loop.call_at(when, self._on_tick, loop)
+            self._tick_when = when
 
     def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         # A timer callback, not a sleeping task: one loop iteration and no future per tick.
+        self._tick_timer = None
+        self._tick_when = math.inf
         try:
             self.tick()
         except Exception:
             self.eval_errors += 1
+            self._publish_due = float("-inf")
             log.exception("alert_tick_failed")
-        interval = self.cfg.evaluation_interval
-        self._next_tick += interval
-        now = loop.time()
-        if self._next_tick < now:  # the loop was held up: skip the missed ticks instead of bursting
-            self._next_tick = now + interval - ((now - self._next_tick) % interval)
-        self._tick_timer = loop.call_at(self._next_tick, self._on_tick, loop)
+        try:
+            self._arm(loop)
+        except Exception:  # never left without a tick
+            log.exception("alert_tick_failed")
+            self._tick_when = loop.time() + self.cfg.evaluation_interval
+            self._tick_timer = loop.call_at(self._tick_when, self._on_tick, loop)
 
     # --- self metrics -----------------------------------------------------------------
 
     def _publish(self) -> None:
-        """Put the engine's own metrics (on the tick and when an alert changed state). The engine reads
-        them back from the store like any snapshot; that puts them again only if a rule on them
-        changed an alert's state, which cannot go on: a state moves on with time, not by itself."""
+        """Put the engine's own metrics when a value they show changed (when an alert changed state, the
+        outbox changed, or on a tick at which a value moves with time: see _publish_due_after); otherwise
+        only keep their snapshot fresh (at least every TICK_CAP), so neither the engine's reading them
+        back nor the scrape's render of the ``mevwatch`` kind runs every tick. The engine reads them
+        back from the store like any snapshot; that puts them again only if a rule on them changed an
+        alert's state, which cannot go on: a state moves on with time, not by itself."""
+        self._publish_soon = False
+        now = self.clock()
+        self._published_at = now
+        self._publish_due = now + TICK_CAP
         try:
-            families = self.families()
+            inputs = self._metric_inputs()
+            self._publish_due = self._publish_due_after(now)
         except StateError as exc:
             log.error("alert_metrics_failed", error=str(exc))
             return
-        self.store.put(ALERTS_KEY, families, interval=max(self.cfg.evaluation_interval, 1.0) * 5)
+        if inputs == self._published and self.store.get(ALERTS_KEY) is not None:
+            self.store.touch(ALERTS_KEY)
+            return
+        self._published = inputs
+        # stale after twice the longest the tick sleeps (TICK_CAP, or an evaluation_interval beyond it)
+        self.store.put(ALERTS_KEY, self._families(inputs), interval=max(self.cfg.evaluation_interval, TICK_CAP))
+
+    def _publish_due_after(self, now: float) -> float:
+        """When a value the engine's metrics show next moves with time alone: while the outbox holds a
+        notification, its oldest one's age (every tick); a lost notification leaving the hour it is shown;
+        a silence ending (or an Alertmanager silence starting); else TICK_CAP from now, to keep them fresh."""
+        _, oldest, lost = self._outbox_state()
+        if oldest is not None:
+            return now
+        due = now + TICK_CAP
+        for _, _, at in lost:
+            if now < at + LOST_WINDOW < due:
+                due = at + LOST_WINDOW
+        return self._alertmanager_silence_change(now, min(due, self.router.silences.next_end(now)))
+
+    def _outbox_changed(self) -> None:
+        """The outbox queued or settled a notification: the engine's metrics are put in a loop callback of
+        their own, not on the stack of the outbox's worker."""
+        if self._publish_soon:
+            return
+        self._publish_soon = True
+        asyncio.get_running_loop().call_soon(self._publish_and_arm)
+
+    def _publish_and_arm(self) -> None:
+        self._publish()  # while the outbox holds a notification, its age moves: the tick comes sooner
+        self._rearm()
 
     def _outbox_state(self) -> tuple[dict[str, int], float | None, list[tuple[str, str, float]]]:
         """Outbox depth by sink, its oldest entry's creation time and what was lost in the last hour,

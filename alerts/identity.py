@@ -14,10 +14,15 @@ from collections.abc import Iterable, Mapping
 
 from mevwatch.alerts.matchers import Matcher
 
-__all__ = ["HOST_LABEL", "group_key", "group_labels", "incident_id", "notification_id", "route_key"]
+__all__ = [
+    "DETAIL_ANNOTATIONS", "HOST_LABEL", "group_key", "group_labels", "incident_id", "notification_id", "route_key",
+]
 
 #: the label naming the host an alert is about; always part of a notification's identity
 HOST_LABEL = "host"
+#: annotations that carry a detail of what happened (a changed file's diff), many lines long: shown on a block
+#: or line of their own on the landing page and in diagnose
+DETAIL_ANNOTATIONS = ("diff",)
 
 
 def _go_quote(s: str) -> str:

@@ -1,7 +1,9 @@
 """``mevwatch alerts list`` and ``mevwatch alerts history [--since]``: alerts read from the state DB.
 
-They need no running daemon: the engine keeps every alert's state (``alert_state``) and every state
-change (``alert_history``, 30 days) in the state DB, which they only read.
+They need no running daemon: the engine keeps every alert's state (``alert_state``), every state
+change (``alert_history``, 30 days) and its last read of Alertmanager's silences in the state DB, which
+they only read; an alert's silence state comes from that read, UNKNOWN once it is older than the daemon's
+pace.
 """
 
 from __future__ import annotations
@@ -15,24 +17,27 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mevwatch.alerts.engine import MIGRATIONS
+from mevwatch.alerts.router import Silences
+from mevwatch.alerts.silencing import SilenceRead, alert_silencing, load_read, source_json
 from mevwatch.daemon.cli import load_or_report
+from mevwatch.daemon.config import Config
 from mevwatch.daemon.state import StateDB, StateError
 from mevwatch.fields import parse_duration
 
-__all__ = ["cmd_alerts_history", "cmd_alerts_list", "history_rows", "state_rows"]
+__all__ = ["add_silencing", "cmd_alerts_history", "cmd_alerts_list", "history_rows", "state_rows"]
 
 _ORDER = {"firing": 0, "pending": 1, "resolved": 2}
 _HIDDEN = ("alertname", "severity", "host")
 
 
-def _open(args: argparse.Namespace) -> StateDB | None:
+def _open(args: argparse.Namespace) -> tuple[Config, StateDB] | None:
     cfg = load_or_report(args.config)
     if cfg is None:
         return None
     try:
         db = StateDB.open_dir(cfg.state_dir)
         db.migrate("alerts_engine", MIGRATIONS)  # a state dir no daemon has used yet: empty tables
-        return db
+        return cfg, db
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -52,6 +57,17 @@ def state_rows(db: StateDB, include_resolved: bool = False) -> list[dict[str, An
     return out
 
 
+def add_silencing(db: StateDB, rows: list[dict[str, Any]], mode: str, now: float) -> SilenceRead | None:
+    """Each row's ``silencing``: the local silences (standalone mode) and Alertmanager's as the daemon last
+    read them (kept in the state DB, with the read's time: UNKNOWN once it is older than the daemon's pace).
+    Returns that read (None: the daemon reads no Alertmanager)."""
+    local = Silences(db).list(include_expired=False) if mode == "standalone" else []
+    read = load_read(db)
+    for row in rows:
+        row["silencing"] = alert_silencing(row["labels"], local, read, now)
+    return read
+
+
 def history_rows(db: StateDB, since: float) -> list[dict[str, Any]]:
     rows = db.query("SELECT at, rule, state, severity, value, labels, summary FROM alert_history WHERE at >= ? "
                     "ORDER BY at, rowid", (since,))
@@ -68,20 +84,30 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def cmd_alerts_list(args: argparse.Namespace) -> int:
-    db = _open(args)
-    if db is None:
+    opened = _open(args)
+    if opened is None:
         return 2
+    cfg, db = opened
+    now = time.time()
     try:
         rows = state_rows(db, args.all)
+        read = add_silencing(db, rows, cfg.daemon.alerts.mode, now)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         db.close()
+    if read is not None and not args.json:
+        print("Alertmanager's silences: " + source_json(read, cfg.daemon.alerts.host, now)["text"])
     return _print(rows, args.json, "no pending or firing alert", _state_line)
 
 
 def _state_line(a: dict[str, Any]) -> str:
     since = a["fired_at"] if a["state"] == "firing" else (a["resolved_at"] or a["active_at"])
+    silencing = a["silencing"]
+    held = f"  [{silencing['text']}]" if silencing["state"] in ("silenced", "unknown") else ""
     return (f"{a['state']:8}  {a['labels'].get('severity', ''):8}  {a['alertname']:28}  since {_ts(since)}  "
-            f"{_labels(a['labels'])}  {a['annotations'].get('summary', '')}")
+            f"{_labels(a['labels'])}  {a['annotations'].get('summary', '')}{held}")
 
 
 def _history_line(h: dict[str, Any]) -> str:
@@ -106,9 +132,10 @@ def cmd_alerts_history(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --since: {exc}", file=sys.stderr)
         return 2
-    db = _open(args)
-    if db is None:
+    opened = _open(args)
+    if opened is None:
         return 2
+    _, db = opened
     try:
         rows = history_rows(db, since)
     finally:

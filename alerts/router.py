@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -136,8 +137,12 @@ class Silences:
         return out if include_expired else [s for s in out if s.ends_at > now]
 
     def in_effect(self, now: float) -> int:
-        """How many silences have not ended, as of the last refresh (the router refreshes every tick)."""
+        """How many silences have not ended, as of the last refresh (on the router's tick and before a flush)."""
         return sum(1 for s in self._cache if s.ends_at > now)
+
+    def next_end(self, now: float) -> float:
+        """When the next silence in effect ends (infinity: none), as of the last refresh."""
+        return min((s.ends_at for s in self._cache if s.ends_at > now), default=math.inf)
 
     def mutes(self, labels: Mapping[str, str], now: float) -> bool:
         return any(s.mutes(labels, now) for s in self._cache)
@@ -388,6 +393,14 @@ class Router:
                     if g is not None and (a.fingerprint in g.sent_firing or a.fingerprint in g.alerts):
                         g.alerts[a.fingerprint] = a
                         self._changed(g, now)
+        self.recheck_held()  # a source that resolved no longer inhibits
+
+    def recheck_held(self) -> None:
+        """Look again at the groups held back by a silence or an inhibition (the alerts changed, or the
+        silences did), and flush what is due."""
+        now = self.clock()
+        for g in self._held_back():
+            g.next_flush = now
         self.run_due()
 
     def _changed(self, g: Group, now: float) -> None:
@@ -416,17 +429,45 @@ class Router:
                     g.alerts[a.fingerprint] = a
                     if a.fingerprint not in g.sent_firing:
                         self._changed(g, now)
+        self.recheck_held()
+
+    def _held_back(self) -> Iterator[Group]:
+        """Groups with firing alerts and nothing to flush: each held back only by a silence or an inhibition."""
         for g in self.groups.values():
-            # a group held back only by a silence or an inhibition is looked at again every tick
             if g.next_flush is None and any(a.state == "firing" for a in g.alerts.values()):
-                g.next_flush = now
-        self.run_due()
+                yield g
+
+    def next_due(self, now: float) -> float:
+        """When time alone next changes what tick() does (infinity: never, until an alert changes state):
+        an escalation level's delay passing for a firing alert; for a level whose delay has passed but
+        whose time windows are closed, the next minute (the windows' unit); a silence in effect ending
+        (a held group may go out). An inhibition ends with its source alert (update); silences written
+        by another process are read on the tick (at least every TICK_CAP) and before a flush."""
+        due = self.silences.next_end(now)
+        for a in self.all_alerts():
+            if a.state != "firing" or a.fired_at is None:
+                continue
+            for spec in matching_routes(self.specs, a.labels):
+                for esc in spec.escalation:
+                    at = a.fired_at + esc.after
+                    if at > now:
+                        due = min(due, at)
+                    elif esc.active_time_intervals and not self._level_active(esc, now):
+                        due = min(due, (math.floor(now / 60.0) + 1.0) * 60.0)
+        return due
 
     # --- flushing ---------------------------------------------------------------------
 
     def run_due(self) -> None:
         now = self.clock()
-        for g in list(self.groups.values()):
+        due = [g for g in self.groups.values() if g.next_flush is not None and g.next_flush <= now]
+        if due:
+            # `mevwatch silence` writes silences from another process: read them again before paging
+            try:
+                self.silences.refresh()
+            except StateError as exc:  # the state DB logs a failing streak once; the silences read last hold
+                log.debug("silences_read_failed", error=str(exc))
+        for g in due:
             if g.next_flush is not None and g.next_flush <= now:
                 self._flush(g, now)
         self._arm_timer(now)

@@ -10,17 +10,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator, model_validator
 
 from mevwatch.alerts.matchers import MatcherField
 from mevwatch.alerts.runbooks import RUNBOOKS_FILE, runbook_anchors
-from mevwatch.alerts.templates import check_template, template_metrics
+from mevwatch.alerts.templates import check_template, template_metrics, uses_window
 from mevwatch.families import METRIC_NAME_RE
 from mevwatch.fields import Duration
 
-__all__ = ["LABEL_NAME_RE", "Condition", "Op", "Rule", "RuleFile", "RuleOverride", "Severity", "compare"]
+__all__ = [
+    "LABEL_NAME_RE", "RESERVED_ANNOTATIONS", "Condition", "Op", "Rule", "RuleFile", "RuleOverride", "Severity",
+    "compare",
+]
 
 LABEL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: annotations mevwatch writes itself (texts, runbook link, silence command)
+RESERVED_ANNOTATIONS = ("summary", "description", "runbook_url", "silence")
 
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
@@ -82,8 +87,13 @@ class Rule(BaseModel):
     keep_firing_for: Duration = Field(0.0, description="keep firing this long after the condition stopped")
     severity: Severity = Field("warning", description="info, warning or critical")
     labels: dict[str, str] = Field(default_factory=dict, description="extra labels on the alert")
-    summary: str = Field(description="one line; {{ $labels.x }} and {{ $value }} templates")
+    summary: str = Field(description=(
+        "one line; {{ $labels.x }}, {{ $value }}, {{ $metric.NAME }} and the rule's {{ $threshold }}, {{ $for }}, "
+        "{{ $window }} templates"))
     description: str = Field("", description="longer text; same templates")
+    annotations: dict[str, str] = Field(default_factory=dict, description=(
+        "more annotations by name, same templates, e.g. diff: a detail the landing page and diagnose show "
+        "on its own"))
     runbook: str = Field(description="anchor in docs/runbooks.md")
 
     @field_validator("name")
@@ -140,6 +150,16 @@ class Rule(BaseModel):
     def _template(cls, v: str) -> str:
         return check_template(v)
 
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, text in v.items():
+            if not LABEL_NAME_RE.match(name) or name in RESERVED_ANNOTATIONS:
+                raise ValueError(f"annotation name {name!r} is not valid (or is set by mevwatch: "
+                                 f"{', '.join(RESERVED_ANNOTATIONS)})")
+            check_template(text)
+        return v
+
     @field_validator("runbook")
     @classmethod
     def _runbook(cls, v: str) -> str:
@@ -148,18 +168,38 @@ class Rule(BaseModel):
             raise ValueError(f"runbook anchor {v!r} is not in {RUNBOOKS_FILE.name} (add a section with <a id=\"{v}\">)")
         return v
 
+    @model_validator(mode="after")
+    def _window_named(self) -> Rule:
+        if self.text_window is None and any(uses_window(t) for t in self.texts.values()):
+            raise ValueError("{{ $window }} names the window the rule counts over: it needs increase or rate "
+                             "(a quantile without rate reads every bucket since start), or when.increase")
+        return self
+
     @property
     def inputs(self) -> tuple[str, ...]:
         """The sample names the rule reads."""
         main = self.metric + "_bucket" if self.quantile is not None else self.metric
         names = (main, self.when.metric) if self.when is not None else (main,)
-        shown = template_metrics(self.summary) + template_metrics(self.description)  # {{ $metric.NAME }}
+        shown = tuple(n for t in self.texts.values() for n in template_metrics(t))  # {{ $metric.NAME }}
         return names + tuple(n for n in dict.fromkeys(shown) if n not in names) if shown else names
+
+    @property
+    def texts(self) -> dict[str, str]:
+        """The annotations' templates by name: summary, description, then the rule's own ``annotations``."""
+        return {"summary": self.summary, "description": self.description, **self.annotations}
 
     @property
     def window(self) -> float:
         """History a series needs for this rule (increase/rate window)."""
         return float(self.increase or self.rate or 0.0)
+
+    @property
+    def text_window(self) -> float | None:
+        """The window ``{{ $window }}`` names: the rule's increase or rate window, else its condition's
+        increase window (how long one event keeps the rule's condition true); None without one."""
+        if self.window:
+            return self.window
+        return float(self.when.increase) if self.when is not None and self.when.increase else None
 
     def passes(self, value: float, active: bool) -> bool:
         """Does ``value`` meet the condition? An active alert is held until it passes ``clear``.

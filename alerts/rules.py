@@ -9,11 +9,11 @@ import functools
 import hashlib
 import json
 import math
-from array import array
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, overload
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
+from mevwatch.alerts.history import History
 from mevwatch.alerts.matchers import matches_all
 from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.templates import render_template
@@ -21,8 +21,8 @@ from mevwatch.alerts.templates import render_template
 __all__ = [
     "RESOLVED_RETENTION",
     "Alert",
-    "History",
     "LabelSet",
+    "bucket_of",
     "evaluate_rule",
     "fingerprint",
     "histogram_quantile",
@@ -61,75 +61,6 @@ class Alert:
     @property
     def severity(self) -> str:
         return self.labels.get("severity", "warning")
-
-
-class _Points(Sequence[tuple[float, float]]):
-    """Read-only (time, value) view of a History's live part."""
-
-    __slots__ = ("_h",)
-
-    def __init__(self, h: History) -> None:
-        self._h = h
-
-    def __len__(self) -> int:
-        return len(self._h.times) - self._h.start
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[float, float]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[tuple[float, float]]: ...
-
-    def __getitem__(self, i: int | slice) -> tuple[float, float] | list[tuple[float, float]]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError("History index out of range")
-        j = self._h.start + (i if i >= 0 else n + i)
-        return self._h.times[j], self._h.values[j]
-
-    def __iter__(self) -> Iterator[tuple[float, float]]:
-        h = self._h
-        return zip(h.times[h.start:], h.values[h.start:], strict=True)
-
-
-@dataclass(slots=True)
-class History:
-    """Recent (time, value) points of one counter series, for increase and rate.
-
-    Two float arrays (16 bytes a point rather than a tuple of two floats in a deque, ~100): at a 1 s
-    interval a 10-minute window holds 600 points per series, and a histogram has a series per bucket.
-    A point that only extends a run of equal values replaces the run's last point: increase over
-    any window reads the same values without the run's middle.
-    """
-
-    times: array[float] = field(default_factory=lambda: array("d"))
-    values: array[float] = field(default_factory=lambda: array("d"))
-    start: int = 0  # points before this index have left the window
-
-    @property
-    def points(self) -> Sequence[tuple[float, float]]:
-        return _Points(self)
-
-    def last_time(self) -> float | None:
-        return self.times[-1] if len(self.times) > self.start else None
-
-    def add(self, t: float, v: float, keep: float) -> None:
-        n = len(self.times) - self.start
-        if n and (t <= self.times[-1] or (n >= 2 and self.values[-1] == v and self.values[-2] == v)):
-            self.times[-1], self.values[-1] = t, v
-        else:
-            self.times.append(t)
-            self.values.append(v)
-            n += 1
-        # keep one point older than the window as the baseline
-        while n > 2 and self.times[self.start + 1] <= t - keep:
-            self.start += 1
-            n -= 1
-        if self.start > 64 and self.start * 2 > len(self.times):
-            del self.times[:self.start]
-            del self.values[:self.start]
-            self.start = 0
 
 
 def increase(points: Iterable[tuple[float, float]], window: float, now: float) -> float | None:
@@ -184,27 +115,25 @@ def evaluate_rule(
     samples: Mapping[str, Series],
     histories: Mapping[tuple[str, LabelSet], History],
     now: float,
+    bucket_histories: Mapping[tuple[str, LabelSet], History] | None = None,
 ) -> dict[LabelSet, float]:
     """Value of every series the rule selects (before comparing with the threshold).
 
     ``samples`` maps sample names to {labels: value}; ``histories`` holds counter points by
-    (sample name, labels) for increase/rate.
+    (sample name, labels) for increase/rate; ``bucket_histories`` the points of a histogram's buckets
+    by (``_bucket`` sample name, labels but ``le``) for a quantile over a window, their ``le`` as columns.
     """
     window = rule.window
     if rule.quantile is not None:
-        groups: dict[LabelSet, list[tuple[float, float]]] = {}
         name = rule.metric + "_bucket"
+        if window:
+            return _quantiles_over_window(rule, samples.get(name, {}), bucket_histories or {}, name, window, now)
+        groups: dict[LabelSet, list[tuple[float, float]]] = {}
         for ls, v in samples.get(name, {}).items():
             labels = dict(ls)
             le = labels.pop("le", None)
             if le is None or not matches_all(rule.matchers, labels):
                 continue
-            if window:
-                hist = histories.get((name, ls))
-                inc = increase(hist.points, window, now) if hist else None
-                if inc is None:
-                    continue
-                v = inc
             groups.setdefault(labelset(labels), []).append((float(le), v))
         out = {ls: histogram_quantile(rule.quantile, bs) for ls, bs in groups.items()}
         return {ls: v for ls, v in out.items() if not math.isnan(v)}
@@ -214,7 +143,7 @@ def evaluate_rule(
             continue
         if window:
             hist = histories.get((rule.metric, ls))
-            inc = increase(hist.points, window, now) if hist else None
+            inc = hist.increase(window, now) if hist else None
             if inc is None:
                 continue
             v = inc / window if rule.rate else inc
@@ -226,6 +155,40 @@ def evaluate_rule(
             return {}
         return {labelset({m.name: m.value for m in rule.matchers if m.op == "="}): 1.0}
     return selected
+
+
+def bucket_of(ls: LabelSet) -> tuple[LabelSet, str] | None:
+    """A bucket sample's labels as (its histogram series' labels, its ``le``); None without ``le``."""
+    for i, (k, v) in enumerate(ls):
+        if k == "le":
+            return ls[:i] + ls[i + 1:], v
+    return None
+
+
+def _quantiles_over_window(
+    rule: Rule, buckets: Series, histories: Mapping[tuple[str, LabelSet], History], name: str, window: float,
+    now: float,
+) -> dict[LabelSet, float]:
+    """The rule's quantile of each histogram series it selects over its window: every bucket's increase, read
+    from the series' history (one per histogram series, a bucket per column), for the series present now."""
+    assert rule.quantile is not None
+    present: dict[LabelSet, None] = {}
+    for ls in buckets:
+        split = bucket_of(ls)
+        if split is not None:
+            present[split[0]] = None
+    out: dict[LabelSet, float] = {}
+    for series in present:
+        if rule.matchers and not matches_all(rule.matchers, dict(series)):
+            continue
+        hist = histories.get((name, series))
+        incs = None if hist is None else hist.increases(window, now)
+        if hist is None or incs is None:
+            continue
+        v = histogram_quantile(rule.quantile, zip(map(float, hist.columns), incs, strict=True))
+        if not math.isnan(v):
+            out[series] = v
+    return out
 
 
 def _paired(
@@ -245,7 +208,7 @@ def _paired(
     for ls, v in samples.get(cond.metric, {}).items():
         if cond.increase:  # the counter's increase over the window, as for a rule's own `increase`
             hist = histories.get((cond.metric, ls))
-            inc = increase(hist.points, float(cond.increase), now) if hist else None
+            inc = hist.increase(float(cond.increase), now) if hist else None
             if inc is None:
                 continue
             v = inc
@@ -257,6 +220,16 @@ def _paired(
         have = {key(ls) for ls in selected}
         return {tuple(kv for kv in ls if kv[0] != "__name__"): v for k, (ls, v) in passing.items() if k not in have}
     return {ls: v for ls, v in selected.items() if key(ls) in passing}
+
+
+def label_of_series(series_of: Series, series: LabelSet, label: str) -> str | None:
+    """``label`` of the first series (in label order) of ``series_of`` that carries every label of ``series``:
+    ``{{ $metric.NAME | label "LABEL" }}``, as Prometheus' ``query`` of NAME on the alert's labels, ``first``."""
+    own = {kv for kv in series if kv[0] != "__name__"}
+    for ls in sorted(series_of):
+        if own.issubset(ls):
+            return dict(ls).get(label)
+    return None
 
 
 def alert_labels(rule: Rule, series: LabelSet, host: str) -> dict[str, str]:
@@ -294,6 +267,9 @@ def step(
 ) -> list[Alert]:
     """Advance the state machine of ``rule``'s alerts (in ``alerts``, by fingerprint) to ``now``.
 
+    ``now`` is the time of the data ``values`` come from (the engine passes the sample time of the
+    collection that woke the rule, or the tick's time): an alert is pending from the collection that
+    first matched and fires once ``for`` has passed since, at the first evaluation at or after it.
     Returns the alerts whose state changed (pending alerts that stop matching are removed
     silently and not returned; resolved alerts older than the retention are removed).
     Alerts in ``hold`` (restored after a restart, no fresh data yet) are not resolved for lack of data.
@@ -302,6 +278,8 @@ def step(
     changed: list[Alert] = []
     seen: set[str] = set()
     values_fps: set[str] = set()
+    texts = rule.texts
+    reads_samples = any("$metric" in t for t in texts.values())
     for series, value in values.items():
         labels, fp = _labels_fingerprint(rule, series, host)
         values_fps.add(fp)
@@ -312,16 +290,26 @@ def step(
             if a is None or a.state == "resolved":
                 a = Alert(rule.name, fp, labels, {}, "pending", value, active_at=now)
                 alerts[fp] = a
+            # the texts are a function of the labels, the value and the {{ $metric.NAME }} samples: rendered
+            # again only when one of them may have moved (a pending or firing alert is stepped every tick),
+            # and for an alert restored from the state DB (the rule's texts may have changed since)
+            stale = not a.annotations or a.value != value or reads_samples or fp in hold
             a.value = value
-            a.last_match_at = now
-            def lookup(name: str, series: LabelSet = series) -> float | None:
-                return None if samples is None else samples.get(name, {}).get(series)
+            # an evaluation woken by a collection may carry a time before the tick that last saw the series
+            a.last_match_at = max(a.last_match_at, now)
+            if stale:
+                def lookup(name: str, series: LabelSet = series) -> float | None:
+                    return None if samples is None else samples.get(name, {}).get(series)
 
-            a.annotations = {
-                "summary": render_template(rule.summary, labels, value, lookup),
-                "description": render_template(rule.description, labels, value, lookup),
-                "runbook_url": f"{runbook_url}#{rule.runbook}",
-            }
+                def label_of(name: str, label: str, series: LabelSet = series) -> str | None:
+                    return None if samples is None else label_of_series(samples.get(name, {}), series, label)
+
+                a.annotations = {
+                    **{name: render_template(text, labels, value, lookup, rule.threshold, rule.for_,
+                                             window=rule.text_window, label_of=label_of)
+                       for name, text in texts.items()},
+                    "runbook_url": f"{runbook_url}#{rule.runbook}",
+                }
             if a.state == "pending" and now - a.active_at >= rule.for_:
                 a.state = "firing"
                 a.fired_at = now
@@ -335,7 +323,7 @@ def step(
             if rule.keep_firing_for and now - a.last_match_at < rule.keep_firing_for:
                 continue
             a.state = "resolved"
-            a.resolved_at = now
+            a.resolved_at = max(now, a.fired_at or now)  # never before it fired (see last_match_at)
             changed.append(a)
         elif a.resolved_at is not None and now - a.resolved_at > RESOLVED_RETENTION:
             del alerts[fp]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "REPO", "ProcStats", "free_port", "load_average", "machine", "mevwatch_daemon", "proc_stats", "record", "spread",
-    "start", "stop", "wait_port",
+    "REPO", "ProcStats", "byte_compile", "free_port", "load_average", "machine", "mevwatch_daemon", "proc_stats",
+    "record", "spread", "start", "stop", "wait_port",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +109,13 @@ def load_average() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "unknown"
+
+
+def byte_compile() -> None:
+    """Byte-compile mevwatch's modules, as an installed Python package's are: with PYTHONDONTWRITEBYTECODE
+    set (as on the bench machine) every command would otherwise compile every module again."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in
+                    ("mevwatch", "collectors", "daemon", "alerts"))], check=True, stdout=subprocess.DEVNULL)
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:

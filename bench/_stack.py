@@ -134,8 +134,9 @@ def mevwatch_config(p: Peers, *, interval: str = "1s", alerts: str = "", disk_on
     exclude = f"'^(?!{disk_only}$)'" if disk_only else "'^/(dev|proc|sys|run/credentials/.+)($|/)'"
     watch_dir = disk_only if disk_only else p.tmp
     cgroups = f"['{cgroup}']" if cgroup else "[]"
-    # a run must outlast one endpoint timeout, or a hung node fails the run instead of the probe
-    rpc_run_timeout = "3s"
+    # a run must outlast one endpoint timeout, or a hung node fails the run instead of the probe, and stay
+    # under twice the interval (1s here), past which its samples are stale and the config is rejected
+    rpc_run_timeout = "1900ms"
     ep = f"{{name: node0, url: '{p.proxy.url}', timeout: {rpc_timeout}, connect_timeout: {rpc_timeout}}}"
     return f"""\
 state_dir: {p.tmp / 'state'}

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -74,7 +76,18 @@ class Arrival:
     status: str
     labels: dict[str, str]
     summary: str
-    at: float
+    at: float  # time.monotonic() on arrival
+    starts_at: float | None = None  # the payload's startsAt (epoch seconds): when the alert began firing
+
+
+def epoch(rfc3339: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time as Alertmanager (nanoseconds, any offset) and mevwatch
+    write it; None when absent or Go's zero time."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", rfc3339)
+    if m is None or rfc3339.startswith("0001-"):
+        return None
+    offset = "+00:00" if m[3] == "Z" else m[3]
+    return datetime.fromisoformat(m[1] + offset).timestamp() + float("0." + (m[2] or "0"))
 
 
 @dataclass
@@ -84,7 +97,7 @@ class Watcher:
     peers: Peers
     arrivals: list[Arrival] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
-    _seen: set[tuple[str, str, str]] = field(default_factory=set)
+    _seen: dict[tuple[str, str], str] = field(default_factory=dict)  # (path, labels) -> last status
     _done: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -101,12 +114,15 @@ class Watcher:
                 via = "alertmanager" if req.path.startswith("/alertmanager") else "mevwatch"
                 for a in req.json().get("alerts", []):
                     labels = {k: str(v) for k, v in a.get("labels", {}).items()}
-                    key = (via, json.dumps(sorted(labels.items())), a.get("status", ""))
-                    if key in self._seen:
+                    # a new state of the alert; firing again after resolved is a new one (a repeated incident)
+                    key = (via, json.dumps(sorted(labels.items())))
+                    status = a.get("status", "")
+                    if self._seen.get(key) == status:
                         continue
-                    self._seen.add(key)
+                    self._seen[key] = status
                     arrival = Arrival(via, labels.get("alertname", "?"), a.get("status", "?"), labels,
-                                      a.get("annotations", {}).get("summary", ""), req.at)
+                                      a.get("annotations", {}).get("summary", ""), req.at,
+                                      epoch(str(a.get("startsAt", ""))))
                     self.arrivals.append(arrival)
                     self._print(arrival)
             self._done = len(requests)
@@ -118,10 +134,11 @@ class Watcher:
         log(f"  {a.status.upper():8} {a.alertname} [{a.labels.get('severity', '')}] {detail}")
         log(f"           +{a.at - self.t0:6.2f}s via {path}: {a.summary}")
 
-    def first(self, alertname: str, via: str, since: float, labels: dict[str, str]) -> Arrival | None:
+    def first(self, alertname: str, via: str, since: float, labels: dict[str, str],
+              status: str = "firing") -> Arrival | None:
         with self._lock:
             return next((a for a in self.arrivals if a.alertname == alertname and a.via == via
-                         and a.status == "firing" and a.at >= since
+                         and a.status == status and a.at >= since
                          and all(a.labels.get(k) == v for k, v in labels.items())), None)
 
     def run(self) -> None:

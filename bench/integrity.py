@@ -9,7 +9,7 @@ RSS after its baseline and first verify (between verifies, and the peak), agains
 watching 1,000.
 
 Run: .venv/bin/python bench/integrity.py [--files 20000] [--size 1GiB] [--changes 1000] [--repeat 3]
-     [--memory-files 100000]
+     [--memory-files 100000] [--memory-repeat 3]
 The trees go under /tmp and are removed afterwards. Needs /usr/bin/aide and sha256sum.
 """
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, load_average, machine, mevwatch_daemon, proc_stats, record, stop
+from _common import REPO, byte_compile, load_average, machine, mevwatch_daemon, proc_stats, record, spread, stop
 
 sys.path.insert(0, str(REPO))
 
@@ -66,18 +66,6 @@ def generate(root: Path, files: int, total: int, rng: random.Random) -> tuple[li
         written += size
         paths.append(p)
     return paths, written
-
-
-def timed(argv: list[str], repeat: int, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> float:
-    """Median wall time of ``repeat`` runs of ``argv`` (output discarded)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        times.append(time.perf_counter() - t0)
-        if r.returncode not in ok:
-            raise SystemExit(f"{argv[0]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-2000:]}")
-    return statistics.median(times)
 
 
 async def realtime_latency(config: dict[str, Any], state: Path, targets: list[Path]) -> list[float]:
@@ -143,11 +131,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=4, help="hashing threads / processes / workers of each tool")
     ap.add_argument("--memory-files", default="100000",
                     help="files watched in the memory phase, a comma list for growth ('': skip)")
+    ap.add_argument("--memory-repeat", type=int, default=3, help="rounds of the memory phase")
     ap.add_argument("--realtime-only", action="store_true", help="skip the sha256sum and AIDE comparisons")
     args = ap.parse_args()
     global THREADS
     THREADS = args.threads
     print(f"machine: {machine()}; load average {load_average()}")
+    byte_compile()  # every mevwatch command below starts as an installed package's does
     aide = shutil.which("aide") or "/usr/bin/aide"
     sha = shutil.which("sha256sum") or "sha256sum"
     mevwatch = [sys.executable, "-m", "mevwatch"]
@@ -178,7 +168,7 @@ def main() -> int:
         subprocess.run(["sh", "-c", f"xargs -0 cat < {listing} > /dev/null"], check=True)
 
         if args.realtime_only:
-            timed([*mevwatch, "integrity", "baseline", "-c", str(cfg)], 1)
+            _run_timed([*mevwatch, "integrity", "baseline", "-c", str(cfg)])
         else:
             compare_tools(args, cfg, work, tree, listing, total, sha, aide, mevwatch)
         rng = random.Random(11)
@@ -192,7 +182,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.memory_files:
-        memory_per_file([int(n) for n in args.memory_files.split(",")])
+        memory_per_file([int(n) for n in args.memory_files.split(",")], args.memory_repeat)
     return 0
 
 
@@ -248,69 +238,120 @@ def _daemon_rss(files: int, work: Path) -> tuple[float, float, float, float]:
         shutil.rmtree(tree, ignore_errors=True)
 
 
-def memory_per_file(counts: list[int]) -> None:
+def memory_per_file(counts: list[int], repeat: int) -> None:
+    """RSS per watched file over the daemon watching 1,000: ``repeat`` rounds, each starting the 1,000-file
+    daemon and then one per count, so each per-file figure subtracts the 1,000-file RSS of its own round."""
     work = Path(tempfile.mkdtemp(prefix="mevwatch-bench-integrity-mem-", dir="/tmp"))
+    small = 1000
+    per_file: dict[int, list[float]] = {files: [] for files in counts}
     try:
-        small = 1000
-        rss_small, peak_small, _, verify_small = _daemon_rss(small, work)
-        print(f"daemon watching {small:,} files: RSS {rss_small / 2**20:.1f} MiB between verifies "
-              f"(peak {peak_small / 2**20:.1f}), quick verify {verify_small:.3f} s")
-        for files in counts:
-            rss, peak, first, verify_s = _daemon_rss(files, work)
-            per_file = (rss - rss_small) / (files - small)
-            peak_per_file = (peak - rss_small) / (files - small)
-            print(f"daemon watching {files:,} files: RSS {rss / 2**20:.1f} MiB between verifies, "
-                  f"{per_file / 1024:.2f} KiB per watched file over {small:,} (target <= 0.5 KiB); peak "
-                  f"{peak / 2**20:.1f} MiB ({peak_per_file / 1024:.2f} KiB per file); first baseline and verify "
-                  f"{first:.1f} s; quick verify {verify_s:.2f} s; load average {load_average()}")
-            record(f"integrity daemon RSS per watched file at {files:,} files (between verifies)",
-                   mevwatch=per_file / 1024, unit="KiB", goal="<= 0.5 KiB", met=per_file <= 512)
+        for r in range(repeat):
+            here = work / f"round{r}"  # a state dir of its own: a baseline left by the last round is not new
+            rss_small, peak_small, _, verify_small = _daemon_rss(small, here)
+            print(f"daemon watching {small:,} files: RSS {rss_small / 2**20:.1f} MiB between verifies "
+                  f"(peak {peak_small / 2**20:.1f}), quick verify {verify_small:.3f} s")
+            for files in counts:
+                rss, peak, first, verify_s = _daemon_rss(files, here)
+                per_file[files].append((rss - rss_small) / (files - small))
+                peak_per_file = (peak - rss_small) / (files - small)
+                print(f"daemon watching {files:,} files: RSS {rss / 2**20:.1f} MiB between verifies, "
+                      f"{per_file[files][-1] / 1024:.2f} KiB per watched file over {small:,} (target <= 0.5 KiB); "
+                      f"peak {peak / 2**20:.1f} MiB ({peak_per_file / 1024:.2f} KiB per file); first baseline and "
+                      f"verify {first:.1f} s; quick verify {verify_s:.2f} s; load average {load_average()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for files, values in per_file.items():
+        kib = [v / 1024 for v in values]
+        print(f"RSS per watched file at {files:,} files over {len(kib)} rounds, min / median / max: "
+              f"{_mmm(kib)} KiB (target <= 0.5 KiB)")
+        record(f"integrity daemon RSS per watched file at {files:,} files (between verifies)",
+               mevwatch=statistics.median(kib), unit="KiB", goal="<= 0.5 KiB", met=statistics.median(kib) <= 0.5)
+
+
+def _run_timed(argv: list[str]) -> float:
+    """Wall seconds of one run of ``argv`` (output discarded)."""
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{argv[0]} exited {r.returncode}: {r.stderr.decode(errors='replace')[-2000:]}")
+    return took
+
+
+def _rounds(commands: dict[str, list[str]], repeat: int) -> dict[str, list[float]]:
+    """Seconds of each command over ``repeat`` rounds, each round running every command once in turn, so
+    that a change of the machine's load falls on both sides of a ratio."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, argv in commands.items():
+            times[name].append(_run_timed(argv))
+    return times
+
+
+def _mmm(values: list[float], fmt: str = ".2f") -> str:
+    lo, mid, hi = spread(values)
+    return f"{lo:{fmt}} / {mid:{fmt}} / {hi:{fmt}}"
 
 
 def compare_tools(
     args: argparse.Namespace, cfg: Path, work: Path, tree: Path, listing: Path, total: int, sha: str, aide: str,
     mevwatch: list[str],
 ) -> None:
-    """sha256sum vs baseline, aide --check vs verify and verify --quick, each the median of --repeat runs."""
+    """sha256sum vs baseline, aide --check vs verify and verify --quick: --repeat interleaved rounds, each
+    figure as min / median / max, each ratio per round."""
     aide_conf = work / "aide.conf"
-    sha_s = timed(["sh", "-c", f"xargs -0 -P {THREADS} -n 64 {sha} < {listing} > /dev/null"], args.repeat)
-    base_s = timed([*mevwatch, "integrity", "baseline", "--force", "-c", str(cfg)], args.repeat)
     gib = total / 2**30
-    print(f"hash all:  sha256sum {sha_s:.2f}s ({gib / sha_s:.2f} GiB/s)   "
-          f"mevwatch integrity baseline {base_s:.2f}s ({gib / base_s:.2f} GiB/s)   "
-          f"ratio {sha_s / base_s:.2f}x the throughput of {THREADS} parallel sha256sum (target >= 0.8x)")
+    hashed = _rounds({
+        "sha256sum": ["sh", "-c", f"xargs -0 -P {THREADS} -n 64 {sha} < {listing} > /dev/null"],
+        "baseline": [*mevwatch, "integrity", "baseline", "--force", "-c", str(cfg)],
+    }, args.repeat)
+    sha_s, base_s = (statistics.median(hashed[k]) for k in ("sha256sum", "baseline"))
+    ratios = [s / b for s, b in zip(hashed["sha256sum"], hashed["baseline"], strict=True)]
+    print(f"hash all ({len(ratios)} rounds, min / median / max):  {THREADS} parallel sha256sum "
+          f"{_mmm(hashed['sha256sum'])} s   mevwatch integrity baseline {_mmm(hashed['baseline'])} s   "
+          f"throughput ratio {_mmm(ratios)}x (target >= 0.8x); median {gib / sha_s:.2f} / {gib / base_s:.2f} GiB/s; "
+          f"load average {load_average()}")
     record(f"integrity baseline throughput vs {THREADS} parallel sha256sum", mevwatch=gib / base_s, unit="GiB/s",
-           anchor_name="sha256sum", anchor=gib / sha_s, goal=">= 0.8x", met=sha_s / base_s >= 0.8)
+           anchor_name="sha256sum", anchor=gib / sha_s, goal=">= 0.8x", met=statistics.median(ratios) >= 0.8)
 
     r = subprocess.run([aide, f"--config={aide_conf}", "--init"], capture_output=True)
     if r.returncode != 0:
         raise SystemExit(f"aide --init failed: {r.stderr.decode(errors='replace')}")
     os.replace(work / "aide.db.new", work / "aide.db")
-    aide_s = timed([aide, f"--config={aide_conf}", "--check"], args.repeat)
-    # AIDE's own default is one hashing worker; the run above gives it as many as mevwatch.
+    # AIDE's own default is one hashing worker; "aide" gives it as many as mevwatch.
     aide1_conf = work / "aide1.conf"
     aide1_conf.write_text(aide_conf.read_text().replace(f"num_workers={THREADS}\n", ""))
-    aide1_s = timed([aide, f"--config={aide1_conf}", "--check"], args.repeat)
-    full_s = timed([*mevwatch, "integrity", "verify", "-c", str(cfg)], args.repeat)
-    quick_s = timed([*mevwatch, "integrity", "verify", "--quick", "-c", str(cfg)], args.repeat)
-    version_s = timed([*mevwatch, "check-config", str(cfg)], args.repeat)
-    print(f"verify, no change (whole command):  aide --check {aide_s:.2f}s ({THREADS} workers), "
-          f"{aide1_s:.2f}s (default 1 worker)   mevwatch verify {full_s:.2f}s ({aide_s / full_s:.2f}x faster)   "
-          f"mevwatch verify --quick {quick_s:.2f}s ({aide_s / quick_s:.1f}x / {aide1_s / quick_s:.1f}x faster, "
-          f"target >= 10x); of which interpreter start + config load {version_s:.2f}s")
+    checked = _rounds({
+        "aide": [aide, f"--config={aide_conf}", "--check"],
+        "aide1": [aide, f"--config={aide1_conf}", "--check"],
+        "verify": [*mevwatch, "integrity", "verify", "-c", str(cfg)],
+        "quick": [*mevwatch, "integrity", "verify", "--quick", "-c", str(cfg)],
+        "start": [*mevwatch, "check-config", str(cfg)],
+    }, args.repeat)
+    aide_s, aide1_s, full_s, quick_s, start_s = (statistics.median(checked[k])
+                                                 for k in ("aide", "aide1", "verify", "quick", "start"))
+    full_x = [a / q for a, q in zip(checked["aide"], checked["verify"], strict=True)]
+    quick_x = [a / q for a, q in zip(checked["aide"], checked["quick"], strict=True)]
+    quick1_x = [a / q for a, q in zip(checked["aide1"], checked["quick"], strict=True)]
+    print(f"verify, no change, whole command ({args.repeat} rounds, min / median / max):  aide --check "
+          f"{_mmm(checked['aide'])} s ({THREADS} workers), {_mmm(checked['aide1'])} s (default 1 worker)   "
+          f"mevwatch verify {_mmm(checked['verify'])} s ({_mmm(full_x, '.1f')}x faster)   mevwatch verify --quick "
+          f"{_mmm(checked['quick'], '.3f')} s ({_mmm(quick_x, '.1f')}x faster than aide at {THREADS} workers, "
+          f"{_mmm(quick1_x, '.1f')}x than at 1; target >= 10x); of which interpreter start + config load "
+          f"(check-config) {_mmm(checked['start'], '.3f')} s; load average {load_average()}")
     record(f"integrity verify --quick, whole command, vs aide --check ({THREADS} workers)", mevwatch=quick_s,
-           unit="s", anchor_name="aide", anchor=aide_s, goal=">= 10x faster", met=aide_s / quick_s >= 10)
+           unit="s", anchor_name="aide", anchor=aide_s, goal=">= 10x faster", met=statistics.median(quick_x) >= 10)
     in_full, in_quick = in_process_verify(cfg, args.repeat)
-    print(f"verify in process (the daemon's periodic verify, no interpreter start):  full {in_full:.2f}s "
-          f"({aide_s / in_full:.1f}x faster than aide)   quick {in_quick:.3f}s ({aide_s / in_quick:.1f}x faster)")
+    print(f"verify in process (the daemon's periodic verify, baseline load included, no interpreter start; "
+          f"min / median / max):  full {_mmm(in_full)} s ({aide_s / statistics.median(in_full):.1f}x faster than "
+          f"aide's median)   quick {_mmm(in_quick, '.3f')} s ({aide_s / statistics.median(in_quick):.1f}x); "
+          f"aide1 {aide1_s:.2f} s, verify {full_s:.2f} s, quick {quick_s:.3f} s, start {start_s:.3f} s (medians)")
 
 
-def in_process_verify(cfg: Path, repeat: int) -> tuple[float, float]:
-    """Median seconds of a full and a quick verify, baseline load included, as the daemon runs them."""
+def in_process_verify(cfg: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """Seconds of each full and quick verify, baseline load included, as the daemon runs them."""
     from mevwatch.collectors._integrity_baseline import BaselineStore
-    from mevwatch.collectors._integrity_scan import verify
+    from mevwatch.collectors._integrity_scan import verify_each
     from mevwatch.collectors.integrity import watch_set
     from mevwatch.daemon.config import load_config
 
@@ -319,17 +360,18 @@ def in_process_verify(cfg: Path, repeat: int) -> tuple[float, float]:
     assert isinstance(opts, IntegrityOptions)
     ws = watch_set(opts)
     db = StateDB.open_dir(conf.state_dir)
-    out = []
+    out: list[list[float]] = []
     try:
         for quick in (False, True):
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 base = BaselineStore(db, opts.instance).load()
-                _, violations = verify(ws, base.records, quick=quick, threads=opts.hash_threads)
+                violations = [v for *_, found in verify_each(ws, base.records, quick=quick, threads=opts.hash_threads)
+                              for v in found]
                 times.append(time.perf_counter() - t0)
                 assert not violations, violations[:3]
-            out.append(statistics.median(times))
+            out.append(times)
     finally:
         db.close()
     return out[0], out[1]

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from _common import REPO, cpu_ns, free_port, load_average, machine, record, spread, stop
+from _common import REPO, byte_compile, cpu_ns, free_port, load_average, machine, record, spread, stop
 
 PROCESS_ONLY = "collectors:\n  - process: {}\n"
 
@@ -86,8 +86,7 @@ def main() -> int:
     ap.add_argument("--no-compile", action="store_true", help="do not byte-compile mevwatch's modules first")
     args = ap.parse_args()
     if not args.no_compile:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in
-                        ("mevwatch", "collectors", "daemon", "alerts"))], check=True)
+        byte_compile()
     node_exporter = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
     print(f"machine: {machine()}; load average {load_average()}")
     results: dict[str, list[tuple[float, float, float]]] = {"node_exporter": [], "mevwatch process only": [],

@@ -5,6 +5,7 @@ Pure and blocking code only (no asyncio): the collector runs it in the blocking 
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import errno
 import hashlib
@@ -19,6 +20,7 @@ from pathlib import PurePosixPath
 __all__ = [
     "KINDS",
     "FileRecord",
+    "GlobSet",
     "RecordTable",
     "Rule",
     "Violation",
@@ -82,61 +84,168 @@ class FileRecord:
 _KIND_NAMES = tuple(sorted(FTYPES | {"unknown"}))
 _KIND_CODES = {name: i for i, name in enumerate(_KIND_NAMES)}
 _HAS_DIGEST = 0x80
-# size, mode, uid, gid, inode, mtime_ns, ctime_ns, file type (| _HAS_DIGEST), sha256
-_PACKED = struct.Struct("<qIIIQqqB32s")
+# size, mode, uid, gid, inode, mtime_ns, ctime_ns, file type (| _HAS_DIGEST), then the sha256
+_STAT = struct.Struct("<qIIIQqqB")
+_ROW = struct.Struct(_STAT.format + "32s")
+_ROW_SIZE = _ROW.size
+_HASHED_FILE = _KIND_CODES["file"] | _HAS_DIGEST
+
+
+class _Entries:
+    """The packed records of one directory's entries: names in sorted order, rows end to end in the same order."""
+
+    __slots__ = ("names", "rows")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.rows = bytearray()
 
 
 class RecordTable(MutableMapping[str, FileRecord]):
-    """Records by path, each held as one packed bytes object while stored.
+    """Records by path, held packed while stored: the daemon keeps its whole baseline as long as it runs.
 
-    The daemon keeps its whole baseline for as long as it runs: as FileRecord objects (the
-    record, its hex digest and seven ints) a path cost ~500 bytes besides its name, packed it
-    costs ~110. A record comes back as a new FileRecord on each read. One that does not pack
-    (a link target, an error, a field out of range) is kept as it is.
+    As a dict of FileRecord objects (the record, its hex digest and seven ints) a path cost ~550
+    bytes besides its name; as a dict of packed bytes ~260 bytes with its name. Here the entries of
+    a directory share its name: each costs its base name, a list slot and a 77-byte row (~150
+    bytes). A record comes back as a new FileRecord on each read. One that does not pack (a link
+    target, an error, a field out of range) is kept as it is.
     """
 
-    __slots__ = ("_rows",)
+    __slots__ = ("_dirs", "_odd", "_packed")
 
     def __init__(self, records: Iterable[FileRecord] = ()) -> None:
-        self._rows: dict[str, bytes | FileRecord] = {}
+        self._dirs: dict[str, _Entries] = {}
+        self._odd: dict[str, FileRecord] = {}
+        self._packed = 0
         for rec in records:
             self[rec.path] = rec
 
+    def _find(self, path: str) -> tuple[_Entries, int] | None:
+        head, _, name = path.rpartition("/")
+        entries = self._dirs.get(head)
+        if entries is None:
+            return None
+        names = entries.names
+        i = bisect.bisect_left(names, name)
+        if i < len(names) and names[i] == name:
+            return entries, i
+        return None
+
     def __getitem__(self, path: str) -> FileRecord:
-        row = self._rows[path]
-        if isinstance(row, FileRecord):
-            return row
-        size, mode, uid, gid, inode, mtime_ns, ctime_ns, kind, digest = _PACKED.unpack(row)
+        found = self._find(path) if isinstance(path, str) else None
+        if found is None:
+            return self._odd[path]
+        entries, i = found
+        size, mode, uid, gid, inode, mtime_ns, ctime_ns, kind, digest = _ROW.unpack_from(entries.rows, i * _ROW_SIZE)
         return FileRecord(path, _KIND_NAMES[kind & ~_HAS_DIGEST], size, mode, uid, gid, inode, mtime_ns, ctime_ns,
                           digest.hex() if kind & _HAS_DIGEST else None)
 
     def __setitem__(self, path: str, rec: FileRecord) -> None:
-        self._rows[path] = _pack(rec) if rec.path == path else rec
+        row = _pack(rec) if rec.path == path and "/" in path else None
+        if row is None:
+            self._drop_packed(path)
+            self._odd[path] = rec
+        else:
+            self._put_row(path, row)
+
+    def add_fields(
+        self, path: str, ftype: str, size: int, mode: int, uid: int, gid: int, inode: int, mtime_ns: int,
+        ctime_ns: int, sha256: str | None, link_target: str | None,
+    ) -> None:
+        """Store the record of these fields without building it first: a baseline load adds 100,000 rows,
+        and building a frozen FileRecord only to pack it was most of the cost of each."""
+        row = _pack_fields(ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, sha256) \
+            if link_target is None and "/" in path else None
+        if row is None:
+            self[path] = FileRecord(path, ftype, size, mode, uid, gid, inode, mtime_ns, ctime_ns, sha256, link_target)
+        else:
+            self._put_row(path, row)
+
+    def _put_row(self, path: str, row: bytes) -> None:
+        self._odd.pop(path, None)
+        head, _, name = path.rpartition("/")
+        entries = self._dirs.get(head)
+        if entries is None:
+            entries = self._dirs[head] = _Entries()
+        names = entries.names
+        if not names or name > names[-1]:  # records mostly arrive in path order: appended
+            names.append(name)
+            entries.rows += row
+            self._packed += 1
+            return
+        i = bisect.bisect_left(names, name)
+        at = i * _ROW_SIZE
+        if i < len(names) and names[i] == name:
+            entries.rows[at : at + _ROW_SIZE] = row
+            return
+        names.insert(i, name)
+        entries.rows[at:at] = row
+        self._packed += 1
+
+    def _drop_packed(self, path: str) -> bool:
+        found = self._find(path)
+        if found is None:
+            return False
+        entries, i = found
+        del entries.names[i]
+        del entries.rows[i * _ROW_SIZE : (i + 1) * _ROW_SIZE]
+        self._packed -= 1
+        if not entries.names:
+            del self._dirs[path.rpartition("/")[0]]
+        return True
 
     def __delitem__(self, path: str) -> None:
-        del self._rows[path]
+        if not (isinstance(path, str) and self._drop_packed(path)):
+            del self._odd[path]
 
     def __contains__(self, path: object) -> bool:
-        return path in self._rows
+        return isinstance(path, str) and (self._find(path) is not None or path in self._odd)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._rows)
+        for head, entries in self._dirs.items():
+            for name in entries.names:
+                yield f"{head}/{name}"
+        yield from self._odd
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._packed + len(self._odd)
+
+    def unchanged(self, path: str, st: os.stat_result) -> bool:
+        """True when ``path`` is a hashed regular file whose type, size, mtime, ctime, inode, mode and owner
+        all still match ``st``: in quick mode, a file with nothing to read and no record to build."""
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        found = self._find(path)
+        if found is None:
+            return False
+        entries, i = found
+        try:
+            now = _STAT.pack(st.st_size, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_ino, st.st_mtime_ns,
+                             st.st_ctime_ns, _HASHED_FILE)
+        except struct.error:
+            return False
+        at = i * _ROW_SIZE
+        return entries.rows[at : at + _STAT.size] == now
 
 
-def _pack(rec: FileRecord) -> bytes | FileRecord:
+def _pack(rec: FileRecord) -> bytes | None:
     if rec.link_target is not None or rec.error is not None:
-        return rec
+        return None
+    return _pack_fields(rec.ftype, rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns,
+                        rec.sha256)
+
+
+def _pack_fields(
+    ftype: str, size: int, mode: int, uid: int, gid: int, inode: int, mtime_ns: int, ctime_ns: int, sha256: str | None
+) -> bytes | None:
     try:
-        digest = bytes.fromhex(rec.sha256) if rec.sha256 is not None else bytes(32)
+        digest = bytes.fromhex(sha256) if sha256 is not None else bytes(32)
         if len(digest) != 32:
-            return rec
-        kind = _KIND_CODES[rec.ftype] | (_HAS_DIGEST if rec.sha256 is not None else 0)
-        return _PACKED.pack(rec.size, rec.mode, rec.uid, rec.gid, rec.inode, rec.mtime_ns, rec.ctime_ns, kind, digest)
+            return None
+        kind = _KIND_CODES[ftype] | (_HAS_DIGEST if sha256 is not None else 0)
+        return _ROW.pack(size, mode, uid, gid, inode, mtime_ns, ctime_ns, kind, digest)
     except (struct.error, ValueError, KeyError):
-        return rec
+        return None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -230,19 +339,29 @@ def _from_stat(path: str, st: os.stat_result, **extra: str | None) -> FileRecord
     )
 
 
+def _stat_failed(label: str, exc: OSError) -> FileRecord | None:
+    """What a failed stat says: None when the path does not exist, else the record of the refusal."""
+    if isinstance(exc, FileNotFoundError):
+        return None  # also a dangling symlink when following: the file it names is missing
+    if exc.errno == errno.ENOTDIR:
+        return None  # a parent was replaced by a file: the path no longer exists
+    # lstat itself refused (no search permission on a parent directory)
+    return FileRecord(label, "unknown", 0, 0, -1, -1, 0, 0, 0, error=_strerror(exc))
+
+
 def _stat_record(
     real: str, label: str, follow_symlinks: bool, known: FileRecord | None
 ) -> FileRecord | os.stat_result | None:
     """The record when no content needs reading, the stat of a regular file to hash, or None when absent."""
     try:
         st = os.stat(real) if follow_symlinks else os.lstat(real)
-    except FileNotFoundError:
-        return None  # also a dangling symlink when following: the file it names is missing
     except OSError as exc:
-        if exc.errno == errno.ENOTDIR:
-            return None  # a parent was replaced by a file: the path no longer exists
-        # lstat itself refused (no search permission on a parent directory)
-        return FileRecord(label, "unknown", 0, 0, -1, -1, 0, 0, 0, error=_strerror(exc))
+        return _stat_failed(label, exc)
+    return _classify(real, label, st, known)
+
+
+def _classify(real: str, label: str, st: os.stat_result, known: FileRecord | None) -> FileRecord | os.stat_result:
+    """The record of a stat'ed path when no content needs reading, else the stat of the regular file to hash."""
     fmt = stat.S_IFMT(st.st_mode)
     if fmt == stat.S_IFLNK:
         try:
@@ -347,6 +466,24 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
+class GlobSet:
+    """Globs as ``exclude`` reads them: with a ``/`` a pattern matches the whole path, without one the base name."""
+
+    __slots__ = ("_name", "_path", "patterns")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(patterns)
+        self._path = [glob_to_regex(p) for p in self.patterns if "/" in p]
+        self._name = [glob_to_regex(p) for p in self.patterns if "/" not in p]
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def matches(self, path: str) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return any(r.match(path) for r in self._path) or any(r.match(name) for r in self._name)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A tree to walk: everything under ``base`` (to ``recursive`` depth) that ``match``es and is not excluded."""
@@ -390,12 +527,10 @@ class WatchSet:
     rules: tuple[Rule, ...] = ()
     excludes: tuple[str, ...] = ()
     rootfs: str = "/"
-    _path_ex: list[re.Pattern[str]] = field(default_factory=list)
-    _name_ex: list[re.Pattern[str]] = field(default_factory=list)
+    _ex: GlobSet = field(default_factory=lambda: GlobSet(()))
 
     def __post_init__(self) -> None:
-        self._path_ex = [glob_to_regex(e) for e in self.excludes if "/" in e]
-        self._name_ex = [glob_to_regex(e) for e in self.excludes if "/" not in e]
+        self._ex = GlobSet(self.excludes)
 
     @classmethod
     def build(
@@ -424,8 +559,7 @@ class WatchSet:
         return "/" if rel == "." else "/" + rel
 
     def excluded(self, path: str) -> bool:
-        name = path.rsplit("/", 1)[-1]
-        return any(r.match(path) for r in self._path_ex) or any(r.match(name) for r in self._name_ex)
+        return self._ex.matches(path)
 
     def covers(self, path: str) -> bool:
         """True when the host path ``path`` belongs to the watched set (whether or not it exists)."""
@@ -437,11 +571,14 @@ class WatchSet:
 
     def expand(self) -> list[str]:
         """Every host path of the watched set that exists now, plus the explicit files (even if absent)."""
+        return sorted(self.existing())
+
+    def existing(self) -> set[str]:
+        """``expand()`` as a set."""
         seen: set[str] = set(self.files)
         for rule in self.rules:
-            for path in self._walk(rule):
-                seen.add(path)
-        return sorted(seen)
+            seen.update(self._walk(rule))
+        return seen
 
     def _walk(self, rule: Rule) -> Iterator[str]:
         base_real = self.real(rule.base)
@@ -451,25 +588,32 @@ class WatchSet:
             yield rule.base
         if not os.path.isdir(base_real) or os.path.islink(base_real):
             return
+        # once per entry of the set: a rule without a pattern covers every entry it walks to
+        match_all = rule.match is None
+        excludes = bool(self._ex)
+        recursive = rule.recursive
         stack = [(rule.base, base_real)]
         while stack:
             host_dir, real_dir = stack.pop()
             try:
-                entries = list(os.scandir(real_dir))
+                with os.scandir(real_dir) as it:
+                    entries = list(it)
             except OSError:
                 continue  # vanished or unreadable directory: its own record says so
+            prefix = host_dir.rstrip("/") + "/"
             for entry in entries:
-                host = host_dir.rstrip("/") + "/" + entry.name
-                if self.excluded(host):
+                host = prefix + entry.name
+                if excludes and self.excluded(host):
                     continue
-                if rule.covers(host):
+                if match_all or rule.covers(host):
                     yield host
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                if is_dir and rule.recursive:
-                    stack.append((host, entry.path))
+                if recursive:
+                    try:
+                        is_dir = entry.is_dir(follow_symlinks=False)
+                    except OSError:
+                        is_dir = False
+                    if is_dir:
+                        stack.append((host, entry.path))
 
     def directories(self) -> list[str]:
         """Host directories whose entries must be watched to see every change of the set.
@@ -522,20 +666,36 @@ def scan(
     known: Mapping[str, FileRecord] | None = None,
     threads: int = 4,
     chunk: int = DEFAULT_CHUNK,
+    unchanged: set[str] | None = None,
 ) -> dict[str, FileRecord]:
     """Records of the host ``paths`` that exist (and of unreadable ones), hashed on ``threads`` threads.
 
     With ``known`` (quick mode) a regular file is only hashed when its stat differs from its known record.
+    With ``unchanged`` too, and ``known`` a RecordTable, a file whose stat matches its record gets no
+    record: its path is added to ``unchanged`` (a quick verify of an unchanged set builds no record).
     """
     out: dict[str, FileRecord] = {}
     to_hash: list[tuple[str, str, os.stat_result]] = []
+    table = known if unchanged is not None and isinstance(known, RecordTable) else None
+    stat_of = os.stat if follow_symlinks else os.lstat
+    real_of = None if ws.rootfs in ("", "/") else ws.real
     # stat is cheap and holds the GIL: done here; only reading and hashing goes to threads.
     for path in paths:
-        real = ws.real(path)
-        first = _stat_record(real, path, follow_symlinks, known.get(path) if known is not None else None)
+        real = path if real_of is None else real_of(path)
+        try:
+            st = stat_of(real)
+        except OSError as exc:
+            failed = _stat_failed(path, exc)
+            if failed is not None:
+                out[path] = failed
+            continue
+        if table is not None and unchanged is not None and table.unchanged(path, st):
+            unchanged.add(path)
+            continue
+        first = _classify(real, path, st, known.get(path) if known is not None else None)
         if isinstance(first, os.stat_result):
             to_hash.append((path, real, first))
-        elif first is not None:
+        else:
             out[path] = first
     if not to_hash:
         return out
@@ -569,25 +729,31 @@ def verify_each(
     threads: int = 4,
     chunk: int = DEFAULT_CHUNK,
     batch: int | None = None,
-) -> Iterator[tuple[str, FileRecord | None, list[Violation]]]:
-    """Each path of the watched set with its current record and its violations, in path order.
+) -> Iterator[tuple[str, FileRecord | None, bool, list[Violation]]]:
+    """Each path of the watched set: (path, its current record, whether it exists, its violations), in path order.
 
-    Baseline paths the watched set no longer covers (the config changed) are not checked. With
-    ``batch``, paths are scanned that many at a time, so only one batch of records is held at once
+    In quick mode with a RecordTable baseline, a file whose stat matches its record exists but has no
+    record here (None): it costs one stat and one comparison of packed bytes, and its record is the
+    baseline's. Baseline paths the watched set no longer covers (the config changed) are not checked.
+    With ``batch``, paths are scanned that many at a time, so only one batch of records is held at once
     (the daemon, which keeps none of them); without, all at once (the most parallel hashing).
     """
-    paths = set(ws.expand())
+    paths = ws.existing()
     paths.update(p for p in baseline if p not in paths and ws.covers(p))
     ordered = sorted(paths)
     del paths
     step = batch or max(len(ordered), 1)
     for i in range(0, len(ordered), step):
         part = ordered[i : i + step]
+        same: set[str] = set()
         current = scan(ws, part, follow_symlinks=follow_symlinks, known=baseline if quick else None,
-                       threads=threads, chunk=chunk)
+                       threads=threads, chunk=chunk, unchanged=same)
         for p in part:
-            rec = current.get(p)
-            yield p, rec, compare(p, baseline.get(p), rec)
+            if p in same:
+                yield p, None, True, []
+            else:
+                rec = current.get(p)
+                yield p, rec, rec is not None, compare(p, baseline.get(p), rec)
 
 
 def verify(
@@ -602,9 +768,9 @@ def verify(
     """Scan the whole watched set and compare it with ``baseline``: (current records, violations)."""
     current: dict[str, FileRecord] = {}
     violations: list[Violation] = []
-    for path, rec, found in verify_each(ws, baseline, quick=quick, follow_symlinks=follow_symlinks, threads=threads,
-                                        chunk=chunk):
-        if rec is not None:
-            current[path] = rec
+    for path, rec, exists, found in verify_each(ws, baseline, quick=quick, follow_symlinks=follow_symlinks,
+                                                threads=threads, chunk=chunk):
+        if exists:
+            current[path] = rec if rec is not None else baseline[path]
         violations.extend(found)
     return current, violations

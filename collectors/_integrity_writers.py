@@ -2,8 +2,11 @@
 
 inotify says that a file changed, never by whom. A fanotify notification group marked on the watched
 directories (FAN_MODIFY and FAN_CLOSE_WRITE of their children) reports the pid of every writer; its
-command name and user are read from /proc at once, while the writer most likely still runs. Without
-the privilege (not root, or no fanotify) nothing is attributed and a change's writer is "unknown".
+command name and user are read from /proc at once, while the writer most likely still runs. A writer
+that has already exited (``sed -i`` takes a millisecond) keeps only its pid; the audit log may know the
+rest. Writers are remembered by path and by inode, so a file replaced by a rename (``sed -i``, editors)
+is attributed to whoever wrote the temporary file that became it. Without the privilege (not root, or
+no fanotify) nothing is attributed here.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import ctypes.util
 import os
 import pwd
 import struct
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = ["UNKNOWN", "Writer", "WriterLog"]
 
 UNKNOWN = "unknown"
+UNSET_UID = 4294967295  # (uid_t)-1: no login uid (a daemon, or started before any login)
 _FAN_CLOEXEC = 0x1
 _FAN_NONBLOCK = 0x2
 _FAN_MARK_ADD = 0x1
@@ -36,10 +41,34 @@ class Writer:
     comm: str
     uid: int | None
     user: str
+    # who logged in (kept through su and sudo; None when unset) and the program file
+    login_uid: int | None = None
+    exe: str = ""
+
+    @property
+    def exited(self) -> bool:
+        return self.uid is None
+
+    @property
+    def complete(self) -> bool:
+        """Read whole from /proc: a writer that exited while being read lacks its program."""
+        return self.uid is not None and bool(self.exe)
 
     def __str__(self) -> str:
         who = f"uid {self.uid} ({self.user})" if self.uid is not None else "uid unknown"
-        return f"pid {self.pid} ({self.comm}), {who}"
+        text = f"pid {self.pid} ({self.comm}), {who}"
+        if self.login_uid is not None:
+            text += f", login uid {self.login_uid} ({user_name(self.login_uid)})"
+        if self.exe:
+            text += f", {self.exe}"
+        return text
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _process(pid: int) -> Writer:
@@ -51,19 +80,24 @@ def _process(pid: int) -> Writer:
     except (OSError, StopIteration, ValueError):
         return Writer(pid, "exited", None, "")
     try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    return Writer(pid, comm, uid, user)
+        with open(f"/proc/{pid}/loginuid") as f:
+            login = int(f.read())
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (OSError, ValueError):  # exited meanwhile: what was read still holds
+        login, exe = UNSET_UID, ""
+    return Writer(pid, comm, uid, user_name(uid), None if login == UNSET_UID else login, exe)
 
 
 class WriterLog:
-    """The last writer of each file under the marked directories, read from a fanotify group."""
+    """The last writer of each file under the marked directories, read from a fanotify group.
+
+    ``read`` runs on the event loop, ``last`` in the blocking pool: a lock keeps the two apart."""
 
     def __init__(self) -> None:
         self.fd = -1
         self.error = ""
-        self._last: OrderedDict[str, Writer] = OrderedDict()
+        self._last: OrderedDict[str | tuple[int, int], Writer] = OrderedDict()
+        self._lock = threading.Lock()
         self._self = os.getpid()
 
     def open(self) -> bool:
@@ -101,19 +135,29 @@ class WriterLog:
                 if fd < 0:
                     continue  # queue overflow: no file
                 try:
+                    if pid == self._self:
+                        continue
                     path = os.readlink(f"/proc/self/fd/{fd}")
+                    st = os.fstat(fd)
                 except OSError:
-                    path = ""
+                    continue
                 finally:
                     os.close(fd)
-                if path and pid != self._self:
-                    self._last[path] = _process(pid)
-                    self._last.move_to_end(path)
-                    while len(self._last) > _KEPT:
-                        self._last.popitem(last=False)
+                self._remember(path, (st.st_dev, st.st_ino), _process(pid))
 
-    def last(self, path: str) -> Writer | None:
-        return self._last.get(path)
+    def _remember(self, path: str, inode: tuple[int, int], writer: Writer) -> None:
+        with self._lock:
+            for key in (path, inode):
+                self._last[key] = writer
+                self._last.move_to_end(key)
+            while len(self._last) > 2 * _KEPT:
+                self._last.popitem(last=False)
+
+    def last(self, path: str, inode: tuple[int, int] | None = None) -> Writer | None:
+        """The last writer of the file now at ``path`` (its inode, if given, first: a file renamed
+        into place was written under another name)."""
+        with self._lock:
+            return (self._last.get(inode) if inode is not None else None) or self._last.get(path)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -42,10 +42,12 @@ __all__ = [
     "Endpoint",
     "ErrorClass",
     "JsonRpcClient",
+    "ResponseTooLarge",
     "RpcError",
     "SharedSession",
     "WsRpc",
     "parse_quantity",
+    "short_repr",
 ]
 
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
@@ -81,6 +83,14 @@ class RpcError(Exception):
     def reason(self) -> str:
         """The supervisor's failure reason: the class, with the code for http_status and rpc_error."""
         return self.error_class.value
+
+
+class ResponseTooLarge(RpcError):
+    """An answer over the endpoint's ``max_response_bytes``, cut off unread: an invalid_response whose caller
+    can tell the on-call that the limit, not the node, is the problem."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorClass.INVALID_RESPONSE, message)
 
 
 class Endpoint(BaseModel):
@@ -150,15 +160,16 @@ class Endpoint(BaseModel):
 def parse_quantity(value: Any, what: str = "quantity") -> int:
     """A JSON-RPC hex quantity (``"0x1a"``) as an int; anything else raises ValueError naming ``what``."""
     if not isinstance(value, str):
-        raise ValueError(f"{what}: expected a hex string like '0x1a', got {type(value).__name__} {_short(value)}")
+        raise ValueError(f"{what}: expected a hex string like '0x1a', got {type(value).__name__} {short_repr(value)}")
     if not value.startswith(("0x", "0X")) or len(value) < 3 or len(value) > 66:
-        raise ValueError(f"{what}: expected a hex string like '0x1a', got {_short(value)}")
+        raise ValueError(f"{what}: expected a hex string like '0x1a', got {short_repr(value)}")
     if not _HEX_RE.match(value):
-        raise ValueError(f"{what}: not a hex number: {_short(value)}")
+        raise ValueError(f"{what}: not a hex number: {short_repr(value)}")
     return int(value[2:], 16)
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``repr`` of a value from a node's answer, cut to 40 characters for an error message."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -166,7 +177,7 @@ def _short(value: Any) -> str:
 def error_from_rpc(error: Any) -> RpcError:
     """Classify a JSON-RPC ``error`` member: -32601 is method_not_supported, other codes rpc_error."""
     if not isinstance(error, dict) or not isinstance(error.get("code"), int):
-        return RpcError(ErrorClass.INVALID_RESPONSE, f"malformed error member {_short(error)}")
+        return RpcError(ErrorClass.INVALID_RESPONSE, f"malformed error member {short_repr(error)}")
     code = int(error["code"])
     message = str(error.get("message", ""))[:200]
     if code == -32601:
@@ -177,9 +188,10 @@ def error_from_rpc(error: Any) -> RpcError:
 def result_of(doc: Any, request_id: int) -> Any:
     """The ``result`` of a decoded response to ``request_id``, or the classified error."""
     if not isinstance(doc, dict):
-        raise RpcError(ErrorClass.INVALID_RESPONSE, f"response is not a JSON object: {_short(doc)}")
+        raise RpcError(ErrorClass.INVALID_RESPONSE, f"response is not a JSON object: {short_repr(doc)}")
     if doc.get("id") != request_id:
-        raise RpcError(ErrorClass.INVALID_RESPONSE, f"response id {_short(doc.get('id'))} != request id {request_id}")
+        raise RpcError(ErrorClass.INVALID_RESPONSE,
+                       f"response id {short_repr(doc.get('id'))} != request id {request_id}")
     if "error" in doc and doc["error"] is not None:
         raise error_from_rpc(doc["error"])
     if "result" not in doc:
@@ -345,7 +357,7 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     if resp.content_length is not None:
         if resp.content_length > limit:
             resp.close()
-            raise RpcError(ErrorClass.INVALID_RESPONSE, f"response of {resp.content_length} bytes exceeds {limit}")
+            raise ResponseTooLarge(f"response of {resp.content_length} bytes exceeds {limit}")
         return await resp.read()  # reads exactly Content-Length bytes
     chunks: list[bytes] = []
     size = 0
@@ -356,7 +368,7 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             resp.close()  # drop the connection rather than drain an oversized body
-            raise RpcError(ErrorClass.INVALID_RESPONSE, f"response exceeds {limit} bytes")
+            raise ResponseTooLarge(f"response exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -429,8 +441,8 @@ class WsRpc:
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     exc = msg.data if isinstance(msg.data, BaseException) else self._ws.exception()
                     if isinstance(exc, aiohttp.WebSocketError) and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG:
-                        error = RpcError(ErrorClass.INVALID_RESPONSE,
-                                         f"{self.endpoint.name}: message exceeds {self.endpoint.max_response_bytes}")
+                        error = ResponseTooLarge(
+                            f"{self.endpoint.name}: message exceeds {self.endpoint.max_response_bytes}")
                     break
         except Exception as exc:  # transport failure while reading
             try:
@@ -491,7 +503,7 @@ class WsRpc:
         """``eth_subscribe``; returns the subscription id. Notifications arrive via :meth:`notifications`."""
         sub = await self.call("eth_subscribe", [kind, *params])
         if not isinstance(sub, str):
-            raise RpcError(ErrorClass.INVALID_RESPONSE, f"eth_subscribe returned {_short(sub)}")
+            raise RpcError(ErrorClass.INVALID_RESPONSE, f"eth_subscribe returned {short_repr(sub)}")
         return sub
 
     async def notifications(self) -> AsyncIterator[Any]:

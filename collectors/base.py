@@ -70,7 +70,9 @@ class CollectorOptions(BaseModel):
     instance: str = Field(default="default", description="name of this instance of the collector kind")
     enabled: bool = Field(default=True, description="set false to keep the entry but not run it")
     interval: Duration | None = Field(default=None, description="time between runs (default per kind)")
-    timeout: Duration | None = Field(default=None, description="a run longer than this fails (default per kind)")
+    timeout: Duration | None = Field(default=None, description=(
+        "a run longer than this fails (default per kind, at most the interval); under twice the interval, "
+        "after which samples are stale"))
     jitter: Duration = Field(default=0.0, description="random delay added to the first run to spread load")
 
     @field_validator("instance")

@@ -19,7 +19,9 @@ from typing import ClassVar, Literal
 from asyncinotify import Event, Inotify, Mask, Watch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mevwatch.collectors._integrity_audit import AuditLog, who_wrote
 from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, Who
+from mevwatch.collectors._integrity_diff import CopyStore, ReportChanges
 from mevwatch.collectors._integrity_scan import (
     DEFAULT_CHUNK,
     KINDS,
@@ -44,9 +46,14 @@ from mevwatch.collectors.registry import register
 from mevwatch.families import Metric, label_text
 from mevwatch.fields import ByteSize, Duration, read_secret_file
 
-__all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "watch_set"]
+__all__ = ["DirectoryOption", "IntegrityCollector", "IntegrityOptions", "read_hmac_key", "report_changes", "watch_set"]
 
 RUNBOOK_FILES = ["/etc/mev/config.yaml", "/usr/local/bin/mev-engine", "/etc/mev/wallets.json"]
+#: files whose content is never copied or shown in a diff (Wazuh's nodiff): wallets, keys, secrets
+NODIFF_DEFAULT = [
+    "/etc/mev/wallets.json", "*wallet*", "*keystore*", "*.key", "*.pem", "*.p12", "*.pfx", "*secret*",
+    "*password*", "*passwd*", "*mnemonic*", "*.env", "**/keys/**", "id_rsa*", "id_ecdsa*", "id_ed25519*",
+]
 
 _WATCH_MASK = (
     Mask.MODIFY | Mask.ATTRIB | Mask.CLOSE_WRITE | Mask.MOVED_FROM | Mask.MOVED_TO | Mask.CREATE
@@ -58,6 +65,8 @@ _EVENT_CACHE = 4096
 # Paths scanned at a time by a verify: only one batch of records is held beside the baseline.
 _VERIFY_BATCH = 8192
 REALTIME_STATES = ("ok", "overflow", "watch_limit", "unavailable")
+# Changed files a verify looks up the writer of (the rest say unknown): the audit log is read once for all.
+_ATTRIBUTE_MAX = 100
 
 
 def _absolute(values: list[str]) -> list[str]:
@@ -105,8 +114,26 @@ class IntegrityOptions(CollectorOptions):
         False, description="create the baseline from the current files when none exists (trust on first use)"
     )
     writers: bool = Field(
-        True, description="name the process and user that wrote a changed file (fanotify; only as root, "
-        "else the writer is unknown)"
+        True, description="name the process and user that wrote a changed file (fanotify, as root; for a writer "
+        "that exited, the audit log)"
+    )
+    report_changes: list[str] = Field(
+        default_factory=list, description="globs (read as exclude) of watched files whose change the page and "
+        "diagnose show as a unified diff with secrets masked; a copy of each one's baseline version (UTF-8 text "
+        "of at most report_changes_max_size, never a binary) is kept in the state DB; [] (default): no diff, "
+        "no copy"
+    )
+    nodiff: list[str] = Field(
+        default_factory=lambda: list(NODIFF_DEFAULT), description="globs (read as exclude) of files whose "
+        "content is never copied or shown, even under report_changes (wallets, keys, secrets): their page says "
+        "so instead of a diff"
+    )
+    report_changes_max_size: ByteSize = Field(
+        64 << 10, ge=1, le=1 << 20, description="largest file report_changes copies and diffs"
+    )
+    audit_log: Path | None = Field(
+        Path("/var/log/audit/audit.log"), description="auditd's log, read for the writer fanotify could not "
+        "name (needs an audit watch on the files, such as auditctl -w /etc/mev -p wa); null: not read"
     )
 
     @field_validator("files", "globs")
@@ -123,6 +150,11 @@ def watch_set(options: IntegrityOptions, rootfs: Path | str = "/") -> WatchSet:
         excludes=options.exclude,
         rootfs=str(rootfs),
     )
+
+
+def report_changes(options: IntegrityOptions) -> ReportChanges:
+    return ReportChanges(options.report_changes, options.nodiff, options.report_changes_max_size,
+                         options.follow_symlinks)
 
 
 def read_hmac_key(options: IntegrityOptions) -> bytes | None:
@@ -143,12 +175,27 @@ INTEGRITY_VIOLATION = MetricSpec(
 
 INTEGRITY_FILE_CHANGED = MetricSpec(
     "mevwatch_integrity_file_changed", "gauge",
-    "1 while the file differs from its baseline; kinds lists every way it differs (content,inode,...), "
-    "change what each was and is (sizes, sha256 prefixes, mode, owner, inode), writer the process and user "
-    "that wrote it (as root, by fanotify) or unknown; as first seen: one series, and one alert, per changed file",
-    ("path", "kinds", "change", "writer"),
+    "1 while the file differs from its baseline: one series, and one alert, per changed file for as long as it "
+    "differs, whatever changes next (what changed is in mevwatch_integrity_file_change_info)",
+    ("path",),
+)
+INTEGRITY_FILE_CHANGE = MetricSpec(
+    "mevwatch_integrity_file_change", "info",
+    "What a changed file's difference from its baseline is now: kinds lists every way it differs "
+    "(content,inode,...), change what each was and is (sizes, sha256 prefixes, mode, owner, inode), writer the "
+    "process and user that last wrote it (fanotify as root, or the audit log) or unknown and why, diff "
+    "(report_changes only) a bounded unified diff of the file now against its baseline version with secrets "
+    "masked, or why there is none, changed_at when it last changed (its ctime, RFC 3339 UTC); a new series "
+    "at each change",
+    ("path", "kinds", "change", "writer", "diff", "changed_at"),
+)
+INTEGRITY_FILE_CHANGES = MetricSpec(
+    "mevwatch_integrity_file_changes", "gauge",
+    "Changes of a changed file seen since it last matched its baseline (by this run of the daemon)",
+    ("path",),
 )
 _CHANGE_MAX = 300  # characters of the change label
+_WRITER_MAX = 200  # characters of the writer label
 _SHA_TAIL = re.compile(r"(sha256=[0-9a-f]{12})[0-9a-f]+")  # a hash prefix tells the versions apart
 
 INTEGRITY_VIOLATIONS = MetricSpec(
@@ -225,6 +272,8 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         INTEGRITY_VIOLATION,
         INTEGRITY_FILE_CHANGED,
+        INTEGRITY_FILE_CHANGE,
+        INTEGRITY_FILE_CHANGES,
         INTEGRITY_VIOLATIONS,
         INTEGRITY_VIOLATION_SERIES_OVERFLOW,
         INTEGRITY_FILES_WATCHED,
@@ -267,9 +316,14 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         self._verifies = {"quick": 0, "full": 0}
         self._last_verify_ts = 0.0
         self._last_verify_s = 0.0
-        # what a changed file's series says (change, writer), fixed when its kinds were first seen
-        self._detail: dict[str, tuple[str, str, str]] = {}
+        # changed path -> (changes seen since it last matched its baseline, when it last changed)
+        self._file_changes: dict[str, tuple[int, float]] = {}
         self._writers: WriterLog | None = None
+        self._audit: AuditLog | None = None
+        self._who: dict[str, str] = {}  # changed path -> its writer, as last looked up
+        self._report = report_changes(options)
+        self.copies: CopyStore | None = None
+        self._diffs: dict[str, str] = {}  # changed path -> its masked diff (or why none), as of its last change
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -281,6 +335,8 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         except ValueError as exc:
             raise CollectorError("hmac_key", str(exc)) from None
         self.store = BaselineStore(self.ctx.state, self.options.instance, key)
+        if self._report:
+            self.copies = CopyStore(self.ctx.state, self.options.instance)
         try:
             self._inotify = Inotify(cache_size=_EVENT_CACHE)
         except OSError as exc:
@@ -289,6 +345,8 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             self._inotify = None
         reader = asyncio.create_task(self._read_events()) if self._inotify is not None else None
         if self.options.writers:
+            if self.options.audit_log is not None:
+                self._audit = AuditLog(str(self.options.audit_log))
             writers = WriterLog()
             if writers.open():
                 self._writers = writers
@@ -394,26 +452,30 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
     def _record_all(self) -> RecordTable:
         """Records of the whole watched set, hashed in batches and held packed: a first baseline."""
         o = self.options
-        return RecordTable(rec for _, rec, _ in verify_each(
+        return RecordTable(rec for _, rec, _, _ in verify_each(
             self.ws, {}, follow_symlinks=o.follow_symlinks, threads=o.hash_threads, chunk=o.chunk_size,
             batch=_VERIFY_BATCH,
         ) if rec is not None)
 
-    def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation]]:
+    def _check_all(self, full: bool) -> tuple[int, set[str], set[str], list[Violation], dict[str, float]]:
         """Verify the whole set in batches (one batch of records held at a time), keeping counts only:
         (paths that exist, baseline paths that do not or are no longer watched, paths without a
-        baseline record, violations)."""
+        baseline record, violations, the ctime of each path that has one)."""
         base, o = self.baseline.records, self.options
         present = in_base = 0
         absent: set[str] = set()
         extra: set[str] = set()
         violations: list[Violation] = []
-        for path, rec, found in verify_each(self.ws, base, quick=not full, follow_symlinks=o.follow_symlinks,
-                                            threads=o.hash_threads, chunk=o.chunk_size, batch=_VERIFY_BATCH):
+        ctimes: dict[str, float] = {}
+        for path, rec, exists, found in verify_each(self.ws, base, quick=not full,
+                                                    follow_symlinks=o.follow_symlinks, threads=o.hash_threads,
+                                                    chunk=o.chunk_size, batch=_VERIFY_BATCH):
             violations.extend(found)
+            if found and rec is not None:
+                ctimes[path] = rec.ctime_ns / 1e9
             known = path in base
             in_base += known
-            if rec is None:
+            if not exists:
                 absent.add(path)
             else:
                 present += 1
@@ -421,23 +483,29 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
                     extra.add(path)
         if in_base < len(base):
             absent.update(p for p in base if not self.ws.covers(p))
-        return present, absent, extra, violations
+        return present, absent, extra, violations, ctimes
 
     async def _full_check(self, full: bool) -> None:
         t0 = time.monotonic()
-        checked: tuple[int, set[str], set[str], list[Violation]] = await self.ctx.run_blocking(
+        checked: tuple[int, set[str], set[str], list[Violation], dict[str, float]] = await self.ctx.run_blocking(
             lambda: self._check_all(full), timeout=self.options.verify_timeout
         )
-        self._files_watched, self._absent, self._extra, violations = checked
+        self._files_watched, self._absent, self._extra, violations, ctimes = checked
         if not self.baseline.present:
             violations = []
         grouped: dict[str, list[Violation]] = {}
         for v in violations:
             grouped.setdefault(v.path, []).append(v)
+        changed = []
         for path in set(grouped) | set(self._violations):
             if grouped.get(path) != self._violations.get(path):
                 self._changes["verify"] += 1
+                changed.append(path)
         self._violations = grouped
+        self._note_changes(changed, ctimes)
+        await self._attribute(sorted(p for p in changed if p in grouped)[:_ATTRIBUTE_MAX], self._last_verify_ts)
+        if self.copies is not None and self.baseline.present:
+            await self.ctx.run_blocking(self._sync_copies, timeout=self.options.verify_timeout)
         self._verifies["full" if full else "quick"] += 1
         self._last_verify_s = time.monotonic() - t0
         self._last_verify_ts = time.time()
@@ -453,6 +521,8 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             timeout=o.verify_timeout,
         )
         base = self.baseline.records
+        changed = []
+        ctimes = {p: rec.ctime_ns / 1e9 for p, rec in found.items()}
         for path in todo:
             rec = found.get(path)
             before = path in self._extra or (path in base and path not in self._absent)
@@ -468,10 +538,55 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             new = compare(path, self.baseline.records.get(path), rec) if self.baseline.present else []
             if new != self._violations.get(path, []):
                 self._changes["realtime"] += 1
+                changed.append(path)
             if new:
                 self._violations[path] = new
             else:
                 self._violations.pop(path, None)
+        self._note_changes(changed, ctimes)
+        await self._attribute([p for p in changed if p in self._violations], time.time() - 60)
+
+    def _note_changes(self, changed: Iterable[str], ctimes: dict[str, float]) -> None:
+        """Count each change of a file that differs from its baseline, and when it was made (its ctime, or when it
+        was seen for a file that is gone); forget a file once it matches its baseline again."""
+        now = time.time()
+        for path in changed:
+            if path in self._violations:
+                count = self._file_changes.get(path, (0, 0.0))[0]
+                self._file_changes[path] = (count + 1, ctimes.get(path, now))
+        for path in set(self._file_changes) - set(self._violations):
+            del self._file_changes[path]
+
+    async def _attribute(self, paths: list[str], since: float) -> None:
+        """Look up who wrote the files whose violations just changed (a file now gone: since ``since``)."""
+        for path in set(self._who) - set(self._violations):
+            del self._who[path]
+        for path in set(self._diffs) - set(self._violations):
+            del self._diffs[path]
+        if paths and self._report:
+            self._diffs.update(await self.ctx.run_blocking(
+                lambda: {p: self._diff_of(p) for p in paths}, timeout=self.options.verify_timeout))
+        if not paths or not self.options.writers:
+            return
+        writers, audit, real = self._writers, self._audit, self.ws.real
+        self._who.update(await self.ctx.run_blocking(
+            lambda: who_wrote(paths, writers, audit, real=real, since=since), timeout=self.options.verify_timeout,
+        ))
+
+    # --- report_changes: the baseline versions of small text files, and diffs against them ------
+
+    def _sync_copies(self) -> None:
+        assert self.copies is not None
+        self._report.sync_copies(self.copies, self.baseline.records, self._violations, self.ws.real)
+
+    def _diff_of(self, path: str) -> str:
+        """The masked diff of a changed report_changes file against its baseline version, or why there is none
+        (blocking)."""
+        return self._report.diff(path, self._violations.get(path, ()), self.baseline.records.get(path),
+                                 self.copies, self.ws.real(path))
+
+    async def details(self) -> list[tuple[str, str]]:
+        return [(f"diff {label_text(p)}", d) for p, d in sorted(self._diffs.items()) if d]
 
     # --- inotify ---------------------------------------------------------------------------
 
@@ -553,14 +668,20 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
             return "watch_limit"
         return "ok"
 
-    def _describe(self, path: str, kinds: set[str]) -> tuple[str, str]:
-        """What changed (each kind: was -> is) and who wrote the file, for a newly seen change."""
+    def _describe(self, path: str, kinds: set[str]) -> dict[str, str]:
+        """What changed (each kind: was -> is), who last wrote the file, its diff and when it last changed."""
         parts = [f"{v.kind}: {v.expected} -> {v.found}" for v in self._violations.get(path, []) if v.kind in kinds]
         change = _SHA_TAIL.sub(r"\1", "; ".join(parts))
         if len(change) > _CHANGE_MAX:
             change = change[:_CHANGE_MAX - 3] + "..."
-        writer = self._writers.last(self.ws.real(path)) if self._writers is not None else None
-        return label_text(change), str(writer) if writer is not None else UNKNOWN
+        at = self._file_changes.get(path, (0, None))[1]
+        return {
+            "kinds": ",".join(k for k in KINDS if k in kinds),
+            "change": label_text(change),
+            "writer": label_text(self._who.get(path, UNKNOWN))[:_WRITER_MAX],
+            "diff": label_text(self._diffs.get(path, "")),
+            "changed_at": "unknown" if at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+        }
 
     def families(self) -> list[Metric]:
         all_v = sorted(
@@ -582,17 +703,17 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         by_file: dict[str, set[str]] = {}
         for path, kind in keep:
             by_file.setdefault(label_text(path), set()).add(kind)
+        # one series per changed file whose labels stay while it differs (an alert's identity); what the
+        # difference is now goes in the info series beside it, a new one at each change
         changed = INTEGRITY_FILE_CHANGED.gauge()
-        details: dict[str, tuple[str, str, str]] = {}
+        change = INTEGRITY_FILE_CHANGE.info(labels=("path",))
+        file_changes = INTEGRITY_FILE_CHANGES.gauge()
         shown = {label_text(p): p for p in self._violations}
         for path, kinds in sorted(by_file.items()):
-            kind_text = ",".join(k for k in KINDS if k in kinds)
-            detail = self._detail.get(path)
-            if detail is None or detail[0] != kind_text:
-                detail = (kind_text, *self._describe(shown.get(path, path), kinds))
-            details[path] = detail
-            changed.add_metric([path, kind_text, detail[1], detail[2]], 1.0)
-        self._detail = details
+            real = shown.get(path, path)
+            changed.add_metric([path], 1.0)
+            change.add_metric([path], self._describe(real, kinds))
+            file_changes.add_metric([path], float(self._file_changes.get(real, (1, 0.0))[0]))
         per_kind = INTEGRITY_VIOLATIONS.gauge()
         counts = dict.fromkeys(KINDS, 0)
         for v in all_v:
@@ -613,6 +734,8 @@ class IntegrityCollector(StreamCollector[IntegrityOptions]):
         return [
             viol,
             changed,
+            change,
+            file_changes,
             per_kind,
             INTEGRITY_VIOLATION_SERIES_OVERFLOW.gauge(float(len(present) - len(keep))),
             INTEGRITY_FILES_WATCHED.gauge(float(self._files_watched)),

@@ -2,7 +2,8 @@
 
 A stream collector: it keeps files open between passes (a rotated-away file is drained from its
 open descriptor), catches up on a backlog pass after pass without waiting for the next interval,
-and owns the long-running ``journalctl -f``. Runbook: Security Incidents, Strategy Execution
+and owns the long-running ``journalctl -f``. A pass emits only when a counter or a state moved (the
+supervisor keeps a live stream's snapshot fresh meanwhile). Runbook: Security Incidents, Strategy Execution
 Errors, MEV Opportunities Not Being Detected.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from collections import Counter
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -329,12 +332,23 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
         self._pass_timeout = options.timeout or self.default_timeout
         self.journal: JournalFollower | None = None
         self.stats: dict[str, SourceStats] = {}
+        # what the last emit showed; a pass that finds the same emits nothing (an idle host's logs, most
+        # seconds: the emit, the store's put and the alert engine's read of it were the collector's cost)
+        self._emitted: tuple[dict[str, SourceStats], SourceStats | None] | None = None
 
     def families(self) -> Families:
         stats = dict(self.stats)
         if self.journal is not None:
             stats[JOURNAL_SOURCE] = self.journal.stats
         return families_from_stats(stats)
+
+    def _shown(self) -> tuple[dict[str, SourceStats], SourceStats | None]:
+        """The values families() shows, to compare with the next pass's (a pass's file stats are a copy;
+        the journal's change under its own task, so they are copied here)."""
+        j = self.journal.stats if self.journal is not None else None
+        if j is not None:
+            j = dataclasses.replace(j, rotations=Counter(j.rotations), matches=dict(j.matches))
+        return self.stats, j
 
     async def run(self, emit: Emit) -> None:
         opts = self.options
@@ -350,6 +364,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
                 raise CollectorError("state", str(exc)) from None
         if self.journal is not None:
             journal_task = asyncio.create_task(self.journal.run(), name=f"logwatch:{self.ctx.instance}:journal")
+        self._emitted = None  # a run (a restart after a failure too) starts with an emit: it tells the supervisor
         try:
             while True:
                 try:
@@ -361,7 +376,10 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
                 more = False
                 if result is not None:
                     more, self.stats = result
-                emit(self.families())
+                shown = self._shown()
+                if shown != self._emitted:
+                    self._emitted = shown
+                    emit(self.families())
                 await asyncio.sleep(0 if more else self.ctx.interval)
         finally:
             if journal_task is not None:

@@ -107,6 +107,13 @@ MEMPOOL_STREAM_UP = MetricSpec(
     ("endpoint",),
 )
 
+MEMPOOL_STREAM_DOWN_REASON = MetricSpec(
+    "mevwatch_mempool_stream_down_reason", "gauge",
+    "1 for the error class that ended the subscription or its last reconnect attempt (refused, timeout, "
+    "reset, http_status, rpc_error, ...) while it is down; absent while it is open",
+    ("endpoint", "reason"),
+)
+
 MEMPOOL_STREAM_NOTIFICATIONS = MetricSpec(
     "mevwatch_mempool_stream_notifications", "counter",
     "newPendingTransactions notifications received",
@@ -172,6 +179,7 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
     runbook_section = "mempool"
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         MEMPOOL_STREAM_UP,
+        MEMPOOL_STREAM_DOWN_REASON,
         MEMPOOL_STREAM_NOTIFICATIONS,
         MEMPOOL_STREAM_RECONNECTS,
         MEMPOOL_STREAM_DROPPED_NOTIFICATIONS,
@@ -191,6 +199,7 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
         self.last_notification_wall: float | None = None
         self.subscribed_wall: float | None = None
         self.errors: dict[str, int] = {}
+        self.down_reason: str | None = None  # the class of the failure that has the stream down now
         self.dropped = 0
         self.rate = RateTracker(options.rate_window, options.baseline_window)
         self._ws: WsRpc | None = None
@@ -225,6 +234,10 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
                     float(self.reconnects)),
             counter(MEMPOOL_STREAM_DROPPED_NOTIFICATIONS, float(self.dropped)),
         ]
+        down = MEMPOOL_STREAM_DOWN_REASON.gauge()
+        if not self.connected and self.down_reason is not None:
+            down.add_metric([ep, self.down_reason], 1.0)
+        out.append(down)
         since = self.last_notification_wall or self.subscribed_wall
         if since is not None:
             out.append(gauge(MEMPOOL_STREAM_LAST_NOTIFICATION_AGE_SECONDS,
@@ -260,6 +273,7 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
             await ws.connect()
             await ws.subscribe("newPendingTransactions")
             self.connected = True
+            self.down_reason = None
             self._logged_down = False
             self.subscribed_wall = time.time()
             if self._sessions:
@@ -293,6 +307,7 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
                         self.ctx.log.info("mempool_stream_down", endpoint=self.options.endpoint.name,
                                           reason=error_class, error=exc.message)
                 self.errors[error_class] = self.errors.get(error_class, 0) + 1
+                self.down_reason = error_class
                 emit(self.families())
                 if time.monotonic() - started > self.options.reconnect_max:
                     delay = self.options.reconnect_min  # it was up for a while: reconnect quickly

@@ -97,10 +97,22 @@ class PostgresOptions(CollectorOptions):
             "longest pause between connection attempts to a failing server; 0: one attempt every run, so a "
             "recovery is seen at the next run (a pause is reported as down until it ends)"),
     )
+    database_size_interval: Duration = Field(
+        default=300.0, ge=0, description=(
+            "time between measurements of database sizes (pg_database_size reads the size of every file of "
+            "every database, a cost that grows with the tables); each size is exported with the time it was "
+            "measured (database_size_timestamp_seconds). 0: every run"),
+    )
     top_tables: int = Field(
         default=50, ge=0, le=1000, description="tables with the most dead tuples, and the largest ones, per target"
     )
     tables: list[str] = Field(default_factory=list, description="tables always reported: 'schema.table' or 'table'")
+    table_scan_batch: int = Field(
+        default=1000, ge=10, le=1_000_000, description=(
+            "tables ranked per run besides those already chosen, in catalog order: a database with more "
+            "tables is covered in ceil(tables / batch) runs, so a table entering the top N is chosen that "
+            "late at most; the chosen tables' figures are read every run"),
+    )
     bloat: Literal["auto", "pgstattuple", "estimate", "off"] = Field(
         default="auto",
         description="auto: pgstattuple_approx when installed and allowed, else the pg_stats estimate",
@@ -283,7 +295,12 @@ _HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         "Wraparound age / 2^31: 1 means the server stops accepting writes", ("server", "datname")
     ),
     "database_cache_hit_ratio": ("blks_hit / (blks_hit + blks_read) since stats reset", ("server", "datname")),
-    "database_size_bytes": ("Size of the database on disk", ("server", "datname")),
+    "database_size_bytes": (
+        "Size of the database on disk, measured every database_size_interval", ("server", "datname")
+    ),
+    "database_size_timestamp_seconds": (
+        "Unix time database_size_bytes was measured", ("server", "datname")
+    ),
     "table_live_tuples": ("Estimated live rows (n_live_tup)", ("server", "datname", "schema", "table")),
     "table_dead_tuples": ("Estimated dead rows (n_dead_tup)", ("server", "datname", "schema", "table")),
     "table_dead_tuple_ratio": (
@@ -297,7 +314,8 @@ _HELP: dict[str, tuple[str, tuple[str, ...]]] = {
         "Total relation size: heap, TOAST and indexes", ("server", "datname", "schema", "table")
     ),
     "table_last_vacuum_age_seconds": (
-        "Seconds since the last VACUUM (trigger manual or auto); absent if never",
+        "Seconds since the last VACUUM (trigger manual or auto); absent if never manually vacuumed; a table "
+        "autovacuum never ran on has the seconds since mevwatch first saw it so (a lower bound)",
         ("server", "datname", "schema", "table", "trigger"),
     ),
     "table_last_analyze_age_seconds": (
@@ -378,8 +396,17 @@ class _TargetState:
     retry_at: float = 0.0
     notes: frozenset[str] = field(default_factory=frozenset)
     stats_schema: str | None = None
+    #: datname -> (size in bytes, unix time measured); measured again at sizes_due (monotonic)
+    sizes: dict[str, tuple[float, float]] = field(default_factory=dict)
+    sizes_due: float = 0.0
+    #: the tables chosen last run, ranked again with the next slice of the catalog (after oid table_cursor)
+    chosen: list[int] = field(default_factory=list)
+    table_cursor: int = 0
     #: relid -> (last analyze time it was read at, pg_stats widths): re-read only after an ANALYZE
     widths: dict[int, tuple[float | None, Widths]] = field(default_factory=dict)
+    #: relid -> when (monotonic) a chosen table was first seen with no autovacuum on record (last_autovacuum
+    #: NULL: never, or not since the statistics were reset); kept for the chosen tables only
+    no_autovacuum_since: dict[int, float] = field(default_factory=dict)
 
 
 @register
@@ -553,19 +580,27 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             out.add("locks_waiting", (t.server,), srv["locks_waiting"])
             rows = await conn.fetch(q.ACTIVITY)
             self._activity(t.server, rows, max_conn, out)
+            await self._database_sizes(t, conn)
             for r in await conn.fetch(q.DATABASES):
                 dl = (t.server, r["datname"])
                 out.add("database_xid_age", dl, r["xid_age"])
                 out.add("database_xid_wraparound_ratio", dl, r["xid_age"] / XID_WRAPAROUND_LIMIT)
-                if r["size"] is not None:
-                    out.add("database_size_bytes", dl, r["size"])
+                if r["datname"] in t.sizes:
+                    size, measured = t.sizes[r["datname"]]
+                    out.add("database_size_bytes", dl, size)
+                    out.add("database_size_timestamp_seconds", dl, measured)
                 hit, read = r["blks_hit"] or 0, r["blks_read"] or 0
                 if hit + read > 0:
                     out.add("database_cache_hit_ratio", dl, hit / (hit + read))
             if not await self._statements(t, conn, out, notes):
                 exts.discard("pg_stat_statements")
 
-        tables = await conn.fetch(q.TABLES, o.top_tables, o.tables)
+        tables = await conn.fetch(q.TABLES, o.top_tables, o.tables, t.table_cursor, o.table_scan_batch, t.chosen)
+        t.chosen = [r["relid"] for r in tables]
+        # a short slice reached the end of the catalog: the next run starts again from its beginning
+        full = bool(tables) and tables[0]["slice_len"] >= o.table_scan_batch
+        t.table_cursor = tables[0]["slice_end"] if full else 0
+        now = time.monotonic()
         for r in tables:
             tl = (*labels, r["schema"], r["relname"])
             live, dead = float(r["n_live_tup"] or 0), float(r["n_dead_tup"] or 0)
@@ -585,12 +620,33 @@ class PostgresCollector(PollCollector[PostgresOptions]):
             ):
                 if r[col] is not None:
                     out.add(metric, (*tl, trigger), max(r[col], 0.0))
+            if r["since_autovacuum"] is None:
+                # Autovacuum has no run on record: it has not run for at least as long as this collector has
+                # seen the table so, which PostgresAutovacuumStale judges like any other age (a table it
+                # never ran on is the runbook's "autovacuum not running" at its plainest).
+                since = t.no_autovacuum_since.setdefault(r["relid"], now)
+                out.add("table_last_vacuum_age_seconds", (*tl, "auto"), now - since)
+        never = {r["relid"] for r in tables if r["since_autovacuum"] is None}
+        t.no_autovacuum_since = {k: v for k, v in t.no_autovacuum_since.items() if k in never}
         if o.bloat != "off":
             unlocked = [r for r in tables if not r["locked"]]
             if unlocked:
                 await self._bloat(t, conn, unlocked, srv, out, notes)
         for ext in EXTENSIONS:
             out.add("extension_available", (*labels, ext), 1 if ext in exts else 0)
+
+    async def _database_sizes(self, t: _TargetState, conn: Any) -> None:
+        """Measure the database sizes when due. Between measurements the last ones are exported with the
+        time they were taken: the bench (bench/postgres.py) shows pg_database_size to be most of a
+        collection's server time at 10,000 tables, for a figure that moves slowly and whose disk the
+        filesystem collectors watch every run."""
+        now = time.monotonic()
+        if now < t.sizes_due:
+            return
+        rows = await conn.fetch(q.DATABASE_SIZES)
+        measured = time.time()
+        t.sizes = {r["datname"]: (float(r["size"]), measured) for r in rows if r["size"] is not None}
+        t.sizes_due = now + self.options.database_size_interval
 
     def _activity(self, server: str, rows: Iterable[Mapping[str, Any]], max_conn: int, out: _Out) -> None:
         by_db: dict[str, dict[str, int]] = {}

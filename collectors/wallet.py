@@ -1,5 +1,10 @@
 """Watched wallets: balance, nonce gap (stuck transactions), and their transactions followed block by block.
 
+A transaction sent with a nonce too high waits in the node's ``queued`` pool, invisible to the pending nonce:
+each wallet's queued transactions are read with ``txpool_contentFrom`` (geth, reth, erigon, recent nethermind),
+else from the whole pool's ``txpool_content`` (anvil, older nethermind) within the endpoint's
+``max_response_bytes``. When neither can be read the reason is exported (a monitoring gap), never zeros.
+
 Failed (receipt status 0) transactions and the gas they burned are counted, and a transaction to an
 address not on the allow list is flagged (security). The latest failed and the latest unexpected transaction
 of each wallet are info series (one per wallet: bounded) with the responder's first facts: hash, destination,
@@ -10,14 +15,23 @@ not re-scanned: a transaction is counted in the first block it was seen in.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mevwatch.collectors._eth import validate_address
-from mevwatch.collectors._jsonrpc import Endpoint, JsonRpcClient, RpcError, parse_quantity
+from mevwatch.collectors._jsonrpc import (
+    Endpoint,
+    ErrorClass,
+    JsonRpcClient,
+    ResponseTooLarge,
+    RpcError,
+    parse_quantity,
+)
+from mevwatch.collectors._txpool import SenderPool, list_text, parse_content, parse_content_from, ranges_text
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -30,11 +44,16 @@ from mevwatch.collectors.base import (
 )
 from mevwatch.collectors.registry import register
 from mevwatch.families import Metric
+from mevwatch.fields import Duration
 
 __all__ = ["SentTransaction", "WalletCollector", "WalletOptions", "WatchedAddress", "sent_by", "wei_to_ether"]
 
 WEI_PER_ETHER = 10**18
 CREATE = "create"  # the ``to`` label of a contract creation
+CONTENT_FROM = "txpool_contentFrom"
+CONTENT = "txpool_content"
+#: missing nonce ranges and stuck transaction hashes named in a label, at most (then "+N more")
+FACTS_SHOWN = 3
 
 
 def wei_to_ether(wei: int) -> float:
@@ -106,6 +125,15 @@ class WalletOptions(CollectorOptions):
     )
     allow_create: bool = Field(False, description="allow contract creations from watched wallets")
     max_blocks_per_run: int = Field(20, description="blocks followed per run at most (catching up is spread out)")
+    queued: Literal["auto", "content_from", "off"] = Field(
+        "auto",
+        description="how the wallets' queued transactions (waiting behind a missing nonce) are read. auto: "
+        "txpool_contentFrom per wallet, else the whole pool's txpool_content within the endpoint's "
+        "max_response_bytes; content_from: txpool_contentFrom only; off: not read (no WalletQueuedNonceGap)",
+    )
+    recheck_unsupported: Duration = Field(
+        600.0, gt=0, description="how long a txpool method the node does not serve is left alone before asking again"
+    )
 
     @field_validator("addresses")
     @classmethod
@@ -130,6 +158,20 @@ class WalletOptions(CollectorOptions):
         if not 1 <= v <= 1000:
             raise ValueError("max_blocks_per_run must be between 1 and 1000")
         return v
+
+
+@dataclass(frozen=True, slots=True)
+class _Unread:
+    """Why the wallets' queued transactions could not be read: the method asked last and its failure."""
+
+    method: str
+    reason: str  # an ErrorClass value, or too_large
+    message: str
+
+
+def _unread_reason(exc: RpcError) -> str:
+    """The ``reason`` label of a failed pool read: an answer over max_response_bytes is ``too_large``."""
+    return "too_large" if isinstance(exc, ResponseTooLarge) else exc.error_class.value
 
 
 @dataclass(slots=True)
@@ -175,10 +217,49 @@ WALLET_NONCE = MetricSpec(
     ("address", "wallet"),
 )
 
+WALLET_PENDING_NONCE = MetricSpec(
+    "mevwatch_wallet_pending_nonce", "gauge",
+    "Nonce of the wallet counting its transactions in the node's pool (eth_getTransactionCount pending)",
+    ("address", "wallet"),
+)
+
 WALLET_NONCE_GAP = MetricSpec(
     "mevwatch_wallet_nonce_gap", "gauge",
     "Pending minus mined nonce: transactions sent but not yet mined (stuck)",
     ("address", "wallet"),
+)
+
+WALLET_QUEUED_TRANSACTIONS = MetricSpec(
+    "mevwatch_wallet_queued_transactions", "gauge",
+    "Transactions of the wallet in the node's queued pool (not executable: waiting behind a missing nonce)",
+    ("address", "wallet"),
+)
+
+WALLET_QUEUED_LOWEST_NONCE = MetricSpec(
+    "mevwatch_wallet_queued_lowest_nonce", "gauge",
+    "Lowest nonce among the wallet's queued transactions (absent when none is queued)",
+    ("address", "wallet"),
+)
+
+WALLET_QUEUED_NONCE_GAP = MetricSpec(
+    "mevwatch_wallet_queued_nonce_gap", "gauge",
+    "Nonces missing between the node's next nonce for the wallet and its highest queued transaction: "
+    "every queued transaction above the first missing nonce is stuck until each is used (0: none missing)",
+    ("address", "wallet"),
+)
+
+WALLET_QUEUED_GAP_INFO = MetricSpec(
+    "mevwatch_wallet_queued_gap_info", "gauge",
+    "The wallet's missing nonces (ranges, at most 3 then +N more) and the hashes of the queued transactions "
+    "stuck behind them (at most 3 then +N more); present while a nonce is missing",
+    ("address", "wallet", "missing", "stuck"),
+)
+
+WALLET_QUEUED_UNREAD_REASON = MetricSpec(
+    "mevwatch_wallet_queued_unread_reason", "gauge",
+    "1 while the wallets' queued transactions cannot be read: the txpool method asked last and why "
+    "(method_not_supported, too_large: over the endpoint's max_response_bytes, or the call's error class)",
+    ("endpoint", "method", "reason"),
 )
 
 WALLET_TRANSACTIONS = MetricSpec(
@@ -241,7 +322,13 @@ class WalletCollector(PollCollector[WalletOptions]):
     metrics: ClassVar[tuple[MetricSpec, ...]] = (
         WALLET_BALANCE_ETHER,
         WALLET_NONCE,
+        WALLET_PENDING_NONCE,
         WALLET_NONCE_GAP,
+        WALLET_QUEUED_TRANSACTIONS,
+        WALLET_QUEUED_LOWEST_NONCE,
+        WALLET_QUEUED_NONCE_GAP,
+        WALLET_QUEUED_GAP_INFO,
+        WALLET_QUEUED_UNREAD_REASON,
         WALLET_TRANSACTIONS,
         WALLET_FAILED_GAS_ETHER,
         WALLET_FOLLOWED_BLOCK,
@@ -261,6 +348,8 @@ class WalletCollector(PollCollector[WalletOptions]):
         self._tally = {a.address.lower(): _Tally() for a in options.addresses}
         self.cursor: int | None = None
         self._cursor_loaded = False
+        self._not_served: dict[str, tuple[float, _Unread]] = {}  # method -> (when the node said so, its failure)
+        self._unread: _Unread | None = None  # the last run's, to log a change once
 
     async def close(self) -> None:
         await self.client.close()
@@ -367,6 +456,54 @@ class WalletCollector(PollCollector[WalletOptions]):
             self.ctx.log.warning("wallet_unexpected_transaction", wallet=self._by_lower[tx.sender].name,
                                  to=facts.to, tx=tx.hash)
 
+    # --- the queued pool ---------------------------------------------------------------------
+
+    async def _queued(self) -> dict[str, SenderPool] | _Unread | None:
+        """Each wallet's part of the node's pool by address, why it cannot be read, or None when not asked.
+
+        Only a method the node does not serve falls back to the next one (and is left alone for
+        ``recheck_unsupported``); any other failure is this run's reason: a bad answer to the per-wallet
+        call is no cause to read the whole pool."""
+        if self.options.queued == "off":
+            return None
+        methods = (CONTENT_FROM, CONTENT) if self.options.queued == "auto" else (CONTENT_FROM,)
+        unread: _Unread | None = None
+        for method in methods:
+            known = self._not_served.get(method)
+            if known is not None and time.monotonic() - known[0] < self.options.recheck_unsupported:
+                unread = known[1]
+                continue
+            try:
+                pools = await self._read_pool(method)
+            except RpcError as exc:
+                unread = _Unread(method, _unread_reason(exc), exc.message)
+                if exc.error_class is not ErrorClass.METHOD_NOT_SUPPORTED:
+                    return unread
+                self._not_served[method] = (time.monotonic(), unread)
+                continue
+            except ValueError as exc:
+                return _Unread(method, ErrorClass.INVALID_RESPONSE.value, str(exc))
+            self._not_served.pop(method, None)
+            return pools
+        return unread
+
+    async def _read_pool(self, method: str) -> dict[str, SenderPool]:
+        if method == CONTENT_FROM:
+            return {a.address: parse_content_from(await self.client.call(method, [a.address]), f"{method}({a.name})")
+                    for a in self.options.addresses}
+        content = await self.client.call(method, [])
+        return {a.address: parse_content(content, a.address) for a in self.options.addresses}
+
+    def _note_unread(self, unread: _Unread | None) -> None:
+        """One log line when the pool turns unreadable (or its reason changes) and one when it is read again."""
+        if unread != self._unread:
+            if unread is not None:
+                self.ctx.log.warning("wallet_queued_unread", method=unread.method, reason=unread.reason,
+                                     error=unread.message)
+            elif self._unread is not None:
+                self.ctx.log.info("wallet_queued_read_again")
+        self._unread = unread
+
     # --- the run -----------------------------------------------------------------------------
 
     async def collect(self) -> Families:
@@ -381,12 +518,40 @@ class WalletCollector(PollCollector[WalletOptions]):
             latest = await self._quantity("eth_getTransactionCount", [a.address, tag])
             pending = await self._quantity("eth_getTransactionCount", [a.address, "pending"])
             nonces[a.address] = (latest, pending)
+        queued = await self._queued()
+        self._note_unread(queued if isinstance(queued, _Unread) else None)
         await self._follow(head)
-        return self._families(balances, nonces, head)
+        families = self._families(balances, nonces, head)
+        if isinstance(queued, _Unread):
+            reason = WALLET_QUEUED_UNREAD_REASON.gauge()
+            reason.add_metric([self.options.endpoint.name, queued.method, queued.reason], 1.0)
+            families.append(reason)
+        elif queued is not None:
+            families += self._queued_families(queued, nonces)
+        return families
+
+    def _queued_families(self, pools: dict[str, SenderPool], nonces: dict[str, tuple[int, int]]) -> list[Metric]:
+        count = WALLET_QUEUED_TRANSACTIONS.gauge()
+        lowest = WALLET_QUEUED_LOWEST_NONCE.gauge()
+        gap = WALLET_QUEUED_NONCE_GAP.gauge()
+        info = WALLET_QUEUED_GAP_INFO.gauge()
+        for a in self.options.addresses:
+            lv = [a.address, a.name]
+            pool, pending = pools[a.address], nonces[a.address][1]
+            missing = pool.missing(pending)
+            count.add_metric(lv, float(len(pool.queued)))
+            if pool.queued:
+                lowest.add_metric(lv, float(pool.queued[0].nonce))
+            gap.add_metric(lv, float(sum(last - first + 1 for first, last in missing)))
+            if missing:
+                stuck = [t.hash for t in pool.stuck(pending)]
+                info.add_metric([*lv, ranges_text(missing, FACTS_SHOWN), list_text(stuck, FACTS_SHOWN)], 1.0)
+        return [count, lowest, gap, info]
 
     def _families(self, balances: dict[str, int], nonces: dict[str, tuple[int, int]], head: int) -> list[Metric]:
         bal = WALLET_BALANCE_ETHER.gauge()
         nonce = WALLET_NONCE.gauge()
+        pending_nonce = WALLET_PENDING_NONCE.gauge()
         gap = WALLET_NONCE_GAP.gauge()
         txs = WALLET_TRANSACTIONS.counter()
         burned = WALLET_FAILED_GAS_ETHER.counter()
@@ -399,6 +564,7 @@ class WalletCollector(PollCollector[WalletOptions]):
             latest, pending = nonces[a.address]
             bal.add_metric(lv, wei_to_ether(balances[a.address]))
             nonce.add_metric(lv, float(latest))
+            pending_nonce.add_metric(lv, float(pending))
             gap.add_metric(lv, float(max(0, pending - latest)))
             t = self._tally[a.address.lower()]
             txs.add_metric([*lv, "succeeded"], float(t.succeeded))
@@ -416,7 +582,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         ep = self.options.endpoint.name
         followed.add_metric([ep], float(self.cursor if self.cursor is not None else head))
         behind.add_metric([ep], float(head - (self.cursor if self.cursor is not None else head)))
-        out: list[Metric] = [bal, nonce, gap, txs, burned, last_failed, followed, behind]
+        out: list[Metric] = [bal, nonce, pending_nonce, gap, txs, burned, last_failed, followed, behind]
         if self._allowed is not None:
             out += [unexpected, last_info, last_ts]
         return out

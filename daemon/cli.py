@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib
 import os
 import sys
@@ -15,7 +16,6 @@ from typing import Any
 
 import structlog
 
-from mevwatch.daemon.buildinfo import version_text
 from mevwatch.daemon.config import Config, ConfigError, default_config_text, load_config, load_config_text
 from mevwatch.daemon.logging import configure_logging
 
@@ -30,6 +30,15 @@ COMMAND_MODULES = (
     "mevwatch.alerts.cli",
     "mevwatch.alerts.promrules",
 )
+#: the module of COMMAND_MODULES that adds each command: a command named on the command line imports its
+#: own module only (every module is ~40 ms of a 0.5 s `integrity verify --quick`, bench/integrity.py)
+COMMAND_MODULE_OF = {
+    "diagnose": "mevwatch.daemon.diagnose",
+    "integrity": "mevwatch.daemon.integrity_cli",
+    "alerts": "mevwatch.alerts.cli",
+    "silence": "mevwatch.alerts.cli",
+    "rules": "mevwatch.alerts.promrules",
+}
 
 STOP_TIMEOUT_S = 5.0
 
@@ -71,6 +80,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Start-up builds long-lived objects only (modules, validators, collectors): the cyclic collector's
+    # passes over them cost CPU and free nothing (bench/startup.py). It runs again once the daemon is
+    # ready (Daemon._announce_ready), with what start-up built frozen out of its later passes.
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_or_default(args.config)
     except ConfigError as exc:
@@ -111,6 +131,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
+        from mevwatch.daemon.buildinfo import version_text
+
         sys.stdout.write(version_text())
         parser.exit()
 
@@ -123,11 +145,13 @@ def requested_command(argv: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(commands: bool = True) -> argparse.ArgumentParser:
-    """The command-line parser; ``commands=False`` leaves out the commands of COMMAND_MODULES.
+def build_parser(commands: bool | str = True) -> argparse.ArgumentParser:
+    """The command-line parser; ``commands=False`` leaves out the commands of COMMAND_MODULES, a command
+    name of COMMAND_MODULE_OF keeps that command alone.
 
     ``mevwatch run`` builds it without them: the daemon then never imports the diagnose, integrity,
-    alert and rule tools it does not run (they cost memory for the daemon's whole life).
+    alert and rule tools it does not run (they cost memory for the daemon's whole life). A tool command
+    imports neither the other tools nor the daemon's flags (they cost start-up time of every run of it).
     """
     parser = argparse.ArgumentParser(
         prog="mevwatch", description="Monitoring daemon for Ethereum MEV hosts (metrics and alerts)."
@@ -135,18 +159,23 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="show the version and build information, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
-    add_config_argument(run)
-    from mevwatch.daemon.flags import add_run_flags
+    if not isinstance(commands, str):
+        run = sub.add_parser("run", help="run the daemon in the foreground (systemd Type=notify)")
+        add_config_argument(run)
+        from mevwatch.daemon.flags import add_run_flags
 
-    add_run_flags(run)
-    run.set_defaults(func=cmd_run)
+        add_run_flags(run)
+        run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
-    check.add_argument("file")
-    check.set_defaults(func=cmd_check_config)
+        check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not")
+        check.add_argument("file")
+        check.set_defaults(func=cmd_check_config)
 
-    for name in COMMAND_MODULES if commands else ():
+    if isinstance(commands, str):
+        modules: Sequence[str] = (COMMAND_MODULE_OF[commands],)
+    else:
+        modules = COMMAND_MODULES if commands else ()
+    for name in modules:
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -160,11 +189,15 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(commands=requested_command(args_list) not in BUILTIN_COMMANDS)
+    command = requested_command(args_list)
+    # a tool command gets a parser of its own; anything else (help, a typo) the whole list of commands
+    parser = build_parser(commands=command if command in COMMAND_MODULE_OF else command not in BUILTIN_COMMANDS)
     args = parser.parse_args(args_list)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.func is not cmd_run:
+        gc.enable()  # off during start-up (mevwatch/__main__.py); only the daemon keeps it off until ready
     result: int = args.func(args)
     return result
 

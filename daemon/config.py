@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mevwatch.alerts.config import AlertsConfig, RuleLoading
-from mevwatch.collectors.base import CollectorOptions, Paths
+from mevwatch.collectors.base import CollectorOptions, Paths, PollCollector
 from mevwatch.collectors.registry import IMPORT_ERRORS, REMOVED_KINDS, all_kinds, get_kind
 from mevwatch.daemon.state import default_state_dir
 from mevwatch.daemon.yamlsource import ConfigError, ConfigIssue, Loc, format_loc, read_yaml
@@ -113,6 +113,12 @@ class DaemonConfig(_Strict):
     collectors: list[Any] = Field(default_factory=list, description="collector entries, one-key mappings")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules, routes and receivers")
 
+    @model_validator(mode="after")
+    def _own_links(self) -> DaemonConfig:
+        alerts = self.alerts.with_own_links(self.web.listen_address.rsplit(":", 1)[1])
+        object.__setattr__(self, "alerts", alerts)  # a frozen model: its one derived field, set once here
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class CollectorSpec:
@@ -191,6 +197,16 @@ def load_config_text(text: str, file: str = "<config>", env: Mapping[str, str] |
                 opts = cls.Options.model_validate({} if body is None else body)
             except ValidationError as exc:
                 issues.extend(doc.validation_issues(exc, (*loc, kind)))
+                continue
+            interval = opts.interval or cls.default_interval
+            if issubclass(cls, PollCollector) and opts.timeout is not None and opts.timeout >= 2 * interval:
+                # The store drops samples older than 2x the interval: a run allowed to last that long would
+                # leave the collector without samples before it ends and resolve its alerts falsely.
+                # Prometheus rejects a scrape_timeout above scrape_interval for the same reason. (A stream
+                # kind's timeout bounds something else, e.g. one pass of logwatch over its files.)
+                issues.append(doc.issue((*loc, kind, "timeout"), (
+                    f"timeout {opts.timeout:g}s must be less than twice the interval ({interval:g}s): samples "
+                    "older than 2x the interval are dropped as stale before a run that slow ends")))
                 continue
             spec = CollectorSpec(kind, opts)
             if spec.key in seen:

@@ -1,7 +1,8 @@
 """``mevwatch diagnose``: the runbook's quick diagnostic script as one command.
 
 When a daemon runs it shows the daemon's own verdicts (its live alert states, windowed values and
-collector states, read from its local read-only ``/api/v1/rules`` and ``/health``). Without one it runs
+collector states, and who silences a firing alert as it last read Alertmanager, read from its local
+read-only ``/api/v1/rules``, ``/api/v1/alerts`` and ``/health``). Without one it runs
 every configured collector once (with timeouts), judges the values with the rules that need no history,
 and marks the others UNKNOWN with the reason. Either way it adds the runbook's "recent errors (last 10
 minutes)" and the largest processes. Lines are OK/INFO/UNKNOWN/WARN/CRIT grouped by runbook section,
@@ -29,6 +30,7 @@ from mevwatch.collectors.base import CollectorError, NoData, PollCollector, Stre
 from mevwatch.collectors.registry import all_kinds
 from mevwatch.daemon.config import Config
 from mevwatch.families import Metric
+from mevwatch.runbookdoc import RUNBOOKS_PATH, section_titles
 
 if TYPE_CHECKING:
     from mevwatch.alerts.rules import LabelSet
@@ -39,10 +41,13 @@ STATUS_RANK = {"OK": 0, "INFO": 0, "UNKNOWN": 0, "WARN": 1, "CRIT": 2}
 RECENT_ERRORS_SECTION = "service-down"
 RECENT_ERRORS_WINDOW = 600.0  # the runbook's "Recent Errors (last 10 minutes)"
 #: labels that name a series best, when one series is shown alone
-_NAMING_LABELS = ("endpoint", "mountpoint", "unit", "target", "server", "datname", "table", "wallet", "path",
+# Most specific first: one series alone is named by a table before its database, and that before its server.
+_NAMING_LABELS = ("table", "path", "unit", "mountpoint", "endpoint", "target", "wallet", "datname", "server",
                   "source", "pattern", "cpu", "reference", "collector")
+_WHY_LABELS = ("reason",)  # a down target's page says why; its diagnose line says the same
 SEVERITY_STATUS = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 COLLECTOR_SECTION = "collector-failing"
+SILENCES_SECTION = "alertmanager-unreachable"
 _PERMISSION_RE = re.compile(r"permission|EACCES|EPERM|not permitted|denied", re.IGNORECASE)
 
 
@@ -204,14 +209,14 @@ def _condition(rule: Any) -> str:
 
 def series_text(values: Mapping[LabelSet, float], hits: Mapping[LabelSet, bool], limit: int = 8) -> str:
     """``label=value`` per series, breaching ones first and marked ``!``, with only the labels that tell the
-    series apart (one series alone: the label that names it best)."""
+    series apart (one series alone: the label that names it best, and the reason when it has one)."""
     sets = [dict(ls) for ls in values]
     keys: list[str] = []
     if len(sets) > 1:
         every = sorted({k for d in sets for k in d if k != "le"})
         keys = [k for k in every if len({d.get(k) for d in sets}) > 1]
     elif sets:
-        keys = [k for k in _NAMING_LABELS if k in sets[0]][:1]
+        keys = [k for k in _NAMING_LABELS if k in sets[0]][:1] + [k for k in _WHY_LABELS if k in sets[0]]
     ordered = sorted(values.items(), key=lambda kv: (not hits.get(kv[0], False), kv[0]))
     shown = []
     for labels, value in ordered:
@@ -242,7 +247,7 @@ def fetch_daemon(url: str, timeout: float) -> tuple[dict[str, Any] | None, str]:
     import urllib.request
 
     docs: dict[str, Any] = {}
-    for key, path in (("rules", "/api/v1/rules"), ("health", "/health")):
+    for key, path in (("rules", "/api/v1/rules"), ("health", "/health"), ("alerts", "/api/v1/alerts")):
         try:
             with urllib.request.urlopen(url + path, timeout=timeout) as resp:
                 docs[key] = json.loads(resp.read())
@@ -253,13 +258,23 @@ def fetch_daemon(url: str, timeout: float) -> tuple[dict[str, Any] | None, str]:
             return None, f"no daemon answered at {url} ({reason})"
     if docs["rules"].get("warnings"):
         return None, f"the daemon at {url} runs no alert engine"
-    return {"rules": docs["rules"]["data"]["rules"], "health": docs["health"]}, ""
+    return {"rules": docs["rules"]["data"]["rules"], "health": docs["health"],
+            "alerts": docs["alerts"]["data"]["alerts"],
+            "silence_source": docs["alerts"]["data"].get("alertmanagerSilences")}, ""
 
 
 def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list[Line]:
     """The daemon's verdicts as lines: its collectors, then every rule it evaluates (rules of collectors that
-    are not configured are left out, as in a local run)."""
+    are not configured are left out, as in a local run), and a line of its own for each detail annotation (a
+    changed file's diff) of a firing or pending alert."""
+    from mevwatch.alerts.identity import DETAIL_ANNOTATIONS
+
     lines = [Line(COLLECTOR_SECTION, "verdicts from", "INFO", f"the running daemon at {url}", COLLECTOR_SECTION)]
+    source = doc.get("silence_source")
+    if source is not None:  # as the daemon last read them; diagnose never asks Alertmanager itself
+        lines.append(Line(SILENCES_SECTION, "Alertmanager silences", "UNKNOWN" if source["state"] == "unknown"
+                          else "OK", source["text"], SILENCES_SECTION))
+    silencing = {tuple(sorted(a["labels"].items())): a["silencing"] for a in doc.get("alerts", []) if "silencing" in a}
     for c in doc["health"].get("collectors", []):
         name = f"collector {c['collector']}/{c['instance']}"
         section = _section_of_kind(c["collector"])
@@ -276,6 +291,18 @@ def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list
             status = SEVERITY_STATUS.get(r["severity"], "WARN") if r["state"] == "firing" else "INFO"
             values = {_labelset(a["labels"]): _float(a["value"]) for a in r["alerts"]}
             text = r["state"] + ": " + series_text(values, dict.fromkeys(values, True))
+            lines.append(Line(r["runbook"], check, status, text, r["runbook"]))
+            for a in r["alerts"]:
+                held = silencing.get(tuple(sorted(a["labels"].items()))) if a["state"] == "firing" else None
+                if held is not None and held["state"] in ("silenced", "unknown"):
+                    name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
+                    lines.append(Line(r["runbook"], f"{r['name']}{name} silence",
+                                      "INFO" if held["state"] == "silenced" else "UNKNOWN", held["text"], r["runbook"]))
+                for key in DETAIL_ANNOTATIONS:
+                    if a.get("details", {}).get(key):
+                        name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
+                        lines.append(Line(r["runbook"], f"{key}{name}", "INFO", a["details"][key], r["runbook"]))
+            continue
         elif r["state"] == "nodata":
             status, text = "UNKNOWN", r["reason"]
         else:
@@ -361,18 +388,8 @@ def _section_of_kind(kind: str) -> str:
     return (cls.runbook_section if cls is not None else "") or COLLECTOR_SECTION
 
 
-def _section_titles() -> dict[str, str]:
-    """Anchor -> heading of docs/runbooks.md (anchors themselves when the file is not shipped)."""
-    path = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    return {m.group(1): m.group(2).strip() for m in re.finditer(r'<a id="([^"]+)"></a>\s*\n##\s+(.+)', text)}
-
-
-def render_table(lines: list[Line], color: bool) -> str:
-    titles = _section_titles()
+def render_table(lines: list[Line], color: bool, runbook_url: str = RUNBOOKS_PATH) -> str:
+    titles = section_titles()
     order = list(dict.fromkeys([*titles, *(ln.section for ln in lines)]))
     colors = {"OK": "\x1b[32m", "INFO": "\x1b[36m", "UNKNOWN": "\x1b[35m", "WARN": "\x1b[33m", "CRIT": "\x1b[31;1m"}
     out = []
@@ -381,10 +398,11 @@ def render_table(lines: list[Line], color: bool) -> str:
         group = [ln for ln in lines if ln.section == section]
         if not group:
             continue
-        out.append(f"\n[{titles.get(section, section)}]  docs/runbooks.md#{section}")
+        out.append(f"\n[{titles.get(section, section)}]  {runbook_url}#{section}")
         for ln in sorted(group, key=lambda x: (-STATUS_RANK[x.status], x.status != "UNKNOWN")):
             status = f"{colors[ln.status]}{ln.status:7}\x1b[0m" if color else f"{ln.status:7}"
-            out.append(f"  {status}  {ln.check[:width]:<{width}}  {ln.value}")
+            value = ln.value.replace("\n", "\n" + " " * (width + 13))  # a diff's lines under its first
+            out.append(f"  {status}  {ln.check[:width]:<{width}}  {value}")
     worst = max((STATUS_RANK[ln.status] for ln in lines), default=0)
     counts = {s: sum(1 for ln in lines if ln.status == s) for s in ("CRIT", "WARN", "UNKNOWN", "OK", "INFO")}
     out.append(f"\n{counts['CRIT']} CRIT, {counts['WARN']} WARN, {counts['UNKNOWN']} UNKNOWN, {counts['OK']} OK,"
@@ -426,7 +444,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"status": ["OK", "WARN", "CRIT"][worst], "lines": [asdict(ln) for ln in lines]}, indent=1))
     else:
-        print(render_table(lines, color=sys.stdout.isatty()))
+        print(render_table(lines, color=sys.stdout.isatty(), runbook_url=cfg.daemon.alerts.runbook_url))
     return worst
 
 

@@ -67,9 +67,11 @@ class Overrides:
             log["level"] = self.log_level
         if self.log_format is not None:
             log["format"] = self.log_format
-        daemon = d.model_copy(
-            update={"web": d.web.model_copy(update=web), "log": d.log.model_copy(update=log)}
-        )
+        new_web = d.web.model_copy(update=web)
+        daemon = d.model_copy(update={
+            "web": new_web, "log": d.log.model_copy(update=log),
+            "alerts": d.alerts.with_own_links(new_web.listen_address.rsplit(":", 1)[1]),  # links follow the port
+        })
         specs: list[CollectorSpec] = []
         for spec in config.collectors:
             on = spec.options.enabled

@@ -32,6 +32,7 @@ from mevwatch.daemon.store import SampleStore, Snapshot, merge_families
 from mevwatch.daemon.webconfig import WebConfigFile, WebSettings, web_settings
 from mevwatch.daemon.yamlsource import ConfigError
 from mevwatch.families import Metric, MetricSpec
+from mevwatch.runbookdoc import RUNBOOKS_PATH, runbooks_html
 
 __all__ = ["HTTP_METRICS", "BasicAuth", "HttpHooks", "HttpServer", "MetricsCache", "WebConfigFile"]
 
@@ -272,6 +273,7 @@ class HttpServer:
             "/": {"GET": self.landing},
             "/api/v1/alerts": {"GET": self.api_alerts},
             "/api/v1/rules": {"GET": self.api_rules},
+            RUNBOOKS_PATH: {"GET": self.runbooks},
             "/health": {"GET": self.health},
             "/-/healthy": {"GET": self.healthy},
             "/-/ready": {"GET": self.ready},
@@ -392,9 +394,15 @@ class HttpServer:
         if alerting:
             links += (f"<br>Alerting: {html.escape(alerting['mode'])} mode on host "
                       f"{html.escape(alerting['host'])}")
+        links += f' · <a href="{RUNBOOKS_PATH}">Runbooks</a>'
         page = landing_html(self.hooks.status(), self._alerts_view(), links,
-                            settings_html(self.hooks.settings()) if self.hooks.settings else "")
+                            settings_html(self.hooks.settings()) if self.hooks.settings else "",
+                            own_url=alerting["external_url"] if alerting else "")
         return Response(200, page.encode(), "text/html; charset=utf-8")
+
+    def runbooks(self, _: Request) -> Response:
+        """The runbooks every alert's runbook_url points to by default (docs/runbooks.md as shipped)."""
+        return Response(200, runbooks_html().encode(), "text/html; charset=utf-8")
 
     def _alerts_view(self) -> dict[str, Any] | None:
         return self.hooks.alerts() if self.hooks.alerts is not None else None
@@ -402,6 +410,9 @@ class HttpServer:
     def _api(self, key: str) -> Response:
         view = self._alerts_view()
         body: dict[str, Any] = {"status": "success", "data": {key: view[key] if view is not None else []}}
+        if key == "alerts" and view is not None and view["silence_source"] is not None:
+            # whether the alerts' silence states could be told, and from which read of Alertmanager
+            body["data"]["alertmanagerSilences"] = view["silence_source"]
         if view is None:
             body["warnings"] = ["the alert engine does not run (alerts.enabled: false)"]
         return Response(200, json.dumps(body, indent=1).encode(), "application/json; charset=utf-8")

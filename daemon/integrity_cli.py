@@ -13,12 +13,12 @@ import re
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from mevwatch.collectors._integrity_baseline import Baseline, BaselineStore, who_am_i
-from mevwatch.collectors._integrity_scan import Violation, WatchSet, compare, scan, verify
-from mevwatch.collectors.integrity import IntegrityOptions, read_hmac_key, watch_set
+from mevwatch.collectors._integrity_diff import CopyStore
+from mevwatch.collectors._integrity_scan import Violation, WatchSet, compare, scan, verify, verify_each
+from mevwatch.collectors.integrity import IntegrityOptions, read_hmac_key, report_changes, watch_set
 from mevwatch.daemon.cli import add_config_argument, load_or_default
 from mevwatch.daemon.config import ConfigError
 from mevwatch.daemon.state import StateDB, StateError
@@ -44,7 +44,9 @@ def register(subparsers: Any) -> None:
     b.add_argument("--force", action="store_true", help="replace an existing baseline")
     b.set_defaults(func=cmd_baseline)
 
-    v = sub.add_parser("verify", help="compare the watched files with the baseline; exit 1 on any difference")
+    v = sub.add_parser("verify", help=(
+        "compare the watched files with the baseline, with the masked diff of each changed report_changes file; "
+        "exit 1 on any difference"))
     common(v)
     v.add_argument("--json", action="store_true", help="print a JSON document instead of lines")
     v.add_argument("--quick", action="store_true",
@@ -62,7 +64,7 @@ def register(subparsers: Any) -> None:
     lg.set_defaults(func=cmd_log)
 
 
-def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore, Path]:
+def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, BaselineStore, StateDB]:
     try:
         cfg = load_or_default(args.config)
     except ConfigError as exc:
@@ -81,7 +83,15 @@ def _setup(args: argparse.Namespace) -> tuple[IntegrityOptions, WatchSet, Baseli
         store = BaselineStore(db, opts.instance, key)
     except (ValueError, StateError) as exc:
         raise _Fail(str(exc)) from None
-    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store, db.path
+    return opts, watch_set(opts, cfg.daemon.paths.rootfs), store, db
+
+
+def _sync_copies(opts: IntegrityOptions, ws: WatchSet, store: BaselineStore, db: StateDB) -> None:
+    """Copies of the baseline versions of the report_changes files, as the daemon keeps them: a change made
+    before the daemon first looked still gets its diff."""
+    report = report_changes(opts)
+    if report:
+        report.sync_copies(CopyStore(db, opts.instance), store.load().records, (), ws.real)
 
 
 def _shown_path_to_name(path: str) -> str:
@@ -130,7 +140,7 @@ def _load(store: BaselineStore) -> Baseline:
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store, db_path = _setup(args)
+        opts, ws, store, db = _setup(args)
         existing = store.load()
         if existing.present and not args.force:
             raise _Fail("a baseline exists already; accept intended changes with `mevwatch integrity accept`, "
@@ -144,7 +154,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         for path in unreadable:
             print(f"warning: {shown(path)} is unreadable; its content is not in the baseline", file=sys.stderr)
         store.replace_all(records, who_am_i(), "baseline")
-        print(f"baseline of {len(records)} path(s) written to {db_path} (instance {store.instance})")
+        _sync_copies(opts, ws, store, db)
+        print(f"baseline of {len(records)} path(s) written to {db.path} (instance {store.instance})")
         return 0
 
     return _run(args, go)
@@ -156,21 +167,33 @@ def _violation_json(v: Violation) -> dict[str, str]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store, _ = _setup(args)
+        opts, ws, store, db = _setup(args)
         base = _load(store)
+        report = report_changes(opts)
+        copies = CopyStore(db, opts.instance) if report else None
         t0 = time.monotonic()
-        current, violations = verify(ws, base.records, quick=args.quick, follow_symlinks=opts.follow_symlinks,
-                                     threads=opts.hash_threads, chunk=opts.chunk_size)
+        checked = 0
+        violations: list[Violation] = []
+        diffs: dict[str, str] = {}  # report_changes: a changed file's masked diff, or why there is none
+        for path, _, exists, found in verify_each(ws, base.records, quick=args.quick,
+                                                  follow_symlinks=opts.follow_symlinks, threads=opts.hash_threads,
+                                                  chunk=opts.chunk_size):
+            checked += exists
+            violations.extend(found)
+            if found and report:
+                diffs[path] = report.diff(path, found, base.records.get(path), copies, ws.real(path))
         elapsed = time.monotonic() - t0
+        diffs = {p: d for p, d in diffs.items() if d}
         if args.json:
             doc = {
                 "instance": store.instance,
                 "clean": not violations and not base.tampered,
                 "baseline_tampered": base.tampered,
                 "baseline_created_at": base.created_at,
-                "files_checked": len(current),
+                "files_checked": checked,
                 "duration_seconds": round(elapsed, 6),
                 "violations": [_violation_json(v) for v in violations],
+                "diffs": {shown(p): d for p, d in sorted(diffs.items())},
             }
             print(json.dumps(doc, indent=2))
         else:
@@ -178,8 +201,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print("BASELINE TAMPERED: the baseline does not match its HMAC; its records cannot be trusted")
             for v in violations:
                 print(f"{shown(v.path)}\t{v.kind}\texpected: {shown(v.expected)}\tfound: {shown(v.found)}")
+            for path, diff in sorted(diffs.items()):  # a diff names its file; a reason is told beside it
+                print(f"{shown(path)}\t{diff}" if diff.startswith("no diff:") else diff)
             state = "clean" if not violations else f"{len(violations)} violation(s)"
-            print(f"{state}: {len(current)} path(s) checked in {elapsed:.2f}s", file=sys.stderr)
+            print(f"{state}: {checked} path(s) checked in {elapsed:.2f}s", file=sys.stderr)
         return 1 if violations or base.tampered else 0
 
     return _run(args, go)
@@ -187,7 +212,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_accept(args: argparse.Namespace) -> int:
     def go(args: argparse.Namespace) -> int:
-        opts, ws, store, _ = _setup(args)
+        opts, ws, store, db = _setup(args)
         base = store.load()
         if not base.present:
             raise _Fail("no baseline to accept into; create it with `mevwatch integrity baseline`")
@@ -196,6 +221,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
             records, violations = verify(ws, base.records, follow_symlinks=opts.follow_symlinks,
                                          threads=opts.hash_threads, chunk=opts.chunk_size)
             store.replace_all(records, who, "accept")
+            _sync_copies(opts, ws, store, db)
             print(f"accepted the whole watched set ({len(records)} path(s), {len(violations)} difference(s))")
             return 0
         paths = [os.path.normpath(os.path.abspath(p)) for p in args.paths]
@@ -207,6 +233,7 @@ def cmd_accept(args: argparse.Namespace) -> int:
                      chunk=opts.chunk_size)
         changes = {p: found.get(p) for p in paths}
         store.update(changes, who, "accept")
+        _sync_copies(opts, ws, store, db)
         for p in paths:
             diffs = compare(p, base.records.get(p), found.get(p))
             kinds = ", ".join(v.kind for v in diffs) or "no difference"

@@ -1,4 +1,5 @@
-"""The landing page ``/``: the host's verdict, firing and pending alerts with runbook links, active silences,
+"""The landing page ``/``: the host's verdict, firing and pending alerts with runbook links (and who silences
+each, or that it cannot be told), active silences (local and Alertmanager's, with the state of their read),
 rules that have no data, then the collectors. Plain HTML that works without JavaScript."""
 
 from __future__ import annotations
@@ -22,20 +23,36 @@ def _e(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _alert_rows(alerts: Sequence[Mapping[str, Any]]) -> str:
+def _own(link: str, own_url: str) -> str:
+    """A link to this mevwatch's own pages, made relative: the page opens however this one was reached
+    (an SSH tunnel, a proxy), not only at ``external_url``."""
+    base = own_url.rstrip("/")
+    return link[len(base):] if base and link.startswith(base + "/") else link
+
+
+def _alert_rows(alerts: Sequence[Mapping[str, Any]], own_url: str) -> str:
+    from mevwatch.alerts.identity import DETAIL_ANNOTATIONS
+
     rows = []
     for a in alerts:
-        labels = a["labels"]
+        labels, annotations = a["labels"], a["annotations"]
         sev = labels.get("severity", "warning")
         shown = ", ".join(f"{k}={v}" for k, v in labels.items() if k not in ("alertname", "severity", "host"))
-        link = a["annotations"].get("runbook_url", "")
+        # a changed file's diff keeps its lines (as character references: the row stays one line of HTML)
+        details = "".join(f'<pre class="muted">{_e(annotations[k]).replace(chr(10), "&#10;")}</pre>'
+                          for k in DETAIL_ANNOTATIONS if annotations.get(k))
+        link = _own(annotations.get("runbook_url", ""), own_url)
         runbook = f'<a href="{_e(link)}">runbook</a>' if link else ""
-        status = a["state"] + (" (silenced)" if a["status"]["silencedBy"] else "") + (
-            " (inhibited)" if a["status"]["inhibitedBy"] else "")
+        status = _e(a["state"] + (" (inhibited)" if a["status"]["inhibitedBy"] else ""))
+        silencing = a.get("silencing", {})
+        if silencing.get("state") in ("silenced", "unknown"):
+            # who holds it (id, author, comment, end), or that nobody can tell: never a bare "firing"
+            status += (f'<br><span class="{"muted" if silencing["state"] == "silenced" else "UNKNOWN"} '
+                       f'silencing">{_e(silencing["text"])}</span>')
         rows.append(
-            f'<tr id="alert-{_e(a["fingerprint"])}"><td class="{_e(sev)}">{_e(sev)}</td><td>{_e(status)}</td>'
-            f'<td><b>{_e(labels.get("alertname", ""))}</b></td><td>{_e(a["annotations"].get("summary", ""))}'
-            f'<br><span class="muted">{_e(shown)}</span>'
+            f'<tr id="alert-{_e(a["fingerprint"])}"><td class="{_e(sev)}">{_e(sev)}</td><td>{status}</td>'
+            f'<td><b>{_e(labels.get("alertname", ""))}</b></td><td>{_e(annotations.get("summary", ""))}'
+            f'<br><span class="muted">{_e(shown)}</span>{details}'
             + (f'<br><code class="muted">{_e(a["silence"])}</code>' if a.get("silence") else "")
             + f'</td><td>{_e(a["startsAt"])}</td><td>{runbook}</td></tr>'
         )
@@ -47,8 +64,10 @@ def landing_html(
     view: Mapping[str, Any] | None,
     links: str,
     settings: str = "",
+    own_url: str = "",
 ) -> str:
-    """The page. ``view`` is the alert engine's (alerts, rules, silences, verdict) or None when it does not run."""
+    """The page. ``view`` is the alert engine's (alerts, rules, silences, verdict) or None when it does not run;
+    links that start with ``own_url`` (alerts.external_url) are shown relative to this page."""
     failing = [c for c in collectors if c["success"] is False]
     parts = ["<!doctype html><html><head><meta charset=utf-8><title>mevwatch</title>"
              f"<style>{_STYLE}</style></head><body><h1>mevwatch</h1>"]
@@ -57,9 +76,13 @@ def landing_html(
         why = "the alert engine does not run (alerts.enabled: false): no rule judges this host"
     else:
         verdict = view["verdict"]
-        firing = sum(1 for a in view["alerts"] if a["state"] == "firing")
-        pending = len(view["alerts"]) - firing
-        why = f"{firing} firing, {pending} pending alert(s); {len(failing)} of {len(collectors)} collectors failing"
+        firing = [a for a in view["alerts"] if a["state"] == "firing"]
+        pending = len(view["alerts"]) - len(firing)
+        silenced = sum(1 for a in firing if a["status"]["silencedBy"])
+        unknown = sum(1 for a in firing if a.get("silencing", {}).get("state") == "unknown")
+        why = (f"{len(firing)} firing" + (f" ({silenced} silenced)" if silenced else "")
+               + (f" ({unknown} whose silence state is UNKNOWN)" if unknown else "")
+               + f", {pending} pending alert(s); {len(failing)} of {len(collectors)} collectors failing")
     parts.append(f'<p><span class="verdict {verdict}" id="verdict">{verdict}</span> {_e(why)}</p>')
     parts.append(f"<p>{links}</p>")
     if view is not None:
@@ -67,17 +90,26 @@ def landing_html(
         parts.append(f"<h2>Alerts ({len(alerts)})</h2>")
         if alerts:
             parts.append("<table><tr><th>severity</th><th>state</th><th>alert</th><th>summary</th><th>since</th>"
-                         f"<th>runbook</th></tr>{_alert_rows(alerts)}</table>")
+                         f"<th>runbook</th></tr>{_alert_rows(alerts, own_url)}</table>")
         else:
             parts.append("<p>No alert is pending or firing.</p>")
         silences = view["silences"]
+        source = view.get("silence_source")
         parts.append(f"<h2>Silences ({len(silences)})</h2>")
+        if source is not None:
+            cls = "UNKNOWN" if source["state"] == "unknown" else "muted"
+            parts.append(f'<p id="alertmanager-silences" class="{cls}">Alertmanager&#39;s silences: '
+                         f'{_e(source["text"])}</p>')
         if silences:
-            parts.append("<table><tr><th>id</th><th>matchers</th><th>until</th><th>by</th><th>comment</th></tr>")
+            parts.append("<table><tr><th>id</th><th>source</th><th>matchers</th><th>until</th><th>by</th>"
+                         "<th>comment</th></tr>")
             for s in silences:
-                parts.append(f"<tr><td>{_e(s['id'])}</td><td>{_e(', '.join(s['matchers']))}</td>"
+                where = f"Alertmanager {source['url']}" if s["source"] == "alertmanager" and source else s["source"]
+                parts.append(f"<tr><td>{_e(s['id'])}</td><td>{_e(where)}</td><td>{_e(', '.join(s['matchers']))}</td>"
                              f"<td>{_e(s['endsAt'])}</td><td>{_e(s['createdBy'])}</td><td>{_e(s['comment'])}</td></tr>")
             parts.append("</table>")
+        elif source is not None and source["state"] == "unknown":
+            parts.append("<p>None known: Alertmanager&#39;s silences cannot be read now (above).</p>")
         else:
             parts.append("<p>No active silence.</p>")
     if view is not None:
@@ -87,7 +119,7 @@ def landing_html(
                          "right now; a check that should run here and cannot is a MonitoringGap alert above.</p>"
                          "<table><tr><th>rule</th><th>why</th></tr>")
             for r in nodata:
-                parts.append(f'<tr><td><a href="{_e(r["runbook_url"])}">{_e(r["name"])}</a></td>'
+                parts.append(f'<tr><td><a href="{_e(_own(r["runbook_url"], own_url))}">{_e(r["name"])}</a></td>'
                              f'<td>{_e(r["reason"])}</td></tr>')
             parts.append("</table>")
     parts.append(f"<h2>Collectors ({len(collectors)})</h2>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from typing import Any
 
@@ -145,6 +146,9 @@ class Daemon:
     async def _announce_ready(self) -> None:
         assert self.supervisor is not None
         await self.supervisor.wait_first_round()
+        if not gc.isenabled():  # `mevwatch run` starts without it (cli.cmd_run)
+            gc.freeze()
+            gc.enable()
         self.notifier.ready(self.summary())
         log.info("ready", summary=self.summary())
         if not self.notifier.enabled:
@@ -155,17 +159,16 @@ class Daemon:
 
     def alerts_view(self) -> dict[str, Any] | None:
         """The alert engine's verdicts for the landing page and /api/v1/*; None when no engine runs."""
-        from mevwatch.alerts.api import alerts_json, rules_json, silences_json, verdict
+        from mevwatch.alerts.api import CollectorsRead, engine_view
         from mevwatch.alerts.engine import AlertEngine
 
         engine = next((c for c in self.components if isinstance(c, AlertEngine)), None)
         if engine is None:
             return None
-        alerts = alerts_json(engine)
-        rules = rules_json(engine)
-        failing = sum(1 for r in self.status_rows() if r["success"] is False)
-        return {"alerts": alerts, "rules": rules, "silences": silences_json(engine),
-                "verdict": verdict(alerts, failing), "host": engine.cfg.host}
+        enabled = {s.kind for s in self.config.collectors if s.options.enabled}
+        disabled = frozenset(s.kind for s in self.config.collectors if s.kind not in enabled)
+        declared = self.supervisor.declared if self.supervisor is not None else {}
+        return engine_view(engine, CollectorsRead(declared, self.status_rows(), disabled))
 
     def settings(self) -> list[Setting]:
         """The running settings and where each came from (flag, config file, default), for the landing page."""
@@ -180,9 +183,11 @@ class Daemon:
         return text
 
     def alerting(self) -> dict[str, Any]:
-        """The alerting mode (standalone or fleet, see docs/fleet.md) and the host label of this daemon."""
+        """The alerting mode (standalone or fleet, see docs/fleet.md), the host label of this daemon and the
+        URL its pages link back to."""
         alerts = self.config.daemon.alerts
-        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host}
+        return {"enabled": alerts.enabled, "mode": alerts.mode, "host": alerts.host,
+                "external_url": alerts.external_url}
 
     def status_rows(self) -> list[dict[str, Any]]:
         if self.supervisor is None:

@@ -27,6 +27,9 @@ class Snapshot:
     wall_time: float  # time.time()
     max_age: float  # seconds after which the snapshot is stale (2x interval)
     seq: int = 0  # unique per put(): the render cache keeps a kind's text by its snapshots' seq
+    # Unix time the collection was made (a poll run's slot, see Supervisor), which the alert engine
+    # counts `for` from; None: when it was put
+    sampled_at: float | None = None
 
     def fresh(self, now: float) -> bool:
         return now - self.collected_at <= self.max_age
@@ -63,9 +66,10 @@ class SampleStore:
         self._watchers: list[asyncio.Event] = []
         self.seq = 0  # bumped on every put and drop
 
-    def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float) -> Snapshot:
+    def put(self, key: SnapshotKey, families: Iterable[Metric], interval: float,
+            sampled_at: float | None = None) -> Snapshot:
         self.seq += 1
-        snap = Snapshot(tuple(families), self._clock(), time.time(), STALE_FACTOR * interval, self.seq)
+        snap = Snapshot(tuple(families), self._clock(), time.time(), STALE_FACTOR * interval, self.seq, sampled_at)
         self._snapshots[key] = snap
         self._changed(key)
         return snap
@@ -79,7 +83,8 @@ class SampleStore:
         """Keep a live stream collector's last snapshot current without new data (not a change)."""
         snap = self._snapshots.get(key)
         if snap is not None:
-            self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age, snap.seq)
+            self._snapshots[key] = Snapshot(snap.families, self._clock(), snap.wall_time, snap.max_age, snap.seq,
+                                             snap.sampled_at)
 
     def drop(self, key: SnapshotKey) -> None:
         if self._snapshots.pop(key, None) is not None:
@@ -115,6 +120,14 @@ class SampleStore:
         if snap is None or not snap.fresh(self._clock()):
             return None
         return snap
+
+    def stale_in(self, key: SnapshotKey) -> float | None:
+        """Seconds until ``key``'s snapshot goes stale unless it is put or touched again (negative: it is
+        stale); None when the store holds none."""
+        snap = self._snapshots.get(key)
+        if snap is None:
+            return None
+        return snap.collected_at + snap.max_age - self._clock()
 
     def fresh_items(self) -> list[tuple[SnapshotKey, Snapshot]]:
         now = self._clock()

@@ -43,7 +43,7 @@ from mevwatch.daemon.buildinfo import build_info
 from mevwatch.daemon.config import CollectorSpec, Config
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore, SnapshotKey
-from mevwatch.families import Metric
+from mevwatch.families import Metric, Sample
 
 __all__ = ["META_KEY", "SUPERVISOR_METRICS", "InstanceStatus", "Supervisor"]
 
@@ -54,6 +54,8 @@ STREAM_BACKOFF_MAX = 60.0
 #: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
 #: when no systemd watchdog asks for a faster one
 HEARTBEAT_INTERVAL = 5.0
+#: how late after its slot a poll run may begin and still be stamped with the slot (sample_time)
+SLOT_TOLERANCE = 0.05
 COLLECTOR_SUCCESS = MetricSpec(
     "mevwatch_collector_success", "gauge",
     "1 if the collector's last run succeeded, 0 if it failed", ("collector", "instance"))
@@ -146,6 +148,21 @@ def next_slot(planned: float, now: float, interval: float, offset: float) -> flo
     return k * interval + offset
 
 
+def sample_time(slot: float, started: float, wall_offset: float) -> float:
+    """The Unix time a poll run's samples are stamped with (``slot`` and ``started`` on the loop clock,
+    ``wall_offset`` = Unix time - loop time): its slot when it began within SLOT_TOLERANCE of it, else
+    when it began.
+
+    The alert engine counts a rule's ``for`` from this time and its tick is on the same grid, so an
+    alert pending since the slot fires on the tick ``for`` later, as Prometheus' does ``for`` after its
+    evaluation. Runs due at one instant share a loop wake-up and start one after another behind the
+    tick due then too: they begin a few ms after their slot (bench/stack.py), and stamping that start
+    would put each alert a tick later. A run that began later than the tolerance is stamped with its
+    start: it did not look at the host at its slot.
+    """
+    return (slot if started - slot <= SLOT_TOLERANCE else started) + wall_offset
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -179,6 +196,8 @@ class Supervisor:
         self.pool = pool or BlockingPool(config.daemon.blocking_threads)
         self.collectors: dict[SnapshotKey, Collector[Any]] = {}
         self.status: dict[SnapshotKey, InstanceStatus] = {}
+        #: each sample name the running collectors declare, with its kind (why a rule has no data)
+        self.declared: dict[str, str] = {}
         self._tasks: dict[SnapshotKey, asyncio.Task[None]] = {}
         self._first_round = asyncio.Event()
         self.heartbeat = time.monotonic()  # advanced by the scheduler loop; read by the watchdog
@@ -188,6 +207,7 @@ class Supervisor:
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
         self._meta_pending = False  # a put of the self-metrics is scheduled (_meta_changed)
+        self._meta_shown: list[Sample] | None = None  # the samples of the self-metrics last put
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -205,6 +225,8 @@ class Supervisor:
             collector, status = self._build(spec)
             self.collectors[spec.key] = collector
             self.status[spec.key] = status
+        self.declared = {name: key[0] for key, collector in self.collectors.items()
+                         for spec in collector.metrics for name in spec.sample_names}
         for key, collector in self.collectors.items():
             self._tasks[key] = asyncio.create_task(self._run(key, collector), name=f"collector:{key[0]}/{key[1]}")
         if self._heartbeat_task is None:
@@ -224,6 +246,7 @@ class Supervisor:
                 await asyncio.wait_for(collector.close(), 1.0)
         self._tasks.clear()
         self.collectors.clear()
+        self.declared = {}
         self.status.clear()
 
     async def shutdown(self) -> None:
@@ -283,6 +306,7 @@ class Supervisor:
             status.next_run_wall = time.time() + max(status.due - loop.time(), 0.0)
             await sleep_until(loop, status.due)
             started = loop.time()
+            sampled_at = sample_time(status.due, started, time.time() - started)
             try:
                 # timeout() runs collect() in this task: wait_for would create a task per run.
                 async with asyncio.timeout_at(started + status.timeout):
@@ -290,21 +314,22 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._settle_error(key, status, exc, started)
+                self._settle_error(key, status, exc, started, sampled_at)
             else:
-                self._succeeded(key, status, families, started)
+                self._succeeded(key, status, families, started, sampled_at)
             status.due = next_slot(status.due, loop.time(), status.interval, offset)
 
-    def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float) -> None:
+    def _settle_error(self, key: SnapshotKey, status: InstanceStatus, exc: BaseException, started: float,
+                      sampled_at: float) -> None:
         """The end of a run that raised: failed with a reason, or succeeded empty (NoData)."""
         if isinstance(exc, TimeoutError):
             self._failed(key, status, "timeout", f"run exceeded the {status.timeout:g}s timeout", started)
         elif isinstance(exc, CollectorError):
             if exc.families is not None:
-                self.store.put(key, exc.families, status.interval)
+                self.store.put(key, exc.families, status.interval, sampled_at)
             self._failed(key, status, exc.reason, exc.message, started)
         elif isinstance(exc, NoData):
-            self._succeeded(key, status, (), started)
+            self._succeeded(key, status, (), started, sampled_at)
         else:  # a bug in a collector: reported, never fatal
             log.error("collector_bug", collector=key[0], instance=key[1], exc_info=exc)
             self._failed(key, status, "exception", f"{type(exc).__name__}: {exc}", started)
@@ -315,7 +340,7 @@ class Supervisor:
 
         def emit(families: Families) -> None:
             status.alive = True
-            self._succeeded(key, status, families, None)
+            self._succeeded(key, status, families, None, None)
 
         keeper = asyncio.create_task(self._keep_stream_fresh(key, status))
         try:
@@ -352,7 +377,8 @@ class Supervisor:
                 self.store.touch(key)
 
     def _succeeded(
-        self, key: SnapshotKey, status: InstanceStatus, families: Families, started: float | None
+        self, key: SnapshotKey, status: InstanceStatus, families: Families, started: float | None,
+        sampled_at: float | None,
     ) -> None:
         if started is not None:
             status.duration = asyncio.get_running_loop().time() - started
@@ -362,7 +388,7 @@ class Supervisor:
             log.info("collector_recovered", collector=key[0], instance=key[1])
         status.success = True
         status.last_success_wall = time.time()
-        self.store.put(key, families, status.interval)
+        self.store.put(key, families, status.interval, sampled_at)
         if flipped:
             self._check_first_round()
         self._meta_changed()
@@ -387,9 +413,17 @@ class Supervisor:
     # --- self metrics -----------------------------------------------------------------
 
     def _publish_meta(self) -> None:
-        """Put the self-metrics now (start, reload)."""
+        """Put the self-metrics now (start, reload, the end of runs) if a value they show changed; else only
+        keep their snapshot fresh. A heartbeat that finds nothing new puts nothing, so neither the alert
+        engine reads them again nor the scrape renders them again."""
         self._meta_pending = False
-        self.store.put(META_KEY, self.meta_families(), interval=3600.0)
+        families = self.meta_families()
+        shown = [s for fam in families for s in fam.samples]
+        if shown == self._meta_shown and self.store.get(META_KEY) is not None:
+            self.store.touch(META_KEY)
+            return
+        self._meta_shown = shown
+        self.store.put(META_KEY, families, interval=3600.0)
 
     def _meta_changed(self) -> None:
         """The self-metrics changed: put them once at the end of this loop iteration, so that runs

@@ -11,6 +11,8 @@ import pytest
 from mevwatch.daemon.state import StateDB
 from tests.support.peers import need_binary
 
+pytest.register_assert_rewrite("tests.support.screens")
+
 
 @pytest.fixture
 def state_db(tmp_path: Path) -> Iterator[StateDB]:

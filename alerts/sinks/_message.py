@@ -9,7 +9,8 @@ __all__ = ["alert_line", "notification_title", "plain_text", "runbook_links"]
 
 
 def notification_title(payload: dict[str, Any]) -> str:
-    """``[FIRING:2] HeadLag on mev-1``: status, count, alert name and host."""
+    """``[FIRING:2] HeadLag on mev-1``: status, count, alert name and host; a notification another receiver
+    gave up on (its fallback) says which: ``... (undelivered to pager/webhook/0)``."""
     alerts = payload.get("alerts", [])
     firing = [a for a in alerts if a["status"] == "firing"]
     status = "FIRING" if firing else "RESOLVED"
@@ -17,7 +18,9 @@ def notification_title(payload: dict[str, Any]) -> str:
     name = payload.get("groupLabels", {}).get("alertname") or first.get("alertname", "alert")
     host = first.get("host", "")
     count = len(firing) if firing else len(alerts)
-    return f"[{status}:{count}] {name}" + (f" on {host}" if host else "")
+    undelivered = payload.get("commonAnnotations", {}).get("undelivered_to")
+    return (f"[{status}:{count}] {name}" + (f" on {host}" if host else "")
+            + (f" (undelivered to {undelivered})" if undelivered else ""))
 
 
 def alert_line(a: dict[str, Any]) -> str:

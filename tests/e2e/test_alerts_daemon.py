@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -162,5 +163,5 @@ def test_log_sink_writes_a_structured_event(tmp_path: Path) -> None:
     assert event["level"] == "error"
     assert event["alertname"] == "MevwatchThreads"
     assert event["status"] == "firing"
-    assert event["runbook_url"] == "docs/runbooks.md#collector-failing"
+    assert event["runbook_url"] == f"http://{socket.gethostname()}:{d.port}/runbooks#collector-failing"
     assert event["summary"].startswith("mevwatch runs ")

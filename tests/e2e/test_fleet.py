@@ -31,7 +31,7 @@ from mevwatch.alerts.matchers import parse_matcher
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.engine import Behaviour, EngineStub
 from tests.support.fullstack import Prometheus, wait_until
-from tests.support.peers import REPO, free_port, need_binary, start_process, stop_process
+from tests.support.peers import REPO, free_port, need_binary, start_alertmanager, start_process, stop_process
 from tests.support.webhook import Received, WebhookReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.peer("prometheus"), pytest.mark.peer("alertmanager")]
@@ -42,6 +42,8 @@ HOST_DOWN_FOR = 2.0  # MevwatchHostDown's `for` in this test (1m shipped)
 # Documented time to page (docs/fleet.md): for + scrape interval + evaluation interval + group_wait, here
 # 0 + 1 + 1 + 1 s (mevwatch: its 1 s probe + 1 s tick + Alertmanager's group_wait), with room for 2 cores.
 PAGE_WITHIN = 10.0
+# one runbook location for the fleet, so the alert carries the same link whichever path raised it
+RUNBOOKS = "https://runbooks.example.org/mevwatch.md"
 
 HOST_CONFIG = """collectors:
   - http:
@@ -50,6 +52,7 @@ HOST_CONFIG = """collectors:
 alerts:
   mode: {mode}
   host: {host}
+  runbook_url: {runbooks}
   default_rules: false
   evaluation_interval: 1s
   startup_grace: 0s
@@ -169,14 +172,7 @@ def fleet(tmp: Path) -> Iterator[Fleet]:
         am_urls = [f"http://127.0.0.1:{web}" for web, _ in ports]
         (tmp / "am.yml").write_text(_alertmanager_config(hook))
         for i, (web, cluster) in enumerate(ports):
-            other = ports[1 - i][1]
-            proc = start_process([
-                need_binary("prometheus-alertmanager"), f"--config.file={tmp / 'am.yml'}",
-                f"--storage.path={tmp / f'am{i}-data'}", f"--web.listen-address=127.0.0.1:{web}",
-                f"--cluster.listen-address=127.0.0.1:{cluster}", f"--cluster.peer=127.0.0.1:{other}",
-                "--cluster.peer-timeout=2s", "--cluster.settle-timeout=2s", "--cluster.gossip-interval=100ms",
-                "--cluster.pushpull-interval=2s", "--cluster.probe-interval=500ms",
-            ], port=web, log=tmp / f"am{i}.log")
+            proc = start_alertmanager(tmp, f"am{i}", tmp / "am.yml", web, cluster, [ports[1 - i][1]])
             stack.callback(stop_process, proc)
             f.am.append((am_urls[i], proc))
         for host in HOSTS:
@@ -184,7 +180,7 @@ def fleet(tmp: Path) -> Iterator[Fleet]:
             mode = "standalone" if host == "mev-3" else "fleet"
             d = tmp / host
             d.mkdir()
-            text = HOST_CONFIG.format(engine=engine.url(f"/{host}"), mode=mode, host=host, rule=RULE,
+            text = HOST_CONFIG.format(engine=engine.url(f"/{host}"), mode=mode, host=host, rule=RULE, runbooks=RUNBOOKS,
                                       receivers=_receivers(host, mode, am_urls, hook))
             f.hosts[host] = stack.enter_context(RunningDaemon(d, text))
         rules = tmp / "mevwatch-rules.yml"
@@ -249,7 +245,8 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         # the mode shows on the landing page and in /health
         assert "Alerting: fleet mode on host mev-1" in f.hosts["mev-1"].get("/")
         assert json.loads(f.hosts["mev-3"].get("/health"))["alerting"] == {
-            "enabled": True, "mode": "standalone", "host": "mev-3"}
+            "enabled": True, "mode": "standalone", "host": "mev-3",
+            "external_url": f"http://mev-3:{f.hosts['mev-3'].port}"}
 
         # -- one incident on one host: exactly one notification, naming the host, with the runbook link
         f.engine_fails("mev-1")
@@ -265,7 +262,7 @@ def test_fleet_one_page_per_incident_one_place_to_silence_and_the_watchers_watch
         [page] = f.notifications(RULE, "mev-1")
         [alert] = page["alerts"]
         assert alert["labels"]["host"] == "mev-1"
-        assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#engine-down"
+        assert alert["annotations"]["runbook_url"] == f"{RUNBOOKS}#engine-down"
         assert alert["annotations"]["summary"] == "Engine probe engine fails on mev-1"
         assert took < PAGE_WITHIN
         print(f"incident to page: {took:.1f}s")

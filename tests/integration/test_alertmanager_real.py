@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.alerts.api import alerts_json
 from mevwatch.alerts.engine import AlertEngine
 from mevwatch.alerts.identity import group_key, incident_id, route_key
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
-from tests.support.peers import free_port, need_binary, start_process, stop_process
+from tests.support.peers import free_port, need_binary, start_alertmanager, stop_process
 from tests.support.webhook import WebhookReceiver
 from tests.unit.alerts._helpers import gauge
 
@@ -47,15 +48,10 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 @contextlib.contextmanager
 def running_alertmanager(tmp_path: Path, config: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    binary = need_binary("prometheus-alertmanager")
     port = free_port()
     cfg = tmp_path / "alertmanager.yml"
     cfg.write_text(config)
-    proc = start_process(
-        [binary, f"--config.file={cfg}", f"--storage.path={tmp_path / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        port=port, log=tmp_path / "alertmanager.log",
-    )
+    proc = start_alertmanager(tmp_path, "am", cfg, port)
     try:
         yield f"http://127.0.0.1:{port}", proc
     finally:
@@ -114,7 +110,7 @@ alerts:
         assert alert["labels"]["endpoint"] == "erigon"
         assert alert["labels"]["host"] == "mev-host-1"
         assert alert["annotations"]["summary"] == "erigon is 7 blocks behind"
-        assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#peer-loss"
+        assert alert["annotations"]["runbook_url"] == "http://mev-host-1:9717/runbooks#peer-loss"
         listed = await asyncio.to_thread(amtool_alerts, alertmanager)
         assert "HeadLag" in listed
         assert "endpoint=\"erigon\"" in listed
@@ -205,6 +201,11 @@ alerts:
         store.put(("chain", "default"), [gauge("test_head_lag_blocks", 7, endpoint="erigon")], 60)
         await asyncio.sleep(2.0)  # several evaluation ticks and silence refreshes
         assert receiver.delivered() == []  # muted by Alertmanager's silence
+        [shown] = alerts_json(engine)  # and the screens say which silence holds it
+        assert shown["status"]["state"] == "suppressed"
+        [sid] = shown["status"]["silencedBy"]
+        assert shown["silencing"]["text"].startswith(f"silenced in Alertmanager by {sid} (")
+        assert '"maintenance", ends at ' in shown["silencing"]["text"]
         assert next(f for f in engine.families() if f.name == "mevwatch_alertmanager_up").samples[0].value == 1.0
         assert next(f for f in engine.families() if f.name == "mevwatch_silences_active").samples[0].value == 1.0
 
@@ -213,6 +214,10 @@ alerts:
         assert got.json()["alerts"][0]["labels"]["alertname"] == "HeadLag"
         [up] = [f for f in engine.families() if f.name == "mevwatch_alertmanager_up"]
         assert [(s.labels["url"], s.value) for s in up.samples] == [(alertmanager, 0.0)]
+        [shown] = alerts_json(engine)
+        assert shown["status"]["state"] == "active"
+        assert shown["silencing"]["state"] == "unknown"
+        assert shown["silencing"]["text"].endswith("; meanwhile they mute nothing: the direct sinks page")
 
 
 async def test_an_unreachable_alertmanager_is_a_metric_and_an_alert_through_the_sink_that_works(

@@ -127,6 +127,16 @@ def test_the_installed_daemon_serves_metrics_as_its_service_user(installed: list
     assert any(STATE_DIR.iterdir()), "the daemon keeps its state in the state directory"
 
 
+def test_the_installed_modules_are_byte_compiled(installed: list[str]) -> None:
+    """The service cannot write byte code into /opt: postinst compiled it, so no start compiles again."""
+    python = "/opt/venvs/mevwatch/bin/python"
+    tag = _run([python, "-c", "import sys; print(sys.implementation.cache_tag)"]).stdout.strip()
+    sources = [Path(p) for p in installed if p.endswith(".py") and "/site-packages/mevwatch/" in p]
+    assert sources
+    uncompiled = [s for s in sources if not (s.parent / "__pycache__" / f"{s.stem}.{tag}.pyc").is_file()]
+    assert uncompiled == []
+
+
 def test_purge_leaves_nothing_but_the_state_dir(installed: list[str]) -> None:
     # runs last in this module: purge now (the fixture's purge then finds nothing to do)
     STATE_DIR.mkdir(mode=0o700, exist_ok=True)

@@ -19,6 +19,7 @@ import pytest
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors._integrity_baseline import BaselineStore, who_am_i
 from mevwatch.collectors._integrity_scan import verify
+from mevwatch.collectors._integrity_writers import UNSET_UID, user_name
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.integrity import IntegrityCollector, IntegrityOptions, watch_set
 from mevwatch.daemon.cli import main as cli_main
@@ -205,9 +206,10 @@ async def test_sed_in_place(harness: Harness, tree: Path) -> None:
         harness, lambda: subprocess.run([sed, "-i", "s/0.01/0.0001/", str(cfg)], check=True),
         {(str(cfg), "content"), (str(cfg), "inode")},
     )
-    # one change, one series (and so one alert) listing every kind that changed
+    # one change, one series (and so one alert), its info listing every kind that changed
     files = [s.labels for fam in harness.families if fam.name == "mevwatch_integrity_file_changed" for s in fam.samples]
-    [labels] = [lbl for lbl in files if lbl["path"] == str(cfg)]
+    assert [lbl for lbl in files if lbl["path"] == str(cfg)] == [{"path": str(cfg)}]
+    labels = _changed(harness, cfg) or {}
     assert labels["kinds"] == "content,inode"
     assert labels["change"].startswith("content: sha256="), labels
 
@@ -542,6 +544,77 @@ async def test_accept_clears_exactly_the_accepted_paths(tree: Path, tmp_path: Pa
         db.close()
 
 
+async def test_report_changes_keeps_copies_of_baseline_text_versions_only(tree: Path, tmp_path: Path) -> None:
+    """Copies of the text files report_changes covers (never nodiff or binary files); the diff of a change;
+    an accept moves the copy to the new version."""
+    cfg = tree / "config.yaml"
+    h = Harness(tree, tmp_path / "state", report_changes=[f"{tree}/**"], writers=False)
+    h.baseline()
+    await h.start()
+    try:
+        assert h.collector.copies is not None
+        copies = h.collector.copies
+        # wallets.json and keys/signer are in the default nodiff; engine is a binary
+        assert set(copies.hashes()) == {str(cfg)}
+        old_sha = copies.hashes()[str(cfg)]
+        cfg.write_text("strategy: arbitrage\nmin_profit: 0.02\n")
+        await h.wait(lambda: _changed(h, cfg) is not None, 5.0, "the change")
+        assert (_changed(h, cfg) or {})["diff"] == (
+            f"--- {cfg} (baseline)\n+++ {cfg} (now)\n@@ -1,2 +1,2 @@\n strategy: arbitrage\n"
+            "-min_profit: 0.01\n+min_profit: 0.02")
+        signer = tree / "keys" / "signer"
+        signer.write_text("rotated\n")
+        await h.wait(lambda: _changed(h, signer) is not None, 5.0, "the key's change")
+        assert (_changed(h, signer) or {})["diff"].startswith("no diff: the file is in nodiff")
+        assert copies.hashes()[str(cfg)] == old_sha  # the copy stays the baseline version
+        BaselineStore(h.db, h.options.instance).update(
+            {str(cfg): verify(watch_set(h.options), {})[0][str(cfg)]}, who_am_i())
+        await h.wait(lambda: copies.hashes().get(str(cfg), old_sha) != old_sha, 5.0, "the copy of the accepted one")
+        assert copies.get(str(cfg), copies.hashes()[str(cfg)]) == cfg.read_text()
+        assert set(copies.hashes()) == {str(cfg)}
+    finally:
+        await h.stop()
+
+
+async def test_a_second_change_shows_the_file_now_against_the_baseline(tree: Path, tmp_path: Path) -> None:
+    """The series an alert is made of keeps its labels while the file differs; what the difference is (the diff
+    of the file now against the baseline, the kinds, when it last changed, how many changes) follows each
+    change; a file back at its baseline starts over."""
+    cfg = tree / "config.yaml"
+    h = Harness(tree, tmp_path / "state", report_changes=[f"{tree}/*"], writers=False)
+    h.baseline()
+    await h.start()
+    try:
+        def now() -> dict[str, str]:
+            return _changed(h, cfg) or {}
+
+        cfg.write_text("strategy: arbitrage\nmin_profit: 0.02\n")
+        await h.wait(lambda: "+min_profit: 0.02" in now().get("diff", ""), 5.0, "the first change")
+        first = now()
+        assert first["kinds"] == "content"
+        assert h.value("mevwatch_integrity_file_changes", path=str(cfg)) == 1
+        series = [s.labels for fam in h.families for s in fam.samples if s.name == "mevwatch_integrity_file_changed"]
+        await asyncio.sleep(1.1)  # the next change's ctime is a later second
+        cfg.write_text("strategy: sandwich\nmin_profit: 0.03\n")
+        await h.wait(lambda: "+min_profit: 0.03" in now().get("diff", ""), 5.0, "the second change")
+        second = now()
+        assert second["diff"] == (f"--- {cfg} (baseline)\n+++ {cfg} (now)\n@@ -1,2 +1,2 @@\n-strategy: arbitrage\n"
+                                  "-min_profit: 0.01\n+strategy: sandwich\n+min_profit: 0.03")
+        assert second["changed_at"] > first["changed_at"]
+        assert second["change"] != first["change"]  # the sha256 found is the file's now
+        assert h.value("mevwatch_integrity_file_changes", path=str(cfg)) == 2
+        assert [s.labels for fam in h.families for s in fam.samples
+                if s.name == "mevwatch_integrity_file_changed"] == series  # the alert stays the same one
+        cfg.write_text("strategy: arbitrage\nmin_profit: 0.01\n")  # back at the baseline
+        await h.wait(lambda: _changed(h, cfg) is None, 5.0, "the revert")
+        assert h.value("mevwatch_integrity_file_changes", path=str(cfg)) is None
+        cfg.write_text("strategy: arbitrage\nmin_profit: 0.05\n")
+        await h.wait(lambda: "+min_profit: 0.05" in now().get("diff", ""), 5.0, "a change after the revert")
+        assert h.value("mevwatch_integrity_file_changes", path=str(cfg)) == 1
+    finally:
+        await h.stop()
+
+
 # --- CLI ------------------------------------------------------------------------------------
 
 
@@ -588,6 +661,32 @@ def test_cli_exit_codes_and_json(tree: Path, tmp_path: Path) -> None:
     r = _cli("log", "-c", str(cfg))
     assert "accept by" in r.stdout
     assert "sudo_user=alice" in r.stdout
+
+
+def test_cli_verify_prints_the_masked_diff_of_a_report_changes_file(tree: Path, tmp_path: Path) -> None:
+    """The copy of the baseline version is made by ``integrity baseline`` itself; verify shows the change as the
+    daemon's page does (the same code), secrets masked, and says why a nodiff file has none."""
+    (tree / "config.yaml").write_text("strategy: arbitrage\ndb_password: hunter2-old\nmin_profit: 0.01\n")
+    cfg = _config(tmp_path, tree, report_changes=[f"{tree}/*", f"{tree}/keys/*"])
+    assert _cli("baseline", "-c", str(cfg)).returncode == 0
+    (tree / "config.yaml").write_text("strategy: sandwich\ndb_password: hunter3-new\nmin_profit: 0.01\n")
+    (tree / "keys" / "signer").write_text("rotated\n")
+    r = _cli("verify", "-c", str(cfg))
+    assert r.returncode == 1
+    config = f"{tree}/config.yaml"
+    diff = (f"--- {config} (baseline)\n+++ {config} (now)\n@@ -1,3 +1,3 @@\n-strategy: arbitrage\n"
+            "-db_password: ***\n+strategy: sandwich\n+db_password: ***\n min_profit: 0.01")
+    assert diff in r.stdout, r.stdout
+    assert f"{tree}/keys/signer\tno diff: the file is in nodiff" in r.stdout
+    assert "hunter" not in r.stdout + r.stderr
+    doc = json.loads(_cli("verify", "-c", str(cfg), "--json").stdout)
+    assert doc["diffs"][config] == diff
+    assert doc["diffs"][f"{tree}/keys/signer"].startswith("no diff: the file is in nodiff")
+    assert set(doc["diffs"]) == {config, f"{tree}/keys/signer"}  # the binary engine did not change
+    # without report_changes: no diff, no copy read
+    plain = _config(tmp_path, tree)
+    assert "diffs" in (doc := json.loads(_cli("verify", "-c", str(plain), "--json").stdout))
+    assert doc["diffs"] == {}
 
 
 def test_cli_errors_exit_2(tree: Path, tmp_path: Path) -> None:
@@ -686,14 +785,18 @@ sys.stdin.read()  # stays alive until the test has read the page
 
 
 def _changed(h: Harness, path: Path) -> dict[str, str] | None:
+    """What the changed file's info series says (kinds, change, writer, diff, changed_at), None while unchanged."""
     for fam in h.families:
         for s in fam.samples:
-            if s.name == "mevwatch_integrity_file_changed" and s.labels["path"] == str(path):
+            if s.name == "mevwatch_integrity_file_change_info" and s.labels["path"] == str(path):
                 return dict(s.labels)
     return None
 
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # one that another user (nobody) may run
+_PYTHON_EXE = os.path.realpath(SYSTEM_PYTHON)
+_LOGIN_UID = int(Path("/proc/self/loginuid").read_text())  # a child inherits it
+_LOGIN = f", login uid {_LOGIN_UID} ({user_name(_LOGIN_UID)})" if _LOGIN_UID != UNSET_UID else ""
 
 
 async def test_the_page_names_the_writer_and_what_changed(harness: Harness, tree: Path) -> None:
@@ -713,7 +816,8 @@ async def test_the_page_names_the_writer_and_what_changed(harness: Harness, tree
         await harness.wait(lambda: _changed(harness, cfg) is not None, 5.0, "the change")
         labels = _changed(harness, cfg)
         assert labels is not None
-        assert labels["writer"] == f"pid {proc.pid} (mev-writer), uid 65534 (nobody)", labels
+        # the login uid and the program, as /proc tells them while the writer runs
+        assert labels["writer"] == f"pid {proc.pid} (mev-writer), uid 65534 (nobody){_LOGIN}, {_PYTHON_EXE}", labels
         assert labels["kinds"] == "content"
         after = cfg.stat().st_size
         change = labels["change"]

@@ -7,7 +7,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mevwatch.collectors._jsonrpc import Endpoint, ErrorClass, JsonRpcClient, RpcError, WsRpc, parse_quantity
+from mevwatch.collectors._jsonrpc import (
+    Endpoint,
+    ErrorClass,
+    JsonRpcClient,
+    ResponseTooLarge,
+    RpcError,
+    WsRpc,
+    parse_quantity,
+)
 from tests.support.anvil import Anvil, anvil  # noqa: F401 - fixture
 from tests.support.rpcproxy import Fault, RpcProxy
 
@@ -90,6 +98,7 @@ async def test_ws_calls_and_faults(proxy: RpcProxy) -> None:
             with pytest.raises(RpcError) as info:
                 await client.call("eth_blockNumber")
             assert info.value.error_class is error_class, fault
+            assert isinstance(info.value, ResponseTooLarge) == fault.oversized  # over max_msg_size, told apart
             proxy.clear()
             assert parse_quantity(await client.call("eth_blockNumber")) >= 0  # reconnects after a drop
     finally:

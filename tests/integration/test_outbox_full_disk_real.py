@@ -143,3 +143,31 @@ async def test_held_notifications_are_written_when_space_returns_before_they_are
         await box.stop()
         db.close()
         receiver.stop()
+
+
+async def test_a_refusal_on_a_full_disk_still_reaches_the_fallback_once(small_fs: Path) -> None:
+    pager, backup = WebhookReceiver().start(), WebhookReceiver().start()
+    pager.statuses.extend([400] * 10)
+    db = StateDB.open_dir(small_fs)
+    sinks = [WebhookSink("pager", 0, WebhookConfig(url=pager.url, timeout=1.0)),
+             WebhookSink("backup", 0, WebhookConfig(url=backup.url, timeout=1.0))]
+    box = Outbox(db, sinks, FAST, fallback={"pager": ["backup"]})
+    await box.start()
+    try:
+        filler = _fill(small_fs)
+        alert = {"status": "firing", "labels": {"alertname": "RpcEndpointDown"}, "annotations": {}}
+        box.enqueue([OutboxEntry("n1", "pager/webhook/0", {"status": "firing", "alerts": [alert]})])
+        [got] = await backup.wait_delivered_async(1)  # the dead letter and its resend held in memory, still sent
+        assert got.json()["alerts"][0]["annotations"]["undelivered_to"] == "pager/webhook/0"
+        assert db.query("SELECT COUNT(*) FROM alert_dead_letters") == [(0,)]
+        filler.unlink()
+        await _until("the dead letter written back (the workers retry every second)", lambda: box.held() == 0)
+        assert [d["id"] for d in box.dead_letters()] == ["n1"]
+        await asyncio.sleep(0.3)  # the delivered resend must not come back from the DB
+        assert len(backup.delivered()) == 1
+        assert db.query("SELECT COUNT(*) FROM alert_outbox") == [(0,)]
+    finally:
+        await box.stop()
+        db.close()
+        pager.stop()
+        backup.stop()

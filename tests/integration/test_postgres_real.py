@@ -130,7 +130,11 @@ async def test_mass_delete_shows_in_dead_ratio_and_bloat_then_vacuum_clears_it(s
         index_bloat = _value(after, "mevwatch_postgres_index_bloat_ratio", index=f"{table}_pkey", method="estimate")
         assert index_bloat is not None
         assert index_bloat > 0.4
-        assert _value(after, "mevwatch_postgres_table_last_vacuum_age_seconds", **tl) is None
+        assert _value(after, "mevwatch_postgres_table_last_vacuum_age_seconds", **tl, trigger="manual") is None
+        # autovacuum never ran on it: its age counts from the first run that saw the table (a lower bound)
+        never = _value(after, "mevwatch_postgres_table_last_vacuum_age_seconds", **tl, trigger="auto")
+        assert never is not None
+        assert never > 0
 
         local_psql(f"VACUUM {table}", scratch_db)
         vacuumed, err = await _run(c)
@@ -143,6 +147,9 @@ async def test_mass_delete_shows_in_dead_ratio_and_bloat_then_vacuum_clears_it(s
         since = _value(vacuumed, "mevwatch_postgres_table_last_vacuum_age_seconds", **tl, trigger="manual")
         assert since is not None
         assert 0 <= since < 60
+        still = _value(vacuumed, "mevwatch_postgres_table_last_vacuum_age_seconds", **tl, trigger="auto")
+        assert still is not None
+        assert still > never  # a manual VACUUM is not autovacuum: the age goes on
         assert _value(vacuumed, "mevwatch_postgres_table_last_analyze_age_seconds", **tl, trigger="manual") is not None
         assert _value(vacuumed, "mevwatch_postgres_extension_available", extension="pgstattuple") == (
             1.0 if method == "pgstattuple" else 0.0
@@ -223,6 +230,35 @@ async def test_server_metrics_on_the_local_server(scratch_db: str) -> None:
         await waiter.close()
     finally:
         await holder.close()
+
+
+async def test_database_size_is_measured_on_its_own_cadence_with_its_timestamp(scratch_db: str) -> None:
+    c = _collector(_local(scratch_db), database_size_interval=1.5, top_tables=0)
+    size_of = {"datname": scratch_db}
+    try:
+        before = time.time()
+        s, _ = await _run(c)
+        size1 = _must(s, "mevwatch_postgres_database_size_bytes", **size_of)
+        at1 = _must(s, "mevwatch_postgres_database_size_timestamp_seconds", **size_of)
+        assert before <= at1 <= time.time()
+        local_psql("CREATE TABLE grown AS SELECT g, repeat('x', 500) AS v FROM generate_series(1, 20000) g",
+                   scratch_db)
+        # not due yet: the last size is served with the time it was measured, the other figures are fresh
+        s, _ = await _run(c)
+        assert _must(s, "mevwatch_postgres_database_size_bytes", **size_of) == size1
+        assert _must(s, "mevwatch_postgres_database_size_timestamp_seconds", **size_of) == at1
+        assert _must(s, "mevwatch_postgres_database_xid_age", **size_of) > 0
+        for _ in range(40):  # due after 1.5 s: bounded by 40 runs 0.1 s apart
+            s, _ = await _run(c)
+            at2 = _must(s, "mevwatch_postgres_database_size_timestamp_seconds", **size_of)
+            if at2 != at1:
+                break
+            await asyncio.sleep(0.1)
+        assert at1 + 1.5 <= at2 <= time.time()
+        assert _must(s, "mevwatch_postgres_database_size_bytes", **size_of) > size1 + 5_000_000
+    finally:
+        await c.close()
+        local_psql("DROP TABLE IF EXISTS grown", scratch_db)
 
 
 async def test_missing_pg_stat_statements_is_reported_once_not_as_a_failure(scratch_db: str) -> None:
@@ -381,7 +417,10 @@ async def test_bounded_table_and_width_queries_answer_as_the_whole_views_do(scra
     try:
         for top, named in ((2, []), (50, ["other.wide", "never_analyzed"])):
             ref = {r["relid"]: dict(r) for r in await conn.fetch(_REF_TABLES, top, named)}
-            got = {r["relid"]: dict(r) for r in await conn.fetch(pgq.TABLES, top, named)}
+            # one slice larger than the catalog: the whole of it is ranked in this run
+            got = {r["relid"]: dict(r) for r in await conn.fetch(pgq.TABLES, top, named, 0, 1_000_000, [])}
+            for row in got.values():
+                del row["slice_end"], row["slice_len"]
             for row in (*ref.values(), *got.values()):  # ages move between the two reads
                 for col in ("since_vacuum", "since_autovacuum", "since_analyze", "since_autoanalyze"):
                     row[col] = row[col] is not None
@@ -400,6 +439,40 @@ async def test_bounded_table_and_width_queries_answer_as_the_whole_views_do(scra
         await conn.close()
         local_psql("DROP TABLE kinds, other.wide, never_analyzed, parted; DROP MATERIALIZED VIEW mat;"
                    " DROP SCHEMA other", scratch_db)
+
+
+async def test_tables_are_ranked_a_slice_at_a_time_and_a_new_top_table_is_chosen_within_one_pass() -> None:
+    need_local_server()
+    with scratch_database("mevwatch_slices") as db:
+        local_psql("DO $$ BEGIN FOR i IN 1..30 LOOP EXECUTE format('CREATE TABLE t_%s (id int)', i); END LOOP; END $$",
+                   db)
+        local_psql("INSERT INTO t_3 SELECT generate_series(1, 50); DELETE FROM t_3 WHERE id > 10", db)
+        c = _collector(_local(db), top_tables=2, table_scan_batch=10, tables=["public.t_20"])
+        conn = await asyncpg.connect(_local(db))
+
+        async def chosen() -> set[str]:
+            s, err = await _run(c)
+            assert err is None
+            return {dict(lbl)["table"] for (n, lbl) in s if n == "mevwatch_postgres_table_dead_tuples"}
+
+        try:
+            first = await chosen()  # t_1..t_10 ranked: t_3 leads, the named table is always there
+            assert {"t_3", "t_20"} <= first
+            assert len(first) <= 2 * 2 + 1
+            # t_28 overtakes t_3 but sits in the third slice: chosen within one pass of ceil(30 / 10) runs
+            local_psql("INSERT INTO t_28 SELECT generate_series(1, 500); DELETE FROM t_28 WHERE id > 10", db)
+            runs = []
+            for _ in range(3):
+                runs.append(await chosen())
+            assert "t_28" not in runs[0]  # the second slice, t_11..t_20, is ranked in that run
+            assert "t_28" in runs[-1]
+            assert "t_3" in runs[-1]  # chosen tables stay while they rank
+            # after a pass, the choice is the whole-catalog ranking's
+            ref = {r["relname"] for r in await conn.fetch(_REF_TABLES, 2, ["public.t_20"])}
+            assert await chosen() == ref
+        finally:
+            await conn.close()
+            await c.close()
 
 
 @pytest.mark.slow

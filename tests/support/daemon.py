@@ -94,3 +94,10 @@ class RunningDaemon:
         ok, seen = self._poll(name, lambda v: v == value, timeout, labels)
         if not ok:
             raise AssertionError(f"{name}{labels} is {seen}, not {value}, after {timeout}s")
+
+    def wait_at_least(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> float:
+        """Wait until /metrics shows ``name{labels}`` at ``value`` or more; the value seen."""
+        ok, seen = self._poll(name, lambda v: v is not None and v >= value, timeout, labels)
+        if not ok or seen is None:
+            raise AssertionError(f"{name}{labels} is {seen}, not at least {value}, after {timeout}s")
+        return seen

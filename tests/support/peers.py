@@ -23,6 +23,7 @@ __all__ = [
     "missing",
     "need_binary",
     "need_root",
+    "start_alertmanager",
     "start_process",
     "stop_process",
     "wait_port",
@@ -120,3 +121,17 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.wait(timeout)
+
+
+def start_alertmanager(tmp: Path, name: str, config: Path, web: int, cluster: int | None = None,
+                       peers: Sequence[int] = ()) -> subprocess.Popen[bytes]:
+    """Debian's prometheus-alertmanager on 127.0.0.1:``web``, its data in ``tmp/<name>-data`` (kept across a
+    restart, as its silences are); with ``cluster``, a gossip peer of ``peers`` with timings short enough
+    for a test, else alone."""
+    gossip = ([f"--cluster.listen-address=127.0.0.1:{cluster}", *(f"--cluster.peer=127.0.0.1:{p}" for p in peers),
+               "--cluster.peer-timeout=2s", "--cluster.settle-timeout=2s", "--cluster.gossip-interval=100ms",
+               "--cluster.pushpull-interval=2s", "--cluster.probe-interval=500ms"]
+              if cluster is not None else ["--cluster.listen-address="])
+    return start_process([need_binary("prometheus-alertmanager"), f"--config.file={config}",
+                          f"--storage.path={tmp / f'{name}-data'}", f"--web.listen-address=127.0.0.1:{web}", *gossip],
+                         port=web, log=tmp / f"{name}.log")

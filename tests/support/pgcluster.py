@@ -106,9 +106,21 @@ class PgCluster:
                            "-l", str(self.log), "-o", opts], timeout=90)
         wait_port(self.port, 30)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
         if (self.data / "postmaster.pid").exists():
-            self._as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-w", "-m", "immediate", "-D", str(self.data)])
+            self._as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.data)])
+
+    def set_next_xid(self, xid: int) -> None:
+        """Move the stopped cluster's next transaction ID with pg_resetwal (every database's xid age jumps to
+        about ``xid``), with the commit-log segment it needs. ``xid`` must start a segment (a multiple of 2**20)."""
+        if xid % 2**20:
+            raise ValueError("xid must be a multiple of 1048576 (one pg_xact segment)")
+        self.stop("fast")  # pg_resetwal wants a clean shutdown
+        self._as_postgres([str(PG_BIN / "pg_resetwal"), "-x", str(xid), "-D", str(self.data)])
+        segment = self.data / "pg_xact" / f"{xid // 2**20:04X}"
+        segment.write_bytes(bytes(256 * 1024))
+        pw = pwd.getpwnam("postgres")
+        os.chown(segment, pw.pw_uid, pw.pw_gid)
 
     def remove(self) -> None:
         try:

@@ -10,6 +10,7 @@ In an async test, on the test's loop::
         proxy.calls["eth_blockNumber"]                 # rpc_error=(-32000, "msg"), deep_json=100_000
         await proxy.drop_websockets()
         await proxy.push_websockets(deep_frame(100_000))  # a frame the node never sent, to every client
+        proxy.refuse_websockets = 503                  # upgrades answered 503 (HTTP calls still pass)
 
 In a sync test (e.g. with a mevwatch subprocess), ``with ThreadedRpcProxy(anvil.url) as proxy:``
 runs the same proxy on its own loop in a thread; ``set``/``clear``/``calls`` work the same.
@@ -81,6 +82,9 @@ class RpcProxy:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: _TaskSet = _TaskSet()
+        # the HTTP status a WebSocket upgrade is answered with instead of being proxied (None: proxy it), as
+        # a reverse proxy whose WebSocket upstream is down answers while its HTTP upstream still serves
+        self.refuse_websockets: int | None = None
 
     @property
     def url(self) -> str:
@@ -146,6 +150,9 @@ class RpcProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
+            if self.refuse_websockets is not None:
+                self.calls["websocket_refused"] += 1
+                return web.Response(status=self.refuse_websockets, text="websocket upstream unavailable\n")
             return await self._handle_ws(request)
         raw = await request.read()
         try:
@@ -345,6 +352,10 @@ class ThreadedRpcProxy:
 
     def drop_websockets(self) -> None:
         asyncio.run_coroutine_threadsafe(self.proxy.drop_websockets(), self._loop).result(5)
+
+    def refuse_websockets(self, status: int | None) -> None:
+        """Answer WebSocket upgrades with ``status`` from now on (None: proxy them again)."""
+        self._loop.call_soon_threadsafe(setattr, self.proxy, "refuse_websockets", status)
 
     def push_websockets(self, text: str) -> None:
         asyncio.run_coroutine_threadsafe(self.proxy.push_websockets(text), self._loop).result(5)

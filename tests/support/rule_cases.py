@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from mevwatch.alerts.promrules import fill_threshold
 from mevwatch.alerts.rule import Rule
+from mevwatch.alerts.templates import format_value, go_float
 from mevwatch.daemon.config import default_config_text, load_config_text
 from mevwatch.daemon.docgen import all_metric_specs
 from tests.support.peers import REPO
@@ -24,85 +26,35 @@ __all__ = ["RULES_FILE", "TEST_FILE", "default_rules", "prom_render", "promtool_
 RULES_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.yml"
 TEST_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.test.yml"
 HOST = "mev-host-1"
-_TEMPLATE_RE = re.compile(r"\{\{\s*(\$labels\.(\w+)|\$value|\$metric\.(\w+))\s*(?:\|\s*(\w+))?\s*\}\}")
+_TEMPLATE_RE = re.compile(
+    r"\{\{\s*(\$labels\.(\w+)|\$value|\$metric\.(\w+))\s*(?:\|\s*(?:label\s+\"(\w+)\"|(\w+)))?\s*\}\}")
+_OR_RE = re.compile(r"\{\{\s*or((?:\s+\$labels\.\w+)+)\s*\}\}")  # Go's or: the first non-empty argument
 
 
 def default_rules() -> tuple[Rule, ...]:
     return load_config_text(default_config_text(), "<embedded default>").daemon.alerts.all_rules
 
 
-def _go_value(v: float) -> str:
-    if v.is_integer() and abs(v) < 1e21:
-        return str(int(v))
-    return repr(v)
-
-
-def _humanize_duration(v: float) -> str:
-    """Prometheus' humanizeDuration (template.go)."""
-    if v == 0:
-        return "0s"
-    if abs(v) >= 1:
-        sign = "-" if v < 0 else ""
-        d = int(abs(v))
-        s, m, h, days = d % 60, d // 60 % 60, d // 3600 % 24, d // 86400
-        if days:
-            return f"{sign}{days}d {h}h {m}m {s}s"
-        if h:
-            return f"{sign}{h}h {m}m {s}s"
-        if m:
-            return f"{sign}{m}m {s}s"
-        return f"{sign}{abs(v):.4g}s"
-    prefix = ""
-    for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
-        if abs(v) >= 1:
-            break
-        prefix = p
-        v *= 1000
-    return f"{v:.4g}{prefix}s"
-
-
-def _humanize(v: float) -> str:
-    """Prometheus' humanize (template.go): SI prefixes, four significant digits."""
-    if v == 0 or math.isnan(v) or math.isinf(v):
-        return f"{v:.4g}"
-    prefix = ""
-    if abs(v) >= 1:
-        for p in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
-            if abs(v) < 1000:
-                break
-            prefix, v = p, v / 1000
-    else:
-        for p in ("m", "u", "n", "p", "f", "a", "z", "y"):
-            if abs(v) >= 1:
-                break
-            prefix, v = p, v * 1000
-    return f"{v:.4g}{prefix}"
-
-
 def prom_render(text: str, labels: Mapping[str, str], value: float,
                 metrics: Mapping[str, float] | None = None) -> str:
-    """Render a rule template the way Prometheus does (its humanize formats, Go's float printing);
-    ``metrics``: the input series' values that a ``$metric`` query finds (others render "unknown")."""
+    """Render an exported rule's template as mevwatch renders the rule's (its values formatted by mevwatch's own
+    functions, so promtool proves Prometheus writes the same); ``metrics``: the input series' values that a
+    ``$metric`` query finds (others render "unknown")."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(2):
             return labels.get(m.group(2), "")
-        fn = m.group(4)
+        fn = m.group(5)
         if m.group(3):
-            if m.group(3) not in (metrics or {}):
-                return "unknown"
+            if m.group(4) is not None or m.group(3) not in (metrics or {}):
+                return "unknown"  # a label of another series: the cases give none
             return prom_render(f"{{{{ $value{' | ' + fn if fn else ''} }}}}", labels, (metrics or {})[m.group(3)])
-        if fn == "humanizePercentage":
-            return f"{value * 100:.4g}%"
-        if fn == "humanizeDuration":
-            return _humanize_duration(value)
-        if fn == "humanize":
-            return _humanize(value)
-        if fn is not None:
-            raise ValueError(f"no Prometheus rendering for {fn} in the test generator")
-        return _go_value(value)
+        return format_value(value, fn)  # mevwatch's formats: promtool checks Prometheus renders the same
 
-    return _TEMPLATE_RE.sub(sub, text)
+    def either(m: re.Match[str]) -> str:
+        return next((labels[n] for n in re.findall(r"\$labels\.(\w+)", m.group(1)) if labels.get(n)), "")
+
+    return _TEMPLATE_RE.sub(sub, _OR_RE.sub(either, text))
 
 
 def _label_value(name: str, rule: Rule) -> str:
@@ -141,9 +93,9 @@ def _when_cases(rule: Rule, runbook_url: str, eval_min: int, n: int) -> list[dic
     csel = _selector(cond.metric, cond_labels)
     if cond.increase:  # a counter: growing past the threshold over its window, or standing still
         per_min = cond.threshold + 1
-        pass_values, fail_values = f"0+{_go_value(per_min)}x{n}", f"5x{n}"
+        pass_values, fail_values = f"0+{go_float(per_min)}x{n}", f"5x{n}"
     else:
-        pass_values, fail_values = f"{_go_value(cond_pass)}x{n}", f"{_go_value(cond_fail)}x{n}"
+        pass_values, fail_values = f"{go_float(cond_pass)}x{n}", f"{go_float(cond_fail)}x{n}"
     labels = _series_labels(rule)
     sel = _selector(rule.metric, labels)
     if rule.absent:
@@ -156,12 +108,12 @@ def _when_cases(rule: Rule, runbook_url: str, eval_min: int, n: int) -> list[dic
         ]
     fire, quiet, _ = _gauge_values(rule)
     return [
-        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
+        _case(rule, [{"series": sel, "values": f"{go_float(fire)}x{n}"},
                      {"series": csel, "values": pass_values}], eval_min,
               [_expected(rule, labels, fire, runbook_url, {} if cond.increase else {cond.metric: cond_pass})]),
-        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"},
+        _case(rule, [{"series": sel, "values": f"{go_float(fire)}x{n}"},
                      {"series": csel, "values": fail_values}], eval_min, []),
-        _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"},
+        _case(rule, [{"series": sel, "values": f"{go_float(quiet)}x{n}"},
                      {"series": csel, "values": pass_values}], eval_min, []),
     ]
 
@@ -205,9 +157,11 @@ def _case(rule: Rule, series: list[dict[str, str]], eval_min: int, alerts: list[
 def _expected(rule: Rule, labels: Mapping[str, str], value: float, runbook_url: str,
               metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
     exp_labels = {**labels, **rule.labels, "severity": rule.severity}
-    annotations = {"summary": prom_render(rule.summary, exp_labels, value, metrics)}
-    if rule.description:
-        annotations["description"] = prom_render(rule.description, exp_labels, value, metrics)
+    def text(template: str) -> str:  # as exported: the rule's threshold, for and window written in
+        return prom_render(fill_threshold(template, rule.threshold, rule.for_, rule.text_window), exp_labels,
+                           value, metrics)
+
+    annotations = {name: text(template) for name, template in rule.texts.items() if template or name == "summary"}
     annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
     return {"exp_labels": exp_labels, "exp_annotations": annotations}
 
@@ -232,7 +186,7 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
             _case(rule, [alive, {"series": present, "values": f"1x{n}"}], eval_min, []),
         ]
     if rule.quantile is not None:
-        le_hi = _go_value(rule.threshold * 2)
+        le_hi = go_float(rule.threshold * 2)
         bucket = rule.metric + "_bucket"
 
         def hist(low: str, high: str) -> list[dict[str, str]]:
@@ -250,21 +204,21 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
         value = per_min * window / 60 if rule.increase else per_min / 60
         name = rule.metric
         return [
-            _case(rule, [{"series": _selector(name, labels), "values": f"0+{_go_value(per_min)}x{n}"}], eval_min,
+            _case(rule, [{"series": _selector(name, labels), "values": f"0+{go_float(per_min)}x{n}"}], eval_min,
                   [_expected(rule, labels, value, runbook_url)]),
             _case(rule, [{"series": _selector(name, labels), "values": f"5x{n}"}], eval_min, []),
         ]
     fire, quiet, held = _gauge_values(rule)
     sel = _selector(rule.metric, labels)
     cases = [
-        _case(rule, [{"series": sel, "values": f"{_go_value(fire)}x{n}"}], eval_min,
+        _case(rule, [{"series": sel, "values": f"{go_float(fire)}x{n}"}], eval_min,
               [_expected(rule, labels, fire, runbook_url)]),
-        _case(rule, [{"series": sel, "values": f"{_go_value(quiet)}x{n}"}], eval_min, []),
+        _case(rule, [{"series": sel, "values": f"{go_float(quiet)}x{n}"}], eval_min, []),
     ]
     if held is not None:
         # fires, then the value eases back between threshold and clear: still firing; past clear: resolved
         hold_min = eval_min + 5
-        values = f"{_go_value(fire)}x{eval_min} {_go_value(held)}x5 {_go_value(quiet)}x10"
+        values = f"{go_float(fire)}x{eval_min} {go_float(held)}x5 {go_float(quiet)}x10"
         case = _case(rule, [{"series": sel, "values": values}], hold_min,
                      [_expected(rule, labels, held, runbook_url)])
         case["alert_rule_test"].append({"eval_time": f"{hold_min + 3}m", "alertname": rule.name, "exp_alerts": []})
@@ -283,6 +237,6 @@ def promtool_tests_yaml(rules: tuple[Rule, ...] | list[Rule], runbook_url: str) 
 
 if __name__ == "__main__":
     rules = default_rules()
-    runbook_url = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.runbook_url
+    runbook_url = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.export_runbook_url
     TEST_FILE.write_text(promtool_tests_yaml(rules, runbook_url))
     print(f"wrote {TEST_FILE}", file=sys.stderr)

@@ -19,7 +19,34 @@ from aiohttp import web
 from tests.support.peers import free_port
 from tests.support.threadedapp import ThreadedApp
 
-__all__ = ["Received", "WebhookReceiver"]
+__all__ = ["Received", "WebhookReceiver", "webhook_v4_problems"]
+
+
+_MESSAGE = {"version": str, "groupKey": str, "truncatedAlerts": int, "status": str, "receiver": str,
+            "groupLabels": dict, "commonLabels": dict, "commonAnnotations": dict, "externalURL": str, "alerts": list}
+_ALERT = {"status": str, "labels": dict, "annotations": dict, "startsAt": str, "endsAt": str,
+          "generatorURL": str, "fingerprint": str}
+
+
+def webhook_v4_problems(doc: Any) -> list[str]:
+    """What makes ``doc`` not an Alertmanager webhook message (version 4, notify/webhook ``Message``)."""
+    if not isinstance(doc, dict):
+        return ["not a JSON object"]
+    out = [f"{k}: missing or not {t.__name__}" for k, t in _MESSAGE.items() if not isinstance(doc.get(k), t)]
+    if doc.get("version") != "4":
+        out.append(f"version {doc.get('version')!r}, not '4'")
+    if doc.get("status") not in ("firing", "resolved"):
+        out.append(f"status {doc.get('status')!r}")
+    for i, a in enumerate(doc.get("alerts") or []):
+        if not isinstance(a, dict):
+            out.append(f"alerts[{i}]: not an object")
+            continue
+        out += [f"alerts[{i}].{k}: missing or not {t.__name__}" for k, t in _ALERT.items()
+                if not isinstance(a.get(k), t)]
+        for k in ("labels", "annotations"):
+            if isinstance(a.get(k), dict) and not all(isinstance(v, str) for v in a[k].values()):
+                out.append(f"alerts[{i}].{k}: a value is not a string")
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,3 +75,23 @@ def test_help_still_lists_every_command(tmp_path: Path) -> None:
 def test_a_tool_command_still_runs(tmp_path: Path) -> None:
     loaded = _modules_after(["rules", "export", "--help"], tmp_path)
     assert "mevwatch.alerts.promrules" in loaded
+
+
+def test_each_tool_command_is_mapped_to_the_module_that_adds_it() -> None:
+    from mevwatch.daemon.cli import COMMAND_MODULE_OF, COMMAND_MODULES, build_parser
+
+    assert set(COMMAND_MODULE_OF.values()) == set(COMMAND_MODULES)
+    whole = build_parser(commands=True)
+    added = {name for action in whole._subparsers._group_actions for name in action.choices}  # type: ignore[union-attr]
+    assert added - {"run", "check-config"} == set(COMMAND_MODULE_OF)
+    for command in COMMAND_MODULE_OF:
+        alone = build_parser(commands=command)
+        names = {name for action in alone._subparsers._group_actions for name in action.choices}  # type: ignore[union-attr]
+        assert command in names, command
+
+
+def test_a_tool_command_loads_no_other_tool(tmp_path: Path) -> None:
+    loaded = _modules_after(["integrity", "verify", "--help"], tmp_path)
+    assert "mevwatch.daemon.integrity_cli" in loaded
+    assert loaded.isdisjoint({"mevwatch.daemon.diagnose", "mevwatch.alerts.cli", "mevwatch.alerts.promrules",
+                              "mevwatch.daemon.flags"}), sorted(loaded)

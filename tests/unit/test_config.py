@@ -185,3 +185,17 @@ def test_secret_files(tmp_path: Path) -> None:
     assert read_secret_file(p) == "hunter2"
     with pytest.raises(ValueError, match="cannot read secret file"):
         read_secret_file(tmp_path / "missing")
+
+
+def test_a_timeout_of_twice_the_interval_or_more_is_rejected_where_it_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # samples older than 2x the interval are stale: a run that may last that long would resolve alerts falsely
+    cfg = tmp_path / "slow.yaml"
+    cfg.write_text("collectors:\n  - process: {interval: 1s, timeout: 1900ms}\n  - memory:\n"
+                   "      interval: 1s\n      timeout: 2s\n  - cpu: {timeout: 30s}\n")
+    assert main(["check-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}:5: collectors[1].memory.timeout: timeout 2s must be less than twice the interval (1s)" in err, err
+    # the kind's default interval counts when none is written (cpu: 15s)
+    assert f"{cfg}:6: collectors[2].cpu.timeout: timeout 30s must be less than twice the interval (15s)" in err, err
+    assert "collectors[0]" not in err  # under twice the interval: accepted

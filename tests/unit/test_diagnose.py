@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.peers import REPO, free_port
 
@@ -115,3 +116,34 @@ collectors:
         assert lines[gap]["status"] == "WARN", (gap, lines.get(gap))
     assert lines["MonitoringGapLogSource"]["value"].startswith("!")
     assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+def test_the_daemons_lines_say_who_silences_a_firing_alert_or_that_nobody_can_tell() -> None:
+    from mevwatch.daemon.diagnose import daemon_lines
+
+    def alert(endpoint: str, state: str = "firing") -> dict[str, Any]:
+        return {"labels": {"alertname": "RpcEndpointDown", "host": "h", "severity": "critical", "endpoint": endpoint},
+                "state": state, "value": 0, "summary": "s"}
+
+    rule = {"name": "RpcEndpointDown", "condition": "mevwatch_rpc_up == 0", "state": "firing", "severity": "critical",
+            "runbook": "rpc-down", "alerts": [alert("a"), alert("b"), alert("c"), alert("d", "pending")],
+            "series": [], "reason": ""}
+    held = {"state": "silenced", "by": [], "text": "silenced in Alertmanager by s1 (alice: \"x\", ends at T)"}
+    unknown = {"state": "unknown", "by": [], "text": "silence state UNKNOWN: no Alertmanager answered since T"}
+    plain = {"state": "not silenced", "by": [], "text": "not silenced (Alertmanager's silences read 1s ago)"}
+    doc = {"health": {"collectors": []}, "rules": [rule],
+           "alerts": [{**alert("a"), "silencing": held}, {**alert("b"), "silencing": unknown},
+                      {**alert("c"), "silencing": plain}, {**alert("d", "pending"), "silencing": unknown}],
+           "silence_source": {"state": "read", "text": "read from http://am:9093 1s ago: 1 active"}}
+    lines = {ln.check: ln for ln in daemon_lines(doc, "http://x", {"rpc"})}
+    assert (lines["Alertmanager silences"].status, lines["Alertmanager silences"].value) == (
+        "OK", "read from http://am:9093 1s ago: 1 active")
+    assert (lines["RpcEndpointDown a silence"].status, lines["RpcEndpointDown a silence"].value) == (
+        "INFO", held["text"])
+    assert (lines["RpcEndpointDown b silence"].status, lines["RpcEndpointDown b silence"].value) == (
+        "UNKNOWN", unknown["text"])
+    assert "RpcEndpointDown c silence" not in lines  # not silenced, as the rule's firing line says
+    assert "RpcEndpointDown d silence" not in lines  # pending: nothing pages yet
+    assert lines["RpcEndpointDown (mevwatch_rpc_up == 0)"].status == "CRIT"  # silenced or not, the host is down
+    doc["silence_source"] = {"state": "unknown", "text": "UNKNOWN: no Alertmanager answered since T"}
+    assert {ln.check: ln.status for ln in daemon_lines(doc, "http://x", {"rpc"})}["Alertmanager silences"] == "UNKNOWN"

@@ -1,11 +1,17 @@
-"""The generated reference docs are current: docs/configuration.md and docs/metrics.md."""
+"""The generated files are current: docs/configuration.md, docs/metrics.md and mevwatch/metric_owners.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from mevwatch.collectors.base import MetricSpec
-from mevwatch.daemon.docgen import all_metric_specs, configuration_md, declaration_problems, metrics_md
+from mevwatch.daemon.docgen import (
+    all_metric_specs,
+    configuration_md,
+    declaration_problems,
+    metric_owners_py,
+    metrics_md,
+)
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from tests.support.peers import REPO
 
@@ -70,3 +76,7 @@ def test_a_declaration_builds_only_families_of_its_own_type() -> None:
     assert spec.counter(2.0).samples[0].name == "mevwatch_c_total"
     with pytest.raises(TypeError, match="declared a counter, not a gauge"):
         spec.gauge()
+
+
+def test_metric_owners_py_is_current() -> None:
+    assert (REPO / "mevwatch" / "metric_owners.py").read_text() == metric_owners_py(), REGENERATE

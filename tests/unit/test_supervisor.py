@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
@@ -252,6 +253,23 @@ async def test_self_metrics_snapshots_count_one_per_round() -> None:
         assert last.seq - first.seq == 5 * 3
 
 
+async def test_a_heartbeat_with_nothing_new_puts_no_self_metrics_and_they_stay_fresh() -> None:
+    async with _running("collectors:\n  - t_quiet: {interval: 10}\n") as (sup, store):
+        await asyncio.sleep(1.0)
+        first = store.get(META_KEY)
+        assert first is not None
+        await asyncio.sleep(7300.0)  # over 1,400 heartbeats, past the 2 h after which a snapshot not kept is stale
+        meta = store.get(META_KEY)
+        assert meta is not None
+        assert meta.seq == first.seq  # kept fresh, never put again: nothing it shows changed
+        sup.reload_ok = False  # a value changes without a run: the next heartbeat puts it
+        await asyncio.sleep(sup.heartbeat_interval)
+        assert value(store, "mevwatch_config_last_reload_successful") == 0.0
+        meta = store.get(META_KEY)
+        assert meta is not None
+        assert meta.seq > first.seq
+
+
 async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
     async with _running("collectors:\n  - t_quiet: {}\n") as (_, store):
         for _ in range(8):  # 0.8 s: 4x the 0.2 s after which an untouched snapshot is stale
@@ -288,6 +306,38 @@ def test_collectors_of_one_interval_land_on_the_same_instant() -> None:
     for _ in range(50):
         a, b = next_slot(a, a + 0.002, 0.5, 0.0), next_slot(b, b + 0.003, 0.5, 0.0)
         assert a == b
+
+
+@pytest.mark.parametrize(
+    ("slot", "started", "expected"),
+    [
+        (100.0, 100.0, 100.0),
+        (100.0, 100.004, 100.0),  # began behind the runs and the tick due at the same instant: its slot
+        (100.0, 100.05, 100.0),
+        (100.0, 100.3, 100.3),  # the loop was held up: when it began, not when it was due
+    ],
+)
+def test_a_run_is_stamped_with_its_slot_when_it_began_on_time(slot: float, started: float, expected: float) -> None:
+    from mevwatch.daemon.supervisor import sample_time
+
+    assert sample_time(slot, started, 1_700_000_000.0) == pytest.approx(1_700_000_000.0 + expected, abs=1e-9)
+
+
+async def test_a_poll_runs_snapshot_carries_its_slot_in_unix_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import mevwatch.daemon.supervisor as supmod
+
+    loop = asyncio.get_running_loop()
+    offset = 1_700_000_000.0  # Unix time = loop time + offset: a host clock that is not stepped
+    monkeypatch.setattr(supmod, "time", SimpleNamespace(time=lambda: loop.time() + offset, monotonic=time.monotonic))
+    RUNS.clear()
+    async with _running("collectors:\n  - t_tick: {instance: a, interval: 0.1}\n") as (_, store):
+        await asyncio.sleep(0.35)
+        snap = store.get(("t_tick", "a"))
+        assert snap is not None
+        assert snap.sampled_at is not None
+        assert snap.sampled_at == pytest.approx(RUNS["a"][-1] + offset, abs=1e-9)
 
 
 @pytest.mark.looptime(False)  # counts real loop iterations: a callback ready in each stops the virtual clock

@@ -5,6 +5,7 @@ changes after a put, and tick when the clock moves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,19 @@ from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
 from mevwatch.families import CounterMetricFamily, GaugeMetricFamily, Metric
 
-__all__ = ["RATIO_HIGH_RULE", "Clock", "Harness", "counter", "gauge"]
+__all__ = ["FLEET", "RATIO_HIGH_RULE", "Clock", "Harness", "LoopClock", "counter", "gauge", "increase_rule"]
+
+#: a config in fleet mode: every alert to an Alertmanager (nothing listens there) and the log
+FLEET = """collectors: []
+alerts:
+  mode: fleet
+  default_rules: false
+  receivers:
+    - name: fleet
+      alertmanager_configs: [{urls: ["http://127.0.0.1:1"]}]
+      log_configs: [{}]
+  receiver: fleet
+"""
 
 #: a rule entry (under ``rules:``) the engine tests share: test_ratio above 0.9 for 2 s
 RATIO_HIGH_RULE = """    - name: RatioHigh
@@ -28,12 +41,32 @@ RATIO_HIGH_RULE = """    - name: RatioHigh
 """
 
 
+def increase_rule(name: str, metric: str, op: str, threshold: float) -> str:
+    """A rule entry (under ``rules:``): ``metric``'s increase over 10 s compared with ``threshold``."""
+    return f"""    - name: {name}
+      metric: {metric}
+      increase: 10s
+      op: "{op}"
+      threshold: {threshold:g}
+      summary: s
+      runbook: memory-high
+"""
+
+
 class Clock:
     def __init__(self, t: float = 1_700_000_000.0) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
+
+
+class LoopClock(Clock):
+    """Wall time that moves with the running loop's clock (looptime's virtual time): ``t + loop.time()``,
+    for an engine started in the test's loop, whose tick and outbox run on their own."""
+
+    def __call__(self) -> float:
+        return self.t + asyncio.get_running_loop().time()
 
 
 def gauge(name: str, value: float, **labels: str) -> Metric:
@@ -52,11 +85,12 @@ def counter(name: str, series: dict[str, float], label: str = "comm") -> Metric:
 class Harness:
     """An engine over a real state DB, without delivery workers: notifications stay in the outbox."""
 
-    def __init__(self, tmp: Path, alerts_yaml: str, clock: Clock | None = None) -> None:
+    def __init__(self, tmp: Path, alerts_yaml: str, clock: Clock | None = None,
+                 store: SampleStore | None = None) -> None:
         self.tmp = tmp
         self.yaml = alerts_yaml
         self.clock = clock or Clock()
-        self.store = SampleStore()
+        self.store = store or SampleStore()
         self.db = StateDB.open_dir(tmp / "state")
         self.engine = self._engine()
 
@@ -71,8 +105,9 @@ class Harness:
         self.engine.started_at = self.clock()
         self.engine.router.update(a for a in restored if a.state in ("firing", "resolved"))
 
-    def put(self, *families: Metric, key: tuple[str, str] = ("test", "default"), interval: float = 3600.0) -> None:
-        self.store.put(key, families, interval)
+    def put(self, *families: Metric, key: tuple[str, str] = ("test", "default"), interval: float = 3600.0,
+            sampled_at: float | None = None) -> None:
+        self.store.put(key, families, interval, sampled_at)
         self.engine.evaluate_changes()  # what the engine's task does when the store wakes it
 
     def advance(self, seconds: float) -> None:

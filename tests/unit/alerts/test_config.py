@@ -37,3 +37,31 @@ def test_inline_rule_errors_have_line_and_field_path() -> None:
     assert "unknown receiver 'pager'" in errs[0]
     errs = _errors("  receivers:\n    - {name: w, webhook_configs: [{url: 'ftp://x'}]}\n  receiver: w\n")
     assert errs[0].startswith("m.yaml:4: alerts.receivers[0].webhook_configs[0].url: url must be http(s)")
+
+
+def test_what_a_receiver_gives_up_on_goes_to_the_default_receiver_unless_it_says_otherwise() -> None:
+    hook = "webhook_configs: [{url: 'http://127.0.0.1:1/h'}]"
+    text = f"""collectors: []
+alerts:
+  receivers:
+    - {{name: log, log_configs: [{{}}]}}
+    - {{name: oncall, {hook}}}
+    - {{name: chat, {hook}}}
+    - {{name: lead, {hook}, fallback: [chat, oncall]}}
+    - {{name: quiet, {hook}, fallback: []}}
+  receiver: log
+  routes:
+    - {{receiver: oncall, matchers: ['severity="critical"'], escalation: [{{after: 15m, receiver: lead}}]}}
+    - {{receiver: chat}}
+    - {{receiver: oncall}}
+"""
+    cfg = load_config_text(text, "m.yaml").daemon.alerts
+    assert cfg.fallback_receivers() == {
+        "log": ["oncall", "chat"],  # the default receiver's own: the routes' receivers, not escalation levels
+        "oncall": ["log"], "chat": ["log"],
+        "lead": ["chat", "oncall"], "quiet": [],
+    }
+    errs = _errors(f"  receivers:\n    - {{name: w, {hook}, fallback: [nope]}}\n  receiver: w\n")
+    assert "receivers[0].fallback[0]: unknown receiver 'nope'" in errs[0]
+    errs = _errors(f"  receivers:\n    - {{name: w, {hook}, fallback: [w]}}\n  receiver: w\n")
+    assert "receivers[0].fallback[0]: 'w' is the receiver itself" in errs[0]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mevwatch.alerts.rules import History, histogram_quantile, increase
+from mevwatch.alerts.history import History
+from mevwatch.alerts.rules import histogram_quantile, increase
 from mevwatch.families import HistogramMetricFamily
 from tests.unit.alerts._helpers import Harness, counter, gauge
 
@@ -185,6 +187,65 @@ def test_histogram_quantile_over_a_window(harness: Harness) -> None:
     [note] = harness.notifications()
     assert 0.015 < note["alerts"][0]["value"] <= 0.025
     assert note["alerts"][0]["labels"]["target"] == "engine"
+
+
+@pytest.mark.parametrize(
+    "harness", [rule("quantile: 0.75\nrate: 5m\nop: '>'\nthreshold: 10", name="EngineLatencyHigh",
+                     metric="lat_seconds")],
+    indirect=True,
+)
+def test_a_quantile_over_a_window_equals_one_computed_from_every_raw_point(harness: Harness) -> None:
+    """Reference: each bucket's increase() over all the raw points it was put with, then histogram_quantile."""
+    rng = random.Random(7)
+    les = ("0.005", "0.01", "0.05", "0.1", "+Inf")
+    counts = {"a": [0.0] * len(les), "b": [0.0] * len(les)}
+    raw: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    prev = None
+    compared = 0
+    evaluated_earlier = 0
+    distinct: set[float] = set()
+    for i in range(700):
+        harness.clock.t += rng.choice((0.97, 1.0, 1.04))
+        now = harness.clock.t
+        if i == 200:  # a series appearing on a collector already reporting started at 0, as a counter does
+            counts["c"] = [0.0] * len(les)
+            for le in les:
+                raw[("c", le)] = [(prev, 0.0)] if prev is not None else []
+        if i == 400:
+            counts["a"] = [0.0] * len(les)  # its process restarted: a reset
+        if i == 500:
+            del counts["b"]  # gone: no longer evaluated
+        for cs in counts.values():
+            for _ in range(rng.choice((0, 1, 1, 3))):
+                slot = rng.choice((0, 1, 1, 2, 2, 2, 3, 4))  # mostly under the highest bound: interpolated
+                cs[slot:] = [c + 1 for c in cs[slot:]]
+        fam = HistogramMetricFamily("lat_seconds", "latency", labels=["target"])
+        for target, cs in counts.items():
+            fam.add_metric([target], buckets=list(zip(les, cs, strict=True)), sum_value=0.0)
+            for le, c in zip(les, cs, strict=True):
+                raw.setdefault((target, le), []).append((now, c))
+        harness.put(fam)
+        harness.advance(0.0)  # the tick evaluates a windowed rule whose inputs did not change at its window's edges
+        prev = now
+        want = {}
+        for target in counts:
+            incs = [increase(raw[(target, le)], 300.0, now) for le in les]
+            if None in incs:
+                continue
+            q = histogram_quantile(0.75, [(float(le), inc or 0.0) for le, inc in zip(les, incs, strict=True)])
+            if not math.isnan(q):
+                want[(("target", target),)] = q
+                distinct.add(q)
+        # evaluated now or, when neither an input changed nor a point left the window since, earlier, to the
+        # same values
+        at, got = harness.engine.last_values["EngineLatencyHigh"]
+        assert at <= now
+        evaluated_earlier += at < now
+        assert got == want, i
+        compared += len(want)
+    assert compared > 1500
+    assert evaluated_earlier > 10  # rounds with no new count in any series: the rule was not evaluated again
+    assert len(distinct) > 100  # the quantile moved with every window, not stuck at a bucket's bound
 
 
 @pytest.mark.parametrize("harness", [rule("op: '>'\nthreshold: 0.9")], indirect=True)

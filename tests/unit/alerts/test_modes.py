@@ -10,18 +10,7 @@ from pathlib import Path
 import pytest
 
 from mevwatch.daemon.config import ConfigError, load_config_text
-from tests.unit.alerts._helpers import Harness, gauge
-
-FLEET = """collectors: []
-alerts:
-  mode: fleet
-  default_rules: false
-  receivers:
-    - name: fleet
-      alertmanager_configs: [{urls: ["http://127.0.0.1:1"]}]
-      log_configs: [{}]
-  receiver: fleet
-"""
+from tests.unit.alerts._helpers import FLEET, Harness, gauge
 
 
 def _errors(extra: str, base: str = FLEET) -> list[str]:
@@ -30,7 +19,7 @@ def _errors(extra: str, base: str = FLEET) -> list[str]:
     return [str(i) for i in exc.value.issues]
 
 
-def test_fleet_mode_refuses_escalation_inhibition_direct_sinks_and_a_silence_source_where_written() -> None:
+def test_fleet_mode_refuses_escalation_inhibition_and_direct_sinks_where_written() -> None:
     cfg = load_config_text(FLEET, "m.yaml").daemon.alerts
     assert cfg.mode == "fleet"
     assert load_config_text("collectors: []\n", "m.yaml").daemon.alerts.mode == "standalone"
@@ -40,8 +29,9 @@ def test_fleet_mode_refuses_escalation_inhibition_direct_sinks_and_a_silence_sou
     assert "alerts.routes: routes[0].escalation: alerts.mode is fleet" in err
     [err] = _errors("  inhibit_rules: [{source_matchers: ['a=\"b\"'], target_matchers: ['c=\"d\"']}]\n")
     assert err.startswith("m.yaml:10: alerts.inhibit_rules: alerts.mode is fleet")
-    [err] = _errors("  alertmanager_silences: {urls: ['http://127.0.0.1:1']}\n")
-    assert err.startswith("m.yaml:10: alerts.alertmanager_silences: alerts.mode is fleet")
+    # a silence source is read for mevwatch's screens only (tests/unit/alerts/test_silencing.py)
+    assert load_config_text(FLEET + "  alertmanager_silences: {urls: ['http://127.0.0.1:1']}\n",
+                            "m.yaml").daemon.alerts.silences_mute is False
     hook = FLEET.replace("      log_configs: [{}]\n", "      webhook_configs: [{url: 'http://127.0.0.1:1/x'}]\n")
     [err] = _errors("", hook)
     assert "alerts.receivers: receivers[0].webhook_configs: alerts.mode is fleet" in err

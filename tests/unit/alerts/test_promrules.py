@@ -15,7 +15,7 @@ from mevwatch.daemon.config import default_config_text, load_config_text
 from tests.support.peers import REPO, need_binary
 from tests.support.rule_cases import RULES_FILE, TEST_FILE, default_rules, prom_render, promtool_tests_yaml
 
-RUNBOOK_URL = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.runbook_url
+RUNBOOK_URL = load_config_text(default_config_text(), "<embedded default>").daemon.alerts.export_runbook_url
 
 
 def _rule(**fields: object) -> Rule:
@@ -116,6 +116,35 @@ def test_prom_render_matches_prometheus_formats() -> None:
     assert prom_render("{{ $value }} {{ $labels.missing }}x", labels, 2.5) == "2.5 x"
 
 
+#: values whose texts differ between formats: fractions, sub-second and multi-unit durations, SI and binary
+#: prefixes both ways, Go's exponent from 1e6 on and below 1e-4, shortest digits, signs, NaN and infinities
+FORMAT_VALUES = (0.0, 0.5, 1.5, 59.99, 60.0, 3725.0, 86400.0, 93601.0, 0.0005, 0.0015, 0.012, 1e-05, 1.234e-05,
+                 0.30000000000000004, 0.1667, 1023.0, 1024.0, 2048.0, 123456.0, 999999.0, 1e6, 1234567.0,
+                 12345.678, 1.23456789e8, 3.5e12, -1.5, -3725.0, -0.002, float("nan"), float("inf"),
+                 float("-inf"))
+FUNCTIONS = ("", "humanize", "humanize1024", "humanizePercentage", "humanizeDuration")
+
+
+def test_every_template_function_writes_what_prometheus_writes(tmp_path: Path) -> None:
+    """promtool renders {{ $value | fn }} of an alert with each value; mevwatch's text must be the same."""
+    from mevwatch.alerts.templates import render_template
+
+    texts = {f"f{i}": "{{ $value" + (f" | {fn}" if fn else "") + " }}" for i, fn in enumerate(FUNCTIONS)}
+    rules = {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "m", "annotations": texts}]}]}
+    (tmp_path / "r.yml").write_text(yaml.safe_dump(rules))
+    cases = [{
+        "interval": "1m",
+        "input_series": [{"series": 'm{v="x"}', "values": repr(v).replace("inf", "Inf").replace("nan", "NaN")}],
+        "alert_rule_test": [{"eval_time": "0m", "alertname": "A", "exp_alerts": [{
+            "exp_labels": {"v": "x"},
+            "exp_annotations": {name: render_template(text, {}, v) for name, text in texts.items()}}]}],
+    } for v in FORMAT_VALUES]
+    (tmp_path / "t.yml").write_text(yaml.safe_dump({"rule_files": ["r.yml"], "evaluation_interval": "1m",
+                                                    "tests": cases}))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
 def test_cli_exports_and_rejects_bad_config(tmp_path: Path) -> None:
     out = tmp_path / "rules.yml"
     proc = subprocess.run([sys.executable, "-m", "mevwatch", "rules", "export", "-o", str(out)],
@@ -175,3 +204,37 @@ def test_absent_fires_per_host_with_the_label_set_mevwatch_gives_it(tmp_path: Pa
     proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert ours == {"collector": "rpc", "host": "mev-b", "severity": "critical"}
+
+
+def test_a_label_of_another_series_renders_in_prometheus_as_in_mevwatch(tmp_path: Path) -> None:
+    from mevwatch.alerts.rules import Alert, labelset, step
+
+    rule = next(r for r in default_rules() if r.name == "WalletQueuedNonceGap")
+    own = {"address": "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65", "wallet": "bot"}
+    info = {**own, "missing": "5-6, 8", "stuck": "0x" + "a" * 64 + ", 0x" + "b" * 64}
+    values = {"mevwatch_wallet_queued_nonce_gap": 3.0, "mevwatch_wallet_queued_transactions": 2.0,
+              "mevwatch_wallet_pending_nonce": 5.0, "mevwatch_wallet_queued_lowest_nonce": 7.0}
+    samples = {name: {labelset(own): v} for name, v in values.items()}
+    samples["mevwatch_wallet_queued_gap_info"] = {labelset(info): 1.0,  # another wallet's facts must not show
+                                                  labelset({**info, "wallet": "other"}): 1.0}
+    alerts: dict[str, Alert] = {}
+    step(rule, samples[rule.metric], alerts, 0.0, "mev-host-1", "rb", samples=samples)
+    [ours] = alerts.values()
+    assert "queued behind missing nonce(s) 5-6, 8: stuck 0x" + "a" * 64 in ours.annotations["summary"]
+
+    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
+    series = [{"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in {**own, "host": "mev-host-1"}.items())
+               + "}", "values": f"{v:g}x5"} for name, v in values.items()]
+    series += [{"series": "mevwatch_wallet_queued_gap_info{" + ",".join(
+        f'{k}="{v}"' for k, v in {**i, "host": "mev-host-1"}.items()) + "}", "values": "1x5"}
+        for i in (info, {**info, "wallet": "other"})]
+    exp = {"exp_labels": {**own, "host": "mev-host-1", "severity": "warning"},
+           "exp_annotations": {"summary": ours.annotations["summary"],
+                               "description": ours.annotations["description"],
+                               "runbook_url": "rb#queued-nonce-gap"}}
+    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": [exp]}]}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -257,3 +257,18 @@ def test_a_bad_receiver_config_is_a_config_error_with_its_path(receiver: str, me
     assert "m.yaml:" in shown
     assert "alerts.receivers[0]" in shown
     assert message.split(": Value error, ")[-1] in shown
+
+
+def test_a_fallback_message_says_which_sink_did_not_deliver_it() -> None:
+    from mevwatch.alerts.outbox import fallback_payload
+    from mevwatch.alerts.sinks._message import notification_title, plain_text
+
+    alert: dict[str, Any] = {"status": "firing", "labels": {"alertname": "RpcEndpointDown", "host": "mev-1"},
+             "annotations": {"summary": "endpoint dead", "runbook_url": "https://rb/#rpc-down"}}
+    payload: dict[str, Any] = {"status": "firing", "groupLabels": {"alertname": "RpcEndpointDown"},
+                               "alerts": [alert]}
+    assert notification_title(payload) == "[FIRING:1] RpcEndpointDown on mev-1"
+    moved = fallback_payload(payload, "backup", "pager/webhook/0", "HTTP 400: no")
+    assert notification_title(moved) == "[FIRING:1] RpcEndpointDown on mev-1 (undelivered to pager/webhook/0)"
+    assert "(runbook: https://rb/#rpc-down)" in plain_text(moved, 4000)
+    assert payload["alerts"][0]["annotations"] == alert["annotations"]  # the original is left as it was

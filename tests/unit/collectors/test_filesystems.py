@@ -382,7 +382,7 @@ async def test_hung_statvfs_does_not_stop_other_collectors(
         f"paths: {{procfs: {tmp_path / 'proc'}}}\n"
         "blocking_threads: 4\n"
         "collectors:\n"
-        "  - filesystems: {interval: 300ms, timeout: 1s, statvfs_timeout: 100ms}\n"
+        "  - filesystems: {interval: 300ms, timeout: 500ms, statvfs_timeout: 100ms}\n"
         "  - process: {interval: 100ms}\n"
     )
     store = SampleStore()

@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
@@ -223,8 +225,60 @@ def test_record_table_gives_back_every_record_as_it_was() -> None:
     assert RecordTable(records[:3]) == {r.path: r for r in records[:3]}
 
 
-def test_record_table_holds_a_file_record_in_less_than_200_bytes() -> None:
-    # As a FileRecord with its hex digest and its own ints (as loaded from the DB) a file costs ~500 bytes.
+def test_record_table_keeps_every_path_apart_whatever_the_order_of_writes() -> None:
+    # names in and out of order, a name that is not UTF-8, the root, a directory and its files,
+    # names that are prefixes of each other: the table answers as a dict would after each step
+    paths = ["/etc/mev/b", "/etc/mev/a", "/etc/mev", "/etc/mev/a/x", "/etc/mev/ab", "/", "/etc/mev/\udcff",
+             "/etc/mev/a.", "/etc/me", "/etc/mev/0"]
+    table, model = RecordTable(), {}
+    for i, p in enumerate(paths):
+        table[p] = model[p] = rec(p, size=i)
+        assert dict(table.items()) == model
+    table["/etc/mev/a"] = model["/etc/mev/a"] = rec("/etc/mev/a", size=99)  # replaced in place
+    table["/etc/mev/ab"] = model["/etc/mev/ab"] = rec("/etc/mev/ab", sha256=None, error="permission denied")
+    assert dict(table.items()) == model
+    for p in ["/etc/mev/a", "/", "/etc/mev/ab", "/etc/mev/\udcff"]:
+        del table[p]
+        del model[p]
+        assert dict(table.items()) == model
+        assert len(table) == len(model)
+    with pytest.raises(KeyError):
+        del table["/etc/mev/a"]
+    assert "/etc/mev/a" not in table
+    assert "/etc/mev/a/x" in table
+
+
+def test_record_table_sees_an_unchanged_file_by_its_stat_alone(tmp_path: Path) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("one")
+    ws = WatchSet.build(files=[str(f)])
+    table = RecordTable(verify(ws, {})[0].values())
+    assert table.unchanged(str(f), os.lstat(f))
+    assert not table.unchanged(str(tmp_path / "other"), os.lstat(f))
+    assert not table.unchanged(str(tmp_path), os.lstat(tmp_path))  # not a regular file
+    st = os.lstat(f)
+
+    def restat(**changed: int) -> os.stat_result:
+        fields = {name: getattr(st, name) for name in ("st_mode", "st_ino", "st_uid", "st_gid", "st_size",
+                                                       "st_mtime_ns", "st_ctime_ns")}
+        return cast(os.stat_result, SimpleNamespace(**(fields | changed)))
+
+    assert table.unchanged(str(f), restat())
+    for changed in (
+        {"st_mode": st.st_mode | 0o002}, {"st_uid": st.st_uid + 1}, {"st_gid": st.st_gid + 1},
+        {"st_ino": st.st_ino + 1},  # replaced by a rename
+        {"st_size": st.st_size + 1}, {"st_mtime_ns": st.st_mtime_ns + 1}, {"st_ctime_ns": st.st_ctime_ns + 1},
+    ):
+        assert not table.unchanged(str(f), restat(**changed)), changed
+    f.write_text("two")  # same size; ctime moves
+    assert not table.unchanged(str(f), os.lstat(f))
+    unreadable = RecordTable([rec(str(f), sha256=None)])  # no digest: quick mode must read it
+    assert not unreadable.unchanged(str(f), os.lstat(f))
+
+
+def test_record_table_holds_a_file_record_in_less_than_170_bytes() -> None:
+    # As a FileRecord with its hex digest and its own ints (as loaded from the DB) a file costs ~500 bytes,
+    # as a full path and a packed bytes object ~270.
     t0 = 1_700_000_000 * 10**9
     made = [rec(f"/srv/tree/d{i // 100:03d}/f{i:05d}.conf", size=100 + i, inode=10**6 + i, mtime_ns=t0 + i,
                 ctime_ns=t0 + i, sha256=os.urandom(32).hex(), uid=1000, gid=1000) for i in range(2000)]
@@ -236,7 +290,7 @@ def test_record_table_holds_a_file_record_in_less_than_200_bytes() -> None:
     finally:
         tracemalloc.stop()
     assert len(table) == 2000
-    assert held / 2000 < 200, f"{held / 2000:.0f} bytes per record"
+    assert held / 2000 < 170, f"{held / 2000:.0f} bytes per record"
 
 
 def test_verify_in_batches_finds_what_verify_at_once_does(tree: Path) -> None:
@@ -249,9 +303,11 @@ def test_verify_in_batches_finds_what_verify_at_once_does(tree: Path) -> None:
     for quick in (False, True):
         current, violations = verify(ws, table, quick=quick)
         batched = list(verify_each(ws, table, quick=quick, batch=2))
-        assert {p: r for p, r, _ in batched if r is not None} == current
-        assert [v for _, _, found in batched for v in found] == violations
-        assert [p for p, _, _ in batched] == sorted(p for p, _, _ in batched)
+        assert {p: r or table[p] for p, r, exists, _ in batched if exists} == current
+        assert [v for *_, found in batched for v in found] == violations
+        assert [p for p, *_ in batched] == sorted(p for p, *_ in batched)
+        # in quick mode an unchanged file is checked without a record of its own
+        assert any(r is None and exists for _, r, exists, _ in batched) == quick
         assert {(v.path.rsplit("/", 1)[1], v.kind) for v in violations} == {
             ("a.yaml", "content"), ("b.json", "missing"), ("new", "new"),
         }

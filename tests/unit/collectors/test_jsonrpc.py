@@ -14,6 +14,7 @@ from mevwatch.collectors._jsonrpc import (
     Endpoint,
     ErrorClass,
     JsonRpcClient,
+    ResponseTooLarge,
     RpcError,
     decode_json,
     parse_quantity,
@@ -185,4 +186,5 @@ async def test_chunked_oversized_body_is_cut_at_the_limit() -> None:
         await client.close()
         await runner.cleanup()
     assert info.value.error_class is ErrorClass.INVALID_RESPONSE
+    assert isinstance(info.value, ResponseTooLarge)  # a caller can say the limit is the cause
     assert sent < 10 * 1024 * 1024

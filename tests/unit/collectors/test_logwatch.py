@@ -29,7 +29,7 @@ from mevwatch.collectors._logmatch import (
     parse_nginx_combined,
 )
 from mevwatch.collectors._logtail import FileSource, LogTailer, SourceStats
-from mevwatch.collectors.base import CollectorContext
+from mevwatch.collectors.base import CollectorContext, Families
 from mevwatch.collectors.logwatch import LogwatchCollector, LogwatchOptions, build_sources
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.state import StateDB
@@ -716,3 +716,81 @@ async def test_default_sources_on_the_live_host_report_what_is_there(state_db: S
     text = _exposition(emitted[-1])
     for source, state in _live_expectations(opts).items():
         assert sample_value(text, "mevwatch_log_source_status", source=source, status=state) == 1, source
+
+
+async def test_a_pass_that_finds_nothing_new_emits_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "mev.log"
+    log.write_bytes(b"")
+    opts = LogwatchOptions.model_validate(
+        {"sources": [{"name": "mev", "paths": [str(log)]}], "journal": {"enabled": False}})
+    ctx = CollectorContext(kind="logwatch", instance="quiet", interval=0.02, timeout=5.0)
+    collector = LogwatchCollector(ctx, opts)
+    emitted: list[str] = []
+
+    def emit(fams: Families) -> None:
+        emitted.append(_exposition(list(fams)))
+
+    async def settle(n: int) -> None:
+        for _ in range(500):
+            if len(emitted) >= n:
+                return
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(collector.run(emit))
+    try:
+        await settle(1)
+        await asyncio.sleep(0.5)  # 25 passes over the silent file
+        assert len(emitted) == 1
+        append(log, b"ERROR: order rejected\n")
+        await settle(2)
+        assert sample_value(emitted[-1], "mevwatch_log_lines_read_total", source="mev") == 1
+        await asyncio.sleep(0.2)
+        assert len(emitted) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # a new run (the supervisor restarts a failed stream) starts with an emit, though nothing changed
+    task = asyncio.create_task(collector.run(emit))
+    try:
+        await settle(3)
+        assert len(emitted) == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+
+
+def test_a_silent_log_stays_on_metrics_and_in_the_alert_engine(tmp_path: Path) -> None:
+    log = tmp_path / "mev.log"
+    log.write_bytes(b"")
+    config = textwrap.dedent(
+        f"""\
+        collectors:
+          - logwatch:
+              interval: 200ms
+              sources: [{{name: mev, paths: ["{log}"]}}]
+              journal: {{enabled: false}}
+        alerts:
+          default_rules: false
+          startup_grace: 0s
+          rules:
+            - {{name: LogGone, metric: mevwatch_log_source_status, absent: true, summary: s, runbook: strategy-errors}}
+        """
+    )
+    with RunningDaemon(tmp_path, config) as daemon:
+        daemon.wait_for("mevwatch_log_source_status", source="mev", status="ok")
+        first = sample_value(daemon.get(), "mevwatch_collector_last_success_timestamp_seconds", collector="logwatch")
+        deadline = time.monotonic() + 2.0  # 10 passes, 5x the 0.4 s after which an untouched snapshot is stale
+        while time.monotonic() < deadline:
+            text = daemon.get()
+            assert sample_value(text, "mevwatch_log_source_status", source="mev", status="ok") == 1
+            assert sample_value(text, "mevwatch_log_lines_read_total", source="mev") == 0
+            rules = {r["name"]: r for r in json.loads(daemon.get("/api/v1/rules"))["data"]["rules"]}
+            assert rules["LogGone"]["state"] == "inactive"
+            time.sleep(0.05)
+        # the silent passes emitted nothing: the last new values are those of the first pass
+        text = daemon.get()
+        assert sample_value(text, "mevwatch_collector_last_success_timestamp_seconds", collector="logwatch") == first
+        append(log, b"ERROR: order rejected\n")
+        daemon.wait_value("mevwatch_log_lines_read_total", 1, source="mev")
+        assert json.loads(daemon.get("/api/v1/alerts"))["data"]["alerts"] == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from mevwatch.collectors.rpc import (
 from mevwatch.families import Metric
 from tests.support.collect import collect_anyway
 from tests.support.families import family_value
-from tests.support.peers import free_port
+from tests.support.peers import free_port, need_binary
 
 FIXTURE_PROC = Path(__file__).resolve().parents[2] / "fixtures" / "rpc" / "proc"
 
@@ -56,10 +59,14 @@ def test_count_established(host: str, port: int, expected: int) -> None:
     assert count_established(read_tcp_sockets(FIXTURE_PROC, frozenset({port})), host, port) == expected
 
 
-def test_sock_diag_and_proc_net_tcp_see_the_same_established_connections() -> None:
-    listeners, clients, accepted = [], [], []
+@contextlib.contextmanager
+def loopback_connections(groups: Sequence[tuple[int, str, int]], closed: bool = False) -> Iterator[list[int]]:
+    """A listener per (family, host, connections) group with that many established client
+    connections (and, with ``closed``, one more already closed); yields the listeners' ports
+    (a v6 group is left out where there is no IPv6 loopback)."""
+    listeners, conns, ports = [], [], []
     try:
-        for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        for family, host, n in groups:
             try:
                 srv = socket.socket(family)
                 srv.bind((host, 0))
@@ -67,20 +74,52 @@ def test_sock_diag_and_proc_net_tcp_see_the_same_established_connections() -> No
                 continue  # no IPv6 loopback here
             srv.listen(8)
             listeners.append(srv)
-            for _ in range(3):
-                c = socket.create_connection((host, srv.getsockname()[1]))
-                clients.append(c)
-                accepted.append(srv.accept()[0])
-        ports = frozenset(s.getsockname()[1] for s in listeners)
+            ports.append(srv.getsockname()[1])
+            for _ in range(n):
+                conns.append(socket.create_connection((host, ports[-1])))
+                conns.append(srv.accept()[0])
+            if closed:
+                gone = socket.create_connection((host, ports[-1]))
+                srv.accept()[0].close()
+                gone.close()  # FIN_WAIT/TIME_WAIT on the server side, CLOSE_WAIT/LAST_ACK on ours
+        yield ports
+    finally:
+        for s in (*conns, *listeners):
+            s.close()
+
+
+def test_sock_diag_and_proc_net_tcp_see_the_same_established_connections() -> None:
+    with loopback_connections([(socket.AF_INET, "127.0.0.1", 3), (socket.AF_INET6, "::1", 3)]) as listening:
+        ports = frozenset(listening)
         from_diag = rpc._netlink_established(ports)
         assert read_tcp_sockets(Path("/proc"), ports) == from_diag  # this process's own /proc: sock_diag
         from_text = [s for s in read_tcp_sockets(Path("/proc/self/.."), ports) if s.state == "01"]  # the files
         assert sorted(from_diag, key=repr) == sorted(from_text, key=repr)
-        assert len(from_diag) == 3 * len(listeners)
-        assert count_established(from_diag, "127.0.0.1", listeners[0].getsockname()[1]) == 3
-    finally:
-        for s in (*clients, *accepted, *listeners):
-            s.close()
+        assert len(from_diag) == 3 * len(ports)
+        assert count_established(from_diag, "127.0.0.1", listening[0]) == 3
+
+
+def test_kernel_port_filter_counts_what_a_full_walk_and_ss_count() -> None:
+    """The sock_diag request carries the endpoints' ports as a kernel filter: per port, the same
+    established connections as walking every socket, and as ``ss state established dport = :N``."""
+    ss = need_binary("ss")
+    groups = [(socket.AF_INET, "127.0.0.1", 1), (socket.AF_INET, "127.0.0.1", 4), (socket.AF_INET6, "::1", 2)]
+    with loopback_connections(groups, closed=True) as ports:
+        full_walk = rpc._netlink_established(None)
+        for port, (_, _, conns) in zip(ports, groups, strict=False):
+            filtered = rpc._netlink_established(frozenset({port}))
+            assert filtered == [s for s in full_walk if s.remote[1] == port]
+            out = subprocess.run([ss, "-Htn", "state", "established", "dport", "=", f":{port}"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout
+            assert len(filtered) == len(out.splitlines()) == conns
+        both = rpc._netlink_established(frozenset(ports[:2]))
+        assert sorted(both, key=repr) == sorted((s for s in full_walk if s.remote[1] in ports[:2]), key=repr)
+        assert len(both) == 5
+
+
+def test_port_filter_needs_a_port() -> None:
+    with pytest.raises(ValueError, match="no port"):
+        rpc.sock_diag_port_filter([])
 
 
 def test_port_filter_skips_other_sockets() -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from mevwatch.collectors.services import (
     mono_usec_to_wall,
     parse_proc_stat,
     parse_systemctl_show,
+    scan_processes,
     systemd_booted,
 )
 from mevwatch.daemon.config import ConfigError, load_config_text
@@ -33,6 +35,7 @@ from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import need_binary
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "systemd"
+FIXTURE_PROC = Path(__file__).resolve().parents[2] / "fixtures" / "proc"
 MIXED_UNITS = ["nginx", "mev-execution", "mev-detection", "ethereum-erigon", "mev-analytics", "redis", "postgresql"]
 
 
@@ -321,6 +324,41 @@ async def test_process_backend_ignores_zombies(tmp_path: Path, spawner: list[sub
     fams = await make(backend="process", units=[{"name": "z", "comm": link.name}]).collect()
     assert active_state(fams, "z") == "inactive"
     p.wait(5)
+
+
+def test_named_processes_only_are_read_and_match_as_in_a_full_scan(
+    tmp_path: Path, spawner: list[subprocess.Popen[bytes]]
+) -> None:
+    """With every unit named by comm or pidfile, the scan reads only those processes' stat (the
+    comm file first); what it returns is what the full scan returns for them."""
+    link = tmp_path / f"mevn{uuid.uuid4().hex[:8]}"
+    link.symlink_to(need_binary("sleep"))
+    a = _spawn(spawner, [str(link), "60"])
+    b = _spawn(spawner, [str(link), "60"])
+    c = _spawn(spawner, ["sleep", "60"])
+    pidfile = tmp_path / "svc.pid"
+    pidfile.write_text(f"{c.pid}\n")
+    named = frozenset({link.name})
+    ours = {a.pid, b.pid, c.pid}
+
+    deadline = time.monotonic() + 10
+    while not ours <= {p.pid for p in scan_processes(Path("/proc"), False) if p.comm in (link.name, "sleep")}:
+        assert time.monotonic() < deadline, "spawned processes not seen under their names"
+        time.sleep(0.02)  # until exec'ed and so renamed
+    full = {p.pid: p for p in scan_processes(Path("/proc"), False) if p.comm in named or p.pid == c.pid}
+    only = scan_processes(Path("/proc"), True, named, frozenset({c.pid}))
+    assert {p.pid for p in only} == set(full) == ours
+    assert all(p == replace(full[p.pid], cmdline=p.cmdline) for p in only)
+    assert {p.cmdline for p in only} == {f"{link} 60", "sleep 60"}
+
+    coll = make(backend="process", units=[{"name": "by-comm", "comm": link.name},
+                                          {"name": "by-pidfile", "pidfile": str(pidfile)}])
+    fams = asyncio.run(coll.collect())
+    assert value(fams, "mevwatch_service_processes", unit="by-comm") == 2.0
+    assert value(fams, "mevwatch_service_processes", unit="by-pidfile") == 1.0
+
+    # A procfs tree without comm files (a fixture): the names come from stat.
+    assert sorted(p.pid for p in scan_processes(FIXTURE_PROC, False, frozenset({"postgres"}))) == [4250, 4251]
 
 
 # --- options and the daemon -----------------------------------------------------------------

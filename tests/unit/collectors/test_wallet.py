@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from mevwatch.collectors._eth import checksum_address, keccak256, validate_address
 from mevwatch.collectors.base import CollectorContext, CollectorError, Families, NoData
@@ -73,6 +74,10 @@ def test_bad_addresses(value: str, message: str) -> None:
         (f"addresses: [{{name: a, address: '{BOT}'}}]\n      allow_to: ['0xnope']", "allow_to", "40 hex digits"),
         (f"addresses: [{{name: a, address: '{BOT}'}}]\n      max_blocks_per_run: 0", "max_blocks_per_run",
          "between 1 and 1000"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}]\n      queued: content", "queued",
+         "'auto', 'content_from' or 'off'"),
+        (f"addresses: [{{name: a, address: '{BOT}'}}]\n      recheck_unsupported: 0s", "recheck_unsupported",
+         "greater than 0"),
     ],
 )
 def test_bad_options_are_rejected(body: str, field: str, message: str) -> None:
@@ -347,3 +352,165 @@ async def test_faults_are_clear_collector_errors(
     finally:
         await c.close()
     assert _value(fams, "mevwatch_wallet_unexpected_transactions_total") == 1
+
+
+# --- transactions queued behind a missing nonce ------------------------------------------------------
+
+QUEUER = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # anvil's account 4: its queue is these tests' own
+GETH_CONTENT_FROM = {  # geth's txpool_contentFrom for a sender whose nonce 5 is missing, 6 and 7 queued
+    "pending": {},
+    "queued": {str(n): {"blockHash": None, "blockNumber": None, "from": QUEUER.lower(), "gas": "0x5208",
+                        "gasPrice": "0x3b9aca00", "hash": "0x" + f"{n:x}" * 64, "input": "0x", "nonce": hex(n),
+                        "to": STRANGER.lower(), "transactionIndex": None, "value": "0x1", "type": "0x0",
+                        "chainId": "0x7a69", "v": "0xf4f5", "r": "0x1", "s": "0x2"} for n in (6, 7)},
+}
+
+
+def _queuer(url: str, **opts: Any) -> WalletCollector:
+    return _wallet(url, addresses=[{"name": "queuer", "address": QUEUER}], allow_to=None, **opts)
+
+
+def _pending_nonce(node: Anvil, who: str = QUEUER) -> int:
+    return int(node.rpc("eth_getTransactionCount", [who, "pending"]), 16)
+
+
+async def test_a_transaction_sent_with_a_nonce_too_high_is_seen_queued_until_the_gap_is_filled(
+    proxy: RpcProxy, anvil_no_mining: Anvil,  # noqa: F811
+) -> None:
+    node = anvil_no_mining
+    c = _queuer(proxy.url)
+    try:
+        fams = await c.collect()
+        n = await asyncio.to_thread(_pending_nonce, node)
+        assert _value(fams, "mevwatch_wallet_queued_transactions", wallet="queuer", address=QUEUER) == 0
+        assert _value(fams, "mevwatch_wallet_queued_nonce_gap", wallet="queuer") == 0
+        assert _samples(fams, "mevwatch_wallet_queued_lowest_nonce") == []
+        assert _samples(fams, "mevwatch_wallet_queued_gap_info") == []
+        assert _samples(fams, "mevwatch_wallet_queued_unread_reason") == []
+
+        stuck = await asyncio.to_thread(_send, node, QUEUER, STRANGER, nonce=hex(n + 2))
+        fams = await c.collect()
+        assert _value(fams, "mevwatch_wallet_pending_nonce", wallet="queuer") == n  # the pending nonce is blind
+        assert _value(fams, "mevwatch_wallet_nonce_gap", wallet="queuer") == 0  # and so is WalletNonceGap
+        assert _value(fams, "mevwatch_wallet_queued_transactions", wallet="queuer") == 1
+        assert _value(fams, "mevwatch_wallet_queued_lowest_nonce", wallet="queuer") == n + 2
+        assert _value(fams, "mevwatch_wallet_queued_nonce_gap", wallet="queuer") == 2
+        [info] = _samples(fams, "mevwatch_wallet_queued_gap_info")
+        assert info.labels == {"address": QUEUER, "wallet": "queuer", "missing": f"{n}-{n + 1}", "stuck": stuck}
+        # anvil does not serve txpool_contentFrom: asked once, then the whole pool is read
+        assert proxy.calls["txpool_contentFrom"] == 1
+        assert proxy.calls["txpool_content"] == 2
+
+        # one missing nonce sent: the gap narrows; the other: the queued transaction is promoted
+        await asyncio.to_thread(_send, node, QUEUER, STRANGER, nonce=hex(n))
+        fams = await c.collect()
+        assert _value(fams, "mevwatch_wallet_queued_nonce_gap", wallet="queuer") == 1
+        assert _samples(fams, "mevwatch_wallet_queued_gap_info")[0].labels["missing"] == str(n + 1)
+        await asyncio.to_thread(_send, node, QUEUER, STRANGER, nonce=hex(n + 1))
+        fams = await c.collect()
+        assert _value(fams, "mevwatch_wallet_pending_nonce", wallet="queuer") == n + 3
+        assert _value(fams, "mevwatch_wallet_queued_transactions", wallet="queuer") == 0
+        assert _value(fams, "mevwatch_wallet_queued_nonce_gap", wallet="queuer") == 0
+        assert _samples(fams, "mevwatch_wallet_queued_gap_info") == []
+        assert proxy.calls["txpool_contentFrom"] == 1  # not asked again within recheck_unsupported
+    finally:
+        await c.close()
+        await _mine(node)
+
+
+async def test_the_per_wallet_call_is_preferred_and_never_falls_back_on_a_bad_answer(
+    proxy: RpcProxy, anvil_no_mining: Anvil,  # noqa: F811
+) -> None:
+    proxy.set("txpool_contentFrom", Fault(result=GETH_CONTENT_FROM))
+    c = _queuer(proxy.url)
+    try:
+        fams = await c.collect()
+        assert proxy.calls["txpool_content"] == 0
+        n = await asyncio.to_thread(_pending_nonce, anvil_no_mining)
+        assert _value(fams, "mevwatch_wallet_queued_lowest_nonce", wallet="queuer") == 6
+        [info] = _samples(fams, "mevwatch_wallet_queued_gap_info")
+        assert info.labels["missing"] == (f"{n}-5" if n < 5 else "5")
+        assert info.labels["stuck"] == f"0x{'6' * 64}, 0x{'7' * 64}"
+        # a malformed per-wallet answer is this run's gap: the whole pool is not read instead
+        proxy.set("txpool_contentFrom", Fault(result={"pending": {}, "queued": {"6": {"hash": "0x6"}}}))
+        fams = await c.collect()
+    finally:
+        await c.close()
+    assert proxy.calls["txpool_content"] == 0
+    [gap] = _samples(fams, "mevwatch_wallet_queued_unread_reason")
+    assert gap.labels == {"endpoint": "node", "method": "txpool_contentFrom", "reason": "invalid_response"}
+    assert _samples(fams, "mevwatch_wallet_queued_transactions") == []  # never a zero that was not read
+    assert _samples(fams, "mevwatch_wallet_queued_nonce_gap") == []
+    assert _value(fams, "mevwatch_wallet_nonce", wallet="queuer") is not None  # the rest of the run stands
+
+
+@pytest.mark.parametrize(
+    ("queued", "faults", "method", "reason"),
+    [
+        ("auto", {"txpool_content": Fault(rpc_error=(-32601, "the method txpool_content does not exist"))},
+         "txpool_content", "method_not_supported"),
+        ("content_from", {}, "txpool_contentFrom", "method_not_supported"),
+        ("auto", {"txpool_content": Fault(oversized=True)}, "txpool_content", "too_large"),
+        ("auto", {"txpool_content": Fault(result={"pending": {}})}, "txpool_content", "invalid_response"),
+        ("auto", {"txpool_content": Fault(rpc_error=(-32000, "txpool disabled"))}, "txpool_content", "rpc_error"),
+        ("auto", {"txpool_content": Fault(http_status=503)}, "txpool_content", "http_status"),
+    ],
+)
+async def test_a_pool_that_cannot_be_read_is_a_visible_gap_with_its_reason(
+    proxy: RpcProxy, anvil_no_mining: Anvil, queued: str, faults: dict[str, Fault], method: str,  # noqa: F811
+    reason: str,
+) -> None:
+    for m, fault in faults.items():
+        proxy.set(m, fault)
+    c = _queuer(proxy.url, queued=queued)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            fams = await c.collect()
+            again = await c.collect()
+    finally:
+        await c.close()
+    for f in (fams, again):
+        [gap] = _samples(f, "mevwatch_wallet_queued_unread_reason")
+        assert gap.labels == {"endpoint": "node", "method": method, "reason": reason}
+        assert gap.value == 1
+        assert _samples(f, "mevwatch_wallet_queued_transactions") == []
+        assert _value(f, "mevwatch_wallet_balance_ether", wallet="queuer") is not None
+    unread = [e for e in logs if e["event"] == "wallet_queued_unread"]
+    assert len(unread) == 1, logs  # logged when it turns unreadable, not on every run
+    assert unread[0]["method"] == method
+    assert unread[0]["reason"] == reason
+    # a method the node does not serve is not asked again on the next run
+    assert proxy.calls["txpool_contentFrom"] == 1
+    if reason != "method_not_supported":
+        assert proxy.calls["txpool_content"] == 2
+
+
+async def test_an_unserved_method_is_asked_again_after_recheck_unsupported_and_the_gap_clears(
+    proxy: RpcProxy, anvil_no_mining: Anvil,  # noqa: F811
+) -> None:
+    proxy.set("txpool_content", Fault(rpc_error=(-32601, "Method not found")))
+    c = _queuer(proxy.url, recheck_unsupported="1ms")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            fams = await c.collect()
+            assert _samples(fams, "mevwatch_wallet_queued_unread_reason")[0].labels["reason"] == "method_not_supported"
+            proxy.clear("txpool_content")  # the node's txpool API is enabled
+            fams = await c.collect()
+    finally:
+        await c.close()
+    assert proxy.calls["txpool_contentFrom"] == 2
+    assert proxy.calls["txpool_content"] == 2
+    assert _samples(fams, "mevwatch_wallet_queued_unread_reason") == []
+    assert _value(fams, "mevwatch_wallet_queued_nonce_gap", wallet="queuer") == 0
+    assert [e["event"] for e in logs if e["event"].startswith("wallet_queued")] == [
+        "wallet_queued_unread", "wallet_queued_read_again"]
+
+
+async def test_queued_off_reads_no_pool(proxy: RpcProxy, anvil_no_mining: Anvil) -> None:  # noqa: F811
+    c = _queuer(proxy.url, queued="off")
+    try:
+        fams = await c.collect()
+    finally:
+        await c.close()
+    assert not [s for f in fams for s in f.samples if s.name.startswith("mevwatch_wallet_queued_")]
+    assert proxy.calls["txpool_contentFrom"] == proxy.calls["txpool_content"] == 0
