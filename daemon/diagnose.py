@@ -265,8 +265,8 @@ def fetch_daemon(url: str, timeout: float) -> tuple[dict[str, Any] | None, str]:
 
 def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list[Line]:
     """The daemon's verdicts as lines: its collectors, then every rule it evaluates (rules of collectors that
-    are not configured are left out, as in a local run), and a line of its own for each detail annotation (a
-    changed file's diff) of a firing or pending alert."""
+    are not configured are left out, as in a local run), and for each firing or pending alert a line with its
+    summary (the facts its page carries) and one for each detail annotation (a changed file's diff)."""
     from mevwatch.alerts.identity import DETAIL_ANNOTATIONS
 
     lines = [Line(COLLECTOR_SECTION, "verdicts from", "INFO", f"the running daemon at {url}", COLLECTOR_SECTION)]
@@ -293,14 +293,15 @@ def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list
             text = r["state"] + ": " + series_text(values, dict.fromkeys(values, True))
             lines.append(Line(r["runbook"], check, status, text, r["runbook"]))
             for a in r["alerts"]:
+                name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
+                if a.get("summary"):  # the page's own facts (missing nonces, hashes, why a node is down)
+                    lines.append(Line(r["runbook"], f"{r['name']}{name}", "INFO", a["summary"], r["runbook"]))
                 held = silencing.get(tuple(sorted(a["labels"].items()))) if a["state"] == "firing" else None
                 if held is not None and held["state"] in ("silenced", "unknown"):
-                    name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
                     lines.append(Line(r["runbook"], f"{r['name']}{name} silence",
                                       "INFO" if held["state"] == "silenced" else "UNKNOWN", held["text"], r["runbook"]))
                 for key in DETAIL_ANNOTATIONS:
                     if a.get("details", {}).get(key):
-                        name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
                         lines.append(Line(r["runbook"], f"{key}{name}", "INFO", a["details"][key], r["runbook"]))
             continue
         elif r["state"] == "nodata":

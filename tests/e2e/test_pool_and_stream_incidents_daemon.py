@@ -124,6 +124,9 @@ def test_a_nonce_too_high_pages_with_the_missing_nonces_and_the_stuck_hash(tmp_p
         assert seen.line["status"] == "WARN"
         assert seen.line["value"] == "firing: !wallet=queuer=2"  # two nonces missing
         assert f"nonce(s) {n}-{n + 1}: stuck {stuck}" in seen.row
+        # diagnose carries the page's facts too, not only the count
+        facts = [ln for ln in seen.diagnose["lines"] if ln["check"] == "WalletQueuedNonceGap queuer"]
+        assert [ln["value"] for ln in facts] == [seen.page["annotations"]["summary"]]
         # the missing nonces are sent: the queued transaction is mined after them and the alert resolves
         for nonce in (n, n + 1):
             node.rpc("eth_sendTransaction", [{"from": QUEUER, "to": STRANGER, "value": "0x1", "nonce": hex(nonce)}])

@@ -123,7 +123,7 @@ def test_the_daemons_lines_say_who_silences_a_firing_alert_or_that_nobody_can_te
 
     def alert(endpoint: str, state: str = "firing") -> dict[str, Any]:
         return {"labels": {"alertname": "RpcEndpointDown", "host": "h", "severity": "critical", "endpoint": endpoint},
-                "state": state, "value": 0, "summary": "s"}
+                "state": state, "value": 0, "summary": f"RPC endpoint {endpoint} is down (refused)"}
 
     rule = {"name": "RpcEndpointDown", "condition": "mevwatch_rpc_up == 0", "state": "firing", "severity": "critical",
             "runbook": "rpc-down", "alerts": [alert("a"), alert("b"), alert("c"), alert("d", "pending")],
@@ -145,5 +145,7 @@ def test_the_daemons_lines_say_who_silences_a_firing_alert_or_that_nobody_can_te
     assert "RpcEndpointDown c silence" not in lines  # not silenced, as the rule's firing line says
     assert "RpcEndpointDown d silence" not in lines  # pending: nothing pages yet
     assert lines["RpcEndpointDown (mevwatch_rpc_up == 0)"].status == "CRIT"  # silenced or not, the host is down
+    for endpoint in "abcd":  # each alert's own facts, as its page carries them
+        assert lines[f"RpcEndpointDown {endpoint}"].value == f"RPC endpoint {endpoint} is down (refused)"
     doc["silence_source"] = {"state": "unknown", "text": "UNKNOWN: no Alertmanager answered since T"}
     assert {ln.check: ln.status for ln in daemon_lines(doc, "http://x", {"rpc"})}["Alertmanager silences"] == "UNKNOWN"
