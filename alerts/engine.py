@@ -150,7 +150,7 @@ MIGRATIONS = [
 HISTORY_RETENTION = 30 * 86400.0  # state changes kept for `mevwatch alerts history`
 
 
-def sample_time(snap: Snapshot | None, now: float) -> float:
+def trusted_sample_time(snap: Snapshot | None, now: float) -> float:
     """When ``snap``'s collection was made, as far as the engine trusts it: its sample time, unless that is
     in the future (a clock step: counting `for` from it would page late or never) or older than its
     collector's interval (a late run or hand-over: counting from it could page before the condition was
@@ -367,7 +367,7 @@ class AlertEngine:
         changed: dict[str, float] = {}  # sample name -> sample time of its newest change
         for key in keys:
             snap = self.store.get(key)
-            at = sample_time(snap, now)
+            at = trusted_sample_time(snap, now)
             for n in self._ingest(key, snap, now):
                 changed[n] = max(at, changed.get(n, at))
         rules: dict[str, Rule] = {}
