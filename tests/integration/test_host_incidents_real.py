@@ -23,7 +23,7 @@ import pytest
 
 from mevwatch.collectors.memory import detect_memory_cgroup
 from tests.support.daemon import RunningDaemon, sample_value
-from tests.support.fullstack import memory_cgroup, oom_kill
+from tests.support.fullstack import memory_cgroup, oom_kill, remove_cgroup
 from tests.support.peers import need_root
 from tests.support.screens import firing_alert, paged_daemon, pager_alerts_config, screens_agree, screens_cleared
 from tests.support.webhook import WebhookReceiver
@@ -174,14 +174,7 @@ def swapping_cgroup() -> Iterator[Path]:
             (path / "memory.swap.max").write_text(str(2 * SWAP_SIZE))
         yield path
     finally:
-        deadline = time.monotonic() + 5.0
-        while path.exists():
-            try:
-                path.rmdir()
-            except OSError:  # its last task is still being torn down
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        remove_cgroup(path)
 
 
 def _swap_used() -> float:

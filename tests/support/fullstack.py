@@ -198,14 +198,19 @@ def memory_cgroup(limit: int = 64 << 20) -> Iterator[str | None]:
                 (path / "memory.swap.max").write_text("0")
         yield name
     finally:
-        deadline = time.monotonic() + 5.0
-        while path.exists():
-            try:
-                path.rmdir()
-            except OSError:  # the killed task is still being torn down
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        remove_cgroup(path)
+
+
+def remove_cgroup(path: Path, timeout: float = 5.0) -> None:
+    """rmdir a cgroup once its last (killed) task is torn down, within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        try:
+            path.rmdir()
+        except OSError:  # its last task is still being torn down
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # Names itself, waits until it is in the cgroup, then allocates 8 MiB at a time; gives up at 512 MiB,
