@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def main() -> int:
                 c0 = cpu_ns(pid)
                 p50, p99, rps = load(url, args.load, args.conns)
                 results[name].update(p50=p50, p99=p99, rps=rps, load_cpu=(cpu_ns(pid) - c0) / 1e9 / args.load)
+            for _, port in procs.values():
+                drained(port)
             for n, cpu in idle(procs, args.idle, args.scrape_interval).items():
                 results[n]["idle_after"] = cpu
             for n, (pid, port) in procs.items():
@@ -165,6 +168,21 @@ def main() -> int:
     record(f"scrape p99 under {args.conns} scrapers (cached vs collected: not equal work)", mevwatch=mw_r["p99"],
            unit="ms", anchor_name="node_exporter", anchor=ne_r["p99"])
     return 0
+
+
+def drained(port: int, timeout: float = 60.0) -> None:
+    """Wait until a scrape of ``port`` answers again after the load: node_exporter answers 503 while the
+    collections wrk's connections started are still running (--web.max-requests), and the idle phase
+    after the load measures the process at rest, not that backlog."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _get(port)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def _get(port: int) -> str:
