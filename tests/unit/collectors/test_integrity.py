@@ -501,3 +501,29 @@ def test_sqlite_direct_edit_is_visible(state_db: StateDB) -> None:
     other.commit()
     other.close()
     assert store.load().tampered
+
+
+@pytest.mark.parametrize(
+    ("content", "stated"),
+    [
+        (b"", 0),
+        (b"x" * 4096, 4096),  # read whole at its stat'ed size
+        (b"y" * 70_000, 70_000),  # over the 16 KiB chunk: several reads
+        (b"z" * 9000, 100),  # grew after the stat: read on past the size the buffer was cut to
+        (b"w" * 100, 9000),  # shrank after the stat
+    ],
+)
+def test_hash_file_reads_the_whole_file_whatever_size_it_was_stated_with(
+    tmp_path: Path, content: bytes, stated: int
+) -> None:
+    import hashlib
+
+    from mevwatch.collectors._integrity_scan import hash_file
+
+    f = tmp_path / "f"
+    f.write_bytes(content)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert hash_file(fd, 16 << 10, stated) == hashlib.sha256(content).hexdigest()
+    finally:
+        os.close(fd)
