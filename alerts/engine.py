@@ -28,7 +28,16 @@ from mevwatch.alerts.history import History
 from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
 from mevwatch.alerts.router import Router
 from mevwatch.alerts.rule import Rule
-from mevwatch.alerts.rules import RESOLVED_RETENTION, Alert, LabelSet, bucket_of, evaluate_rule, labelset, step
+from mevwatch.alerts.rules import (
+    DUE_TOLERANCE,
+    RESOLVED_RETENTION,
+    Alert,
+    LabelSet,
+    bucket_of,
+    evaluate_rule,
+    labelset,
+    step,
+)
 from mevwatch.alerts.silencing import MIGRATION as SILENCE_READ_MIGRATION
 from mevwatch.alerts.silencing import clear_read, save_read
 from mevwatch.alerts.sinks import Sink, build_sinks
@@ -577,9 +586,9 @@ class AlertEngine:
             self._graced = True  # every rule not evaluated yet, and those holding an alert restored or not
             last, due = self.last_values, self._due
             rules = {r.name: r for r in self.rules
-                     if self.alerts[r.name] or r.name not in last or due.get(r.name, math.inf) <= now}
+                     if self.alerts[r.name] or r.name not in last or due.get(r.name, math.inf) <= now + DUE_TOLERANCE}
         else:
-            rules = {n: self._rule[n] for n, at in self._due.items() if at <= now}
+            rules = {n: self._rule[n] for n, at in self._due.items() if at <= now + DUE_TOLERANCE}
             if in_grace:  # absent waits for the collectors' first runs
                 seen = self.seen_metrics
                 rules = {n: r for n, r in rules.items() if self._inputs[n][0] in seen}
@@ -678,7 +687,9 @@ class AlertEngine:
                 if left is not None and left < delay:
                     delay = left
         t = loop.time()
-        when = max(math.ceil((t + delay) / interval), math.floor(t / interval) + 1) * interval
+        # on the grid point at or after the due time, within DUE_TOLERANCE: a due time on the grid (a `for`
+        # counted from a run's slot) lands a few µs past it once converted from the wall clock
+        when = max(math.ceil((t + delay - DUE_TOLERANCE) / interval), math.floor(t / interval) + 1) * interval
         if when < self._tick_when:
             if self._tick_timer is not None:
                 self._tick_timer.cancel()

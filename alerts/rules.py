@@ -19,6 +19,7 @@ from mevwatch.alerts.rule import Rule
 from mevwatch.alerts.templates import render_template
 
 __all__ = [
+    "DUE_TOLERANCE",
     "RESOLVED_RETENTION",
     "Alert",
     "LabelSet",
@@ -33,6 +34,13 @@ __all__ = [
 LabelSet = tuple[tuple[str, str], ...]
 State = Literal["pending", "firing", "resolved"]
 RESOLVED_RETENTION = 900.0  # resolved alerts are kept (and re-sent to Alertmanager) for 15 minutes
+#: how early a time-driven verdict may be taken: an alert pending since a run's slot fires on the tick ``for``
+#: later, on the same grid, as Prometheus' does ``for`` after the evaluation that first matched. The slot is
+#: stamped in Unix time with the offset read at the run, the tick reads the wall clock itself: the two
+#: differ by the µs between clock reads and by the wall clock's slew over ``for`` (up to 0.5 ms a second
+#: under NTP), so that "``for`` has passed" tested exactly comes a tick late (bench/stack.py saw every
+#: page of three rounds one evaluation_interval late). The supervisor's SLOT_TOLERANCE, for the same grid.
+DUE_TOLERANCE = 0.05
 
 
 def labelset(labels: Mapping[str, str]) -> LabelSet:
@@ -310,7 +318,7 @@ def step(
                        for name, text in texts.items()},
                     "runbook_url": f"{runbook_url}#{rule.runbook}",
                 }
-            if a.state == "pending" and now - a.active_at >= rule.for_:
+            if a.state == "pending" and now - a.active_at >= rule.for_ - DUE_TOLERANCE:
                 a.state = "firing"
                 a.fired_at = now
                 changed.append(a)

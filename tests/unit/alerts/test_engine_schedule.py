@@ -300,3 +300,19 @@ async def test_while_the_outbox_holds_a_notification_its_age_is_shown_every_tick
     assert age() == pytest.approx(10.0, abs=1.01)
     await running.until(112.5)
     assert age() == pytest.approx(12.0, abs=1.01)
+
+
+@pytest.mark.looptime(start=100.004)
+@rules("  rules:\n" + RATIO_HIGH_RULE)
+async def test_an_alert_pending_since_a_slot_fires_on_the_tick_for_later_despite_clock_noise(running: Running) -> None:
+    # The run of the slot at 100.0 is stamped in Unix time with the offset it read: a few µs past the slot.
+    # `for` (2 s) ends then a few µs past the tick at 102.0; tested exactly, the alert fired a tick late.
+    running.store.put(KEY, [gauge("test_ratio", 0.95)], 1.0, T0 + 100.0 + 3e-6)
+    await running.until(100.1)
+    [alert] = running.engine.all_alerts()
+    assert (alert.state, alert.active_at) == ("pending", T0 + 100.0 + 3e-6)
+    await running.until(101.99)
+    assert running.states() == ["pending"]
+    await running.until(102.01)
+    assert running.states() == ["firing"]
+    assert alert.fired_at == pytest.approx(T0 + 102.0)
