@@ -240,6 +240,10 @@ LOAD_RISE = 2.0  # per CPU over the load at the start: the threshold
 LOAD_HYSTERESIS = 0.25  # per CPU under the threshold: the clear
 SPINNERS_PER_CPU = 32  # 0.08 * 32 = 2.56 per CPU at the first update: over LOAD_RISE in one update
 BACKGROUND_ALLOWANCE = 0.5  # per CPU: how much the machine's own load may rise while the test waits
+# The first load update after the busy tasks start may count only part of them (the kernel folds the counts of
+# CPUs that were idle in late), so the threshold may be crossed at the second update only, at up to 4.9 per CPU
+# over the start: that decays under the clear in 17 updates (90 s). The test waits at most this long for it.
+MAX_DECAY_S = 120.0
 CLEAR_LAG_S = 10.0  # load seen below the clear -> resolved on every screen: a 1 s collector, the engine, the page
 
 
@@ -314,7 +318,7 @@ def test_a_run_queue_longer_than_the_cpus_pages_and_clears(tmp_path: Path) -> No
         # rose by BACKGROUND_ALLOWANCE meanwhile, plus the phase of the first update
         updates = _decay_updates(peak - base, clear - base - BACKGROUND_ALLOWANCE)
         bound = (updates + 1) * LOAD_UPDATE_S
-        assert bound <= 60.0, f"from {peak:.2f} per CPU the load needs {updates} updates to clear: over a minute"
+        assert bound <= MAX_DECAY_S, f"from {peak:.2f} per CPU the load needs {updates} updates to clear"
         deadline = stopped_at + bound
         while (load := _load1() / cpus) >= clear:
             if time.monotonic() > deadline:  # the machine's own load holds it: so must the alert

@@ -342,9 +342,11 @@ def test_named_processes_only_are_read_and_match_as_in_a_full_scan(
     ours = {a.pid, b.pid, c.pid}
 
     deadline = time.monotonic() + 10
-    while not ours <= {p.pid for p in scan_processes(Path("/proc"), False) if p.comm in (link.name, "sleep")}:
-        assert time.monotonic() < deadline, "spawned processes not seen under their names"
-        time.sleep(0.02)  # until exec'ed and so renamed
+    # until exec'ed (so renamed) and asleep: a process still loading is R in one scan and S in the next
+    while not ours <= {p.pid for p in scan_processes(Path("/proc"), False)
+                       if p.comm in (link.name, "sleep") and p.state == "S"}:
+        assert time.monotonic() < deadline, "spawned processes not seen asleep under their names"
+        time.sleep(0.02)
     full = {p.pid: p for p in scan_processes(Path("/proc"), False) if p.comm in named or p.pid == c.pid}
     only = scan_processes(Path("/proc"), True, named, frozenset({c.pid}))
     assert {p.pid for p in only} == set(full) == ours
