@@ -22,6 +22,7 @@ __all__ = [
     "pressure_families",
     "read_bytes",
     "read_fd",
+    "read_small_at",
     "read_text",
     "read_text_status",
     "unit_from_cgroup_path",
@@ -87,6 +88,16 @@ def read_fd(fd: int) -> bytes:
     while chunk := os.read(fd, _CHUNK):
         chunks.append(chunk)
     return data if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_small_at(dir_fd: int, path: str, size: int) -> bytes:
+    """At most ``size`` bytes of a small /proc file, in one read, opened relative to ``dir_fd`` (the
+    procfs directory): a scan over every process walks no path from the root for each file."""
+    fd = os.open(path, _O_READ, dir_fd=dir_fd)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

@@ -19,6 +19,7 @@ from mevwatch.collectors._host import (
     PressureSource,
     enum_family,
     parse_proc_cgroup,
+    read_small_at,
     read_text_status,
     unit_from_cgroup_path,
 )
@@ -277,27 +278,30 @@ def top_processes(procfs: Path, n: int, page_size: int) -> list[ProcessGroup]:
     that exit during the scan are skipped. OSError when ``procfs`` itself cannot be listed.
     """
     ranked: list[tuple[int, int, str]] = []
-    base = os.fspath(procfs)
-    for name in os.listdir(base):
-        if not name.isdigit():
-            continue
-        try:
-            fd = os.open(f"{base}/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    dir_fd = os.open(procfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(dir_fd):
+            if not name.isdigit():
+                continue
             try:
-                comm, pages = parse_proc_stat_rss(os.read(fd, 4096))
-            finally:
-                os.close(fd)
-        except (OSError, ValueError):
-            continue
-        if pages > 0:  # kernel threads have no RSS
-            ranked.append((pages, int(name), comm))
-    ranked.sort(reverse=True)
+                comm, pages = parse_proc_stat_rss(read_small_at(dir_fd, f"{name}/stat", 4096))
+            except (OSError, ValueError):
+                continue
+            if pages > 0:  # kernel threads have no RSS
+                ranked.append((pages, int(name), comm))
+        ranked.sort(reverse=True)
+        winners = []
+        for pages, pid, comm in ranked[:n]:
+            try:
+                cgroup = read_small_at(dir_fd, f"{pid}/cgroup", 65536).decode()
+                unit = unit_from_cgroup_path(parse_proc_cgroup(cgroup))
+            except (OSError, UnicodeDecodeError):
+                unit = ""
+            winners.append((pages, comm, unit))
+    finally:
+        os.close(dir_fd)
     groups: dict[tuple[str, str], list[int]] = {}
-    for pages, pid, comm in ranked[:n]:
-        try:
-            unit = unit_from_cgroup_path(parse_proc_cgroup((procfs / str(pid) / "cgroup").read_text("utf-8")))
-        except OSError:
-            unit = ""
+    for pages, comm, unit in winners:
         acc = groups.setdefault((comm, unit), [0, 0])
         acc[0] += pages * page_size
         acc[1] += 1

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mevwatch.collectors._host import read_small_at
 from mevwatch.collectors.base import (
     CollectorContext,
     CollectorError,
@@ -168,14 +169,6 @@ def _btime(procfs: Path) -> float:
     raise ValueError("no btime in /proc/stat")
 
 
-def _read_small(dir_fd: int, path: str, size: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
-    try:
-        return os.read(fd, size)
-    finally:
-        os.close(fd)
-
-
 def scan_processes(
     procfs: Path, with_cmdline: bool, comms: frozenset[str] | None = None, pids: frozenset[int] = frozenset()
 ) -> list[ProcInfo]:
@@ -195,12 +188,12 @@ def scan_processes(
             try:
                 if comms is not None and int(name) not in pids:
                     try:
-                        comm = _read_small(dir_fd, name + "/comm", 64).rstrip(b"\n").decode("utf-8", "replace")
+                        comm = read_small_at(dir_fd, name + "/comm", 64).rstrip(b"\n").decode("utf-8", "replace")
                     except FileNotFoundError:
                         comm = None  # a tree without comm files (a fixture): stat has the name too
                     if comm is not None and comm not in comms:
                         continue
-                stat = _read_small(dir_fd, name + "/stat", 4096).decode("utf-8", "replace")
+                stat = read_small_at(dir_fd, name + "/stat", 4096).decode("utf-8", "replace")
                 comm, state, start = parse_proc_stat(stat)
                 if comms is not None and comm not in comms and int(name) not in pids:
                     continue

@@ -256,6 +256,11 @@ def _isolated(render: Callable[[Iterable[Metric]], bytes], families: Iterable[Me
     return b"".join(parts)
 
 
+def exposition_errors_seen() -> int:
+    """How many family renders failed so far (the supervisor's heartbeat republishes when it grows)."""
+    return sum(_family_errors.values())
+
+
 def exposition_families() -> list[Metric]:
     fam = EXPOSITION_FAMILY_ERRORS.counter()
     for name, n in sorted(_family_errors.items()):

@@ -12,7 +12,7 @@ import structlog
 
 from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
-from mevwatch.daemon.exposition import exposition_families
+from mevwatch.daemon.exposition import exposition_errors_seen, exposition_families
 from mevwatch.daemon.flags import Overrides, Setting, settings
 from mevwatch.daemon.http import HttpHooks, HttpServer
 from mevwatch.daemon.malloc import MallocTrimmer
@@ -73,6 +73,7 @@ class Daemon:
         self.supervisor = Supervisor(self.config, self.store, self.state, self.pool, heartbeat_interval=beat)
         state = self.state
         self.supervisor.extra_meta += [lambda: state_families(state), exposition_families]
+        self.supervisor.volatile += [lambda: state.failing_since, exposition_errors_seen]
         hooks = HttpHooks(status=self.status_rows, ready=lambda: self.supervisor is not None and self.supervisor.ready,
                           reload=self.reload, settings=self.settings, alerting=self.alerting,
                           alerts=self.alerts_view)

@@ -206,6 +206,11 @@ class Supervisor:
         self.reload_ok = True
         self.reload_wall = time.time()
         self.extra_meta: list[Callable[[], Families]] = []  # other components' self-metrics
+        #: cheap readings of the self-metrics' values that change without a collector run or a reload
+        #: (hung threads, the state DB's writes, exposition errors): the heartbeat builds the self-metrics
+        #: only when one of them differs from its last beat
+        self.volatile: list[Callable[[], object]] = [self._own_volatile]
+        self._volatile_seen: list[object] = []
         self._meta_pending = False  # a put of the self-metrics is scheduled (_meta_changed)
         self._meta_shown: list[Sample] | None = None  # the samples of the self-metrics last put
 
@@ -281,8 +286,17 @@ class Supervisor:
         while True:
             self.heartbeat = time.monotonic()
             self._check_first_round()
-            self._meta_changed()  # abandoned-thread and state gauges change without collector runs
+            seen = [read() for read in self.volatile]
+            if seen != self._volatile_seen:
+                self._volatile_seen = seen
+                self._meta_changed()
+            else:  # with no collector running, nothing else keeps the self-metrics current
+                self.store.touch(META_KEY)
             await asyncio.sleep(self.heartbeat_interval)
+
+    def _own_volatile(self) -> object:
+        return (self.pool.abandoned, self.pool.abandoned_total,
+                self.state.write_errors_total if self.state is not None else None)
 
     def _check_first_round(self) -> None:
         if not self._first_round.is_set() and all(s.success is not None or s.alive for s in self.status.values()):

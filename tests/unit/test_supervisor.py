@@ -23,7 +23,7 @@ from mevwatch.collectors.registry import register
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.supervisor import META_KEY, Supervisor
-from mevwatch.families import GaugeMetricFamily
+from mevwatch.families import GaugeMetricFamily, Metric
 
 pytestmark = pytest.mark.looptime
 
@@ -258,13 +258,26 @@ async def test_a_heartbeat_with_nothing_new_puts_no_self_metrics_and_they_stay_f
         await asyncio.sleep(1.0)
         first = store.get(META_KEY)
         assert first is not None
+        builds = 0
+        build = sup.meta_families
+
+        def counted() -> list[Metric]:
+            nonlocal builds
+            builds += 1
+            return build()
+
+        sup.meta_families = counted  # type: ignore[method-assign]
         await asyncio.sleep(7300.0)  # over 1,400 heartbeats, past the 2 h after which a snapshot not kept is stale
         meta = store.get(META_KEY)
         assert meta is not None
         assert meta.seq == first.seq  # kept fresh, never put again: nothing it shows changed
-        sup.reload_ok = False  # a value changes without a run: the next heartbeat puts it
+        assert builds == 0  # nor built to find that out
+        # a value changes without a run (a blocking call abandoned in its thread): the next heartbeat puts it
+        sup.pool.abandoned += 1
+        sup.pool.abandoned_total += 1
         await asyncio.sleep(sup.heartbeat_interval)
-        assert value(store, "mevwatch_config_last_reload_successful") == 0.0
+        assert value(store, "mevwatch_blocking_threads_abandoned") == 1.0
+        assert builds == 1
         meta = store.get(META_KEY)
         assert meta is not None
         assert meta.seq > first.seq
