@@ -290,21 +290,18 @@ def top_processes(procfs: Path, n: int, page_size: int) -> list[ProcessGroup]:
             if pages > 0:  # kernel threads have no RSS
                 ranked.append((pages, int(name), comm))
         ranked.sort(reverse=True)
-        winners = []
+        groups: dict[tuple[str, str], list[int]] = {}
         for pages, pid, comm in ranked[:n]:
             try:
                 cgroup = read_small_at(dir_fd, f"{pid}/cgroup", 65536).decode()
                 unit = unit_from_cgroup_path(parse_proc_cgroup(cgroup))
             except (OSError, UnicodeDecodeError):
                 unit = ""
-            winners.append((pages, comm, unit))
+            acc = groups.setdefault((comm, unit), [0, 0])
+            acc[0] += pages * page_size
+            acc[1] += 1
     finally:
         os.close(dir_fd)
-    groups: dict[tuple[str, str], list[int]] = {}
-    for pages, comm, unit in winners:
-        acc = groups.setdefault((comm, unit), [0, 0])
-        acc[0] += pages * page_size
-        acc[1] += 1
     return [ProcessGroup(c, u, b, k) for (c, u), (b, k) in groups.items()]
 
 
