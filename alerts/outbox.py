@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.alerts.config import OutboxConfig
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.daemon.state import StateDB, StateError
@@ -445,14 +446,14 @@ class Outbox:
             if item is None:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), patience)
+                    await wait_for(wake.wait(), patience)
                 continue
             nid, payload, attempts, created, due = item
             wait = due - self.clock()
             if wait > 0:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), min(wait, patience or wait))
+                    await wait_for(wake.wait(), min(wait, patience or wait))
                 continue
             await self._attempt(sink, nid, payload, attempts, created)
             if self.on_change is not None:

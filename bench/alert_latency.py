@@ -23,6 +23,8 @@ from pathlib import Path
 from _common import free_port, load_average, machine, record, start, stop
 from aiohttp import web
 
+from mevwatch.aio import wait_for
+
 MEVWATCH = [sys.executable, "-m", "mevwatch"]
 
 RULES_MEVWATCH = """
@@ -72,7 +74,7 @@ class Receiver:
                 raise TimeoutError(f"not received: {[k for k in keys if k not in self.seen]}")
             self.event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), 0.2)
+                await wait_for(self.event.wait(), 0.2)
         return [self.seen[k] for k in keys]
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 from _common import REPO, byte_compile, load_average, machine, mevwatch_daemon, proc_stats, record, spread, stop
 
+from mevwatch.aio import wait_for
+
 sys.path.insert(0, str(REPO))
 
 from mevwatch.blocking import BlockingPool
@@ -89,7 +91,7 @@ async def realtime_latency(config: dict[str, Any], state: Path, targets: list[Pa
     task = asyncio.create_task(collector.run(emit))
     latencies = []
     try:
-        await asyncio.wait_for(first.wait(), 120)
+        await wait_for(first.wait(), 120)
         for p in targets:
             key = str(p)
             t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from _common import cpu_ns, load_average, machine, mevwatch_daemon, record, stop
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors.base import CollectorContext
 from mevwatch.collectors.logwatch import LogwatchCollector, LogwatchOptions
 from mevwatch.daemon.state import StateDB
@@ -116,7 +117,7 @@ async def run_logwatch(path: Path, lines: int, state_dir: Path) -> tuple[float, 
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     task = asyncio.create_task(collector.run(emit))
-    await asyncio.wait_for(done.wait(), 600)
+    await wait_for(done.wait(), 600)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors._logmatch import LinePattern, limit_line_length
 from mevwatch.collectors._logtail import MIGRATIONS, STATE_COMPONENT, SourceStats, Status
 from mevwatch.collectors.base import StateError, StateStore
@@ -166,15 +167,15 @@ class JournalFollower:
         finally:
             if ended:  # journalctl closed its output: let it exit with its own status
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 2.0)
+                    await wait_for(proc.wait(), 2.0)
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
             err = b""
             with contextlib.suppress(Exception):
-                err = await asyncio.wait_for(proc.stderr.read(4096), 1.0)
+                err = await wait_for(proc.stderr.read(4096), 1.0)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 2.0)
+                await wait_for(proc.wait(), 2.0)
             self.stats.files = 0
             self.save_cursor(force=True)
         text = err.decode("utf-8", "replace").strip().splitlines()

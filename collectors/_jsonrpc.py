@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors._json import JsonTooDeep, loads_bounded
 from mevwatch.fields import ByteSize, Duration
 from mevwatch.redaction import redact, redact_url
@@ -413,7 +414,7 @@ class WsRpc:
             self._session = new_session()
         timeout = aiohttp.ClientWSTimeout(ws_close=1.0)
         try:
-            self._ws = await asyncio.wait_for(
+            self._ws = await wait_for(
                 self._session.ws_connect(
                     self.endpoint.url,
                     timeout=timeout,
@@ -452,7 +453,7 @@ class WsRpc:
                                  f"{self.endpoint.name}: reading the websocket failed: {type(exc).__name__}: {exc}")
         self._closed_error = error
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(), 1.0)
+            await wait_for(self._ws.close(), 1.0)
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -490,7 +491,7 @@ class WsRpc:
             await self._ws.send_str(
                 json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)})
             )
-            doc = await asyncio.wait_for(fut, self.endpoint.timeout)
+            doc = await wait_for(fut, self.endpoint.timeout)
         except RpcError:
             raise
         except Exception as exc:
@@ -517,7 +518,7 @@ class WsRpc:
     async def close(self) -> None:
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 1.0)
+                await wait_for(self._ws.close(), 1.0)
         if self._reader is not None:
             self._reader.cancel()
             await _wait_quietly(self._reader)

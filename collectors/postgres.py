@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors import _pgqueries as q
 from mevwatch.collectors.base import CollectorError, CollectorOptions, Families, MetricSpec, PollCollector
 from mevwatch.collectors.registry import register
@@ -541,7 +542,7 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), 2.0)
+            await wait_for(pool.close(), 2.0)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pool.terminate()
 

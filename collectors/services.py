@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors._host import read_small_at
 from mevwatch.collectors.base import (
     CollectorContext,
@@ -445,12 +446,12 @@ class ServicesCollector(PollCollector[ServicesOptions]):
         )
         timeout = min(self.options.systemctl_timeout, self.ctx.timeout * 0.8)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await wait_for(proc.communicate(), timeout)
         except (TimeoutError, asyncio.CancelledError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), 1.0)
+                await wait_for(proc.wait(), 1.0)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise CollectorError(

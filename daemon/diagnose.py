@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mevwatch.aio import wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import CollectorError, NoData, PollCollector, StreamCollector
 from mevwatch.collectors.registry import all_kinds
@@ -78,7 +79,7 @@ async def _run_one(collector: Any, stream_window: float, timeout: float) -> RunR
     details: list[tuple[str, str]] = []
     try:
         if isinstance(collector, PollCollector):
-            families = list(await asyncio.wait_for(collector.collect(), timeout))
+            families = list(await wait_for(collector.collect(), timeout))
         elif isinstance(collector, StreamCollector):
             latest: list[list[Metric]] = []
             task = asyncio.create_task(collector.run(lambda fams: latest.append(list(fams))))
@@ -89,7 +90,7 @@ async def _run_one(collector: Any, stream_window: float, timeout: float) -> RunR
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             families = latest[-1] if latest else []
-        details = await asyncio.wait_for(collector.details(), timeout)
+        details = await wait_for(collector.details(), timeout)
     except TimeoutError:
         error = f"timeout: no answer within {timeout:g}s"
     except CollectorError as exc:
@@ -101,7 +102,7 @@ async def _run_one(collector: Any, stream_window: float, timeout: float) -> RunR
         error = f"exception: {type(exc).__name__}: {exc}"
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(collector.close(), 2.0)
+            await wait_for(collector.close(), 2.0)
     return RunResult(ctx.kind, ctx.instance, families, error, details, time.monotonic() - started)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.daemon.config import Config, ConfigError, load_config
 from mevwatch.daemon.exposition import exposition_errors_seen, exposition_families
@@ -108,7 +109,7 @@ class Daemon:
         self.notifier.stopping()
         self.notifier.stop_watchdog()
         try:
-            await asyncio.wait_for(self._shutdown(), timeout=4.0)
+            await wait_for(self._shutdown(), timeout=4.0)
         except TimeoutError:
             log.warning("shutdown_slow", after_s=4.0)
         return 0

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from mevwatch import __version__
+from mevwatch.aio import wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     Collector,
@@ -245,10 +246,12 @@ class Supervisor:
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=3.0)
+            _, running = await asyncio.wait(tasks, timeout=3.0)
+            for t in running:  # a collector that ignores its cancel: say so, it is no longer watched
+                log.error("collector_did_not_stop", task=t.get_name(), waited_s=3.0)
         for collector in self.collectors.values():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(collector.close(), 1.0)
+                await wait_for(collector.close(), 1.0)
         self._tasks.clear()
         self.collectors.clear()
         self.declared = {}
@@ -273,7 +276,7 @@ class Supervisor:
 
     async def wait_first_round(self, timeout: float | None = None) -> bool:
         try:
-            await asyncio.wait_for(self._first_round.wait(), timeout)
+            await wait_for(self._first_round.wait(), timeout)
         except TimeoutError:
             return False
         return True

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mevwatch.aio import wait_for
+
 __all__ = ["BlockingCallFailed", "BlockingPool"]
 
 T = TypeVar("T")
@@ -71,7 +73,7 @@ class BlockingPool:
 
         fut = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return await wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             abandon()
             raise BlockingCallFailed(

@@ -19,6 +19,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from mevwatch.aio import wait_for
 from tests.support.daemon import RunningDaemon
 from tests.support.peers import need_binary
 
@@ -52,12 +53,12 @@ async def status_of(port: int, request: bytes, ctx: ssl.SSLContext | None = None
                     source: str | None = None) -> tuple[int, float]:
     """(status, seconds) of one request on a new connection."""
     began = time.monotonic()
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+    reader, writer = await wait_for(asyncio.open_connection(
         "127.0.0.1", port, ssl=ctx, local_addr=(source, 0) if source else None), 10)
     try:
         writer.write(request)
-        line = await asyncio.wait_for(reader.readline(), 10)
-        await asyncio.wait_for(reader.read(), 10)
+        line = await wait_for(reader.readline(), 10)
+        await wait_for(reader.read(), 10)
         return int(line.split()[1]), time.monotonic() - began
     finally:
         writer.close()
@@ -134,9 +135,9 @@ async def padding_attack(d: RunningDaemon, ctx: ssl.SSLContext | None, *headers:
     async def timed_on_open_connection() -> tuple[int, float]:
         began = time.monotonic()
         writer.write(keep)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        head = await wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-        await asyncio.wait_for(reader.readexactly(length), 10)
+        await wait_for(reader.readexactly(length), 10)
         return int(head.split()[1]), time.monotonic() - began
 
     assert (await timed_on_open_connection())[0] == 200
@@ -269,10 +270,10 @@ async def test_wrong_password_flood_leaves_valid_scrapes_fast(tmp_path: Path) ->
         async def one_scrape() -> float:
             began = time.monotonic()
             writer.write(scrape)
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            head = await wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 200 ")
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-            await asyncio.wait_for(reader.readexactly(length), 10)
+            await wait_for(reader.readexactly(length), 10)
             return time.monotonic() - began
 
         await one_scrape()  # the first check of the valid password: bcrypt once, then cached

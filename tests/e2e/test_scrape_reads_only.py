@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 import mevwatch.daemon.runtime as runtime
+from mevwatch.aio import wait_for
 from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.runtime import Daemon
 from tests.support.peers import free_port
@@ -98,4 +99,4 @@ async def test_scrapes_run_no_collector_and_write_nothing(tmp_path: Path, monkey
     finally:
         daemon._stop.set()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(main, 10.0)
+            await wait_for(main, 10.0)

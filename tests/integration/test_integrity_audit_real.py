@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors._integrity_audit import AuditLog, AuditTarget, parse_events
 from mevwatch.collectors._integrity_writers import user_name
 from tests.integration.test_integrity_real import SYSTEM_PYTHON, Harness, _changed
@@ -118,7 +119,7 @@ async def _sed_as(login_uid: int, expr: str, path: Path) -> int:
         "/bin/sh", "-c", f'echo {login_uid} > /proc/self/loginuid && exec "$@"', "sh",
         setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/sed", "-i", expr, str(path),
         stderr=subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 10)
+    _, err = await wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, err.decode()
     return proc.pid
 

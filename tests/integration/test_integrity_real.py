@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors._integrity_baseline import BaselineStore, who_am_i
 from mevwatch.collectors._integrity_scan import verify
@@ -812,7 +813,7 @@ async def test_the_page_names_the_writer_and_what_changed(harness: Harness, tree
         os.close(fd)
     try:
         assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"written\n"
+        assert await wait_for(proc.stdout.readline(), 10) == b"written\n"
         await harness.wait(lambda: _changed(harness, cfg) is not None, 5.0, "the change")
         labels = _changed(harness, cfg)
         assert labels is not None
@@ -828,7 +829,7 @@ async def test_the_page_names_the_writer_and_what_changed(harness: Harness, tree
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
-        await asyncio.wait_for(proc.wait(), 10)
+        await wait_for(proc.wait(), 10)
 
 
 async def test_without_the_privilege_the_writer_is_unknown(tree: Path, tmp_path: Path) -> None:
@@ -851,5 +852,5 @@ async def test_without_the_privilege_the_writer_is_unknown(tree: Path, tmp_path:
     proc = await asyncio.create_subprocess_exec(
         SYSTEM_PYTHON if root else sys.executable, "-c", probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         user=65534 if root else None, group=65534 if root else None, extra_groups=[] if root else None)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    out, err = await wait_for(proc.communicate(), 30)
     assert out.decode().strip() == "False not root", err.decode()

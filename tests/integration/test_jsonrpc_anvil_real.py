@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors._jsonrpc import (
     Endpoint,
     ErrorClass,
@@ -111,7 +112,7 @@ async def test_ws_subscription_ends_when_the_proxy_drops_it(proxy: RpcProxy, anv
     try:
         await ws.subscribe("newHeads")
         await asyncio.to_thread(anvil.rpc, "evm_mine")
-        head = await asyncio.wait_for(ws.notifications().__anext__(), 5)
+        head = await wait_for(ws.notifications().__anext__(), 5)
         assert "result" in head
         await proxy.drop_websockets()
         with pytest.raises(RpcError) as info:

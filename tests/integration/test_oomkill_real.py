@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors.base import CollectorContext, Families
 from mevwatch.collectors.memory import CgroupLayout, MemoryCollector, MemoryOptions, detect_memory_cgroup
 from mevwatch.collectors.oomkill import OomKillCollector, OomKillOptions
@@ -116,7 +117,7 @@ async def test_kernel_oom_kill_is_seen_within_two_seconds(
             await proc.stdin.drain()
             proc.stdin.close()
             try:
-                rc = await asyncio.wait_for(proc.wait(), 30.0)
+                rc = await wait_for(proc.wait(), 30.0)
             except TimeoutError:
                 raise AssertionError("memory hog neither killed nor finished within 30 s") from None
             exited = time.monotonic()

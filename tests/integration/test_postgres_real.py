@@ -13,6 +13,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors import _pgqueries as pgq
 from mevwatch.collectors.base import CollectorContext, CollectorError
 from mevwatch.collectors.postgres import PostgresCollector, PostgresOptions
@@ -226,7 +227,7 @@ async def test_server_metrics_on_the_local_server(scratch_db: str) -> None:
         version = next(dict(lbl) for (n, lbl) in s if n == "mevwatch_postgres_version_info")
         assert version["version_num"].startswith("15")
         await holder.execute("ROLLBACK")
-        await asyncio.wait_for(blocked, 5)
+        await wait_for(blocked, 5)
         await waiter.close()
     finally:
         await holder.close()

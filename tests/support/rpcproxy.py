@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from mevwatch.aio import wait_for
 from tests.support.peers import free_port
 
 __all__ = ["OVERSIZED_BYTES", "Fault", "RpcProxy", "ThreadedRpcProxy", "deep_answer", "deep_frame"]
@@ -138,7 +139,7 @@ class RpcProxy:
         """Close every proxied WebSocket connection now (the client sees the stream end)."""
         for ws in list(self._websockets):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY), 1.0)
+                await wait_for(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY), 1.0)
 
     async def push_websockets(self, text: str) -> None:
         """Send ``text`` as one frame to every proxied WebSocket client, as if the node had sent it."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.alerts.engine import ENGINE_METRICS, AlertEngine
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
@@ -72,7 +73,7 @@ async def _families_of(cls: type[Collector[Any]], state: StateDB, peer_here: boo
     out: list[Any] = []
     try:
         if isinstance(collector, PollCollector):
-            out = list(await asyncio.wait_for(collector.collect(), 8.0))
+            out = list(await wait_for(collector.collect(), 8.0))
         elif isinstance(collector, StreamCollector):
             task = asyncio.create_task(collector.run(lambda fams: out.extend(fams)))
             await asyncio.sleep(1.0)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.daemon.http import HttpHooks, HttpServer, WebConfigFile
 from mevwatch.daemon.store import SampleStore
 from mevwatch.families import GaugeMetricFamily
@@ -109,18 +110,18 @@ class Reply:
 
 
 async def read_reply(reader: asyncio.StreamReader, head_only: bool = False) -> Reply:
-    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    raw = await wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
     lines = raw.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    body = b"" if head_only else await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
+    body = b"" if head_only else await wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
     return Reply(status, headers, body)
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     """True when the server closes the connection (EOF or reset) before WAIT."""
     try:
-        return await asyncio.wait_for(reader.read(65536), WAIT) == b""
+        return await wait_for(reader.read(65536), WAIT) == b""
     except ConnectionResetError:
         return True
 
@@ -285,7 +286,7 @@ async def test_pipelined_requests_are_answered_in_order_across_an_async_handler(
     writer.write(get("/-/healthy") + get("/-/reload", method="POST") + get("/-/ready") + get("/nope"))
     assert (await read_reply(reader)).body == b"mevwatch is Healthy.\n"
     with pytest.raises(TimeoutError):  # the reload is held: nothing may overtake its answer
-        await asyncio.wait_for(reader.read(1), 0.2)
+        await wait_for(reader.read(1), 0.2)
     assert daemon.reloads == 1
     gate.set()
     assert [(await read_reply(reader)).status for _ in range(3)] == [200, 200, 404]
@@ -309,7 +310,7 @@ async def test_expect_100_continue_is_answered(start: Start) -> None:
     srv = await start(enable_lifecycle=True)
     reader, writer = await connect(srv)
     writer.write(b"POST /-/reload HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
-    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert await wait_for(reader.readuntil(b"\r\n\r\n"), WAIT) == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(b"body")
     assert (await read_reply(reader)).status == 200
     writer.close()
@@ -413,7 +414,7 @@ async def test_tls_serves_and_a_stalled_handshake_is_closed(
     assert loop_errors.all() == []
 
 
-async def wait_for(cond: Callable[[], bool]) -> None:
+async def until(cond: Callable[[], bool]) -> None:
     for _ in range(int(WAIT / 0.01)):
         if cond():
             return
@@ -428,7 +429,7 @@ async def test_at_the_connection_cap_the_oldest_incomplete_connection_makes_room
     assert (await read_reply(served[0])).status == 200
     partial = await connect(srv)
     partial[1].write(b"GET /-/healthy HTTP/1.1\r\n")  # never finishes its head
-    await wait_for(lambda: len(srv.server.connections) == 2)
+    await until(lambda: len(srv.server.connections) == 2)
     reply = await request(srv, get("/-/healthy"))  # the cap is reached: the partial one is closed for it
     assert reply.status == 200
     assert await closed_by_server(partial[0])
@@ -450,11 +451,11 @@ async def test_at_the_cap_an_idle_connection_makes_room_and_busy_ones_get_503(st
     assert await closed_by_server(idle[0][0])
     idle[0][1].close()
     idle[1][1].close()
-    await wait_for(lambda: not srv.server.connections)
+    await until(lambda: not srv.server.connections)
     busy = [await connect(srv) for _ in range(2)]
     for _, writer in busy:  # both wait on a reload: nothing can be closed for a third
         writer.write(get("/-/reload", method="POST"))
-    await wait_for(lambda: len(srv.server.tasks) == 2)
+    await until(lambda: len(srv.server.tasks) == 2)
     over = await request(srv, get("/-/healthy"))
     assert (over.status, over.headers["connection"]) == (503, "close")
     assert srv.server.rejected == 1
@@ -528,7 +529,7 @@ async def test_a_slow_reader_gets_the_whole_last_answer_and_a_stalled_one_is_dro
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     writer.write(get("/metrics", "Connection: close"))
     received, queued = b"", 0
-    while chunk := await asyncio.wait_for(reader.read(32768), WAIT):
+    while chunk := await wait_for(reader.read(32768), WAIT):
         received += chunk
         queued = max(queued, transport.get_write_buffer_size())
         await asyncio.sleep(0.02)  # the whole read takes several linger timeouts
@@ -706,10 +707,10 @@ async def test_one_source_address_holds_a_bounded_number_of_incomplete_connectio
 
     held = [await partial("127.0.0.2") for _ in range(3)]
     other = await partial("127.0.0.3")
-    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    await until(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
     newest = await partial("127.0.0.2")  # the fourth from that source: its oldest is closed for it
     assert await closed_by_server(held[0][0])
-    await wait_for(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
+    await until(lambda: srv.server.incomplete == {"127.0.0.2": 3, "127.0.0.3": 1})
     newest[1].write(b"Host: t\r\n\r\n")
     assert (await read_reply(newest[0])).status == 200
     other[1].write(b"Host: t\r\n\r\n")

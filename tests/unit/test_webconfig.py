@@ -16,6 +16,7 @@ import bcrypt
 import pytest
 import structlog
 
+from mevwatch.aio import wait_for
 from mevwatch.daemon.http import HttpHooks, HttpServer
 from mevwatch.daemon.store import SampleStore
 from mevwatch.daemon.webconfig import web_settings
@@ -203,14 +204,14 @@ async def start() -> AsyncIterator[Start]:
 async def fetch(port: int, ctx: ssl.SSLContext | None, path: str = "/-/healthy", *headers: str) -> int | None:
     """The status of one GET, or None when the server refused the client (TLS alert, reset, or closed)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        reader, writer = await wait_for(asyncio.open_connection(
             "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None), WAIT)
     except (ssl.SSLError, ConnectionError):
         return None
     try:
         extra = "".join(f"{h}\r\n" for h in headers)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode())
-        line = await asyncio.wait_for(reader.readline(), WAIT)
+        line = await wait_for(reader.readline(), WAIT)
         return int(line.split()[1]) if line else None
     except (ssl.SSLError, ConnectionError):
         return None
@@ -267,7 +268,7 @@ async def test_min_version_and_headers_apply(start: Start, tmp_path: Path, pki: 
     assert await fetch(srv.port, old) is None
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, ssl=client_ctx(pki))
     writer.write(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    head = await wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
     assert b" 404 " in head
     assert b"\r\nX-Content-Type-Options: nosniff\r\n" in head
     writer.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mevwatch.aio import wait_for
 from mevwatch.collectors import oomkill
 from mevwatch.collectors.base import CollectorContext, CollectorError, Families, Paths
 from mevwatch.collectors.oomkill import (
@@ -391,7 +392,7 @@ async def test_kmsg_that_cannot_be_read_is_a_clear_error(tmp_path: Path) -> None
     (tmp_path / "kmsg").mkdir()  # opens, but every read fails with EISDIR
     ctx = CollectorContext("oomkill", "default", 30.0, 10.0, paths=Paths(devfs=tmp_path, procfs=tmp_path))
     with pytest.raises(CollectorError) as err:
-        await asyncio.wait_for(OomKillCollector(ctx, OomKillOptions()).run(lambda _: None), 2.0)
+        await wait_for(OomKillCollector(ctx, OomKillOptions()).run(lambda _: None), 2.0)
     assert err.value.reason == "kmsg_read_failed"
 
 
@@ -399,7 +400,7 @@ async def test_fifo_writer_gone_ends_the_stream(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "kmsg")
     ctx = CollectorContext("oomkill", "default", 30.0, 10.0, paths=Paths(devfs=tmp_path, procfs=tmp_path))
     with pytest.raises(CollectorError) as err:
-        await asyncio.wait_for(OomKillCollector(ctx, OomKillOptions()).run(lambda _: None), 2.0)
+        await wait_for(OomKillCollector(ctx, OomKillOptions()).run(lambda _: None), 2.0)
     assert err.value.reason == "kmsg_eof"
 
 
