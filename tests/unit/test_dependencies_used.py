@@ -15,7 +15,8 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 PACKAGE_DIRS = ("daemon", "collectors", "alerts", "mevwatch")
 #: what an extra is for: where its packages must be imported (tools run as programs, not imported)
 EXTRA_USERS = {"test": ("tests", "bench"), "bench": ("bench",)}
-TOOLS = {"pytest", "mypy", "ruff", "shtab", "argparse-manpage", "pytest-asyncio", "looptime"}  # run, not imported
+#: run as programs or loaded as pytest plugins, not imported
+TOOLS = {"pytest", "mypy", "ruff", "shtab", "argparse-manpage", "pytest-asyncio", "pytest-timeout", "looptime"}
 _IMPORT_RE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
 
 
