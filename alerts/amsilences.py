@@ -12,7 +12,6 @@ mevwatch.alerts.silencing). ``reachable`` feeds ``mevwatch_alertmanager_up``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from mevwatch.aio import cancel_and_wait
 from mevwatch.alerts.config import AlertmanagerSilencesConfig
 from mevwatch.alerts.matchers import Matcher
 from mevwatch.alerts.router import Silence, rfc3339
@@ -162,9 +162,7 @@ class AlertmanagerWatch:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._session is not None:
             await self._session.close()

@@ -14,7 +14,6 @@ so a restart neither re-pages nor forgets.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mevwatch.aio import cancel_and_wait
 from mevwatch.alerts.config import AlertsConfig
 from mevwatch.alerts.history import History
 from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
@@ -290,9 +290,7 @@ class AlertEngine:
             self.store.unwatch(self._wake)
             self._wake = None
         if self._drain_task is not None:
-            self._drain_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain_task
+            await cancel_and_wait(self._drain_task)
             self._drain_task = None
         if self._tick_timer is not None:
             self._tick_timer.cancel()

@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from mevwatch.aio import wait_for
+from mevwatch.aio import cancel_and_wait, wait_for
 from mevwatch.alerts.config import OutboxConfig
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.daemon.state import StateDB, StateError
@@ -400,8 +400,7 @@ class Outbox:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await cancel_and_wait(t)
         self._tasks.clear()
         self._sync(force=True)
         for sink in self.sinks.values():

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mevwatch.aio import wait_for
+from mevwatch.aio import cancel_and_wait, wait_for
 from mevwatch.collectors._json import JsonTooDeep, loads_bounded
 from mevwatch.fields import ByteSize, Duration
 from mevwatch.redaction import redact, redact_url
@@ -348,11 +348,6 @@ class SharedSession:
             self._session = None
 
 
-async def _wait_quietly(task: asyncio.Task[Any]) -> None:
-    with contextlib.suppress(BaseException):
-        await task
-
-
 async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body, or invalid_response as soon as it passes ``limit`` bytes (never buffers more)."""
     if resp.content_length is not None:
@@ -520,8 +515,7 @@ class WsRpc:
             with contextlib.suppress(Exception):
                 await wait_for(self._ws.close(), 1.0)
         if self._reader is not None:
-            self._reader.cancel()
-            await _wait_quietly(self._reader)
+            await cancel_and_wait(self._reader)
             self._reader = None
         if self._own_session and self._session is not None:
             await self._session.close()

@@ -10,13 +10,13 @@ Errors, MEV Opportunities Not Being Detected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections import Counter
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from mevwatch.aio import cancel_and_wait
 from mevwatch.collectors._journal import JournalFollower
 from mevwatch.collectors._logmatch import (
     BUILTIN_PATTERNS,
@@ -383,9 +383,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
                 await asyncio.sleep(0 if more else self.ctx.interval)
         finally:
             if journal_task is not None:
-                journal_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await journal_task
+                await cancel_and_wait(journal_task)
 
     async def close(self) -> None:
         if self.journal is not None:

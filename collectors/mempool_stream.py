@@ -8,7 +8,6 @@ The collector reconnects by itself (counting reconnects) so that the gap and ``u
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from mevwatch.aio import cancel_and_wait
 from mevwatch.collectors._jsonrpc import Endpoint, RpcError, WsRpc
 from mevwatch.collectors.base import CollectorContext, CollectorOptions, Emit, Families, MetricSpec, StreamCollector
 from mevwatch.collectors.registry import register
@@ -314,6 +314,4 @@ class MempoolStreamCollector(StreamCollector[MempoolStreamOptions]):
                 await asyncio.sleep(random.uniform(delay / 2, delay))
                 delay = min(delay * 2, self.options.reconnect_max)
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)

@@ -5,12 +5,13 @@ otherwise, and a daemon whose pool threads allocate and free all day grows witho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import time
 from collections.abc import Callable
 
 import structlog
+
+from mevwatch.aio import cancel_and_wait
 
 __all__ = ["MallocTrimmer", "libc_malloc_trim"]
 
@@ -55,7 +56,5 @@ class MallocTrimmer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

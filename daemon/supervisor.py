@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from mevwatch import __version__
-from mevwatch.aio import wait_for
+from mevwatch.aio import cancel_and_wait, wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     Collector,
@@ -260,9 +260,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         await self.stop()
         if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+            await cancel_and_wait(self._heartbeat_task)
             self._heartbeat_task = None
         self.pool.shutdown()
 

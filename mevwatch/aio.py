@@ -1,19 +1,23 @@
-"""asyncio helpers whose behaviour is the same on Python 3.11 and 3.12+.
+"""asyncio helpers whose behaviour is the same on every Python from 3.11.0 on.
 
 ``asyncio.wait_for`` on 3.11 swallows a cancellation that arrives while the awaited future has
 completed but its waiter has not yet woken: the caller gets the result and the cancel is lost
-(a collector told to stop runs on; a ``gather`` on it waits for ever). 3.12 rewrote it on
-``asyncio.timeout``, which delivers the cancel; :func:`wait_for` is that rewrite, on both.
-ruff bans ``asyncio.wait_for`` in this project (``tool.ruff.lint.flake8-tidy-imports``).
+(a collector told to stop runs on; a ``gather`` on it waits for ever). :func:`wait_for` is 3.11's
+``wait_for`` without that: the work runs in its own task as before and the wait is
+``asyncio.wait``, which lets the caller's cancel through. (3.12 rewrote ``wait_for`` on
+``asyncio.timeout``; that one, before 3.11.3 - Debian bookworm ships 3.11.2 - raises CancelledError
+instead of TimeoutError in a task already being cancelled, such as a stopping collector's
+``finally``, and is not used here.) ruff bans ``asyncio.wait_for`` in this project
+(``tool.ruff.lint.flake8-tidy-imports``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["wait_for"]
+__all__ = ["cancel_and_wait", "wait_for"]
 
 T = TypeVar("T")
 
@@ -21,8 +25,37 @@ T = TypeVar("T")
 async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
     """Await ``aw`` for at most ``timeout`` seconds (None: no limit); TimeoutError when it runs out.
 
-    As in 3.12's ``asyncio.wait_for``, ``aw`` is cancelled on the timeout (wrap it in
-    ``asyncio.shield`` to let it run on) and a cancellation of the caller is never swallowed.
+    On the timeout ``aw`` is cancelled and waited for, so it is not running when this returns (wrap
+    it in ``asyncio.shield`` to let it run on); work that finished as the timeout fell gives its
+    result. A cancellation of the caller always propagates, after ``aw`` is cancelled and has ended.
     """
-    async with asyncio.timeout(timeout):
+    if timeout is None:
         return await aw
+    fut = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait([fut], timeout=timeout)
+    except asyncio.CancelledError:
+        await _cancel_and_end(fut)
+        raise
+    if not done:
+        await _cancel_and_end(fut)
+        if fut.cancelled():
+            raise TimeoutError
+    return fut.result()
+
+
+async def _cancel_and_end(fut: asyncio.Future[Any]) -> None:
+    fut.cancel()
+    await asyncio.wait([fut])  # a cancel of the caller meanwhile propagates from here
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so that asyncio does not log it as never retrieved
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, whatever it ends with.
+
+    ``with suppress(CancelledError): await task`` would also swallow a cancel of the caller that
+    lands during the wait; ``asyncio.wait`` lets that one through. The task's own exception is
+    dropped: its owner is stopping it.
+    """
+    await _cancel_and_end(task)

@@ -52,7 +52,8 @@ class BlockingPool:
             if self._busy >= self.max_workers and self.abandoned >= self.max_workers:
                 raise BlockingCallFailed("pool_exhausted", "every worker thread is stuck in a hung call")
             self._busy += 1
-        state = {"abandoned": False}
+        # "returned" is set by the worker itself: the loop learns of the return an iteration later
+        state = {"abandoned": False, "returned": False}
 
         def call() -> T:
             try:
@@ -60,12 +61,13 @@ class BlockingPool:
             finally:
                 with self._lock:
                     self._busy -= 1
+                    state["returned"] = True
                     if state["abandoned"]:
                         self.abandoned -= 1
 
         def abandon() -> None:
             with self._lock:
-                if not fut.done():
+                if not state["returned"]:
                     state["abandoned"] = True
                     self.abandoned += 1
                     self.abandoned_total += 1
