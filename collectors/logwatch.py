@@ -10,8 +10,6 @@ Errors, MEV Opportunities Not Being Detected.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections import Counter
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -345,10 +343,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
     def _shown(self) -> tuple[dict[str, SourceStats], SourceStats | None]:
         """The values families() shows, to compare with the next pass's (a pass's file stats are a copy;
         the journal's change under its own task, so they are copied here)."""
-        j = self.journal.stats if self.journal is not None else None
-        if j is not None:
-            j = dataclasses.replace(j, rotations=Counter(j.rotations), matches=dict(j.matches))
-        return self.stats, j
+        return self.stats, self.journal.stats.copy() if self.journal is not None else None
 
     async def run(self, emit: Emit) -> None:
         opts = self.options
