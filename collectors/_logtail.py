@@ -149,6 +149,10 @@ class LogTailer:
         self._first_scan = True
         self._lock = threading.Lock()
         self._rr = 0
+        # where a change can show: each glob's directory before its first wildcard, and after each pass
+        # the directories of the files followed (logwatch watches them with inotify)
+        self._glob_dirs = frozenset(_glob_dir(self._rooted(g)) for s in sources for g in s.globs)
+        self.directories: frozenset[str] = self._glob_dirs
 
     # --- state DB --------------------------------------------------------------------
 
@@ -215,6 +219,7 @@ class LogTailer:
             more = self._read_all()
             self._retire_idle(present)
             self._save()
+            self.directories = self._glob_dirs | {os.path.dirname(f.path) for f in self._followed.values()}
             self._first_scan = False
             return more, {name: st.copy() for name, st in self.stats.items()}
         finally:
@@ -566,3 +571,13 @@ def _find_inode(directory: str, key: Key) -> str | None:
 def _close_fd(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _glob_dir(pattern: str) -> str:
+    """The directory of a glob before its first wildcard: /var/log for /var/log/*.log and /var/log/syslog,
+    /var/log for /var/log/**/x.log, /srv for /srv/*/logs/x.log."""
+    parts = pattern.split("/")
+    for i, part in enumerate(parts[:-1]):
+        if glob.has_magic(part):
+            return "/".join(parts[:i]) or "/"
+    return os.path.dirname(pattern) or "/"

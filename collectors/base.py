@@ -204,8 +204,14 @@ class StreamCollector(Collector[OptionsT]):
     """Runs forever (kmsg, inotify, websocket); calls ``emit`` with its full current families.
 
     The supervisor restarts ``run`` with capped exponential backoff when it raises or returns.
-    Samples stay current while ``run`` is alive and vanish 2x interval after it died.
+    Samples stay current while ``run`` is alive and vanish 2x ``keepalive_interval`` after it died.
     """
+
+    @property
+    def keepalive_interval(self) -> float:
+        """How often the supervisor keeps a live stream's last snapshot fresh; its samples go stale 2x
+        this after the stream died. The interval, unless the stream works on a longer period of its own."""
+        return self.ctx.interval
 
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None: ...

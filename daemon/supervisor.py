@@ -108,6 +108,9 @@ class InstanceStatus:
     runs: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     alive: bool = False  # stream collectors: run() is executing
+    #: how long a snapshot stays current without a new one: half its time to go stale. The interval,
+    #: but a stream's own keepalive_interval (the supervisor keeps a live stream's snapshot fresh at it)
+    fresh_for: float = 0.0
     due: float = 0.0  # poll collectors: loop time of the next run
 
 
@@ -130,7 +133,9 @@ def build_collector(
         pool=pool,
     )
     collector = cls(ctx, spec.options)
-    status = InstanceStatus(spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector))
+    fresh_for = collector.keepalive_interval if isinstance(collector, StreamCollector) else interval
+    status = InstanceStatus(spec.kind, spec.options.instance, interval, timeout, isinstance(collector, StreamCollector),
+                            fresh_for=fresh_for)
     return collector, status
 
 
@@ -387,7 +392,7 @@ class Supervisor:
     async def _keep_stream_fresh(self, key: SnapshotKey, status: InstanceStatus) -> None:
         # once per interval: the snapshot goes stale after two, so one late wake-up still keeps it
         while True:
-            await asyncio.sleep(max(status.interval, 0.05))
+            await asyncio.sleep(max(status.fresh_for, 0.05))
             if status.alive:
                 self.store.touch(key)
 
@@ -403,7 +408,7 @@ class Supervisor:
             log.info("collector_recovered", collector=key[0], instance=key[1])
         status.success = True
         status.last_success_wall = time.time()
-        self.store.put(key, families, status.interval, sampled_at)
+        self.store.put(key, families, status.fresh_for, sampled_at)
         if flipped:
             self._check_first_round()
         self._meta_changed()

@@ -117,6 +117,21 @@ class QuietStream(StreamCollector[CollectorOptions]):
         await asyncio.Event().wait()
 
 
+@register
+class SlowKeptStream(QuietStream):
+    """A quiet stream that works on a period of its own, 10x its interval (logwatch's rescan)."""
+
+    kind: ClassVar[str] = "t_slowkept"
+
+    @property
+    def keepalive_interval(self) -> float:
+        return 10 * self.ctx.interval
+
+    async def run(self, emit: Emit) -> None:
+        emit([_family("t_slowkept_value", 1.0)])
+        await asyncio.Event().wait()
+
+
 def value(store: SampleStore, name: str, **labels: str) -> float | None:
     for fam in store.families():
         for s in fam.samples:
@@ -288,6 +303,28 @@ async def test_a_live_stream_collector_without_news_keeps_its_samples() -> None:
         for _ in range(8):  # 0.8 s: 4x the 0.2 s after which an untouched snapshot is stale
             await asyncio.sleep(0.1)
             assert value(store, "t_quiet_value") == 1.0
+
+
+async def test_a_stream_is_kept_fresh_at_its_own_keepalive_and_goes_stale_at_twice_it() -> None:
+    async with _running("collectors:\n  - t_slowkept: {interval: 0.1}\n") as (sup, store):
+        await asyncio.sleep(EPS)
+        touched: list[float] = []
+        touch = store.touch
+
+        def counted(key: tuple[str, str]) -> None:
+            touched.append(_now())
+            touch(key)
+
+        store.touch = counted  # type: ignore[method-assign]
+        await asyncio.sleep(3.0)
+        assert 2 <= len(touched) <= 3  # every 1 s, not every 0.1 s
+        assert value(store, "t_slowkept_value") == 1.0
+        (task,) = sup._tasks.values()
+        task.cancel()  # the stream dies: nothing keeps its snapshot fresh any more
+        await asyncio.sleep(1.9)
+        assert value(store, "t_slowkept_value") == 1.0  # within 2x the keepalive of the last touch
+        await asyncio.sleep(1.0)
+        assert value(store, "t_slowkept_value") is None
 
 
 # --- schedule grid ---------------------------------------------------------------------------

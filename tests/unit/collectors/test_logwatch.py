@@ -13,13 +13,14 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector as RegistryCollector
 
+from mevwatch.collectors._dirwatch import DirWatch
 from mevwatch.collectors._journal import JournalFollower, journal_available, parse_journal_entry
 from mevwatch.collectors._logmatch import (
     BUILTIN_PATTERNS,
@@ -794,3 +795,141 @@ def test_a_silent_log_stays_on_metrics_and_in_the_alert_engine(tmp_path: Path) -
         append(log, b"ERROR: order rejected\n")
         daemon.wait_value("mevwatch_log_lines_read_total", 1, source="mev")
         assert json.loads(daemon.get("/api/v1/alerts"))["data"]["alerts"] == []
+
+
+# --- passes on inotify's word -------------------------------------------------------------------
+
+
+def _counting(collector: LogwatchCollector) -> list[float]:
+    """Record the time of each pass over the files."""
+    passes: list[float] = []
+    poll = collector.tailer.poll
+
+    def counted() -> tuple[bool, dict[str, SourceStats]] | None:
+        passes.append(time.monotonic())
+        return poll()
+
+    collector.tailer.poll = counted  # type: ignore[method-assign]
+    return passes
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def _quiet_collector(globs: list[str], interval: float, rescan: float) -> LogwatchCollector:
+    opts = LogwatchOptions.model_validate(
+        {"sources": [{"name": "mev", "paths": globs}], "journal": {"enabled": False}, "rescan_interval": rescan})
+    return LogwatchCollector(CollectorContext(kind="logwatch", instance="quiet", interval=interval, timeout=5.0), opts)
+
+
+async def test_quiet_files_cost_no_pass_until_a_line_is_written(tmp_path: Path) -> None:
+    log = tmp_path / "mev.log"
+    log.write_bytes(b"")
+    collector = _quiet_collector([str(log)], interval=0.02, rescan=60.0)
+    passes = _counting(collector)
+    emitted: list[str] = []
+    task = asyncio.create_task(collector.run(lambda fams: emitted.append(_exposition(list(fams)))))
+    try:
+        await _until(lambda: len(emitted) == 1)
+        await asyncio.sleep(0.5)  # 25 intervals
+        assert len(passes) <= 2, passes  # the first pass, at most one more for the start's own events
+        before = len(passes)
+        written = time.monotonic()
+        append(log, b"ERROR: order rejected\n")
+        await _until(lambda: len(emitted) == 2)
+        assert passes[before] - written < 1.0  # woken by inotify, not by the 60 s rescan
+        assert sample_value(emitted[-1], "mevwatch_log_lines_read_total", source="mev") == 1
+        # a file rotated in the same directory is a change too
+        log.rename(tmp_path / "mev.log.1")
+        log.write_bytes(b"ERROR: second\n")
+        await _until(lambda: sample_value(emitted[-1], "mevwatch_log_lines_read_total", source="mev") == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+
+
+async def test_a_directory_made_after_the_start_is_found_at_the_rescan(tmp_path: Path) -> None:
+    collector = _quiet_collector([str(tmp_path / "later" / "*.log")], interval=0.02, rescan=0.3)
+    passes = _counting(collector)
+    emitted: list[str] = []
+    task = asyncio.create_task(collector.run(lambda fams: emitted.append(_exposition(list(fams)))))
+    try:
+        await _until(lambda: len(emitted) == 1)
+        assert sample_value(emitted[-1], "mevwatch_log_source_status", source="mev", status="missing") == 1
+        (tmp_path / "later").mkdir()
+        (tmp_path / "later" / "a.log").write_bytes(b"")
+        await _until(lambda: sample_value(emitted[-1], "mevwatch_log_source_status", source="mev", status="ok") == 1)
+        append(tmp_path / "later" / "a.log", b"ERROR: x\n")  # now watched: no rescan needed
+        await _until(lambda: sample_value(emitted[-1], "mevwatch_log_lines_read_total", source="mev") == 1)
+        assert len(passes) < 20  # rescans every 0.3 s and changes, not a pass every 0.02 s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+
+
+async def test_without_inotify_a_pass_runs_every_interval_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mevwatch.collectors.logwatch as logwatch_module
+
+    class NoInotify:
+        def __init__(self) -> None:
+            raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(logwatch_module, "DirWatch", NoInotify)
+    log = tmp_path / "mev.log"
+    log.write_bytes(b"")
+    collector = _quiet_collector([str(log)], interval=0.02, rescan=60.0)
+    passes = _counting(collector)
+    task = asyncio.create_task(collector.run(lambda fams: None))
+    try:
+        await asyncio.sleep(0.4)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+    assert len(passes) >= 5
+    assert "logwatch_inotify_unavailable" in capsys.readouterr().out
+
+
+async def test_dir_watch_follows_a_directory_removed_and_made_again(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    d.mkdir()
+    watch = DirWatch()
+    try:
+        watch.watch([str(d), str(tmp_path / "absent")])
+        assert watch.watched == {str(d)}
+        assert not await watch.wait(0.05)
+        (d / "x.log").write_bytes(b"a\n")
+        assert await watch.wait(1.0)
+        assert not await watch.wait(0.05)  # the queued events were taken with the first
+        (d / "x.log").unlink()
+        d.rmdir()
+        assert await watch.wait(1.0)
+        await watch.wait(0.05)
+        assert watch.watched == set()  # its watch went with it
+        d.mkdir()
+        watch.watch([str(d)])
+        assert watch.watched == {str(d)}
+        (d / "y.log").write_bytes(b"b\n")
+        assert await watch.wait(1.0)
+    finally:
+        watch.close()
+
+
+@pytest.mark.parametrize(("pattern", "directory"), [
+    ("/var/log/syslog", "/var/log"),
+    ("/var/log/mev/*.log", "/var/log/mev"),
+    ("/var/log/**/x.log", "/var/log"),
+    ("/srv/*/logs/x.log", "/srv"),
+    ("/x.log", "/"),
+    ("/*/x.log", "/"),
+])
+def test_the_directory_watched_for_a_glob_is_the_one_before_its_first_wildcard(pattern: str, directory: str) -> None:
+    assert LogTailer([FileSource("s", (pattern,), ())]).directories == {directory}
