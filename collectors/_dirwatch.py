@@ -43,8 +43,10 @@ class DirWatch:
         left out, and tried again at the next call."""
         want = set(dirs)
         for d in [d for d in self._watches if d not in want]:
-            with contextlib.suppress(OSError):  # already gone with its directory
-                self._inotify.rm_watch(self._watches.pop(d))
+            gone = self._watches.pop(d)
+            if all(w.wd != gone.wd for w in self._watches.values()):  # not another name of a directory kept
+                with contextlib.suppress(OSError):  # already gone with its directory
+                    self._inotify.rm_watch(gone)
         for d in want - self._watches.keys():
             try:
                 self._watches[d] = self._inotify.add_watch(d, _MASK)

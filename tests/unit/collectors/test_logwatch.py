@@ -923,6 +923,21 @@ async def test_dir_watch_follows_a_directory_removed_and_made_again(tmp_path: Pa
         watch.close()
 
 
+async def test_dir_watch_takes_names_that_are_not_utf8_and_two_names_of_one_directory(tmp_path: Path) -> None:
+    odd = tmp_path / os.fsdecode(b"logs-\xff")
+    odd.mkdir()
+    (tmp_path / "alias").symlink_to(odd)
+    watch = DirWatch()
+    try:
+        watch.watch([str(odd), str(tmp_path / "alias")])
+        assert watch.watched == {str(odd), str(tmp_path / "alias")}
+        watch.watch([str(odd)])  # one name dropped: the directory stays watched under the other
+        (odd / os.fsdecode(b"\xfe.log")).write_bytes(b"a\n")
+        assert await watch.wait(1.0)
+    finally:
+        watch.close()
+
+
 @pytest.mark.parametrize(("pattern", "directory"), [
     ("/var/log/syslog", "/var/log"),
     ("/var/log/mev/*.log", "/var/log/mev"),
