@@ -104,6 +104,9 @@ class JournalFollower:
         self.max_line = max_line
         self.retry = retry
         self.stats = SourceStats(matches={**{p.name: 0 for p in patterns}, PRIORITY_ERR_PATTERN: 0})
+        #: set when the stats may have moved (an entry counted, a status set): logwatch, which passes over
+        #: its files on inotify's word, passes then too, so the journal's figures go out within an interval
+        self.moved = asyncio.Event()
         self.cursor: str | None = None
         self._saved: str | None = None
         self._last_save = 0.0
@@ -126,6 +129,7 @@ class JournalFollower:
         st = self.stats
         if (st.status, st.reason) != (status, reason):
             log.info("logwatch_journal_status", instance=self.instance, status=status, reason=reason)
+            self.moved.set()
         st.status, st.reason = status, reason
 
     async def run(self) -> None:
@@ -147,6 +151,7 @@ class JournalFollower:
         except OSError as exc:
             self._set_status("unreadable", f"cannot start {exe}: {exc.strerror or exc}")
             self.stats.read_errors += 1
+            self.moved.set()
             return
         assert proc.stdout is not None
         assert proc.stderr is not None
@@ -181,6 +186,7 @@ class JournalFollower:
         text = err.decode("utf-8", "replace").strip().splitlines()
         self._set_status("unreadable", f"journalctl exited with {proc.returncode}: {text[-1] if text else ''}")
         self.stats.read_errors += 1
+        self.moved.set()
 
     def feed(self, line: bytes) -> None:
         """Count one ``journalctl -o json`` line."""
@@ -198,6 +204,7 @@ class JournalFollower:
                 st.matches[p.name] += 1
         if priority is not None and priority <= PRIORITY_ERR:  # what `journalctl -p err` shows
             st.matches[PRIORITY_ERR_PATTERN] += 1
+        self.moved.set()
         self.save_cursor()
 
     def save_cursor(self, force: bool = False) -> None:

@@ -394,7 +394,7 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
                     continue
                 if watch is not None:
                     watch.watch(self.tailer.directories)
-                    await watch.wait(started + self.options.rescan_interval - loop.time())
+                    await self._until_change(watch, started + self.options.rescan_interval - loop.time())
                 # at most one pass per interval, however often the files change
                 await asyncio.sleep(max(started + self.ctx.interval - loop.time(), 0.0))
         finally:
@@ -408,6 +408,21 @@ class LogwatchCollector(StreamCollector[LogwatchOptions]):
         """The rescan interval: kept fresh at every interval, the snapshot woke the process (and the alert
         engine, whose tick follows the snapshots going stale) every second on a host with quiet logs."""
         return max(self.ctx.interval, self.options.rescan_interval)
+
+    async def _until_change(self, watch: DirWatch, timeout: float) -> None:
+        """Until a followed directory changed, the journal's figures moved, or ``timeout`` seconds passed."""
+        if self.journal is None:
+            await watch.wait(timeout)
+            return
+        moved = self.journal.moved
+        if not moved.is_set():
+            waits = [asyncio.ensure_future(watch.wait(timeout)), asyncio.ensure_future(moved.wait())]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    await cancel_and_wait(w)
+        moved.clear()
 
     def _dir_watch(self) -> DirWatch | None:
         """inotify on the followed files' directories, unless the rescan comes every interval anyway or the

@@ -30,7 +30,7 @@ from mevwatch.collectors._logmatch import (
     parse_nginx_combined,
 )
 from mevwatch.collectors._logtail import FileSource, LogTailer, SourceStats
-from mevwatch.collectors.base import CollectorContext, Families
+from mevwatch.collectors.base import CollectorContext, Families, Paths
 from mevwatch.collectors.logwatch import LogwatchCollector, LogwatchOptions, build_sources
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.state import StateDB
@@ -847,6 +847,34 @@ async def test_quiet_files_cost_no_pass_until_a_line_is_written(tmp_path: Path) 
         log.rename(tmp_path / "mev.log.1")
         log.write_bytes(b"ERROR: second\n")
         await _until(lambda: sample_value(emitted[-1], "mevwatch_log_lines_read_total", source="mev") == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await collector.close()
+
+
+SLOW_JOURNALCTL = """#!/bin/sh
+sleep 0.5
+printf '%s\\n' '{"__CURSOR":"c1","MESSAGE":"strategy: bundle rejected","PRIORITY":"3"}'
+exec sleep 30
+"""
+
+
+async def test_a_journal_entry_goes_out_within_an_interval_though_no_file_changed(tmp_path: Path) -> None:
+    (tmp_path / "run/systemd/journal").mkdir(parents=True)
+    (tmp_path / "run/systemd/journal/socket").touch()
+    exe = tmp_path / "journalctl"
+    exe.write_text(SLOW_JOURNALCTL)
+    exe.chmod(0o755)
+    opts = LogwatchOptions.model_validate(
+        {"sources": [], "journal": {"enabled": True, "journalctl": str(exe)}, "rescan_interval": 60})
+    ctx = CollectorContext(kind="logwatch", instance="j", interval=0.05, timeout=5.0, paths=Paths(rootfs=tmp_path))
+    collector = LogwatchCollector(ctx, opts)
+    emitted: list[str] = []
+    task = asyncio.create_task(collector.run(lambda fams: emitted.append(_exposition(list(fams)))))
+    try:
+        await _until(lambda: bool(emitted) and sample_value(
+            emitted[-1], "mevwatch_log_matches_total", source="journal", pattern="priority_err") == 1, timeout=5.0)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
