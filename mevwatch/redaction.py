@@ -98,8 +98,12 @@ def register_sink_url(url: str) -> str:
     """Register a sink URL (whole, and its path and query) as a secret; returns it as it may be shown.
     Quoted whole, it reads as that (the host stays visible); its path or query alone reads ``/***``."""
     shown = redact_sink_url(url)
-    register_secret(url, shown)
     parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        # Quoted inside a longer URL (a probe of the same server), a registered URL ending in "/" keeps it
+        # ("http://am:9093/-/healthy" read "http://am:9093-/healthy"); one with nothing secret in it is
+        # not registered at all.
+        register_secret(url, shown + "/" if url.endswith("/") and not shown.endswith("/") else shown)
     tail = url.split(parts.netloc, 1)[1] if parts.netloc else ""
     if tail.strip("/"):
         register_secret(tail, "/" + MASK)  # the path with its query, as an error message may quote it

@@ -54,6 +54,16 @@ def test_a_registered_sink_url_is_scrubbed_wherever_it_is_quoted() -> None:
         assert redact(f"error: {quoted} refused") == f"error: {shown} refused"
 
 
+def test_a_sink_url_does_not_mangle_other_urls_of_its_server() -> None:
+    # a receiver at the server's root, then a probe of the same server: the probe's URL stays whole
+    assert register_sink_url("http://am.test.example:9093/") == "http://am.test.example:9093"
+    assert redact("http://am.test.example:9093/-/healthy") == "http://am.test.example:9093/-/healthy"
+    # with credentials, the URL is masked and its "/" kept
+    assert register_sink_url("http://user:pw-1234@pd.test.example:8080/") == "http://pd.test.example:8080"
+    assert redact("GET http://user:pw-1234@pd.test.example:8080/v2/enqueue") == \
+        "GET http://pd.test.example:8080/v2/enqueue"
+
+
 def test_url_file_is_read_checked_and_registered(tmp_path: Path) -> None:
     f = tmp_path / "hook.url"
     f.write_text("https://chat.example/incoming/unguessable-part-42\n")
