@@ -258,6 +258,7 @@ class AlertEngine:
             = None
         self._pruned_at = float("-inf")  # last drop of histories beyond every window
         self._ticked_at = float("-inf")  # clock time of the last tick
+        self._cap_when = math.inf  # loop time of the next keep-fresh tick (_arm)
         self._graced = False  # has a tick after the startup grace evaluated every rule?
         self._published: tuple[object, ...] | None = None  # the values of the engine's metrics last put
         # (family class, family name) -> may a sample of it be one a rule reads? Most families are not.
@@ -564,9 +565,10 @@ class AlertEngine:
         except StateError as exc:  # logged once per failing streak by the state DB
             log.debug("alert_history_write_failed", error=str(exc))
 
-    def tick(self) -> None:
+    def tick(self, keep_fresh: bool = False) -> None:
         """Time-driven work, due now: drop stale collectors' data, evaluate the rules whose due time came
-        (_set_due), escalate, publish.
+        (_set_due), escalate, publish. ``keep_fresh``: the tick that comes at least every TICK_CAP
+        (_arm) reads the silences other processes wrote and keeps the engine's metrics fresh.
 
         A rule's verdict moves with time alone only while it holds an alert (``for``, ``keep_firing_for``,
         the retention of a resolved alert) or reads a window whose next edge comes (a point leaves it);
@@ -601,13 +603,13 @@ class AlertEngine:
             for histories in (self.histories, self.bucket_histories):
                 for hk in [hk for hk, h in histories.items() if (t := h.last_time()) is None or t < cutoff]:
                     del histories[hk]
-        if self._router_due <= now or now - self._routed_at >= TICK_CAP:
+        if keep_fresh or self._router_due <= now or now - self._routed_at >= TICK_CAP:
             self._routed_at = now
             self.router.tick()
             self._router_due = self._router_next(now)
         else:
             self.router.run_due()  # its own timer flushes too; without a running loop only this does
-        if self._publish_due <= now:
+        if keep_fresh or self._publish_due <= now:
             self._publish()
         self._ticked_at = now
 
@@ -673,8 +675,9 @@ class AlertEngine:
         that comes before anything is due finds nothing to do and arms the next."""
         interval = self.cfg.evaluation_interval
         now = self.clock()
+        t = loop.time()
         due = min(self._due.values(), default=math.inf)
-        due = min(due, self._router_due, self._publish_due, self._ticked_at + max(TICK_CAP, interval))
+        due = min(due, self._router_due, self._publish_due)
         if not self._graced:
             due = min(due, self.started_at + self.cfg.startup_grace)
         delay = max(due - now, 0.0)
@@ -684,7 +687,13 @@ class AlertEngine:
                 left = store.stale_in(key)
                 if left is not None and left < delay:
                     delay = left
-        t = loop.time()
+        # The keep-fresh tick (_cap_when) on the grid k * cap of the loop clock, cap a multiple of the
+        # interval: it shares the wake-up of the collectors' runs at that interval (every 15 s on a host
+        # config) instead of coming TICK_CAP after whatever tick came last.
+        cap = interval * math.ceil(TICK_CAP / interval - 1e-9)
+        last = self._ticked_at - now + t  # the last tick in loop time
+        self._cap_when = (math.floor(last / cap + 1e-9) + 1) * cap if math.isfinite(last) else t
+        delay = min(delay, max(self._cap_when - t, 0.0))
         # on the grid point at or after the due time, within DUE_TOLERANCE: a due time on the grid (a `for`
         # counted from a run's slot) lands a few µs past it once converted from the wall clock
         when = max(math.ceil((t + delay - DUE_TOLERANCE) / interval), math.floor(t / interval) + 1) * interval
@@ -696,10 +705,11 @@ class AlertEngine:
 
     def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         # A timer callback, not a sleeping task: one loop iteration and no future per tick.
+        keep_fresh = self._tick_when >= self._cap_when - DUE_TOLERANCE
         self._tick_timer = None
         self._tick_when = math.inf
         try:
-            self.tick()
+            self.tick(keep_fresh)
         except Exception:
             self.eval_errors += 1
             self._publish_due = float("-inf")
@@ -740,11 +750,12 @@ class AlertEngine:
     def _publish_due_after(self, now: float) -> float:
         """When a value the engine's metrics show next moves with time alone: while the outbox holds a
         notification, its oldest one's age (every tick); a lost notification leaving the hour it is shown;
-        a silence ending (or an Alertmanager silence starting); else TICK_CAP from now, to keep them fresh."""
+        a silence ending (or an Alertmanager silence starting); else never: the keep-fresh tick (_arm) keeps
+        them fresh."""
         _, oldest, lost = self._outbox_state()
         if oldest is not None:
             return now
-        due = now + TICK_CAP
+        due = math.inf
         for _, _, at in lost:
             if now < at + LOST_WINDOW < due:
                 due = at + LOST_WINDOW

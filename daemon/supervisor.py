@@ -53,8 +53,11 @@ META_KEY: SnapshotKey = ("mevwatch", "self")
 STREAM_BACKOFF_MIN = 1.0
 STREAM_BACKOFF_MAX = 60.0
 #: how often the supervisor's heartbeat advances (and its self-metrics that change without runs refresh)
-#: when no systemd watchdog asks for a faster one
-HEARTBEAT_INTERVAL = 5.0
+#: when no systemd watchdog asks for a faster one. On the loop clock's grid k * interval, as the collectors'
+#: runs (next_slot), so that a beat shares the wake-up of the runs at that interval: with a 5 s beat, a
+#: daemon whose collectors run every 15 s woke four times per 15 s instead of once (bench/host.py: CPU
+#: per hour 0.90 -> 0.75 s with the beat at 15 s, scraped every 15 s)
+HEARTBEAT_INTERVAL = 15.0
 #: how late after its slot a poll run may begin and still be stamped with the slot (sample_time)
 SLOT_TOLERANCE = 0.05
 COLLECTOR_SUCCESS = MetricSpec(
@@ -289,6 +292,9 @@ class Supervisor:
         return self._first_round.is_set()
 
     async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.heartbeat_interval
+        due = loop.time()
         while True:
             self.heartbeat = time.monotonic()
             self._check_first_round()
@@ -298,7 +304,8 @@ class Supervisor:
                 self._meta_changed()
             else:  # with no collector running, nothing else keeps the self-metrics current
                 self.store.touch(META_KEY)
-            await asyncio.sleep(self.heartbeat_interval)
+            due = next_slot(due, loop.time(), interval, 0.0)
+            await sleep_until(loop, due)
 
     def _own_volatile(self) -> object:
         return (self.pool.abandoned, self.pool.abandoned_total,

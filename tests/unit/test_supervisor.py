@@ -268,6 +268,19 @@ async def test_self_metrics_snapshots_count_one_per_round() -> None:
         assert last.seq - first.seq == 5 * 3
 
 
+async def test_the_heartbeat_shares_the_wake_up_of_runs_at_its_interval() -> None:
+    RUNS.clear()
+    async with _running("collectors:\n  - t_tick: {instance: slow, interval: 15}\n") as (sup, _store):
+        beats: list[float] = []
+        sup.volatile.append(lambda: beats.append(_now()))
+        await asyncio.sleep(100.0)
+    assert sup.heartbeat_interval == 15.0
+    # after the first run and beat at start (off the grid), both on the loop clock's grid k * 15 s, together
+    assert beats[1:] == pytest.approx(RUNS["slow"][1:len(beats)], abs=EPS)
+    assert all(abs(t - round(t / 15.0) * 15.0) < EPS for t in beats[1:]), beats
+    assert [b - a for a, b in itertools.pairwise(beats[1:])] == pytest.approx([15.0] * (len(beats) - 2))
+
+
 async def test_a_heartbeat_with_nothing_new_puts_no_self_metrics_and_they_stay_fresh() -> None:
     async with _running("collectors:\n  - t_quiet: {interval: 10}\n") as (sup, store):
         await asyncio.sleep(1.0)

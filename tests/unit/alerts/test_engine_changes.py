@@ -190,9 +190,9 @@ async def test_the_tick_is_on_the_loop_clock_grid_of_its_interval(tmp_path: Path
     ticks: list[float] = []
     tick = harness.engine.tick
 
-    def recording() -> None:
+    def recording(keep_fresh: bool = False) -> None:
         ticks.append(loop.time())
-        tick()
+        tick(keep_fresh)
 
     harness.engine.tick = recording  # type: ignore[method-assign]
     await harness.engine.start()
