@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import time
 from collections.abc import Callable
 
 import structlog
 
-from mevwatch.aio import cancel_and_wait
+from mevwatch.aio import cancel_and_wait, sleep_until
 
 __all__ = ["MallocTrimmer", "libc_malloc_trim"]
 
@@ -46,8 +47,10 @@ class MallocTrimmer:
             self._task = asyncio.create_task(self._run(self.trim), name="malloc-trim")
 
     async def _run(self, trim: Callable[[int], int]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.interval)
+            # on the loop clock's grid k * interval, where the collectors' runs wake too (sleep_until)
+            await sleep_until(loop, (math.floor(loop.time() / self.interval) + 1) * self.interval)
             started = time.perf_counter()
             # on the loop thread: a trim of a fragmented heap of this daemon's size takes ~0.2 ms
             trim(0)

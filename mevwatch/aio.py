@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait", "wait_for"]
+__all__ = ["cancel_and_wait", "sleep_until", "wait_for"]
 
 T = TypeVar("T")
 
@@ -59,3 +59,22 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     dropped: its owner is stopping it.
     """
     await _cancel_and_end(task)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
+    """Until loop time ``when``: call_at on the planned instant, so that tasks due at the same instant
+    (the collectors' runs on one grid, the supervisor's next_slot; the heartbeat, the alert engine's
+    keep-fresh tick, the malloc trim) wake in one loop iteration (asyncio.sleep adds its own now)."""
+    if when <= loop.time():
+        return
+    fut: asyncio.Future[None] = loop.create_future()
+    timer = loop.call_at(when, _wake, fut)
+    try:
+        await fut
+    finally:
+        timer.cancel()

@@ -61,3 +61,19 @@ async def test_without_malloc_trim_it_does_nothing(monkeypatch: pytest.MonkeyPat
     await asyncio.sleep(0.03)
     assert trimmer.runs == 0
     await trimmer.stop()
+
+
+@pytest.mark.looptime(start=7.5)
+async def test_trims_on_the_loop_clocks_grid_where_runs_wake() -> None:
+    at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def trim(pad: int) -> int:
+        at.append(loop.time())
+        return 1
+
+    trimmer = MallocTrimmer(trim=trim)
+    await trimmer.start()
+    await asyncio.sleep(200.0)
+    await trimmer.stop()
+    assert at == pytest.approx([60.0, 120.0, 180.0])  # not 67.5, 127.5, ...: a wake-up of their own

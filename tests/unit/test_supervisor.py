@@ -281,6 +281,38 @@ async def test_the_heartbeat_shares_the_wake_up_of_runs_at_its_interval() -> Non
     assert [b - a for a, b in itertools.pairwise(beats[1:])] == pytest.approx([15.0] * (len(beats) - 2))
 
 
+async def test_a_round_of_runs_and_its_self_metrics_wake_a_store_watcher_once() -> None:
+    # the alert engine's task: woken by the store, it reads the change set; the runs and the self-metrics
+    # they change are one change set, not two wake-ups
+    RUNS.clear()
+    store = SampleStore(clock=asyncio.get_running_loop().time)
+    wake = store.watch()
+    seen: list[set[tuple[str, str]]] = []
+
+    async def watcher() -> None:
+        since = 0
+        while True:
+            await wake.wait()
+            wake.clear()
+            since, keys = store.changes(since)
+            seen.append(set(keys))
+
+    task = asyncio.create_task(watcher())
+    sup = Supervisor(load_config_text("collectors:\n  - t_tick: {instance: a, interval: 15}\n"
+                                      "  - t_tick: {instance: b, interval: 15}\n", "t", {}), store)
+    await sup.start()
+    try:
+        await asyncio.sleep(61.0)
+    finally:
+        await sup.shutdown()
+        task.cancel()
+    rounds = [keys for keys in seen if ("t_tick", "a") in keys]
+    assert len(rounds) == 5  # at start, then every 15 s
+    both = {("t_tick", "a"), ("t_tick", "b"), META_KEY}
+    assert all(keys == both for keys in rounds[1:]), seen
+    assert len(seen) == len(rounds) + (seen[0] != rounds[0])
+
+
 async def test_a_heartbeat_with_nothing_new_puts_no_self_metrics_and_they_stay_fresh() -> None:
     async with _running("collectors:\n  - t_quiet: {interval: 10}\n") as (sup, store):
         await asyncio.sleep(1.0)
@@ -405,7 +437,7 @@ async def test_a_poll_runs_snapshot_carries_its_slot_in_unix_time(monkeypatch: p
 
 @pytest.mark.looptime(False)  # counts real loop iterations: a callback ready in each stops the virtual clock
 async def test_sleepers_until_one_instant_wake_in_one_loop_iteration() -> None:
-    from mevwatch.daemon.supervisor import sleep_until
+    from mevwatch.aio import sleep_until
 
     loop = asyncio.get_running_loop()
     iterations = 0
