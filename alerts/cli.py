@@ -24,7 +24,9 @@ from mevwatch.redaction import redact_sink_url
 __all__ = ["register", "run_test"]
 
 
-def test_payload(receiver: str, host: str, runbook_url: str) -> dict[str, Any]:
+def test_payload(receiver: str, host: str, runbook_url: str, external_url: str) -> dict[str, Any]:
+    """A test notification as every sink shows it: with the runbook, the link back to this mevwatch's page (so
+    a broken alerts.external_url shows here first) and a silence command."""
     labels = {"alertname": "MevwatchTestNotification", "severity": "info", "host": host}
     now = time.time()
     alert = Alert("MevwatchTestNotification", fingerprint(labels), labels, {
@@ -33,7 +35,7 @@ def test_payload(receiver: str, host: str, runbook_url: str) -> dict[str, Any]:
         "runbook_url": f"{runbook_url}#alerts-test",
     }, "firing", 1.0, now, fired_at=now, last_match_at=now)
     return notification_payload(receiver, f"{receiver}|test", {"alertname": alert.rule}, [alert], [],
-                                "")
+                                external_url)
 
 
 async def run_test(cfg: Config, receiver: str | None) -> list[tuple[str, str | None]]:
@@ -42,7 +44,7 @@ async def run_test(cfg: Config, receiver: str | None) -> list[tuple[str, str | N
     receivers = [r for r in alerts.receivers if receiver is None or r.name == receiver]
     results: list[tuple[str, str | None]] = []
     for rc in receivers:
-        payload = test_payload(rc.name, alerts.host, alerts.runbook_url)
+        payload = test_payload(rc.name, alerts.host, alerts.runbook_url, alerts.external_url)
         sinks: list[Sink] = build_sinks(rc, alerts.evaluation_interval)
         for sink in sinks:
             try:

@@ -66,6 +66,9 @@ class RuleLoading:
 
 
 class LogSinkConfig(_Strict):
+    """One `alert_notification` log event per alert: labels, summary, runbook, and while firing its link back
+    (generator_url) and silence command."""
+
     level: Literal["info", "warning", "error"] = Field("warning", description="log level of the event")
     send_resolved: bool = True
 
@@ -88,6 +91,9 @@ class WebhookConfig(SinkURL, _Strict):
 
 
 class EmailConfig(_Strict):
+    """Mail over SMTP: a plain-text and an HTML part, each alert with its runbook, labels, link back to
+    mevwatch's page and silence command."""
+
     to: list[str] = Field(min_length=1, description="recipients")
     from_: str = Field(alias="from", description="sender address")
     smarthost: str = Field(description="SMTP server host:port")
@@ -160,6 +166,19 @@ class AlertmanagerSilencesConfig(_Strict):
 
 
 class Receiver(_Strict):
+    """A named set of sinks. Every page of a firing alert carries the link back to the alert's row on mevwatch's
+    page (its generatorURL, `alerts.external_url` + `/#alert-<fingerprint>`; where external_url is empty or not
+    http(s), the page says what the link needs instead of a link that opens nothing) and the command that
+    silences exactly that alert (`mevwatch silence add -d 2h --comment '...' -m 'alertname="..."' ...`, amtool in
+    fleet mode). webhook: generatorURL and the annotation `silence`; alertmanager: generatorURL (Alertmanager
+    silences its own way); log: the fields generator_url and silence; mail: `Open in mevwatch:` and `Silence:`
+    lines in the text part, a link and a code block in the HTML part; PagerDuty: a `links` entry per alert
+    before the runbooks, `custom_details.open_in_mevwatch` and `custom_details.silence` (one per firing alert),
+    `client_url` mevwatch's page unless set; Slack: a mrkdwn link `<url|Open in mevwatch>` and the command as
+    code in each alert's section; chat: an `alert:` and a `silence:` line under each alert (Telegram: parse_mode
+    HTML, the command in `<code>`; Discord: a code span). A message cut to a service's limit leaves out whole
+    alerts, never part of a link or a command, and ends with how many are left out and mevwatch's page."""
+
     name: str
     log_configs: list[LogSinkConfig] = Field(default_factory=list)
     webhook_configs: list[WebhookConfig] = Field(default_factory=list)

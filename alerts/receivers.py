@@ -42,13 +42,16 @@ def _default_severity_map() -> dict[str, PagerDutySeverity]:
 
 
 class PagerDutyConfig(_Strict):
-    """PagerDuty Events API v2: one event per host and alert group, triggered and resolved by dedup key."""
+    """PagerDuty Events API v2: one event per host and alert group, triggered and resolved by dedup key; links
+    each alert's row on mevwatch's page and carries its silence command in custom_details."""
 
     routing_key: str | None = Field(None, repr=False, description="integration key of the PagerDuty service")
     routing_key_file: Path | None = Field(None, description="file holding the routing key instead")
     url: str = Field("https://events.pagerduty.com/v2/enqueue", description="Events API v2 endpoint")
     client: str = Field("mevwatch", description="shown in PagerDuty as the event's client")
-    client_url: str = Field("", description="link from the incident back to this monitoring (e.g. Grafana)")
+    client_url: str = Field("", description=(
+        "link from the incident back to this monitoring (e.g. Grafana); default: mevwatch's page "
+        "(alerts.external_url)"))
     severity_map: dict[str, PagerDutySeverity] = Field(
         default_factory=_default_severity_map,
         description="alert severity label -> PagerDuty severity (unknown ones: error)",
@@ -71,7 +74,8 @@ class PagerDutyConfig(_Strict):
 
 
 class SlackConfig(SinkURL, _Strict):
-    """Slack incoming webhook (``url`` or ``url_file``): a Block Kit message with a runbook button."""
+    """Slack incoming webhook (``url`` or ``url_file``): a Block Kit message, per alert a runbook button, a link
+    to its row on mevwatch's page and its silence command as code."""
 
     channel: str | None = Field(None, description="override the webhook's channel (legacy webhooks only)")
     username: str | None = Field(None, description="override the webhook's name (legacy webhooks only)")
@@ -79,14 +83,17 @@ class SlackConfig(SinkURL, _Strict):
     send_resolved: bool = True
 
 
-#: per chat service: HTTP method, the JSON body ($text and $notification_id are replaced in its strings)
-#: and the longest message text the service accepts.
+#: per chat service: HTTP method, the JSON body ($text and $notification_id are replaced in its strings),
+#: the longest message text the service accepts and the markup of $text (alerts.sinks._message: plain if none).
 CHAT_PRESETS: dict[str, dict[str, Any]] = {
     # https://core.telegram.org/bots/api#sendmessage ; url: https://api.telegram.org/bot<token>/sendMessage
-    "telegram": {"method": "POST", "max_text": 4096,
-                 "body": {"chat_id": "$chat_id", "text": "$text", "disable_web_page_preview": True}},
+    # parse_mode HTML: the silence command in <code> (a tap copies it), the links as <a href>
+    "telegram": {"method": "POST", "max_text": 4096, "markup": "html",
+                 "body": {"chat_id": "$chat_id", "text": "$text", "parse_mode": "HTML",
+                          "disable_web_page_preview": True}},
     # https://discord.com/developers/docs/resources/webhook#execute-webhook ; url: the channel's webhook URL
-    "discord": {"method": "POST", "max_text": 2000,
+    # content is markdown: the silence command in a code span, links as <url> (no embed)
+    "discord": {"method": "POST", "max_text": 2000, "markup": "markdown",
                 "body": {"content": "$text", "username": "mevwatch", "allowed_mentions": {"parse": []}}},
     # https://spec.matrix.org/v1.9/client-server-api/#put_matrixclientv3roomsroomidsendeventtypetxnid ;
     # url: https://<homeserver>/_matrix/client/v3/rooms/<room id>/send/m.room.message (the txn id is appended)
@@ -96,7 +103,8 @@ CHAT_PRESETS: dict[str, dict[str, Any]] = {
 
 
 class ChatConfig(SinkURL, _Strict):
-    """A chat webhook from a template: a preset (telegram, discord, matrix) or your own ``body``."""
+    """A chat webhook from a template: a preset (telegram, discord, matrix) or your own ``body``; $text has per
+    alert its runbook, its link to mevwatch's page and its silence command."""
 
     preset: Literal["telegram", "discord", "matrix", "custom"] = Field(description="the service's request shape")
     chat_id: str | None = Field(None, description="telegram: the chat to post to")

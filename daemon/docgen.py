@@ -7,6 +7,7 @@ declarations mevwatch/metric_owners.py, the collector kind of each sample name.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 import typing
@@ -88,7 +89,7 @@ def _model_table(model: type[BaseModel], prefix: str, skip: frozenset[str] = fro
         if sub in seen:
             continue
         seen.add(sub)
-        out += [f"#### `{path}` ({sub.__name__})", "", *( [sub.__doc__.strip(), ""] if sub.__doc__ else []),
+        out += [f"#### `{path}` ({sub.__name__})", "", *( [inspect.cleandoc(sub.__doc__), ""] if sub.__doc__ else []),
                 *_model_table(sub, f"{path}.")]
     return out
 

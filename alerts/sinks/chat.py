@@ -8,11 +8,13 @@ from typing import Any
 
 from mevwatch.alerts.receivers import CHAT_PRESETS, ChatConfig
 from mevwatch.alerts.sinks._http import JsonSink
-from mevwatch.alerts.sinks._message import plain_text
+from mevwatch.alerts.sinks._message import DISCORD, PLAIN, TELEGRAM_HTML, Markup, plain_text
 
 __all__ = ["ChatSink", "chat_request"]
 
 CUSTOM_MAX_TEXT = 4000
+#: a preset's "markup": how its service shows $text (Telegram's parse_mode HTML, Discord's markdown)
+MARKUPS: dict[str, Markup] = {"html": TELEGRAM_HTML, "markdown": DISCORD}
 
 
 def _fill(template: Any, values: dict[str, str]) -> Any:
@@ -27,10 +29,12 @@ def _fill(template: Any, values: dict[str, str]) -> Any:
 
 
 def chat_request(payload: dict[str, Any], config: ChatConfig, notification_id: str) -> tuple[str, str, Any]:
-    """(method, url, JSON body) of one notification."""
+    """(method, url, JSON body) of one notification; its text has each firing alert's link back to mevwatch
+    and its silence command in the service's markup."""
     preset = CHAT_PRESETS.get(config.preset, {})
     limit = config.max_text or preset.get("max_text", CUSTOM_MAX_TEXT)
-    values = {"text": plain_text(payload, limit), "status": str(payload.get("status", "")),
+    markup = MARKUPS.get(preset.get("markup", ""), PLAIN)
+    values = {"text": plain_text(payload, limit, markup), "status": str(payload.get("status", "")),
               "notification_id": notification_id, "chat_id": config.chat_id or ""}
     body = _fill(preset["body"] if preset else config.body, values)
     url = config.target_url

@@ -7,10 +7,19 @@ from typing import Any
 import structlog
 
 from mevwatch.alerts.config import LogSinkConfig
+from mevwatch.alerts.sinks._message import link_back
 
 __all__ = ["LogSink"]
 
 log = structlog.get_logger("mevwatch.alerts")
+
+
+def _way_back(a: dict[str, Any]) -> dict[str, str]:
+    """A firing alert's link back to mevwatch's page (or what it needs) and the command that silences it."""
+    if a["status"] != "firing":
+        return {}
+    back = link_back(a)
+    return {"generator_url": back.url if back.opens else back.missing, "silence": back.silence}
 
 
 class LogSink:
@@ -38,6 +47,7 @@ class LogSink:
                 summary=a["annotations"].get("summary", ""),
                 runbook_url=a["annotations"].get("runbook_url", ""),
                 starts_at=a["startsAt"],
+                **_way_back(a),
             )
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import aiosmtplib
 
 from mevwatch.alerts.config import EmailConfig
-from mevwatch.alerts.sinks._message import notification_title
+from mevwatch.alerts.sinks._message import link_back, notification_title
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.fields import read_secret_file
 
@@ -19,7 +19,8 @@ __all__ = ["MailSink", "render_mail"]
 
 
 def render_mail(payload: dict[str, Any], sender: str, to: list[str], notification_id: str) -> EmailMessage:
-    """The mail of one notification: subject names incident and host; body has value and runbook link."""
+    """The mail of one notification: subject names incident and host; body has value and runbook link, and for
+    each firing alert its link back to mevwatch's page and the command that silences it."""
     msg = EmailMessage()
     msg["Subject"] = notification_title(payload)
     msg["From"] = sender
@@ -31,20 +32,29 @@ def render_mail(payload: dict[str, Any], sender: str, to: list[str], notificatio
     for a in payload.get("alerts", []):
         ann, labels = a["annotations"], a["labels"]
         label_text = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        back = link_back(a) if a["status"] == "firing" else None
         lines += [
             f"[{a['status'].upper()}] {ann.get('summary', '')}",
             *([ann["description"]] if ann.get("description") else []),
             f"Runbook: {ann.get('runbook_url', '')}",
             f"Labels: {label_text}",
             f"Since: {a['startsAt']}",
+            *([f"Open in mevwatch: {back.url if back.opens else back.missing}"] if back else []),
+            *([f"Silence: {back.silence}"] if back and back.silence else []),
             "",
         ]
         link = html.escape(ann.get("runbook_url", ""), quote=True)
+        way_back = ""
+        if back is not None:
+            way_back = (f"<br><a href=\"{html.escape(back.url, quote=True)}\">Open in mevwatch</a>" if back.opens
+                        else f"<br>{html.escape(back.missing)}")
+            if back.silence:
+                way_back += f"<br>Silence:<pre><code>{html.escape(back.silence)}</code></pre>"
         rows.append(
             f"<li><b>[{html.escape(a['status'].upper())}] {html.escape(ann.get('summary', ''))}</b><br>"
             f"{html.escape(ann.get('description', ''))}<br>"
             f"<a href=\"{link}\">Runbook</a> &middot; <code>{html.escape(label_text)}</code>"
-            f" &middot; since {html.escape(a['startsAt'])}</li>"
+            f" &middot; since {html.escape(a['startsAt'])}{way_back}</li>"
         )
     msg.set_content("\n".join(lines))
     msg.add_alternative(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import ssl
 import subprocess
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mevwatch.alerts.config import EmailConfig
 from mevwatch.alerts.engine import AlertEngine
-from mevwatch.alerts.router import notification_payload
+from mevwatch.alerts.router import notification_payload, silence_command
 from mevwatch.alerts.rules import Alert
 from mevwatch.alerts.sinks.base import DeliveryError
 from mevwatch.alerts.sinks.mail import MailSink
@@ -26,18 +23,8 @@ from mevwatch.daemon.config import load_config_text
 from mevwatch.daemon.state import StateDB
 from mevwatch.daemon.store import SampleStore
 from tests.support.peers import free_port, need_binary
+from tests.support.smtp import Inbox, mail_shown, start_smtp
 from tests.unit.alerts._helpers import gauge
-
-
-@dataclass
-class Inbox:
-    messages: list[EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.messages.append(msg)
-        return "250 OK"
 
 
 def _auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
@@ -60,12 +47,6 @@ def _server_ctx(cert: tuple[Path, Path]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(cert[0]), str(cert[1]))
     return ctx
-
-
-def start(inbox: Inbox, port: int, **kw: Any) -> Controller:
-    c = Controller(inbox, hostname="127.0.0.1", port=port, ready_timeout=10, **kw)
-    c.start()
-    return c
 
 
 def payload(status: str = "firing") -> dict[str, Any]:
@@ -99,11 +80,17 @@ def _check_mail(msg: EmailMessage) -> None:
     assert "/data on mev-host-1 is full in 3h" in text
     assert "Runbook: https://runbooks.example/mevwatch#disk-full" in text
     assert '<a href="https://runbooks.example/mevwatch#disk-full">Runbook</a>' in html.get_content()
+    # the command that silences it, in both parts; the link back needs alerts.external_url (empty here): said so
+    silence = silence_command(payload()["alerts"][0]["labels"])
+    for part in mail_shown(msg):
+        assert silence in part.code
+        assert "no link: alerts.external_url is empty" in part.text
+        assert part.links == ("https://runbooks.example/mevwatch#disk-full",)
 
 
 async def test_plain_smtp_delivers_subject_body_and_runbook_link(inbox: Inbox) -> None:
     port = free_port()
-    c = start(inbox, port)
+    c = start_smtp(inbox, port)
     try:
         await sink(port, tls="none").send(payload(), "nid-1")
     finally:
@@ -115,7 +102,7 @@ async def test_plain_smtp_delivers_subject_body_and_runbook_link(inbox: Inbox) -
 
 async def test_starttls_with_auth(inbox: Inbox, cert: tuple[Path, Path]) -> None:
     port = free_port()
-    c = start(inbox, port, tls_context=_server_ctx(cert), require_starttls=True, auth_required=True,
+    c = start_smtp(inbox, port, tls_context=_server_ctx(cert), require_starttls=True, auth_required=True,
               authenticator=_auth)
     try:
         await sink(port, tls="starttls", ca_file=str(cert[0]), username="alerts", password="pw").send(payload(), "n")
@@ -131,7 +118,7 @@ async def test_starttls_with_auth(inbox: Inbox, cert: tuple[Path, Path]) -> None
 
 async def test_implicit_tls(inbox: Inbox, cert: tuple[Path, Path]) -> None:
     port = free_port()
-    c = start(inbox, port, ssl_context=_server_ctx(cert))
+    c = start_smtp(inbox, port, ssl_context=_server_ctx(cert))
     try:
         await sink(port, tls="implicit", ca_file=str(cert[0])).send(payload(), "n")
     finally:
@@ -141,7 +128,7 @@ async def test_implicit_tls(inbox: Inbox, cert: tuple[Path, Path]) -> None:
 
 async def test_starttls_required_but_not_offered_is_a_clear_permanent_error(inbox: Inbox) -> None:
     port = free_port()
-    c = start(inbox, port)
+    c = start_smtp(inbox, port)
     try:
         with pytest.raises(DeliveryError, match="does not offer STARTTLS") as err:
             await sink(port, tls="starttls").send(payload(), "n")
@@ -153,7 +140,7 @@ async def test_starttls_required_but_not_offered_is_a_clear_permanent_error(inbo
 
 async def test_untrusted_certificate_is_a_clear_error(inbox: Inbox, cert: tuple[Path, Path]) -> None:
     port = free_port()
-    c = start(inbox, port, tls_context=_server_ctx(cert), require_starttls=True)
+    c = start_smtp(inbox, port, tls_context=_server_ctx(cert), require_starttls=True)
     try:
         with pytest.raises(DeliveryError, match="TLS certificate verification failed") as err:
             await sink(port, tls="starttls").send(payload(), "n")  # system CAs do not know the test cert
@@ -190,7 +177,7 @@ alerts:
         await asyncio.sleep(0.8)
         assert engine.outbox.failed["mail/mail/0"] >= 2
         assert inbox.messages == []
-        c = start(inbox, port)
+        c = start_smtp(inbox, port)
         loop = asyncio.get_running_loop()
         end = loop.time() + 5
         while not inbox.messages:

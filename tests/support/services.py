@@ -1,22 +1,28 @@
 """Local stand-ins for PagerDuty, Slack, Telegram, Discord and Matrix that check each request against the
-service's documented request schema and answer as the service does (statuses, bodies, rate limits).
+service's documented request schema and answer as the service does (statuses, bodies, rate limits), and
+``shown``: what each service shows of a request (the links the on-call can open, the code they can copy).
 
 Sources of the checks:
 - PagerDuty Events API v2: https://developer.pagerduty.com/docs/events-api-v2/trigger-events/ (and resolve-events)
 - Slack incoming webhooks and Block Kit: https://api.slack.com/messaging/webhooks,
-  https://api.slack.com/reference/block-kit/blocks and /block-elements#button
-- Telegram Bot API sendMessage: https://core.telegram.org/bots/api#sendmessage
+  https://api.slack.com/reference/block-kit/blocks and /block-elements#button; mrkdwn links ``<url|text>``
+  and escaping (&, < and > as &amp; &lt; &gt;): https://api.slack.com/reference/surfaces/formatting
+- Telegram Bot API sendMessage: https://core.telegram.org/bots/api#sendmessage and, for parse_mode HTML,
+  #html-style (the tags it knows; &, < and > outside tags as entities; named entities &lt; &gt; &amp; &quot;
+  only; the 4096-character limit counts the text after its entities are parsed)
 - Discord Execute Webhook: https://discord.com/developers/docs/resources/webhook#execute-webhook
 - Matrix client-server API v3, PUT /rooms/{roomId}/send/{eventType}/{txnId}
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +30,7 @@ from aiohttp import web
 from tests.support.peers import free_port
 from tests.support.threadedapp import ThreadedApp
 
-__all__ = ["FakeServices", "Scripted", "ServiceRequest"]
+__all__ = ["FakeServices", "Scripted", "ServiceRequest", "Shown", "shown", "shown_html", "shown_plain"]
 
 PD_KEY = "0123456789abcdef0123456789abcdef"
 MATRIX_TOKEN = "syt_matrix_token"
@@ -102,9 +108,20 @@ def check_pagerduty(body: Any) -> list[str]:
         for i, link in enumerate(body.get("links", [])):
             if not isinstance(link, dict) or not isinstance(link.get("href"), str):
                 p.append(f"links[{i}].href is required")
+            elif not re.fullmatch(r"https?://[^\s/]+\S*", link["href"]):
+                p.append(f"links[{i}].href must be an absolute URL")
+            elif "text" in link and not isinstance(link["text"], str):
+                p.append(f"links[{i}].text must be a string")
+        client_url = body.get("client_url")
+        if client_url is not None and not (isinstance(client_url, str) and re.match(r"https?://", client_url)):
+            p.append("client_url must be a URL")
     elif "payload" in body:
         p.append(f"{action} takes no payload")
     return p
+
+
+#: what Slack reads between < and > in mrkdwn: a link (<url> or <url|text>), a mention or a special mention
+_SLACK_ANGLE = re.compile(r"<(?:(?:https?://|mailto:)[^|<>\s]+(?:\|[^<>]*)?|[@#][A-Z0-9]+(?:\|[^<>]*)?|!\w+(?:\^[^<>]*)?)>")
 
 
 def _text_object(obj: Any, name: str, limit: int, p: list[str], types: tuple[str, ...]) -> None:
@@ -112,6 +129,12 @@ def _text_object(obj: Any, name: str, limit: int, p: list[str], types: tuple[str
         p.append(f"{name} must be a text object of type {'/'.join(types)}")
         return
     _str(obj.get("text"), f"{name}.text", limit, p)
+    if obj.get("type") == "mrkdwn" and isinstance(obj.get("text"), str):
+        rest = _SLACK_ANGLE.sub("", obj["text"])
+        if "<" in rest or ">" in rest:
+            p.append(f"{name}.text: a < or > that is not a link or mention must be escaped (&lt; &gt;)")
+        if re.search(r"&(?!amp;|lt;|gt;)", rest):
+            p.append(f"{name}.text: a bare & must be escaped (&amp;)")
 
 
 def check_slack(body: Any) -> list[str]:
@@ -160,14 +183,57 @@ def check_telegram(body: Any) -> list[str]:
     p: list[str] = []
     if not isinstance(body.get("chat_id"), int | str) or body.get("chat_id") in ("", None):
         p.append("Bad Request: chat_id is empty")
+    if "parse_mode" in body and body["parse_mode"] not in ("HTML", "Markdown", "MarkdownV2"):
+        p.append("Bad Request: unsupported parse_mode")
     text = body.get("text")
+    if isinstance(text, str) and body.get("parse_mode") == "HTML":
+        text, problems = _telegram_html(text)  # the limit counts the text after its entities are parsed
+        p += problems
     if not isinstance(text, str) or not text.strip():
         p.append("Bad Request: message text is empty")
     elif len(text) > 4096:
         p.append("Bad Request: message is too long")
-    if "parse_mode" in body and body["parse_mode"] not in ("HTML", "Markdown", "MarkdownV2"):
-        p.append("Bad Request: unsupported parse_mode")
     return p
+
+
+_TELEGRAM_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code",
+                  "pre", "blockquote", "tg-emoji"}
+_TELEGRAM_TOKEN = re.compile(r"<(/?)([a-zA-Z][\w-]*)((?:\s+[\w-]+=\"[^\"<>]*\")*)\s*>"  # a tag
+                             r"|&(#\d+|#x[0-9a-fA-F]+|lt|gt|amp|quot);")  # an entity it knows
+
+
+def _telegram_html(text: str) -> tuple[str, list[str]]:
+    """Telegram's parse_mode HTML: (the text after parsing, the "can't parse entities" problems)."""
+    p: list[str] = []
+    out: list[str] = []
+    open_tags: list[str] = []
+    pos = 0
+    for m in _TELEGRAM_TOKEN.finditer(text):
+        between = text[pos:m.start()]
+        if any(c in between for c in "<>&"):
+            p.append(f"Bad Request: can't parse entities: unescaped <, > or & in {between[:40]!r}")
+        out.append(between)
+        pos = m.end()
+        if m.group(2) is None:  # an entity
+            out.append(html.unescape(m.group(0)))
+            continue
+        closing, tag, attrs = m.group(1) == "/", m.group(2).lower(), m.group(3)
+        if tag not in _TELEGRAM_TAGS:
+            p.append(f"Bad Request: can't parse entities: unsupported start tag \"{tag}\"")
+        elif closing:
+            if not open_tags or open_tags.pop() != tag:
+                p.append(f"Bad Request: can't parse entities: unmatched end tag \"{tag}\"")
+        else:
+            if tag == "a" and not re.search(r'href="[^"]+"', attrs):
+                p.append("Bad Request: can't parse entities: <a> without href")
+            open_tags.append(tag)
+    tail = text[pos:]
+    if any(c in tail for c in "<>&"):
+        p.append(f"Bad Request: can't parse entities: unescaped <, > or & in {tail[:40]!r}")
+    out.append(tail)
+    if open_tags:
+        p.append(f"Bad Request: can't parse entities: can't find end tag corresponding to start tag {open_tags[-1]}")
+    return "".join(out), p
 
 
 def check_discord(body: Any) -> list[str]:
@@ -197,9 +263,110 @@ def check_matrix(body: Any) -> list[str]:
     return p
 
 
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a service shows of a message: its ``text`` as read, the ``links`` one can open (their targets) and
+    the ``code`` one can copy as it stands (code spans; plain text has none: there, the rest of a line after its
+    label, ``silence: <command>``)."""
+
+    text: str
+    links: tuple[str, ...]
+    code: tuple[str, ...]
+
+
+_PLAIN_URL = re.compile(r"https?://[^\s<>()]+")
+
+
+def shown_plain(text: str) -> Shown:
+    code = tuple(line.split(": ", 1)[1] for line in text.splitlines() if ": " in line)
+    return Shown(text, tuple(_PLAIN_URL.findall(text)), code)
+
+
+class _HTMLShown(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.links: list[str] = []
+        self.code: list[str] = []
+        self._in_code = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links += [v for k, v in attrs if k == "href" and v]
+        if tag == "code":
+            self._in_code += 1
+            self.code.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "code":
+            self._in_code -= 1
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_code:
+            self.code[-1] += data
+
+
+def shown_html(text: str) -> Shown:
+    """HTML as a mail reader or Telegram (parse_mode HTML) shows it: <a href> links, <code> code."""
+    parser = _HTMLShown()
+    parser.feed(text)
+    parser.close()
+    return Shown("".join(parser.text), tuple(parser.links), tuple(parser.code))
+
+
+def _slack_shown(body: dict[str, Any]) -> Shown:
+    texts = [b["text"]["text"] for b in body.get("blocks", []) if isinstance(b.get("text"), dict)
+             and b["text"].get("type") == "mrkdwn"]
+    texts += [e["text"] for b in body.get("blocks", []) for e in b.get("elements", []) if e.get("type") == "mrkdwn"]
+    links: list[str] = []
+    code: list[str] = []
+    for t in texts:
+        links += [html.unescape(m.group(1)) for m in re.finditer(r"<(https?://[^|>]+)(?:\|[^>]*)?>", t)]
+        blocks = re.findall(r"```(.*?)```", t, re.S)
+        code += [html.unescape(c) for c in blocks]
+        code += [html.unescape(c) for c in re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", t, flags=re.S))]
+    links += [b["accessory"]["url"] for b in body.get("blocks", []) if "url" in b.get("accessory", {})]
+    return Shown(html.unescape("\n".join(texts)), tuple(links), tuple(code))
+
+
+def _discord_shown(content: str) -> Shown:
+    links = re.findall(r"<(https?://[^>\s]+)>", content)
+    links += re.findall(r"\]\(<?(https?://[^>)\s]+)>?\)", content)
+    links += [u for u in _PLAIN_URL.findall(content) if u not in links]
+    code = [c.strip() for c in re.findall(r"``(.+?)``", content)]
+    code += re.findall(r"`([^`]+)`", re.sub(r"``.+?``", "", content))
+    return Shown(content, tuple(links), tuple(code))
+
+
+def _pagerduty_shown(body: dict[str, Any]) -> Shown:
+    details = body.get("payload", {}).get("custom_details", {})
+    silence = details.get("silence", [])
+    links = [link["href"] for link in body.get("links", [])]
+    commands = silence if isinstance(silence, list) else [silence]
+    return Shown(json.dumps(details, indent=1), tuple(links), tuple(commands))
+
+
+def shown(service: str, body: Any) -> Shown:
+    """What ``service`` shows of a request ``body`` it accepted (see ``Shown``)."""
+    if service == "pagerduty":
+        return _pagerduty_shown(body)
+    if service == "slack":
+        return _slack_shown(body)
+    if service == "telegram":
+        return shown_html(body["text"]) if body.get("parse_mode") == "HTML" else shown_plain(body["text"])
+    if service == "discord":
+        return _discord_shown(body["content"])
+    if service == "matrix":
+        return shown_plain(body["body"])
+    return shown_plain(json.dumps(body) if not isinstance(body, dict) else "\n".join(
+        str(v) for v in body.values() if isinstance(v, str)))
+
+
 @dataclass
 class FakeServices:
-    """The five services on one loopback port, in a thread; ``script[service]`` answers first."""
+    """The five services and a custom chat webhook (``/hooks/<name>``) on one loopback port, in a thread;
+    ``script[service]`` answers first."""
 
     port: int = field(default_factory=free_port)
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
@@ -298,8 +465,18 @@ class FakeServices:
             event = self.matrix_events.setdefault(request.match_info["txn"], f"$event{len(self.matrix_events)}")
         return web.json_response({"event_id": event})
 
+    async def custom(self, request: web.Request) -> web.Response:
+        """Any JSON chat webhook (a custom chat config's template): a JSON object is all it asks."""
+        body = await self._json(request)
+        problems = [] if isinstance(body, dict) else ["body must be a JSON object"]
+        scripted = await self._record("custom", request, problems, body)
+        if scripted:
+            return self._answer(scripted)
+        return web.json_response({"ok": not problems}, status=400 if problems else 200)
+
     def _app(self) -> web.Application:
         app = web.Application()
+        app.router.add_post("/hooks/{name}", self.custom)
         app.router.add_post("/v2/enqueue", self.pagerduty)
         app.router.add_post("/services/{a}/{b}/{c}", self.slack)
         app.router.add_post("/bot{token}/sendMessage", self.telegram)

@@ -1,7 +1,8 @@
 """PagerDuty, Slack and chat sinks against local servers that check each request against the service's schema.
 
 Retries: 5xx and 429 are retried (after the service's Retry-After, from the header or its JSON body),
-any other 4xx is final.
+any other 4xx is final. Each firing alert's link back to mevwatch and its silence command are shown whole
+in the service's markup (or, without alerts.external_url, what the link needs), whatever the labels hold.
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import pytest
 from mevwatch.alerts.cli import run_test
 from mevwatch.alerts.identity import group_key, route_key
 from mevwatch.alerts.receivers import ChatConfig, PagerDutyConfig, SlackConfig
+from mevwatch.alerts.router import generator_url, silence_command
 from mevwatch.alerts.sinks._http import retry_after_seconds
 from mevwatch.alerts.sinks.base import DeliveryError, Sink
 from mevwatch.alerts.sinks.chat import ChatSink
 from mevwatch.alerts.sinks.pagerduty import PagerDutySink
 from mevwatch.alerts.sinks.slack import SlackSink
 from mevwatch.daemon.config import ConfigError, load_config_text
-from tests.support.services import MATRIX_TOKEN, PD_KEY, TELEGRAM_TOKEN, FakeServices, Scripted
+from tests.support.services import MATRIX_TOKEN, PD_KEY, TELEGRAM_TOKEN, FakeServices, Scripted, shown
 
 RUNBOOK = "https://runbooks.example/mevwatch"
+EXTERNAL_URL = "http://mev-host-1:9717"
+NO_LINK = ("no link: alerts.external_url is empty; set alerts.external_url to the http(s) address this mevwatch's "
+           "page is reached at")
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +41,24 @@ def services() -> Iterator[FakeServices]:
         s.stop()
 
 
-def alert(name: str, host: str, status: str = "firing", severity: str = "critical", **ann: str) -> dict[str, Any]:
-    return {"status": status, "labels": {"alertname": name, "host": host, "severity": severity},
-            "annotations": {"summary": f"{name} on {host}", "runbook_url": f"{RUNBOOK}#{name.lower()}", **ann},
-            "startsAt": "2026-12-04T15:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "",
-            "fingerprint": f"{name}-{host}", "value": 1.0}
+def alert(name: str, host: str, status: str = "firing", severity: str = "critical", external_url: str = EXTERNAL_URL,
+          labels: dict[str, str] | None = None, **ann: str) -> dict[str, Any]:
+    """An alert as the router puts it in a notification: its link back and silence command included."""
+    all_labels = {"alertname": name, "host": host, "severity": severity, **(labels or {})}
+    fp = f"{name}-{host}-{len(labels or {})}"
+    return {"status": status, "labels": all_labels,
+            "annotations": {"summary": f"{name} on {host}", "runbook_url": f"{RUNBOOK}#{name.lower()}",
+                            "silence": silence_command(all_labels), **ann},
+            "startsAt": "2026-12-04T15:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": generator_url(external_url, fp), "fingerprint": fp, "value": 1.0}
 
 
-def payload(*alerts: dict[str, Any], group_key: str = '{}:{alertname="HeadLag"}') -> dict[str, Any]:
+def payload(*alerts: dict[str, Any], group_key: str = '{}:{alertname="HeadLag"}',
+            external_url: str = EXTERNAL_URL) -> dict[str, Any]:
     return {"version": "4", "groupKey": group_key, "truncatedAlerts": 0,
             "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
             "receiver": "page", "groupLabels": {"alertname": alerts[0]["labels"]["alertname"]},
-            "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "alerts": list(alerts)}
+            "commonLabels": {}, "commonAnnotations": {}, "externalURL": external_url, "alerts": list(alerts)}
 
 
 def pd(services: FakeServices, **kw: Any) -> PagerDutySink:
@@ -83,7 +94,10 @@ async def test_pagerduty_pages_each_hosts_group_once_and_resolves_it_by_alertman
     assert b.body["dedup_key"] == hashlib.sha256(keys["mev-2"].encode()).hexdigest()
     assert a.body["payload"]["source"] == "mev-1"
     assert (a.body["payload"]["severity"], b.body["payload"]["severity"]) == ("critical", "warning")
-    assert a.body["links"] == [{"href": f"{RUNBOOK}#headlag", "text": "Runbook: HeadLag"}]
+    assert a.body["links"] == [
+        {"href": f"{EXTERNAL_URL}/#alert-HeadLag-mev-1-0", "text": "mevwatch: [FIRING] HeadLag on mev-1"},
+        {"href": f"{RUNBOOK}#headlag", "text": "Runbook: HeadLag"}]
+    assert a.body["client_url"] == EXTERNAL_URL
     # mev-1 recovers: only its incident is resolved
     await _send(pd(services), payload(alert("HeadLag", "mev-1", status="resolved"), group_key=keys["mev-1"]))
     [c] = services.of("pagerduty")[before + 2:]
@@ -130,7 +144,13 @@ async def test_a_message_over_the_services_limit_is_cut_not_refused(services: Fa
     [req] = services.of("discord")[before:]
     assert req.problems == ()
     assert len(req.body["content"]) <= 2000
-    assert req.body["content"].endswith("(cut; see the alert list in mevwatch)")
+    # whole alerts only: every command shown is an alert's whole command; the note says where the rest is
+    page = shown("discord", req.body)
+    kept = page.text.count("\n  silence: ")
+    assert 0 < kept < 20
+    assert page.code == tuple(a["annotations"]["silence"] for a in long[:kept])
+    assert page.text.endswith(f"… {20 - kept} more not shown (cut); see the alert list in mevwatch at "
+                              f"<{EXTERNAL_URL}>")
 
 
 async def test_a_retried_matrix_notification_is_the_same_event(services: FakeServices) -> None:
@@ -139,6 +159,85 @@ async def test_a_retried_matrix_notification_is_the_same_event(services: FakeSer
     paths = {r.path for r in services.of("matrix") if r.path.endswith("/same-id")}
     assert len(paths) == 1
     assert len({v for k, v in services.matrix_events.items() if k == "same-id"}) == 1
+
+
+PAGING = ["pagerduty", "slack", "telegram", "discord", "matrix", "custom"]
+#: label values as a watched file's path or a log line may carry them: markup of every service, quotes, backticks
+HOSTILE = {"path": "/etc/mev/<a&b>`x`'y\".yaml", "line": "</code><b>*bold* _it_ [l](http://x) &amp;"}
+
+
+def _page_sink(services: FakeServices, service: str) -> Sink:
+    if service == "custom":  # a JSON chat webhook of one's own: the text in a field
+        return ChatSink("chat", 0, ChatConfig(preset="custom", url=services.url("/hooks/ops"),
+                                              body={"text": "$text", "id": "$notification_id"}))
+    return _sink_for(services, service)
+
+
+async def _page(services: FakeServices, service: str, body: dict[str, Any]) -> Any:
+    before = len(services.of(service, ok_only=False))
+    await _send(_page_sink(services, service), body)
+    [req] = services.of(service, ok_only=False)[before:]
+    assert req.problems == ()
+    return req
+
+
+@pytest.mark.parametrize("service", PAGING)
+async def test_each_service_shows_the_link_back_and_the_whole_silence_command_whatever_the_labels_hold(
+        services: FakeServices, service: str) -> None:
+    a = alert("FileChanged", "mev-1", labels=HOSTILE)
+    resolved = alert("NodeDown", "mev-1", status="resolved")
+    page = shown(service, (await _page(services, service, payload(a, resolved))).body)
+    assert a["generatorURL"] in page.links
+    assert a["annotations"]["silence"] in page.code  # verbatim: what the on-call copies silences this alert
+    # a resolved alert has nothing left to open or silence
+    assert resolved["generatorURL"] not in page.links
+    assert resolved["annotations"]["silence"] not in page.code
+
+
+@pytest.mark.parametrize("service", PAGING)
+async def test_without_external_url_a_page_says_what_the_link_needs_and_links_nothing_broken(
+        services: FakeServices, service: str) -> None:
+    a = alert("NodeDown", "mev-1", external_url="")
+    req = await _page(services, service, payload(a, external_url=""))
+    page = shown(service, req.body)
+    assert NO_LINK in page.text
+    assert set(page.links) == {f"{RUNBOOK}#nodedown"}
+    assert a["annotations"]["silence"] in page.code
+    if service == "pagerduty":
+        assert "client_url" not in req.body
+
+
+async def test_a_long_telegram_page_fits_after_its_entities_are_parsed_and_keeps_whole_commands(
+        services: FakeServices) -> None:
+    many = [alert("FileChanged", f"mev-{i}", labels=HOSTILE, summary="<&>" * 60) for i in range(40)]
+    page = shown("telegram", (await _page(services, "telegram", payload(*many))).body)
+    kept = page.text.count("\n  silence: ")
+    assert 0 < kept < 40
+    assert page.code == tuple(a["annotations"]["silence"] for a in many[:kept])
+    assert f"{40 - kept} more not shown (cut)" in page.text
+    assert page.links[-1] == EXTERNAL_URL  # where the rest is
+
+
+async def test_one_alert_longer_than_the_message_keeps_its_link_and_command_and_loses_summary(
+        services: FakeServices) -> None:
+    a = alert("LogErrors", "mev-1", labels=HOSTILE, summary="y" * 3000)
+    req = await _page(services, "discord", payload(a))
+    page = shown("discord", req.body)
+    assert len(req.body["content"]) <= 2000
+    assert "y" * 100 in page.text
+    assert "y" * 3000 not in page.text
+    assert a["generatorURL"] in page.links
+    assert page.code == (a["annotations"]["silence"],)
+
+
+async def test_a_slack_section_over_3000_characters_shortens_the_description_not_the_link_or_command(
+        services: FakeServices) -> None:
+    a = alert("LogErrors", "mev-1", labels=HOSTILE, description="<&> " * 1500)
+    req = await _page(services, "slack", payload(a))  # the fake refuses an escape or a link cut through
+    page = shown("slack", req.body)
+    assert len(req.body["blocks"][1]["text"]["text"]) <= 3000
+    assert a["generatorURL"] in page.links
+    assert a["annotations"]["silence"] in page.code
 
 
 RETRYABLE = [
