@@ -132,6 +132,8 @@ def rule_condition(rule: Rule) -> str:
         value = f"increase({metric}[{rule.increase:g}s])"
     elif rule.rate:
         value = f"rate({metric}[{rule.rate:g}s])"
+    if rule.without:
+        value = f"max without({','.join(rule.without)}) ({value})"
     return f"{value} {rule.op} {rule.threshold:g}" + (f" and {paired}" if paired else "")
 
 

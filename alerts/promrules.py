@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ EXPORT_NOTES = """\
 #     from the scrape target and must equal the host's alerts.host; deploy/prometheus/prometheus.yml
 #     gives mevwatch's `instance` label back its name and drops the target's `instance`, `job` and
 #     the HA replica label from the alerts it sends.
+#   - `without`: the rule's series merged over those labels, `max without (...) (...)`, as mevwatch judges
+#     them (a reason that changes while a target stays down neither restarts `for` nor resolves the alert);
+#     a text reads such a label from a series whose value is not 0 (the state that holds).
 #   - an `absent` rule fires per host, as on the host: on every host that reports mevwatch_build_info
 #     but no matching series, labelled with the host and the rule's `=` matchers.
 """
@@ -63,7 +67,12 @@ def _quote(value: str) -> str:
 
 
 def _value_expr(rule: Rule) -> str:
-    """The PromQL whose value mevwatch compares with the threshold."""
+    """The PromQL whose value mevwatch compares with the threshold (merged over the rule's ``without``)."""
+    value = _series_expr(rule)
+    return f"max without ({', '.join(rule.without)}) ({value})" if rule.without else value
+
+
+def _series_expr(rule: Rule) -> str:
     if rule.quantile is not None:
         window = duration(rule.rate) if rule.rate else "5m"
         buckets = selector(rule.metric + "_bucket", rule)
@@ -116,10 +125,11 @@ def _compared(rule: Rule) -> str:
 
 _METRIC_EXPR_RE = re.compile(
     r"\{\{\s*\$metric\.(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)"
-    r"(?:\s*\|\s*(?:label\s+\"(?P<label>[A-Za-z_][A-Za-z0-9_]*)\"|(?P<fn>[A-Za-z0-9]+)))?\s*\}\}")
+    r"(?:\s*\|\s*(?:label\s+\"(?P<label>[A-Za-z_][A-Za-z0-9_]*)\"|(?P<fn>[A-Za-z0-9]+(?:\s+\"%\.0f\")?)))?\s*\}\}")
 
 
-_THRESHOLD_EXPR_RE = re.compile(r"\{\{\s*\$(?:threshold|for|window)(?:\s*\|\s*(?P<fn>[A-Za-z0-9]+))?\s*\}\}")
+_THRESHOLD_EXPR_RE = re.compile(
+    r"\{\{\s*\$(?:threshold|for|window)(?:\s*\|\s*(?P<fn>[A-Za-z0-9]+(?:\s+\"%\.0f\")?))?\s*\}\}")
 
 
 def fill_threshold(text: str, threshold: float | None, for_: float | None = None,
@@ -134,12 +144,13 @@ def fill_threshold(text: str, threshold: float | None, for_: float | None = None
 
 
 def prom_template(text: str, threshold: float | None = None, for_: float | None = None,
-                  window: float | None = None, metric: str | None = None) -> str:
+                  window: float | None = None, metric: str | None = None, without: Sequence[str] = ()) -> str:
     """``text`` for Prometheus: each ``{{ $metric.NAME }}`` becomes a ``query`` of NAME for the alert's series
     (on the labels NAME is declared with), "unknown" without a sample, as mevwatch renders it; a
-    ``{{ $metric.NAME | label "LABEL" }}`` queries NAME on the labels it shares with the rule's ``metric``
-    and takes LABEL of the first series; each ``{{ $threshold }}``, ``{{ $for }}`` and ``{{ $window }}``
-    become the rule's own (:func:`fill_threshold`)."""
+    ``{{ $metric.NAME | label "LABEL" }}`` queries NAME on the labels it shares with the rule's ``metric`` (but
+    those the rule merges its series ``without``) and takes LABEL of the first series whose value is not 0;
+    each ``{{ $threshold }}``, ``{{ $for }}`` and ``{{ $window }}`` become the rule's own
+    (:func:`fill_threshold`)."""
     text = fill_threshold(text, threshold, for_, window)
     if "$metric." not in text:
         return text
@@ -155,13 +166,14 @@ def prom_template(text: str, threshold: float | None = None, for_: float | None 
         label = m.group("label")
         declared = spec[1].labels
         if label is not None:  # the other series carries more labels: select it on those the alert has
-            declared = tuple(n for n in declared if own is not None and n in own[1].labels)
+            declared = tuple(n for n in declared if own is not None and n in own[1].labels and n not in without)
         names = ("host", *declared)  # host="" matches a series without one, as in PromQL
         selector = ",".join(f"{n}=%q" for n in names)
         args = "".join(f" $labels.{n}" for n in names)
         fn = f" | {m.group('fn')}" if m.group("fn") else ""
         pick = f'label "{label}"' if label is not None else f"value{fn}"
-        return (f'{{{{ with query (printf "{m.group("name")}{{{selector}}}"{args}) }}}}'
+        holds = " != 0" if label is not None else ""  # of a state set, the state that holds
+        return (f'{{{{ with query (printf "{m.group("name")}{{{selector}}}{holds}"{args}) }}}}'
                 f"{{{{ . | first | {pick} }}}}{{{{ else }}}}unknown{{{{ end }}}}")
 
     return _METRIC_EXPR_RE.sub(sub, text)
@@ -178,7 +190,7 @@ def export_rule(rule: Rule, runbook_url: str) -> dict[str, Any]:
     given = ({m.name: m.value for m in rule.matchers if m.op == "=" and m.name != "host"}
              if rule.absent and rule.when is None else {})
     out["labels"] = {"severity": rule.severity, **given, **rule.labels}
-    annotations = {name: prom_template(text, rule.threshold, rule.for_, rule.text_window, rule.metric)
+    annotations = {name: prom_template(text, rule.threshold, rule.for_, rule.text_window, rule.metric, rule.without)
                    for name, text in rule.texts.items() if text or name == "summary"}
     annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
     out["annotations"] = annotations

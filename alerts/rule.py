@@ -80,6 +80,11 @@ class Rule(BaseModel):
         "`when` that has no series of `metric` (a check that cannot be made)"))
     when: Condition | None = Field(None, description=(
         "another metric's series must pass their own op/threshold too, paired by labels (PromQL and/unless)"))
+    without: list[str] = Field(default_factory=list, description=(
+        "labels that do not tell the rule's alerts apart: series differing only in them are judged as one, by "
+        "their highest value (PromQL max without(...)), so a label that changes while the condition holds (a "
+        "failure's reason, a state) neither restarts `for` nor resolves the page; the text can still read it "
+        "with {{ $metric.NAME | label \"LABEL\" }}"))
     op: Op = Field(">", description="comparison: > >= < <= == !=")
     threshold: float = Field(0.0, description="value compared with op")
     clear: float | None = Field(None, description="hysteresis: an active alert stays until the value passes this")
@@ -117,6 +122,16 @@ class Rule(BaseModel):
             info.data.get("increase") or info.data.get("rate") or info.data.get("quantile")
         ):
             raise ValueError("absent cannot be combined with increase, rate or quantile")
+        return v
+
+    @field_validator("without")
+    @classmethod
+    def _without(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        for name in v:
+            if not LABEL_NAME_RE.match(name) or name in ("__name__", "le", "host"):
+                raise ValueError(f"without: {name!r} is not a label a rule's series can be merged over")
+        if v and info.data.get("absent"):
+            raise ValueError("without cannot be combined with absent (an absent alert has no series to merge)")
         return v
 
     @field_validator("clear")

@@ -28,6 +28,7 @@ __all__ = [
     "fingerprint",
     "histogram_quantile",
     "increase",
+    "merged_without",
     "step",
 ]
 
@@ -130,7 +131,29 @@ def evaluate_rule(
     ``samples`` maps sample names to {labels: value}; ``histories`` holds counter points by
     (sample name, labels) for increase/rate; ``bucket_histories`` the points of a histogram's buckets
     by (``_bucket`` sample name, labels but ``le``) for a quantile over a window, their ``le`` as columns.
+    The series are merged over the rule's ``without`` labels (with ``when``, before they are paired).
     """
+    values = _evaluate(rule, samples, histories, now, bucket_histories)
+    return merged_without(values, rule.without) if rule.without and rule.when is None else values
+
+
+def merged_without(values: Mapping[LabelSet, float], drop: Iterable[str]) -> dict[LabelSet, float]:
+    """``values`` with the labels ``drop`` left out and the series that then coincide merged into their highest
+    value (PromQL ``max without (...)``: NaN only when every merged value is NaN)."""
+    gone = frozenset(drop)
+    out: dict[LabelSet, float] = {}
+    for ls, v in values.items():
+        key = tuple(kv for kv in ls if kv[0] not in gone)
+        have = out.get(key)
+        if have is None or have != have or v > have:
+            out[key] = v
+    return out
+
+
+def _evaluate(
+    rule: Rule, samples: Mapping[str, Series], histories: Mapping[tuple[str, LabelSet], History], now: float,
+    bucket_histories: Mapping[tuple[str, LabelSet], History] | None,
+) -> dict[LabelSet, float]:
     window = rule.window
     if rule.quantile is not None:
         name = rule.metric + "_bucket"
@@ -157,7 +180,9 @@ def evaluate_rule(
             v = inc / window if rule.rate else inc
         selected[ls] = v
     if rule.when is not None:
-        return _paired(rule, selected, samples, histories, now)
+        # PromQL `max without (...) (...) and on (...) condition`: the series are merged before they are paired
+        merged = merged_without(selected, rule.without) if rule.without else selected
+        return _paired(rule, merged, samples, histories, now)
     if rule.absent:
         if selected:
             return {}
@@ -231,11 +256,13 @@ def _paired(
 
 
 def label_of_series(series_of: Series, series: LabelSet, label: str) -> str | None:
-    """``label`` of the first series (in label order) of ``series_of`` that carries every label of ``series``:
-    ``{{ $metric.NAME | label "LABEL" }}``, as Prometheus' ``query`` of NAME on the alert's labels, ``first``."""
+    """``label`` of the first series (in label order) of ``series_of`` that carries every label of ``series`` and
+    whose value is not 0: ``{{ $metric.NAME | label "LABEL" }}``, as Prometheus' ``query`` of NAME on the alert's
+    labels ``!= 0``, ``first``. A state set (1 for the reason or state that holds, 0 for every other) names
+    the one that holds; an info series (value 1) is always found."""
     own = {kv for kv in series if kv[0] != "__name__"}
     for ls in sorted(series_of):
-        if own.issubset(ls):
+        if own.issubset(ls) and series_of[ls] != 0:
             return dict(ls).get(label)
     return None
 

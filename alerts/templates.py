@@ -2,8 +2,10 @@
 first label that is not empty, Go's ``or``) and ``{{ $value | humanize }}``, and ``{{ $metric.NAME }}``: the
 value of another metric for the alert's own series (same labels), e.g. the live and dead tuple counts beside a
 table's dead share; ``{{ $metric.NAME | label "LABEL" }}``: a label of the series of NAME that carries every
-label of the alert's own (Prometheus' ``query ... | first | label``), so a fact that changes while the alert
-holds (a stuck transaction's hash) is told in its text without being part of its identity; ``{{ $threshold }}``
+label of the alert's own and whose value is not 0 (Prometheus' ``query ... != 0 | first | label``), so a fact
+that changes while the alert holds (a stuck transaction's hash, the reason a target is down) is told in its text
+without being part of its identity; ``| printf "%.0f"`` writes a value as a whole number (a block number, where
+Prometheus' ``{{ $value }}`` would write 2.1e+07); ``{{ $threshold }}``
 is the rule's threshold as configured (an override included), so a page says what the value was judged against
 (the Prometheus export writes the number in); ``{{ $for }}`` is the rule's own ``for`` the same way, so a text
 never names a wait the rule does not have; ``{{ $window }}`` is the window the rule counts or rates over (its
@@ -35,7 +37,7 @@ _EXPR_RE = re.compile(
     r"|or(?P<either>(?:\s+\$labels\.[A-Za-z_][A-Za-z0-9_]*){2,})"
     r"|\$metric\.(?P<metric>[A-Za-z_:][A-Za-z0-9_:]*)|(?P<threshold>\$threshold)|(?P<for_>\$for)"
     r"|(?P<window>\$window))"
-    r"(?:\s*\|\s*(?P<fn>humanize|humanize1024|humanizePercentage|humanizeDuration))?)\s*$"
+    r"(?:\s*\|\s*(?P<fn>humanize|humanize1024|humanizePercentage|humanizeDuration|printf\s+\"%\.0f\"))?)\s*$"
 )
 
 
@@ -130,6 +132,8 @@ def _humanize_duration(v: float) -> str:
 
 def format_value(value: float, fn: str | None) -> str:
     """``value`` as ``{{ X | fn }}`` (``{{ X }}`` without ``fn``) renders it, as Prometheus does."""
+    if fn is not None and fn.startswith("printf"):  # Go's %.0f: a block number, a count, as an integer
+        return _go_g4(value) if value != value or value in (math.inf, -math.inf) else f"{value:.0f}"
     if fn == "humanize":
         return _humanize(value)
     if fn == "humanize1024":
@@ -175,7 +179,7 @@ def check_template(text: str) -> str:
                 "{{ or $labels.NAME $labels.OTHER }}, "
                 "{{ $metric.NAME }}, {{ $metric.NAME | label \"LABEL\" }}, {{ $threshold }}, {{ $for }}, "
                 "{{ $window }} or {{ $value }} with an optional | humanize, humanize1024, humanizePercentage, "
-                "humanizeDuration"
+                "humanizeDuration or printf \"%.0f\" (a whole number, never 2.1e+07)"
             )
     if "{{" in _TEMPLATE_RE.sub("", text):
         raise ValueError("unclosed '{{' in template")

@@ -226,6 +226,12 @@ CHAIN_HEAD_LAG_BLOCKS = MetricSpec(
     ("endpoint", "reference"),
 )
 
+CHAIN_HEAD_LAG_REFERENCE_BLOCK = MetricSpec(
+    "mevwatch_chain_head_lag_reference_block", "gauge",
+    "Head block of the reference the node's head lag is measured against (so a page can name both heads)",
+    ("endpoint",),
+)
+
 CHAIN_DOWN_REASON = MetricSpec(
     "mevwatch_chain_down_reason", "gauge",
     "1 for the error class of the head request while the node is down (timeout, refused, http_status, "
@@ -292,6 +298,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         CHAIN_BLOCK_TIME_SECONDS,
         CHAIN_HEAD_AGE_BLOCKS,
         CHAIN_HEAD_LAG_BLOCKS,
+        CHAIN_HEAD_LAG_REFERENCE_BLOCK,
         CHAIN_ID,
         CHAIN_ID_MATCH,
         CHAIN_CLIENT,
@@ -433,6 +440,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         btime = CHAIN_BLOCK_TIME_SECONDS.gauge()
         age_blocks = CHAIN_HEAD_AGE_BLOCKS.gauge()
         lag = CHAIN_HEAD_LAG_BLOCKS.gauge()
+        lag_ref = CHAIN_HEAD_LAG_REFERENCE_BLOCK.gauge()
         chain_id = CHAIN_ID.gauge()
         chain_ok = CHAIN_ID_MATCH.gauge()
         version = CHAIN_CLIENT.info(labels=lbl)
@@ -462,6 +470,7 @@ class ChainCollector(PollCollector[ChainOptions]):
                     age_blocks.add_metric([name], age / r.block_time)
                 if ref_head is not None:
                     lag.add_metric([name, ref_name], float(max(ref_head - r.head.number, 0)))
+                    lag_ref.add_metric([name], float(ref_head))
             if r.peers is not None:
                 peers.add_metric([name], float(r.peers))
             if r.sync is not None:
@@ -478,7 +487,7 @@ class ChainCollector(PollCollector[ChainOptions]):
                 version.add_metric([name], {"version": r.version})
         families: list[Metric] = [
             up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, age_blocks, lag,
-            chain_id, chain_ok, version, supported, errors, down,
+            lag_ref, chain_id, chain_ok, version, supported, errors, down,
         ]
         if ref is not None and ref_report is not None:
             ref_up = CHAIN_REFERENCE_UP.gauge()

@@ -20,6 +20,7 @@ METRIC_OWNERS: dict[str, str] = {
     "mevwatch_chain_head_block": "chain",
     "mevwatch_chain_head_block_timestamp_seconds": "chain",
     "mevwatch_chain_head_lag_blocks": "chain",
+    "mevwatch_chain_head_lag_reference_block": "chain",
     "mevwatch_chain_id": "chain",
     "mevwatch_chain_id_match": "chain",
     "mevwatch_chain_peers": "chain",

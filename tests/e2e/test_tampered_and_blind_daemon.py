@@ -63,8 +63,9 @@ def test_nothing_to_watch_is_a_monitoring_gap_on_every_screen(tmp_path: Path) ->
             "No integrity baseline on mev-host-1: no change to a watched file can be detected")
         watched = screens_agree(d, hook, "MonitoringGapIntegrityNothingWatched")
         assert "nothing is watched" in watched.alert["annotations"]["summary"]
-        backup = screens_agree(d, hook, "MonitoringGapBackupMissing", status="missing")
-        assert f"{gone}/backup/mev-full-*" in backup.alert["annotations"]["summary"]
+        backup = screens_agree(d, hook, "MonitoringGapBackupMissing")
+        assert backup.alert["annotations"]["summary"] == (
+            f"No backup file matches {gone}/backup/mev-full-* on mev-host-1 (missing): BackupStale cannot fire")
         logs = screens_agree(d, hook, "MonitoringGapLogSource", source="mev")
         assert logs.alert["annotations"]["summary"] == (
             "Log source mev is missing on mev-host-1: its patterns count nothing")

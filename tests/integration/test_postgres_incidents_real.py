@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.daemon import RunningDaemon, parse_metrics
 from tests.support.pgcluster import PgCluster, pg_cluster
-from tests.support.screens import paged_daemon, screens_agree, screens_cleared
+from tests.support.screens import Screens, paged_daemon, pages_of, screens_agree, screens_cleared
 
 pytestmark = pytest.mark.peer("postgresql")
 
@@ -219,14 +219,23 @@ def _failed_runs(d: RunningDaemon) -> float:
                if name == "mevwatch_collector_errors_total" and ("collector", "postgres") in labels)
 
 
+def _diagnose_says(screens: Screens, reason: str) -> None:
+    """diagnose names the down server and, on its alert's line, the reason: what the page says."""
+    assert screens.line["value"].startswith("firing: !"), screens.line
+    told = [ln for ln in screens.diagnose["lines"] if ln["check"].startswith("PostgresDown ")
+            and ln["value"] == screens.page["annotations"]["summary"]]
+    assert told, screens.diagnose["lines"]
+    assert told[0]["value"].endswith(f": {reason}")
+
+
 def test_postgres_down_says_why_and_its_recovery_is_seen_at_the_next_run(tmp_path: Path) -> None:
     with pg_cluster() as c, paged_daemon(tmp_path, _collectors(c), ["PostgresDown"]) as (d, hook):
         d.wait_value("mevwatch_postgres_up", 1, timeout=20)
         c.stop()
-        screens = screens_agree(d, hook, "PostgresDown", reason="refused")
+        screens = screens_agree(d, hook, "PostgresDown")
         assert screens.alert["annotations"]["summary"] == (
             f"PostgreSQL 127.0.0.1:{c.port}/postgres unreachable from mev-host-1: refused")
-        assert screens.line["value"] == "firing: !datname=postgres,reason=refused=1"
+        _diagnose_says(screens, "refused")
         deadline = time.monotonic() + 30
         while _failed_runs(d) < 4:  # several runs in a row fail: no back-off may delay the one after
             assert time.monotonic() < deadline, "the collector stopped trying"
@@ -237,3 +246,73 @@ def test_postgres_down_says_why_and_its_recovery_is_seen_at_the_next_run(tmp_pat
         # at most the run that was under way when the server came back failed: the next one saw it
         assert _failed_runs(d) - failed <= 1
         screens_cleared(d, hook, "PostgresDown")
+
+
+def test_a_restart_refused_then_starting_pages_once_for_after_the_server_went_away(tmp_path: Path) -> None:
+    """PostgreSQL goes down (refused) and comes back through a long startup (starting: it listens and answers
+    "not yet accepting connections"): one outage. PostgresDown fires once, ``for`` after the first refused
+    attempt, naming the reason of the last one, with no resolved page until the server serves again."""
+    hold = 12.0  # PostgresDown's `for` here; the reason changes within it
+    override = f"  rule_overrides:\n    PostgresDown: {{for: {hold:g}s}}\n"
+    with pg_cluster() as c, paged_daemon(tmp_path, _collectors(c), extra=override) as (d, hook):
+        d.wait_value("mevwatch_postgres_up", 1, timeout=20)
+        failed_at = time.monotonic()
+        c.stop()
+        d.wait_value("mevwatch_postgres_connect_failure", 1, timeout=10, reason="refused")
+        deadline = time.monotonic() + 30
+        while _failed_runs(d) < 6:  # refused for a few runs, then the server starts
+            assert time.monotonic() < deadline, "the collector stopped trying"
+            time.sleep(0.2)
+        c.start_standby()
+        d.wait_value("mevwatch_postgres_connect_failure", 1, timeout=10, reason="starting")
+        assert time.monotonic() - failed_at < hold - 2, "refused outlasted `for`: slow machine?"
+        screens = screens_agree(d, hook, "PostgresDown", timeout=hold + 10)
+        pages = pages_of(hook, "PostgresDown")
+        assert [p["status"] for p in pages] == ["firing"], pages
+        waited = pages[0]["received_at"] - failed_at
+        # from the first refused attempt (a run, 1 s, and the delivery later), not from the change of reason
+        assert hold - 0.5 <= waited <= hold + 3.5, waited
+        assert screens.page["annotations"]["summary"] == (
+            f"PostgreSQL 127.0.0.1:{c.port}/postgres unreachable from mev-host-1: starting")
+        _diagnose_says(screens, "starting")
+
+        c.promote()
+        d.wait_value("mevwatch_postgres_up", 1, timeout=20)
+        screens_cleared(d, hook, "PostgresDown")
+        assert [p["status"] for p in pages_of(hook, "PostgresDown")] == ["firing", "resolved"]
+
+
+def test_postgres_down_for_auth_says_so_for_a_wrong_password_and_a_pg_hba_reject(tmp_path: Path) -> None:
+    with pg_cluster() as c:
+        c.psql("CREATE ROLE mev LOGIN PASSWORD 'right'")
+        c.psql("CREATE DATABASE ledger OWNER mev")
+        hba = c.data / "pg_hba.conf"
+        hba.write_text("host all intruder 127.0.0.1/32 reject\n" + hba.read_text())
+        c.psql("SELECT pg_reload_conf()")
+        wrong_password, rejected = c.dsn("postgres", "mev", "wrong"), c.dsn("ledger", "intruder", "x")
+        collectors = ("collectors:\n  - postgres: {interval: 1s, min_connections: 1, max_connections: 1, targets: ["
+                      f"{{dsn: '{wrong_password}'}}, {{dsn: '{rejected}'}}]}}\n")
+        with paged_daemon(tmp_path, collectors, ["PostgresDown"]) as (d, hook):
+            for db in ("postgres", "ledger"):
+                screens = screens_agree(d, hook, "PostgresDown", datname=db)
+                assert screens.page["annotations"]["summary"] == (
+                    f"PostgreSQL 127.0.0.1:{c.port}/{db} unreachable from mev-host-1: auth")
+                assert screens.page["labels"]["severity"] == "critical"
+                _diagnose_says(screens, "auth")
+            log = c.log.read_text(errors="replace")
+            assert 'password authentication failed for user "mev"' in log
+            assert 'pg_hba.conf rejects connection for host "127.0.0.1", user "intruder"' in log
+
+
+def test_postgres_down_for_timeout_when_the_server_accepts_and_never_answers(tmp_path: Path) -> None:
+    with pg_cluster() as c, c.paused():  # the postmaster stopped: the kernel accepts, nothing answers
+        collectors = ("collectors:\n  - postgres: {interval: 1s, timeout: 1900ms, connect_timeout: 1s,"
+                      f" min_connections: 1, max_connections: 1, targets: [{{dsn: '{c.dsn()}'}}]}}\n")
+        with paged_daemon(tmp_path, collectors, ["PostgresDown"]) as (d, hook):
+            screens = screens_agree(d, hook, "PostgresDown")
+            assert screens.page["annotations"]["summary"] == (
+                f"PostgreSQL 127.0.0.1:{c.port}/postgres unreachable from mev-host-1: timeout")
+            _diagnose_says(screens, "timeout")
+            started = time.monotonic()
+            d.get("/metrics")  # the daemon itself is not held up by the hung server
+            assert time.monotonic() - started < 2

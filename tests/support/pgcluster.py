@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from tests.support.peers import free_port, missing, wait_port
@@ -105,6 +106,40 @@ class PgCluster:
         self._as_postgres([str(PG_BIN / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
                            "-l", str(self.log), "-o", opts], timeout=90)
         wait_port(self.port, 30)
+
+    def start_standby(self) -> None:
+        """Start the stopped cluster as a standby with hot_standby off: the postmaster listens and answers every
+        connection "the database system is not yet accepting connections" (asyncpg's CannotConnectNowError, as in
+        a server's startup or crash recovery) until :meth:`promote`."""
+        signal_file = self.data / "standby.signal"
+        signal_file.touch()
+        pw = pwd.getpwnam("postgres")
+        os.chown(signal_file, pw.pw_uid, pw.pw_gid)
+        settings = self.settings
+        self.settings = {**settings, "hot_standby": "off"}
+        try:
+            self.start()
+        finally:
+            self.settings = settings
+
+    def promote(self) -> None:
+        """End the standby's recovery: it accepts connections."""
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "promote", "-w", "-t", "60", "-D", str(self.data)], timeout=90)
+
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The postmaster stopped with SIGSTOP: the kernel still accepts TCP connections on its port, and nothing
+        answers them (a hung server); SIGCONT when the block ends, whatever happens in it."""
+        pid = self.postmaster_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self, mode: str = "immediate") -> None:
         if (self.data / "postmaster.pid").exists():

@@ -9,6 +9,8 @@ In an async test, on the test's loop::
         proxy.clear("eth_blockNumber")                 # close_mid_response=True, drop_ws=True,
         proxy.calls["eth_blockNumber"]                 # rpc_error=(-32000, "msg"), deep_json=100_000
         await proxy.drop_websockets()
+        await proxy.refuse_connections()               # the port stops listening: connect() is refused
+        await proxy.listen()                           # ... and listens again
         await proxy.push_websockets(deep_frame(100_000))  # a frame the node never sent, to every client
         proxy.refuse_websockets = 503                  # upgrades answered 503 (HTTP calls still pass)
 
@@ -81,6 +83,7 @@ class RpcProxy:
         self._websockets: _WsSet = _WsSet()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: _TaskSet = _TaskSet()
         # the HTTP status a WebSocket upgrade is answered with instead of being proxied (None: proxy it), as
@@ -114,13 +117,27 @@ class RpcProxy:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await self.listen()
+
+    async def listen(self) -> None:
+        """Listen on the proxy's port (again, after :meth:`refuse_connections`)."""
+        if self._site is None and self._runner is not None:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            await self._site.start()
+
+    async def refuse_connections(self) -> None:
+        """Stop listening: new connections are refused, as at the port of a node that is down (calls in
+        flight go on as their faults say)."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
 
     async def stop(self) -> None:
         self._closing.set()
         await self.drop_websockets()
         for task in list(self._tasks):
             task.cancel()
+        self._site = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -353,6 +370,12 @@ class ThreadedRpcProxy:
 
     def drop_websockets(self) -> None:
         asyncio.run_coroutine_threadsafe(self.proxy.drop_websockets(), self._loop).result(5)
+
+    def refuse_connections(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.refuse_connections(), self._loop).result(5)
+
+    def listen(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.proxy.listen(), self._loop).result(5)
 
     def refuse_websockets(self, status: int | None) -> None:
         """Answer WebSocket upgrades with ``status`` from now on (None: proxy them again)."""

@@ -27,7 +27,7 @@ RULES_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.yml"
 TEST_FILE = REPO / "deploy" / "prometheus" / "mevwatch-rules.test.yml"
 HOST = "mev-host-1"
 _TEMPLATE_RE = re.compile(
-    r"\{\{\s*(\$labels\.(\w+)|\$value|\$metric\.(\w+))\s*(?:\|\s*(?:label\s+\"(\w+)\"|(\w+)))?\s*\}\}")
+    r"\{\{\s*(\$labels\.(\w+)|\$value|\$metric\.(\w+))\s*(?:\|\s*(?:label\s+\"(\w+)\"|(\w+(?:\s+\"%\.0f\")?)))?\s*\}\}")
 _OR_RE = re.compile(r"\{\{\s*or((?:\s+\$labels\.\w+)+)\s*\}\}")  # Go's or: the first non-empty argument
 
 
@@ -36,18 +36,23 @@ def default_rules() -> tuple[Rule, ...]:
 
 
 def prom_render(text: str, labels: Mapping[str, str], value: float,
-                metrics: Mapping[str, float] | None = None) -> str:
+                metrics: Mapping[str, float] | None = None,
+                label_sources: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """Render an exported rule's template as mevwatch renders the rule's (its values formatted by mevwatch's own
     functions, so promtool proves Prometheus writes the same); ``metrics``: the input series' values that a
-    ``$metric`` query finds (others render "unknown")."""
+    ``$metric`` query finds (others render "unknown"); ``label_sources``: the labels of the input series (not 0)
+    that a ``$metric.NAME | label`` query finds, by NAME (others render "unknown")."""
 
     def sub(m: re.Match[str]) -> str:
         if m.group(2):
             return labels.get(m.group(2), "")
         fn = m.group(5)
         if m.group(3):
-            if m.group(4) is not None or m.group(3) not in (metrics or {}):
-                return "unknown"  # a label of another series: the cases give none
+            if m.group(4) is not None:
+                source = (label_sources or {}).get(m.group(3))
+                return "unknown" if source is None else source.get(m.group(4), "")
+            if m.group(3) not in (metrics or {}):
+                return "unknown"
             return prom_render(f"{{{{ $value{' | ' + fn if fn else ''} }}}}", labels, (metrics or {})[m.group(3)])
         return format_value(value, fn)  # mevwatch's formats: promtool checks Prometheus renders the same
 
@@ -155,11 +160,14 @@ def _case(rule: Rule, series: list[dict[str, str]], eval_min: int, alerts: list[
 
 
 def _expected(rule: Rule, labels: Mapping[str, str], value: float, runbook_url: str,
-              metrics: Mapping[str, float] | None = None) -> dict[str, Any]:
-    exp_labels = {**labels, **rule.labels, "severity": rule.severity}
+              metrics: Mapping[str, float] | None = None,
+              label_sources: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    # the labels the rule merges its series over are not the alert's
+    exp_labels = {**{k: v for k, v in labels.items() if k not in rule.without}, **rule.labels,
+                  "severity": rule.severity}
     def text(template: str) -> str:  # as exported: the rule's threshold, for and window written in
         return prom_render(fill_threshold(template, rule.threshold, rule.for_, rule.text_window), exp_labels,
-                           value, metrics)
+                           value, metrics, label_sources)
 
     annotations = {name: text(template) for name, template in rule.texts.items() if template or name == "summary"}
     annotations["runbook_url"] = f"{runbook_url}#{rule.runbook}"
@@ -205,14 +213,16 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
         name = rule.metric
         return [
             _case(rule, [{"series": _selector(name, labels), "values": f"0+{go_float(per_min)}x{n}"}], eval_min,
-                  [_expected(rule, labels, value, runbook_url)]),
+                  [_expected(rule, labels, value, runbook_url,
+                             label_sources={rule.metric: labels} if rule.without else None)]),
             _case(rule, [{"series": _selector(name, labels), "values": f"5x{n}"}], eval_min, []),
         ]
     fire, quiet, held = _gauge_values(rule)
     sel = _selector(rule.metric, labels)
+    own = {rule.metric: labels} if rule.without else None  # a label of the rule's own series, read in its text
     cases = [
         _case(rule, [{"series": sel, "values": f"{go_float(fire)}x{n}"}], eval_min,
-              [_expected(rule, labels, fire, runbook_url)]),
+              [_expected(rule, labels, fire, runbook_url, label_sources=own)]),
         _case(rule, [{"series": sel, "values": f"{go_float(quiet)}x{n}"}], eval_min, []),
     ]
     if held is not None:
@@ -220,10 +230,37 @@ def rule_cases(rule: Rule, runbook_url: str) -> list[dict[str, Any]]:
         hold_min = eval_min + 5
         values = f"{go_float(fire)}x{eval_min} {go_float(held)}x5 {go_float(quiet)}x10"
         case = _case(rule, [{"series": sel, "values": values}], hold_min,
-                     [_expected(rule, labels, held, runbook_url)])
+                     [_expected(rule, labels, held, runbook_url, label_sources=own)])
         case["alert_rule_test"].append({"eval_time": f"{hold_min + 3}m", "alertname": rule.name, "exp_alerts": []})
         cases.append(case)
+    if rule.without:
+        cases.append(_changed_label_case(rule, labels, fire, runbook_url))
     return cases
+
+
+def _other_value(name: str, rule: Rule, value: str) -> str:
+    """Another value of label ``name`` that the rule's matchers still select (``value`` is the first)."""
+    for m in rule.matchers:
+        if m.name == name and m.op == "=~" and "|" in m.value:
+            other = m.value.split("|")[1]
+            assert re.fullmatch(m.value, other), (rule.name, m.value)
+            return other
+    return f"{value}-then"
+
+
+def _changed_label_case(rule: Rule, labels: Mapping[str, str], fire: float, runbook_url: str) -> dict[str, Any]:
+    """A label the rule merges over changes halfway through its ``for`` (the first series goes stale, one with
+    the other value takes over, on a 15 s grid): the alert fires ``for`` after the first series matched (the
+    rules are evaluated every minute), naming the new value."""
+    steps = max(math.ceil(rule.for_ / 15), 2)
+    switch = steps // 2
+    after = {**labels, **{k: _other_value(k, rule, v) for k, v in labels.items() if k in rule.without}}
+    case = _case(rule, [{"series": _selector(rule.metric, labels), "values": f"{go_float(fire)}x{switch - 1} stale"},
+                        {"series": _selector(rule.metric, after), "values": f"_x{switch} {go_float(fire)}x{steps}"}],
+                 0, [_expected(rule, after, fire, runbook_url, label_sources={rule.metric: after})])
+    case["interval"] = "15s"
+    case["alert_rule_test"][0]["eval_time"] = f"{steps * 15}s"
+    return case
 
 
 def promtool_tests_yaml(rules: tuple[Rule, ...] | list[Rule], runbook_url: str) -> str:

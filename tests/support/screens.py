@@ -34,8 +34,18 @@ from tests.support.daemon import RunningDaemon
 from tests.support.peers import REPO
 from tests.support.webhook import WebhookReceiver
 
-__all__ = ["EXTERNAL_URL", "Screens", "firing_alert", "headless_chromium", "mevwatch_cli", "paged_daemon",
-           "pager_alerts_config", "screens_agree", "screens_cleared"]
+__all__ = [
+    "EXTERNAL_URL",
+    "Screens",
+    "firing_alert",
+    "headless_chromium",
+    "mevwatch_cli",
+    "paged_daemon",
+    "pager_alerts_config",
+    "pages_of",
+    "screens_agree",
+    "screens_cleared",
+]
 
 EXTERNAL_URL = "http://mev-host-1:9717"
 HOST = "mev-host-1"
@@ -139,6 +149,13 @@ def _paged(hook: WebhookReceiver, fingerprint: str, timeout: float) -> tuple[dic
             got = [(a["labels"], a["status"]) for r in hook.delivered() for a in r.json()["alerts"]]
             raise AssertionError(f"alert {fingerprint} not paged within {timeout}s; the receiver got {got}")
         time.sleep(0.1)
+
+
+def pages_of(hook: WebhookReceiver, alertname: str, **labels: str) -> list[dict[str, Any]]:
+    """Every page of ``alertname{labels}`` the receiver got, in the order it got them (an alert once per
+    notification that carried it), each with ``received_at``: the receiver's time.monotonic() on arrival."""
+    return [{**a, "received_at": req.at} for req in hook.delivered() for a in req.json()["alerts"]
+            if _matches(a["labels"], alertname, labels)]
 
 
 def masked(text: str) -> str:

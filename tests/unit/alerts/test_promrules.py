@@ -84,6 +84,8 @@ def test_promql_of_each_rule_shape() -> None:
     held = promql(_rule(op="<", threshold=10, clear=15, labels={"team": "mev"}))
     assert held == ("mevwatch_x < 10\nor\n(mevwatch_x < 15 and ignoring(alertname, alertstate, severity, team) "
                     'ALERTS{alertname="T"})')
+    assert promql(_rule(metric="mevwatch_c_total", increase="10m", without=["reason", "method"], threshold=0)) == (
+        "max without (reason, method) (increase(mevwatch_c_total[10m])) > 0")
 
 
 def test_duration_formats() -> None:
@@ -122,7 +124,7 @@ FORMAT_VALUES = (0.0, 0.5, 1.5, 59.99, 60.0, 3725.0, 86400.0, 93601.0, 0.0005, 0
                  0.30000000000000004, 0.1667, 1023.0, 1024.0, 2048.0, 123456.0, 999999.0, 1e6, 1234567.0,
                  12345.678, 1.23456789e8, 3.5e12, -1.5, -3725.0, -0.002, float("nan"), float("inf"),
                  float("-inf"))
-FUNCTIONS = ("", "humanize", "humanize1024", "humanizePercentage", "humanizeDuration")
+FUNCTIONS = ("", "humanize", "humanize1024", "humanizePercentage", "humanizeDuration", 'printf "%.0f"')
 
 
 def test_every_template_function_writes_what_prometheus_writes(tmp_path: Path) -> None:
@@ -234,6 +236,41 @@ def test_a_label_of_another_series_renders_in_prometheus_as_in_mevwatch(tmp_path
                                "runbook_url": "rb#queued-nonce-gap"}}
     tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
         "interval": "1m", "input_series": series,
+        "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": [exp]}]}]}
+    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_reason_a_target_is_down_renders_in_prometheus_as_in_mevwatch(tmp_path: Path) -> None:
+    """PostgresDown fires on mevwatch_postgres_up and names the reason from the connect_failure state set (1 for
+    the reason that holds, 0 for every other): Prometheus' text, and its alert's labels, are mevwatch's."""
+    from mevwatch.alerts.rules import Alert, evaluate_rule, labelset, step
+    from mevwatch.collectors.postgres import FAILURE_REASONS
+
+    rule = next(r for r in default_rules() if r.name == "PostgresDown")
+    own = {"server": "127.0.0.1:5432", "datname": "mev"}
+    failure = {labelset({**own, "reason": r}): (1.0 if r == "starting" else 0.0) for r in FAILURE_REASONS}
+    samples = {"mevwatch_postgres_up": {labelset(own): 0.0}, "mevwatch_postgres_connect_failure": failure}
+    alerts: dict[str, Alert] = {}
+    step(rule, evaluate_rule(rule, samples, {}, 0.0), alerts, 0.0, "mev-host-1", "rb", samples=samples)
+    [ours] = alerts.values()
+    assert ours.annotations["summary"] == "PostgreSQL 127.0.0.1:5432/mev unreachable from mev-host-1: starting"
+
+    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
+
+    def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+        return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in {**labels, "host": "mev-host-1"}.items())
+                + "}", "values": values}
+
+    inputs = [series("mevwatch_postgres_up", own, "0x5")]
+    inputs += [series("mevwatch_postgres_connect_failure", {**own, "reason": r}, "1x5" if r == "starting" else "0x5")
+               for r in FAILURE_REASONS]
+    exp = {"exp_labels": {**own, "host": "mev-host-1", "severity": "critical"},
+           "exp_annotations": {"summary": ours.annotations["summary"], "description": ours.annotations["description"],
+                               "runbook_url": "rb#postgres-down"}}
+    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": inputs,
         "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": [exp]}]}]}
     (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
     proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)

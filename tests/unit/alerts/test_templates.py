@@ -108,3 +108,64 @@ def test_a_label_of_another_series_tells_a_changing_fact_without_changing_the_al
     # no series of the other metric for the alert's labels: "unknown", never another series' fact
     step(rule, first["m_gap"], alerts, 62.0, "h", "rb", samples={"m_gap": first["m_gap"], "m_info": {}})
     assert a.annotations["summary"] == "2 missing: unknown, stuck unknown"
+
+
+def test_a_reason_that_changes_while_the_condition_holds_neither_restarts_for_nor_resolves() -> None:
+    """``without: [reason]``: a node down for timeout, then refused, then timeout again is one alert, pending from
+    its first failure and firing ``for`` later, its text naming the reason of the last run."""
+    from mevwatch.alerts.rule import Rule
+    from mevwatch.alerts.rules import Alert, evaluate_rule, labelset, step
+
+    rule = Rule.model_validate({
+        "name": "Down", "metric": "m_down_reason", "without": ["reason"], "op": "==", "threshold": 1, "for": "1m",
+        "summary": '{{ $labels.endpoint }} down: {{ $metric.m_down_reason | label "reason" }}', "runbook": "peer-loss"})
+    alerts: dict[str, Alert] = {}
+
+    def at(t: float, reason: str) -> list[Alert]:
+        samples = {"m_down_reason": {labelset({"endpoint": "erigon", "reason": reason}): 1.0}}
+        values = evaluate_rule(rule, samples, {}, t)
+        assert values == {labelset({"endpoint": "erigon"}): 1.0}
+        return step(rule, values, alerts, t, "h", "rb", samples=samples)
+
+    assert at(0.0, "timeout") == []
+    assert at(20.0, "refused") == []
+    [a] = alerts.values()
+    assert (a.state, a.active_at) == ("pending", 0.0)  # the wait counts from the first failure
+    [fired] = at(60.0, "refused")
+    assert fired.state == "firing"
+    assert fired.labels == {"endpoint": "erigon", "host": "h", "alertname": "Down",
+                                                         "severity": "warning"}
+    assert fired.annotations["summary"] == "erigon down: refused"
+    assert at(80.0, "timeout") == []  # still down: no resolved page, the text tells the new reason
+    assert (a.state, a.annotations["summary"]) == ("firing", "erigon down: timeout")
+
+
+def test_a_label_of_a_state_set_is_the_state_that_holds() -> None:
+    """A state set (1 for the state that holds, 0 for every other) names the one at 1, whatever sorts first."""
+    from mevwatch.alerts.rules import label_of_series, labelset
+
+    own = labelset({"server": "db:5432"})
+    states = {labelset({"server": "db:5432", "reason": r}): (1.0 if r == "starting" else 0.0)
+              for r in ("auth", "refused", "starting", "timeout")}
+    assert label_of_series(states, own, "reason") == "starting"
+    assert label_of_series({k: 0.0 for k in states}, own, "reason") is None  # up: no reason, "unknown"
+
+
+def test_printf_writes_a_block_number_whole() -> None:
+    text = check_template('head {{ $value | printf "%.0f" }}, not {{ $value }}')
+    assert render_template(text, {}, 21234567.0) == "head 21234567, not 2.1234567e+07"
+    assert render_template('{{ $value | printf "%.0f" }}', {}, float("nan")) == "NaN"
+    with pytest.raises(ValueError, match="unsupported template"):
+        check_template('{{ $value | printf "%d" }}')
+
+
+def test_without_is_refused_where_there_is_nothing_to_merge() -> None:
+    from pydantic import ValidationError
+
+    from mevwatch.alerts.rule import Rule
+
+    base = {"name": "R", "metric": "m", "summary": "s", "runbook": "peer-loss"}
+    with pytest.raises(ValidationError, match="absent"):
+        Rule.model_validate({**base, "absent": True, "without": ["reason"]})
+    with pytest.raises(ValidationError, match="'le'"):
+        Rule.model_validate({**base, "without": ["le"]})
