@@ -44,8 +44,9 @@ RECENT_ERRORS_WINDOW = 600.0  # the runbook's "Recent Errors (last 10 minutes)"
 #: labels that name a series best, when one series is shown alone
 # Most specific first: one series alone is named by a table before its database, and that before its server.
 _NAMING_LABELS = ("table", "path", "unit", "mountpoint", "endpoint", "target", "wallet", "datname", "server",
-                  "source", "pattern", "cpu", "reference", "collector")
-_WHY_LABELS = ("reason",)  # a down target's page says why; its diagnose line says the same
+                  "source", "pattern", "cpu", "reference", "collector", "sink")
+# a down target's page says why, a lost notification's what it carried; its diagnose line says the same
+_WHY_LABELS = ("reason", "lost")
 SEVERITY_STATUS = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 COLLECTOR_SECTION = "collector-failing"
 SILENCES_SECTION = "alertmanager-unreachable"
