@@ -6,7 +6,9 @@ read-only ``/api/v1/rules``, ``/api/v1/alerts`` and ``/health``). Without one it
 every configured collector once (with timeouts), judges the values with the rules that need no history,
 and marks the others UNKNOWN with the reason. Either way it adds the runbook's "recent errors (last 10
 minutes)" and the largest processes. Lines are OK/INFO/UNKNOWN/WARN/CRIT grouped by runbook section,
-with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT.
+with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT; with a daemon,
+the same verdict as its landing page (a silenced alert counts as WARN, not CRIT; a pending check that cannot
+be made, as WARN from its first evaluation).
 """
 
 from __future__ import annotations
