@@ -88,8 +88,8 @@ def alert_verdict(state: str, severity: str, suppressed: str, gap: bool, for_: f
     if state == "pending":
         if not gap:
             return {"status": "INFO", "reason": f"counts once it fires, after {for_text(for_)}"}
-        return {"status": "WARN", "reason": "blind now: a check that cannot be made counts as WARN from its first "
-                                            f"evaluation; it pages once it has lasted {for_text(for_)}"}
+        return {"status": "WARN",
+                "reason": f"blind now: counts as WARN at once; pages once it has lasted {for_text(for_)}"}
     if suppressed:
         return {"status": "WARN",
                 "reason": f"{suppressed}: counts as WARN" + (", not CRIT" if status == "CRIT" else "")}

@@ -15,6 +15,7 @@ _STYLE = (
     "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;vertical-align:top}"
     ".verdict{font-size:1.6em;padding:.4em .8em;display:inline-block;border-radius:4px}"
     ".OK{background:#cfc}.WARN{background:#fe9}.CRIT{background:#f99}.UNKNOWN{background:#ddd}.INFO{color:#777}"
+    ".counts,.silencing{display:inline-block;min-width:11em}"
     ".critical{color:#a00;font-weight:bold}.warning{color:#850}.info{color:#055}.muted{color:#777}"
 )
 

@@ -61,8 +61,7 @@ def test_one_sed_in_place_is_one_page_listing_every_kind(tmp_path: Path) -> None
 
 GAPS = ["MonitoringGapIntegrityBaseline", "MonitoringGapIntegrityNothingWatched", "MonitoringGapBackupMissing",
         "MonitoringGapLogSource"]
-BLIND_NOW = ("blind now: a check that cannot be made counts as WARN from its first evaluation; it pages once it "
-             "has lasted 10m")
+BLIND_NOW = "blind now: counts as WARN at once; pages once it has lasted 10m"
 
 
 def _pending_gaps(d: RunningDaemon) -> list[dict[str, Any]]:

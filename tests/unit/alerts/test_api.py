@@ -223,8 +223,7 @@ def test_a_pending_blind_spot_is_a_warning_from_its_first_evaluation_until_it_pa
         view = engine_view(h.engine, CollectorsRead())
         gap, disk = sorted(view["alerts"], key=lambda a: a["labels"]["alertname"] != "MonitoringGapBaseline")
         assert (gap["state"], disk["state"]) == ("pending", "pending")
-        reason = ("blind now: a check that cannot be made counts as WARN from its first evaluation; "
-                  "it pages once it has lasted 10m")
+        reason = "blind now: counts as WARN at once; pages once it has lasted 10m"
         assert gap["verdict"] == {"status": "WARN", "reason": reason}
         assert disk["verdict"] == {"status": "INFO", "reason": "counts once it fires, after 5m"}
         page = landing_html([], view, "")
