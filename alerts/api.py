@@ -17,20 +17,25 @@ from mevwatch.alerts.identity import DETAIL_ANNOTATIONS
 from mevwatch.alerts.router import Silence, generator_url, is_inhibited, rfc3339, silence_command
 from mevwatch.alerts.rules import Alert
 from mevwatch.alerts.silencing import SilenceRead, alert_silencing, silence_json, source_json
+from mevwatch.alerts.templates import for_text
 from mevwatch.metric_owners import METRIC_OWNERS
 
 if TYPE_CHECKING:
     from mevwatch.alerts.engine import AlertEngine
     from mevwatch.alerts.rule import Rule
 
-__all__ = ["GAP_RUNBOOK", "SEVERITY_RANK", "CollectorsRead", "alerts_json", "engine_view", "missing_reason",
-           "rule_condition", "rules_json", "silence_read", "silence_source_json", "silences_json", "verdict"]
+__all__ = ["GAP_RUNBOOK", "SEVERITY_RANK", "VERDICT_RANK", "CollectorsRead", "alert_verdict", "alerts_json",
+           "engine_view", "missing_reason", "rule_condition", "rules_json", "silence_read", "silence_source_json",
+           "silences_json", "verdict", "verdict_text"]
 
 SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 MAX_SERIES = 20  # values shown per rule
 #: the runbook anchor of the rules that say a check cannot be made (MonitoringGap*)
 GAP_RUNBOOK = "monitoring-gap"
 MAX_NAMED = 3  # failing instances, gap alerts or reason gauges named in one reason
+#: how much an alert weighs in the host's verdict (INFO: it is shown, the verdict stays OK)
+VERDICT_RANK = {"OK": 0, "INFO": 0, "WARN": 1, "CRIT": 2}
+_SEVERITY_VERDICT = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +69,40 @@ def silence_read(engine: AlertEngine) -> SilenceRead | None:
     return engine.am_watch.last_read if engine.am_watch is not None else None
 
 
+def alert_verdict(state: str, severity: str, suppressed: str, gap: bool, for_: float = 0.0) -> dict[str, str]:
+    """What one alert counts for in the host's verdict, the one rule ``/``, ``/api/v1/*`` and ``mevwatch diagnose``
+    all follow: ``status`` (CRIT, WARN or INFO) and ``reason`` (why it counts so; "" for a plain firing alert).
+
+    - firing and neither silenced nor inhibited: its severity (critical CRIT, warning WARN);
+    - firing but silenced or inhibited (``suppressed``: "silenced" or "inhibited"): at most WARN. The silence
+      mutes the page, not the fault: the host is not OK, and someone said they handle it, so not CRIT;
+    - pending, of a rule that says a check cannot be made (``gap``: a MonitoringGap rule): WARN from its first
+      evaluation. Its ``for`` only keeps a short blind spot from paging; until it fires the host is blind all
+      the same, and a green screen would say the opposite;
+    - any other pending alert: INFO, shown but not counted (its ``for`` is there so that a blip never pages);
+    - severity info: INFO (it tells, it does not make the host WARN).
+    """
+    status = _SEVERITY_VERDICT.get(severity, "WARN")
+    if status == "INFO":
+        return {"status": "INFO", "reason": ""}
+    if state == "pending":
+        if not gap:
+            return {"status": "INFO", "reason": f"counts once it fires, after {for_text(for_)}"}
+        return {"status": "WARN",
+                "reason": f"blind now: counts as WARN at once; pages once it has lasted {for_text(for_)}"}
+    if suppressed:
+        return {"status": "WARN",
+                "reason": f"{suppressed}: counts as WARN" + (", not CRIT" if status == "CRIT" else "")}
+    return {"status": status, "reason": ""}
+
+
 def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str, Any]]:
     """Pending and firing alerts, firing first, then by severity and name; each with its silences (local, and
-    Alertmanager's as last read: ``silencing``) and inhibition."""
+    Alertmanager's as last read: ``silencing``), inhibition, and what it counts for in the host's verdict."""
     now = time.time() if now is None else now
     active = [a for a in engine.all_alerts() if a.state in ("pending", "firing")]
     firing = [a for a in active if a.state == "firing"]
+    rules = {r.name: r for r in engine.rules}
     local = _local_silences(engine)
     read = silence_read(engine)
     out = []
@@ -78,6 +111,9 @@ def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str,
         silencing = alert_silencing(a.labels, local, read, now)
         silenced_by = [s["id"] for s in silencing["by"]]
         inhibited = a.state == "firing" and is_inhibited(a, firing, engine.cfg.inhibit_rules)
+        rule = rules.get(a.rule)
+        gap = rule is not None and rule.runbook == GAP_RUNBOOK
+        suppressed = "silenced" if silenced_by else ("inhibited" if inhibited else "")
         out.append({
             "labels": dict(a.labels),
             "annotations": dict(a.annotations),
@@ -94,6 +130,7 @@ def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str,
                 "inhibitedBy": ["inhibit_rules"] if inhibited else [],
             },
             "silencing": silencing,
+            "verdict": alert_verdict(a.state, a.severity, suppressed, gap, rule.for_ if rule is not None else 0.0),
         })
     return out
 
@@ -137,10 +174,13 @@ def rule_condition(rule: Rule) -> str:
     return f"{value} {rule.op} {rule.threshold:g}" + (f" and {paired}" if paired else "")
 
 
-def rules_json(engine: AlertEngine, collectors: CollectorsRead | None = None) -> list[dict[str, Any]]:
+def rules_json(engine: AlertEngine, collectors: CollectorsRead | None = None,
+               listed: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Every rule with its state: firing, pending, inactive (with the values it judged) or nodata (and why,
-    from what ``collectors`` says of the collector that declares its metric)."""
+    from what ``collectors`` says of the collector that declares its metric). Each of its alerts carries who
+    silences it and what it counts for in the verdict, as ``listed`` (``alerts_json`` of the same moment) says."""
     collectors = CollectorsRead() if collectors is None else collectors
+    shown = {a["fingerprint"]: a for a in (alerts_json(engine) if listed is None else listed)}
     by_rule: dict[str, list[Alert]] = {}
     for a in engine.all_alerts():
         if a.state in ("pending", "firing"):
@@ -182,8 +222,10 @@ def rules_json(engine: AlertEngine, collectors: CollectorsRead | None = None) ->
             "reason": reason,
             "lastEvaluation": rfc3339(evaluated[0]) if evaluated is not None else None,
             "alerts": [{"labels": dict(a.labels), "state": a.state, "value": _number(a.value),
+                        "fingerprint": a.fingerprint,
                         "summary": a.annotations.get("summary", ""),
-                        "details": {k: a.annotations[k] for k in DETAIL_ANNOTATIONS if a.annotations.get(k)}}
+                        "details": {k: a.annotations[k] for k in DETAIL_ANNOTATIONS if a.annotations.get(k)},
+                        **{k: shown[a.fingerprint][k] for k in ("silencing", "verdict") if a.fingerprint in shown}}
                        for a in alerts],
             "series": series,
         })
@@ -254,17 +296,42 @@ def engine_view(engine: AlertEngine, collectors: CollectorsRead) -> dict[str, An
     """Everything the landing page and ``/api/v1/*`` show of the engine, read at one moment."""
     now = engine.clock()
     alerts = alerts_json(engine, now)
-    return {"alerts": alerts, "rules": rules_json(engine, collectors), "silences": silences_json(engine, now),
+    return {"alerts": alerts, "rules": rules_json(engine, collectors, alerts), "silences": silences_json(engine, now),
             "silence_source": silence_source_json(engine, now), "verdict": verdict(alerts, collectors.failing),
             "host": engine.cfg.host}
 
 
-def verdict(alerts: list[dict[str, Any]], collectors_failing: int) -> str:
-    """The host's verdict: CRIT with an unsuppressed critical alert firing, WARN with any other firing alert
-    or a failing collector, else OK."""
-    firing = [a for a in alerts if a["state"] == "firing" and a["status"]["state"] == "active"]
-    if any(a["labels"].get("severity") == "critical" for a in firing):
-        return "CRIT"
-    if any(a["labels"].get("severity") != "info" for a in firing) or collectors_failing:
-        return "WARN"
-    return "OK"
+def verdict(alerts: Sequence[Mapping[str, Any]], collectors_failing: int) -> str:
+    """The host's verdict: the worst of what its alerts count for (``alert_verdict``), WARN with a failing
+    collector, else OK. ``mevwatch diagnose`` exits by the same: 0 OK, 1 WARN, 2 CRIT."""
+    worst = max((VERDICT_RANK[_counts(a)] for a in alerts), default=0)
+    if collectors_failing:
+        worst = max(worst, 1)
+    return ["OK", "WARN", "CRIT"][worst]
+
+
+def _counts(alert: Mapping[str, Any]) -> str:
+    """An alert's ``verdict`` status (or, from a reader that did not add it, the same rule from its fields)."""
+    if "verdict" in alert:
+        return str(alert["verdict"]["status"])
+    status = alert.get("status", {})
+    suppressed = "silenced" if status.get("silencedBy") else ("inhibited" if status.get("inhibitedBy") else "")
+    return alert_verdict(alert["state"], alert["labels"].get("severity", ""), suppressed, False)["status"]
+
+
+def verdict_text(alerts: Sequence[Mapping[str, Any]], collectors_failing: int, collectors: int) -> str:
+    """Why the verdict is what it is, in one line: the firing alerts (and how many of them are silenced or
+    inhibited, or whose silence state is UNKNOWN), the pending ones (and how many of them are blind spots that
+    already count), the failing collectors."""
+    firing = [a for a in alerts if a["state"] == "firing"]
+    pending = [a for a in alerts if a["state"] == "pending"]
+    silenced = sum(1 for a in firing if a["status"]["silencedBy"])
+    inhibited = sum(1 for a in firing if a["status"]["inhibitedBy"] and not a["status"]["silencedBy"])
+    unknown = sum(1 for a in firing if a.get("silencing", {}).get("state") == "unknown")
+    blind = sum(1 for a in pending if _counts(a) != "INFO")
+    return (f"{len(firing)} firing" + (f" ({silenced} silenced)" if silenced else "")
+            + (f" ({inhibited} inhibited)" if inhibited else "")
+            + (f" ({unknown} whose silence state is UNKNOWN)" if unknown else "")
+            + f", {len(pending)} pending alert(s)"
+            + (f" ({blind} of them a check that cannot be made: WARN now)" if blind else "")
+            + f"; {collectors_failing} of {collectors} collectors failing")

@@ -6,7 +6,9 @@ read-only ``/api/v1/rules``, ``/api/v1/alerts`` and ``/health``). Without one it
 every configured collector once (with timeouts), judges the values with the rules that need no history,
 and marks the others UNKNOWN with the reason. Either way it adds the runbook's "recent errors (last 10
 minutes)" and the largest processes. Lines are OK/INFO/UNKNOWN/WARN/CRIT grouped by runbook section,
-with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT.
+with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT; with a daemon,
+the same verdict as its landing page (a silenced alert counts as WARN, not CRIT; a pending check that cannot
+be made, as WARN from its first evaluation).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mevwatch.runbookdoc import RUNBOOKS_PATH, section_titles
 if TYPE_CHECKING:
     from mevwatch.alerts.rules import LabelSet
 
-__all__ = ["Line", "evaluate", "register", "run_collectors"]
+__all__ = ["DAEMON_STATE", "Line", "evaluate", "register", "run_collectors"]
 
 STATUS_RANK = {"OK": 0, "INFO": 0, "UNKNOWN": 0, "WARN": 1, "CRIT": 2}
 RECENT_ERRORS_SECTION = "service-down"
@@ -44,11 +46,17 @@ RECENT_ERRORS_WINDOW = 600.0  # the runbook's "Recent Errors (last 10 minutes)"
 #: labels that name a series best, when one series is shown alone
 # Most specific first: one series alone is named by a table before its database, and that before its server.
 _NAMING_LABELS = ("table", "path", "unit", "mountpoint", "endpoint", "target", "wallet", "datname", "server",
-                  "source", "pattern", "cpu", "reference", "collector")
-_WHY_LABELS = ("reason",)  # a down target's page says why; its diagnose line says the same
+                  "source", "pattern", "cpu", "reference", "collector", "sink")
+# a down target's page says why, a lost notification's what it carried; its diagnose line says the same
+_WHY_LABELS = ("reason", "lost")
 SEVERITY_STATUS = {"critical": "CRIT", "warning": "WARN", "info": "INFO"}
 COLLECTOR_SECTION = "collector-failing"
 SILENCES_SECTION = "alertmanager-unreachable"
+#: metrics whose value is the daemon's memory of its earlier runs: one run here starts afresh and cannot tell them
+DAEMON_STATE = {
+    "mevwatch_rpc_circuit_breaker_state": "the circuit breaker's state lives in the daemon (failed probes in a row "
+                                          "over its runs); one run here starts with a fresh, closed breaker",
+}
 _PERMISSION_RE = re.compile(r"permission|EACCES|EPERM|not permitted|denied", re.IGNORECASE)
 
 
@@ -185,6 +193,10 @@ def evaluate(results: list[RunResult], cfg: Config, no_daemon: str = "") -> list
             why = f"needs {rule.window:g}s of history; {no_daemon or 'no daemon was asked'}"
             lines.append(Line(rule.runbook, check, "UNKNOWN", why, rule.runbook))
             continue
+        if rule.metric in DAEMON_STATE:  # a fresh value here would say OK about a check it did not make
+            why = f"{DAEMON_STATE[rule.metric]}; {no_daemon or 'no daemon was asked'}"
+            lines.append(Line(rule.runbook, check, "UNKNOWN", why, rule.runbook))
+            continue
         values = evaluate_rule(rule, samples, {}, now)
         if not values and rule.metric.startswith("mevwatch_collector_"):
             continue  # the supervisor's series exist only in a daemon; the collector lines above say the same
@@ -275,7 +287,8 @@ def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list
     if source is not None:  # as the daemon last read them; diagnose never asks Alertmanager itself
         lines.append(Line(SILENCES_SECTION, "Alertmanager silences", "UNKNOWN" if source["state"] == "unknown"
                           else "OK", source["text"], SILENCES_SECTION))
-    silencing = {tuple(sorted(a["labels"].items())): a["silencing"] for a in doc.get("alerts", []) if "silencing" in a}
+    # who silences each alert and what it counts for, from /api/v1/alerts when the rule's own entry lacks them
+    shown = {tuple(sorted(a["labels"].items())): a for a in doc.get("alerts", [])}
     for c in doc["health"].get("collectors", []):
         name = f"collector {c['collector']}/{c['instance']}"
         section = _section_of_kind(c["collector"])
@@ -289,15 +302,22 @@ def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list
         if r["state"] == "nodata" and not _metric_configured(r["condition"], configured):
             continue
         if r["state"] in ("firing", "pending"):
-            status = SEVERITY_STATUS.get(r["severity"], "WARN") if r["state"] == "firing" else "INFO"
-            values = {_labelset(a["labels"]): _float(a["value"]) for a in r["alerts"]}
+            alerts = [{**shown.get(tuple(sorted(a["labels"].items())), {}), **a} for a in r["alerts"]]
+            # the same rule as the landing page's verdict (alerts.api.alert_verdict): a silenced alert counts as
+            # WARN at most, a pending blind spot as WARN, another pending alert not at all
+            counts = [_counts(a, r) for a in alerts]
+            status = max((c["status"] for c in counts), key=STATUS_RANK.__getitem__, default="INFO")
+            values = {_labelset(a["labels"]): _float(a["value"]) for a in alerts}
             text = r["state"] + ": " + series_text(values, dict.fromkeys(values, True))
+            reasons = list(dict.fromkeys(c["reason"] for c in counts if c["reason"]))
+            if reasons:
+                text += f" ({'; '.join(reasons)})"
             lines.append(Line(r["runbook"], check, status, text, r["runbook"]))
-            for a in r["alerts"]:
+            for a in alerts:
                 name = next((f" {a['labels'][k]}" for k in _NAMING_LABELS if k in a["labels"]), "")
                 if a.get("summary"):  # the page's own facts (missing nonces, hashes, why a node is down)
                     lines.append(Line(r["runbook"], f"{r['name']}{name}", "INFO", a["summary"], r["runbook"]))
-                held = silencing.get(tuple(sorted(a["labels"].items()))) if a["state"] == "firing" else None
+                held = a.get("silencing") if a["state"] == "firing" else None
                 if held is not None and held["state"] in ("silenced", "unknown"):
                     lines.append(Line(r["runbook"], f"{r['name']}{name} silence",
                                       "INFO" if held["state"] == "silenced" else "UNKNOWN", held["text"], r["runbook"]))
@@ -313,6 +333,17 @@ def daemon_lines(doc: Mapping[str, Any], url: str, configured: set[str]) -> list
             status, text = "OK", series_text(values, hits) or "present"
         lines.append(Line(r["runbook"], check, status, text, r["runbook"]))
     return lines
+
+
+def _counts(alert: Mapping[str, Any], rule: Mapping[str, Any]) -> dict[str, str]:
+    """What ``alert`` counts for in the verdict, as the daemon said (from an older daemon: the same rule, from
+    the alert's silence state and its rule's runbook)."""
+    from mevwatch.alerts.api import GAP_RUNBOOK, alert_verdict
+
+    if "verdict" in alert:
+        return dict(alert["verdict"])
+    suppressed = "silenced" if alert.get("silencing", {}).get("state") == "silenced" else ""
+    return alert_verdict(alert["state"], rule["severity"], suppressed, rule["runbook"] == GAP_RUNBOOK)
 
 
 def _labelset(labels: Mapping[str, str]) -> LabelSet:

@@ -14,7 +14,8 @@ _STYLE = (
     "body{font-family:sans-serif;margin:1.5em;max-width:80em}table{border-collapse:collapse;margin-bottom:1em}"
     "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left;vertical-align:top}"
     ".verdict{font-size:1.6em;padding:.4em .8em;display:inline-block;border-radius:4px}"
-    ".OK{background:#cfc}.WARN{background:#fe9}.CRIT{background:#f99}.UNKNOWN{background:#ddd}"
+    ".OK{background:#cfc}.WARN{background:#fe9}.CRIT{background:#f99}.UNKNOWN{background:#ddd}.INFO{color:#777}"
+    ".counts,.silencing{display:inline-block;min-width:11em}"
     ".critical{color:#a00;font-weight:bold}.warning{color:#850}.info{color:#055}.muted{color:#777}"
 )
 
@@ -44,6 +45,9 @@ def _alert_rows(alerts: Sequence[Mapping[str, Any]], own_url: str) -> str:
         link = _own(annotations.get("runbook_url", ""), own_url)
         runbook = f'<a href="{_e(link)}">runbook</a>' if link else ""
         status = _e(a["state"] + (" (inhibited)" if a["status"]["inhibitedBy"] else ""))
+        counts = a.get("verdict", {})
+        if counts.get("reason"):  # what it counts for in the verdict, when that is not its severity plainly
+            status += f'<br><span class="{_e(counts["status"])} counts">{_e(counts["reason"])}</span>'
         silencing = a.get("silencing", {})
         if silencing.get("state") in ("silenced", "unknown"):
             # who holds it (id, author, comment, end), or that nobody can tell: never a bare "firing"
@@ -75,14 +79,10 @@ def landing_html(
         verdict = "UNKNOWN"
         why = "the alert engine does not run (alerts.enabled: false): no rule judges this host"
     else:
+        from mevwatch.alerts.api import verdict_text
+
         verdict = view["verdict"]
-        firing = [a for a in view["alerts"] if a["state"] == "firing"]
-        pending = len(view["alerts"]) - len(firing)
-        silenced = sum(1 for a in firing if a["status"]["silencedBy"])
-        unknown = sum(1 for a in firing if a.get("silencing", {}).get("state") == "unknown")
-        why = (f"{len(firing)} firing" + (f" ({silenced} silenced)" if silenced else "")
-               + (f" ({unknown} whose silence state is UNKNOWN)" if unknown else "")
-               + f", {pending} pending alert(s); {len(failing)} of {len(collectors)} collectors failing")
+        why = verdict_text(view["alerts"], len(failing), len(collectors))
     parts.append(f'<p><span class="verdict {verdict}" id="verdict">{verdict}</span> {_e(why)}</p>')
     parts.append(f"<p>{links}</p>")
     if view is not None:

@@ -1,9 +1,11 @@
 """A notification a receiver gave up on reaches the fallback receiver in full, once, across a kill -9, and two
-refusing receivers do not bounce it between them. A real daemon (a refused RPC port makes RpcEndpointDown fire)
-and real webhook receivers answering 400 or 500."""
+refusing receivers do not bounce it between them; the loss is a page of its own, told the same on the landing
+page and in diagnose. A real daemon (a refused RPC port makes RpcEndpointDown fire) and real webhook receivers
+answering 400 or 500."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ from typing import Any
 
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.peers import free_port
+from tests.support.screens import mevwatch_cli, screens_agree, verdicts_agree
 from tests.support.webhook import WebhookReceiver, webhook_v4_problems
 
 CONFIG = """collectors:
@@ -127,6 +130,16 @@ def test_a_critical_alert_refused_with_400_reaches_the_fallback_receiver_in_full
         assert dead["lost"] == 'RpcEndpointDown{endpoint="dead"}'
         assert dead["resent_to"] == [BACKUP]
         d.wait_value("mevwatch_notifications_dead_lettered_total", 1, sink=PAGER)
+        # the loss on the on-call's other screens, told as the backup's page tells it: the landing page (its row,
+        # the verdict) and diagnose (a line naming the sink and what was lost, and its exit code)
+        seen = screens_agree(d, backup, "NotificationDeadLettered", sink=PAGER)
+        assert seen.line["status"] == "CRIT"
+        lost = 'lost=RpcEndpointDown{endpoint="dead"}'
+        assert seen.line["value"].startswith(f"firing: !sink={PAGER},{lost}="), seen.line
+        assert html.escape(lost) in seen.row
+        assert seen.diagnose["status"] == "CRIT"
+        [summary] = [ln for ln in seen.diagnose["lines"] if ln["check"] == f"NotificationDeadLettered {PAGER}"]
+        assert summary["value"] == firing["annotations"]["summary"]
         metrics = d.get()
         assert sample_value(metrics, "mevwatch_notifications_dead_lettered_total", sink=BACKUP) == 0
         # one copy queued for the backup, none for the pager
@@ -159,6 +172,16 @@ def test_two_receivers_refusing_with_400_do_not_bounce_a_dead_letter(tmp_path: P
         # a few requests each, then silence: no loop
         assert len(pager.requests) <= 3, [r.json()["alerts"] for r in pager.requests]
         assert len(backup.requests) <= 3, [r.json()["alerts"] for r in backup.requests]
+        # both losses on / and in diagnose, though no receiver took the page about them
+        assert verdicts_agree(d) == "CRIT"
+        landing = d.get("/")
+        diagnose = json.loads(mevwatch_cli(d, "diagnose", "--json", "--url", d.url).stdout)
+        [line] = [ln for ln in diagnose["lines"] if ln["check"].startswith("NotificationDeadLettered (")]
+        assert line["status"] == "CRIT"
+        for a in doc["data"]["alerts"]:
+            if a["labels"]["alertname"] == "NotificationDeadLettered":
+                assert f'<tr id="alert-{a["fingerprint"]}">' in landing
+                assert f"sink={a['labels']['sink']}" in line["value"]
         metrics = d.get()
         assert sample_value(metrics, "mevwatch_alert_outbox_depth", sink=PAGER) in (None, 0)
         assert sample_value(metrics, "mevwatch_alert_outbox_depth", sink=BACKUP) in (None, 0)

@@ -3,7 +3,9 @@
 A real mevwatch in fleet mode sends a dead RPC endpoint's alert to a real two-peer Alertmanager cluster
 (Debian's prometheus-alertmanager); amtool silences it there. The landing page (also in headless chromium,
 JavaScript off), /api/v1/alerts, `mevwatch alerts list` and `mevwatch diagnose` then name the silence (id,
-author, comment, end); with both peers stopped they say the silence state is UNKNOWN, never "not silenced";
+author, comment, end), and the landing page's verdict and diagnose's (status and exit code) count it as WARN,
+not CRIT; with both peers stopped they say the silence state is UNKNOWN, never "not silenced", and it counts
+as CRIT again;
 with a peer back they name it again, and once amtool expires it they show the alert plainly firing.
 """
 
@@ -102,6 +104,7 @@ class Seen:
     listed: str  # its `mevwatch alerts list` line
     list_out: str  # the whole `mevwatch alerts list` output
     diagnose: dict[str, Any]  # `mevwatch diagnose --json`
+    exit_code: int  # diagnose's
 
 
 def _screens(d: RunningDaemon) -> Seen:
@@ -115,7 +118,16 @@ def _screens(d: RunningDaemon) -> Seen:
     [line] = [ln for ln in listed.stdout.splitlines() if RULE in ln]
     diag = mevwatch_cli(d, "diagnose", "--json", "--url", d.url)
     assert diag.stdout.startswith("{"), diag.stderr
-    return Seen(api, doc["alertmanagerSilences"], landing, row.group(0), line, listed.stdout, json.loads(diag.stdout))
+    return Seen(api, doc["alertmanagerSilences"], landing, row.group(0), line, listed.stdout, json.loads(diag.stdout),
+                diag.returncode)
+
+
+def _verdicts(seen: Seen) -> tuple[str, str, int, str]:
+    """The verdict on /, diagnose's status and exit code, and the status of diagnose's line of the rule."""
+    verdict = re.search(r'id="verdict">([A-Z]+)<', seen.landing)
+    assert verdict is not None
+    [line] = [ln for ln in seen.diagnose["lines"] if ln["check"].startswith(f"{RULE} (")]
+    return verdict.group(1), seen.diagnose["status"], seen.exit_code, line["status"]
 
 
 def _silence_lines(seen: Seen) -> list[dict[str, Any]]:
@@ -160,6 +172,7 @@ def test_fleet_mode_screens_name_alertmanagers_silence_or_say_unknown(tmp_path: 
         assert seen.source["effect"] == "display"
         assert seen.api["silencing"]["text"].startswith("not silenced (Alertmanager's silences read ")
         assert 'id="verdict">CRIT<' in seen.landing
+        assert _verdicts(seen) == ("CRIT", "CRIT", 2, "CRIT")
         assert _source_line(seen)["status"] == "OK"
 
         # -- the on-call silences it in Alertmanager with amtool
@@ -174,12 +187,14 @@ def test_fleet_mode_screens_name_alertmanagers_silence_or_say_unknown(tmp_path: 
         [by] = seen.api["silencing"]["by"]
         assert (by["id"], by["source"], by["createdBy"], by["comment"]) == (
             sid, "alertmanager", "oncall-e2e", "rotating the RPC node")
-        # the landing page: in the alert's row, and in the silences list with its source; the verdict counts
-        # a silenced alert no more than Alertmanager pages it
+        # the landing page: in the alert's row, and in the silences list with its source; the verdict: the silence
+        # mutes the page, not the fault, so it counts as WARN, not CRIT, on / and in diagnose (exit code 1) alike
         assert html.escape(held) in seen.row
         assert re.search(rf"<td>{sid}</td><td>Alertmanager {re.escape(am.urls[0])}</td>", seen.landing), seen.landing
         assert "Alertmanager&#39;s silences: read from http://127.0.0.1:" in seen.landing
-        assert 'id="verdict">CRIT<' not in seen.landing
+        assert seen.api["verdict"] == {"status": "WARN", "reason": "silenced: counts as WARN, not CRIT"}
+        assert _verdicts(seen) == ("WARN", "WARN", 1, "WARN")
+        assert '<span class="WARN counts">silenced: counts as WARN, not CRIT</span>' in seen.row
         # `mevwatch alerts list` (from the state DB) and `mevwatch diagnose` (from the daemon)
         assert f"[{held}" in seen.listed
         assert seen.list_out.startswith("Alertmanager's silences: read from http://127.0.0.1:")
@@ -214,6 +229,7 @@ def test_fleet_mode_screens_name_alertmanagers_silence_or_say_unknown(tmp_path: 
         assert seen.source["state"] == "unknown"
         assert seen.source["silences"] == []
         assert 'id="verdict">CRIT<' in seen.landing
+        assert _verdicts(seen) == ("CRIT", "CRIT", 2, "CRIT")  # nobody can tell it is silenced: it counts in full
         assert '<span class="UNKNOWN silencing">silence state UNKNOWN: no Alertmanager answered since' in seen.row
         assert '<p id="alertmanager-silences" class="UNKNOWN">' in seen.landing
         assert "[silence state UNKNOWN: no Alertmanager answered since" in seen.listed
@@ -235,6 +251,7 @@ def test_fleet_mode_screens_name_alertmanagers_silence_or_say_unknown(tmp_path: 
         seen = _wait_screens(d, "firing again", "not silenced")
         assert seen.api["status"] == {"state": "active", "silencedBy": [], "inhibitedBy": []}
         assert 'id="verdict">CRIT<' in seen.landing
+        assert _verdicts(seen) == ("CRIT", "CRIT", 2, "CRIT")
         assert "silenced in Alertmanager" not in seen.landing
         assert "silence" not in seen.listed
         assert _silence_lines(seen) == []

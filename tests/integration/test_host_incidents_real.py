@@ -24,6 +24,7 @@ import pytest
 from mevwatch.collectors.memory import detect_memory_cgroup
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.fullstack import memory_cgroup, oom_kill, remove_cgroup
+from tests.support.journal import journald_namespace
 from tests.support.peers import need_root
 from tests.support.screens import firing_alert, paged_daemon, pager_alerts_config, screens_agree, screens_cleared
 from tests.support.webhook import WebhookReceiver
@@ -428,46 +429,11 @@ def test_an_oom_kill_in_a_cgroup_pages_with_the_victim(tmp_path: Path) -> None:
             assert screens.line["status"] == "CRIT"
 
 
-JOURNALD = Path("/lib/systemd/systemd-journald")
-# journald of its own, in a private mount namespace: the host's journal (or its absence) is untouched
-_JOURNAL_NS = """
-set -e
-mount -t tmpfs tmpfs /run/systemd/journal
-mount -t tmpfs tmpfs /run/log
-mkdir /run/log/journal
-exec {journald}
-"""
-
-
 @pytest.fixture
 def journal_namespace() -> Iterator[int]:
     """The pid of a systemd-journald running in a mount namespace of its own; enter it with nsenter -t PID -m."""
-    need_root()
-    for tool in ("unshare", "nsenter", "journalctl", "systemd-cat"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-    if not JOURNALD.exists():
-        pytest.skip(f"{JOURNALD} not installed")
-    made = [p for p in (Path("/run/systemd/journal"), Path("/run/log")) if not p.exists()]  # mount points
-    for p in made:
-        p.mkdir(parents=True)
-    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                             _JOURNAL_NS.format(journald=JOURNALD)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        socket = Path(f"/proc/{proc.pid}/root/run/systemd/journal/socket")  # seen through its namespace
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
-                pytest.skip(f"systemd-journald does not start in a mount namespace here: {err.strip()}")
-            time.sleep(0.05)
-        yield proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        for p in made:
-            p.rmdir()
+    with journald_namespace() as pid:
+        yield pid
 
 
 def test_journal_errors_count_by_priority_whatever_their_words(journal_namespace: int, tmp_path: Path) -> None:

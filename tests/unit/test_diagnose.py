@@ -149,3 +149,39 @@ def test_the_daemons_lines_say_who_silences_a_firing_alert_or_that_nobody_can_te
         assert lines[f"RpcEndpointDown {endpoint}"].value == f"RPC endpoint {endpoint} is down (refused)"
     doc["silence_source"] = {"state": "unknown", "text": "UNKNOWN: no Alertmanager answered since T"}
     assert {ln.check: ln.status for ln in daemon_lines(doc, "http://x", {"rpc"})}["Alertmanager silences"] == "UNKNOWN"
+
+
+def test_without_a_daemon_what_needs_its_history_or_state_is_unknown_with_why_never_ok(tmp_path: Path) -> None:
+    from mevwatch.daemon.config import load_config
+
+    log = tmp_path / "mev.log"
+    log.write_text("2026-01-01T00:00:00Z ERROR strategy: bundle rejected\n")
+    port = free_port()  # where the config's daemon would listen: nobody does
+    text = f"""state_dir: {tmp_path / 's'}
+web: {{listen_address: "127.0.0.1:{port}"}}
+collectors:
+  - rpc: {{endpoints: [{{name: dead, url: "http://127.0.0.1:{free_port()}"}}]}}
+  - logwatch: {{journal: {{enabled: false}}, sources: [{{name: mev, paths: ["{log}"], patterns: [error]}}]}}
+"""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "mevwatch", "diagnose", "--config", str(cfg), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    lines = {ln["check"].split(" ")[0]: ln for ln in json.loads(proc.stdout)["lines"]}
+    nobody = f"no daemon answered at http://127.0.0.1:{port} ("
+    windowed = {r.name: r.window for r in load_config(cfg).daemon.alerts.all_rules if r.window}
+    for name in ("RpcLatencyHigh", "ServiceLogErrors", "NoSpaceLeftLogged"):  # over a window: one run has no history
+        assert lines[name]["status"] == "UNKNOWN", lines[name]
+        assert lines[name]["value"].startswith(f"needs {windowed[name]:g}s of history; {nobody}"), lines[name]
+    assert not [ln for name, ln in lines.items() if name in windowed and ln["status"] != "UNKNOWN"]
+    # the breaker's state is the daemon's memory of its runs: a fresh one here would say a closed breaker
+    breaker = lines["RpcCircuitBreakerOpen"]
+    assert breaker["status"] == "UNKNOWN", breaker
+    assert breaker["value"].startswith("the circuit breaker's state lives in the daemon"), breaker
+    assert nobody in breaker["value"]
+    # what one run can judge it judges: the refused port is down
+    assert lines["RpcEndpointDown"]["status"] == "CRIT"
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    local = run(tmp_path, text, "--json")  # --no-daemon: the same, and says so
+    breaker = next(ln for ln in json.loads(local.stdout)["lines"] if ln["check"].startswith("RpcCircuitBreakerOpen"))
+    assert (breaker["status"], breaker["value"].rsplit("; ", 1)[1]) == ("UNKNOWN", "--no-daemon given")

@@ -4,6 +4,9 @@ the monitoring-gap alert or the gauge that says why), never a list of guesses.""
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +126,123 @@ def test_the_verdict_counts_the_failing_instances(harness: Harness) -> None:
     assert engine_view(harness.engine, CollectorsRead(DECLARED, [_row(True)]))["verdict"] == "OK"
     assert engine_view(harness.engine, CollectorsRead(DECLARED, [_row(False, "x: y")]))["verdict"] == "WARN"
 
+
+
+STANDALONE = """  host: h1
+  default_rules: false
+  startup_grace: 0s
+  receivers: [{name: log, log_configs: [{}]}]
+  receiver: log
+  inhibit_rules:
+    - {source_matchers: ['alertname="NodeDown"'], target_matchers: ['alertname="PeersLow"'], equal: [endpoint]}
+  rules:
+    - {name: EngineDown, metric: t_engine_up, op: "==", threshold: 0, severity: critical, summary: s,
+       runbook: engine-down}
+    - {name: NodeDown, metric: t_node_up, op: "==", threshold: 0, severity: warning, summary: s, runbook: peer-loss}
+    - {name: PeersLow, metric: t_peers, op: "<", threshold: 5, severity: critical, summary: s, runbook: peer-loss}
+    - {name: DiskHigh, metric: t_disk, op: ">", threshold: 0.9, for: 5m, severity: critical, summary: s,
+       runbook: disk-full}
+    - {name: MonitoringGapBaseline, metric: t_baseline, op: "==", threshold: 0, for: 10m, severity: warning,
+       summary: "no baseline", runbook: monitoring-gap}
+    - {name: Note, metric: t_note, op: "==", threshold: 1, severity: info, summary: s, runbook: engine-down}
+"""
+
+
+def _screens_verdicts(h: Harness) -> tuple[str, str, str]:
+    """The host's verdict as the landing page, /api/v1/* and diagnose (from that JSON) tell it, at one moment."""
+    from mevwatch.daemon.diagnose import STATUS_RANK, daemon_lines
+    from mevwatch.daemon.landing import landing_html
+
+    view = json.loads(json.dumps(engine_view(h.engine, CollectorsRead())))  # as served
+    page = landing_html([], view, "")
+    shown = re.search(r'id="verdict">([A-Z]+)<', page)
+    assert shown is not None
+    doc = {"rules": view["rules"], "alerts": view["alerts"], "health": {"collectors": []}, "silence_source": None}
+    lines = daemon_lines(doc, "http://x", set())
+    worst = ["OK", "WARN", "CRIT"][max(STATUS_RANK[ln.status] for ln in lines)]
+    return view["verdict"], shown.group(1), worst
+
+
+@pytest.mark.parametrize(("metrics", "want"), [
+    ({"t_engine_up": 0}, "CRIT"),  # firing critical
+    ({"t_node_up": 0}, "WARN"),  # firing warning
+    ({"t_note": 1}, "OK"),  # info tells, it does not count
+    ({"t_disk": 0.95}, "OK"),  # pending: its `for` keeps a blip from counting
+    ({"t_baseline": 0}, "WARN"),  # a pending blind spot counts from its first evaluation
+    ({"t_node_up": 0, "t_peers": 1}, "WARN"),  # a critical alert inhibited by a warning one: WARN, not CRIT
+])
+def test_every_screen_tells_the_same_verdict_by_one_rule(tmp_path: Path, metrics: dict[str, float],
+                                                          want: str) -> None:
+    h = Harness(tmp_path, STANDALONE)
+    try:
+        h.put(*(gauge(name, value, endpoint="erigon") for name, value in metrics.items()))
+        h.advance(1)
+        assert _screens_verdicts(h) == (want, want, want)
+    finally:
+        h.close()
+
+
+def test_a_silenced_critical_alert_counts_as_warn_on_every_screen_and_says_who_holds_it(tmp_path: Path) -> None:
+    from mevwatch.daemon.diagnose import daemon_lines
+    from mevwatch.daemon.landing import landing_html
+
+    h = Harness(tmp_path, STANDALONE)
+    try:
+        h.put(gauge("t_engine_up", 0, endpoint="erigon"))
+        h.advance(1)
+        assert _screens_verdicts(h) == ("CRIT", "CRIT", "CRIT")
+        sil = h.engine.router.silences.add(['alertname="EngineDown"'], 7200, "alice", "engine upgrade")
+        assert _screens_verdicts(h) == ("WARN", "WARN", "WARN")
+        view = engine_view(h.engine, CollectorsRead())
+        [alert] = view["alerts"]
+        assert alert["verdict"] == {"status": "WARN", "reason": "silenced: counts as WARN, not CRIT"}
+        held = f'silenced locally by {sil.id} (alice: "engine upgrade", ends at 2023-11-15 00:13:21Z)'
+        assert alert["silencing"]["text"] == held
+        page = landing_html([], view, "")
+        assert html.escape(held) in page
+        assert "1 firing (1 silenced), 0 pending alert(s)" in page
+        doc = {"rules": view["rules"], "alerts": view["alerts"], "health": {"collectors": []}}
+        lines = {ln.check: ln for ln in daemon_lines(doc, "http://x", set())}
+        rule = lines["EngineDown (t_engine_up == 0)"]
+        assert (rule.status, rule.value) == ("WARN", "firing: !endpoint=erigon=0 (silenced: counts as WARN, not CRIT)")
+        assert (lines["EngineDown erigon silence"].status, lines["EngineDown erigon silence"].value) == ("INFO", held)
+        h.engine.router.silences.expire(sil.id)
+        assert _screens_verdicts(h) == ("CRIT", "CRIT", "CRIT")
+    finally:
+        h.close()
+
+
+def test_a_pending_blind_spot_is_a_warning_from_its_first_evaluation_until_it_pages(tmp_path: Path) -> None:
+    from mevwatch.daemon.diagnose import daemon_lines
+    from mevwatch.daemon.landing import landing_html
+
+    h = Harness(tmp_path, STANDALONE)
+    try:
+        h.put(gauge("t_baseline", 0), gauge("t_disk", 0.95, mountpoint="/data"))
+        h.advance(1)
+        view = engine_view(h.engine, CollectorsRead())
+        gap, disk = sorted(view["alerts"], key=lambda a: a["labels"]["alertname"] != "MonitoringGapBaseline")
+        assert (gap["state"], disk["state"]) == ("pending", "pending")
+        reason = "blind now: counts as WARN at once; pages once it has lasted 10m"
+        assert gap["verdict"] == {"status": "WARN", "reason": reason}
+        assert disk["verdict"] == {"status": "INFO", "reason": "counts once it fires, after 5m"}
+        page = landing_html([], view, "")
+        assert ('<span class="verdict WARN" id="verdict">WARN</span> 0 firing, 2 pending alert(s) (1 of them a check'
+                in page)
+        assert f'<span class="WARN counts">{reason}</span>' in page
+        doc = {"rules": view["rules"], "health": {"collectors": []}}
+        lines = {ln.check: ln for ln in daemon_lines(doc, "http://x", set())}
+        assert lines["MonitoringGapBaseline (t_baseline == 0)"].status == "WARN"
+        assert lines["MonitoringGapBaseline (t_baseline == 0)"].value == f"pending: !0 ({reason})"
+        assert lines["DiskHigh (t_disk > 0.9)"].status == "INFO"
+        assert not h.notifications()  # nothing pages before its `for`
+        h.advance(600)
+        view = engine_view(h.engine, CollectorsRead())
+        assert {a["labels"]["alertname"]: a["state"] for a in view["alerts"]} == {
+            "MonitoringGapBaseline": "firing", "DiskHigh": "firing"}
+        assert _screens_verdicts(h) == ("CRIT", "CRIT", "CRIT")
+        h.advance(60)  # the group's wait
+        assert [a["labels"]["alertname"] for n in h.notifications() for a in n["alerts"]].count(
+            "MonitoringGapBaseline") == 1
+    finally:
+        h.close()

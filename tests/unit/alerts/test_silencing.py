@@ -257,13 +257,16 @@ def test_fleet_mode_sends_a_silenced_alert_and_every_screen_names_the_silence_or
         [alert] = view["alerts"]
         assert alert["status"] == {"state": "suppressed", "silencedBy": ["4f1c"], "inhibitedBy": []}
         assert alert["silencing"]["text"].startswith('silenced in Alertmanager by 4f1c (alice: "maintenance", ')
-        assert view["verdict"] == "OK"
+        # the silence mutes the page, not the fault: WARN, not CRIT, and never a green OK
+        assert alert["verdict"] == {"status": "WARN", "reason": "silenced: counts as WARN, not CRIT"}
+        assert view["verdict"] == "WARN"
         assert [(s["id"], s["source"]) for s in view["silences"]] == [("4f1c", "alertmanager")]
         page = landing_html([], view, "")
         assert "silenced in Alertmanager by 4f1c (alice: &quot;maintenance&quot;, ends at" in page
         assert "<td>4f1c</td><td>Alertmanager http://127.0.0.1:1</td>" in page
         assert "Alertmanager&#39;s silences: read from http://127.0.0.1:1 1s ago" in page
         assert "1 firing (1 silenced)" in page
+        assert '<span class="WARN counts">silenced: counts as WARN, not CRIT</span>' in page
 
         # the state DB holds what `mevwatch alerts list` shows, the same words
         h.engine._polled()
@@ -278,6 +281,7 @@ def test_fleet_mode_sends_a_silenced_alert_and_every_screen_names_the_silence_or
         [alert] = view["alerts"]
         assert alert["status"] == {"state": "active", "silencedBy": [], "inhibitedBy": []}
         assert alert["silencing"]["state"] == "unknown"
+        assert alert["verdict"] == {"status": "CRIT", "reason": ""}
         assert view["verdict"] == "CRIT"
         assert view["silences"] == []
         page = landing_html([], view, "")
