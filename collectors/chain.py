@@ -7,9 +7,10 @@ sync and head checks behind "block sync falling behind". A dead node shows ``up 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -29,14 +30,18 @@ from mevwatch.families import Metric
 from mevwatch.fields import Duration
 
 __all__ = [
-    "DEFAULT_BLOCK_TIME", "ChainCollector", "ChainOptions", "HeadBlock", "SyncStatus", "block_time",
-    "parse_head_block", "parse_syncing",
+    "BLOCK_TIME_MIN_INTERVALS", "BLOCK_TIME_SPAN", "DEFAULT_BLOCK_TIME", "STALL_FACTOR", "ChainCollector",
+    "ChainOptions", "HeadBlock", "SyncStatus", "learn_block_time", "parse_head_block", "parse_syncing",
 ]
 
 T = TypeVar("T")
 _VERSION_MAX = 128
 DEFAULT_BLOCK_TIME = 12.0  # mainnet's slot time, until the node's recent blocks tell
-BLOCK_TIME_SPAN = 16  # blocks the block time is averaged over
+BLOCK_TIME_SPAN = 16  # the last block intervals the block time is learned from
+BLOCK_TIME_MIN_INTERVALS = 4  # fewer intervals than this tell nothing yet: the default holds
+# An interval longer than this many times the median is a stall (mining stopped, the node cut off), not the
+# chain's pace: left out, so that a second stall right after a first is told as fast as the first.
+STALL_FACTOR = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +85,21 @@ def parse_head_block(value: Any) -> HeadBlock:
     )
 
 
-def block_time(head: HeadBlock, older: HeadBlock) -> float | None:
-    """Mean seconds per block between two blocks; None when they cannot tell (same block, clock not moving)."""
-    blocks = head.number - older.number
-    if blocks <= 0 or head.timestamp <= older.timestamp:
+def learn_block_time(timestamps: Mapping[int, int]) -> float | None:
+    """Seconds per block from the timestamps of consecutive blocks (number -> timestamp): the mean of the
+    intervals no longer than STALL_FACTOR times their median (a missed slot counts, a stall does not).
+
+    None when it cannot tell: fewer than BLOCK_TIME_MIN_INTERVALS intervals, a timestamp going back (a reorg or
+    another chain behind the same URL), or blocks all within one second of each other.
+    """
+    intervals = [timestamps[n] - timestamps[n - 1] for n in sorted(timestamps) if n - 1 in timestamps]
+    if len(intervals) < BLOCK_TIME_MIN_INTERVALS or min(intervals) < 0:
         return None
-    return (head.timestamp - older.timestamp) / blocks
+    # timestamps are whole seconds: a chain faster than one a second has a median of 0, its stalls still count
+    cap = STALL_FACTOR * max(statistics.median(intervals), 1.0)
+    kept = [i for i in intervals if i <= cap]
+    mean = sum(kept) / len(kept)
+    return mean if mean > 0 else None
 
 
 def _parse_version(value: Any) -> str:
@@ -115,7 +129,8 @@ class ChainOptions(CollectorOptions):
     block_time: Duration | None = Field(
         default=None, gt=0, description=(
             "seconds between blocks, to tell a stale head (HeadStale fires after a multiple of it); default: "
-            f"learned from the node's last {BLOCK_TIME_SPAN} blocks, {DEFAULT_BLOCK_TIME:g}s until learned"),
+            f"learned from the node's last {BLOCK_TIME_SPAN} block intervals (longer than {STALL_FACTOR:g}x their "
+            f"median left out as stalls), {DEFAULT_BLOCK_TIME:g}s until {BLOCK_TIME_MIN_INTERVALS} are seen"),
     )
 
     @field_validator("endpoints")
@@ -148,6 +163,7 @@ class _NodeReport:
     version: str | None = None
     error: RpcError | None = None
     block_time: float | None = None
+    block_time_source: str = ""
 
 
 @dataclass(slots=True)
@@ -155,6 +171,7 @@ class _NodeState:
     client: JsonRpcClient
     block_time: float | None = None  # learned, of the head it was learned at
     block_time_head: int = -1
+    block_times: dict[int, int] = field(default_factory=dict)  # number -> timestamp of the recent blocks
     unsupported: dict[str, float] = field(default_factory=dict)  # method -> monotonic time it was found missing
     supported: dict[str, bool] = field(default_factory=dict)
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, class)
@@ -211,6 +228,13 @@ CHAIN_BLOCK_TIME_SECONDS = MetricSpec(
     "mevwatch_chain_block_time_seconds", "gauge",
     "Seconds between blocks: learned from the node's recent blocks, or the configured block_time",
     ("endpoint",),
+)
+
+CHAIN_BLOCK_TIME_SOURCE = MetricSpec(
+    "mevwatch_chain_block_time", "info",
+    "Where the block time comes from: learned (from the node's recent blocks), default (too few blocks seen to "
+    "learn it: mainnet's 12 s) or configured",
+    ("endpoint", "source"),
 )
 
 CHAIN_HEAD_AGE_BLOCKS = MetricSpec(
@@ -296,6 +320,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS,
         CHAIN_HEAD_AGE_SECONDS,
         CHAIN_BLOCK_TIME_SECONDS,
+        CHAIN_BLOCK_TIME_SOURCE,
         CHAIN_HEAD_AGE_BLOCKS,
         CHAIN_HEAD_LAG_BLOCKS,
         CHAIN_HEAD_LAG_REFERENCE_BLOCK,
@@ -378,27 +403,48 @@ class ChainCollector(PollCollector[ChainOptions]):
             return report
         report.up, report.head = True, head
         if head is not None:
-            report.block_time = await self._block_time(node, head)
+            report.block_time, report.block_time_source = await self._block_time(node, head)
         report.peers = _value(peers)
         report.sync = _value(sync)
         report.chain_id = _value(chain_id)
         report.version = _value(version)
         return report
 
-    async def _block_time(self, node: _NodeState, head: HeadBlock) -> float:
-        """The configured block time, else the mean over the last BLOCK_TIME_SPAN blocks (asked again only when
-        the head moved), else the default."""
+    async def _block_time(self, node: _NodeState, head: HeadBlock) -> tuple[float, str]:
+        """The block time and where it comes from: the configured one, else the one learned from the last
+        BLOCK_TIME_SPAN blocks (learned again only when the head moved, asking only for blocks not seen yet),
+        else the default."""
         if self.options.block_time is not None:
-            return float(self.options.block_time)
-        if head.number != node.block_time_head and head.number > 0:
-            older = await self._ask(
-                node, "eth_getBlockByNumber", [hex(max(head.number - BLOCK_TIME_SPAN, 0)), False], parse_head_block
-            )
-            if isinstance(older, HeadBlock):
-                learned = block_time(head, older)
-                if learned is not None:
-                    node.block_time, node.block_time_head = learned, head.number
-        return node.block_time if node.block_time is not None else DEFAULT_BLOCK_TIME
+            return float(self.options.block_time), "configured"
+        if head.number != node.block_time_head:
+            if not await self._recent_blocks(node, head):
+                node.block_time = None
+            node.block_time = learn_block_time(node.block_times) or node.block_time
+            node.block_time_head = head.number
+        if node.block_time is None:
+            return DEFAULT_BLOCK_TIME, "default"
+        return node.block_time, "learned"
+
+    async def _recent_blocks(self, node: _NodeState, head: HeadBlock) -> bool:
+        """Fill ``node.block_times`` with the head and the BLOCK_TIME_SPAN blocks before it; False when what was
+        seen before is not of this chain (a head gone back, or another chain behind the same URL)."""
+        first = max(head.number - BLOCK_TIME_SPAN, 0)
+        seen = node.block_times
+        same_chain = all(n < head.number for n in seen)
+        if not same_chain:
+            seen.clear()
+        for n in [n for n in seen if n < first]:
+            del seen[n]
+        seen[head.number] = head.timestamp
+        # one by one (the client has one call of a method in flight at a time): all of them at the first run, then
+        # the blocks that came since the last
+        for n in [n for n in range(first, head.number) if n not in seen]:
+            block = await self._ask(node, "eth_getBlockByNumber", [hex(n), False], parse_head_block)
+            if not isinstance(block, HeadBlock):
+                break  # a node failing now fails the rest too: ask again at the next head
+            if block.number == n:
+                seen[n] = block.timestamp
+        return same_chain
 
     async def _ask(
         self, node: _NodeState, method: str, params: list[Any], parse: Callable[[Any], T]
@@ -438,6 +484,7 @@ class ChainCollector(PollCollector[ChainOptions]):
         head_ts = CHAIN_HEAD_BLOCK_TIMESTAMP_SECONDS.gauge()
         head_age = CHAIN_HEAD_AGE_SECONDS.gauge()
         btime = CHAIN_BLOCK_TIME_SECONDS.gauge()
+        btime_source = CHAIN_BLOCK_TIME_SOURCE.info(labels=lbl)
         age_blocks = CHAIN_HEAD_AGE_BLOCKS.gauge()
         lag = CHAIN_HEAD_LAG_BLOCKS.gauge()
         lag_ref = CHAIN_HEAD_LAG_REFERENCE_BLOCK.gauge()
@@ -467,6 +514,7 @@ class ChainCollector(PollCollector[ChainOptions]):
                 head_age.add_metric([name], age)
                 if r.block_time is not None:
                     btime.add_metric([name], r.block_time)
+                    btime_source.add_metric([name], {"source": r.block_time_source})
                     age_blocks.add_metric([name], age / r.block_time)
                 if ref_head is not None:
                     lag.add_metric([name, ref_name], float(max(ref_head - r.head.number, 0)))
@@ -486,8 +534,8 @@ class ChainCollector(PollCollector[ChainOptions]):
             if r.version is not None:
                 version.add_metric([name], {"version": r.version})
         families: list[Metric] = [
-            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, age_blocks, lag,
-            lag_ref, chain_id, chain_ok, version, supported, errors, down,
+            up, peers, syncing, current, highest, remaining, head, head_ts, head_age, btime, btime_source,
+            age_blocks, lag, lag_ref, chain_id, chain_ok, version, supported, errors, down,
         ]
         if ref is not None and ref_report is not None:
             ref_up = CHAIN_REFERENCE_UP.gauge()

@@ -44,6 +44,7 @@ __all__ = [
     "FillTrend",
     "FsStats",
     "Mount",
+    "current_fill",
     "fs_stats",
     "linear_slope",
     "parse_mountinfo",
@@ -70,7 +71,7 @@ DEFAULT_STATVFS_INLINE_FS_TYPES = r"^(ext[234]|xfs|btrfs|f2fs|tmpfs|ramfs|overla
 MOUNT_STATUSES = ("ok", "stalled", "error")
 MIN_FIT_POINTS = 3
 FIT_MAX_POINTS = 120  # samples kept per fill window: bounds memory and the fit's cost
-RECENT_FIT_POINTS = 5  # the latest samples, fitted on their own so a sudden fill shows at once
+RECENT_FIT_POINTS = 5  # the latest samples: the fill under way among them is fitted on its own (current_fill)
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 # Indirection so a test can make one mount's statvfs hang, as a dead NFS server does.
@@ -193,12 +194,29 @@ def linear_slope(points: Sequence[tuple[float, float]]) -> float | None:
     return sxy / sxx
 
 
+def current_fill(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The fill under way in ``points`` (time, available bytes): the latest points since space was last freed,
+    from the last one before it began to shrink. A flat past before the fill is left out: fitted with it, a fill
+    that began one sample ago reads at a fifth of its rate (five points, one of them down)."""
+    earlier = list(points)
+    run = earlier[-1:]
+    for p in reversed(earlier[:-1]):
+        if p[1] < run[-1][1]:
+            break  # space was freed after p: the fill under way began after it
+        run.append(p)
+    run.reverse()
+    while len(run) > 1 and run[1][1] >= run[0][1]:
+        del run[0]  # flat before the fill: only its last point, where the fill starts from
+    return run
+
+
 class FillTrend:
     """Available bytes of one filesystem over a sliding window, and the time until they reach zero.
 
-    Two fits: over the window (at most ``max_points`` points, spaced evenly) and over the last
-    RECENT_FIT_POINTS samples as they came. The sooner of the two is reported: a disk that starts
-    filling fast shows it at once instead of after the window's flat past has been outweighed.
+    Two fits: over the window (at most ``max_points`` points, spaced evenly) and over the fill under way
+    among the last RECENT_FIT_POINTS samples (:func:`current_fill`; from its first interval on). The sooner of
+    the two is reported: a disk that starts filling fast shows it at the next sample, at the rate it fills, instead
+    of after the window's flat past has been outweighed.
     """
 
     def __init__(self, window: float, max_points: int = FIT_MAX_POINTS) -> None:
@@ -218,8 +236,10 @@ class FillTrend:
     def time_to_full(self, avail_now: float) -> float | None:
         """Seconds until no space is left at the fitted rate; None when the filesystem is not filling."""
         estimates = []
-        for points in (self.points, self.recent):
-            if len(points) < MIN_FIT_POINTS:
+        fits: tuple[tuple[Sequence[tuple[float, float]], int], ...] = (
+            (self.points, MIN_FIT_POINTS), (current_fill(self.recent), 2))
+        for points, fewest in fits:
+            if len(points) < fewest:
                 continue
             slope = linear_slope(points)
             if slope is not None and slope < 0.0:
@@ -317,7 +337,8 @@ FILESYSTEM_READONLY = MetricSpec(
 
 FILESYSTEM_TIME_TO_FULL_SECONDS = MetricSpec(
     "mevwatch_filesystem_time_to_full_seconds", "gauge",
-    "Time until no space is available at the rate fitted over the fill window; absent when not filling",
+    "Time until no space is available at the sooner of two rates: fitted over the fill window, and of the fill "
+    "under way in the last samples; absent when not filling",
     ("device", "fstype", "mountpoint"),
 )
 

@@ -29,6 +29,7 @@ from mevwatch.families import GaugeMetricFamily, Metric
 
 __all__ = [
     "BID_STATUSES",
+    "RUNBOOK_PERCENTILE",
     "BidConfigError",
     "BidOptions",
     "FeeSummary",
@@ -148,7 +149,9 @@ def competitiveness(
     return bid, market, (bid / market if market > 0 else None)
 
 
-#: the runbook's competitive price: the recent base fee with a 15% premium (its gas strategy), 30% when pressed
+#: the runbook's competitive price: the recent base fee with a 15% premium (its gas strategy), 30% when pressed;
+#: or what the market paid at its 75th percentile (its getCompetitiveGasPrice)
+RUNBOOK_PERCENTILE = 75.0
 RUNBOOK_PREMIUMS: tuple[tuple[str, float], ...] = (("base_fee_x1.15", 1.15), ("base_fee_x1.3", 1.3))
 
 
@@ -174,7 +177,9 @@ class BidOptions(BaseModel):
     value: float | None = Field(None, description="the bid as a number here; or set file + key")
     file: Path | None = Field(None, description="the bot's YAML config holding the bid (read every run)")
     key: str = Field("detection.gas_price_multiplier", description="dotted key of the bid in that file")
-    percentile: float = Field(50.0, description="market reward percentile the bid is compared with")
+    percentile: float = Field(
+        RUNBOOK_PERCENTILE, description="market reward percentile the bid is compared with (the runbook's 75th)"
+    )
 
     @field_validator("value")
     @classmethod
@@ -204,7 +209,8 @@ class GasOptions(CollectorOptions):
     )
     blocks: int = Field(20, description="eth_feeHistory window in blocks (1..1024)")
     percentiles: list[float] = Field(
-        default_factory=lambda: [10.0, 50.0, 90.0], description="reward percentiles (0..100, increasing)"
+        default_factory=lambda: [10.0, 50.0, RUNBOOK_PERCENTILE, 90.0],
+        description="reward percentiles (0..100, increasing); the bid's percentile must be one of them",
     )
     bid: BidOptions | None = Field(None, description="the bot's bid, to compare with the market")
 

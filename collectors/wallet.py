@@ -8,7 +8,8 @@ else from the whole pool's ``txpool_content`` (anvil, older nethermind) within t
 Failed (receipt status 0) transactions and the gas they burned are counted, and a transaction to an
 address not on the allow list is flagged (security). The latest failed and the latest unexpected transaction
 of each wallet are info series (one per wallet: bounded) with the responder's first facts: hash, destination,
-nonce, block and value. Blocks are followed from the last one seen,
+nonce, block and value, and how many of the kind the run that found it found (with their hashes, at most
+FACTS_SHOWN): several in one interval are told on the one page. Blocks are followed from the last one seen,
 at most ``max_blocks_per_run`` per run; the position survives restarts in the state DB. Reorgs are
 not re-scanned: a transaction is counted in the first block it was seen in.
 """
@@ -175,13 +176,34 @@ def _unread_reason(exc: RpcError) -> str:
 
 
 @dataclass(slots=True)
+class _Found:
+    """The transactions of one kind (failed, unexpected) of a wallet found by one run, the last one's facts first."""
+
+    run: int
+    last: _Facts
+    hashes: list[str]
+
+    def labels(self) -> list[str]:
+        return [*self.last.labels(), str(len(self.hashes)), list_text(self.hashes, FACTS_SHOWN)]
+
+    @staticmethod
+    def add(found: _Found | None, run: int, facts: _Facts) -> _Found:
+        """``found`` with ``facts`` as its last; a new one when ``found`` is of an earlier run."""
+        if found is None or found.run != run:
+            return _Found(run, facts, [facts.tx])
+        found.last = facts
+        found.hashes.append(facts.tx)
+        return found
+
+
+@dataclass(slots=True)
 class _Tally:
     succeeded: int = 0
     failed: int = 0
     failed_gas_wei: int = 0
     unexpected: int = 0
-    last_unexpected: _Facts | None = None
-    last_failed: _Facts | None = None
+    last_unexpected: _Found | None = None
+    last_failed: _Found | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,14 +316,18 @@ WALLET_UNEXPECTED_TRANSACTIONS = MetricSpec(
 
 WALLET_LAST_UNEXPECTED_TRANSACTION_INFO = MetricSpec(
     "mevwatch_wallet_last_unexpected_transaction_info", "gauge",
-    "The latest unexpected transaction of the wallet (one series per wallet)",
-    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether"),
+    "The latest unexpected transaction of the wallet (one series per wallet); found: how many unexpected "
+    "transactions of the wallet the run that found it found (it included), found_txs: their hashes (at most 3, "
+    "then +N more)",
+    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether", "found", "found_txs"),
 )
 
 WALLET_LAST_FAILED_TRANSACTION_INFO = MetricSpec(
     "mevwatch_wallet_last_failed_transaction_info", "gauge",
-    "The latest failed (receipt status 0) transaction of the wallet (one series per wallet)",
-    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether"),
+    "The latest failed (receipt status 0) transaction of the wallet (one series per wallet); found: how many "
+    "failed transactions of the wallet the run that found it found (it included), found_txs: their hashes (at "
+    "most 3, then +N more)",
+    ("address", "wallet", "to", "tx", "nonce", "block", "value_ether", "found", "found_txs"),
 )
 
 WALLET_LAST_UNEXPECTED_TRANSACTION_TIMESTAMP_SECONDS = MetricSpec(
@@ -348,6 +374,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         self._tally = {a.address.lower(): _Tally() for a in options.addresses}
         self.cursor: int | None = None
         self._cursor_loaded = False
+        self._runs = 0  # _follow calls: which transactions were found together
         self._not_served: dict[str, tuple[float, _Unread]] = {}  # method -> (when the node said so, its failure)
         self._unread: _Unread | None = None  # the last run's, to log a change once
 
@@ -407,6 +434,7 @@ class WalletCollector(PollCollector[WalletOptions]):
             return
         last = min(head, self.cursor + self.options.max_blocks_per_run)
         start = self.cursor
+        self._runs += 1
         for number in range(self.cursor + 1, last + 1):
             block = await self._call("eth_getBlockByNumber", [hex(number), True])
             if block is None:
@@ -444,7 +472,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         if failed:
             tally.failed += 1
             tally.failed_gas_wei += cost
-            tally.last_failed = facts
+            tally.last_failed = _Found.add(tally.last_failed, self._runs, facts)
             self.ctx.log.warning("wallet_transaction_failed", wallet=self._by_lower[tx.sender].name,
                                  to=facts.to, tx=tx.hash, nonce=tx.nonce, block=block)
         else:
@@ -452,7 +480,7 @@ class WalletCollector(PollCollector[WalletOptions]):
         if self._allowed is not None and ((tx.to is None and not self.options.allow_create)
                                           or (tx.to is not None and tx.to not in self._allowed)):
             tally.unexpected += 1
-            tally.last_unexpected = facts
+            tally.last_unexpected = _Found.add(tally.last_unexpected, self._runs, facts)
             self.ctx.log.warning("wallet_unexpected_transaction", wallet=self._by_lower[tx.sender].name,
                                  to=facts.to, tx=tx.hash)
 
@@ -574,7 +602,7 @@ class WalletCollector(PollCollector[WalletOptions]):
                 unexpected.add_metric(lv, float(t.unexpected))
             if t.last_unexpected is not None:
                 last_info.add_metric([*lv, *t.last_unexpected.labels()], 1.0)
-                last_ts.add_metric(lv, t.last_unexpected.timestamp)
+                last_ts.add_metric(lv, t.last_unexpected.last.timestamp)
             if t.last_failed is not None:
                 last_failed.add_metric([*lv, *t.last_failed.labels()], 1.0)
         followed = WALLET_FOLLOWED_BLOCK.gauge()

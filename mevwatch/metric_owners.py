@@ -11,6 +11,7 @@ METRIC_OWNERS: dict[str, str] = {
     "mevwatch_backup_last_modified_timestamp_seconds": "backups",
     "mevwatch_backup_size_bytes": "backups",
     "mevwatch_backup_status": "backups",
+    "mevwatch_chain_block_time_info": "chain",
     "mevwatch_chain_block_time_seconds": "chain",
     "mevwatch_chain_client_info": "chain",
     "mevwatch_chain_down_reason": "chain",

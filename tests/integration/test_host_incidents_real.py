@@ -8,6 +8,7 @@ tell what /api/v1/alerts, the landing page and ``mevwatch diagnose`` tell."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,14 @@ from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.fullstack import memory_cgroup, oom_kill, remove_cgroup
 from tests.support.journal import journald_namespace
 from tests.support.peers import need_root
-from tests.support.screens import firing_alert, paged_daemon, pager_alerts_config, screens_agree, screens_cleared
+from tests.support.screens import (
+    Screens,
+    firing_alert,
+    paged_daemon,
+    pager_alerts_config,
+    screens_agree,
+    screens_cleared,
+)
 from tests.support.webhook import WebhookReceiver
 
 
@@ -367,25 +376,84 @@ def test_a_filesystem_remounted_read_only_pages_and_clears(tmpfs: Path, tmp_path
         screens_cleared(d, hook, "FilesystemReadOnly", mountpoint=str(tmpfs))
 
 
+class _SteadyFill:
+    """Writes ``chunk`` bytes every ``every`` seconds to a file in ``mnt`` until the filesystem is full (ENOSPC),
+    in a thread of its own: a disk filling at a known, steady rate; ``full_at`` is when it ran out."""
+
+    def __init__(self, mnt: Path, chunk: int, every: float) -> None:
+        self.path, self.chunk, self.every = mnt / "growing.log", chunk, every
+        self.started_at = self.full_at = math.nan
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True)
+
+    def __enter__(self) -> _SteadyFill:
+        self.started_at = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _fill(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            step = 0
+            while not self._stop.is_set():
+                try:
+                    os.write(fd, b"x" * self.chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    self.full_at = time.monotonic()
+                    return
+                step += 1  # on a fixed schedule: the rate does not drift with the time writes take
+                self._stop.wait(max(self.started_at + step * self.every - time.monotonic(), 0.0))
+        finally:
+            os.close(fd)
+
+    @property
+    def full(self) -> bool:
+        return not math.isnan(self.full_at)
+
+
 def test_a_disk_filling_fast_past_95_percent_pages_critical(tmpfs: Path, tmp_path: Path) -> None:
-    size = 32 << 20
+    size = 64 << 20
     _mount(tmpfs, f"size={size}")
     instant = ["DiskSpaceHigh", "DiskSpaceCritical", "DiskFullSoon"]
-    with paged_daemon(tmp_path, _filesystems(tmpfs, ", fill_window: 30s"), instant) as (d, hook):
-        mp = str(tmpfs)
-        with open(tmpfs / "growing.log", "wb") as f:
-            for step in range(31):  # 1 MiB per run of the collector, to 31 MiB of 32 (97 %)
-                f.write(b"x" * (1 << 20))
-                f.flush()
-                want = (step + 1) / 32
-                d.wait_at_least("mevwatch_filesystem_used_ratio", want - 0.01, timeout=20, mountpoint=mp)
+    mp = str(tmpfs)
+    with paged_daemon(tmp_path, _filesystems(tmpfs), instant) as (d, hook):  # the default fill window, an hour
+        # a flat past first: five runs (the recent points time-to-full weighs) see the disk empty
+        first_run = d.wait_for("mevwatch_collector_last_success_timestamp_seconds", collector="filesystems")
+        d.wait_at_least("mevwatch_collector_last_success_timestamp_seconds", first_run + 5, timeout=20,
+                        collector="filesystems")
+        assert sample_value(d.get(), "mevwatch_filesystem_time_to_full_seconds", mountpoint=mp) is None
+        estimates: list[tuple[float, float]] = []  # (seen at, time-to-full) each time it changed, while filling
+        soon: Screens | None = None
+        with _SteadyFill(tmpfs, 1 << 20, 0.5) as fill:  # 2 MiB/s: full in about 32 s
+            while not fill.full:
+                ttf = sample_value(d.get(), "mevwatch_filesystem_time_to_full_seconds", mountpoint=mp)
+                if ttf is not None and (not estimates or estimates[-1][1] != ttf):
+                    estimates.append((time.monotonic(), ttf))
+                if soon is None and estimates:  # the fill under way is paged before it ends
+                    soon = screens_agree(d, hook, "DiskFullSoon", mountpoint=mp)
+                assert time.monotonic() - fill.started_at < 60, "the disk did not fill"
+                time.sleep(0.1)
+        assert estimates, "no time-to-full while the disk filled"
+        # every estimate, the first one above all, is the real time left within 2x (each is read up to 0.1 s
+        # after its run, and the last seconds are left out: a second either way is a factor there)
+        judged = [(fill.full_at - seen, ttf) for seen, ttf in estimates if fill.full_at - seen > 3]
+        print("time-to-full when that much was left: " + ", ".join(f"{t:.1f}s/{r:.1f}s" for r, t in judged))
+        assert judged[0] == (fill.full_at - estimates[0][0], estimates[0][1]), "the first estimate came late"
+        for real, ttf in judged:
+            assert real / 2 <= ttf <= real * 2, f"time-to-full {ttf:.1f}s when {real:.1f}s were left: {judged}"
+        assert soon is not None
+        assert soon.alert["labels"]["severity"] == "critical"
+        assert soon.page["annotations"]["summary"].startswith(f"{mp} on mev-host-1 is full in ")
+        # full, and no longer filling: the level, not the rate, keeps it critical
         critical = screens_agree(d, hook, "DiskSpaceCritical", mountpoint=mp)
         assert critical.alert["labels"]["severity"] == "critical"
-        assert critical.alert["annotations"]["summary"].startswith(f"{mp} is 9")
-        soon = screens_agree(d, hook, "DiskFullSoon", mountpoint=mp)
-        assert soon.alert["labels"]["severity"] == "critical"
-        assert float(soon.alert["value"]) < 3600
-        # the warning fires too; the level, not only the rate, raises the page to critical
+        assert critical.alert["annotations"]["summary"].startswith(f"{mp} is 100% full")
         assert screens_agree(d, hook, "DiskSpaceHigh", mountpoint=mp).alert["labels"]["severity"] == "warning"
 
 

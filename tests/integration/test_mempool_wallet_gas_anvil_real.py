@@ -81,9 +81,13 @@ collectors:
             assert alert["labels"]["to"] == STRANGER
             assert tx.startswith("0x")
             assert len(tx) == 66
+            # both transfers were mined in one block: one page, of the last, that counts and lists them
+            assert alert["labels"]["found"] == "2"
+            assert alert["labels"]["found_txs"].endswith(f", {tx}")
             assert alert["annotations"]["summary"] == (
                 f"Wallet bot ({BOT}) sent {tx} to {STRANGER}, not on the allow list: block "
-                f"{alert['labels']['block']}, nonce {alert['labels']['nonce']}, value 0.000000000000000001 ETH")
+                f"{alert['labels']['block']}, nonce {alert['labels']['nonce']}, value 0.000000000000000001 ETH; "
+                f"2 unexpected transaction(s) of the wallet found at once: {alert['labels']['found_txs']}")
             assert int(alert["labels"]["block"]) >= 1
             assert alert["labels"]["value_ether"] == "0.000000000000000001"  # the 1 wei the test sent
             assert alert["annotations"]["description"].startswith(f"Explorer: https://etherscan.io/tx/{tx} ")

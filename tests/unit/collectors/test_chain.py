@@ -9,10 +9,12 @@ from pydantic import ValidationError
 
 from mevwatch.collectors.base import CollectorContext, CollectorError
 from mevwatch.collectors.chain import (
+    BLOCK_TIME_MIN_INTERVALS,
     ChainCollector,
     ChainOptions,
     HeadBlock,
     SyncStatus,
+    learn_block_time,
     parse_head_block,
     parse_syncing,
 )
@@ -55,6 +57,32 @@ def test_head_block() -> None:
         parse_head_block(None)
     with pytest.raises(ValueError, match="latest block timestamp"):
         parse_head_block({"number": "0x12"})
+
+
+def _chain(*intervals: int, start: int = 1_700_000_000) -> dict[int, int]:
+    """Block number -> timestamp of blocks 0.. with these intervals between them."""
+    times = [start]
+    for gap in intervals:
+        times.append(times[-1] + gap)
+    return dict(enumerate(times))
+
+
+def test_block_time_leaves_a_stall_out() -> None:
+    # 12 s slots: a missed slot is the chain's pace, a 99 s stall is not
+    assert learn_block_time(_chain(*[12] * 15, 99)) == 12.0
+    assert learn_block_time(_chain(12, 12, 24, 12, 12, 12)) == 14.0
+    # a second stall right after a first one: both left out, the block time stays the chain's
+    assert learn_block_time(_chain(*[1] * 12, 60, 1, 1, 120)) == 1.0
+    # a chain faster than a block a second (whole-second timestamps): its stall is still left out
+    assert learn_block_time(_chain(0, 1, 0, 1, 0, 1, 0, 1, 30)) == 0.5
+
+
+def test_block_time_cannot_be_told_from_too_few_or_inconsistent_blocks() -> None:
+    assert learn_block_time(_chain(*[12] * (BLOCK_TIME_MIN_INTERVALS - 1))) is None
+    assert learn_block_time(_chain(*[12] * BLOCK_TIME_MIN_INTERVALS)) == 12.0
+    assert learn_block_time({1: 100, 3: 112, 5: 124, 7: 136, 9: 148}) is None  # no two consecutive blocks
+    assert learn_block_time(_chain(12, 12, -5, 12, 12)) is None  # a timestamp going back: not one chain
+    assert learn_block_time(_chain(0, 0, 0, 0, 0)) is None  # all in one second
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from mevwatch.collectors.filesystems import (
     FilesystemsCollector,
     FilesystemsOptions,
     FillTrend,
+    current_fill,
     linear_slope,
     parse_mountinfo,
     select_mounts,
@@ -459,3 +460,28 @@ def test_fill_trend_reports_a_sudden_fill_at_once_not_diluted_by_the_flat_window
     for t in range(0, 1800, 30):
         flat_again.add(float(t), 10_000.0 - (500.0 if t > 900 else 0.0))
     assert flat_again.time_to_full(9_500.0) is not None  # the window's fit still sees the earlier drop
+
+
+def test_fill_trend_first_estimate_after_a_flat_past_is_the_fills_rate() -> None:
+    trend = FillTrend(window=3600.0)
+    for t in range(10):  # flat, sampled every second
+        trend.add(float(t), 10_000.0)
+    assert trend.time_to_full(10_000.0) is None
+    avail = 10_000.0
+    for t in range(10, 14):  # then 500 bytes a second: from the first sample on, the estimate is the real 20, 19, ...
+        avail -= 500.0
+        trend.add(float(t), avail)
+        assert trend.time_to_full(avail) == pytest.approx(avail / 500.0)
+    # the fill stops: the estimate grows as the flat tail enters the recent points, then the fill is over
+    for t in range(14, 19):
+        trend.add(float(t), avail)
+    assert trend.time_to_full(avail) is None
+
+
+def test_current_fill_is_the_shrinking_run_from_where_it_began() -> None:
+    assert current_fill([(0, 9.0), (1, 9.0), (2, 9.0), (3, 8.0)]) == [(2, 9.0), (3, 8.0)]
+    assert current_fill([(0, 5.0), (1, 9.0), (2, 8.0), (3, 8.0), (4, 7.0)]) == [(1, 9.0), (2, 8.0), (3, 8.0),
+                                                                                  (4, 7.0)]
+    assert current_fill([(0, 9.0), (1, 8.0), (2, 9.5)]) == [(2, 9.5)]  # space freed: no fill under way
+    assert current_fill([(0, 9.0), (1, 9.0)]) == [(1, 9.0)]
+    assert current_fill([]) == []

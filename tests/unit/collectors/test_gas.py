@@ -118,7 +118,8 @@ def test_competitiveness_per_kind() -> None:
         ("bid: {value: 1.1, file: /etc/mev/detection-config.yaml}", "bid", "exactly one of value"),
         ("bid: {}", "bid", "exactly one of value"),
         ("bid: {value: 0}", "bid.value", "positive"),
-        ("bid: {value: 1.1, percentile: 75}", "", "must be one of percentiles"),
+        ("bid: {value: 1.1, percentile: 80}", "", "must be one of percentiles"),
+        ("{percentiles: [10, 50, 90], bid: {value: 1.1}}", "", "bid.percentile 75 must be one of percentiles"),
         ("bid: {value: 1.1, kind: wei}", "bid.kind", "multiplier"),
         ("bid: {file: /x.yaml, key: 'a..b'}", "bid.key", "dotted path"),
     ],
@@ -183,6 +184,23 @@ async def test_market_and_bid_ratio_from_anvil(mined: Anvil, tmp_path: Path) -> 
     assert _value(fams, "mevwatch_gas_runbook_price_wei", basis="base_fee_x1.15") == pytest.approx(next_base * 1.15)
     assert _value(fams, "mevwatch_gas_bid_runbook_ratio", basis="base_fee_x1.15") == pytest.approx(1.1 / 1.15)
     assert _value(fams, "mevwatch_gas_bid_runbook_ratio", basis="base_fee_x1.3") == pytest.approx(1.1 / 1.3)
+
+
+async def test_the_runbooks_75th_percentile_is_offered_and_judged_by_default(mined: Anvil) -> None:
+    c = _gas(mined.url, blocks=1, bid={"value": 1.1})
+    try:
+        fams = await c.collect()
+    finally:
+        await c.close()
+    raw = await asyncio.to_thread(mined.rpc, "eth_feeHistory", ["0x1", "latest", [10, 50, 75, 90]])
+    next_base, p75 = int(raw["baseFeePerGas"][-1], 16), int(raw["reward"][0][2], 16)
+    assert p75 == 3 * GWEI  # of the tips 1 and 3 gwei, as the node computes it
+    offered = {s.labels["percentile"] for f in fams for s in f.samples if s.name == "mevwatch_gas_priority_fee_wei"}
+    assert offered == {"10", "50", "75", "90"}
+    assert _value(fams, "mevwatch_gas_priority_fee_wei", percentile="75") == p75
+    assert _value(fams, "mevwatch_gas_bid_competitiveness_ratio", percentile="75") == pytest.approx(
+        1.1 * next_base / (next_base + p75))
+    assert _value(fams, "mevwatch_gas_bid_competitiveness_ratio", percentile="50") is None  # one basis: the 75th
 
 
 async def test_missing_bot_yaml_is_a_status_not_a_failure(mined: Anvil, tmp_path: Path) -> None:

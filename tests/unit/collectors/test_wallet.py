@@ -212,7 +212,40 @@ async def test_reverting_transaction_counts_as_failed_with_its_gas(
     tx = await asyncio.to_thread(node.rpc, "eth_getTransactionByHash", [h])
     [info] = _samples(fams, "mevwatch_wallet_last_failed_transaction_info")
     assert info.labels == {"address": BOT, "wallet": "bot", "to": reverter, "tx": h, "nonce": str(int(tx["nonce"], 16)),
-                           "block": str(int(receipt["blockNumber"], 16)), "value_ether": "0.000000000000000001"}
+                           "block": str(int(receipt["blockNumber"], 16)), "value_ether": "0.000000000000000001",
+                           "found": "1", "found_txs": h}
+
+
+async def test_several_failures_found_by_one_run_are_counted_and_listed_on_the_last(
+    anvil_no_mining: Anvil, reverter: str,  # noqa: F811
+) -> None:
+    node = anvil_no_mining
+    await _mine(node)
+    c = _wallet(node.url, allow_to=[ROUTER, reverter])
+    try:
+        await c.collect()
+        sent = [await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000)) for _ in range(5)]
+        await _mine(node)
+        await _mine(node)  # two blocks, one run
+        stranger = await asyncio.to_thread(_send, node, BOT, STRANGER)
+        await _mine(node)
+        together = await c.collect()
+        again = await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000))
+        await _mine(node)
+        alone = await c.collect()
+    finally:
+        await c.close()
+    [info] = _samples(together, "mevwatch_wallet_last_failed_transaction_info")
+    assert info.labels["tx"] == sent[-1]
+    assert (info.labels["found"], info.labels["found_txs"]) == ("5", f"{', '.join(sent[:3])} +2 more")
+    [unexpected] = _samples(together, "mevwatch_wallet_last_unexpected_transaction_info")
+    assert (unexpected.labels["tx"], unexpected.labels["found"], unexpected.labels["found_txs"]) == (
+        stranger, "1", stranger)
+    # the next run's failure is counted on its own; the unexpected one found before is still the last
+    [info] = _samples(alone, "mevwatch_wallet_last_failed_transaction_info")
+    assert (info.labels["tx"], info.labels["found"], info.labels["found_txs"]) == (again, "1", again)
+    assert _samples(alone, "mevwatch_wallet_last_unexpected_transaction_info") == [unexpected]
+    assert _value(alone, "mevwatch_wallet_transactions_total", wallet="bot", status="failed") == 6
 
 
 async def test_a_failed_transaction_pages_with_its_facts(
@@ -243,7 +276,8 @@ async def test_a_failed_transaction_pages_with_its_facts(
     assert page.labels["tx"] == h  # one failed transaction, one page, its facts bounded to one series per wallet
     assert page.annotations["summary"] == (
         f"Transaction {h} from bot ({BOT}) to {reverter} failed (status 0) in block "
-        f"{int(receipt['blockNumber'], 16)}: nonce {int(tx['nonce'], 16)}, value 0.25 ETH")
+        f"{int(receipt['blockNumber'], 16)}: nonce {int(tx['nonce'], 16)}, value 0.25 ETH; 1 failed transaction(s) of "
+        f"the wallet found at once: {h}")
     assert f"https://etherscan.io/tx/{h}" in page.annotations["description"]
 
 
