@@ -69,16 +69,19 @@ def silence_read(engine: AlertEngine) -> SilenceRead | None:
     return engine.am_watch.last_read if engine.am_watch is not None else None
 
 
-def alert_verdict(state: str, severity: str, suppressed: str, gap: bool, for_: float = 0.0) -> dict[str, str]:
+def alert_verdict(state: str, severity: str, suppressed: str, gap: bool, for_: float = 0.0,
+                  pending_for: float = math.inf, settle: float = 0.0) -> dict[str, str]:
     """What one alert counts for in the host's verdict, the one rule ``/``, ``/api/v1/*`` and ``mevwatch diagnose``
     all follow: ``status`` (CRIT, WARN or INFO) and ``reason`` (why it counts so; "" for a plain firing alert).
 
     - firing and neither silenced nor inhibited: its severity (critical CRIT, warning WARN);
     - firing but silenced or inhibited (``suppressed``: "silenced" or "inhibited"): at most WARN. The silence
       mutes the page, not the fault: the host is not OK, and someone said they handle it, so not CRIT;
-    - pending, of a rule that says a check cannot be made (``gap``: a MonitoringGap rule): WARN from its first
-      evaluation. Its ``for`` only keeps a short blind spot from paging; until it fires the host is blind all
-      the same, and a green screen would say the opposite;
+    - pending, of a rule that says a check cannot be made (``gap``: a MonitoringGap rule): WARN once it has been
+      pending (``pending_for``) for ``settle`` (alerts.gap_settle, 1m) or its ``for``, whichever is shorter. Its
+      ``for`` (10m) keeps a blind spot from paging; the host is blind meanwhile, and a green screen would say the
+      opposite. The settle keeps a blind spot of one run (a method that timed out once) from flipping the
+      verdict; until then it is INFO, shown with when it will count;
     - any other pending alert: INFO, shown but not counted (its ``for`` is there so that a blip never pages);
     - severity info: INFO (it tells, it does not make the host WARN).
     """
@@ -88,8 +91,11 @@ def alert_verdict(state: str, severity: str, suppressed: str, gap: bool, for_: f
     if state == "pending":
         if not gap:
             return {"status": "INFO", "reason": f"counts once it fires, after {for_text(for_)}"}
-        return {"status": "WARN",
-                "reason": f"blind now: counts as WARN at once; pages once it has lasted {for_text(for_)}"}
+        wait = min(settle, for_)
+        if pending_for < wait:
+            return {"status": "INFO", "reason": f"blind spot: counts as WARN once it has lasted {for_text(wait)}; "
+                                                f"pages once it has lasted {for_text(for_)}"}
+        return {"status": "WARN", "reason": f"blind now: counts as WARN; pages once it has lasted {for_text(for_)}"}
     if suppressed:
         return {"status": "WARN",
                 "reason": f"{suppressed}: counts as WARN" + (", not CRIT" if status == "CRIT" else "")}
@@ -130,7 +136,8 @@ def alerts_json(engine: AlertEngine, now: float | None = None) -> list[dict[str,
                 "inhibitedBy": ["inhibit_rules"] if inhibited else [],
             },
             "silencing": silencing,
-            "verdict": alert_verdict(a.state, a.severity, suppressed, gap, rule.for_ if rule is not None else 0.0),
+            "verdict": alert_verdict(a.state, a.severity, suppressed, gap, rule.for_ if rule is not None else 0.0,
+                                     now - a.active_at, engine.cfg.gap_settle),
         })
     return out
 

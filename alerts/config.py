@@ -266,6 +266,10 @@ class AlertsConfig(_Strict):
     startup_grace: Duration = Field(
         30.0, ge=0, description="after a start, absent and stale-data alerts wait this long for collectors"
     )
+    gap_settle: Duration = Field(60.0, ge=0, description=(
+        "a pending MonitoringGap alert (a check that cannot be made) counts as WARN in the host's verdict on `/` "
+        "and in `mevwatch diagnose` once it has been pending this long, well before its `for` lets it page; a "
+        "blind spot of one run (a method that timed out once) does not flip the verdict"))
     default_rules: bool = Field(True, description="include alerts/default_rules.yaml")
     rule_files: list[Path] = Field(default_factory=list, description="extra rule files (relative to the config)")
     rules: list[Rule] = Field(default_factory=list, description="inline rules; same name overrides a default")

@@ -8,7 +8,7 @@ and marks the others UNKNOWN with the reason. Either way it adds the runbook's "
 minutes)" and the largest processes. Lines are OK/INFO/UNKNOWN/WARN/CRIT grouped by runbook section,
 with the value and the runbook anchor. Exit code by the worst line: 0 OK, 1 WARN, 2 CRIT; with a daemon,
 the same verdict as its landing page (a silenced alert counts as WARN, not CRIT; a pending check that cannot
-be made, as WARN from its first evaluation).
+be made, as WARN once it has lasted alerts.gap_settle).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_one_sed_in_place_is_one_page_listing_every_kind(tmp_path: Path) -> None
 
 GAPS = ["MonitoringGapIntegrityBaseline", "MonitoringGapIntegrityNothingWatched", "MonitoringGapBackupMissing",
         "MonitoringGapLogSource"]
-BLIND_NOW = "blind now: counts as WARN at once; pages once it has lasted 10m"
+BLIND_NOW = "blind now: counts as WARN; pages once it has lasted 10m"
 
 
 def _pending_gaps(d: RunningDaemon) -> list[dict[str, Any]]:
@@ -83,10 +83,12 @@ def test_nothing_to_watch_is_a_monitoring_gap_on_every_screen(tmp_path: Path) ->
   - backups: {{interval: 1s, patterns: ['{gone}/backup/mev-full-*']}}
   - logwatch: {{interval: 1s, journal: {{enabled: false}}, sources: [{{name: mev, paths: ['{gone}/log/mev.log']}}]}}
 """
-    # the shipped rules: each gap waits its 10m `for` before it pages, and is a warning on / and in diagnose at once
-    with paged_daemon(tmp_path, collectors) as (d, hook):
+    # the shipped rules: each gap waits its 10m `for` before it pages, and is a warning on / and in diagnose once
+    # it has lasted alerts.gap_settle (1m by default, 3s here)
+    with paged_daemon(tmp_path, collectors, extra="  gap_settle: 3s\n") as (d, hook):
         started = time.monotonic()
         wait_until("every gap pending", lambda: len(_pending_gaps(d)) == len(GAPS), 10)
+        wait_until("every gap counts", lambda: [g["verdict"]["status"] for g in _pending_gaps(d)] == ["WARN"] * 4, 15)
         landing = d.get("/")
         verdict = re.search(r'<span class="verdict [A-Z]+" id="verdict">.*?</p>', landing)
         assert verdict is not None
