@@ -210,7 +210,8 @@ class GasOptions(CollectorOptions):
     blocks: int = Field(20, description="eth_feeHistory window in blocks (1..1024)")
     percentiles: list[float] = Field(
         default_factory=lambda: [10.0, 50.0, RUNBOOK_PERCENTILE, 90.0],
-        description="reward percentiles (0..100, increasing); the bid's percentile must be one of them",
+        description=("reward percentiles (0..100, increasing); the bid's percentile must be one of them (the "
+                     "default 75th is added when a bid sets none and the list lacks it)"),
     )
     bid: BidOptions | None = Field(None, description="the bot's bid, to compare with the market")
 
@@ -231,6 +232,19 @@ class GasOptions(CollectorOptions):
         if any(a >= b for a, b in pairwise(v)):
             raise ValueError("percentiles must be strictly increasing")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_bid_percentile(cls, data: Any) -> Any:
+        """A bid that names no percentile is compared with the runbook's 75th: a config listing its own
+        percentiles without it (as before the 75th was the default) gets it added rather than refused."""
+        if not isinstance(data, dict):
+            return data
+        bid, given = data.get("bid"), data.get("percentiles")
+        if isinstance(bid, dict) and "percentile" not in bid and isinstance(given, list) and all(
+                isinstance(p, int | float) for p in given) and RUNBOOK_PERCENTILE not in given:
+            data = {**data, "percentiles": sorted([*given, RUNBOOK_PERCENTILE])}
+        return data
 
     @model_validator(mode="after")
     def _bid_percentile(self) -> GasOptions:

@@ -119,7 +119,8 @@ def test_competitiveness_per_kind() -> None:
         ("bid: {}", "bid", "exactly one of value"),
         ("bid: {value: 0}", "bid.value", "positive"),
         ("bid: {value: 1.1, percentile: 80}", "", "must be one of percentiles"),
-        ("{percentiles: [10, 50, 90], bid: {value: 1.1}}", "", "bid.percentile 75 must be one of percentiles"),
+        ("{percentiles: [10, 50, 90], bid: {value: 1.1, percentile: 75}}", "",
+         "bid.percentile 75 must be one of percentiles"),
         ("bid: {value: 1.1, kind: wei}", "bid.kind", "multiplier"),
         ("bid: {file: /x.yaml, key: 'a..b'}", "bid.key", "dotted path"),
     ],
@@ -129,6 +130,17 @@ def test_bad_options_are_rejected(body: str, field: str, message: str) -> None:
         load_config_text(f"collectors:\n  - gas:\n      {body}\n", "t.yaml")
     where = "collectors[0].gas" + (f".{field}" if field else "")
     assert any(f"{where}: " in str(i) and message in str(i) for i in err.value.issues), err.value.issues
+
+
+def test_a_bid_with_no_percentile_gets_the_runbooks_75th_added_to_a_list_that_lacks_it() -> None:
+    # a config written when the 50th was the default keeps loading (a reload refused would keep the old config)
+    cfg = load_config_text("collectors:\n  - gas:\n      {percentiles: [10, 50, 90], bid: {value: 1.1}}\n", "t.yaml")
+    [spec] = cfg.collectors
+    options = spec.options
+    assert isinstance(options, GasOptions)
+    assert list(options.percentiles) == [10.0, 50.0, 75.0, 90.0]
+    assert options.bid is not None
+    assert options.bid.percentile == 75.0
 
 
 # --- against anvil -------------------------------------------------------------------------------
