@@ -17,7 +17,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,6 +35,7 @@ from mevwatch.alerts.rules import (
     LabelSet,
     bucket_of,
     evaluate_rule,
+    labels_fingerprint,
     labelset,
     step,
 )
@@ -509,6 +510,10 @@ class AlertEngine:
             self.last_values[rule.name] = (now, values)
             self.evaluations += 1
             per_rule = self.alerts[rule.name]
+            if hold and per_rule:
+                for old, kept in self._continue_restored(rule, values, per_rule, hold):
+                    dirty[old] = None
+                    dirty[kept.fingerprint] = kept
             if not values and not per_rule:
                 self._set_due(rule, per_rule, samples, now, now)
                 continue  # nothing selected and no alert: no state to move (most rules, most of the time)
@@ -534,6 +539,35 @@ class AlertEngine:
             self._router_due = self._router_next(now)
         if dirty or changed:
             self._publish()
+
+    def _continue_restored(self, rule: Rule, values: Mapping[LabelSet, float], per_rule: dict[str, Alert],
+                           hold: Container[str]) -> list[tuple[str, Alert]]:
+        """A restored alert whose labels the rule no longer gives (after an upgrade: a label now merged
+        ``without``, a metric that no longer carries ``reason``) continues as the series whose labels it
+        holds: re-keyed here, in the state DB and in the router's groups, with its times, so an upgrade in the
+        middle of an incident neither resolves the page nor pages it again. Returns (old fingerprint, alert)."""
+        held = [a for fp, a in per_rule.items() if fp in hold and a.state != "resolved"]
+        if not held:
+            return []
+        fresh = [labels_fingerprint(rule, series, self.cfg.host) for series in values]
+        new_fps = {fp for _, fp in fresh}
+        held = [a for a in held if a.fingerprint not in new_fps]
+        moved: list[tuple[str, Alert]] = []
+        for labels, fp in fresh:
+            if fp in per_rule:
+                continue
+            a = next((a for a in held if labels.items() <= a.labels.items()), None)
+            if a is None:
+                continue
+            held.remove(a)
+            old = a.fingerprint
+            del per_rule[old]
+            a.fingerprint, a.labels = fp, labels
+            per_rule[fp] = a
+            self.router.rekey(old, a)
+            log.info("alert_continued", alertname=rule.name, labels=labels, was=old)
+            moved.append((old, a))
+        return moved
 
     def _persist(self, dirty: dict[str, Alert | None]) -> None:
         try:

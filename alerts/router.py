@@ -395,6 +395,20 @@ class Router:
                         self._changed(g, now)
         self.recheck_held()  # a source that resolved no longer inhibits
 
+    def rekey(self, old: str, a: Alert) -> None:
+        """``a`` was the alert of fingerprint ``old`` (a restored alert re-keyed by the engine): the groups
+        that hold or sent it hold and sent it under its new fingerprint, so it is neither paged again nor
+        shown resolved."""
+        for g in self.groups.values():
+            if g.alerts.pop(old, None) is not None:
+                g.alerts[a.fingerprint] = a
+            if old in g.sent_firing:
+                g.sent_firing = (g.sent_firing - {old}) | {a.fingerprint}
+                self._persist(g)
+        for key, (sent, last, seq) in list(self._persisted.items()):
+            if old in sent:
+                self._persisted[key] = ((sent - {old}) | {a.fingerprint}, last, seq)
+
     def recheck_held(self) -> None:
         """Look again at the groups held back by a silence or an inhibition (the alerts changed, or the
         silences did), and flush what is due."""

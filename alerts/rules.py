@@ -28,6 +28,7 @@ __all__ = [
     "fingerprint",
     "histogram_quantile",
     "increase",
+    "labels_fingerprint",
     "merged_without",
     "step",
 ]
@@ -268,7 +269,7 @@ def label_of_series(series_of: Series, series: LabelSet, label: str) -> str | No
 
 
 def alert_labels(rule: Rule, series: LabelSet, host: str) -> dict[str, str]:
-    return _labels_fingerprint(rule, series, host)[0]
+    return labels_fingerprint(rule, series, host)[0]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -283,7 +284,7 @@ def _identity(
     return tuple(labels.items()), fingerprint(labels)
 
 
-def _labels_fingerprint(rule: Rule, series: LabelSet, host: str) -> tuple[dict[str, str], str]:
+def labels_fingerprint(rule: Rule, series: LabelSet, host: str) -> tuple[dict[str, str], str]:
     """``alert_labels`` and their fingerprint, memoised: a rule sees the same series on every evaluation
     and the hash of their JSON was most of the engine's time per tick."""
     items, fp = _identity(rule.name, rule.severity, tuple(rule.labels.items()), series, host)
@@ -316,7 +317,7 @@ def step(
     texts = rule.texts
     reads_samples = any("$metric" in t for t in texts.values())
     for series, value in values.items():
-        labels, fp = _labels_fingerprint(rule, series, host)
+        labels, fp = labels_fingerprint(rule, series, host)
         values_fps.add(fp)
         a = alerts.get(fp)
         active = a is not None and a.state != "resolved"

@@ -295,3 +295,30 @@ def test_histogram_quantile_matches_prometheus() -> None:
     assert histogram_quantile(0.95, buckets) == pytest.approx(0.75)
     assert math.isnan(histogram_quantile(0.5, [(math.inf, 0.0)]))
     assert math.isnan(histogram_quantile(0.5, [(0.1, 3.0)]))  # no +Inf bucket
+
+
+def test_an_upgrade_that_merges_a_label_continues_the_firing_alert_without_a_resolved_page(tmp_path: Path) -> None:
+    # NodeDown fired on a series with a reason label; the upgraded rule merges it (`without: [reason]`), so the
+    # restored alert's labels are no series' any more: it continues as the merged series, its times kept
+    before = rule("op: '=='\nthreshold: 1\nfor: 0s", name="NodeDown", metric="t_down")
+    harness = Harness(tmp_path, BASE.replace("startup_grace: 0s", "startup_grace: 30s") + before)
+    harness.advance(31)
+    harness.put(gauge("t_down", 1, endpoint="erigon", reason="refused"))
+    [old] = harness.engine.all_alerts()
+    assert old.state == "firing"
+    assert old.labels["reason"] == "refused"
+    assert [n["status"] for n in harness.notifications()] == ["firing"]
+    fired_at = old.fired_at
+    harness.yaml = BASE.replace("startup_grace: 0s", "startup_grace: 30s") + before + "      without: [reason]\n"
+    harness.restart()
+    harness.put(gauge("t_down", 1, endpoint="erigon", reason="timeout"))
+    harness.advance(31)  # past the grace: a restored alert no series confirmed would resolve now
+    harness.advance(120)
+    [alert] = harness.engine.all_alerts()
+    assert alert.state == "firing"
+    assert "reason" not in alert.labels
+    assert alert.fired_at == fired_at
+    assert [n["status"] for n in harness.notifications()] == ["firing"]  # no resolved page, no second page
+    harness.restart()  # and it is in the state DB under its new identity
+    assert [(a.fingerprint, a.state) for a in harness.engine.all_alerts()] == [(alert.fingerprint, "firing")]
+    harness.close()
