@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.pgcluster import pg_cluster
-from tests.support.screens import paged_daemon, screens_agree, screens_cleared
+from tests.support.screens import firing_alert, paged_daemon, screens_agree, screens_cleared
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.peer("postgresql")
+
+
+def _resolved(hook: WebhookReceiver) -> list[dict[str, object]]:
+    return [a for r in hook.delivered() for a in r.json()["alerts"]
+            if a["status"] == "resolved" and a["labels"]["alertname"] == "MonitoringGapStatementStats"]
 
 
 def test_statement_times_that_cannot_be_read_are_a_monitoring_gap_until_they_can(tmp_path: Path) -> None:
@@ -32,6 +38,11 @@ def test_statement_times_that_cannot_be_read_are_a_monitoring_gap_until_they_can
             c.stop("fast")
             c.settings["shared_preload_libraries"] = "pg_stat_statements"
             c.start()
+            d.wait_value("mevwatch_postgres_up", 1, timeout=20)
+            # the library alone is not enough: statement times are still unreadable, the gap is (again) firing
+            firing_alert(d, "MonitoringGapStatementStats", 20)
+            resolved = len(_resolved(hook))
             c.psql("CREATE EXTENSION pg_stat_statements")
             screens_cleared(d, hook, "MonitoringGapStatementStats", timeout=30)
+            assert len(_resolved(hook)) > resolved  # cleared by the extension, not by the restart
             d.wait_value("mevwatch_postgres_extension_available", 1, extension="pg_stat_statements")
