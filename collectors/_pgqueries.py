@@ -210,7 +210,9 @@ WHERE ci.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') AND ci.relpages 
 
 
 def bloat_pgstattuple(schema: str) -> str:
-    """Exact dead-tuple and free-space bytes of the chosen tables, reading only pages not all-visible."""
+    """Exact dead-tuple and free-space bytes of the chosen tables, reading only pages not all-visible.
+
+    A partitioned table has no storage: pgstattuple_approx would fail the statement for all of them."""
     fn = f'"{schema.replace(chr(34), chr(34) * 2)}".pgstattuple_approx'
     return f"""
 SELECT c.oid AS relid, n.nspname::text AS schema, c.relname::text AS relname,
@@ -219,6 +221,7 @@ FROM unnest($1::oid[]) AS r(oid)
 JOIN pg_class c ON c.oid = r.oid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL {fn}(c.oid) a
+WHERE c.relkind IN ('r', 'm')
 """
 
 
