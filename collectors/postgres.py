@@ -99,10 +99,11 @@ class PostgresOptions(CollectorOptions):
             "recovery is seen at the next run (a pause is reported as down until it ends)"),
     )
     database_size_interval: Duration = Field(
-        default=300.0, ge=0, description=(
+        default=3600.0, ge=0, description=(
             "time between measurements of database sizes (pg_database_size reads the size of every file of "
             "every database, a cost that grows with the tables); each size is exported with the time it was "
-            "measured (database_size_timestamp_seconds). 0: every run"),
+            "measured (database_size_timestamp_seconds). A figure for capacity trends: the disk-full rules "
+            "are the filesystems collector's, and the largest tables' sizes are read every run. 0: every run"),
     )
     top_tables: int = Field(
         default=50, ge=0, le=1000, description="tables with the most dead tuples, and the largest ones, per target"
@@ -640,7 +641,9 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         """Measure the database sizes when due. Between measurements the last ones are exported with the
         time they were taken: the bench (bench/postgres.py) shows pg_database_size to be most of a
         collection's server time at 10,000 tables, for a figure that moves slowly and whose disk the
-        filesystem collectors watch every run."""
+        filesystem collectors watch every run. Every hour by default (it was 5 min): at 10,000 tables a
+        measurement cost 82-109 ms of server time (3.4 ms at 100), 10 ms a collection at 5 min against
+        9.3 ms for everything else, 0.8 ms at an hour (bench/postgres.py, 30 s collections)."""
         now = time.monotonic()
         if now < t.sizes_due:
             return
