@@ -160,6 +160,32 @@ async def test_mass_delete_shows_in_dead_ratio_and_bloat_then_vacuum_clears_it(s
         local_psql(f"DROP TABLE {table}", scratch_db)
 
 
+async def test_a_partitioned_table_among_the_chosen_keeps_pgstattuple_for_the_others(scratch_db: str) -> None:
+    # pgstattuple_approx fails on a partitioned table (it has no storage): it must not take the others' bloat
+    local_psql(
+        "CREATE EXTENSION IF NOT EXISTS pgstattuple;"
+        "CREATE TABLE plain (id int PRIMARY KEY, v text) WITH (autovacuum_enabled = false);"
+        "INSERT INTO plain SELECT g, md5(g::text) FROM generate_series(1, 2000) g; DELETE FROM plain WHERE id % 2 = 0;"
+        "CREATE TABLE parent (id int, k int) PARTITION BY RANGE (k);"
+        "CREATE TABLE parent_1 PARTITION OF parent FOR VALUES FROM (0) TO (100);"
+        "INSERT INTO parent_1 SELECT g, g % 100 FROM generate_series(1, 400) g",
+        scratch_db,
+    )
+    c = _collector(_local(scratch_db), tables=["plain", "parent", "parent_1"], bloat="pgstattuple")
+    try:
+        s, err = await _run(c)
+        assert err is None
+        assert not [m for m in c.status()[0]["missing"] if "pgstattuple" in m]
+        for table in ("plain", "parent_1"):
+            assert _value(s, "mevwatch_postgres_table_bloat_ratio", table=table, method="pgstattuple") is not None
+        assert _must(s, "mevwatch_postgres_table_bloat_ratio", table="plain", method="pgstattuple") > 0.2
+        assert _value(s, "mevwatch_postgres_table_bloat_ratio", table="parent") is None
+        assert _value(s, "mevwatch_postgres_table_live_tuples", table="parent") is not None
+    finally:
+        await c.close()
+        local_psql("DROP TABLE plain, parent", scratch_db)
+
+
 async def test_pg_stats_widths_are_read_again_only_after_analyze(scratch_db: str) -> None:
     local_psql(
         "CREATE TABLE widths (id int PRIMARY KEY, note text);"
