@@ -648,8 +648,9 @@ class PostgresCollector(PollCollector[PostgresOptions]):
         time they were taken: the bench (bench/postgres.py) shows pg_database_size to be most of a
         collection's server time at 10,000 tables, for a figure that moves slowly and whose disk the
         filesystem collectors watch every run. Every hour by default (it was 5 min): at 10,000 tables a
-        measurement cost 82-109 ms of server time (3.4 ms at 100), 10 ms a collection at 5 min against
-        9.3 ms for everything else, 0.8 ms at an hour (bench/postgres.py, 30 s collections)."""
+        measurement cost 94-130 ms of server time (4-5 ms at 100 tables), 10-12 ms a collection at 5 min
+        against 8.6 ms for all the rest of a run, 0.9 ms at an hour (bench/postgres.py, 2026-12-06, 30 s
+        collections)."""
         now = time.monotonic()
         if now < t.sizes_due:
             return
