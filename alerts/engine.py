@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from mevwatch.aio import cancel_and_wait
+from mevwatch.aio import cancel_and_wait, grid_after, grid_at
 from mevwatch.alerts.config import AlertsConfig
 from mevwatch.alerts.history import History
 from mevwatch.alerts.outbox import LOST_WINDOW, Outbox
@@ -726,11 +726,11 @@ class AlertEngine:
         # config) instead of coming TICK_CAP after whatever tick came last.
         cap = interval * math.ceil(TICK_CAP / interval - 1e-9)
         last = self._ticked_at - now + t  # the last tick in loop time
-        self._cap_when = (math.floor(last / cap + 1e-9) + 1) * cap if math.isfinite(last) else t
+        self._cap_when = grid_after(last, cap, early=1e-6) if math.isfinite(last) else t
         delay = min(delay, max(self._cap_when - t, 0.0))
         # on the grid point at or after the due time, within DUE_TOLERANCE: a due time on the grid (a `for`
         # counted from a run's slot) lands a few µs past it once converted from the wall clock
-        when = max(math.ceil((t + delay - DUE_TOLERANCE) / interval), math.floor(t / interval) + 1) * interval
+        when = max(grid_at(t + delay - DUE_TOLERANCE, interval), grid_after(t, interval))
         if when < self._tick_when:
             if self._tick_timer is not None:
                 self._tick_timer.cancel()

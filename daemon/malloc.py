@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import math
 import time
 from collections.abc import Callable
 
 import structlog
 
-from mevwatch.aio import cancel_and_wait, sleep_until
+from mevwatch.aio import cancel_and_wait, grid_after, sleep_until
 
 __all__ = ["MallocTrimmer", "libc_malloc_trim"]
 
@@ -50,7 +49,7 @@ class MallocTrimmer:
         loop = asyncio.get_running_loop()
         while True:
             # on the loop clock's grid k * interval, where the collectors' runs wake too (sleep_until)
-            await sleep_until(loop, (math.floor(loop.time() / self.interval) + 1) * self.interval)
+            await sleep_until(loop, grid_after(loop.time(), self.interval))
             started = time.perf_counter()
             # on the loop thread: a trim of a fragmented heap of this daemon's size takes ~0.2 ms
             trim(0)

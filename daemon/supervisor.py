@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import structlog
 
 from mevwatch import __version__
-from mevwatch.aio import cancel_and_wait, sleep_until, wait_for
+from mevwatch.aio import cancel_and_wait, grid_at, sleep_until, wait_for
 from mevwatch.blocking import BlockingPool
 from mevwatch.collectors.base import (
     Collector,
@@ -152,9 +151,7 @@ def next_slot(planned: float, now: float, interval: float, offset: float) -> flo
     skipped instead of run in a burst; the first run, at start, is off the grid and the second
     joins it.
     """
-    earliest = max(planned + interval / 2, now)
-    k = math.ceil((earliest - offset) / interval)
-    return k * interval + offset
+    return grid_at(max(planned + interval / 2, now), interval, offset)
 
 
 def sample_time(slot: float, started: float, wall_offset: float) -> float:

@@ -14,10 +14,11 @@ instead of TimeoutError in a task already being cancelled, such as a stopping co
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait", "sleep_until", "wait_for"]
+__all__ = ["cancel_and_wait", "grid_after", "grid_at", "sleep_until", "wait_for"]
 
 T = TypeVar("T")
 
@@ -64,6 +65,19 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def grid_at(t: float, interval: float, offset: float = 0.0) -> float:
+    """The first point ``k * interval + offset`` of the loop clock's grid at or after ``t``: where the
+    collectors' runs (the supervisor's next_slot), the heartbeat, the alert engine's ticks and the
+    malloc trim wake, so that the ones due together share one wake-up of the process."""
+    return math.ceil((t - offset) / interval) * interval + offset
+
+
+def grid_after(t: float, interval: float, early: float = 0.0) -> float:
+    """The first point ``k * interval`` of the loop clock's grid after ``t``; a ``t`` at most ``early``
+    seconds before a point counts as on it (a timer fires up to the clock's resolution early)."""
+    return (math.floor((t + early) / interval) + 1) * interval
 
 
 async def sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
