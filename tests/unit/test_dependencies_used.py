@@ -16,7 +16,17 @@ PACKAGE_DIRS = ("daemon", "collectors", "alerts", "mevwatch")
 #: what an extra is for: where its packages must be imported (tools run as programs, not imported)
 EXTRA_USERS = {"test": ("tests", "bench"), "bench": ("bench",)}
 #: run as programs or loaded as pytest plugins, not imported
-TOOLS = {"pytest", "mypy", "ruff", "shtab", "argparse-manpage", "pytest-asyncio", "pytest-timeout", "looptime"}
+TOOLS = {
+    "pytest",
+    "mypy",
+    "ruff",
+    "shtab",
+    "argparse-manpage",
+    "pytest-asyncio",
+    "pytest-timeout",
+    "pytest-xdist",  # make test runs pytest -n
+    "looptime",
+}
 _IMPORT_RE = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
 
 
