@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mevwatch.alerts.templates import format_value
-from tests.support.anvil import Anvil, start_anvil
+from tests.support.anvil import Anvil, deploy_reverting, start_anvil, wallet_collector_yaml
 from tests.support.daemon import sample_value
 from tests.support.screens import paged_daemon, screens_agree, screens_cleared
 
@@ -22,8 +22,6 @@ TIPPER = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 BOT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 DEPLOYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 STRANGER = "0x000000000000000000000000000000000000dEaD"
-# init code returning the runtime code PUSH1 0 PUSH1 0 REVERT: every call to the contract fails (status 0)
-REVERTING_CONTRACT = "0x6460006000fd6000526005601bf3"
 
 
 @pytest.fixture
@@ -87,16 +85,8 @@ def _facts(node: Anvil, tx: str) -> dict[str, Any]:
 
 def test_several_transactions_in_one_interval_are_counted_and_listed_on_the_page(
         tmp_path: Path, node: Anvil) -> None:
-    deployed = node.rpc("eth_sendTransaction", [{"from": DEPLOYER, "data": REVERTING_CONTRACT}])
-    node.rpc("evm_mine")
-    contract = node.rpc("eth_getTransactionReceipt", [deployed])["contractAddress"]
-    collectors = f"""collectors:
-  - wallet:
-      interval: 1s
-      endpoint: {{name: node, url: "{node.url}"}}
-      addresses: [{{name: bot, address: "{BOT}"}}]
-      allow_to: ["{contract}"]
-"""
+    contract = deploy_reverting(node, DEPLOYER, mine=True)
+    collectors = wallet_collector_yaml(node, BOT, contract)
     with paged_daemon(tmp_path, collectors) as (d, hook):
         d.wait_for("mevwatch_wallet_followed_block", timeout=15, endpoint="node")
         # five calls that revert and two transfers to a stranger, all in one block: one interval of the collector

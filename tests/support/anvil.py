@@ -102,3 +102,28 @@ def anvil_no_mining() -> Iterator[Anvil]:
     finally:
         node.stop()
         node.log.unlink(missing_ok=True)
+
+
+# init code returning the runtime code PUSH1 0 PUSH1 0 REVERT: every call to the contract fails (status 0)
+REVERTING_CONTRACT = "0x6460006000fd6000526005601bf3"
+
+
+def deploy_reverting(node: Anvil, deployer: str, mine: bool = True) -> str:
+    """Deploy a contract whose every call reverts from ``deployer``; its address. ``mine``: for a node that
+    does not mine each transaction as it is sent."""
+    deployed = node.rpc("eth_sendTransaction", [{"from": deployer, "data": REVERTING_CONTRACT}])
+    if mine:
+        node.rpc("evm_mine")
+    return str(node.rpc("eth_getTransactionReceipt", [deployed])["contractAddress"])
+
+
+def wallet_collector_yaml(node: Anvil, address: str, allow_to: str) -> str:
+    """A config's collectors: the wallet collector every second, following ``address`` as the wallet ``bot``,
+    which may send to ``allow_to``."""
+    return f"""collectors:
+  - wallet:
+      interval: 1s
+      endpoint: {{name: node, url: "{node.url}"}}
+      addresses: [{{name: bot, address: "{address}"}}]
+      allow_to: ["{allow_to}"]
+"""

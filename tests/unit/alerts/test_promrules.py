@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,6 +26,24 @@ def _rule(**fields: object) -> Rule:
 
 def _promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([need_binary("promtool"), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def _host_series(name: str, labels: dict[str, str], values: str, host: str = "mev-host-1") -> dict[str, str]:
+    """A promtool input series of ``name`` with ``labels`` and the host label mevwatch puts on every series."""
+    return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in {**labels, "host": host}.items()) + "}",
+            "values": values}
+
+
+def _promtool_fires(tmp: Path, rule: Rule, input_series: list[dict[str, str]],
+                    exp_alerts: list[dict[str, Any]]) -> None:
+    """promtool, given ``rule`` as mevwatch exports it and 1-minute ``input_series``, raises ``exp_alerts`` at 3m."""
+    (tmp / "r.yml").write_text(rules_yaml([rule], "rb"))
+    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": input_series,
+        "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": exp_alerts}]}]}
+    (tmp / "t.yml").write_text(yaml.safe_dump(tests))
+    proc = _promtool("test", "rules", "t.yml", cwd=tmp)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_rules_file_is_current() -> None:
@@ -188,23 +207,13 @@ def test_absent_fires_per_host_with_the_label_set_mevwatch_gives_it(tmp_path: Pa
 
     rule = _rule(name="RpcCollectorGone", metric="mevwatch_collector_success", absent=True,
                  matchers=['collector="rpc"'], severity="critical")
-    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
     ours = alert_labels(rule, labelset({"collector": "rpc"}), "mev-b")  # what mevwatch on mev-b raises
     ours.pop("alertname")
-    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m",
-        "input_series": [
-            {"series": 'mevwatch_build_info{host="mev-a", version="1"}', "values": "1x5"},
-            {"series": 'mevwatch_build_info{host="mev-b", version="1"}', "values": "1x5"},
-            {"series": 'mevwatch_collector_success{collector="rpc", host="mev-a", instance="default"}',
-             "values": "1x5"},
-        ],
-        "alert_rule_test": [{"eval_time": "3m", "alertname": "RpcCollectorGone", "exp_alerts": [
-            {"exp_labels": ours, "exp_annotations": {"summary": "s", "runbook_url": "rb#memory-high"}}]}],
-    }]}
-    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
-    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_fires(tmp_path, rule, [
+        _host_series("mevwatch_build_info", {"version": "1"}, "1x5", host="mev-a"),
+        _host_series("mevwatch_build_info", {"version": "1"}, "1x5", host="mev-b"),
+        _host_series("mevwatch_collector_success", {"collector": "rpc", "instance": "default"}, "1x5", host="mev-a"),
+    ], [{"exp_labels": ours, "exp_annotations": {"summary": "s", "runbook_url": "rb#memory-high"}}])
     assert ours == {"collector": "rpc", "host": "mev-b", "severity": "critical"}
 
 
@@ -224,22 +233,13 @@ def test_a_label_of_another_series_renders_in_prometheus_as_in_mevwatch(tmp_path
     [ours] = alerts.values()
     assert "queued behind missing nonce(s) 5-6, 8: stuck 0x" + "a" * 64 in ours.annotations["summary"]
 
-    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
-    series = [{"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in {**own, "host": "mev-host-1"}.items())
-               + "}", "values": f"{v:g}x5"} for name, v in values.items()]
-    series += [{"series": "mevwatch_wallet_queued_gap_info{" + ",".join(
-        f'{k}="{v}"' for k, v in {**i, "host": "mev-host-1"}.items()) + "}", "values": "1x5"}
-        for i in (info, {**info, "wallet": "other"})]
+    series = [_host_series(name, own, f"{v:g}x5") for name, v in values.items()]
+    series += [_host_series("mevwatch_wallet_queued_gap_info", i, "1x5") for i in (info, {**info, "wallet": "other"})]
     exp = {"exp_labels": {**own, "host": "mev-host-1", "severity": "warning"},
            "exp_annotations": {"summary": ours.annotations["summary"],
                                "description": ours.annotations["description"],
                                "runbook_url": "rb#queued-nonce-gap"}}
-    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": series,
-        "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": [exp]}]}]}
-    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
-    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_fires(tmp_path, rule, series, [exp])
 
 
 def test_the_reason_a_target_is_down_renders_in_prometheus_as_in_mevwatch(tmp_path: Path) -> None:
@@ -257,21 +257,10 @@ def test_the_reason_a_target_is_down_renders_in_prometheus_as_in_mevwatch(tmp_pa
     [ours] = alerts.values()
     assert ours.annotations["summary"] == "PostgreSQL 127.0.0.1:5432/mev unreachable from mev-host-1: starting"
 
-    (tmp_path / "r.yml").write_text(rules_yaml([rule], "rb"))
-
-    def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
-        return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in {**labels, "host": "mev-host-1"}.items())
-                + "}", "values": values}
-
-    inputs = [series("mevwatch_postgres_up", own, "0x5")]
-    inputs += [series("mevwatch_postgres_connect_failure", {**own, "reason": r}, "1x5" if r == "starting" else "0x5")
-               for r in FAILURE_REASONS]
+    inputs = [_host_series("mevwatch_postgres_up", own, "0x5")]
+    inputs += [_host_series("mevwatch_postgres_connect_failure", {**own, "reason": r},
+                            "1x5" if r == "starting" else "0x5") for r in FAILURE_REASONS]
     exp = {"exp_labels": {**own, "host": "mev-host-1", "severity": "critical"},
            "exp_annotations": {"summary": ours.annotations["summary"], "description": ours.annotations["description"],
                                "runbook_url": "rb#postgres-down"}}
-    tests = {"rule_files": ["r.yml"], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": inputs,
-        "alert_rule_test": [{"eval_time": "3m", "alertname": rule.name, "exp_alerts": [exp]}]}]}
-    (tmp_path / "t.yml").write_text(yaml.safe_dump(tests))
-    proc = _promtool("test", "rules", "t.yml", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _promtool_fires(tmp_path, rule, inputs, [exp])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from mevwatch.collectors.base import CollectorContext, CollectorError, Families,
 from mevwatch.collectors.wallet import SentTransaction, WalletCollector, WalletOptions, sent_by
 from mevwatch.daemon.config import ConfigError, load_config_text
 from mevwatch.daemon.state import StateDB
-from tests.support.anvil import Anvil, anvil_no_mining  # noqa: F401 - fixture
+from tests.support.anvil import Anvil, anvil_no_mining, deploy_reverting  # noqa: F401 - fixture
 from tests.support.rpcproxy import Fault, RpcProxy
 
 # anvil's default (unlocked) accounts 1..3
@@ -23,8 +24,6 @@ BOT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 ROUTER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 DEPLOYER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 STRANGER = "0x000000000000000000000000000000000000dEaD"
-# init code that deploys the runtime 0x60006000fd (REVERT(0, 0) on every call)
-REVERTER_INIT = "0x6460006000fd6000526005601bf3"
 
 
 # --- address validation ------------------------------------------------------------------------
@@ -144,6 +143,18 @@ def _wallet(url: str, state: StateDB | None = None, **opts: Any) -> WalletCollec
                            options)
 
 
+@contextlib.asynccontextmanager
+async def _following(node: Anvil, **opts: Any) -> AsyncIterator[WalletCollector]:
+    """A wallet collector on ``node`` that made its first run on a freshly mined block; closed at the end."""
+    await _mine(node)
+    c = _wallet(node.url, **opts)
+    try:
+        await c.collect()
+        yield c
+    finally:
+        await c.close()
+
+
 def _send(node: Anvil, sender: str, to: str | None, **extra: Any) -> str:
     tx: dict[str, Any] = {"from": sender, "value": "0x1", **extra}
     if to is not None:
@@ -154,12 +165,9 @@ def _send(node: Anvil, sender: str, to: str | None, **extra: Any) -> str:
 @pytest.fixture(scope="module")
 def reverter(anvil_no_mining: Anvil) -> str:  # noqa: F811 - fixture from import
     """Address of a contract whose every call reverts, deployed by an unwatched account."""
-    h = anvil_no_mining.rpc("eth_sendTransaction", [{"from": DEPLOYER, "data": REVERTER_INIT}])
-    anvil_no_mining.rpc("evm_mine")
-    receipt = anvil_no_mining.rpc("eth_getTransactionReceipt", [h])
-    assert receipt["status"] == "0x1"
-    assert anvil_no_mining.rpc("eth_getCode", [receipt["contractAddress"], "latest"]) == "0x60006000fd"
-    return checksum_address(receipt["contractAddress"])
+    address = deploy_reverting(anvil_no_mining, DEPLOYER, mine=True)
+    assert anvil_no_mining.rpc("eth_getCode", [address, "latest"]) == "0x60006000fd"
+    return checksum_address(address)
 
 
 async def _mine(node: Anvil) -> None:
@@ -191,16 +199,11 @@ async def test_reverting_transaction_counts_as_failed_with_its_gas(
     anvil_no_mining: Anvil, reverter: str,  # noqa: F811
 ) -> None:
     node = anvil_no_mining
-    await _mine(node)
-    c = _wallet(node.url, allow_to=[ROUTER, reverter])
-    try:
-        await c.collect()
+    async with _following(node, allow_to=[ROUTER, reverter]) as c:
         # explicit gas: without it the node's estimate would refuse the reverting call before sending
         h = await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000))
         await _mine(node)
         fams = await c.collect()
-    finally:
-        await c.close()
     receipt = await asyncio.to_thread(node.rpc, "eth_getTransactionReceipt", [h])
     assert receipt["status"] == "0x0"
     cost = int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
@@ -220,10 +223,7 @@ async def test_several_failures_found_by_one_run_are_counted_and_listed_on_the_l
     anvil_no_mining: Anvil, reverter: str,  # noqa: F811
 ) -> None:
     node = anvil_no_mining
-    await _mine(node)
-    c = _wallet(node.url, allow_to=[ROUTER, reverter])
-    try:
-        await c.collect()
+    async with _following(node, allow_to=[ROUTER, reverter]) as c:
         sent = [await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000)) for _ in range(5)]
         await _mine(node)
         await _mine(node)  # two blocks, one run
@@ -233,8 +233,6 @@ async def test_several_failures_found_by_one_run_are_counted_and_listed_on_the_l
         again = await asyncio.to_thread(_send, node, BOT, reverter, gas=hex(100_000))
         await _mine(node)
         alone = await c.collect()
-    finally:
-        await c.close()
     [info] = _samples(together, "mevwatch_wallet_last_failed_transaction_info")
     assert info.labels["tx"] == sent[-1]
     assert (info.labels["found"], info.labels["found_txs"]) == ("5", f"{', '.join(sent[:3])} +2 more")
@@ -283,16 +281,11 @@ async def test_a_failed_transaction_pages_with_its_facts(
 
 async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
     node = anvil_no_mining
-    await _mine(node)
-    c = _wallet(node.url)
-    try:
-        await c.collect()
+    async with _following(node) as c:
         h = await asyncio.to_thread(_send, node, BOT, STRANGER)
         await asyncio.to_thread(_send, node, ROUTER, STRANGER)  # not watched: not our business
         await _mine(node)
         fams = await c.collect()
-    finally:
-        await c.close()
     assert _value(fams, "mevwatch_wallet_unexpected_transactions_total", wallet="bot") == 1
     info = _samples(fams, "mevwatch_wallet_last_unexpected_transaction_info")
     assert [(s.labels["wallet"], s.labels["to"], s.labels["tx"]) for s in info] == [("bot", STRANGER, h)]
@@ -303,15 +296,10 @@ async def test_transfer_to_an_unlisted_address_is_flagged(anvil_no_mining: Anvil
 
 async def test_without_allow_list_nothing_is_flagged(anvil_no_mining: Anvil) -> None:  # noqa: F811
     node = anvil_no_mining
-    await _mine(node)
-    c = _wallet(node.url, allow_to=None)
-    try:
-        await c.collect()
+    async with _following(node, allow_to=None) as c:
         await asyncio.to_thread(_send, node, BOT, STRANGER)
         await _mine(node)
         fams = await c.collect()
-    finally:
-        await c.close()
     assert _value(fams, "mevwatch_wallet_transactions_total", status="succeeded") == 1
     assert _samples(fams, "mevwatch_wallet_unexpected_transactions_total") == []
 
