@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.anvil import Anvil, start_anvil
+from tests.support.anvil import Anvil, deploy_reverting, start_anvil, wallet_collector_yaml
 from tests.support.daemon import RunningDaemon, sample_value
 from tests.support.engine import EngineStub
 from tests.support.peers import free_port
@@ -267,8 +267,6 @@ def test_detection_latency_is_the_engines_own_and_the_probe_has_its_own_budget(t
 DEPLOYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 BOT = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 STRANGER = "0x000000000000000000000000000000000000dEaD"
-# init code returning the runtime code PUSH1 0 PUSH1 0 REVERT: every call to the contract fails (status 0)
-REVERTING_CONTRACT = "0x6460006000fd6000526005601bf3"
 
 
 def _mined(node: Anvil, tx: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -278,15 +276,8 @@ def _mined(node: Anvil, tx: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def test_transaction_pages_carry_the_responders_facts(tmp_path: Path) -> None:
     node = start_anvil()  # mines each transaction as it is sent
     try:
-        deployed = node.rpc("eth_sendTransaction", [{"from": DEPLOYER, "data": REVERTING_CONTRACT}])
-        contract = _mined(node, deployed)[1]["contractAddress"]
-        collectors = f"""collectors:
-  - wallet:
-      interval: 1s
-      endpoint: {{name: node, url: "{node.url}"}}
-      addresses: [{{name: bot, address: "{BOT}"}}]
-      allow_to: ["{contract}"]
-"""
+        contract = deploy_reverting(node, DEPLOYER)
+        collectors = wallet_collector_yaml(node, BOT, contract)
         with paged_daemon(tmp_path, collectors) as (d, hook):
             d.wait_for("mevwatch_wallet_balance_ether", timeout=15, wallet="bot")
             sent = node.rpc("eth_sendTransaction", [{"from": BOT, "to": STRANGER, "value": "0x2386f26fc10000"}])

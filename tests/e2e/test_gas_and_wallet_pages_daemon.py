@@ -85,7 +85,7 @@ def _facts(node: Anvil, tx: str) -> dict[str, Any]:
 
 def test_several_transactions_in_one_interval_are_counted_and_listed_on_the_page(
         tmp_path: Path, node: Anvil) -> None:
-    contract = deploy_reverting(node, DEPLOYER, mine=True)
+    contract = deploy_reverting(node, DEPLOYER)
     collectors = wallet_collector_yaml(node, BOT, contract)
     with paged_daemon(tmp_path, collectors) as (d, hook):
         d.wait_for("mevwatch_wallet_followed_block", timeout=15, endpoint="node")

@@ -108,13 +108,13 @@ def anvil_no_mining() -> Iterator[Anvil]:
 REVERTING_CONTRACT = "0x6460006000fd6000526005601bf3"
 
 
-def deploy_reverting(node: Anvil, deployer: str, mine: bool = True) -> str:
-    """Deploy a contract whose every call reverts from ``deployer``; its address. ``mine``: for a node that
-    does not mine each transaction as it is sent."""
+def deploy_reverting(node: Anvil, deployer: str) -> str:
+    """Deploy from ``deployer``, and mine, a contract whose every call reverts; its address."""
     deployed = node.rpc("eth_sendTransaction", [{"from": deployer, "data": REVERTING_CONTRACT}])
-    if mine:
-        node.rpc("evm_mine")
-    return str(node.rpc("eth_getTransactionReceipt", [deployed])["contractAddress"])
+    node.rpc("evm_mine")
+    receipt = node.rpc("eth_getTransactionReceipt", [deployed])
+    assert receipt["status"] == "0x1", receipt
+    return str(receipt["contractAddress"])
 
 
 def wallet_collector_yaml(node: Anvil, address: str, allow_to: str) -> str:

@@ -165,7 +165,7 @@ def _send(node: Anvil, sender: str, to: str | None, **extra: Any) -> str:
 @pytest.fixture(scope="module")
 def reverter(anvil_no_mining: Anvil) -> str:  # noqa: F811 - fixture from import
     """Address of a contract whose every call reverts, deployed by an unwatched account."""
-    address = deploy_reverting(anvil_no_mining, DEPLOYER, mine=True)
+    address = deploy_reverting(anvil_no_mining, DEPLOYER)
     assert anvil_no_mining.rpc("eth_getCode", [address, "latest"]) == "0x60006000fd"
     return checksum_address(address)
 
