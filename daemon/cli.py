@@ -197,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.func is not cmd_run:
+        gc.freeze()  # what start-up built lives to the end: no collection walks it again
         gc.enable()  # off during start-up (mevwatch/__main__.py); only the daemon keeps it off until ready
     result: int = args.func(args)
     return result
